@@ -1,0 +1,17 @@
+//! netns-setup: a topology file made real as named network namespaces, veth
+//! pairs, TAP devices, addresses and routes, over netlink (no `ip` subprocess).
+//!
+//! - [`topology`]: the TOML format, parsed into serde types and validated once.
+//! - [`netns`]: named namespaces exactly as `ip netns add` makes them.
+//! - [`netlink`]: a small synchronous rtnetlink client.
+//! - [`setup`]: idempotent `up`, crash-tolerant `down`, and `show`.
+//! - [`sys`]: TAP ioctls, the crate's only `unsafe` code.
+
+pub mod netlink;
+pub mod netns;
+pub mod setup;
+pub mod sys;
+pub mod topology;
+
+pub use setup::{DownReport, SetupError, ShowReport, UpReport, down, show, up};
+pub use topology::{EndpointKind, Ipv4Cidr, NamespaceSpec, SwitchSpec, Topology, TopologyError};
