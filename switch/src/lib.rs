@@ -1,1 +1,23 @@
-//! x
+//! vswitch: a userspace MAC-learning switch with ARP handling for network
+//! namespaces, over AF_PACKET (veth) and TAP ports.
+//!
+//! A frame's path: a port ([`port`], [`sys`]) receives a batch into buffers
+//! allocated once; the [`worker`] runs each frame through the [`pipeline`]
+//! (typed views from [`wire`], MAC learning in [`fdb`], ARP handling in
+//! [`arp`]) and sends it out of the chosen ports in one batch per port,
+//! counting every drop by reason ([`stats`]). The [`control`] socket answers
+//! `fdb`, `arp` and `stats` between batches; [`daemon`] ties it together.
+
+pub mod arp;
+pub mod control;
+pub mod daemon;
+pub mod fdb;
+pub mod pipeline;
+pub mod port;
+pub mod stats;
+pub mod sys;
+pub mod wire;
+pub mod worker;
+
+/// Index of a port in the switch.
+pub type PortId = usize;

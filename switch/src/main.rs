@@ -1,1 +1,298 @@
-fn main() {}
+//! `vswitch`: run the switch, query it, or run the seed demo.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad topology or usage.
+
+use clap::{Args, Parser, Subcommand};
+use netns_setup::Topology;
+use netns_setup::setup::render_table;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use switch::control;
+use switch::daemon::{RunOptions, run};
+
+#[derive(Parser)]
+#[command(
+    name = "vswitch",
+    version,
+    about = "Userspace virtual switch for network namespaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// Topology whose switch to ask (its control socket is /run/vswitch/NAME.sock).
+    #[arg(short, long, default_value = "seed")]
+    topology: String,
+    /// Control socket path (overrides --topology).
+    #[arg(short, long)]
+    socket: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Target {
+    fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| control::default_socket(&self.topology))
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Bring the topology up, forward until SIGINT/SIGTERM, then remove what was created.
+    Run {
+        /// Topology file (TOML); the built-in seed topology if omitted.
+        file: Option<PathBuf>,
+        /// Leave the topology up on exit.
+        #[arg(long)]
+        keep: bool,
+        /// Control socket path (default /run/vswitch/TOPOLOGY.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Show the MAC table, like `bridge fdb show`.
+    Fdb(Target),
+    /// Show the IP→MAC table learned from ARP, like `ip neigh`.
+    Arp(Target),
+    /// Show per-port counters and drops by reason.
+    Stats(Target),
+    /// Run the seed topology, ping red<->blue through vswitch, print the tables, clean up.
+    Demo,
+}
+
+fn load(file: &Option<PathBuf>) -> Result<Topology, ExitCode> {
+    match file {
+        None => Ok(Topology::seed()),
+        Some(p) => Topology::load(p).map_err(|e| {
+            eprintln!("vswitch: bad topology: {e}");
+            ExitCode::from(2)
+        }),
+    }
+}
+
+fn secs(ms: &Value) -> String {
+    format!("{:.1}s", ms.as_u64().unwrap_or(0) as f64 / 1000.0)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_fdb(v: &Value) {
+    let mut rows = vec![["MAC", "PORT", "NETNS", "AGE"].map(String::from).to_vec()];
+    for e in v["entries"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            s(&e["mac"]),
+            s(&e["port"]),
+            s(&e["netns"]),
+            secs(&e["age_ms"]),
+        ]);
+    }
+    print!("{}", render_table(&rows));
+    let c = &v["counters"];
+    println!(
+        "switch {} ageing {} learned {} moves {} aged {} refused(table-full) {} refused(port-full) {}",
+        s(&v["switch"]),
+        secs(&v["ageing_ms"]),
+        c["learned"],
+        c["moves"],
+        c["aged"],
+        c["refused_table_full"],
+        c["refused_port_full"]
+    );
+}
+
+fn print_arp(v: &Value) {
+    let mut rows = vec![["IP", "MAC", "PORT", "AGE"].map(String::from).to_vec()];
+    for e in v["entries"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            s(&e["ip"]),
+            s(&e["mac"]),
+            s(&e["port"]),
+            secs(&e["age_ms"]),
+        ]);
+    }
+    print!("{}", render_table(&rows));
+    let c = &v["counters"];
+    println!(
+        "learned {} suppressed {} gratuitous {} refused(table-full) {}",
+        c["learned"], c["suppressed"], c["gratuitous"], c["refused_table_full"]
+    );
+}
+
+fn print_stats(v: &Value) {
+    let mut rows = vec![
+        [
+            "PORT", "KIND", "NETNS", "STATE", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES",
+            "FLOODED", "DROPS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let mut drops = Vec::new();
+    for p in v["ports"].as_array().into_iter().flatten() {
+        let total: u64 = p["drops"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        rows.push(vec![
+            s(&p["name"]),
+            s(&p["kind"]),
+            s(&p["netns"]),
+            s(&p["state"]),
+            s(&p["rx_packets"]),
+            s(&p["rx_bytes"]),
+            s(&p["tx_packets"]),
+            s(&p["tx_bytes"]),
+            s(&p["flooded"]),
+            total.to_string(),
+        ]);
+        for (reason, n) in p["drops"].as_object().into_iter().flatten() {
+            if n.as_u64().unwrap_or(0) > 0 {
+                drops.push(format!("  {}: {reason} {n}", s(&p["name"])));
+            }
+        }
+    }
+    println!("switch {} up {}", s(&v["switch"]), secs(&v["uptime_ms"]));
+    print!("{}", render_table(&rows));
+    if !drops.is_empty() {
+        println!("drops by reason:");
+        for d in drops {
+            println!("{d}");
+        }
+    }
+    let f = &v["fdb"];
+    println!(
+        "fdb: {} entries, learned {}, moves {}, refused {} (table full) {} (port full)",
+        f["entries"],
+        f["counters"]["learned"],
+        f["counters"]["moves"],
+        f["counters"]["refused_table_full"],
+        f["counters"]["refused_port_full"]
+    );
+    let a = &v["arp"];
+    println!(
+        "arp: {} entries, suppressed {} requests",
+        a["entries"], a["counters"]["suppressed"]
+    );
+}
+
+fn show(t: &Target, cmd: &str, print: fn(&Value)) -> ExitCode {
+    match control::query(&t.path(), cmd) {
+        Ok(v) => {
+            if t.json {
+                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            } else {
+                print(&v);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vswitch {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The newcomer's demo: the seed topology through vswitch, checked with ping.
+fn demo() -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("vswitch demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sock = control::default_socket("seed");
+    println!(
+        "== starting `vswitch run` on the built-in seed topology (red 192.168.15.1, blue 192.168.15.2, switch v-net-0)"
+    );
+    let mut child = match Command::new(&exe).arg("run").stdin(Stdio::null()).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vswitch demo: cannot start {}: {e}", exe.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while control::query(&sock, "stats").is_err() {
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            eprintln!("vswitch demo: the switch did not come up");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut ok = true;
+    for (from, to) in [("red", "192.168.15.2"), ("blue", "192.168.15.1")] {
+        println!("== ip netns exec {from} ping -c 3 {to}");
+        let st = Command::new("ip")
+            .args([
+                "netns", "exec", from, "ping", "-c", "3", "-i", "0.2", "-W", "2", to,
+            ])
+            .status();
+        ok &= matches!(st, Ok(s) if s.success());
+    }
+    println!("== vswitch fdb");
+    if let Ok(v) = control::query(&sock, "fdb") {
+        print_fdb(&v);
+    }
+    println!("== vswitch arp");
+    if let Ok(v) = control::query(&sock, "arp") {
+        print_arp(&v);
+    }
+    println!("== vswitch stats");
+    if let Ok(v) = control::query(&sock, "stats") {
+        print_stats(&v);
+    }
+    println!("== stopping the switch (it removes the namespaces it created)");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    if ok {
+        println!("demo OK: red and blue reached each other through vswitch");
+        ExitCode::SUCCESS
+    } else {
+        println!("demo FAILED: see the ping output above");
+        ExitCode::FAILURE
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { file, keep, socket } => {
+            let t = match load(&file) {
+                Ok(t) => t,
+                Err(c) => return c,
+            };
+            match run(&t, &RunOptions { keep, socket }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vswitch run: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Fdb(t) => show(&t, "fdb", print_fdb),
+        Cmd::Arp(t) => show(&t, "arp", print_arp),
+        Cmd::Stats(t) => show(&t, "stats", print_stats),
+        Cmd::Demo => demo(),
+    }
+}

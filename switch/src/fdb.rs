@@ -1,0 +1,262 @@
+//! The MAC learning table (forwarding database).
+//!
+//! Contract: bounded in total and per port; time is passed in (`now`, ms on
+//! any monotonic clock), so ageing is deterministic in tests. An entry older
+//! than the ageing time is treated as absent by [`Fdb::lookup`] and removed by
+//! [`Fdb::sweep`]. When the table or the port is full, new sources are not
+//! learned ([`Learn::Refused`]); the caller still floods their frames.
+
+use crate::PortId;
+use crate::wire::MacAddr;
+use std::collections::HashMap;
+
+/// Outcome of [`Fdb::learn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learn {
+    /// A new entry.
+    New,
+    /// An existing entry on the same port, refreshed.
+    Refreshed,
+    /// The station moved from another port.
+    Moved {
+        /// The port it was on.
+        from: PortId,
+    },
+    /// Not learned: the table is full.
+    RefusedTableFull,
+    /// Not learned: this port has reached its own bound.
+    RefusedPortFull,
+}
+
+/// One learned MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// Port the MAC was last seen on.
+    pub port: PortId,
+    /// When it was last seen (ms).
+    pub last_seen: u64,
+}
+
+/// Counters of the table.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct FdbCounters {
+    /// New entries learned.
+    pub learned: u64,
+    /// Station moves.
+    pub moves: u64,
+    /// Entries removed by ageing.
+    pub aged: u64,
+    /// Sources not learned because the table was full.
+    pub refused_table_full: u64,
+    /// Sources not learned because their port was at its bound.
+    pub refused_port_full: u64,
+}
+
+/// The MAC table.
+pub struct Fdb {
+    map: HashMap<MacAddr, FdbEntry, foldhash::fast::RandomState>,
+    per_port: Vec<usize>,
+    max: usize,
+    max_per_port: usize,
+    ageing_ms: u64,
+    last_sweep: u64,
+    /// Counters.
+    pub counters: FdbCounters,
+}
+
+impl Fdb {
+    /// A table for `ports` ports with the given bounds and ageing time.
+    pub fn new(ports: usize, max: usize, max_per_port: usize, ageing_ms: u64) -> Fdb {
+        Fdb {
+            map: HashMap::with_capacity_and_hasher(max.min(1 << 16), Default::default()),
+            per_port: vec![0; ports],
+            max,
+            max_per_port,
+            ageing_ms,
+            last_sweep: 0,
+            counters: FdbCounters::default(),
+        }
+    }
+
+    fn expired(&self, e: &FdbEntry, now: u64) -> bool {
+        now.saturating_sub(e.last_seen) >= self.ageing_ms
+    }
+
+    /// Learn that `mac` was seen on `port` at `now`.
+    pub fn learn(&mut self, mac: MacAddr, port: PortId, now: u64) -> Learn {
+        if let Some(e) = self.map.get_mut(&mac) {
+            if e.port == port {
+                e.last_seen = now;
+                return Learn::Refreshed;
+            }
+            let from = e.port;
+            if self.per_port[port] >= self.max_per_port {
+                self.counters.refused_port_full += 1;
+                return Learn::RefusedPortFull;
+            }
+            e.port = port;
+            e.last_seen = now;
+            self.per_port[from] -= 1;
+            self.per_port[port] += 1;
+            self.counters.moves += 1;
+            return Learn::Moved { from };
+        }
+        if self.map.len() >= self.max {
+            // Reclaim aged entries, at most once a second so a flood of new
+            // sources cannot make every frame pay for a scan.
+            if now.saturating_sub(self.last_sweep) >= 1000 {
+                self.sweep(now);
+            }
+            if self.map.len() >= self.max {
+                self.counters.refused_table_full += 1;
+                return Learn::RefusedTableFull;
+            }
+        }
+        if self.per_port[port] >= self.max_per_port {
+            self.counters.refused_port_full += 1;
+            return Learn::RefusedPortFull;
+        }
+        self.map.insert(
+            mac,
+            FdbEntry {
+                port,
+                last_seen: now,
+            },
+        );
+        self.per_port[port] += 1;
+        self.counters.learned += 1;
+        Learn::New
+    }
+
+    /// The port `mac` is behind, if learned and not aged out.
+    pub fn lookup(&self, mac: &MacAddr, now: u64) -> Option<PortId> {
+        self.map
+            .get(mac)
+            .filter(|e| !self.expired(e, now))
+            .map(|e| e.port)
+    }
+
+    /// Remove aged entries; returns how many.
+    pub fn sweep(&mut self, now: u64) -> usize {
+        self.last_sweep = now;
+        let ageing = self.ageing_ms;
+        let per_port = &mut self.per_port;
+        let before = self.map.len();
+        self.map.retain(|_, e| {
+            let keep = now.saturating_sub(e.last_seen) < ageing;
+            if !keep {
+                per_port[e.port] -= 1;
+            }
+            keep
+        });
+        let n = before - self.map.len();
+        self.counters.aged += n as u64;
+        n
+    }
+
+    /// Forget everything learned on `port` (it went away).
+    pub fn flush_port(&mut self, port: PortId) {
+        self.map.retain(|_, e| e.port != port);
+        self.per_port[port] = 0;
+    }
+
+    /// Number of entries (aged ones not yet swept included).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Entries learned on `port`.
+    pub fn port_len(&self, port: PortId) -> usize {
+        self.per_port[port]
+    }
+
+    /// Live entries, sorted by port then MAC.
+    pub fn entries(&self, now: u64) -> Vec<(MacAddr, FdbEntry)> {
+        let mut v: Vec<_> = self
+            .map
+            .iter()
+            .filter(|(_, e)| !self.expired(e, now))
+            .map(|(m, e)| (*m, *e))
+            .collect();
+        v.sort_by_key(|(m, e)| (e.port, *m));
+        v
+    }
+
+    /// The ageing time in ms.
+    pub fn ageing_ms(&self) -> u64 {
+        self.ageing_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([2, 0, 0, 0, 0, n])
+    }
+
+    #[test]
+    fn learn_lookup_refresh_move() {
+        let mut f = Fdb::new(3, 10, 10, 300_000);
+        assert_eq!(f.learn(mac(1), 0, 0), Learn::New);
+        assert_eq!(f.lookup(&mac(1), 1), Some(0));
+        assert_eq!(f.learn(mac(1), 0, 5), Learn::Refreshed);
+        assert_eq!(f.learn(mac(1), 2, 6), Learn::Moved { from: 0 });
+        assert_eq!(f.lookup(&mac(1), 7), Some(2));
+        assert_eq!((f.port_len(0), f.port_len(2)), (0, 1));
+    }
+
+    #[test]
+    fn ageing_is_deterministic() {
+        let mut f = Fdb::new(1, 10, 10, 300_000);
+        f.learn(mac(1), 0, 1_000);
+        assert_eq!(f.lookup(&mac(1), 300_999), Some(0));
+        assert_eq!(f.lookup(&mac(1), 301_000), None);
+        assert_eq!(f.sweep(301_000), 1);
+        assert!(f.is_empty());
+        assert_eq!(f.port_len(0), 0);
+    }
+
+    #[test]
+    fn bounds_in_total_and_per_port() {
+        let mut f = Fdb::new(2, 4, 3, 300_000);
+        for n in 0..3 {
+            assert_eq!(f.learn(mac(n), 0, 0), Learn::New);
+        }
+        assert_eq!(f.learn(mac(3), 0, 0), Learn::RefusedPortFull);
+        assert_eq!(f.learn(mac(4), 1, 0), Learn::New);
+        assert_eq!(f.learn(mac(5), 1, 0), Learn::RefusedTableFull);
+        assert_eq!(f.len(), 4);
+        assert_eq!(f.counters.refused_port_full, 1);
+        assert_eq!(f.counters.refused_table_full, 1);
+        // A move onto a full port is refused too and keeps the old entry.
+        assert_eq!(f.learn(mac(4), 0, 1), Learn::RefusedPortFull);
+        assert_eq!(f.lookup(&mac(4), 1), Some(1));
+    }
+
+    #[test]
+    fn full_table_reclaims_aged_entries() {
+        let mut f = Fdb::new(1, 2, 2, 1_000);
+        f.learn(mac(1), 0, 0);
+        f.learn(mac(2), 0, 0);
+        assert_eq!(f.learn(mac(3), 0, 500), Learn::RefusedTableFull);
+        assert_eq!(f.learn(mac(3), 0, 1_500), Learn::New);
+        assert_eq!(f.len(), 1);
+    }
+
+    #[test]
+    fn flush_port() {
+        let mut f = Fdb::new(2, 10, 10, 1_000);
+        f.learn(mac(1), 0, 0);
+        f.learn(mac(2), 1, 0);
+        f.flush_port(0);
+        assert_eq!(f.lookup(&mac(1), 0), None);
+        assert_eq!(f.lookup(&mac(2), 0), Some(1));
+    }
+}

@@ -1,0 +1,244 @@
+//! The forwarding decision for one frame: learn, handle ARP, forward or flood.
+//!
+//! Contract: [`Pipeline::decide`] takes the ingress port, the frame bytes and
+//! `now`, updates the FDB and ARP tables, and returns a [`Verdict`]. It does no
+//! I/O and never panics on any input; a malformed frame is `Drop(reason)`. It
+//! may rewrite the frame in place only when it returns [`Verdict::Reply`]
+//! (an ARP reply built from the request, sent back out of the ingress port).
+//!
+//! ```text
+//! frame ─► parse ─► src MAC ok? ─► learn(src, in_port) ─► ARP? learn IP→MAC
+//!                                                     └─► suppress? ─► Reply
+//!          dst multicast/broadcast ─► Flood (all up ports but ingress)
+//!          dst known ─► same port? ─► Drop(same-port) : Unicast(port)
+//!          dst unknown ─► Flood
+//! ```
+
+use crate::PortId;
+use crate::arp::ArpTable;
+use crate::fdb::Fdb;
+use crate::stats::DropReason;
+use crate::wire::{ArpPacket, ETH_HLEN, EthernetFrame, MacAddr, arp_op, ethertype};
+
+/// What to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Drop it, for this reason.
+    Drop(DropReason),
+    /// Send it out of this one port.
+    Unicast(PortId),
+    /// Send it out of every up port except the ingress one.
+    Flood,
+    /// The frame was rewritten into a reply: send it back out of the ingress port.
+    Reply,
+}
+
+/// Switch settings the pipeline needs.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Number of ports.
+    pub ports: usize,
+    /// MAC table bound.
+    pub fdb_max: usize,
+    /// MAC table bound per port.
+    pub fdb_max_per_port: usize,
+    /// Ageing time of MAC and ARP entries, ms.
+    pub ageing_ms: u64,
+    /// ARP table bound.
+    pub arp_max: usize,
+    /// Answer ARP requests for known hosts.
+    pub arp_suppress: bool,
+}
+
+/// The switch's forwarding state and logic.
+pub struct Pipeline {
+    /// MAC table.
+    pub fdb: Fdb,
+    /// IP→MAC table.
+    pub arp: ArpTable,
+    arp_suppress: bool,
+}
+
+impl Pipeline {
+    /// A pipeline with empty tables.
+    pub fn new(c: &PipelineConfig) -> Pipeline {
+        Pipeline {
+            fdb: Fdb::new(c.ports, c.fdb_max, c.fdb_max_per_port, c.ageing_ms),
+            arp: ArpTable::new(c.arp_max, c.ageing_ms),
+            arp_suppress: c.arp_suppress,
+        }
+    }
+
+    /// Decide what to do with `frame`, received on `in_port` at `now` (ms).
+    pub fn decide(&mut self, in_port: PortId, frame: &mut [u8], now: u64) -> Verdict {
+        let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
+            return Verdict::Drop(DropReason::Runt);
+        };
+        let (src, dst) = (eth.src(), eth.dst());
+        if !src.is_unicast() {
+            return Verdict::Drop(DropReason::BadSrcMac);
+        }
+        self.fdb.learn(src, in_port, now);
+
+        if eth.ethertype() == ethertype::ARP
+            && let Some(v) = self.arp(in_port, frame, src, now)
+        {
+            return v;
+        }
+
+        if dst.is_multicast() {
+            return Verdict::Flood;
+        }
+        match self.fdb.lookup(&dst, now) {
+            Some(p) if p == in_port => Verdict::Drop(DropReason::SamePort),
+            Some(p) => Verdict::Unicast(p),
+            None => Verdict::Flood,
+        }
+    }
+
+    /// Learn from an ARP packet; answer it if suppression applies.
+    fn arp(
+        &mut self,
+        in_port: PortId,
+        frame: &mut [u8],
+        src: MacAddr,
+        now: u64,
+    ) -> Option<Verdict> {
+        let (op, sha, spa, tpa) = {
+            let arp = ArpPacket::new_checked(&frame[ETH_HLEN..]).ok()?;
+            (arp.op(), arp.sha(), arp.spa(), arp.tpa())
+        };
+        self.arp.learn(spa, sha, in_port, now);
+        if spa == tpa {
+            self.arp.counters.gratuitous += 1;
+            return None;
+        }
+        let broadcast = EthernetFrame::new_checked(&*frame).ok()?.dst() == MacAddr::BROADCAST;
+        if !self.arp_suppress || op != arp_op::REQUEST || !broadcast || spa.is_unspecified() {
+            return None;
+        }
+        // Answer only for a host we know, that is alive in the FDB, and not
+        // behind the asking port (there it answers for itself).
+        let target = self.arp.lookup(tpa, now)?;
+        match self.fdb.lookup(&target.mac, now) {
+            Some(p) if p != in_port => {}
+            _ => return None,
+        }
+        let mut eth = EthernetFrame::new_checked(&mut *frame).ok()?;
+        eth.set_dst(src);
+        eth.set_src(target.mac);
+        ArpPacket::new_checked(eth.payload_mut())
+            .ok()?
+            .make_reply(target.mac);
+        self.arp.counters.suppressed += 1;
+        Some(Verdict::Reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tests_fixtures::{arp_reply, arp_request, eth_frame};
+
+    const RED: MacAddr = MacAddr([0xca, 0x92, 0x85, 0xa6, 0x43, 0x57]);
+    const BLUE: MacAddr = MacAddr([0xb2, 0x65, 0xf0, 0x0a, 0x24, 0xc9]);
+
+    fn pipe(suppress: bool) -> Pipeline {
+        Pipeline::new(&PipelineConfig {
+            ports: 3,
+            fdb_max: 16,
+            fdb_max_per_port: 8,
+            ageing_ms: 300_000,
+            arp_max: 16,
+            arp_suppress: suppress,
+        })
+    }
+
+    #[test]
+    fn unknown_unicast_floods_then_known_is_unicast() {
+        let mut p = pipe(true);
+        let mut f = eth_frame(BLUE, RED, 0x0800, 64);
+        assert_eq!(p.decide(0, &mut f, 0), Verdict::Flood);
+        let mut back = eth_frame(RED, BLUE, 0x0800, 64);
+        assert_eq!(p.decide(1, &mut back, 1), Verdict::Unicast(0));
+        assert_eq!(p.decide(0, &mut f, 2), Verdict::Unicast(1));
+    }
+
+    #[test]
+    fn broadcast_and_multicast_flood() {
+        let mut p = pipe(true);
+        let mut f = eth_frame(MacAddr::BROADCAST, RED, 0x86dd, 80);
+        assert_eq!(p.decide(0, &mut f, 0), Verdict::Flood);
+        let mut m = eth_frame(MacAddr([0x33, 0x33, 0, 0, 0, 1]), RED, 0x86dd, 80);
+        assert_eq!(p.decide(0, &mut m, 0), Verdict::Flood);
+    }
+
+    #[test]
+    fn malformed_frames_are_named_drops() {
+        let mut p = pipe(true);
+        let mut short = [0u8; 13];
+        assert_eq!(p.decide(0, &mut short, 0), Verdict::Drop(DropReason::Runt));
+        let mut f = eth_frame(BLUE, MacAddr::BROADCAST, 0x0800, 64);
+        assert_eq!(p.decide(0, &mut f, 0), Verdict::Drop(DropReason::BadSrcMac));
+        let mut z = eth_frame(BLUE, MacAddr::default(), 0x0800, 64);
+        assert_eq!(p.decide(0, &mut z, 0), Verdict::Drop(DropReason::BadSrcMac));
+        // An ARP frame cut short is switched as a plain frame, never a panic.
+        let mut a = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 2]);
+        assert_eq!(p.decide(0, &mut a[..30], 0), Verdict::Flood);
+    }
+
+    #[test]
+    fn same_port_destination_is_dropped() {
+        let mut p = pipe(true);
+        let mut a = eth_frame(BLUE, RED, 0x0800, 64);
+        p.decide(0, &mut a, 0);
+        let mut b = eth_frame(RED, BLUE, 0x0800, 64);
+        assert_eq!(p.decide(0, &mut b, 0), Verdict::Drop(DropReason::SamePort));
+    }
+
+    #[test]
+    fn arp_suppression_answers_for_known_hosts() {
+        let mut p = pipe(true);
+        // Blue announces itself (a reply to someone), red asks for blue.
+        let mut r = arp_reply(BLUE, [192, 168, 15, 2], RED, [192, 168, 15, 1]);
+        assert_eq!(p.decide(1, &mut r, 0), Verdict::Flood); // red not learned yet
+        let mut req = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 2]);
+        assert_eq!(p.decide(0, &mut req, 1), Verdict::Reply);
+        let eth = EthernetFrame::new_checked(&req[..]).unwrap();
+        assert_eq!((eth.dst(), eth.src()), (RED, BLUE));
+        let arp = ArpPacket::new_checked(eth.payload()).unwrap();
+        assert_eq!((arp.op(), arp.sha(), arp.tha()), (arp_op::REPLY, BLUE, RED));
+        assert_eq!(p.arp.counters.suppressed, 1);
+    }
+
+    #[test]
+    fn arp_suppression_off_or_unknown_floods() {
+        let mut p = pipe(false);
+        let mut r = arp_reply(BLUE, [192, 168, 15, 2], RED, [192, 168, 15, 1]);
+        p.decide(1, &mut r, 0);
+        let mut req = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 2]);
+        assert_eq!(p.decide(0, &mut req, 1), Verdict::Flood);
+        let mut p = pipe(true);
+        let mut req = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 9]);
+        assert_eq!(p.decide(0, &mut req, 1), Verdict::Flood);
+    }
+
+    #[test]
+    fn gratuitous_arp_passes() {
+        let mut p = pipe(true);
+        let mut g = arp_request(BLUE, [192, 168, 15, 2], [192, 168, 15, 2]);
+        assert_eq!(p.decide(1, &mut g, 0), Verdict::Flood);
+        assert_eq!(p.arp.counters.gratuitous, 1);
+        assert_eq!(p.arp.lookup([192, 168, 15, 2].into(), 1).unwrap().mac, BLUE);
+    }
+
+    #[test]
+    fn station_move_follows_the_source() {
+        let mut p = pipe(true);
+        let mut a = eth_frame(BLUE, RED, 0x0800, 64);
+        p.decide(0, &mut a, 0);
+        p.decide(2, &mut a, 1);
+        let mut b = eth_frame(RED, BLUE, 0x0800, 64);
+        assert_eq!(p.decide(1, &mut b, 2), Verdict::Unicast(2));
+    }
+}

@@ -1,0 +1,96 @@
+//! Counters: per port rx/tx packets and bytes, and drops by named reason.
+//!
+//! Contract: owned by the worker and updated without atomics; the control
+//! plane only sees snapshots taken between batches.
+
+/// Why a frame was dropped. Every drop in the datapath has one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Shorter than an Ethernet header.
+    Runt,
+    /// Larger than the receive buffer (cut by the kernel).
+    Truncated,
+    /// Source MAC is multicast, broadcast or zero.
+    BadSrcMac,
+    /// The destination is behind the ingress port itself.
+    SamePort,
+    /// Flooded, but no other port is up.
+    NoEgress,
+    /// The egress port refused the frame (queue full, link down).
+    TxError,
+    /// The egress port is down or gone.
+    PortDown,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Runt,
+        DropReason::Truncated,
+        DropReason::BadSrcMac,
+        DropReason::SamePort,
+        DropReason::NoEgress,
+        DropReason::TxError,
+        DropReason::PortDown,
+    ];
+
+    /// Stable name used in `vswitch stats` and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Runt => "runt",
+            DropReason::Truncated => "truncated",
+            DropReason::BadSrcMac => "bad-src-mac",
+            DropReason::SamePort => "same-port",
+            DropReason::NoEgress => "no-egress",
+            DropReason::TxError => "tx-error",
+            DropReason::PortDown => "port-down",
+        }
+    }
+}
+
+/// Counters of one port.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PortStats {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received (Ethernet frames, without the vnet header).
+    pub rx_bytes: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Drops, indexed by `DropReason as usize`. Receive-side reasons count on
+    /// the ingress port, transmit-side ones on the egress port.
+    pub drops: [u64; DropReason::ALL.len()],
+    /// Frames flooded from this port (broadcast, multicast, unknown unicast).
+    pub flooded: u64,
+}
+
+impl PortStats {
+    /// Count a drop.
+    #[inline]
+    pub fn drop(&mut self, r: DropReason) {
+        self.drops[r as usize] += 1;
+    }
+
+    /// Sum of all drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// JSON view with named drop reasons.
+    pub fn to_json(&self) -> serde_json::Value {
+        let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), self.drops[*r as usize].into()))
+            .collect();
+        serde_json::json!({
+            "rx_packets": self.rx_packets,
+            "rx_bytes": self.rx_bytes,
+            "tx_packets": self.tx_packets,
+            "tx_bytes": self.tx_bytes,
+            "flooded": self.flooded,
+            "drops": drops,
+        })
+    }
+}
