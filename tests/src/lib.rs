@@ -1,1 +1,405 @@
-//! e2e
+//! Helpers for end-to-end tests in real network namespaces.
+//!
+//! Contract: every test gets unique namespace and interface names
+//! ([`uniq`]); everything it creates is removed by a guard's `Drop`, also when
+//! the test fails; every wait is bounded; processes are ended by PID only.
+//! Tests call [`require_root`] first: without root they skip with a visible
+//! message, except under `CI=true`, where they fail.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// True if the test may run; prints a skip notice (or panics under CI) otherwise.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root, and CI=true forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: needs root (run the tests with sudo)");
+    false
+}
+
+/// A short unique tag (≤ 6 chars) for names in this test process.
+pub fn uniq() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}{:x}", std::process::id() % 0xfff, n)
+}
+
+/// Path of a workspace binary built next to this test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (`cargo build --workspace`)",
+        p.display()
+    );
+    p
+}
+
+/// Run a command with a time limit, capturing its output.
+pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+/// `ip netns exec NS ARGS...`, bounded by `limit`.
+pub fn ns_exec(ns: &str, args: &[&str], limit: Duration) -> Output {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).args(args);
+    run_timeout(&mut c, limit)
+}
+
+/// Ping `dst` from `ns` `count` times; returns the loss percentage ping reports.
+pub fn ping_loss(ns: &str, dst: &str, count: u32) -> f64 {
+    let c = count.to_string();
+    let o = ns_exec(
+        ns,
+        &["ping", "-c", &c, "-i", "0.2", "-W", "2", dst],
+        Duration::from_secs(u64::from(count) + 15),
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.split(',')
+        .find(|s| s.contains("packet loss"))
+        .and_then(|s| s.trim().split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no ping summary from {ns}: {text} {}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+}
+
+/// A topology written to a temp file, removed with everything it made on drop.
+pub struct TopoGuard {
+    /// The topology file.
+    pub path: PathBuf,
+    /// The parsed topology.
+    pub topo: netns_setup::Topology,
+}
+
+impl TopoGuard {
+    /// Write `toml` to a temp file and parse it.
+    pub fn new(toml: &str) -> TopoGuard {
+        let topo = netns_setup::Topology::parse(toml, "e2e")
+            .unwrap_or_else(|e| panic!("test topology invalid: {e}\n{toml}"));
+        let path = std::env::temp_dir().join(format!("vswitch-e2e-{}.toml", topo.name));
+        std::fs::write(&path, toml).expect("write topology");
+        TopoGuard { path, topo }
+    }
+}
+
+impl Drop for TopoGuard {
+    fn drop(&mut self) {
+        let r = netns_setup::down(&self.topo);
+        for f in &r.failures {
+            eprintln!("cleanup of {}: {f}", self.topo.name);
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A running `vswitch run`, stopped (by PID) on drop.
+pub struct SwitchProc {
+    child: Option<Child>,
+    /// Its control socket.
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl SwitchProc {
+    /// Start `vswitch run FILE` and wait (≤ 30 s) until its control socket answers.
+    pub fn start(topo: &TopoGuard) -> SwitchProc {
+        let socket = std::env::temp_dir().join(format!("vswitch-e2e-{}.sock", topo.topo.name));
+        let log = std::env::temp_dir().join(format!("vswitch-e2e-{}.log", topo.topo.name));
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin("vswitch"))
+            .arg("run")
+            .arg(&topo.path)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn vswitch");
+        let mut s = SwitchProc {
+            child: Some(child),
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if switch::control::query(&s.socket, "stats").is_ok() {
+                return s;
+            }
+            if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("vswitch exited early ({st}): {}", s.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vswitch did not answer within 30 s: {}",
+                s.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// PID of the switch process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// What the switch printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Run a `vswitch` query subcommand with `--json` and parse its output.
+    pub fn cli_json(&self, sub: &str) -> Value {
+        let o = run_timeout(
+            Command::new(bin("vswitch"))
+                .args([sub, "--json", "--socket"])
+                .arg(&self.socket),
+            Duration::from_secs(15),
+        );
+        assert!(
+            o.status.success(),
+            "vswitch {sub} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("vswitch {sub} --json printed no JSON ({e})"))
+    }
+
+    /// Run a `vswitch` query subcommand and return its text output.
+    pub fn cli_text(&self, sub: &str) -> String {
+        let o = run_timeout(
+            Command::new(bin("vswitch"))
+                .args([sub, "--socket"])
+                .arg(&self.socket),
+            Duration::from_secs(15),
+        );
+        assert!(
+            o.status.success(),
+            "vswitch {sub} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Send SIGKILL and reap the process (a crash, for cleanup tests).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop with SIGTERM and wait (≤ 20 s); returns the exit status success.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for SwitchProc {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Links of a namespace (kind, name, mac), through our own netlink client.
+pub fn links_in(ns: &str) -> Vec<netns_setup::netlink::Link> {
+    let f = netns_setup::setup::open_netns(ns).unwrap_or_else(|e| panic!("open {ns}: {e}"));
+    netns_setup::setup::netlink_in(Some(&f))
+        .expect("netlink")
+        .links()
+        .expect("dump links")
+}
+
+/// MAC of interface `ifname` in namespace `ns`.
+pub fn mac_of(ns: &str, ifname: &str) -> String {
+    links_in(ns)
+        .into_iter()
+        .find(|l| l.name == ifname)
+        .unwrap_or_else(|| panic!("{ifname} not in {ns}"))
+        .mac
+}
+
+/// Run `f` on a thread inside namespace `ns`.
+pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let file = netns_setup::setup::open_netns(ns).expect("open netns");
+    netns_setup::netns::in_netns(Some(&file), f).expect("enter netns")
+}
+
+/// sha256 of a byte stream, computed by `sha256sum` fed from `fill`.
+pub fn sha256_of(fill: impl FnOnce(&mut dyn Write)) -> String {
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    {
+        let mut stdin = c.stdin.take().unwrap();
+        fill(&mut stdin);
+    }
+    let o = c.wait_with_output().expect("sha256sum");
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), `len` of them, written in chunks.
+pub fn write_pattern(w: &mut dyn Write, seed: u64, len: usize) -> std::io::Result<()> {
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        for c in buf.chunks_mut(8) {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+        let n = left.min(buf.len());
+        w.write_all(&buf[..n])?;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Endpoint kinds of a star topology.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// veth pair, AF_PACKET on the switch side.
+    Veth,
+    /// TAP device.
+    Tap,
+}
+
+/// Names of one namespace in a [`star`] topology.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// Namespace name.
+    pub ns: String,
+    /// Interface inside the namespace.
+    pub ifname: String,
+    /// The switch port's name (switch-side veth, or the TAP name).
+    pub port: String,
+    /// IPv4 address (no prefix).
+    pub ip: String,
+}
+
+/// A seed-like star: `kinds.len()` namespaces on 192.168.15.0/24 (host i+1),
+/// joined by a switch living in its own namespace. `extra_switch` adds lines to `[switch]`.
+pub fn star(id: &str, kinds: &[Kind], extra_switch: &str) -> (String, Vec<Member>, String) {
+    let sw_ns = format!("vs{id}sw");
+    let mut toml = format!(
+        "name = \"t{id}\"\n[switch]\nname = \"vsw{id}\"\nnetns = \"{sw_ns}\"\n{extra_switch}\n"
+    );
+    let mut members = Vec::new();
+    for (i, k) in kinds.iter().enumerate() {
+        let ns = format!("vs{id}n{i}");
+        let ifname = format!("e{id}n{i}");
+        let ip = format!("192.168.15.{}", i + 1);
+        toml += &format!(
+            "[[namespace]]\nname = \"{ns}\"\naddress = \"{ip}/24\"\ngateway = \"192.168.15.254\"\nifname = \"{ifname}\"\n"
+        );
+        let port = match k {
+            Kind::Veth => {
+                let b = format!("b{id}n{i}");
+                toml += &format!("switch_ifname = \"{b}\"\n");
+                b
+            }
+            Kind::Tap => {
+                toml += "kind = \"tap\"\n";
+                ifname.clone()
+            }
+        };
+        members.push(Member {
+            ns,
+            ifname,
+            port,
+            ip,
+        });
+    }
+    (toml, members, sw_ns)
+}
+
+/// Namespace names currently listed by `ip netns list`.
+pub fn ip_netns_list() -> Vec<String> {
+    let o = run_timeout(
+        Command::new("ip").args(["netns", "list"]),
+        Duration::from_secs(10),
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
+}

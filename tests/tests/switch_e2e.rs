@@ -1,0 +1,386 @@
+//! End to end: `vswitch run` joining real namespaces, checked with ping, TCP
+//! sockets opened inside the namespaces, and the switch's own views.
+
+use e2e::*;
+use serde_json::Value;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+fn ip_forward() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        .expect("read ip_forward")
+        .trim()
+        .to_string()
+}
+
+fn fdb_port_of(fdb: &Value, mac: &str) -> Option<String> {
+    fdb["entries"]
+        .as_array()?
+        .iter()
+        .find(|e| e["mac"] == mac)
+        .map(|e| e["port"].as_str().unwrap_or("").to_string())
+}
+
+fn port_stats<'a>(stats: &'a Value, port: &str) -> &'a Value {
+    stats["ports"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == port))
+        .unwrap_or_else(|| panic!("no port {port} in {stats}"))
+}
+
+/// The seed (red 192.168.15.1, blue 192.168.15.2) through `vswitch run`.
+fn seed_through_switch(test: &str, kinds: [Kind; 2]) {
+    if !require_root(test) {
+        return;
+    }
+    let id = uniq();
+    let (toml, m, sw_ns) = star(&id, &kinds, "");
+    let topo = TopoGuard::new(&toml);
+    let fwd_before = ip_forward();
+    let mut sw = SwitchProc::start(&topo);
+    let (red, blue) = (&m[0], &m[1]);
+
+    assert_eq!(ping_loss(&red.ns, &blue.ip, 5), 0.0, "red -> blue");
+    assert_eq!(ping_loss(&blue.ns, &red.ip, 5), 0.0, "blue -> red");
+
+    // No kernel bridge anywhere, no enslaved port, and no IP forwarding.
+    for ns in [&red.ns, &blue.ns, &sw_ns] {
+        for l in links_in(ns) {
+            assert_ne!(l.kind, "bridge", "bridge {} in {ns}", l.name);
+            assert!(l.master.is_none(), "{} in {ns} is enslaved", l.name);
+        }
+        let f = in_ns(ns, || {
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap()
+        });
+        assert_eq!(f.trim(), "0", "ip_forward in {ns}");
+    }
+    assert_eq!(ip_forward(), fwd_before, "root ip_forward changed");
+
+    // red's neighbour table holds blue's real MAC.
+    let red_mac = mac_of(&red.ns, &red.ifname);
+    let blue_mac = mac_of(&blue.ns, &blue.ifname);
+    let neigh = ns_exec(
+        &red.ns,
+        &["ip", "neigh", "show", &blue.ip],
+        Duration::from_secs(10),
+    );
+    let neigh = String::from_utf8_lossy(&neigh.stdout);
+    assert!(
+        neigh.contains(&blue_mac),
+        "red's neighbour entry for blue is {neigh:?}, blue's MAC is {blue_mac}"
+    );
+
+    // The FDB has both MACs on the right ports, in JSON and in the table.
+    let fdb = sw.cli_json("fdb");
+    assert_eq!(
+        fdb_port_of(&fdb, &red_mac).as_deref(),
+        Some(red.port.as_str()),
+        "{fdb}"
+    );
+    assert_eq!(
+        fdb_port_of(&fdb, &blue_mac).as_deref(),
+        Some(blue.port.as_str()),
+        "{fdb}"
+    );
+    let text = sw.cli_text("fdb");
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&red_mac) && l.contains(&red.port)),
+        "{text}"
+    );
+    let arp = sw.cli_json("arp");
+    assert!(
+        arp["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["ip"] == blue.ip.as_str() && e["mac"] == blue_mac.as_str()),
+        "{arp}"
+    );
+
+    // Stats count the frames: 10 echo requests + 10 replies at least, both ways.
+    let st = sw.cli_json("stats");
+    for p in [&red.port, &blue.port] {
+        let s = port_stats(&st, p);
+        assert!(s["rx_packets"].as_u64().unwrap() >= 10, "{p}: {s}");
+        assert!(s["tx_packets"].as_u64().unwrap() >= 10, "{p}: {s}");
+        assert!(s["rx_bytes"].as_u64().unwrap() >= 10 * 98, "{p}: {s}");
+    }
+    assert!(sw.cli_text("stats").contains(&red.port));
+
+    // SIGTERM: the switch stops cleanly and removes what it created.
+    assert!(sw.stop(), "vswitch did not exit cleanly: {}", sw.log_text());
+    let left = ip_netns_list();
+    for ns in [&red.ns, &blue.ns, &sw_ns] {
+        assert!(!left.contains(ns), "{ns} left behind");
+    }
+}
+
+#[test]
+fn seed_veth() {
+    seed_through_switch("seed_veth", [Kind::Veth, Kind::Veth]);
+}
+
+#[test]
+fn seed_tap() {
+    seed_through_switch("seed_tap", [Kind::Tap, Kind::Tap]);
+}
+
+#[test]
+fn seed_mixed_veth_and_tap() {
+    seed_through_switch("seed_mixed_veth_and_tap", [Kind::Veth, Kind::Tap]);
+}
+
+/// Send `len` pattern bytes from `from` to `to` over TCP and compare sha256 on both ends.
+fn tcp_transfer(from: &Member, to: &Member, port: u16, len: usize) {
+    let seed = 0x5eed_0000 + u64::from(port);
+    let expected = sha256_of(|w| write_pattern(w, seed, len).unwrap());
+    let addr: SocketAddr = format!("{}:{port}", to.ip).parse().unwrap();
+    let listener = in_ns(&to.ns, || TcpListener::bind(addr)).expect("listen in namespace");
+    listener.set_nonblocking(true).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "no connection within 30 s");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut got = 0usize;
+        let sum = sha256_of(|w| {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = conn.read(&mut buf).expect("receive (30 s timeout)");
+                if n == 0 {
+                    break;
+                }
+                got += n;
+                w.write_all(&buf[..n]).unwrap();
+            }
+        });
+        (got, sum)
+    });
+    let mut stream = in_ns(&from.ns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+    })
+    .expect("connect from namespace");
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    write_pattern(&mut stream, seed, len).expect("send");
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let (got, sum) = receiver.join().expect("receiver");
+    eprintln!(
+        "{} bytes {} -> {} in {:?}",
+        got,
+        from.ns,
+        to.ns,
+        started.elapsed()
+    );
+    assert_eq!(got, len);
+    assert_eq!(sum, expected, "sha256 differs");
+}
+
+#[test]
+fn sixteen_namespaces_on_one_switch() {
+    if !require_root("sixteen_namespaces_on_one_switch") {
+        return;
+    }
+    let id = uniq();
+    let kinds: Vec<Kind> = (0..16)
+        .map(|i| if i % 4 == 3 { Kind::Tap } else { Kind::Veth })
+        .collect();
+    let (toml, m, _) = star(&id, &kinds, "");
+    let topo = TopoGuard::new(&toml);
+    let sw = SwitchProc::start(&topo);
+    for (a, b) in [(0, 15), (15, 0), (3, 7), (8, 12), (1, 2), (11, 4), (13, 6)] {
+        assert_eq!(
+            ping_loss(&m[a].ns, &m[b].ip, 3),
+            0.0,
+            "{} -> {}",
+            m[a].ns,
+            m[b].ns
+        );
+    }
+    // 100 MB over TCP between a veth namespace and a TAP namespace.
+    tcp_transfer(&m[5], &m[11], 5001, 100 * 1000 * 1000);
+    let st = sw.cli_json("stats");
+    assert_eq!(st["ports"].as_array().unwrap().len(), 16);
+    assert!(port_stats(&st, &m[5].port)["rx_bytes"].as_u64().unwrap() >= 100_000_000);
+}
+
+/// Raw frames written into a port from a hostile namespace.
+fn hostile_frames() -> Vec<Vec<u8>> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut frames = Vec::new();
+    // Malformed: runts, a truncated ARP, zero and multicast sources.
+    frames.push(vec![0xff; 5]);
+    frames.push(vec![0xff; 13]);
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 0x99, 0x08, 0x06, 0, 1, 8, 0, 6, 4]);
+    frames.push(arp);
+    let mut zero_src = vec![0xff; 6];
+    zero_src.extend_from_slice(&[0; 6]);
+    zero_src.extend_from_slice(&[0x08, 0x00]);
+    zero_src.resize(60, 0);
+    frames.push(zero_src.clone());
+    let mut mc_src = zero_src.clone();
+    mc_src[6] = 0x01;
+    frames.push(mc_src);
+    // Random bytes of random lengths.
+    for _ in 0..2000 {
+        let len = 14 + (rnd() % 1500) as usize;
+        frames.push((0..len).map(|_| rnd() as u8).collect());
+    }
+    // A flood of random unicast source MACs.
+    for _ in 0..20_000 {
+        let r = rnd().to_le_bytes();
+        let mut f = vec![0x02, 0, 0, 0, 0, 0x01]; // to a MAC nobody has: flooded
+        f.extend_from_slice(&[r[0] & 0xfe, r[1], r[2], r[3], r[4], r[5]]);
+        f.extend_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+        f.resize(64, 0xab);
+        frames.push(f);
+    }
+    frames
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn hostile_input_keeps_forwarding_and_bounds() {
+    if !require_root("hostile_input_keeps_forwarding_and_bounds") {
+        return;
+    }
+    let id = uniq();
+    let (toml, m, _) = star(
+        &id,
+        &[Kind::Veth, Kind::Tap, Kind::Veth],
+        "fdb_max = 256\nfdb_max_per_port = 64\n",
+    );
+    let topo = TopoGuard::new(&toml);
+    let sw = SwitchProc::start(&topo);
+    let (red, blue, evil) = (&m[0], &m[1], &m[2]);
+    assert_eq!(ping_loss(&red.ns, &blue.ip, 3), 0.0);
+    let rss_before = vm_rss_kib(sw.pid());
+
+    // Ping red -> blue during the whole flood.
+    let red_ns = red.ns.clone();
+    let blue_ip = blue.ip.clone();
+    let pinger = std::thread::spawn(move || ping_loss(&red_ns, &blue_ip, 30));
+
+    let frames = hostile_frames();
+    let evil_if = evil.ifname.clone();
+    let sent = in_ns(&evil.ns, move || {
+        use switch::port::{BATCH, Batch, PortIo};
+        let mut port = switch::sys::PacketPort::open(&evil_if)
+            .expect("packet socket in the hostile namespace");
+        let mut batch = Batch::new();
+        let mut sent = 0;
+        for chunk in frames.chunks(BATCH) {
+            batch.clear();
+            for (i, f) in chunk.iter().enumerate() {
+                let area = batch.rx_area(i);
+                area[..10].fill(0); // plain virtio_net_hdr: no offload
+                area[10..10 + f.len()].copy_from_slice(f);
+                batch.set_filled(i, 10 + f.len(), false);
+            }
+            let idx: Vec<u16> = (0..chunk.len() as u16).collect();
+            sent += port.tx_batch(&batch, &idx).expect("send").sent;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        sent
+    });
+    assert!(sent > 20_000, "only {sent} hostile frames were sent");
+    let loss_during = pinger.join().unwrap();
+    assert!(
+        loss_during <= 10.0,
+        "red -> blue lost {loss_during}% during the flood"
+    );
+    assert_eq!(
+        ping_loss(&red.ns, &blue.ip, 5),
+        0.0,
+        "red -> blue after the flood"
+    );
+    assert_eq!(
+        ping_loss(&blue.ns, &red.ip, 5),
+        0.0,
+        "blue -> red after the flood"
+    );
+
+    let st = sw.cli_json("stats");
+    let fdb_entries = st["fdb"]["entries"].as_u64().unwrap();
+    assert!(
+        fdb_entries <= 256,
+        "fdb has {fdb_entries} entries, bound 256"
+    );
+    let ev = port_stats(&st, &evil.port);
+    assert!(ev["fdb_entries"].as_u64().unwrap() <= 64, "{ev}");
+    assert!(
+        st["fdb"]["counters"]["refused_port_full"].as_u64().unwrap() > 1000,
+        "{st}"
+    );
+    assert!(ev["drops"]["bad-src-mac"].as_u64().unwrap() >= 2, "{ev}");
+    assert!(ev["rx_packets"].as_u64().unwrap() >= 20_000, "{ev}");
+    let rss_after = vm_rss_kib(sw.pid());
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    let log = sw.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn kill9_then_netns_setup_down_removes_everything() {
+    if !require_root("kill9_then_netns_setup_down_removes_everything") {
+        return;
+    }
+    let id = uniq();
+    let (toml, m, sw_ns) = star(&id, &[Kind::Veth, Kind::Tap], "");
+    let topo = TopoGuard::new(&toml);
+    let mut sw = SwitchProc::start(&topo);
+    assert_eq!(ping_loss(&m[0].ns, &m[1].ip, 2), 0.0);
+    sw.kill9();
+    let o = run_timeout(
+        std::process::Command::new(bin("netns-setup"))
+            .arg("down")
+            .arg(&topo.path),
+        Duration::from_secs(30),
+    );
+    assert!(
+        o.status.success(),
+        "down failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let left = ip_netns_list();
+    for ns in [&m[0].ns, &m[1].ns, &sw_ns] {
+        assert!(!left.contains(ns), "{ns} left behind after kill -9 + down");
+        assert!(!std::path::Path::new("/run/netns").join(ns).exists());
+    }
+    // A new run on the same topology starts cleanly (stale control socket and all).
+    let sw2 = SwitchProc::start(&topo);
+    assert_eq!(ping_loss(&m[0].ns, &m[1].ip, 2), 0.0);
+    drop(sw2);
+}
