@@ -71,6 +71,31 @@ fn seed_through_switch(test: &str, kinds: [Kind; 2]) {
         "red's neighbour entry for blue is {neigh:?}, blue's MAC is {blue_mac}"
     );
 
+    // ARP suppression: with red's cache flushed, the switch answers red's
+    // request for blue itself, with blue's real MAC.
+    let o = ns_exec(
+        &red.ns,
+        &["ip", "neigh", "flush", "all"],
+        Duration::from_secs(10),
+    );
+    assert!(o.status.success());
+    assert_eq!(
+        ping_loss(&red.ns, &blue.ip, 2),
+        0.0,
+        "red -> blue after flushing red's neighbours"
+    );
+    let arp = sw.cli_json("arp");
+    assert!(
+        arp["counters"]["suppressed"].as_u64().unwrap() >= 1,
+        "no ARP request was answered by the switch: {arp}"
+    );
+    let neigh = ns_exec(
+        &red.ns,
+        &["ip", "neigh", "show", &blue.ip],
+        Duration::from_secs(10),
+    );
+    assert!(String::from_utf8_lossy(&neigh.stdout).contains(&blue_mac));
+
     // The FDB has both MACs on the right ports, in JSON and in the table.
     let fdb = sw.cli_json("fdb");
     assert_eq!(
