@@ -403,3 +403,48 @@ pub fn ip_netns_list() -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// An AF_PACKET socket on `ifname` inside namespace `ns` (vswitch's own port
+/// type, used here as a raw frame injector and observer).
+pub fn packet_socket(ns: &str, ifname: &str) -> switch::sys::PacketPort {
+    let name = ifname.to_string();
+    in_ns(ns, move || switch::sys::PacketPort::open(&name))
+        .unwrap_or_else(|e| panic!("packet socket on {ifname} in {ns}: {e}"))
+}
+
+/// Send raw Ethernet frames (no offload) through `port`; returns how many the kernel took.
+pub fn send_frames(port: &mut switch::sys::PacketPort, frames: &[Vec<u8>]) -> usize {
+    use switch::port::{BATCH, Batch, PortIo};
+    let mut batch = Batch::new();
+    let mut sent = 0;
+    for chunk in frames.chunks(BATCH) {
+        batch.clear();
+        for (i, f) in chunk.iter().enumerate() {
+            let area = batch.rx_area(i);
+            area[..10].fill(0); // plain virtio_net_hdr: no GSO, checksum complete
+            area[10..10 + f.len()].copy_from_slice(f);
+            batch.set_filled(i, 10 + f.len(), false);
+        }
+        let idx: Vec<u16> = (0..chunk.len() as u16).collect();
+        sent += port.tx_batch(&batch, &idx).expect("send").sent;
+    }
+    sent
+}
+
+/// Collect frames arriving at `port` for `window`.
+pub fn recv_frames(port: &mut switch::sys::PacketPort, window: Duration) -> Vec<Vec<u8>> {
+    use switch::port::{Batch, PortIo};
+    let mut batch = Batch::new();
+    let mut out = Vec::new();
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        let n = port.rx_batch(&mut batch).expect("receive");
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for i in 0..n {
+            out.push(batch.frame(i).to_vec());
+        }
+    }
+    out
+}

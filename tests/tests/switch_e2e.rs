@@ -409,3 +409,196 @@ fn kill9_then_netns_setup_down_removes_everything() {
     assert_eq!(ping_loss(&m[0].ns, &m[1].ip, 2), 0.0);
     drop(sw2);
 }
+
+fn mac_bytes(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// A frame `dst, src, ethertype(s), marker, filler` of exactly `len` bytes.
+fn frame(dst: [u8; 6], src: [u8; 6], types: &[u16], tag: u8, len: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    for (i, t) in types.iter().enumerate() {
+        f.extend_from_slice(&t.to_be_bytes());
+        if i + 1 < types.len() {
+            f.extend_from_slice(&(0x2000u16 | 100 + i as u16).to_be_bytes()); // pcp 1, vid 100+
+        }
+    }
+    f.extend_from_slice(b"VSWT");
+    f.push(tag);
+    while f.len() < len {
+        f.push((f.len() * 7) as u8);
+    }
+    f
+}
+
+#[test]
+fn frames_pass_byte_for_byte_and_never_back_out() {
+    if !require_root("frames_pass_byte_for_byte_and_never_back_out") {
+        return;
+    }
+    let id = uniq();
+    let (mut toml, m, _) = star(&id, &[Kind::Veth, Kind::Veth, Kind::Tap], "");
+    toml = toml.replace("\nifname = \"", "\nmtu = 9000\nifname = \"");
+    let topo = TopoGuard::new(&toml);
+    let sw = SwitchProc::start(&topo);
+    let (red, blue, green) = (&m[0], &m[1], &m[2]);
+    // Let the switch learn blue (ping makes blue send); then observe.
+    assert_eq!(ping_loss(&red.ns, &blue.ip, 1), 0.0);
+    let red_mac = mac_bytes(&mac_of(&red.ns, &red.ifname));
+    let blue_mac = mac_bytes(&mac_of(&blue.ns, &blue.ifname));
+    let mut tx = packet_socket(&red.ns, &red.ifname);
+    let mut rx_red = packet_socket(&red.ns, &red.ifname);
+    let mut rx_blue = packet_socket(&blue.ns, &blue.ifname);
+    let mut rx_green = packet_socket(&green.ns, &green.ifname);
+
+    let bcast = [0xff; 6];
+    let unknown = [0x02, 0, 0, 0, 0, 0x99];
+    // (frame, expected at blue, expected at green)
+    let cases: Vec<(Vec<u8>, bool, bool)> = vec![
+        (frame(bcast, red_mac, &[0x88b5], 1, 60), true, true),
+        (
+            frame([0x01, 0x00, 0x5e, 0, 0, 0xfb], red_mac, &[0x0800], 2, 80),
+            true,
+            true,
+        ),
+        (
+            frame([0x33, 0x33, 0, 0, 0, 1], red_mac, &[0x86dd], 3, 90),
+            true,
+            true,
+        ),
+        (frame(unknown, red_mac, &[0x0800], 4, 100), true, true),
+        (frame(blue_mac, red_mac, &[0x0800], 5, 1514), true, false),
+        (frame(blue_mac, red_mac, &[0x88b5], 6, 9014), true, false),
+        (
+            frame(blue_mac, red_mac, &[0x8100, 0x88b5], 7, 200),
+            true,
+            false,
+        ),
+        (
+            frame(blue_mac, red_mac, &[0x88a8, 0x8100, 0x0800], 8, 300),
+            true,
+            false,
+        ),
+        (frame(bcast, red_mac, &[0x8100, 0x0806], 9, 64), true, true),
+        (
+            frame(unknown, red_mac, &[0x8100, 0x86dd], 10, 1518),
+            true,
+            true,
+        ),
+    ];
+    let frames: Vec<Vec<u8>> = cases.iter().map(|c| c.0.clone()).collect();
+    assert_eq!(send_frames(&mut tx, &frames), frames.len());
+    let window = Duration::from_millis(700);
+    let (got_blue, got_green, got_red) = std::thread::scope(|s| {
+        let b = s.spawn(|| recv_frames(&mut rx_blue, window));
+        let g = s.spawn(|| recv_frames(&mut rx_green, window));
+        let r = recv_frames(&mut rx_red, window);
+        (b.join().unwrap(), g.join().unwrap(), r)
+    });
+    for (f, at_blue, at_green) in &cases {
+        let tag = f
+            .windows(4)
+            .position(|w| w == b"VSWT")
+            .map(|p| f[p + 4])
+            .unwrap();
+        assert_eq!(
+            got_blue.contains(f),
+            *at_blue,
+            "frame {tag} ({} bytes) at blue",
+            f.len()
+        );
+        assert_eq!(
+            got_green.contains(f),
+            *at_green,
+            "frame {tag} ({} bytes) at green",
+            f.len()
+        );
+        let marker_at_red = got_red
+            .iter()
+            .any(|g| g.windows(5).any(|w| w[..4] == *b"VSWT" && w[4] == tag));
+        assert!(
+            !marker_at_red,
+            "frame {tag} came back out of the ingress port"
+        );
+    }
+    let st = sw.cli_json("stats");
+    assert_eq!(port_stats(&st, &red.port)["drops"]["truncated"], 0);
+}
+
+#[test]
+fn vanished_ports_are_reported_and_the_rest_keep_forwarding() {
+    if !require_root("vanished_ports_are_reported_and_the_rest_keep_forwarding") {
+        return;
+    }
+    let id = uniq();
+    let (toml, m, _) = star(&id, &[Kind::Veth, Kind::Veth, Kind::Tap, Kind::Veth], "");
+    let topo = TopoGuard::new(&toml);
+    let sw = SwitchProc::start(&topo);
+    let (red, blue, green, gray) = (&m[0], &m[1], &m[2], &m[3]);
+    assert_eq!(ping_loss(&red.ns, &green.ip, 2), 0.0);
+    assert_eq!(ping_loss(&red.ns, &gray.ip, 2), 0.0);
+    // Remove the TAP and one veth pair under the running switch.
+    for who in [green, gray] {
+        let o = ns_exec(
+            &who.ns,
+            &["ip", "link", "del", &who.ifname],
+            Duration::from_secs(10),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // Traffic that floods (ARP for an absent host) reaches the dead ports too.
+    let _ = ping_loss(&red.ns, "192.168.15.77", 2);
+    assert_eq!(
+        ping_loss(&red.ns, &blue.ip, 3),
+        0.0,
+        "red -> blue after two ports vanished"
+    );
+    assert_eq!(
+        ping_loss(&blue.ns, &red.ip, 3),
+        0.0,
+        "blue -> red after two ports vanished"
+    );
+    let st = sw.cli_json("stats");
+    for who in [green, gray] {
+        assert_eq!(port_stats(&st, &who.port)["state"], "gone", "{}", st);
+    }
+    assert_eq!(port_stats(&st, &red.port)["state"], "up");
+    let log = sw.log_text();
+    assert!(
+        log.contains(&format!("port {} ", green.port)) && log.contains("is gone"),
+        "{log}"
+    );
+}
+
+#[test]
+fn without_root_the_error_is_clear() {
+    if !require_root("without_root_the_error_is_clear") {
+        return; // we need root to drop to another user
+    }
+    use std::os::unix::process::CommandExt;
+    let id = uniq();
+    let (toml, _, _) = star(&id, &[Kind::Veth, Kind::Veth], "");
+    let topo = TopoGuard::new(&toml);
+    for (b, sub) in [("netns-setup", "up"), ("vswitch", "run")] {
+        let mut c = std::process::Command::new(bin(b));
+        c.arg(sub).arg(&topo.path).uid(65534).gid(65534);
+        let o = run_timeout(&mut c, Duration::from_secs(20));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{b}: {err}");
+        assert!(err.contains("needs root"), "{b}: {err}");
+    }
+    assert!(!ip_netns_list().iter().any(|n| n.contains(&id)));
+    // Querying a switch that is not running says so.
+    let o = run_timeout(
+        std::process::Command::new(bin("vswitch")).args(["stats", "-t", &format!("absent{id}")]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no vswitch is running"));
+}
