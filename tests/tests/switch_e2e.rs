@@ -426,7 +426,7 @@ fn frame(dst: [u8; 6], src: [u8; 6], types: &[u16], tag: u8, len: usize) -> Vec<
     for (i, t) in types.iter().enumerate() {
         f.extend_from_slice(&t.to_be_bytes());
         if i + 1 < types.len() {
-            f.extend_from_slice(&(0x2000u16 | 100 + i as u16).to_be_bytes()); // pcp 1, vid 100+
+            f.extend_from_slice(&(0x2000u16 | (100 + i as u16)).to_be_bytes()); // pcp 1, vid 100+
         }
     }
     f.extend_from_slice(b"VSWT");
