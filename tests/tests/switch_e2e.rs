@@ -40,6 +40,9 @@ fn seed_through_switch(test: &str, kinds: [Kind; 2]) {
     let fwd_before = ip_forward();
     let mut sw = SwitchProc::start(&topo);
     let (red, blue) = (&m[0], &m[1]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sw.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
 
     assert_eq!(ping_loss(&red.ns, &blue.ip, 5), 0.0, "red -> blue");
     assert_eq!(ping_loss(&blue.ns, &red.ip, 5), 0.0, "blue -> red");
