@@ -1,2 +1,23 @@
-//! Sans-I/O connection tracking and NAT for vswitch (issue 3 builds it here).
+//! Sans-I/O connection tracking and NAT (MASQUERADE/SNAT, DNAT) for vswitch.
+//!
+//! Bytes and `now` in, verdict out: no syscalls, no clock reads, no `unsafe`.
+//!
+//! - [`checksum`]: RFC 1071 sums and RFC 1624 incremental updates, including
+//!   the CHECKSUM_PARTIAL (pseudo-header seed) variant.
+//! - [`wire`]: IPv4/TCP/UDP/ICMP fields read and rewritten in place.
+//! - [`conntrack`]: tuples, the TCP state machine, the bounded table with a
+//!   timer wheel and early drop of unassured entries.
+//! - [`engine`]: [`Nat`], the translation itself (see its module docs for the
+//!   model, RFC 4787/5382/5508 behaviour and fragment handling).
 #![deny(unsafe_code)]
+
+pub mod checksum;
+pub mod conntrack;
+pub mod engine;
+pub mod wire;
+
+pub use conntrack::{Dir, TcpState, Tuple};
+pub use engine::{
+    DnatRule, EntryView, Filtering, Ipv4Net, Nat, NatConfig, NatCounters, NatDrop, PortAlloc, Side,
+    Timeouts, Verdict,
+};

@@ -1,0 +1,113 @@
+//! Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+//!
+//! Contract: `update*` take the checksum *field* as stored in the packet.
+//! For a complete checksum the field is the complement of the sum (RFC 1624
+//! eqn. 3: `HC' = ~(~HC + ~m + m')`). For a CHECKSUM_PARTIAL packet the field
+//! holds the uncomplemented pseudo-header seed, updated as a plain one's
+//! complement sum (`HC' = HC - m + m'`), as the kernel's
+//! `inet_proto_csum_replace*` does.
+
+/// One's complement sum of `data` (big-endian 16-bit words, odd byte padded), unfolded.
+pub fn sum(data: &[u8]) -> u32 {
+    let mut s: u64 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        s += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [b] = chunks.remainder() {
+        s += u64::from(*b) << 8;
+    }
+    while s > 0xffff_ffff {
+        s = (s & 0xffff_ffff) + (s >> 32);
+    }
+    s as u32
+}
+
+/// Fold a 32-bit sum to 16 bits.
+pub fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// The checksum field value for `data` (complement of the folded sum).
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum(data))
+}
+
+/// One's complement add of two 16-bit values.
+#[inline]
+fn add(a: u16, b: u16) -> u16 {
+    let s = u32::from(a) + u32::from(b);
+    ((s & 0xffff) + (s >> 16)) as u16
+}
+
+/// Update a complete checksum field for a 16-bit word changing `old` → `new`.
+#[inline]
+pub fn update16(field: u16, old: u16, new: u16) -> u16 {
+    !add(add(!field, !old), new)
+}
+
+/// Update a complete checksum field for a 32-bit value changing `old` → `new`.
+#[inline]
+pub fn update32(field: u16, old: u32, new: u32) -> u16 {
+    let f = update16(field, (old >> 16) as u16, (new >> 16) as u16);
+    update16(f, old as u16, new as u16)
+}
+
+/// Update a partial (uncomplemented pseudo-header seed) field for `old` → `new`.
+#[inline]
+pub fn update32_partial(field: u16, old: u32, new: u32) -> u16 {
+    let f = add(add(field, !((old >> 16) as u16)), (new >> 16) as u16);
+    add(add(f, !(old as u16)), new as u16)
+}
+
+/// Pseudo-header sum for IPv4 TCP/UDP (`src`, `dst`, protocol, L4 length), unfolded.
+pub fn pseudo_header(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
+    sum(&src) + sum(&dst) + u32::from(proto) + u32::from(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The IPv4 header example of RFC 1071 section 3 / Wikipedia "IPv4 header checksum":
+    /// 4500 0073 0000 4000 4011 [b861] c0a8 0001 c0a8 00c7.
+    #[rustfmt::skip]
+    const HDR: [u8; 20] = [
+        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11,
+        0xb8, 0x61, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+    ];
+
+    #[test]
+    fn known_header_checksum() {
+        let mut h = HDR;
+        h[10] = 0;
+        h[11] = 0;
+        assert_eq!(checksum(&h), 0xb861);
+        assert_eq!(checksum(&HDR), 0);
+    }
+
+    #[test]
+    fn incremental_equals_recompute_on_fixture() {
+        let mut h = HDR;
+        let field = u16::from_be_bytes([h[10], h[11]]);
+        // Change the source address 192.168.0.1 -> 203.0.113.1.
+        let old = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
+        let new = u32::from_be_bytes([203, 0, 113, 1]);
+        h[12..16].copy_from_slice(&new.to_be_bytes());
+        let inc = update32(field, old, new);
+        h[10] = 0;
+        h[11] = 0;
+        assert_eq!(inc, checksum(&h));
+    }
+
+    #[test]
+    fn partial_update_matches_seed_recompute() {
+        let (s, d, s2) = ([192, 168, 15, 1], [203, 0, 113, 10], [203, 0, 113, 1]);
+        let seed = fold(pseudo_header(s, d, 6, 0));
+        let upd = update32_partial(seed, u32::from_be_bytes(s), u32::from_be_bytes(s2));
+        assert_eq!(upd, fold(pseudo_header(s2, d, 6, 0)));
+    }
+}

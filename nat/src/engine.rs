@@ -1,0 +1,1111 @@
+//! The NAT engine: MASQUERADE/SNAT and DNAT over the connection table.
+//!
+//! Contract: [`Nat::process`] takes `now` (ms), the side a packet came from,
+//! the IPv4 packet bytes (rewritten in place) and whether its L4 checksum is
+//! partial (CHECKSUM_PARTIAL), plus a routing oracle, and returns a
+//! [`Verdict`]. It does no I/O and reads no clock.
+//!
+//! Model (as netfilter): an entry's original tuple is what the initiator sent,
+//! its reply tuple what replies look like on arrival. A packet matching the
+//! original tuple is rewritten to `inv(reply)`, one matching the reply tuple to
+//! `inv(orig)`. New connections:
+//! - from the LAN: DNAT if the destination is a published external port; then
+//!   SNAT (masquerade) if the route leaves through the WAN and the source is
+//!   masqueraded, or if DNAT sent it back into the LAN (hairpin: the server sees
+//!   the external address and port, RFC 4787 REQ-9);
+//! - from the WAN to the external address: DNAT rules, else an existing
+//!   endpoint-independent mapping if the filtering mode admits the sender.
+//!
+//! Mappings are endpoint independent (RFC 4787 REQ-1, RFC 5382 REQ-1): one
+//! external port per internal (address, port), shared by all its sessions,
+//! kept while any session uses it. Ports are preserved when free, keep their
+//! class (< 1024 or not, REQ-3a), and are otherwise chosen at random
+//! (RFC 6056) or sequentially (deterministic mode).
+//!
+//! ICMP errors are translated in both directions with their embedded header
+//! (RFC 5508 REQ-4/5) and never create, refresh or remove state. IPv4
+//! fragments follow the translation of their first fragment; later fragments
+//! that arrive first wait in a bounded pool (REQ-14).
+
+use crate::checksum::{self, update16, update32, update32_partial};
+use crate::conntrack::{Dir, Entry, Insert, MapKey, Table, TcpEvent, TcpState, Tuple, tcp_next};
+use crate::wire::{Ipv4Packet, icmp_is_error, icmp_type, proto};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+/// Which side a packet came from, or where a route leads.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Side {
+    /// The internal network.
+    Lan,
+    /// The external network (through the uplink).
+    Wan,
+    /// The gateway itself.
+    Local,
+}
+
+/// An IPv4 network, `addr/prefix`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Ipv4Net {
+    /// Address.
+    pub addr: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    /// Whether `ip` is in this network.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        };
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+/// A DNAT (port forwarding) rule on the external address.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DnatRule {
+    /// `proto::TCP` or `proto::UDP`.
+    pub proto: u8,
+    /// External port range, inclusive.
+    pub ports: (u16, u16),
+    /// Internal address.
+    pub to_addr: Ipv4Addr,
+    /// Internal port of the first external port (the range maps one to one).
+    pub to_port: u16,
+}
+
+/// Inbound filtering of endpoint-independent mappings (RFC 4787 §5).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Filtering {
+    /// Anyone may reach a mapped port.
+    EndpointIndependent,
+    /// Only addresses the internal endpoint has sent to.
+    AddressDependent,
+    /// Only address:port pairs the internal endpoint has sent to.
+    AddressAndPortDependent,
+}
+
+impl Filtering {
+    /// Name as in RFC 4787.
+    pub fn name(self) -> &'static str {
+        match self {
+            Filtering::EndpointIndependent => "endpoint-independent",
+            Filtering::AddressDependent => "address-dependent",
+            Filtering::AddressAndPortDependent => "address-and-port-dependent",
+        }
+    }
+}
+
+/// Port allocation for new mappings.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PortAlloc {
+    /// Random (RFC 6056 algorithm 1-like) from this seed.
+    Random(u64),
+    /// Sequential from the start of the range (tests).
+    Sequential,
+}
+
+/// Timeouts in seconds. Defaults meet RFC 4787/5382/5508.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Timeouts {
+    /// UDP mapping (REQ-5: ≥ 120, 300 recommended).
+    pub udp: u64,
+    /// TCP established (RFC 5382 REQ-5: ≥ 7440).
+    pub tcp_established: u64,
+    /// TCP opening/closing and after RST (≥ 240).
+    pub tcp_transitory: u64,
+    /// ICMP query (RFC 5508 REQ-2: ≥ 60).
+    pub icmp: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            udp: 300,
+            tcp_established: 7440,
+            tcp_transitory: 240,
+            icmp: 60,
+        }
+    }
+}
+
+/// NAT configuration.
+#[derive(Clone, Debug)]
+pub struct NatConfig {
+    /// The external (uplink) address.
+    pub external: Ipv4Addr,
+    /// Sources to masquerade behind `external`.
+    pub masquerade: Vec<Ipv4Net>,
+    /// Port range for masquerade mappings of ports ≥ 1024 (inclusive).
+    pub port_range: (u16, u16),
+    /// Port forwarding rules.
+    pub dnat: Vec<DnatRule>,
+    /// Inbound filtering.
+    pub filtering: Filtering,
+    /// Table bound (default 262,144).
+    pub max_entries: usize,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Port allocation.
+    pub alloc: PortAlloc,
+    /// Hash seed.
+    pub hash_seed: u64,
+    /// Slots for out-of-order fragments.
+    pub frag_slots: usize,
+}
+
+impl NatConfig {
+    /// Defaults for `external`, masquerading nothing yet.
+    pub fn new(external: Ipv4Addr) -> NatConfig {
+        NatConfig {
+            external,
+            masquerade: Vec::new(),
+            port_range: (1024, 65535),
+            dnat: Vec::new(),
+            filtering: Filtering::AddressDependent,
+            max_entries: 262_144,
+            timeouts: Timeouts::default(),
+            alloc: PortAlloc::Random(0x9e37_79b9_7f4a_7c15),
+            hash_seed: 0x5eed,
+            frag_slots: 64,
+        }
+    }
+}
+
+/// Why the NAT dropped a packet.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NatDrop {
+    /// Headers too short or inconsistent.
+    Malformed,
+    /// Inbound to the external address with no mapping or rule.
+    NoMapping,
+    /// A mapping exists but the filtering mode refuses this sender.
+    Filtered,
+    /// The table is full of assured entries.
+    TableFull,
+    /// No free external port.
+    PortsExhausted,
+    /// A protocol masquerade cannot translate (no ports).
+    UnsupportedProtocol,
+    /// A TCP segment that cannot open a connection (e.g. RST, or non-SYN from outside).
+    InvalidTcp,
+    /// An out-of-order fragment with no room to wait.
+    FragmentOverflow,
+    /// An out-of-order fragment that waited too long.
+    FragmentTimeout,
+    /// A tuple clash with an existing entry.
+    Clash,
+}
+
+impl NatDrop {
+    /// Every reason, in counter order.
+    pub const ALL: [NatDrop; 10] = [
+        NatDrop::Malformed,
+        NatDrop::NoMapping,
+        NatDrop::Filtered,
+        NatDrop::TableFull,
+        NatDrop::PortsExhausted,
+        NatDrop::UnsupportedProtocol,
+        NatDrop::InvalidTcp,
+        NatDrop::FragmentOverflow,
+        NatDrop::FragmentTimeout,
+        NatDrop::Clash,
+    ];
+    /// Stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatDrop::Malformed => "nat-malformed",
+            NatDrop::NoMapping => "nat-no-mapping",
+            NatDrop::Filtered => "nat-filtered",
+            NatDrop::TableFull => "nat-table-full",
+            NatDrop::PortsExhausted => "nat-ports-exhausted",
+            NatDrop::UnsupportedProtocol => "nat-unsupported-protocol",
+            NatDrop::InvalidTcp => "nat-invalid-tcp",
+            NatDrop::FragmentOverflow => "nat-fragment-overflow",
+            NatDrop::FragmentTimeout => "nat-fragment-timeout",
+            NatDrop::Clash => "nat-clash",
+        }
+    }
+}
+
+/// What to do with a packet after [`Nat::process`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Verdict {
+    /// Rewritten in place; route it by its (new) destination.
+    Translated,
+    /// Not subject to NAT (LAN-internal, or for the gateway itself); forward or deliver as is.
+    NotNatted,
+    /// Drop it.
+    Drop(NatDrop),
+    /// Kept (an early fragment); it comes back through [`Nat::take_released`].
+    Stolen,
+}
+
+/// Counters.
+#[derive(Clone, Debug, Default)]
+pub struct NatCounters {
+    /// Entries created.
+    pub created: u64,
+    /// Entries removed by expiry.
+    pub expired: u64,
+    /// Unassured entries evicted because the table was full.
+    pub early_dropped: u64,
+    /// Packets translated.
+    pub translated: u64,
+    /// ICMP errors translated.
+    pub icmp_errors: u64,
+    /// Hairpinned connections.
+    pub hairpins: u64,
+    /// Fragments held until their first fragment.
+    pub fragments_held: u64,
+    /// Drops by [`NatDrop`] reason.
+    pub drops: [u64; NatDrop::ALL.len()],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct FragKey {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    id: u16,
+}
+
+#[derive(Clone, Copy)]
+struct FragXlate {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    expires: u64,
+}
+
+struct FragSlot {
+    key: Option<FragKey>,
+    since: u64,
+    released: bool,
+    data: Vec<u8>,
+}
+
+/// Largest held fragment.
+const FRAG_MAX: usize = 9216;
+/// How long a fragment may wait for its first fragment, and how long a
+/// datagram's translation is remembered for its later fragments (ms).
+const FRAG_WAIT_MS: u64 = 5_000;
+const FRAG_MEMORY_MS: u64 = 30_000;
+
+struct MapEntry {
+    ext_port: u16,
+    refs: u32,
+}
+
+/// One entry as `vswitch conntrack` shows it.
+#[derive(Clone, Debug)]
+pub struct EntryView {
+    /// Protocol number.
+    pub proto: u8,
+    /// TCP state name, or empty.
+    pub state: &'static str,
+    /// Seconds left.
+    pub secs_left: u64,
+    /// Original tuple.
+    pub orig: Tuple,
+    /// Reply tuple.
+    pub reply: Tuple,
+    /// Packets per direction.
+    pub packets: [u64; 2],
+    /// Bytes per direction.
+    pub bytes: [u64; 2],
+    /// Assured.
+    pub assured: bool,
+}
+
+/// The NAT engine.
+pub struct Nat {
+    cfg: NatConfig,
+    table: Table,
+    maps: HashMap<MapKey, MapEntry, foldhash::fast::FixedState>,
+    by_ext: HashMap<(u8, u16), MapKey, foldhash::fast::FixedState>,
+    adf: HashMap<(u8, u16, Ipv4Addr), u32, foldhash::fast::FixedState>,
+    frags: HashMap<FragKey, FragXlate, foldhash::fast::FixedState>,
+    pool: Vec<FragSlot>,
+    rng: u64,
+    seq: [u16; 3],
+    /// Counters.
+    pub counters: NatCounters,
+}
+
+struct Parsed {
+    t: Tuple,
+    /// TCP flags (TCP only).
+    flags: u8,
+    /// Whether this packet carries the L4 header (not a later fragment).
+    has_l4: bool,
+    len: u64,
+}
+
+fn splitmix(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Parse the tuple of the transport header in `l4` (ICMP: queries only).
+fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple, u8)> {
+    match proto {
+        proto::TCP | proto::UDP => {
+            if l4.len() < 4 {
+                return None;
+            }
+            let sport = u16::from_be_bytes([l4[0], l4[1]]);
+            let dport = u16::from_be_bytes([l4[2], l4[3]]);
+            let flags = if proto == proto::TCP { *l4.get(13)? } else { 0 };
+            Some((
+                Tuple {
+                    proto,
+                    src,
+                    dst,
+                    sport,
+                    dport,
+                },
+                flags,
+            ))
+        }
+        proto::ICMP => {
+            if l4.len() < 8 {
+                return None;
+            }
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            match l4[0] {
+                icmp_type::ECHO_REQUEST => Some((
+                    Tuple {
+                        proto,
+                        src,
+                        dst,
+                        sport: id,
+                        dport: 0,
+                    },
+                    0,
+                )),
+                icmp_type::ECHO_REPLY => Some((
+                    Tuple {
+                        proto,
+                        src,
+                        dst,
+                        sport: 0,
+                        dport: id,
+                    },
+                    0,
+                )),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Rewrite the transport header of `ip` from tuple `from` to `to`. `partial`:
+/// the TCP/UDP checksum holds a pseudo-header seed (only addresses change it).
+/// `has_l4`: false for later fragments (addresses only).
+fn rewrite(buf: &mut [u8], from: &Tuple, to: &Tuple, partial: bool, has_l4: bool) {
+    let Ok(mut ip) = Ipv4Packet::new_checked(&mut *buf) else {
+        return;
+    };
+    let (os, od, ns, nd) = (
+        u32::from(from.src),
+        u32::from(from.dst),
+        u32::from(to.src),
+        u32::from(to.dst),
+    );
+    if os != ns {
+        ip.set_src(to.src);
+    }
+    if od != nd {
+        ip.set_dst(to.dst);
+    }
+    if !has_l4 {
+        return;
+    }
+    let p = from.proto;
+    let l4 = ip.payload_mut();
+    let csum_at = match p {
+        proto::TCP if l4.len() >= 18 => 16,
+        proto::UDP if l4.len() >= 8 => 6,
+        proto::ICMP if l4.len() >= 8 => 2,
+        _ => return,
+    };
+    let mut c = u16::from_be_bytes([l4[csum_at], l4[csum_at + 1]]);
+    let udp_zero = p == proto::UDP && c == 0 && !partial;
+    if p == proto::ICMP {
+        // The identifier is the "port": sport of a request, dport of a reply.
+        let (old, new) = if l4[0] == icmp_type::ECHO_REQUEST {
+            (from.sport, to.sport)
+        } else {
+            (from.dport, to.dport)
+        };
+        if old != new {
+            c = update16(c, old, new);
+            l4[4..6].copy_from_slice(&new.to_be_bytes());
+        }
+    } else {
+        if !udp_zero {
+            if partial {
+                if os != ns {
+                    c = update32_partial(c, os, ns);
+                }
+                if od != nd {
+                    c = update32_partial(c, od, nd);
+                }
+            } else {
+                if os != ns {
+                    c = update32(c, os, ns);
+                }
+                if od != nd {
+                    c = update32(c, od, nd);
+                }
+                if from.sport != to.sport {
+                    c = update16(c, from.sport, to.sport);
+                }
+                if from.dport != to.dport {
+                    c = update16(c, from.dport, to.dport);
+                }
+                if p == proto::UDP && c == 0 {
+                    c = 0xffff; // 0 means "no checksum" in UDP
+                }
+            }
+        }
+        l4[0..2].copy_from_slice(&to.sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&to.dport.to_be_bytes());
+    }
+    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+impl Nat {
+    /// A NAT engine with empty tables.
+    pub fn new(cfg: NatConfig) -> Nat {
+        let seed = cfg.hash_seed;
+        let st = || foldhash::fast::FixedState::with_seed(seed);
+        let rng = match cfg.alloc {
+            PortAlloc::Random(s) => s,
+            PortAlloc::Sequential => 0,
+        };
+        let pool = (0..cfg.frag_slots)
+            .map(|_| FragSlot {
+                key: None,
+                since: 0,
+                released: false,
+                data: Vec::with_capacity(FRAG_MAX),
+            })
+            .collect();
+        Nat {
+            table: Table::new(cfg.max_entries, seed),
+            maps: HashMap::with_hasher(st()),
+            by_ext: HashMap::with_hasher(st()),
+            adf: HashMap::with_hasher(st()),
+            frags: HashMap::with_hasher(st()),
+            pool,
+            rng,
+            seq: [0; 3],
+            counters: NatCounters::default(),
+            cfg,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NatConfig {
+        &self.cfg
+    }
+
+    /// Number of connection entries.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Number of live EIM mappings.
+    pub fn mappings(&self) -> usize {
+        self.maps.len()
+    }
+
+    fn drop(&mut self, r: NatDrop) -> Verdict {
+        self.counters.drops[r as usize] += 1;
+        Verdict::Drop(r)
+    }
+
+    fn timeout_ms(&self, e: &Entry) -> u64 {
+        let t = &self.cfg.timeouts;
+        1000 * match e.orig.proto {
+            proto::TCP => {
+                if e.tcp == TcpState::Established {
+                    t.tcp_established
+                } else {
+                    t.tcp_transitory
+                }
+            }
+            proto::UDP => t.udp,
+            _ => t.icmp,
+        }
+    }
+
+    /// Translate (or not) one IPv4 packet that arrived from `from`.
+    /// `route` tells where a destination address leads.
+    pub fn process(
+        &mut self,
+        now: u64,
+        from: Side,
+        buf: &mut [u8],
+        partial: bool,
+        route: &dyn Fn(Ipv4Addr) -> Side,
+    ) -> Verdict {
+        let Ok(ip) = Ipv4Packet::new_checked(&*buf) else {
+            return self.drop(NatDrop::Malformed);
+        };
+        let (src, dst, p, len) = (ip.src(), ip.dst(), ip.protocol(), ip.total_len() as u64);
+        let frag_key = ip.is_fragment().then(|| FragKey {
+            src,
+            dst,
+            proto: p,
+            id: ip.ident(),
+        });
+        if ip.frag_offset() != 0 {
+            return self.later_fragment(now, buf, frag_key.expect("fragment"));
+        }
+        if p == proto::ICMP && ip.payload().first().is_some_and(|t| icmp_is_error(*t)) {
+            return self.icmp_error(now, from, buf);
+        }
+        let parsed = match l4_tuple(p, src, dst, ip.payload()) {
+            Some((t, flags)) => Parsed {
+                t,
+                flags,
+                has_l4: true,
+                len,
+            },
+            None => {
+                // No ports to translate: fine inside the LAN or for us; never masquerade it.
+                return match from {
+                    Side::Lan if route(dst) == Side::Wan && self.masqueraded(src) => {
+                        self.drop(NatDrop::UnsupportedProtocol)
+                    }
+                    Side::Lan => Verdict::NotNatted,
+                    _ if dst == self.cfg.external && p != proto::ICMP => {
+                        self.drop(NatDrop::NoMapping)
+                    }
+                    _ => Verdict::NotNatted,
+                };
+            }
+        };
+        let v = match self.table.lookup(&parsed.t, now) {
+            Some((id, dir)) => self.existing(now, id, dir, &parsed, buf, partial),
+            None => self.new_flow(now, from, &parsed, buf, partial, route),
+        };
+        if let Some(k) = frag_key {
+            self.first_fragment_done(now, k, buf, v);
+        }
+        v
+    }
+
+    fn masqueraded(&self, ip: Ipv4Addr) -> bool {
+        self.cfg.masquerade.iter().any(|n| n.contains(ip))
+    }
+
+    fn existing(
+        &mut self,
+        now: u64,
+        id: u32,
+        dir: Dir,
+        pk: &Parsed,
+        buf: &mut [u8],
+        partial: bool,
+    ) -> Verdict {
+        let e = self.table.get_mut(id);
+        let d = dir as usize;
+        e.packets[d] += 1;
+        e.bytes[d] += pk.len;
+        if dir == Dir::Reply && e.orig.proto != proto::TCP {
+            e.assured = true;
+        }
+        if e.orig.proto == proto::TCP {
+            let (s, f) = tcp_next(e.tcp, dir, TcpEvent::of(pk.flags), e.fin_dir);
+            e.tcp = s;
+            e.fin_dir = f;
+            if s == TcpState::Established {
+                e.assured = true;
+            }
+        }
+        let target = match dir {
+            Dir::Original => e.reply.inv(),
+            Dir::Reply => e.orig.inv(),
+        };
+        let e = e.clone();
+        let ttl = self.timeout_ms(&e);
+        self.table.set_expires(id, now + ttl);
+        rewrite(buf, &pk.t, &target, partial, pk.has_l4);
+        self.counters.translated += 1;
+        Verdict::Translated
+    }
+
+    fn dnat_match(&self, t: &Tuple) -> Option<(Ipv4Addr, u16)> {
+        if t.dst != self.cfg.external {
+            return None;
+        }
+        self.cfg
+            .dnat
+            .iter()
+            .find(|r| r.proto == t.proto && (r.ports.0..=r.ports.1).contains(&t.dport))
+            .map(|r| (r.to_addr, r.to_port.wrapping_add(t.dport - r.ports.0)))
+    }
+
+    fn reserved(&self, p: u8, port: u16) -> bool {
+        port == 0
+            || self
+                .cfg
+                .dnat
+                .iter()
+                .any(|r| r.proto == p && (r.ports.0..=r.ports.1).contains(&port))
+            || self.by_ext.contains_key(&(p, port))
+    }
+
+    /// The external port of the EIM mapping of (proto, ip, port), made if needed.
+    fn map(&mut self, key: MapKey) -> Option<u16> {
+        if let Some(m) = self.maps.get(&key) {
+            return Some(m.ext_port);
+        }
+        let (lo, hi) = if key.proto == proto::ICMP {
+            (1, 65535)
+        } else if key.port < 1024 {
+            (1, 1023)
+        } else {
+            (
+                self.cfg.port_range.0.max(1024),
+                self.cfg.port_range.1.max(1024),
+            )
+        };
+        let pick = if (lo..=hi).contains(&key.port) && !self.reserved(key.proto, key.port) {
+            Some(key.port) // port preservation
+        } else {
+            let n = u32::from(hi - lo) + 1;
+            let class = if key.proto == proto::ICMP {
+                2
+            } else {
+                usize::from(key.port >= 1024)
+            };
+            let start = match self.cfg.alloc {
+                PortAlloc::Random(_) => (splitmix(&mut self.rng) % u64::from(n)) as u32,
+                PortAlloc::Sequential => u32::from(self.seq[class]) % n,
+            };
+            let mut found = None;
+            for k in 0..n {
+                let port = lo + ((start + k) % n) as u16;
+                if !self.reserved(key.proto, port) {
+                    found = Some(port);
+                    if self.cfg.alloc == PortAlloc::Sequential {
+                        self.seq[class] = ((start + k + 1) % n) as u16;
+                    }
+                    break;
+                }
+            }
+            found
+        }?;
+        self.maps.insert(
+            key,
+            MapEntry {
+                ext_port: pick,
+                refs: 0,
+            },
+        );
+        self.by_ext.insert((key.proto, pick), key);
+        Some(pick)
+    }
+
+    fn new_flow(
+        &mut self,
+        now: u64,
+        from: Side,
+        pk: &Parsed,
+        buf: &mut [u8],
+        partial: bool,
+        route: &dyn Fn(Ipv4Addr) -> Side,
+    ) -> Verdict {
+        let t = pk.t;
+        if t.proto == proto::TCP {
+            let ev = TcpEvent::of(pk.flags);
+            if ev == TcpEvent::Rst || (from == Side::Wan && ev != TcpEvent::Syn) {
+                // Not a connection opening: only ours to drop if it was meant for NAT.
+                let meant_for_nat = match from {
+                    Side::Wan => t.dst == self.cfg.external,
+                    _ => route(t.dst) == Side::Wan || self.dnat_match(&t).is_some(),
+                };
+                return if meant_for_nat {
+                    self.drop(NatDrop::InvalidTcp)
+                } else {
+                    Verdict::NotNatted
+                };
+            }
+        }
+        let mut target = t;
+        let mut mapping = None;
+        let mut adf_remote = None;
+        match from {
+            Side::Lan | Side::Local => {
+                let dnat = self.dnat_match(&t);
+                if let Some((a, p)) = dnat {
+                    target.dst = a;
+                    target.dport = p;
+                }
+                let egress = route(target.dst);
+                if egress == Side::Local {
+                    return Verdict::NotNatted;
+                }
+                let hairpin = dnat.is_some() && egress == Side::Lan;
+                let snat = (egress == Side::Wan && self.masqueraded(t.src)) || hairpin;
+                if dnat.is_none() && !snat {
+                    return Verdict::NotNatted;
+                }
+                if snat {
+                    let id_port = t.sport;
+                    let key = MapKey {
+                        proto: t.proto,
+                        ip: t.src,
+                        port: id_port,
+                    };
+                    let Some(ext) = self.map(key) else {
+                        return self.drop(NatDrop::PortsExhausted);
+                    };
+                    target.src = self.cfg.external;
+                    target.sport = ext;
+                    mapping = Some((key, ext));
+                    adf_remote = Some(target.dst);
+                    if hairpin {
+                        self.counters.hairpins += 1;
+                    }
+                }
+            }
+            Side::Wan => {
+                if t.dst != self.cfg.external {
+                    return Verdict::NotNatted;
+                }
+                if let Some((a, p)) = self.dnat_match(&t) {
+                    target.dst = a;
+                    target.dport = p;
+                } else {
+                    let ext_port = if t.proto == proto::ICMP {
+                        t.sport
+                    } else {
+                        t.dport
+                    };
+                    if t.proto == proto::ICMP {
+                        return Verdict::NotNatted; // echo to the gateway: answered locally
+                    }
+                    let Some(&key) = self.by_ext.get(&(t.proto, ext_port)) else {
+                        return self.drop(NatDrop::NoMapping);
+                    };
+                    let allowed = match self.cfg.filtering {
+                        Filtering::EndpointIndependent => true,
+                        Filtering::AddressDependent => {
+                            self.adf.contains_key(&(t.proto, ext_port, t.src))
+                        }
+                        Filtering::AddressAndPortDependent => false,
+                    };
+                    if !allowed {
+                        return self.drop(NatDrop::Filtered);
+                    }
+                    target.dst = key.ip;
+                    target.dport = key.port;
+                    mapping = Some((key, ext_port));
+                }
+            }
+        }
+        let mut e = Entry::new(t, target.inv(), 0);
+        e.mapping = mapping;
+        e.packets[0] = 1;
+        e.bytes[0] = pk.len;
+        if t.proto == proto::TCP {
+            e.tcp = if TcpEvent::of(pk.flags) == TcpEvent::Syn {
+                TcpState::SynSent
+            } else {
+                TcpState::Established
+            };
+        }
+        e.expires = now + self.timeout_ms(&e);
+        match self.table.insert(e, now) {
+            Insert::Ok(_) => {}
+            Insert::Evicted(_, old) => {
+                self.counters.early_dropped += 1;
+                self.release(&old);
+            }
+            Insert::Full => {
+                self.unmap_if_unused(mapping);
+                return self.drop(NatDrop::TableFull);
+            }
+            Insert::Clash => {
+                self.unmap_if_unused(mapping);
+                return self.drop(NatDrop::Clash);
+            }
+        }
+        if let Some((key, ext)) = mapping {
+            if let Some(m) = self.maps.get_mut(&key) {
+                m.refs += 1;
+            }
+            if let Some(r) = adf_remote {
+                *self.adf.entry((key.proto, ext, r)).or_insert(0) += 1;
+            }
+        }
+        self.counters.created += 1;
+        self.counters.translated += 1;
+        rewrite(buf, &t, &target, partial, pk.has_l4);
+        Verdict::Translated
+    }
+
+    fn unmap_if_unused(&mut self, mapping: Option<(MapKey, u16)>) {
+        if let Some((key, ext)) = mapping
+            && self.maps.get(&key).is_some_and(|m| m.refs == 0)
+        {
+            self.maps.remove(&key);
+            self.by_ext.remove(&(key.proto, ext));
+        }
+    }
+
+    /// Drop the mapping and filter references an entry held.
+    fn release(&mut self, e: &Entry) {
+        let Some((key, ext)) = e.mapping else { return };
+        // An outbound entry recorded its remote for address-dependent filtering.
+        if e.orig.src == key.ip && e.orig.sport == key.port {
+            let k = (key.proto, ext, e.orig.dst);
+            if let Some(n) = self.adf.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.adf.remove(&k);
+                }
+            }
+        }
+        if let Some(m) = self.maps.get_mut(&key) {
+            m.refs = m.refs.saturating_sub(1);
+            if m.refs == 0 {
+                self.maps.remove(&key);
+                self.by_ext.remove(&(key.proto, ext));
+            }
+        }
+    }
+
+    /// Remove expired entries and stale fragment state (no full-table scan).
+    pub fn expire(&mut self, now: u64) {
+        let mut removed = Vec::new();
+        self.table.expire(now, |e| removed.push(e));
+        self.counters.expired += removed.len() as u64;
+        for e in &removed {
+            self.release(e);
+        }
+        self.frags.retain(|_, x| x.expires > now);
+        for s in &mut self.pool {
+            if s.key.is_some() && !s.released && now.saturating_sub(s.since) >= FRAG_WAIT_MS {
+                s.key = None;
+                self.counters.drops[NatDrop::FragmentTimeout as usize] += 1;
+            }
+        }
+    }
+
+    fn icmp_error(&mut self, now: u64, from: Side, buf: &mut [u8]) -> Verdict {
+        let _ = now;
+        let Ok(ip) = Ipv4Packet::new_checked(&*buf) else {
+            return self.drop(NatDrop::Malformed);
+        };
+        let (outer_src, hl, total) = (ip.src(), ip.header_len(), ip.total_len());
+        let icmp = ip.payload();
+        if icmp.len() < 8 + 20 + 8 {
+            return self.drop(NatDrop::Malformed);
+        }
+        // The embedded packet: its header and at least 8 bytes of transport.
+        let inner = &icmp[8..];
+        let ihl = usize::from(inner[0] & 0xf) * 4;
+        if inner[0] >> 4 != 4 || ihl < 20 || inner.len() < ihl + 8 {
+            return self.drop(NatDrop::Malformed);
+        }
+        let isrc = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
+        let idst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
+        let Some((te, _)) = l4_tuple(inner[9], isrc, idst, &inner[ihl..]) else {
+            return if from == Side::Wan {
+                self.drop(NatDrop::NoMapping)
+            } else {
+                Verdict::NotNatted
+            };
+        };
+        let q = te.inv();
+        let Some((id, dir)) = self.table.lookup(&q, now) else {
+            return if from == Side::Wan {
+                self.drop(NatDrop::NoMapping)
+            } else {
+                Verdict::NotNatted
+            };
+        };
+        let e = self.table.get(id);
+        let target = match dir {
+            Dir::Original => e.reply.inv(),
+            Dir::Reply => e.orig.inv(),
+        };
+        let new_inner = target.inv();
+        // Outer header: the destination always, the source only if the error
+        // came from the peer itself (not from a router on the way).
+        {
+            let mut op = Ipv4Packet::new_checked(&mut *buf).expect("checked above");
+            if outer_src == q.src {
+                op.set_src(target.src);
+            }
+            op.set_dst(target.dst);
+        }
+        // Embedded header: as the other side originally saw it. Its transport
+        // checksum is updated when present, not validated (RFC 5508 REQ-3).
+        let icmp_at = hl;
+        let inner_at = icmp_at + 8;
+        let inner_end = total;
+        {
+            let inner = &mut buf[inner_at..inner_end];
+            let ic = u16::from_be_bytes([inner[10], inner[11]]);
+            let mut ic2 = update32(ic, u32::from(te.src), u32::from(new_inner.src));
+            ic2 = update32(ic2, u32::from(te.dst), u32::from(new_inner.dst));
+            inner[12..16].copy_from_slice(&new_inner.src.octets());
+            inner[16..20].copy_from_slice(&new_inner.dst.octets());
+            inner[10..12].copy_from_slice(&ic2.to_be_bytes());
+            let l4 = &mut inner[ihl..];
+            match te.proto {
+                proto::TCP | proto::UDP => {
+                    let at = if te.proto == proto::TCP { 16 } else { 6 };
+                    if l4.len() >= at + 2 {
+                        let mut c = u16::from_be_bytes([l4[at], l4[at + 1]]);
+                        if !(te.proto == proto::UDP && c == 0) {
+                            c = update32(c, u32::from(te.src), u32::from(new_inner.src));
+                            c = update32(c, u32::from(te.dst), u32::from(new_inner.dst));
+                            c = update16(c, te.sport, new_inner.sport);
+                            c = update16(c, te.dport, new_inner.dport);
+                            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+                        }
+                    }
+                    l4[0..2].copy_from_slice(&new_inner.sport.to_be_bytes());
+                    l4[2..4].copy_from_slice(&new_inner.dport.to_be_bytes());
+                }
+                _ => {
+                    let (old, new) = if l4[0] == icmp_type::ECHO_REQUEST {
+                        (te.sport, new_inner.sport)
+                    } else {
+                        (te.dport, new_inner.dport)
+                    };
+                    let c = update16(u16::from_be_bytes([l4[2], l4[3]]), old, new);
+                    l4[2..4].copy_from_slice(&c.to_be_bytes());
+                    l4[4..6].copy_from_slice(&new.to_be_bytes());
+                }
+            }
+        }
+        // The ICMP checksum covers the embedded bytes: recompute it (errors are rare and short).
+        let icmp = &mut buf[icmp_at..inner_end];
+        icmp[2] = 0;
+        icmp[3] = 0;
+        let c = checksum::checksum(icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        self.counters.icmp_errors += 1;
+        Verdict::Translated
+    }
+
+    fn first_fragment_done(&mut self, now: u64, k: FragKey, buf: &[u8], v: Verdict) {
+        let (src, dst) = match (v, Ipv4Packet::new_checked(buf)) {
+            (Verdict::Translated, Ok(ip)) => (ip.src(), ip.dst()),
+            (Verdict::NotNatted, _) => (k.src, k.dst),
+            _ => return,
+        };
+        if self.frags.len() >= 4 * self.pool.len().max(64) && !self.frags.contains_key(&k) {
+            self.frags.retain(|_, x| x.expires > now);
+        }
+        if self.frags.len() < 4 * self.pool.len().max(64) {
+            self.frags.insert(
+                k,
+                FragXlate {
+                    src,
+                    dst,
+                    expires: now + FRAG_MEMORY_MS,
+                },
+            );
+        }
+        // Release fragments of this datagram that came early.
+        for s in 0..self.pool.len() {
+            if self.pool[s].key == Some(k) && !self.pool[s].released {
+                let mut data = std::mem::take(&mut self.pool[s].data);
+                if let Ok(mut ip) = Ipv4Packet::new_checked(&mut data[..]) {
+                    ip.set_src(src);
+                    ip.set_dst(dst);
+                }
+                self.pool[s].data = data;
+                self.pool[s].released = true;
+            }
+        }
+    }
+
+    fn later_fragment(&mut self, now: u64, buf: &mut [u8], k: FragKey) -> Verdict {
+        if let Some(x) = self.frags.get(&k).copied().filter(|x| x.expires > now) {
+            let mut ip = Ipv4Packet::new_checked(&mut *buf).expect("checked by caller");
+            if ip.src() != x.src {
+                ip.set_src(x.src);
+            }
+            if ip.dst() != x.dst {
+                ip.set_dst(x.dst);
+            }
+            self.counters.translated += 1;
+            return Verdict::Translated;
+        }
+        if buf.len() > FRAG_MAX {
+            return self.drop(NatDrop::FragmentOverflow);
+        }
+        let Some(slot) = self.pool.iter_mut().find(|s| s.key.is_none()) else {
+            return self.drop(NatDrop::FragmentOverflow);
+        };
+        slot.key = Some(k);
+        slot.since = now;
+        slot.released = false;
+        slot.data.clear();
+        slot.data.extend_from_slice(buf);
+        self.counters.fragments_held += 1;
+        Verdict::Stolen
+    }
+
+    /// Hand each fragment released by its first fragment to `f` (already translated).
+    pub fn take_released(&mut self, mut f: impl FnMut(&[u8])) {
+        for s in &mut self.pool {
+            if s.key.is_some() && s.released {
+                f(&s.data);
+                s.key = None;
+                s.released = false;
+            }
+        }
+    }
+
+    /// Whether fragments wait to be taken.
+    pub fn has_released(&self) -> bool {
+        self.pool.iter().any(|s| s.key.is_some() && s.released)
+    }
+
+    /// The entries, for display.
+    pub fn entries(&self, now: u64) -> Vec<EntryView> {
+        self.table
+            .iter()
+            .filter(|(_, e)| e.expires > now)
+            .map(|(_, e)| EntryView {
+                proto: e.orig.proto,
+                state: if e.orig.proto == proto::TCP {
+                    e.tcp.name()
+                } else {
+                    ""
+                },
+                secs_left: (e.expires - now) / 1000,
+                orig: e.orig,
+                reply: e.reply,
+                packets: e.packets,
+                bytes: e.bytes,
+                assured: e.assured,
+            })
+            .collect()
+    }
+}

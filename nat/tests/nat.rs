@@ -1,0 +1,798 @@
+//! NAT engine tests. Packets are built with etherparse, which is also the
+//! checksum oracle: every rewritten checksum must equal a full recompute.
+
+use etherparse::{IpNumber, Ipv4Header, PacketBuilder, TcpHeader, UdpHeader};
+use nat::checksum;
+use nat::conntrack::Tuple;
+use nat::wire::{Ipv4Packet, proto};
+use nat::*;
+use proptest::prelude::*;
+use std::net::Ipv4Addr;
+
+const EXT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const RED: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 1);
+const BLUE: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 2);
+const WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const WAN2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
+
+fn cfg() -> NatConfig {
+    let mut c = NatConfig::new(EXT);
+    c.masquerade = vec![Ipv4Net {
+        addr: Ipv4Addr::new(192, 168, 15, 0),
+        prefix: 24,
+    }];
+    c.dnat = vec![DnatRule {
+        proto: proto::TCP,
+        ports: (80, 80),
+        to_addr: BLUE,
+        to_port: 80,
+    }];
+    c.alloc = PortAlloc::Sequential;
+    c
+}
+
+/// LAN is 192.168.15.0/24, our own addresses are local, the rest is WAN.
+fn route(ip: Ipv4Addr) -> Side {
+    if ip == EXT || ip == Ipv4Addr::new(192, 168, 15, 5) {
+        Side::Local
+    } else if ip.octets()[..3] == [192, 168, 15] {
+        Side::Lan
+    } else {
+        Side::Wan
+    }
+}
+
+fn udp(src: Ipv4Addr, sp: u16, dst: Ipv4Addr, dp: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src.octets(), dst.octets(), 64)
+        .udp(sp, dp)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+fn tcp(src: Ipv4Addr, sp: u16, dst: Ipv4Addr, dp: u16, flags: &str, payload: &[u8]) -> Vec<u8> {
+    let mut b = PacketBuilder::ipv4(src.octets(), dst.octets(), 64).tcp(sp, dp, 1000, 65000);
+    if flags.contains('S') {
+        b = b.syn();
+    }
+    if flags.contains('A') {
+        b = b.ack(5000);
+    }
+    if flags.contains('F') {
+        b = b.fin();
+    }
+    if flags.contains('R') {
+        b = b.rst();
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, reply: bool) -> Vec<u8> {
+    let b = PacketBuilder::ipv4(src.octets(), dst.octets(), 64);
+    let b = if reply {
+        b.icmpv4_echo_reply(id, 1)
+    } else {
+        b.icmpv4_echo_request(id, 1)
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, b"ping payload").unwrap();
+    v
+}
+
+/// Every checksum in `pkt` equals a full recompute.
+fn assert_checksums(pkt: &[u8]) {
+    let (ip, rest) = Ipv4Header::from_slice(pkt).unwrap();
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
+    if ip.fragment_offset.value() != 0 || ip.more_fragments {
+        return;
+    }
+    match ip.protocol {
+        IpNumber::TCP => {
+            let (t, data) = TcpHeader::from_slice(rest).unwrap();
+            assert_eq!(
+                t.checksum,
+                t.calc_checksum_ipv4(&ip, data).unwrap(),
+                "TCP checksum"
+            );
+        }
+        IpNumber::UDP => {
+            let (u, data) = UdpHeader::from_slice(rest).unwrap();
+            if u.checksum != 0 {
+                assert_eq!(
+                    u.checksum,
+                    u.calc_checksum_ipv4(&ip, data).unwrap(),
+                    "UDP checksum"
+                );
+            }
+        }
+        IpNumber::ICMP => assert_eq!(checksum::checksum(rest), 0, "ICMP checksum"),
+        _ => {}
+    }
+}
+
+fn tuple_of(pkt: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let ip = Ipv4Packet::new_checked(pkt).unwrap();
+    let l4 = ip.payload();
+    if ip.protocol() == proto::ICMP {
+        let id = u16::from_be_bytes([l4[4], l4[5]]);
+        return (ip.src(), id, ip.dst(), id);
+    }
+    (
+        ip.src(),
+        u16::from_be_bytes([l4[0], l4[1]]),
+        ip.dst(),
+        u16::from_be_bytes([l4[2], l4[3]]),
+    )
+}
+
+#[test]
+fn masquerade_preserves_port_and_reverses() {
+    let mut n = Nat::new(cfg());
+    let mut p = udp(RED, 40000, WAN, 53, b"query");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&p), (EXT, 40000, WAN, 53));
+    assert_checksums(&p);
+    let mut r = udp(WAN, 53, EXT, 40000, b"answer");
+    assert_eq!(
+        n.process(1, Side::Wan, &mut r, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&r), (WAN, 53, RED, 40000));
+    assert_checksums(&r);
+}
+
+#[test]
+fn endpoint_independent_mapping_and_port_class() {
+    let mut n = Nat::new(cfg());
+    let mut a = udp(RED, 5000, WAN, 1, b"x");
+    let mut b = udp(RED, 5000, WAN2, 2, b"x");
+    n.process(0, Side::Lan, &mut a, false, &route);
+    n.process(0, Side::Lan, &mut b, false, &route);
+    assert_eq!(
+        tuple_of(&a).1,
+        tuple_of(&b).1,
+        "one external port per internal endpoint (REQ-1)"
+    );
+    // blue wants the same port: it gets another one of the same class.
+    let mut c = udp(BLUE, 5000, WAN, 1, b"x");
+    n.process(0, Side::Lan, &mut c, false, &route);
+    let pc = tuple_of(&c).1;
+    assert_ne!(pc, 5000);
+    assert!(pc >= 1024);
+    // A privileged source port keeps a privileged external port (REQ-3a).
+    let mut d = udp(RED, 500, WAN, 1, b"x");
+    let mut e = udp(BLUE, 500, WAN, 1, b"x");
+    n.process(0, Side::Lan, &mut d, false, &route);
+    n.process(0, Side::Lan, &mut e, false, &route);
+    assert_eq!(tuple_of(&d).1, 500);
+    let pe = tuple_of(&e).1;
+    assert!(pe < 1024 && pe != 500, "{pe}");
+    assert_eq!(n.mappings(), 4);
+}
+
+#[test]
+fn random_allocation_differs_from_sequential() {
+    let mut c = cfg();
+    c.alloc = PortAlloc::Random(42);
+    let mut n = Nat::new(c);
+    let mut ports = Vec::new();
+    for i in 0..20u8 {
+        let src = Ipv4Addr::new(192, 168, 15, 10 + i);
+        let mut p = udp(src, 80, WAN, 1, b"x"); // all want port 80 → only the first keeps it
+        n.process(0, Side::Lan, &mut p, false, &route);
+        ports.push(tuple_of(&p).1);
+    }
+    assert_eq!(ports[0], 80, "UDP 80 is free (DNAT reserves TCP 80 only)");
+    let increasing = ports.windows(2).filter(|w| w[1] == w[0] + 1).count();
+    assert!(increasing < 5, "ports look sequential: {ports:?}");
+    assert!(ports.iter().all(|p| *p < 1024));
+}
+
+fn filtering_case(f: Filtering) -> (Verdict, Verdict, Verdict) {
+    let mut c = cfg();
+    c.filtering = f;
+    let mut n = Nat::new(c);
+    let mut p = udp(RED, 6000, WAN, 3478, b"x");
+    n.process(0, Side::Lan, &mut p, false, &route);
+    let ext = tuple_of(&p).1;
+    let mut same_addr_other_port = udp(WAN, 3479, EXT, ext, b"x");
+    let mut other_addr = udp(WAN2, 3478, EXT, ext, b"x");
+    let mut same = udp(WAN, 3478, EXT, ext, b"x");
+    (
+        n.process(1, Side::Wan, &mut same, false, &route),
+        n.process(1, Side::Wan, &mut same_addr_other_port, false, &route),
+        n.process(1, Side::Wan, &mut other_addr, false, &route),
+    )
+}
+
+#[test]
+fn filtering_modes() {
+    use Verdict::*;
+    let filtered = Drop(NatDrop::Filtered);
+    assert_eq!(
+        filtering_case(Filtering::EndpointIndependent),
+        (Translated, Translated, Translated)
+    );
+    assert_eq!(
+        filtering_case(Filtering::AddressDependent),
+        (Translated, Translated, filtered)
+    );
+    assert_eq!(
+        filtering_case(Filtering::AddressAndPortDependent),
+        (Translated, filtered, filtered)
+    );
+}
+
+#[test]
+fn unsolicited_inbound_is_dropped() {
+    let mut n = Nat::new(cfg());
+    let mut p = udp(WAN, 1, EXT, 7777, b"x");
+    assert_eq!(
+        n.process(0, Side::Wan, &mut p, false, &route),
+        Verdict::Drop(NatDrop::NoMapping)
+    );
+    let mut s = tcp(WAN, 1, EXT, 22, "S", b"");
+    assert_eq!(
+        n.process(0, Side::Wan, &mut s, false, &route),
+        Verdict::Drop(NatDrop::NoMapping)
+    );
+    assert_eq!(n.counters.drops[NatDrop::NoMapping as usize], 2);
+    assert!(n.is_empty());
+}
+
+#[test]
+fn dnat_publishes_blue_port_80() {
+    let mut n = Nat::new(cfg());
+    let mut syn = tcp(WAN, 55555, EXT, 80, "S", b"");
+    assert_eq!(
+        n.process(0, Side::Wan, &mut syn, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(
+        tuple_of(&syn),
+        (WAN, 55555, BLUE, 80),
+        "blue sees the real client"
+    );
+    assert_checksums(&syn);
+    let mut synack = tcp(BLUE, 80, WAN, 55555, "SA", b"");
+    assert_eq!(
+        n.process(1, Side::Lan, &mut synack, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&synack), (EXT, 80, WAN, 55555));
+    assert_checksums(&synack);
+}
+
+#[test]
+fn hairpin_reaches_blue_with_external_source() {
+    let mut n = Nat::new(cfg());
+    let mut syn = tcp(RED, 41000, EXT, 80, "S", b"");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut syn, false, &route),
+        Verdict::Translated
+    );
+    let (s, sp, d, dp) = tuple_of(&syn);
+    assert_eq!(
+        (s, d, dp),
+        (EXT, BLUE, 80),
+        "REQ-9: the server sees the external address"
+    );
+    assert_eq!(sp, 41000, "and the mapped (preserved) port");
+    assert_checksums(&syn);
+    let mut back = tcp(BLUE, 80, EXT, sp, "SA", b"");
+    assert_eq!(
+        n.process(1, Side::Lan, &mut back, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&back), (EXT, 80, RED, 41000));
+    assert_eq!(n.counters.hairpins, 1);
+}
+
+#[test]
+fn lan_internal_and_local_traffic_is_not_natted() {
+    let mut n = Nat::new(cfg());
+    let mut p = udp(RED, 1, BLUE, 2, b"x");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p, false, &route),
+        Verdict::NotNatted
+    );
+    let mut ping_gw = echo(RED, EXT, 9, false);
+    assert_eq!(
+        n.process(0, Side::Lan, &mut ping_gw, false, &route),
+        Verdict::NotNatted
+    );
+    let mut ping_from_wan = echo(WAN, EXT, 9, false);
+    assert_eq!(
+        n.process(0, Side::Wan, &mut ping_from_wan, false, &route),
+        Verdict::NotNatted
+    );
+    assert!(n.is_empty());
+}
+
+#[test]
+fn icmp_echo_identifier_is_the_port() {
+    let mut n = Nat::new(cfg());
+    let mut a = echo(RED, WAN, 77, false);
+    let mut b = echo(BLUE, WAN, 77, false);
+    n.process(0, Side::Lan, &mut a, false, &route);
+    n.process(0, Side::Lan, &mut b, false, &route);
+    let (ia, ib) = (tuple_of(&a).1, tuple_of(&b).1);
+    assert_eq!(ia, 77);
+    assert_ne!(ib, 77);
+    assert_checksums(&b);
+    let mut rb = echo(WAN, EXT, ib, true);
+    assert_eq!(
+        n.process(1, Side::Wan, &mut rb, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&rb), (WAN, 77, BLUE, 77));
+    assert_checksums(&rb);
+}
+
+/// An ICMP error from `from` to `to` quoting `orig` (header + 8 bytes), as routers send it.
+fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, ty: u8, code: u8, orig: &[u8]) -> Vec<u8> {
+    let quoted = &orig[..(20 + 8).min(orig.len())];
+    let mut icmp = vec![ty, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quoted);
+    let c = checksum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut v = Vec::new();
+    let mut h = Ipv4Header::new(
+        icmp.len() as u16,
+        64,
+        IpNumber::ICMP,
+        from.octets(),
+        to.octets(),
+    )
+    .unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    h.write(&mut v).unwrap();
+    v.extend_from_slice(&icmp);
+    v
+}
+
+#[test]
+fn icmp_errors_are_translated_back_and_touch_no_state() {
+    let mut n = Nat::new(cfg());
+    // blue's UDP 33000 -> a closed port in wan; blue itself already holds port
+    // 33000? No: red holds it first, so blue's mapping differs from its port.
+    let mut first = udp(RED, 33000, WAN, 1, b"x");
+    n.process(0, Side::Lan, &mut first, false, &route);
+    let orig = udp(BLUE, 33000, WAN, 9999, b"hello");
+    let mut out = orig.clone();
+    n.process(0, Side::Lan, &mut out, false, &route);
+    let ext_port = tuple_of(&out).1;
+    assert_ne!(ext_port, 33000);
+    let before = n.entries(1);
+    let mut err = icmp_error(WAN, EXT, 3, 3, &out);
+    assert_eq!(
+        n.process(1, Side::Wan, &mut err, false, &route),
+        Verdict::Translated
+    );
+    assert_checksums(&err);
+    let ip = Ipv4Packet::new_checked(&err[..]).unwrap();
+    assert_eq!((ip.src(), ip.dst()), (WAN, BLUE));
+    let inner = &ip.payload()[8..];
+    assert_eq!(
+        &inner[12..16],
+        &BLUE.octets(),
+        "embedded source is blue again"
+    );
+    assert_eq!(
+        u16::from_be_bytes([inner[20], inner[21]]),
+        33000,
+        "embedded source port is blue's"
+    );
+    assert_eq!(
+        checksum::checksum(&inner[..20]),
+        0,
+        "embedded IPv4 header checksum"
+    );
+    assert_eq!(
+        &inner[..28],
+        &orig[..28],
+        "embedded header is what blue sent"
+    );
+    // Errors never create, refresh or kill state.
+    let after = n.entries(1);
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!((b.secs_left, b.packets), (a.secs_left, a.packets));
+    }
+    // An error about nothing we know is dropped.
+    let stray = udp(EXT, 1234, WAN, 1, b"x");
+    let mut e2 = icmp_error(WAN, EXT, 3, 3, &stray);
+    assert_eq!(
+        n.process(1, Side::Wan, &mut e2, false, &route),
+        Verdict::Drop(NatDrop::NoMapping)
+    );
+}
+
+#[test]
+fn icmp_error_from_a_router_on_the_way_keeps_its_source() {
+    let mut n = Nat::new(cfg());
+    let mut out = udp(RED, 33434, WAN, 33434, b"traceroute");
+    n.process(0, Side::Lan, &mut out, false, &route);
+    let router = Ipv4Addr::new(198, 51, 100, 1);
+    let mut err = icmp_error(router, EXT, 11, 0, &out);
+    assert_eq!(
+        n.process(1, Side::Wan, &mut err, false, &route),
+        Verdict::Translated
+    );
+    let ip = Ipv4Packet::new_checked(&err[..]).unwrap();
+    assert_eq!((ip.src(), ip.dst()), (router, RED));
+    assert_checksums(&err);
+}
+
+#[test]
+fn tcp_lifecycle_and_timeouts() {
+    let mut n = Nat::new(cfg());
+    let t = |f: &str, from_red: bool| {
+        if from_red {
+            tcp(RED, 42000, WAN, 443, f, b"")
+        } else {
+            tcp(WAN, 443, EXT, 42000, f, b"")
+        }
+    };
+    let step = |n: &mut Nat, now: u64, f: &str, from_red: bool| {
+        let mut p = t(f, from_red);
+        let side = if from_red { Side::Lan } else { Side::Wan };
+        assert_eq!(
+            n.process(now, side, &mut p, false, &route),
+            Verdict::Translated,
+            "{f}"
+        );
+        let e = &n.entries(now)[0];
+        (e.state, e.secs_left)
+    };
+    assert_eq!(step(&mut n, 0, "S", true), ("SYN_SENT", 240));
+    assert_eq!(step(&mut n, 0, "SA", false), ("SYN_RECV", 240));
+    assert_eq!(step(&mut n, 0, "A", true), ("ESTABLISHED", 7440));
+    assert!(n.entries(0)[0].assured);
+    assert_eq!(step(&mut n, 1000, "FA", true), ("FIN_WAIT", 240));
+    assert_eq!(step(&mut n, 1000, "A", false), ("CLOSE_WAIT", 240));
+    assert_eq!(step(&mut n, 1000, "FA", false), ("LAST_ACK", 240));
+    assert_eq!(step(&mut n, 1000, "A", true), ("TIME_WAIT", 240));
+    // Expiry with explicit time: still there at 240 s, gone at 241 s, mapping released.
+    n.expire(240_000);
+    assert_eq!(n.len(), 1);
+    n.expire(241_001);
+    assert_eq!((n.len(), n.mappings()), (0, 0));
+}
+
+#[test]
+fn rst_closes_and_inbound_non_syn_cannot_open() {
+    let mut n = Nat::new(cfg());
+    let mut s = tcp(RED, 42001, WAN, 80, "S", b"");
+    n.process(0, Side::Lan, &mut s, false, &route);
+    let mut r = tcp(WAN, 80, EXT, 42001, "RA", b"");
+    assert_eq!(
+        n.process(0, Side::Wan, &mut r, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(n.entries(0)[0].state, "CLOSE");
+    let mut stray = tcp(WAN, 80, EXT, 50000, "A", b"");
+    assert_eq!(
+        n.process(0, Side::Wan, &mut stray, false, &route),
+        Verdict::Drop(NatDrop::InvalidTcp)
+    );
+}
+
+#[test]
+fn simultaneous_open_through_the_mapping() {
+    let mut c = cfg();
+    c.filtering = Filtering::AddressDependent;
+    let mut n = Nat::new(c);
+    let mut s = tcp(RED, 42002, WAN, 5000, "S", b"");
+    n.process(0, Side::Lan, &mut s, false, &route);
+    let mut peer_syn = tcp(WAN, 5000, EXT, 42002, "S", b"");
+    assert_eq!(
+        n.process(0, Side::Wan, &mut peer_syn, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(n.entries(0)[0].state, "SYN_SENT2");
+    let mut sa = tcp(RED, 42002, WAN, 5000, "SA", b"");
+    n.process(0, Side::Lan, &mut sa, false, &route);
+    let mut ack = tcp(WAN, 5000, EXT, 42002, "A", b"");
+    n.process(0, Side::Wan, &mut ack, false, &route);
+    assert_eq!(n.entries(0)[0].state, "ESTABLISHED");
+}
+
+#[test]
+fn udp_expiry_and_refresh_with_explicit_time() {
+    let mut n = Nat::new(cfg());
+    let mut p = udp(RED, 1, WAN, 2, b"x");
+    n.process(0, Side::Lan, &mut p, false, &route);
+    let mut p = udp(RED, 1, WAN, 2, b"x");
+    n.process(200_000, Side::Lan, &mut p, false, &route); // outbound refresh (REQ-6)
+    n.expire(499_999);
+    assert_eq!(n.len(), 1);
+    n.expire(500_001);
+    assert_eq!(n.len(), 0);
+    assert_eq!(n.counters.expired, 1);
+}
+
+#[test]
+fn full_table_evicts_unassured_and_never_assured() {
+    let mut c = cfg();
+    c.max_entries = 4;
+    let mut n = Nat::new(c);
+    // Two assured UDP flows (replies seen).
+    for port in [1000u16, 1001] {
+        let mut p = udp(RED, port, WAN, 53, b"q");
+        n.process(0, Side::Lan, &mut p, false, &route);
+        let mut r = udp(WAN, 53, EXT, port, b"a");
+        n.process(0, Side::Wan, &mut r, false, &route);
+    }
+    // A SYN flood: unassured entries evict each other, never the assured ones.
+    for port in 2000u16..2100 {
+        let mut s = tcp(RED, port, WAN, 80, "S", b"");
+        assert_eq!(
+            n.process(1, Side::Lan, &mut s, false, &route),
+            Verdict::Translated
+        );
+    }
+    assert_eq!(n.len(), 4);
+    assert_eq!(n.counters.early_dropped, 98);
+    let assured: Vec<_> = n.entries(1).into_iter().filter(|e| e.assured).collect();
+    assert_eq!(assured.len(), 2);
+    // Only assured entries left: a new flow is refused and counted.
+    for port in [1002u16, 1003] {
+        let mut p = udp(RED, port, WAN, 53, b"q");
+        n.process(2, Side::Lan, &mut p, false, &route);
+        let mut r = udp(WAN, 53, EXT, port, b"a");
+        n.process(2, Side::Wan, &mut r, false, &route);
+    }
+    let mut s = tcp(RED, 3000, WAN, 80, "S", b"");
+    assert_eq!(
+        n.process(3, Side::Lan, &mut s, false, &route),
+        Verdict::Drop(NatDrop::TableFull)
+    );
+    assert_eq!(n.counters.drops[NatDrop::TableFull as usize], 1);
+}
+
+#[test]
+fn udp_zero_checksum_stays_zero() {
+    let mut n = Nat::new(cfg());
+    let mut p = udp(RED, 1, WAN, 2, b"x");
+    p[26] = 0;
+    p[27] = 0;
+    n.process(0, Side::Lan, &mut p, false, &route);
+    assert_eq!(&p[26..28], &[0, 0]);
+}
+
+/// The kernel's seed for CHECKSUM_PARTIAL: the folded pseudo-header sum, uncomplemented.
+fn partial_seed(pkt: &[u8]) -> u16 {
+    let ip = Ipv4Packet::new_checked(pkt).unwrap();
+    checksum::fold(checksum::pseudo_header(
+        ip.src().octets(),
+        ip.dst().octets(),
+        ip.protocol(),
+        ip.payload().len() as u16,
+    ))
+}
+
+#[test]
+fn checksum_partial_frames_only_change_the_seed_for_addresses() {
+    let mut n = Nat::new(cfg());
+    let mut p = tcp(RED, 43000, WAN, 443, "S", b"data");
+    let seed = partial_seed(&p);
+    p[36..38].copy_from_slice(&seed.to_be_bytes());
+    // blue's port collides later; use a fresh source to force a port change too.
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p, true, &route),
+        Verdict::Translated
+    );
+    assert_eq!(
+        u16::from_be_bytes([p[36], p[37]]),
+        partial_seed(&p),
+        "seed follows the new addresses only"
+    );
+    let mut q = tcp(BLUE, 43000, WAN, 443, "S", b"data");
+    let seed = partial_seed(&q);
+    q[36..38].copy_from_slice(&seed.to_be_bytes());
+    n.process(0, Side::Lan, &mut q, true, &route);
+    assert_ne!(tuple_of(&q).1, 43000, "port changed");
+    assert_eq!(
+        u16::from_be_bytes([q[36], q[37]]),
+        partial_seed(&q),
+        "a port change leaves the seed alone"
+    );
+}
+
+/// Split an IPv4 datagram into fragments of `chunk` payload bytes (multiple of 8).
+fn fragment(pkt: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    let (ip, rest) = Ipv4Header::from_slice(pkt).unwrap();
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < rest.len() {
+        let end = (off + chunk).min(rest.len());
+        let mut h = ip.clone();
+        h.more_fragments = end < rest.len();
+        h.fragment_offset = etherparse::IpFragOffset::try_new((off / 8) as u16).unwrap();
+        h.total_len = (20 + end - off) as u16;
+        h.identification = 4242;
+        h.header_checksum = h.calc_header_checksum();
+        let mut v = Vec::new();
+        h.write(&mut v).unwrap();
+        v.extend_from_slice(&rest[off..end]);
+        out.push(v);
+        off = end;
+    }
+    out
+}
+
+fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
+    let mut parts: Vec<(usize, Vec<u8>)> = frags
+        .iter()
+        .map(|f| {
+            let (h, rest) = Ipv4Header::from_slice(f).unwrap();
+            (usize::from(h.fragment_offset.value()) * 8, rest.to_vec())
+        })
+        .collect();
+    parts.sort();
+    let (mut h, _) = Ipv4Header::from_slice(&frags[0]).unwrap();
+    let payload: Vec<u8> = parts.into_iter().flat_map(|(_, p)| p).collect();
+    h.more_fragments = false;
+    h.fragment_offset = etherparse::IpFragOffset::ZERO;
+    h.total_len = (20 + payload.len()) as u16;
+    h.header_checksum = h.calc_header_checksum();
+    let mut v = Vec::new();
+    h.write(&mut v).unwrap();
+    v.extend_from_slice(&payload);
+    v
+}
+
+fn fragments_case(order: &[usize]) {
+    let mut n = Nat::new(cfg());
+    let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+    let dgram = udp(RED, 45000, WAN, 9000, &payload);
+    let frags = fragment(&dgram, 1480);
+    assert_eq!(frags.len(), 3);
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for &i in order {
+        let mut f = frags[i].clone();
+        match n.process(0, Side::Lan, &mut f, false, &route) {
+            Verdict::Translated => out.push(f),
+            Verdict::Stolen => {}
+            v => panic!("fragment {i}: {v:?}"),
+        }
+        n.take_released(|f| out.push(f.to_vec()));
+    }
+    assert_eq!(out.len(), 3, "every fragment comes out");
+    for f in &out {
+        let ip = Ipv4Packet::new_checked(&f[..]).unwrap();
+        assert_eq!((ip.src(), ip.dst()), (EXT, WAN));
+        assert!(ip.checksum_ok());
+    }
+    let whole = reassemble(&out);
+    assert_checksums(&whole);
+    assert_eq!(tuple_of(&whole), (EXT, 45000, WAN, 9000));
+}
+
+#[test]
+fn fragments_in_order() {
+    fragments_case(&[0, 1, 2]);
+}
+
+#[test]
+fn fragments_out_of_order() {
+    fragments_case(&[2, 1, 0]);
+    fragments_case(&[1, 0, 2]);
+}
+
+#[test]
+fn early_fragments_are_bounded_and_time_out() {
+    let mut c = cfg();
+    c.frag_slots = 2;
+    let mut n = Nat::new(c);
+    let payload = vec![7u8; 3000];
+    let frags = fragment(&udp(RED, 1, WAN, 2, &payload), 1480);
+    let mut a = frags[1].clone();
+    let mut b = frags[2].clone();
+    assert_eq!(
+        n.process(0, Side::Lan, &mut a, false, &route),
+        Verdict::Stolen
+    );
+    assert_eq!(
+        n.process(0, Side::Lan, &mut b, false, &route),
+        Verdict::Stolen
+    );
+    let mut c2 = frags[2].clone();
+    assert_eq!(
+        n.process(0, Side::Lan, &mut c2, false, &route),
+        Verdict::Drop(NatDrop::FragmentOverflow)
+    );
+    n.expire(6_000);
+    assert_eq!(n.counters.drops[NatDrop::FragmentTimeout as usize], 2);
+    let mut d = frags[1].clone();
+    assert_eq!(
+        n.process(6_000, Side::Lan, &mut d, false, &route),
+        Verdict::Stolen,
+        "slots are free again"
+    );
+}
+
+#[test]
+fn malformed_input_is_a_counted_drop() {
+    let mut n = Nat::new(cfg());
+    for bad in [vec![], vec![0x45; 10], vec![0x65; 40], {
+        let mut p = udp(RED, 1, WAN, 2, b"x");
+        p[3] = 200; // total length beyond the buffer
+        p
+    }] {
+        let mut b = bad.clone();
+        assert_eq!(
+            n.process(0, Side::Lan, &mut b, false, &route),
+            Verdict::Drop(NatDrop::Malformed)
+        );
+    }
+    // Truncated ICMP error.
+    let mut e = icmp_error(WAN, EXT, 3, 3, &udp(EXT, 1, WAN, 2, b""));
+    e.truncate(40);
+    e[2..4].copy_from_slice(&40u16.to_be_bytes());
+    assert_eq!(
+        n.process(0, Side::Wan, &mut e, false, &route),
+        Verdict::Drop(NatDrop::Malformed)
+    );
+}
+
+proptest! {
+    /// Translate-then-reverse is the identity, and every checksum equals a recompute.
+    #[test]
+    fn round_trip_identity(
+        host in 1u8..250, sport in 1u16.., dport in 1u16.., wan_host in 1u8..250,
+        is_tcp in any::<bool>(), payload in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let mut n = Nat::new({ let mut c = cfg(); c.alloc = PortAlloc::Random(7); c });
+        let src = Ipv4Addr::new(192, 168, 15, host);
+        let dst = Ipv4Addr::new(198, 51, 100, wan_host);
+        let mk = |s, sp, d, dp| if is_tcp { tcp(s, sp, d, dp, "S", &payload) } else { udp(s, sp, d, dp, &payload) };
+        let mut out = mk(src, sport, dst, dport);
+        prop_assert_eq!(n.process(0, Side::Lan, &mut out, false, &route), Verdict::Translated);
+        assert_checksums(&out);
+        let (es, ep, ed, edp) = tuple_of(&out);
+        prop_assert_eq!((es, ed, edp), (EXT, dst, dport));
+        // The reply to what left comes back as the reply to what was sent.
+        let mut back = if is_tcp { tcp(ed, edp, es, ep, "SA", &payload) } else { udp(ed, edp, es, ep, &payload) };
+        prop_assert_eq!(n.process(1, Side::Wan, &mut back, false, &route), Verdict::Translated);
+        let expect = if is_tcp { tcp(dst, dport, src, sport, "SA", &payload) } else { udp(dst, dport, src, sport, &payload) };
+        prop_assert_eq!(back, expect);
+    }
+
+    /// Incremental updates equal a full recompute for any 32-bit change.
+    #[test]
+    fn incremental_checksum_equals_recompute(data in proptest::collection::vec(any::<u8>(), 8..64), at in 0usize..4, new in any::<u32>()) {
+        let mut d = data.clone();
+        let i = (at * 2).min(d.len() - 4) & !1;
+        let field = checksum::checksum(&d);
+        let old = u32::from_be_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
+        d[i..i + 4].copy_from_slice(&new.to_be_bytes());
+        let inc = checksum::update32(field, old, new);
+        let full = checksum::checksum(&d);
+        // 0x0000 and 0xffff are the same value in one's complement.
+        prop_assert!(inc == full || (inc == 0xffff && full == 0) || (inc == 0 && full == 0xffff), "{inc:04x} vs {full:04x}");
+    }
+}
+
+#[test]
+fn tuple_inverse() {
+    let t = Tuple {
+        proto: 6,
+        src: RED,
+        dst: WAN,
+        sport: 1,
+        dport: 2,
+    };
+    assert_eq!(t.inv().inv(), t);
+}
