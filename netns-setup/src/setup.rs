@@ -14,7 +14,7 @@
 use crate::netlink::{IFF_UP, Link, LinkSettings, Netlink, NlError};
 use crate::netns::{self, in_netns};
 use crate::sys;
-use crate::topology::{EndpointKind, NamespaceSpec, Topology};
+use crate::topology::{EndpointKind, NamespaceSpec, Topology, UplinkKind, UplinkSpec};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -186,7 +186,6 @@ fn up_inner(t: &Topology, report: &mut UpReport, undo: &mut Undo) -> Result<(), 
         report.changes.push(format!("created namespace {name}"));
     }
 
-    let alias = link_alias(&t.name);
     let sw_ns = switch_ns(t)?;
     if let Some(ns) = &sw_ns {
         let mut nl = netlink_in(Some(ns))?;
@@ -213,42 +212,12 @@ fn up_inner(t: &Topology, report: &mut UpReport, undo: &mut Undo) -> Result<(), 
                     .switch_ifname
                     .as_deref()
                     .expect("validated: veth on switch has a switch-side name");
-                let mut nl = netlink_in(sw_ns.as_ref())?;
-                let inside = netlink_in(Some(&ns_file))?.link(&ns.ifname)?;
-                let mut sw_link = nl.link(sw_if)?;
-                if let Some(l) = &sw_link {
-                    if l.alias != alias {
-                        return Err(SetupError::LinkExists {
-                            name: sw_if.into(),
-                            netns: where_is(t),
-                            topology: t.name.clone(),
-                        });
-                    }
-                    if inside.is_none() {
-                        // Half of an old pair: replace it.
-                        nl.delete_link(l.index, sw_if)?;
-                        sw_link = None;
-                    }
-                }
-                if sw_link.is_none() {
-                    if inside.is_some() {
-                        return Err(SetupError::LinkExists {
-                            name: ns.ifname.clone(),
-                            netns: format!("namespace {}", ns.name),
-                            topology: t.name.clone(),
-                        });
-                    }
-                    nl.create_veth(sw_if, &ns.ifname, Some(ns_file.as_raw_fd()))?;
-                    undo.links.push(sw_if.to_string());
-                    report.changes.push(format!(
-                        "created veth {sw_if} <-> {}:{}",
-                        ns.name, ns.ifname
-                    ));
-                }
-                let l = nl.link(sw_if)?.ok_or_else(|| {
-                    io_err(format!("find {sw_if}"))(io::ErrorKind::NotFound.into())
-                })?;
-                configure_switch_side(&mut nl, &l, &alias, ns.mtu, report)?;
+                let end = VethEnd {
+                    netns: &ns.name,
+                    file: &ns_file,
+                    ifname: &ns.ifname,
+                };
+                ensure_switch_veth(t, sw_ns.as_ref(), sw_if, &end, ns.mtu, report, undo)?;
             }
             EndpointKind::Tap => {
                 let name = ns.ifname.clone();
@@ -274,7 +243,52 @@ fn up_inner(t: &Topology, report: &mut UpReport, undo: &mut Undo) -> Result<(), 
         configure_inside(&ns_file, ns, report)?;
     }
 
-    // 3. Direct pairs.
+    // 3. The uplink to a simulated external network.
+    if let Some(UplinkSpec {
+        kind:
+            UplinkKind::Veth {
+                netns: un,
+                ifname,
+                switch_ifname,
+                peer_addresses,
+            },
+        ..
+    }) = &t.uplink
+    {
+        let f = open_netns(un)?;
+        let end = VethEnd {
+            netns: un,
+            file: &f,
+            ifname,
+        };
+        ensure_switch_veth(t, sw_ns.as_ref(), switch_ifname, &end, None, report, undo)?;
+        let mut nl = netlink_in(Some(&f))?;
+        for name in ["lo", ifname.as_str()] {
+            let l = nl.link(name)?.ok_or_else(|| {
+                io_err(format!("find {name} in namespace {un}"))(io::ErrorKind::NotFound.into())
+            })?;
+            if l.flags & IFF_UP == 0 {
+                nl.set_link(
+                    l.index,
+                    name,
+                    &LinkSettings {
+                        up: Some(true),
+                        ..Default::default()
+                    },
+                )?;
+                report.changes.push(format!("{un}: {name} up"));
+            }
+            if name != "lo" {
+                for a in peer_addresses {
+                    if nl.add_addr(l.index, name, a.addr, a.prefix)? {
+                        report.changes.push(format!("{un}: address {a} on {name}"));
+                    }
+                }
+            }
+        }
+    }
+
+    // 4. Direct pairs.
     for &(a, b) in &t.pairs {
         let (na, nb) = (&t.namespaces[a], &t.namespaces[b]);
         let fa = open_netns(&na.name)?;
@@ -304,6 +318,62 @@ fn up_inner(t: &Topology, report: &mut UpReport, undo: &mut Undo) -> Result<(), 
         configure_inside(&fb, nb, report)?;
     }
     Ok(())
+}
+
+/// The namespace end of a veth whose other end is on the switch side.
+struct VethEnd<'a> {
+    netns: &'a str,
+    file: &'a File,
+    ifname: &'a str,
+}
+
+/// Create (or adopt) the veth `sw_if` (switch side) <-> `end`, and keep the switch side quiet.
+fn ensure_switch_veth(
+    t: &Topology,
+    sw_ns: Option<&File>,
+    sw_if: &str,
+    end: &VethEnd,
+    mtu: Option<u32>,
+    report: &mut UpReport,
+    undo: &mut Undo,
+) -> Result<(), SetupError> {
+    let alias = link_alias(&t.name);
+    let mut nl = netlink_in(sw_ns)?;
+    let inside = netlink_in(Some(end.file))?.link(end.ifname)?;
+    let mut sw_link = nl.link(sw_if)?;
+    if let Some(l) = &sw_link {
+        if l.alias != alias {
+            return Err(SetupError::LinkExists {
+                name: sw_if.into(),
+                netns: where_is(t),
+                topology: t.name.clone(),
+            });
+        }
+        if inside.is_none() {
+            // Half of an old pair: replace it.
+            nl.delete_link(l.index, sw_if)?;
+            sw_link = None;
+        }
+    }
+    if sw_link.is_none() {
+        if inside.is_some() {
+            return Err(SetupError::LinkExists {
+                name: end.ifname.into(),
+                netns: format!("namespace {}", end.netns),
+                topology: t.name.clone(),
+            });
+        }
+        nl.create_veth(sw_if, end.ifname, Some(end.file.as_raw_fd()))?;
+        undo.links.push(sw_if.to_string());
+        report.changes.push(format!(
+            "created veth {sw_if} <-> {}:{}",
+            end.netns, end.ifname
+        ));
+    }
+    let l = nl
+        .link(sw_if)?
+        .ok_or_else(|| io_err(format!("find {sw_if}"))(io::ErrorKind::NotFound.into()))?;
+    configure_switch_side(&mut nl, &l, &alias, mtu, report)
 }
 
 fn configure_switch_side(
@@ -580,6 +650,20 @@ pub fn show(t: &Topology) -> Result<ShowReport, SetupError> {
         Ok(())
     };
     let sw = t.switch.as_ref().and_then(|s| s.netns.as_deref());
+    if let Some(UplinkSpec {
+        kind:
+            UplinkKind::Veth {
+                netns: un,
+                ifname,
+                switch_ifname,
+                ..
+            },
+        ..
+    }) = &t.uplink
+    {
+        look(Some(un), ifname, "external")?;
+        look(sw, switch_ifname, "uplink")?;
+    }
     for ns in &t.namespaces {
         look(Some(&ns.name), &ns.ifname, "endpoint")?;
         if let Some(s) = &ns.switch_ifname {

@@ -165,6 +165,129 @@ pub struct Topology {
     pub namespaces: Vec<NamespaceSpec>,
     /// Direct veth pairs, as indices into `namespaces`.
     pub pairs: Vec<(usize, usize)>,
+    /// The switch's gateway (router) on the LAN, if any.
+    pub gateway: Option<GatewaySpec>,
+    /// The routed, NAT'd uplink, if any.
+    pub uplink: Option<UplinkSpec>,
+    /// Static routes via next hops on the LAN.
+    pub routes: Vec<RouteSpec>,
+    /// NAT settings (masquerade sources, port forwards, behaviour).
+    pub nat: NatSpec,
+}
+
+/// The gateway address owned by the switch on the LAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySpec {
+    /// Address and LAN subnet, e.g. 192.168.15.5/24.
+    pub address: Ipv4Cidr,
+}
+
+/// Where the uplink port is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkKind {
+    /// A veth pair to a namespace that simulates the external network.
+    Veth {
+        /// The external namespace (created by `up`).
+        netns: String,
+        /// Interface inside it.
+        ifname: String,
+        /// Switch-side interface.
+        switch_ifname: String,
+        /// Addresses of the simulated external host(s) in that namespace.
+        peer_addresses: Vec<Ipv4Cidr>,
+    },
+    /// An existing interface in the switch namespace (e.g. a macvlan on a NIC); not created.
+    Interface {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// The uplink: a routed port whose traffic goes through the NAT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkSpec {
+    /// Our external address (owned by the switch) and the uplink subnet.
+    pub address: Ipv4Cidr,
+    /// The port.
+    pub kind: UplinkKind,
+    /// Next hop for destinations outside the uplink subnet (none: unreachable).
+    pub next_hop: Option<Ipv4Addr>,
+    /// Path MTU towards the uplink, used for fragmentation decisions.
+    pub mtu: u32,
+}
+
+impl UplinkSpec {
+    /// Name of the switch's port for the uplink.
+    pub fn port_name(&self) -> &str {
+        match &self.kind {
+            UplinkKind::Veth { switch_ifname, .. } => switch_ifname,
+            UplinkKind::Interface { name } => name,
+        }
+    }
+}
+
+/// A static route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Destination network.
+    pub to: Ipv4Cidr,
+    /// Next hop on the LAN.
+    pub via: Ipv4Addr,
+}
+
+/// A port forward on the external address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnatSpec {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// External ports, inclusive.
+    pub ports: (u16, u16),
+    /// Internal address.
+    pub to_addr: Ipv4Addr,
+    /// Internal port of the first external port.
+    pub to_port: u16,
+}
+
+/// NAT behaviour and rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatSpec {
+    /// Source networks masqueraded behind the uplink address.
+    pub masquerade: Vec<Ipv4Cidr>,
+    /// Port forwards.
+    pub dnat: Vec<DnatSpec>,
+    /// `endpoint-independent`, `address-dependent` (default) or `address-and-port-dependent`.
+    pub filtering: String,
+    /// Ports for masquerade mappings of source ports ≥ 1024.
+    pub port_range: (u16, u16),
+    /// Connection table bound.
+    pub max_entries: usize,
+    /// `random` (default) or `sequential`.
+    pub port_allocation: String,
+    /// UDP timeout, s.
+    pub udp_timeout: u64,
+    /// TCP established timeout, s.
+    pub tcp_established_timeout: u64,
+    /// TCP transitory timeout, s.
+    pub tcp_transitory_timeout: u64,
+    /// ICMP query timeout, s.
+    pub icmp_timeout: u64,
+}
+
+impl Default for NatSpec {
+    fn default() -> Self {
+        NatSpec {
+            masquerade: Vec::new(),
+            dnat: Vec::new(),
+            filtering: "address-dependent".into(),
+            port_range: (1024, 65535),
+            max_entries: 262_144,
+            port_allocation: "random".into(),
+            udp_timeout: 300,
+            tcp_established_timeout: 7440,
+            tcp_transitory_timeout: 240,
+            icmp_timeout: 60,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -176,6 +299,97 @@ struct TopologyFile {
     namespace: Vec<NamespaceFile>,
     #[serde(default)]
     pair: Vec<PairFile>,
+    gateway: Option<GatewayFile>,
+    uplink: Option<UplinkFile>,
+    #[serde(default)]
+    route: Vec<RouteFile>,
+    #[serde(default)]
+    masquerade: Vec<MasqueradeFile>,
+    #[serde(default)]
+    dnat: Vec<DnatFile>,
+    nat: Option<NatFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UplinkFile {
+    address: String,
+    netns: Option<String>,
+    interface: Option<String>,
+    #[serde(default)]
+    peer_addresses: Vec<String>,
+    ifname: Option<String>,
+    switch_ifname: Option<String>,
+    next_hop: Option<String>,
+    mtu: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    to: String,
+    via: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MasqueradeFile {
+    source: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PortSpec {
+    One(u16),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DnatFile {
+    protocol: String,
+    port: PortSpec,
+    to: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NatFile {
+    filtering: Option<String>,
+    port_range: Option<String>,
+    max_entries: Option<usize>,
+    port_allocation: Option<String>,
+    udp_timeout: Option<u64>,
+    tcp_established_timeout: Option<u64>,
+    tcp_transitory_timeout: Option<u64>,
+    icmp_timeout: Option<u64>,
+}
+
+fn parse_range(key: &str, s: &str) -> Result<(u16, u16), TopologyError> {
+    let bad = || {
+        err(
+            key,
+            format!("{s:?} is not a port or port range (e.g. 80 or 8000-8010)"),
+        )
+    };
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || b < a {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+fn parse_ip(key: &str, s: &str) -> Result<Ipv4Addr, TopologyError> {
+    s.parse()
+        .map_err(|_| err(key, format!("{s:?} is not an IPv4 address")))
 }
 
 #[derive(Deserialize)]
@@ -489,12 +703,26 @@ impl Topology {
                 ));
             }
         }
-        Ok(Topology {
+        let mut t = Topology {
             name,
             switch,
             namespaces,
             pairs,
-        })
+            gateway: None,
+            uplink: None,
+            routes: Vec::new(),
+            nat: NatSpec::default(),
+        };
+        validate_routing(
+            &mut t,
+            file.gateway,
+            file.uplink,
+            file.route,
+            file.masquerade,
+            file.dnat,
+            file.nat,
+        )?;
+        Ok(t)
     }
 
     /// Namespaces attached to the switch, in file order.
@@ -508,8 +736,343 @@ impl Topology {
         if let Some(ns) = self.switch.as_ref().and_then(|s| s.netns.clone()) {
             v.push(ns);
         }
+        if let Some(UplinkSpec {
+            kind: UplinkKind::Veth { netns, .. },
+            ..
+        }) = &self.uplink
+        {
+            v.push(netns.clone());
+        }
         v
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn validate_routing(
+    t: &mut Topology,
+    gateway: Option<GatewayFile>,
+    uplink: Option<UplinkFile>,
+    routes: Vec<RouteFile>,
+    masquerade: Vec<MasqueradeFile>,
+    dnat: Vec<DnatFile>,
+    nat: Option<NatFile>,
+) -> Result<(), TopologyError> {
+    if let Some(g) = gateway {
+        if t.switch.is_none() {
+            return Err(err("gateway", "a gateway needs a [switch]"));
+        }
+        let address: Ipv4Cidr = g.address.parse().map_err(|e| err("gateway.address", e))?;
+        if address.prefix == 0
+            || address.prefix > 30
+            || address.addr == address.network()
+            || address.addr == address.broadcast()
+        {
+            return Err(err(
+                "gateway.address",
+                format!("{address} is not a usable host address with its subnet"),
+            ));
+        }
+        for (i, ns) in t.namespaces.iter().enumerate() {
+            if ns.address.addr == address.addr {
+                return Err(err(
+                    "gateway.address",
+                    format!("{} is already namespace[{i}]'s address", address.addr),
+                ));
+            }
+        }
+        t.gateway = Some(GatewaySpec { address });
+    }
+    let taken: Vec<String> = t.all_netns();
+    if let Some(u) = uplink {
+        let gw = t
+            .gateway
+            .as_ref()
+            .ok_or_else(|| err("uplink", "an uplink needs a [gateway] on the LAN"))?;
+        let address: Ipv4Cidr = u.address.parse().map_err(|e| err("uplink.address", e))?;
+        if address.prefix == 0
+            || address.prefix > 30
+            || address.addr == address.network()
+            || address.addr == address.broadcast()
+        {
+            return Err(err(
+                "uplink.address",
+                format!("{address} is not a usable host address with its subnet"),
+            ));
+        }
+        if gw.address.contains(address.addr) || address.contains(gw.address.addr) {
+            return Err(err(
+                "uplink.address",
+                format!(
+                    "{address} overlaps the LAN {}/{}",
+                    gw.address.network(),
+                    gw.address.prefix
+                ),
+            ));
+        }
+        let kind = match (u.netns, u.interface) {
+            (Some(netns), None) => {
+                check_ns_name("uplink.netns", &netns)?;
+                if taken.contains(&netns) {
+                    return Err(err(
+                        "uplink.netns",
+                        format!("namespace {netns:?} is already used by the topology"),
+                    ));
+                }
+                let ifname = u.ifname.unwrap_or_else(|| format!("veth-{netns}"));
+                check_ifname("uplink.ifname", &ifname)
+                    .map_err(|e| hint(e, "set `ifname` to a shorter name"))?;
+                let switch_ifname = u
+                    .switch_ifname
+                    .unwrap_or_else(|| format!("veth-{netns}-br"));
+                check_ifname("uplink.switch_ifname", &switch_ifname)
+                    .map_err(|e| hint(e, "set `switch_ifname` to a shorter name"))?;
+                if t.namespaces
+                    .iter()
+                    .any(|n| n.switch_ifname.as_deref() == Some(switch_ifname.as_str()))
+                {
+                    return Err(err(
+                        "uplink.switch_ifname",
+                        format!("{switch_ifname:?} is already a switch-side interface"),
+                    ));
+                }
+                let mut peer_addresses = Vec::new();
+                for (i, a) in u.peer_addresses.iter().enumerate() {
+                    let k = format!("uplink.peer_addresses[{i}]");
+                    let c: Ipv4Cidr = a.parse().map_err(|e| err(&k, e))?;
+                    if !address.contains(c.addr) || c.prefix != address.prefix {
+                        return Err(err(
+                            k,
+                            format!(
+                                "{c} is not in the uplink subnet {}/{}",
+                                address.network(),
+                                address.prefix
+                            ),
+                        ));
+                    }
+                    if c.addr == address.addr
+                        || peer_addresses.iter().any(|p: &Ipv4Cidr| p.addr == c.addr)
+                    {
+                        return Err(err(k, format!("{} is used twice", c.addr)));
+                    }
+                    peer_addresses.push(c);
+                }
+                if peer_addresses.is_empty() {
+                    return Err(err(
+                        "uplink.peer_addresses",
+                        "the external namespace needs at least one address",
+                    ));
+                }
+                UplinkKind::Veth {
+                    netns,
+                    ifname,
+                    switch_ifname,
+                    peer_addresses,
+                }
+            }
+            (None, Some(name)) => {
+                check_ifname("uplink.interface", &name)?;
+                if !u.peer_addresses.is_empty() || u.ifname.is_some() || u.switch_ifname.is_some() {
+                    return Err(err(
+                        "uplink.interface",
+                        "an existing interface takes no peer_addresses, ifname or switch_ifname",
+                    ));
+                }
+                UplinkKind::Interface { name }
+            }
+            _ => {
+                return Err(err(
+                    "uplink",
+                    "set exactly one of `netns` (a simulated external network) or `interface` (an existing one)",
+                ));
+            }
+        };
+        let next_hop = match u.next_hop {
+            Some(h) => {
+                let ip = parse_ip("uplink.next_hop", &h)?;
+                if !address.contains(ip) || ip == address.addr {
+                    return Err(err(
+                        "uplink.next_hop",
+                        format!("{ip} is not another host of the uplink subnet"),
+                    ));
+                }
+                Some(ip)
+            }
+            None => None,
+        };
+        let mtu = u.mtu.unwrap_or(1500);
+        if !(576..=65535).contains(&mtu) {
+            return Err(err("uplink.mtu", "must be in 576..=65535"));
+        }
+        t.uplink = Some(UplinkSpec {
+            address,
+            kind,
+            next_hop,
+            mtu,
+        });
+    }
+    for (i, r) in routes.into_iter().enumerate() {
+        let gw = t
+            .gateway
+            .as_ref()
+            .ok_or_else(|| err(format!("route[{i}]"), "routes need a [gateway]"))?;
+        let to: Ipv4Cidr = r.to.parse().map_err(|e| err(format!("route[{i}].to"), e))?;
+        let via = parse_ip(&format!("route[{i}].via"), &r.via)?;
+        if !gw.address.contains(via) || via == gw.address.addr {
+            return Err(err(
+                format!("route[{i}].via"),
+                format!(
+                    "{via} is not another host of the LAN {}/{}",
+                    gw.address.network(),
+                    gw.address.prefix
+                ),
+            ));
+        }
+        t.routes.push(RouteSpec { to, via });
+    }
+    let needs_uplink = |k: &str| err(k, "NAT rules need an [uplink]");
+    for (i, m) in masquerade.into_iter().enumerate() {
+        let k = format!("masquerade[{i}].source");
+        if t.uplink.is_none() {
+            return Err(needs_uplink(&k));
+        }
+        t.nat
+            .masquerade
+            .push(m.source.parse().map_err(|e| err(&k, e))?);
+    }
+    for (i, d) in dnat.into_iter().enumerate() {
+        let k = |f: &str| format!("dnat[{i}].{f}");
+        if t.uplink.is_none() {
+            return Err(needs_uplink(&k("to")));
+        }
+        if d.protocol != "tcp" && d.protocol != "udp" {
+            return Err(err(
+                k("protocol"),
+                format!("{:?}: only tcp and udp can be forwarded", d.protocol),
+            ));
+        }
+        let ports = match d.port {
+            PortSpec::One(p) if p > 0 => (p, p),
+            PortSpec::One(_) => return Err(err(k("port"), "port 0 cannot be forwarded")),
+            PortSpec::Text(s) => parse_range(&k("port"), &s)?,
+        };
+        let (a, p) =
+            d.to.rsplit_once(':')
+                .ok_or_else(|| err(k("to"), format!("{:?} is not address:port", d.to)))?;
+        let to_addr = parse_ip(&k("to"), a)?;
+        let to_port: u16 = p
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| err(k("to"), format!("{p:?} is not a port")))?;
+        if u32::from(to_port) + u32::from(ports.1 - ports.0) > 65535 {
+            return Err(err(k("to"), "the forwarded range runs past port 65535"));
+        }
+        let gw = t.gateway.as_ref().expect("uplink implies gateway");
+        if !gw.address.contains(to_addr) && !t.routes.iter().any(|r| r.to.contains(to_addr)) {
+            return Err(err(
+                k("to"),
+                format!("{to_addr} is not on the LAN or behind a route"),
+            ));
+        }
+        if let Some((j, _)) =
+            t.nat.dnat.iter().enumerate().find(|(_, o)| {
+                o.protocol == d.protocol && o.ports.0 <= ports.1 && ports.0 <= o.ports.1
+            })
+        {
+            return Err(err(k("port"), format!("overlaps dnat[{j}]")));
+        }
+        t.nat.dnat.push(DnatSpec {
+            protocol: d.protocol,
+            ports,
+            to_addr,
+            to_port,
+        });
+    }
+    if let Some(n) = nat {
+        if t.uplink.is_none() {
+            return Err(needs_uplink("nat"));
+        }
+        if let Some(f) = n.filtering {
+            if ![
+                "endpoint-independent",
+                "address-dependent",
+                "address-and-port-dependent",
+            ]
+            .contains(&f.as_str())
+            {
+                return Err(err(
+                    "nat.filtering",
+                    format!(
+                        "{f:?}: use endpoint-independent, address-dependent or address-and-port-dependent"
+                    ),
+                ));
+            }
+            t.nat.filtering = f;
+        }
+        if let Some(r) = n.port_range {
+            let pr = parse_range("nat.port_range", &r)?;
+            if pr.0 < 1024 || pr.1 - pr.0 < 63 {
+                return Err(err(
+                    "nat.port_range",
+                    "must lie in 1024-65535 and hold at least 64 ports",
+                ));
+            }
+            t.nat.port_range = pr;
+        }
+        if let Some(m) = n.max_entries {
+            if !(16..=1 << 24).contains(&m) {
+                return Err(err("nat.max_entries", "must be in 16..=16777216"));
+            }
+            t.nat.max_entries = m;
+        }
+        if let Some(a) = n.port_allocation {
+            if a != "random" && a != "sequential" {
+                return Err(err(
+                    "nat.port_allocation",
+                    format!("{a:?}: use random or sequential"),
+                ));
+            }
+            t.nat.port_allocation = a;
+        }
+        let min =
+            |k: &str, v: Option<u64>, floor: u64, into: &mut u64| -> Result<(), TopologyError> {
+                if let Some(v) = v {
+                    if v < floor {
+                        return Err(err(
+                            k,
+                            format!("{v} s is below the RFC minimum of {floor} s"),
+                        ));
+                    }
+                    *into = v;
+                }
+                Ok(())
+            };
+        min(
+            "nat.udp_timeout",
+            n.udp_timeout,
+            120,
+            &mut t.nat.udp_timeout,
+        )?;
+        min(
+            "nat.tcp_established_timeout",
+            n.tcp_established_timeout,
+            7440,
+            &mut t.nat.tcp_established_timeout,
+        )?;
+        min(
+            "nat.tcp_transitory_timeout",
+            n.tcp_transitory_timeout,
+            240,
+            &mut t.nat.tcp_transitory_timeout,
+        )?;
+        min(
+            "nat.icmp_timeout",
+            n.icmp_timeout,
+            60,
+            &mut t.nat.icmp_timeout,
+        )?;
+    }
+    Ok(())
 }
 
 fn hint(mut e: TopologyError, h: &str) -> TopologyError {
@@ -536,6 +1099,72 @@ mod tests {
         assert_eq!(red.ifname, "veth-red");
         assert_eq!(red.switch_ifname.as_deref(), Some("veth-red-br"));
         assert_eq!(t.namespaces[1].address.to_string(), "192.168.15.2/24");
+        assert_eq!(
+            t.gateway.as_ref().unwrap().address.to_string(),
+            "192.168.15.5/24"
+        );
+        let u = t.uplink.as_ref().unwrap();
+        assert_eq!(u.address.to_string(), "203.0.113.1/24");
+        assert_eq!(u.port_name(), "veth-wan-br");
+        assert_eq!(t.nat.masquerade[0].to_string(), "192.168.15.0/24");
+        assert_eq!(
+            t.nat.dnat[0],
+            DnatSpec {
+                protocol: "tcp".into(),
+                ports: (80, 80),
+                to_addr: Ipv4Addr::new(192, 168, 15, 2),
+                to_port: 80
+            }
+        );
+        assert_eq!(t.all_netns(), vec!["red", "blue", "wan"]);
+    }
+
+    #[test]
+    fn routing_sections_are_validated() {
+        let base = "[switch]\n[[namespace]]\nname='a'\naddress='10.0.0.1/24'\n";
+        let gw = "[gateway]\naddress='10.0.0.5/24'\n";
+        let up =
+            "[uplink]\nnetns='w'\naddress='203.0.113.1/24'\npeer_addresses=['203.0.113.10/24']\n";
+        let e = parse_err(&format!("{base}{up}"));
+        assert_eq!(e.key, "uplink");
+        let e = parse_err(&format!(
+            "{base}{gw}[uplink]\nnetns='w'\naddress='10.0.0.9/24'\npeer_addresses=['10.0.0.10/24']\n"
+        ));
+        assert_eq!(e.key, "uplink.address");
+        let e = parse_err(&format!(
+            "{base}{gw}[uplink]\nnetns='w'\naddress='203.0.113.1/24'\npeer_addresses=['198.51.100.1/24']\n"
+        ));
+        assert_eq!(e.key, "uplink.peer_addresses[0]");
+        let e = parse_err(&format!(
+            "{base}{gw}{up}[[dnat]]\nprotocol='icmp'\nport=1\nto='10.0.0.1:1'\n"
+        ));
+        assert_eq!(e.key, "dnat[0].protocol");
+        let e = parse_err(&format!(
+            "{base}{gw}{up}[[dnat]]\nprotocol='tcp'\nport='90-80'\nto='10.0.0.1:1'\n"
+        ));
+        assert_eq!(e.key, "dnat[0].port");
+        let e = parse_err(&format!(
+            "{base}{gw}{up}[[dnat]]\nprotocol='tcp'\nport=80\nto='172.16.0.1:80'\n"
+        ));
+        assert_eq!(e.key, "dnat[0].to");
+        let e = parse_err(&format!("{base}{gw}{up}[nat]\nudp_timeout=30\n"));
+        assert_eq!(e.key, "nat.udp_timeout");
+        let e = parse_err(&format!("{base}{gw}{up}[nat]\nfiltering='full-cone'\n"));
+        assert_eq!(e.key, "nat.filtering");
+        let e = parse_err(&format!("{base}[[masquerade]]\nsource='10.0.0.0/24'\n"));
+        assert_eq!(e.key, "masquerade[0].source");
+        let e = parse_err(&format!(
+            "{base}{gw}[[route]]\nto='10.9.0.0/16'\nvia='10.1.0.1'\n"
+        ));
+        assert_eq!(e.key, "route[0].via");
+        let ok = Topology::parse(
+            &format!(
+                "{base}{gw}{up}[[dnat]]\nprotocol='udp'\nport='5000-5009'\nto='10.0.0.1:6000'\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(ok.nat.dnat[0].ports, (5000, 5009));
     }
 
     #[test]

@@ -5,14 +5,18 @@
 //! and the error says what failed. The worker runs on the calling thread.
 
 use crate::control;
+use crate::gateway::{GatewayConfig, UplinkConfig};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::port::{PortIo, TapPort};
 use crate::stats::PortStats;
 use crate::sys::PacketPort;
+use crate::wire::MacAddr;
 use crate::worker::{Port, Worker};
 use anyhow::{Context, Result, anyhow, bail};
+use nat::{DnatRule, Filtering, Ipv4Net, NatConfig, PortAlloc, Timeouts};
 use netns_setup::netns::in_netns;
 use netns_setup::setup::open_netns;
+use netns_setup::topology::UplinkKind;
 use netns_setup::{EndpointKind, Topology};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
@@ -62,10 +66,159 @@ pub fn open_ports(t: &Topology) -> Result<Vec<Port>> {
             kind,
             io,
             up: true,
+            lan: true,
+            stats: PortStats::default(),
+        });
+    }
+    if let Some(u) = &t.uplink {
+        let ifname = u.port_name().to_string();
+        let p = in_netns(sw_ns.as_ref(), || PacketPort::open(&ifname))?
+            .with_context(|| format!("attach AF_PACKET port to uplink {ifname}"))?;
+        let netns = match &u.kind {
+            UplinkKind::Veth { netns, .. } => netns.clone(),
+            UplinkKind::Interface { .. } => sw.netns.clone().unwrap_or_else(|| "(root)".into()),
+        };
+        ports.push(Port {
+            name: ifname,
+            netns,
+            kind: "uplink",
+            io: Box::new(p),
+            up: true,
+            lan: false,
             stats: PortStats::default(),
         });
     }
     Ok(ports)
+}
+
+fn parse_mac(s: &str) -> Option<MacAddr> {
+    let v: Vec<u8> = s
+        .split(':')
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect();
+    v.try_into().ok().map(MacAddr)
+}
+
+fn seed_from_clock() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+/// The gateway configuration of `t` (the uplink is the last port, `ports - 1`).
+pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig>> {
+    let Some(g) = &t.gateway else { return Ok(None) };
+    let sw = t
+        .switch
+        .as_ref()
+        .expect("validated: gateway needs a switch");
+    // A stable, locally administered MAC for the LAN side ("vs" + a hash of the names).
+    let h = t
+        .name
+        .bytes()
+        .chain(sw.name.bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    let mac = MacAddr([0x02, 0x76, 0x73, (h >> 16) as u8, (h >> 8) as u8, h as u8]);
+    let lan_mtu = t.switch_ports().filter_map(|n| n.mtu).min().unwrap_or(1500);
+    let routes = t
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                Ipv4Net {
+                    addr: r.to.addr,
+                    prefix: r.to.prefix,
+                },
+                r.via,
+            )
+        })
+        .collect();
+    let uplink = match &t.uplink {
+        None => None,
+        Some(u) => {
+            let sw_ns = match &sw.netns {
+                Some(n) => Some(open_netns(n)?),
+                None => None,
+            };
+            let link = netns_setup::setup::netlink_in(sw_ns.as_ref())?
+                .link(u.port_name())?
+                .ok_or_else(|| anyhow!("uplink interface {} is missing", u.port_name()))?;
+            let umac = parse_mac(&link.mac).ok_or_else(|| {
+                anyhow!("uplink interface {} has no Ethernet address", u.port_name())
+            })?;
+            Some(UplinkConfig {
+                port: ports - 1,
+                ip: u.address.addr,
+                prefix: u.address.prefix,
+                mac: umac,
+                next_hop: u.next_hop,
+                mtu: u.mtu,
+            })
+        }
+    };
+    let nat = t.uplink.as_ref().map(|u| {
+        let n = &t.nat;
+        let mut c = NatConfig::new(u.address.addr);
+        c.masquerade = n
+            .masquerade
+            .iter()
+            .map(|m| Ipv4Net {
+                addr: m.addr,
+                prefix: m.prefix,
+            })
+            .collect();
+        c.port_range = n.port_range;
+        c.dnat = n
+            .dnat
+            .iter()
+            .map(|d| DnatRule {
+                proto: if d.protocol == "tcp" {
+                    nat::wire::proto::TCP
+                } else {
+                    nat::wire::proto::UDP
+                },
+                ports: d.ports,
+                to_addr: d.to_addr,
+                to_port: d.to_port,
+            })
+            .collect();
+        c.filtering = match n.filtering.as_str() {
+            "endpoint-independent" => Filtering::EndpointIndependent,
+            "address-and-port-dependent" => Filtering::AddressAndPortDependent,
+            _ => Filtering::AddressDependent,
+        };
+        c.max_entries = n.max_entries;
+        c.timeouts = Timeouts {
+            udp: n.udp_timeout,
+            tcp_established: n.tcp_established_timeout,
+            tcp_transitory: n.tcp_transitory_timeout,
+            icmp: n.icmp_timeout,
+        };
+        let seed = seed_from_clock();
+        c.alloc = if n.port_allocation == "sequential" {
+            PortAlloc::Sequential
+        } else {
+            PortAlloc::Random(seed)
+        };
+        c.hash_seed = seed.rotate_left(17);
+        c
+    });
+    Ok(Some(GatewayConfig {
+        ip: g.address.addr,
+        prefix: g.address.prefix,
+        mac,
+        lan_mtu,
+        routes,
+        uplink,
+        nat,
+        neigh_max: sw.arp_max,
+        ageing_ms: sw.ageing.as_millis() as u64,
+        queue_slots: 64,
+    }))
 }
 
 /// Run the switch for `t` until SIGINT or SIGTERM.
@@ -128,7 +281,15 @@ pub fn run(t: &Topology, opts: &RunOptions) -> Result<()> {
             .join(", "),
         sock_path.display()
     );
+    let gateway = match gateway_config(t, ports.len()) {
+        Ok(g) => g,
+        Err(e) => {
+            cleanup("start-up failed");
+            return Err(e);
+        }
+    };
     let cfg = PipelineConfig {
+        gateway,
         ports: ports.len(),
         fdb_max: sw.fdb_max,
         fdb_max_per_port: sw.fdb_max_per_port,

@@ -12,6 +12,7 @@ pub mod arp;
 pub mod control;
 pub mod daemon;
 pub mod fdb;
+pub mod gateway;
 pub mod pipeline;
 pub mod port;
 pub mod stats;

@@ -63,6 +63,29 @@ enum Cmd {
     Arp(Target),
     /// Show per-port counters and drops by reason.
     Stats(Target),
+    /// List NAT connection tracking entries, like `conntrack -L`.
+    Conntrack {
+        #[command(flatten)]
+        target: Target,
+        /// Only this protocol (tcp, udp, icmp).
+        #[arg(short, long)]
+        proto: Option<String>,
+        /// Only this original source address.
+        #[arg(long = "src")]
+        src: Option<String>,
+        /// Only this original destination address.
+        #[arg(long = "dst")]
+        dst: Option<String>,
+        /// Only this original source port.
+        #[arg(long)]
+        sport: Option<u16>,
+        /// Only this original destination port.
+        #[arg(long)]
+        dport: Option<u16>,
+        /// Only this TCP state (e.g. ESTABLISHED).
+        #[arg(long)]
+        state: Option<String>,
+    },
     /// Run the seed topology, ping red<->blue through vswitch, print the tables, clean up.
     Demo,
 }
@@ -185,6 +208,96 @@ fn print_stats(v: &Value) {
         "arp: {} entries, suppressed {} requests",
         a["entries"], a["counters"]["suppressed"]
     );
+    if let Some(g) = v.get("gateway") {
+        let c = &g["counters"];
+        println!(
+            "gateway {} ({}): routed {}, echo replies {}, time exceeded {}, unreachable {}, frag needed {}, fragmented {}, arp requests {}, queued {}",
+            s(&g["address"]),
+            s(&g["mac"]),
+            c["routed"],
+            c["echo_replies"],
+            c["time_exceeded"],
+            c["unreachable"],
+            c["frag_needed"],
+            c["fragmented"],
+            c["arp_requests"],
+            c["queued"]
+        );
+        let gd: Vec<String> = c
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, n)| k.starts_with("drop_") && n.as_u64().unwrap_or(0) > 0)
+            .map(|(k, n)| format!("{}={n}", &k[5..]))
+            .collect();
+        if !gd.is_empty() {
+            println!("gateway drops: {}", gd.join(" "));
+        }
+    }
+    if let Some(n) = v.get("nat") {
+        println!(
+            "nat: {}/{} entries, {} mappings, filtering {}, created {}, expired {}, early-dropped {}, translated {}, icmp errors {}, hairpins {}",
+            n["entries"],
+            n["max_entries"],
+            n["mappings"],
+            s(&n["filtering"]),
+            n["created"],
+            n["expired"],
+            n["early_dropped"],
+            n["translated"],
+            n["icmp_errors_translated"],
+            n["hairpins"]
+        );
+        let nd: Vec<String> = n["drops"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, c)| c.as_u64().unwrap_or(0) > 0)
+            .map(|(k, c)| format!("{k}={c}"))
+            .collect();
+        if !nd.is_empty() {
+            println!("nat drops: {}", nd.join(" "));
+        }
+    }
+}
+
+fn print_conntrack(v: &Value) {
+    let entries = v["entries"].as_array().cloned().unwrap_or_default();
+    for e in &entries {
+        let t = |t: &Value, d: usize| {
+            format!(
+                "src={} dst={} sport={} dport={} packets={} bytes={}",
+                s(&t["src"]),
+                s(&t["dst"]),
+                t["sport"],
+                t["dport"],
+                e["packets"][d],
+                e["bytes"][d]
+            )
+        };
+        let state = e["state"]
+            .as_str()
+            .filter(|x| !x.is_empty())
+            .map(|x| format!("{x} "))
+            .unwrap_or_default();
+        println!(
+            "{:<8} {:<2} {} {state}{} {}{}",
+            s(&e["proto"]),
+            e["proto_num"],
+            e["timeout"],
+            t(&e["original"], 0),
+            t(&e["reply"], 1),
+            if e["assured"] == true {
+                " [ASSURED]"
+            } else {
+                ""
+            }
+        );
+    }
+    eprintln!(
+        "vswitch conntrack: {} flow entries have been shown.",
+        entries.len()
+    );
 }
 
 fn show(t: &Target, cmd: &str, print: fn(&Value)) -> ExitCode {
@@ -293,6 +406,61 @@ fn main() -> ExitCode {
         Cmd::Fdb(t) => show(&t, "fdb", print_fdb),
         Cmd::Arp(t) => show(&t, "arp", print_arp),
         Cmd::Stats(t) => show(&t, "stats", print_stats),
+        Cmd::Conntrack {
+            target,
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+            state,
+        } => {
+            let keep = |e: &Value| {
+                let o = &e["original"];
+                proto
+                    .as_ref()
+                    .is_none_or(|p| e["proto"].as_str() == Some(p.as_str()))
+                    && src
+                        .as_ref()
+                        .is_none_or(|a| o["src"].as_str() == Some(a.as_str()))
+                    && dst
+                        .as_ref()
+                        .is_none_or(|a| o["dst"].as_str() == Some(a.as_str()))
+                    && sport.is_none_or(|p| o["sport"].as_u64() == Some(u64::from(p)))
+                    && dport.is_none_or(|p| o["dport"].as_u64() == Some(u64::from(p)))
+                    && state.as_ref().is_none_or(|st| {
+                        e["state"]
+                            .as_str()
+                            .is_some_and(|x| x.eq_ignore_ascii_case(st))
+                    })
+            };
+            match control::query(&target.path(), "conntrack") {
+                Ok(mut v) => {
+                    if let Some(a) = v["entries"].as_array_mut() {
+                        a.retain(keep);
+                    }
+                    if target.json {
+                        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                    } else {
+                        print_conntrack(&v);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vswitch conntrack: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Demo => demo(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

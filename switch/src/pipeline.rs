@@ -17,6 +17,8 @@
 use crate::PortId;
 use crate::arp::ArpTable;
 use crate::fdb::Fdb;
+use crate::gateway::Gateway;
+use crate::port::{BATCH, Batch};
 use crate::stats::DropReason;
 use crate::wire::{ArpPacket, ETH_HLEN, EthernetFrame, MacAddr, arp_op, ethertype};
 
@@ -27,10 +29,89 @@ pub enum Verdict {
     Drop(DropReason),
     /// Send it out of this one port.
     Unicast(PortId),
-    /// Send it out of every up port except the ingress one.
+    /// Send it out of every up LAN port except the ingress one.
     Flood,
+    /// A routed frame for an unknown MAC: every up LAN port, the ingress one included.
+    FloodAll,
     /// The frame was rewritten into a reply: send it back out of the ingress port.
     Reply,
+    /// Taken by the gateway (queued, or answered with a generated frame).
+    Consumed,
+}
+
+/// Where a generated frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Out of this port.
+    Port(PortId),
+    /// Out of every up LAN port.
+    Lan,
+    /// Still to be routed by the gateway.
+    Route,
+    /// Nowhere (resolved into a drop or a queue).
+    Discard,
+}
+
+/// Frames the gateway generates while a batch is processed (ICMP errors, ARP
+/// requests, fragments, packets released from the resolution queue), in a
+/// batch allocated once.
+pub struct Gen {
+    batch: Batch,
+    targets: [Target; BATCH],
+}
+
+impl Default for Gen {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gen {
+    /// An empty generator batch.
+    pub fn new() -> Gen {
+        Gen {
+            batch: Batch::new(),
+            targets: [Target::Discard; BATCH],
+        }
+    }
+    /// Forget all frames.
+    pub fn clear(&mut self) {
+        self.batch.clear();
+    }
+    /// Number of frames.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+    /// Add a frame built by `build` (writes vnet header + frame, returns the length); false if full.
+    pub fn push(&mut self, t: Target, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        match self.batch.push_with(build) {
+            Some(i) => {
+                self.targets[i] = t;
+                true
+            }
+            None => false,
+        }
+    }
+    /// Target of frame `i`.
+    pub fn target(&self, i: usize) -> Target {
+        self.targets[i]
+    }
+    /// Set the target of frame `i`.
+    pub fn set_target(&mut self, i: usize, t: Target) {
+        self.targets[i] = t;
+    }
+    /// Vnet header and frame `i`.
+    pub fn parts_mut(&mut self, i: usize) -> (&mut [u8], &mut [u8]) {
+        self.batch.parts_mut(i)
+    }
+    /// The frames.
+    pub fn batch(&self) -> &Batch {
+        &self.batch
+    }
 }
 
 /// Switch settings the pipeline needs.
@@ -48,6 +129,8 @@ pub struct PipelineConfig {
     pub arp_max: usize,
     /// Answer ARP requests for known hosts.
     pub arp_suppress: bool,
+    /// The gateway, if the switch routes.
+    pub gateway: Option<crate::gateway::GatewayConfig>,
 }
 
 /// The switch's forwarding state and logic.
@@ -57,6 +140,8 @@ pub struct Pipeline {
     /// IP→MAC table.
     pub arp: ArpTable,
     arp_suppress: bool,
+    /// The gateway (router and NAT), if any.
+    pub gateway: Option<Gateway>,
 }
 
 impl Pipeline {
@@ -66,11 +151,25 @@ impl Pipeline {
             fdb: Fdb::new(c.ports, c.fdb_max, c.fdb_max_per_port, c.ageing_ms),
             arp: ArpTable::new(c.arp_max, c.ageing_ms),
             arp_suppress: c.arp_suppress,
+            gateway: c.gateway.clone().map(Gateway::new),
         }
     }
 
-    /// Decide what to do with `frame`, received on `in_port` at `now` (ms).
-    pub fn decide(&mut self, in_port: PortId, frame: &mut [u8], now: u64) -> Verdict {
+    /// Decide what to do with `frame` (and its vnet header), received on
+    /// `in_port` at `now` (ms). Frames the gateway generates go to `out`.
+    pub fn decide(
+        &mut self,
+        in_port: PortId,
+        vnet: &mut [u8],
+        frame: &mut [u8],
+        now: u64,
+        out: &mut Gen,
+    ) -> Verdict {
+        if let Some(gw) = &mut self.gateway
+            && gw.uplink_port() == Some(in_port)
+        {
+            return gw.from_uplink(now, vnet, frame, out, &self.fdb);
+        }
         let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
             return Verdict::Drop(DropReason::Runt);
         };
@@ -80,12 +179,30 @@ impl Pipeline {
         }
         self.fdb.learn(src, in_port, now);
 
-        if eth.ethertype() == ethertype::ARP
-            && let Some(v) = self.arp(in_port, frame, src, now)
-        {
-            return v;
+        if eth.ethertype() == ethertype::ARP {
+            if let Some(gw) = &mut self.gateway
+                && let Some(v) = gw.lan_arp(now, in_port, frame, out, &self.fdb)
+            {
+                if let Ok(a) = ArpPacket::new_checked(&frame[ETH_HLEN..]) {
+                    let (sha, spa) = if v == Verdict::Reply {
+                        (a.tha(), a.tpa())
+                    } else {
+                        (a.sha(), a.spa())
+                    };
+                    self.arp.learn(spa, sha, in_port, now);
+                }
+                return v;
+            }
+            if let Some(v) = self.arp(in_port, frame, src, now) {
+                return v;
+            }
         }
 
+        if let Some(gw) = &mut self.gateway
+            && dst == gw.mac()
+        {
+            return gw.from_lan(now, in_port, vnet, frame, out, &self.fdb);
+        }
         if dst.is_multicast() {
             return Verdict::Flood;
         }
@@ -93,6 +210,23 @@ impl Pipeline {
             Some(p) if p == in_port => Verdict::Drop(DropReason::SamePort),
             Some(p) => Verdict::Unicast(p),
             None => Verdict::Flood,
+        }
+    }
+
+    /// After a batch: route what the gateway out or released.
+    pub fn finish_batch(&mut self, now: u64, out: &mut Gen) {
+        if let Some(gw) = &mut self.gateway {
+            gw.flush_released(out);
+            gw.route_gen(now, out, &self.fdb);
+        }
+    }
+
+    /// Periodic work: age tables, expire NAT state.
+    pub fn expire(&mut self, now: u64) {
+        self.fdb.sweep(now);
+        self.arp.sweep(now);
+        if let Some(gw) = &mut self.gateway {
+            gw.expire(now);
         }
     }
 
@@ -151,49 +285,62 @@ mod tests {
             ageing_ms: 300_000,
             arp_max: 16,
             arp_suppress: suppress,
+            gateway: None,
         })
+    }
+
+    /// `decide` without offload metadata and generated frames.
+    trait Decide {
+        fn d(&mut self, port: PortId, frame: &mut [u8], now: u64) -> Verdict;
+    }
+    impl Decide for Pipeline {
+        fn d(&mut self, port: PortId, frame: &mut [u8], now: u64) -> Verdict {
+            let mut vnet = [0u8; 10];
+            let mut generated = Gen::new();
+            self.decide(port, &mut vnet, frame, now, &mut generated)
+        }
     }
 
     #[test]
     fn unknown_unicast_floods_then_known_is_unicast() {
         let mut p = pipe(true);
         let mut f = eth_frame(BLUE, RED, 0x0800, 64);
-        assert_eq!(p.decide(0, &mut f, 0), Verdict::Flood);
+        assert_eq!(p.d(0, &mut f, 0), Verdict::Flood);
         let mut back = eth_frame(RED, BLUE, 0x0800, 64);
-        assert_eq!(p.decide(1, &mut back, 1), Verdict::Unicast(0));
-        assert_eq!(p.decide(0, &mut f, 2), Verdict::Unicast(1));
+        assert_eq!(p.d(1, &mut back, 1), Verdict::Unicast(0));
+        assert_eq!(p.d(0, &mut f, 2), Verdict::Unicast(1));
     }
 
     #[test]
     fn broadcast_and_multicast_flood() {
         let mut p = pipe(true);
         let mut f = eth_frame(MacAddr::BROADCAST, RED, 0x86dd, 80);
-        assert_eq!(p.decide(0, &mut f, 0), Verdict::Flood);
+        assert_eq!(p.d(0, &mut f, 0), Verdict::Flood);
         let mut m = eth_frame(MacAddr([0x33, 0x33, 0, 0, 0, 1]), RED, 0x86dd, 80);
-        assert_eq!(p.decide(0, &mut m, 0), Verdict::Flood);
+        assert_eq!(p.d(0, &mut m, 0), Verdict::Flood);
     }
 
     #[test]
     fn malformed_frames_are_named_drops() {
         let mut p = pipe(true);
         let mut short = [0u8; 13];
-        assert_eq!(p.decide(0, &mut short, 0), Verdict::Drop(DropReason::Runt));
+        assert_eq!(p.d(0, &mut short, 0), Verdict::Drop(DropReason::Runt));
         let mut f = eth_frame(BLUE, MacAddr::BROADCAST, 0x0800, 64);
-        assert_eq!(p.decide(0, &mut f, 0), Verdict::Drop(DropReason::BadSrcMac));
+        assert_eq!(p.d(0, &mut f, 0), Verdict::Drop(DropReason::BadSrcMac));
         let mut z = eth_frame(BLUE, MacAddr::default(), 0x0800, 64);
-        assert_eq!(p.decide(0, &mut z, 0), Verdict::Drop(DropReason::BadSrcMac));
+        assert_eq!(p.d(0, &mut z, 0), Verdict::Drop(DropReason::BadSrcMac));
         // An ARP frame cut short is switched as a plain frame, never a panic.
         let mut a = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 2]);
-        assert_eq!(p.decide(0, &mut a[..30], 0), Verdict::Flood);
+        assert_eq!(p.d(0, &mut a[..30], 0), Verdict::Flood);
     }
 
     #[test]
     fn same_port_destination_is_dropped() {
         let mut p = pipe(true);
         let mut a = eth_frame(BLUE, RED, 0x0800, 64);
-        p.decide(0, &mut a, 0);
+        p.d(0, &mut a, 0);
         let mut b = eth_frame(RED, BLUE, 0x0800, 64);
-        assert_eq!(p.decide(0, &mut b, 0), Verdict::Drop(DropReason::SamePort));
+        assert_eq!(p.d(0, &mut b, 0), Verdict::Drop(DropReason::SamePort));
     }
 
     #[test]
@@ -201,9 +348,9 @@ mod tests {
         let mut p = pipe(true);
         // Blue announces itself (a reply to someone), red asks for blue.
         let mut r = arp_reply(BLUE, [192, 168, 15, 2], RED, [192, 168, 15, 1]);
-        assert_eq!(p.decide(1, &mut r, 0), Verdict::Flood); // red not learned yet
+        assert_eq!(p.d(1, &mut r, 0), Verdict::Flood); // red not learned yet
         let mut req = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 2]);
-        assert_eq!(p.decide(0, &mut req, 1), Verdict::Reply);
+        assert_eq!(p.d(0, &mut req, 1), Verdict::Reply);
         let eth = EthernetFrame::new_checked(&req[..]).unwrap();
         assert_eq!((eth.dst(), eth.src()), (RED, BLUE));
         let arp = ArpPacket::new_checked(eth.payload()).unwrap();
@@ -215,19 +362,19 @@ mod tests {
     fn arp_suppression_off_or_unknown_floods() {
         let mut p = pipe(false);
         let mut r = arp_reply(BLUE, [192, 168, 15, 2], RED, [192, 168, 15, 1]);
-        p.decide(1, &mut r, 0);
+        p.d(1, &mut r, 0);
         let mut req = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 2]);
-        assert_eq!(p.decide(0, &mut req, 1), Verdict::Flood);
+        assert_eq!(p.d(0, &mut req, 1), Verdict::Flood);
         let mut p = pipe(true);
         let mut req = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 9]);
-        assert_eq!(p.decide(0, &mut req, 1), Verdict::Flood);
+        assert_eq!(p.d(0, &mut req, 1), Verdict::Flood);
     }
 
     #[test]
     fn gratuitous_arp_passes() {
         let mut p = pipe(true);
         let mut g = arp_request(BLUE, [192, 168, 15, 2], [192, 168, 15, 2]);
-        assert_eq!(p.decide(1, &mut g, 0), Verdict::Flood);
+        assert_eq!(p.d(1, &mut g, 0), Verdict::Flood);
         assert_eq!(p.arp.counters.gratuitous, 1);
         assert_eq!(p.arp.lookup([192, 168, 15, 2].into(), 1).unwrap().mac, BLUE);
     }
@@ -236,9 +383,9 @@ mod tests {
     fn station_move_follows_the_source() {
         let mut p = pipe(true);
         let mut a = eth_frame(BLUE, RED, 0x0800, 64);
-        p.decide(0, &mut a, 0);
-        p.decide(2, &mut a, 1);
+        p.d(0, &mut a, 0);
+        p.d(2, &mut a, 1);
         let mut b = eth_frame(RED, BLUE, 0x0800, 64);
-        assert_eq!(p.decide(1, &mut b, 2), Verdict::Unicast(2));
+        assert_eq!(p.d(1, &mut b, 2), Verdict::Unicast(2));
     }
 }

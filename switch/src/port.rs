@@ -118,6 +118,29 @@ impl Batch {
         self.mem.get_mut(s + VNET_HDR_LEN..e).unwrap_or(&mut [])
     }
 
+    /// The vnet header and the Ethernet frame of slot `i`, both mutable.
+    /// Only for slots holding at least a whole vnet header.
+    pub fn parts_mut(&mut self, i: usize) -> (&mut [u8], &mut [u8]) {
+        let s = i * SLOT + self.start[i];
+        let e = s + self.len[i].max(VNET_HDR_LEN);
+        self.mem[s..e].split_at_mut(VNET_HDR_LEN)
+    }
+
+    /// Append a frame to the batch: `build` writes the vnet header and frame
+    /// into the slot and returns their length. `None` when the batch is full.
+    pub fn push_with(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> Option<usize> {
+        if self.count >= BATCH {
+            return None;
+        }
+        let i = self.count;
+        let n = build(self.rx_area(i));
+        if n < VNET_HDR_LEN {
+            return None;
+        }
+        self.set_filled(i, n, false);
+        Some(i)
+    }
+
     /// Insert an 802.1Q tag (`tpid`, `tci`) after the MAC addresses of frame `i`,
     /// using the headroom; fixes `csum_start` of a partial checksum.
     pub fn insert_vlan_tag(&mut self, i: usize, tpid: u16, tci: u16) {

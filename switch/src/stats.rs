@@ -20,11 +20,29 @@ pub enum DropReason {
     TxError,
     /// The egress port is down or gone.
     PortDown,
+    /// An ARP probe for the gateway's own address (left unanswered).
+    GwArp,
+    /// Not IPv4, sent to the gateway.
+    GwNotIpv4,
+    /// A malformed IPv4 packet or bad header checksum, sent to the gateway.
+    GwMalformed,
+    /// On the uplink, for an address that is not ours.
+    GwNotForUs,
+    /// For the gateway itself, but no service answers it.
+    GwLocal,
+    /// No route (after NAT).
+    GwNoRoute,
+    /// The queue of packets awaiting ARP resolution is full.
+    GwQueueFull,
+    /// A GSO frame without DF, bigger than the next hop's MTU.
+    GwGsoTooBig,
+    /// Dropped by the NAT (reasons in `nat` counters).
+    Nat,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Runt,
         DropReason::Truncated,
         DropReason::BadSrcMac,
@@ -32,6 +50,15 @@ impl DropReason {
         DropReason::NoEgress,
         DropReason::TxError,
         DropReason::PortDown,
+        DropReason::GwArp,
+        DropReason::GwNotIpv4,
+        DropReason::GwMalformed,
+        DropReason::GwNotForUs,
+        DropReason::GwLocal,
+        DropReason::GwNoRoute,
+        DropReason::GwQueueFull,
+        DropReason::GwGsoTooBig,
+        DropReason::Nat,
     ];
 
     /// Stable name used in `vswitch stats` and JSON.
@@ -44,6 +71,15 @@ impl DropReason {
             DropReason::NoEgress => "no-egress",
             DropReason::TxError => "tx-error",
             DropReason::PortDown => "port-down",
+            DropReason::GwArp => "gw-arp-probe",
+            DropReason::GwNotIpv4 => "gw-not-ipv4",
+            DropReason::GwMalformed => "gw-malformed",
+            DropReason::GwNotForUs => "gw-not-for-us",
+            DropReason::GwLocal => "gw-local",
+            DropReason::GwNoRoute => "gw-no-route",
+            DropReason::GwQueueFull => "gw-queue-full",
+            DropReason::GwGsoTooBig => "gw-gso-too-big",
+            DropReason::Nat => "nat",
         }
     }
 }

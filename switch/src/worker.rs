@@ -13,7 +13,7 @@
 //!       ─► every second: age the FDB and ARP tables
 //! ```
 
-use crate::pipeline::{Pipeline, Verdict};
+use crate::pipeline::{Gen, Pipeline, Target, Verdict};
 use crate::port::{BATCH, Batch, PortIo, is_gone};
 use crate::stats::{DropReason, PortStats};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -36,6 +36,8 @@ pub struct Port {
     pub io: Box<dyn PortIo>,
     /// False once the device is gone.
     pub up: bool,
+    /// A LAN port (switched, flooded); false for the routed uplink.
+    pub lan: bool,
     /// Counters.
     pub stats: PortStats,
 }
@@ -59,6 +61,7 @@ pub struct Worker {
     ports: Vec<Port>,
     pipeline: Pipeline,
     batch: Batch,
+    generated: Gen,
     out: Vec<Vec<u16>>,
     epoch: Instant,
     gone: Vec<usize>,
@@ -75,6 +78,7 @@ impl Worker {
             ports,
             pipeline,
             batch: Batch::new(),
+            generated: Gen::new(),
             out,
             epoch: Instant::now(),
             gone: Vec::new(),
@@ -126,8 +130,7 @@ impl Worker {
                 let _ = epoll.delete(self.ports[i].io.fd());
             }
             if now.saturating_sub(last_sweep) >= 1000 {
-                self.pipeline.fdb.sweep(now);
-                self.pipeline.arp.sweep(now);
+                self.pipeline.expire(now);
                 last_sweep = now;
             }
         }
@@ -179,6 +182,7 @@ impl Worker {
         for o in &mut self.out {
             o.clear();
         }
+        self.generated.clear();
         for k in 0..self.batch.len() {
             if self.batch.is_truncated(k) {
                 self.ports[in_port].stats.drop(DropReason::Truncated);
@@ -188,7 +192,11 @@ impl Worker {
             let st = &mut self.ports[in_port].stats;
             st.rx_packets += 1;
             st.rx_bytes += len;
-            match self.pipeline.decide(in_port, self.batch.frame_mut(k), now) {
+            let (vnet, frame) = self.batch.parts_mut(k);
+            match self
+                .pipeline
+                .decide(in_port, vnet, frame, now, &mut self.generated)
+            {
                 Verdict::Drop(r) => self.ports[in_port].stats.drop(r),
                 Verdict::Unicast(p) => {
                     if self.ports[p].up {
@@ -197,11 +205,14 @@ impl Worker {
                         self.ports[p].stats.drop(DropReason::PortDown);
                     }
                 }
-                Verdict::Flood => {
+                v @ (Verdict::Flood | Verdict::FloodAll) => {
                     self.ports[in_port].stats.flooded += 1;
                     let mut any = false;
                     for p in 0..self.ports.len() {
-                        if p != in_port && self.ports[p].up {
+                        if (p != in_port || v == Verdict::FloodAll)
+                            && self.ports[p].up
+                            && self.ports[p].lan
+                        {
                             self.out[p].push(k as u16);
                             any = true;
                         }
@@ -216,23 +227,66 @@ impl Worker {
                         .clear();
                     self.out[in_port].push(k as u16);
                 }
+                Verdict::Consumed => {}
             }
         }
-        for p in 0..self.ports.len() {
-            if self.out[p].is_empty() {
+        Self::send(&mut self.ports, &self.batch, &self.out, &mut self.gone);
+        // Frames the gateway generated or released, routed, then sent the same way.
+        self.pipeline.finish_batch(now, &mut self.generated);
+        if !self.generated.is_empty() {
+            for o in &mut self.out {
+                o.clear();
+            }
+            for k in 0..self.generated.len() {
+                match self.generated.target(k) {
+                    Target::Port(p) if self.ports[p].up => self.out[p].push(k as u16),
+                    Target::Lan => {
+                        for p in 0..self.ports.len() {
+                            if self.ports[p].up && self.ports[p].lan {
+                                self.out[p].push(k as u16);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Self::send(
+                &mut self.ports,
+                self.generated.batch(),
+                &self.out,
+                &mut self.gone,
+            );
+        }
+        for i in self.gone.clone() {
+            if self.ports[i].up {
+                self.ports[i].up = false;
+                self.pipeline.fdb.flush_port(i);
+                self.pipeline.arp.flush_port(i);
+            }
+        }
+    }
+
+    fn send(ports: &mut [Port], batch: &Batch, out: &[Vec<u16>], gone: &mut Vec<usize>) {
+        for p in 0..ports.len() {
+            if out[p].is_empty() || !ports[p].up {
                 continue;
             }
-            match self.ports[p].io.tx_batch(&self.batch, &self.out[p]) {
+            match ports[p].io.tx_batch(batch, &out[p]) {
                 Ok(o) => {
-                    let st = &mut self.ports[p].stats;
+                    let st = &mut ports[p].stats;
                     st.tx_packets += o.sent as u64;
                     st.tx_bytes += o.bytes;
                     st.drops[DropReason::TxError as usize] += o.failed as u64;
                 }
                 Err(e) => {
-                    self.ports[p].stats.drops[DropReason::PortDown as usize] +=
-                        self.out[p].len() as u64;
-                    self.mark_gone(p, &e);
+                    ports[p].stats.drops[DropReason::PortDown as usize] += out[p].len() as u64;
+                    if !gone.contains(&p) {
+                        eprintln!(
+                            "vswitch: port {} ({}) is gone: {e}; forwarding continues on the other ports",
+                            ports[p].name, ports[p].netns
+                        );
+                        gone.push(p);
+                    }
                 }
             }
         }
@@ -279,33 +333,81 @@ impl Worker {
                 let ports: Vec<Value> = self
                     .ports
                     .iter()
-                    .map(|p| {
+                    .enumerate()
+                    .map(|(i, p)| {
                         let mut v = p.stats.to_json();
                         v["name"] = p.name.clone().into();
                         v["netns"] = p.netns.clone().into();
                         v["kind"] = p.kind.into();
                         v["state"] = if p.up { "up" } else { "gone" }.into();
-                        v["fdb_entries"] = self
-                            .pipeline
-                            .fdb
-                            .port_len(
-                                self.ports
-                                    .iter()
-                                    .position(|q| q.name == p.name)
-                                    .unwrap_or(0),
-                            )
-                            .into();
+                        v["fdb_entries"] = self.pipeline.fdb.port_len(i).into();
+                        v["role"] = if p.lan { "lan" } else { "uplink" }.into();
                         v
                     })
                     .collect();
-                json!({
+                let mut v = json!({
                     "ok": true,
                     "switch": self.name,
                     "uptime_ms": now,
                     "ports": ports,
                     "fdb": {"entries": self.pipeline.fdb.len(), "counters": self.pipeline.fdb.counters},
                     "arp": {"entries": self.pipeline.arp.len(), "counters": self.pipeline.arp.counters},
-                })
+                });
+                if let Some(gw) = &self.pipeline.gateway {
+                    v["gateway"] = json!({
+                        "address": gw.ip().to_string(),
+                        "mac": gw.mac().to_string(),
+                        "neighbours_lan": gw.neigh_lan.len(),
+                        "neighbours_uplink": gw.neigh_wan.len(),
+                        "counters": gw.counters,
+                    });
+                    if let Some(nat) = &gw.nat {
+                        let c = &nat.counters;
+                        let drops: serde_json::Map<String, Value> = nat::NatDrop::ALL
+                            .iter()
+                            .map(|r| (r.name().to_string(), c.drops[*r as usize].into()))
+                            .collect();
+                        v["nat"] = json!({
+                            "entries": nat.len(),
+                            "max_entries": nat.config().max_entries,
+                            "mappings": nat.mappings(),
+                            "filtering": nat.config().filtering.name(),
+                            "created": c.created,
+                            "expired": c.expired,
+                            "early_dropped": c.early_dropped,
+                            "translated": c.translated,
+                            "icmp_errors_translated": c.icmp_errors,
+                            "hairpins": c.hairpins,
+                            "fragments_held": c.fragments_held,
+                            "drops": drops,
+                        });
+                    }
+                }
+                v
+            }
+            "conntrack" => {
+                let entries: Vec<Value> = match self.pipeline.gateway.as_ref().and_then(|g| g.nat.as_ref()) {
+                    None => Vec::new(),
+                    Some(nat) => nat
+                        .entries(now)
+                        .into_iter()
+                        .map(|e| {
+                            let t = |t: &nat::Tuple| json!({"src": t.src.to_string(), "dst": t.dst.to_string(), "sport": t.sport, "dport": t.dport});
+                            json!({
+                                "proto": match e.proto { 6 => "tcp", 17 => "udp", 1 => "icmp", _ => "other" },
+                                "proto_num": e.proto,
+                                "state": e.state,
+                                "timeout": e.secs_left,
+                                "original": t(&e.orig),
+                                "reply": t(&e.reply),
+                                "packets": e.packets,
+                                "bytes": e.bytes,
+                                "assured": e.assured,
+                            })
+                        })
+                        .collect(),
+                };
+                json!({"ok": true, "switch": self.name, "entries": entries})
             }
             other => {
                 json!({"ok": false, "error": format!("unknown request {other:?} (fdb, arp, stats)")})
