@@ -94,12 +94,16 @@ pub fn ns_exec(ns: &str, args: &[&str], limit: Duration) -> Output {
 
 /// Ping `dst` from `ns` `count` times; returns the loss percentage ping reports.
 pub fn ping_loss(ns: &str, dst: &str, count: u32) -> f64 {
+    ping_loss_with(ns, &[], dst, count)
+}
+
+/// Like [`ping_loss`], with extra ping options (e.g. `-M dont -s 1472`).
+pub fn ping_loss_with(ns: &str, opts: &[&str], dst: &str, count: u32) -> f64 {
     let c = count.to_string();
-    let o = ns_exec(
-        ns,
-        &["ping", "-c", &c, "-i", "0.2", "-W", "2", dst],
-        Duration::from_secs(u64::from(count) + 15),
-    );
+    let mut args = vec!["ping", "-c", &c, "-i", "0.2", "-W", "2"];
+    args.extend_from_slice(opts);
+    args.push(dst);
+    let o = ns_exec(ns, &args, Duration::from_secs(u64::from(count) + 15));
     let text = String::from_utf8_lossy(&o.stdout);
     text.split(',')
         .find(|s| s.contains("packet loss"))
@@ -447,4 +451,63 @@ pub fn recv_frames(port: &mut switch::sys::PacketPort, window: Duration) -> Vec<
         }
     }
     out
+}
+
+/// Send `len` pattern bytes from `from` to `to` over TCP and compare sha256 on both ends.
+pub fn tcp_transfer(from: &Member, to: &Member, port: u16, len: usize) {
+    let seed = 0x5eed_0000 + u64::from(port);
+    let expected = sha256_of(|w| write_pattern(w, seed, len).unwrap());
+    let addr: std::net::SocketAddr = format!("{}:{port}", to.ip).parse().unwrap();
+    let listener =
+        in_ns(&to.ns, || std::net::TcpListener::bind(addr)).expect("listen in namespace");
+    listener.set_nonblocking(true).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "no connection within 30 s");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut got = 0usize;
+        let sum = sha256_of(|w| {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = conn.read(&mut buf).expect("receive (30 s timeout)");
+                if n == 0 {
+                    break;
+                }
+                got += n;
+                w.write_all(&buf[..n]).unwrap();
+            }
+        });
+        (got, sum)
+    });
+    let mut stream = in_ns(&from.ns, || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+    })
+    .expect("connect from namespace");
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    write_pattern(&mut stream, seed, len).expect("send");
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let (got, sum) = receiver.join().expect("receiver");
+    eprintln!(
+        "{} bytes {} -> {} in {:?}",
+        got,
+        from.ns,
+        to.ns,
+        started.elapsed()
+    );
+    assert_eq!(got, len);
+    assert_eq!(sum, expected, "sha256 differs");
 }

@@ -3,9 +3,7 @@
 
 use e2e::*;
 use serde_json::Value;
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn ip_forward() -> String {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
@@ -158,64 +156,6 @@ fn seed_tap() {
 #[test]
 fn seed_mixed_veth_and_tap() {
     seed_through_switch("seed_mixed_veth_and_tap", [Kind::Veth, Kind::Tap]);
-}
-
-/// Send `len` pattern bytes from `from` to `to` over TCP and compare sha256 on both ends.
-fn tcp_transfer(from: &Member, to: &Member, port: u16, len: usize) {
-    let seed = 0x5eed_0000 + u64::from(port);
-    let expected = sha256_of(|w| write_pattern(w, seed, len).unwrap());
-    let addr: SocketAddr = format!("{}:{port}", to.ip).parse().unwrap();
-    let listener = in_ns(&to.ns, || TcpListener::bind(addr)).expect("listen in namespace");
-    listener.set_nonblocking(true).unwrap();
-    let receiver = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut conn = loop {
-            match listener.accept() {
-                Ok((c, _)) => break c,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    assert!(Instant::now() < deadline, "no connection within 30 s");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        };
-        conn.set_nonblocking(false).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut got = 0usize;
-        let sum = sha256_of(|w| {
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = conn.read(&mut buf).expect("receive (30 s timeout)");
-                if n == 0 {
-                    break;
-                }
-                got += n;
-                w.write_all(&buf[..n]).unwrap();
-            }
-        });
-        (got, sum)
-    });
-    let mut stream = in_ns(&from.ns, || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-    })
-    .expect("connect from namespace");
-    stream
-        .set_write_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let started = Instant::now();
-    write_pattern(&mut stream, seed, len).expect("send");
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let (got, sum) = receiver.join().expect("receiver");
-    eprintln!(
-        "{} bytes {} -> {} in {:?}",
-        got,
-        from.ns,
-        to.ns,
-        started.elapsed()
-    );
-    assert_eq!(got, len);
-    assert_eq!(sum, expected, "sha256 differs");
 }
 
 #[test]
