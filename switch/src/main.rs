@@ -351,8 +351,17 @@ fn demo() -> ExitCode {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut ok = true;
-    for (from, to) in [("red", "192.168.15.2"), ("blue", "192.168.15.1")] {
-        println!("== ip netns exec {from} ping -c 3 {to}");
+    for (from, to, what) in [
+        ("red", "192.168.15.2", "blue, through the switch"),
+        ("blue", "192.168.15.1", "red, through the switch"),
+        ("red", "192.168.15.5", "the gateway, answered by vswitch"),
+        (
+            "blue",
+            "203.0.113.10",
+            "the external host in `wan`, through vswitch's NAT",
+        ),
+    ] {
+        println!("== ip netns exec {from} ping -c 3 {to}   ({what})");
         let st = Command::new("ip")
             .args([
                 "netns", "exec", from, "ping", "-c", "3", "-i", "0.2", "-W", "2", to,
@@ -368,6 +377,10 @@ fn demo() -> ExitCode {
     if let Ok(v) = control::query(&sock, "arp") {
         print_arp(&v);
     }
+    println!("== vswitch conntrack");
+    if let Ok(v) = control::query(&sock, "conntrack") {
+        print_conntrack(&v);
+    }
     println!("== vswitch stats");
     if let Ok(v) = control::query(&sock, "stats") {
         print_stats(&v);
@@ -379,7 +392,9 @@ fn demo() -> ExitCode {
     );
     let _ = child.wait();
     if ok {
-        println!("demo OK: red and blue reached each other through vswitch");
+        println!(
+            "demo OK: red and blue reached each other, the gateway and the external network through vswitch"
+        );
         ExitCode::SUCCESS
     } else {
         println!("demo FAILED: see the ping output above");
