@@ -958,3 +958,299 @@ fn seg_len(vnet: &[u8], ip: &[u8], hl: usize, p: u8) -> usize {
     };
     (hl + l4h + usize::from(v.gso_size())).min(ip.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tests_fixtures::{arp_reply, arp_request};
+
+    const GW_MAC: MacAddr = MacAddr([2, 0x76, 0x73, 0, 0, 5]);
+    const UP_MAC: MacAddr = MacAddr([2, 0x76, 0x73, 0, 0, 1]);
+    const RED: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const WAN: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x10]);
+    const ROUTER9: MacAddr = MacAddr([2, 0, 0, 0, 0, 9]);
+
+    fn gw() -> Gateway {
+        let mut nat = NatConfig::new(Ipv4Addr::new(203, 0, 113, 1));
+        nat.masquerade = vec![Ipv4Net {
+            addr: Ipv4Addr::new(192, 168, 15, 0),
+            prefix: 24,
+        }];
+        nat.alloc = nat::PortAlloc::Sequential;
+        Gateway::new(GatewayConfig {
+            ip: Ipv4Addr::new(192, 168, 15, 5),
+            prefix: 24,
+            mac: GW_MAC,
+            lan_mtu: 1500,
+            routes: vec![(
+                Ipv4Net {
+                    addr: Ipv4Addr::new(10, 9, 0, 0),
+                    prefix: 16,
+                },
+                Ipv4Addr::new(192, 168, 15, 9),
+            )],
+            uplink: Some(UplinkConfig {
+                port: 2,
+                ip: Ipv4Addr::new(203, 0, 113, 1),
+                prefix: 24,
+                mac: UP_MAC,
+                next_hop: None,
+                mtu: 1400,
+            }),
+            nat: Some(nat),
+            neigh_max: 64,
+            ageing_ms: 300_000,
+            queue_slots: 4,
+        })
+    }
+
+    /// Ethernet + IPv4 + ICMP echo request of `size` IP bytes, built after RFC 791/792.
+    fn ping(
+        dst_mac: MacAddr,
+        src: [u8; 4],
+        dst: [u8; 4],
+        ttl: u8,
+        size: usize,
+        df: bool,
+    ) -> Vec<u8> {
+        let mut f = vec![0u8; ETH_HLEN + size];
+        write_eth(&mut f, dst_mac, RED, ethertype::IPV4);
+        let ip = &mut f[ETH_HLEN..];
+        ip[..12].copy_from_slice(&[
+            0x45,
+            0,
+            (size >> 8) as u8,
+            size as u8,
+            0x12,
+            0x34,
+            if df { 0x40 } else { 0 },
+            0,
+            ttl,
+            1,
+            0,
+            0,
+        ]);
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let c = checksum::checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip[20] = 8;
+        ip[24..26].copy_from_slice(&0x4242u16.to_be_bytes());
+        let c = checksum::checksum(&ip[20..]);
+        ip[22..24].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    fn run(g: &mut Gateway, port: PortId, f: &mut [u8], out: &mut Gen) -> Verdict {
+        let fdb = Fdb::new(4, 64, 64, 300_000);
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        if Some(port) == g.uplink_port() {
+            g.from_uplink(0, &mut vnet, f, out, &fdb)
+        } else {
+            g.from_lan(0, port, &mut vnet, f, out, &fdb)
+        }
+    }
+
+    fn icmp_of(frame: &[u8]) -> (Ipv4Addr, Ipv4Addr, u8, u8, u16) {
+        let ip = Ipv4Packet::new_checked(&frame[ETH_HLEN..]).unwrap();
+        assert!(ip.checksum_ok());
+        let l4 = ip.payload();
+        assert_eq!(checksum::checksum(l4), 0, "ICMP checksum");
+        (
+            ip.src(),
+            ip.dst(),
+            l4[0],
+            l4[1],
+            u16::from_be_bytes([l4[6], l4[7]]),
+        )
+    }
+
+    #[test]
+    fn answers_arp_and_ping_for_its_address() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let fdb = Fdb::new(4, 64, 64, 300_000);
+        let mut req = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 5]);
+        assert_eq!(
+            g.lan_arp(0, 0, &mut req, &mut out, &fdb),
+            Some(Verdict::Reply)
+        );
+        let a = ArpPacket::new_checked(&req[ETH_HLEN..]).unwrap();
+        assert_eq!((a.op(), a.sha(), a.tha()), (arp_op::REPLY, GW_MAC, RED));
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [192, 168, 15, 5], 64, 84, true);
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Reply);
+        let (s, d, ty, _, _) = icmp_of(&p);
+        assert_eq!(
+            (s, d, ty),
+            (
+                Ipv4Addr::new(192, 168, 15, 5),
+                Ipv4Addr::new(192, 168, 15, 1),
+                0
+            )
+        );
+        assert_eq!(EthernetFrame::new_checked(&p[..]).unwrap().dst(), RED);
+    }
+
+    #[test]
+    fn ttl_one_gets_time_exceeded_from_the_gateway() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [203, 0, 113, 10], 1, 84, true);
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Consumed);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out.target(0), Target::Port(0));
+        let (_, f) = out.parts_mut(0);
+        let (s, d, ty, code, _) = icmp_of(f);
+        assert_eq!(
+            (s, d, ty, code),
+            (
+                Ipv4Addr::new(192, 168, 15, 5),
+                Ipv4Addr::new(192, 168, 15, 1),
+                11,
+                0
+            )
+        );
+        // The quote is the packet as red sent it.
+        assert_eq!(
+            &f[ETH_HLEN + 28..ETH_HLEN + 28 + 20],
+            &p[ETH_HLEN..ETH_HLEN + 20]
+        );
+    }
+
+    #[test]
+    fn df_too_big_gets_frag_needed_and_no_df_is_fragmented() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        g.neigh_wan.learn(Ipv4Addr::new(203, 0, 113, 10), WAN, 2, 0);
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [203, 0, 113, 10], 64, 1500, true);
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Consumed);
+        let (_, f) = out.parts_mut(0);
+        let (_, _, ty, code, mtu) = icmp_of(f);
+        assert_eq!((ty, code, mtu), (3, 4, 1400));
+        let mut out = Gen::new();
+        let mut p = ping(
+            GW_MAC,
+            [192, 168, 15, 1],
+            [203, 0, 113, 10],
+            64,
+            1500,
+            false,
+        );
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Consumed);
+        let fdb = Fdb::new(4, 64, 64, 300_000);
+        g.route_gen(0, &mut out, &fdb);
+        assert_eq!(out.len(), 2, "two fragments");
+        let mut total = 0;
+        for i in 0..2 {
+            assert_eq!(out.target(i), Target::Port(2));
+            let (_, f) = out.parts_mut(i);
+            let ip = Ipv4Packet::new_checked(&f[ETH_HLEN..]).unwrap();
+            assert!(ip.checksum_ok() && ip.total_len() <= 1400);
+            assert_eq!(
+                (ip.src(), ip.ttl()),
+                (Ipv4Addr::new(203, 0, 113, 1), 63),
+                "translated and TTL-1"
+            );
+            assert_eq!(EthernetFrame::new_checked(&f[..]).unwrap().dst(), WAN);
+            total += ip.payload().len();
+        }
+        assert_eq!(total, 1480);
+    }
+
+    #[test]
+    fn no_route_gets_net_unreachable() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [198, 51, 100, 7], 64, 84, true);
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Consumed);
+        let (_, f) = out.parts_mut(0);
+        assert_eq!(icmp_of(f).2, 3);
+        assert_eq!(icmp_of(f).3, 0);
+    }
+
+    #[test]
+    fn unresolved_next_hop_queues_then_releases_on_arp_reply() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [203, 0, 113, 10], 64, 84, true);
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Consumed);
+        assert_eq!(out.len(), 1, "one ARP request");
+        assert_eq!(out.target(0), Target::Port(2));
+        let (_, req) = out.parts_mut(0);
+        let a = ArpPacket::new_checked(&req[ETH_HLEN..]).unwrap();
+        assert_eq!(
+            (a.op(), a.sha(), a.spa(), a.tpa()),
+            (
+                arp_op::REQUEST,
+                UP_MAC,
+                Ipv4Addr::new(203, 0, 113, 1),
+                Ipv4Addr::new(203, 0, 113, 10)
+            )
+        );
+        // A second packet waits too; no second request within a second.
+        let mut out = Gen::new();
+        let mut p2 = ping(GW_MAC, [192, 168, 15, 1], [203, 0, 113, 10], 64, 84, true);
+        assert_eq!(run(&mut g, 0, &mut p2, &mut out), Verdict::Consumed);
+        assert!(out.is_empty());
+        // The reply releases both, translated and addressed to the neighbour.
+        let mut out = Gen::new();
+        let mut rep = arp_reply(WAN, [203, 0, 113, 10], UP_MAC, [203, 0, 113, 1]);
+        assert_eq!(run(&mut g, 2, &mut rep, &mut out), Verdict::Consumed);
+        assert_eq!(out.len(), 2);
+        for i in 0..2 {
+            let (_, f) = out.parts_mut(i);
+            assert_eq!(EthernetFrame::new_checked(&f[..]).unwrap().dst(), WAN);
+            assert_eq!(
+                Ipv4Packet::new_checked(&f[ETH_HLEN..]).unwrap().src(),
+                Ipv4Addr::new(203, 0, 113, 1)
+            );
+        }
+    }
+
+    #[test]
+    fn static_route_goes_via_its_next_hop() {
+        let mut g = gw();
+        g.neigh_lan
+            .learn(Ipv4Addr::new(192, 168, 15, 9), ROUTER9, 1, 0);
+        let mut fdb = Fdb::new(4, 64, 64, 300_000);
+        fdb.learn(ROUTER9, 1, 0);
+        let mut out = Gen::new();
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [10, 9, 1, 1], 64, 84, true);
+        assert_eq!(
+            g.from_lan(0, 0, &mut vnet, &mut p, &mut out, &fdb),
+            Verdict::Unicast(1)
+        );
+        let eth = EthernetFrame::new_checked(&p[..]).unwrap();
+        assert_eq!((eth.dst(), eth.src()), (ROUTER9, GW_MAC));
+        let ip = Ipv4Packet::new_checked(&p[ETH_HLEN..]).unwrap();
+        assert_eq!(
+            (ip.src(), ip.ttl()),
+            (Ipv4Addr::new(192, 168, 15, 1), 63),
+            "LAN routing: no NAT"
+        );
+        assert!(ip.checksum_ok());
+    }
+
+    #[test]
+    fn uplink_ignores_what_is_not_ours() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let mut p = ping(UP_MAC, [203, 0, 113, 10], [203, 0, 113, 99], 64, 84, true);
+        assert_eq!(
+            run(&mut g, 2, &mut p, &mut out),
+            Verdict::Drop(DropReason::GwNotForUs)
+        );
+        let mut p = ping(UP_MAC, [203, 0, 113, 10], [203, 0, 113, 1], 64, 84, true);
+        assert_eq!(
+            run(&mut g, 2, &mut p, &mut out),
+            Verdict::Reply,
+            "ping to our external address"
+        );
+        let mut short = vec![0u8; 20];
+        assert_eq!(
+            run(&mut g, 2, &mut short, &mut out),
+            Verdict::Drop(DropReason::GwNotForUs)
+        );
+    }
+}

@@ -412,6 +412,17 @@ fn ttl_expiry_and_path_mtu_discovery() {
             .any(|l| l.trim_start().starts_with("2 ") && l.contains(WAN_HOST)),
         "{text}"
     );
+    // No route beyond the uplink subnet (no next hop configured): the gateway says so.
+    let o = ns_exec(
+        &t.red.ns,
+        &["ping", "-c", "1", "-W", "2", "198.51.100.7"],
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("From {GW}")) && text.contains("Unreachable"),
+        "{text}"
+    );
     // A DF transfer (TCP) of 20 MB red -> wan completes; the gateway told red the MTU.
     tcp_transfer(&t.red, &t.wan, 5003, 20 * 1000 * 1000);
     let st = sw.cli_json("stats");
