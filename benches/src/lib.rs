@@ -1,0 +1,336 @@
+//! Shared helpers of the vswitch benchmarks: bounded shell-outs, background
+//! processes, cleanup that also runs on Ctrl-C, CPU accounting, the SVG chart.
+//!
+//! The end-to-end harness builds its kernel reference with `ip`/`iptables`
+//! (that is what the reference *is*); vswitch's own setup never shells out.
+
+use serde_json::Value;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Run a command (bounded by `limit`), returning its stdout (empty on failure).
+pub fn sh(args: &[&str], limit: Duration) -> String {
+    let Ok(mut c) = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return String::new();
+    };
+    let mut out = c.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = c.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    reader.join().unwrap_or_default()
+}
+
+/// Run a command that must succeed (bounded to 30 s); exits with a message otherwise.
+pub fn sh_ok(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!(
+                "e2e: `{}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            cleanup_now();
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("e2e: cannot run `{}`: {e}", args[0]);
+            cleanup_now();
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Exit with a clear message (or install with apt-get) when a tool is missing.
+pub fn require_tools(tools: &[(&str, &str)], install: bool) {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(c, _)| {
+            sh(
+                &["sh", "-c", &format!("command -v {c}")],
+                Duration::from_secs(5),
+            )
+            .trim()
+            .is_empty()
+        })
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    if install {
+        eprintln!("e2e: installing {}", missing.join(" "));
+        let ok = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return;
+        }
+    }
+    eprintln!(
+        "e2e: missing tools; install them with:\n    apt-get install -y {}\nor rerun with --install",
+        missing.join(" ")
+    );
+    std::process::exit(2);
+}
+
+/// A background process, killed (SIGKILL, by PID) on drop unless it exited.
+pub struct Bg(Option<Child>);
+
+impl Bg {
+    /// Spawn `cmd` with its output discarded.
+    pub fn spawn(cmd: &mut Command) -> Bg {
+        let c = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                eprintln!("e2e: cannot start {cmd:?}: {e}");
+                cleanup_now();
+                std::process::exit(1);
+            });
+        Bg(Some(c))
+    }
+    /// Its PID.
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SIGTERM first (vswitch removes its namespaces), then SIGKILL after 10 s.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Default)]
+struct CleanState {
+    netns: Vec<String>,
+    files: Vec<PathBuf>,
+    pids: Vec<u32>,
+}
+
+static CLEAN: Mutex<CleanState> = Mutex::new(CleanState {
+    netns: Vec::new(),
+    files: Vec::new(),
+    pids: Vec::new(),
+});
+
+/// Remove everything registered: stop processes, delete namespaces and files.
+pub fn cleanup_now() {
+    let st = std::mem::take(&mut *CLEAN.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in st.pids {
+        let p = nix::unistd::Pid::from_raw(pid as i32);
+        if nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            for _ in 0..500 {
+                if nix::sys::signal::kill(p, None).is_err()
+                    || !Path::new(&format!("/proc/{pid}/cmdline")).exists()
+                {
+                    break;
+                }
+                let _ = nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    for ns in st.netns {
+        if netns_setup::netns::path(&ns).exists() {
+            let _ = netns_setup::netns::delete(&ns);
+        }
+    }
+    for f in st.files {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Cleanup registry: what it holds is removed on drop, on SIGINT and on SIGTERM.
+pub struct Cleanup;
+
+impl Cleanup {
+    /// Install the signal handler (call before starting threads).
+    pub fn install() -> Cleanup {
+        let mut mask = nix::sys::signal::SigSet::empty();
+        mask.add(nix::sys::signal::Signal::SIGINT);
+        mask.add(nix::sys::signal::Signal::SIGTERM);
+        let _ = mask.thread_block();
+        std::thread::spawn(move || {
+            if mask.wait().is_ok() {
+                eprintln!("\ne2e: interrupted, cleaning up");
+                cleanup_now();
+                std::process::exit(130);
+            }
+        });
+        Cleanup
+    }
+    /// Remove namespace `ns` at the end.
+    pub fn add_netns(&self, ns: &str) {
+        CLEAN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .netns
+            .push(ns.to_string());
+    }
+    /// Remove file `f` at the end.
+    pub fn add_file(&self, f: &Path) {
+        CLEAN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .files
+            .push(f.to_path_buf());
+    }
+    /// Stop process `pid` at the end.
+    pub fn add_pid(&self, pid: u32) {
+        CLEAN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pids
+            .push(pid);
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        cleanup_now();
+    }
+}
+
+/// Namespaces of one setup (for callers that want them grouped).
+pub type NsSet = Vec<String>;
+
+/// (busy, total) jiffies over all CPUs, from /proc/stat.
+pub fn cpu_busy_jiffies() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// utime + stime (jiffies) of process `pid` and its threads.
+pub fn proc_cpu_jiffies(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest = s.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // state is not numeric, so utime/stime (fields 14/15) land at 10/11 here.
+    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+}
+
+/// A horizontal bar chart of the vswitch/kernel ratios (1.0 = parity), as SVG.
+pub fn svg_chart(report: &Value) -> String {
+    let rows: Vec<&Value> = report["rows"]
+        .as_array()
+        .map(|a| a.iter().filter(|r| r["key"] != "cpusw").collect())
+        .unwrap_or_default();
+    let (w, left, bar_h, gap) = (760.0, 300.0, 22.0, 10.0);
+    let h = 60.0 + rows.len() as f64 * (bar_h + gap) + 30.0;
+    let max = rows
+        .iter()
+        .filter_map(|r| r["ratio"].as_f64())
+        .filter(|x| x.is_finite())
+        .fold(2.0f64, f64::max)
+        .min(6.0);
+    let x_of = |r: f64| left + (w - left - 40.0) * (r / max);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="13">"#
+    );
+    s += &format!(
+        r#"<rect width="{w}" height="{h}" fill="white"/><text x="10" y="24" font-size="16" font-weight="bold">vswitch / kernel (median of {} rounds; higher is better for rates, lower for RTT and CPU)</text>"#,
+        report["rounds"]
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let y = 50.0 + i as f64 * (bar_h + gap);
+        let ratio = r["ratio"].as_f64().unwrap_or(0.0);
+        let good = if r["higher_is_better"] == true {
+            ratio >= 1.0
+        } else {
+            ratio <= 1.0
+        };
+        let color = if good { "#2e7d32" } else { "#c62828" };
+        let wbar = (x_of(ratio.min(max)) - left).max(1.0);
+        s += &format!(
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            left - 8.0,
+            y + 16.0,
+            xml(r["name"].as_str().unwrap_or(""))
+        );
+        s += &format!(
+            r#"<rect x="{left}" y="{y}" width="{wbar:.1}" height="{bar_h}" fill="{color}"/>"#
+        );
+        s += &format!(
+            r#"<text x="{:.1}" y="{}">{ratio:.2}×</text>"#,
+            left + wbar + 6.0,
+            y + 16.0
+        );
+    }
+    let x1 = x_of(1.0);
+    s += &format!(
+        r#"<line x1="{x1:.1}" y1="40" x2="{x1:.1}" y2="{:.1}" stroke="black" stroke-dasharray="4 3"/><text x="{x1:.1}" y="{:.1}" text-anchor="middle">1.0 = kernel</text>"#,
+        h - 25.0,
+        h - 8.0
+    );
+    s + "</svg>\n"
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
