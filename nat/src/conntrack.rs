@@ -24,7 +24,7 @@
 //! ```
 
 use crate::wire::tcp_flags;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -204,6 +204,42 @@ pub struct MapKey {
     pub port: u16,
 }
 
+/// The EIM mapping an entry refers to, derived from its tuples instead of stored.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MapRef {
+    /// None (DNAT only, or not translated).
+    None,
+    /// Source-translated: internal endpoint `orig.src:orig.sport`, external port `reply.dport`.
+    Outbound,
+    /// Opened from outside through a mapping: internal `reply.src:reply.sport`, external `orig.dport`.
+    Inbound,
+}
+
+impl Entry {
+    /// The mapping key and external port this entry refers to.
+    pub fn mapping(&self) -> Option<(MapKey, u16)> {
+        match self.map {
+            MapRef::None => None,
+            MapRef::Outbound => Some((
+                MapKey {
+                    proto: self.orig.proto,
+                    ip: self.orig.src,
+                    port: self.orig.sport,
+                },
+                self.reply.dport,
+            )),
+            MapRef::Inbound => Some((
+                MapKey {
+                    proto: self.orig.proto,
+                    ip: self.reply.src,
+                    port: self.reply.sport,
+                },
+                self.orig.dport,
+            )),
+        }
+    }
+}
+
 /// A tracked connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -213,12 +249,12 @@ pub struct Entry {
     pub reply: Tuple,
     /// When it expires (ms).
     pub expires: u64,
-    /// Packets per direction.
-    pub packets: [u64; 2],
     /// Bytes per direction.
     pub bytes: [u64; 2],
-    /// The EIM mapping this entry uses, and the external port.
-    pub mapping: Option<(MapKey, u16)>,
+    /// Packets per direction (saturating).
+    pub packets: [u32; 2],
+    /// Which EIM mapping this entry holds a reference on (see [`MapRef`]).
+    pub map: MapRef,
     /// TCP state (TCP only).
     pub tcp: TcpState,
     /// Direction of the first FIN.
@@ -237,9 +273,9 @@ impl Entry {
             orig,
             reply,
             expires,
-            packets: [0; 2],
             bytes: [0; 2],
-            mapping: None,
+            packets: [0; 2],
+            map: MapRef::None,
             tcp: TcpState::SynSent,
             fin_dir: None,
             assured: false,
@@ -250,8 +286,11 @@ impl Entry {
     }
 }
 
-/// Identifier of an entry (slot index).
+/// Identifier of an entry (slot index, below 2^24).
 pub type EntryId = u32;
+
+/// Largest table (entry ids and wheel references use 24 bits).
+pub const MAX_ENTRIES: usize = 1 << 24;
 
 const WHEEL_SLOTS: usize = 4096;
 /// Wheel tick in ms.
@@ -270,33 +309,53 @@ pub enum Insert {
     Clash,
 }
 
+/// A 4-byte reference to an entry: id (24 bits) and the low 8 bits of its
+/// generation, so references that outlived their entry are recognised.
+#[derive(Clone, Copy)]
+struct Ref(u32);
+
+impl Ref {
+    fn new(id: EntryId, generation: u32) -> Ref {
+        Ref(id | (generation & 0xff) << 24)
+    }
+    fn id(self) -> EntryId {
+        self.0 & 0x00ff_ffff
+    }
+    fn matches(self, e: &Entry) -> bool {
+        e.live && (e.generation & 0xff) == self.0 >> 24
+    }
+}
+
 /// The bounded connection table.
+///
+/// Memory per entry: the slot (`Entry`, 80 bytes), two 4-byte index slots in
+/// a SwissTable (`id << 1 | direction`; the tuples live in the slot), a 4-byte
+/// wheel reference and, while unassured, a 4-byte FIFO reference.
 pub struct Table {
     slots: Vec<Entry>,
     free: Vec<EntryId>,
-    index: HashMap<Tuple, (EntryId, Dir), foldhash::fast::FixedState>,
-    wheel: Vec<Vec<(EntryId, u32)>>,
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
+    wheel: Vec<Vec<Ref>>,
     tick: u64,
-    unassured: VecDeque<(EntryId, u32)>,
+    unassured: VecDeque<Ref>,
     len: usize,
     max: usize,
 }
 
 impl Table {
-    /// An empty table of at most `max` entries; `seed` keys the hash.
+    /// An empty table of at most `max` entries (capped at [`MAX_ENTRIES`]); `seed` keys the hash.
     pub fn new(max: usize, seed: u64) -> Table {
         Table {
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::with_capacity_and_hasher(
-                2 * max.min(1 << 16),
-                foldhash::fast::FixedState::with_seed(seed),
-            ),
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
             wheel: (0..WHEEL_SLOTS).map(|_| Vec::new()).collect(),
             tick: u64::MAX,
             unassured: VecDeque::new(),
             len: 0,
-            max,
+            max: max.clamp(1, MAX_ENTRIES),
         }
     }
 
@@ -315,10 +374,33 @@ impl Table {
         self.max
     }
 
+    fn hash(&self, t: &Tuple) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(t)
+    }
+
+    fn tuple_of(slots: &[Entry], v: u32) -> &Tuple {
+        let e = &slots[(v >> 1) as usize];
+        if v & 1 == 0 { &e.orig } else { &e.reply }
+    }
+
+    fn find(&self, t: &Tuple) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(self.hash(t), |&v| Self::tuple_of(slots, v) == t)
+            .copied()
+    }
+
     /// Find the entry a packet with tuple `t` belongs to, if live at `now`.
     pub fn lookup(&self, t: &Tuple, now: u64) -> Option<(EntryId, Dir)> {
-        let &(id, dir) = self.index.get(t)?;
+        let v = self.find(t)?;
+        let id = v >> 1;
         let e = &self.slots[id as usize];
+        let dir = if v & 1 == 0 {
+            Dir::Original
+        } else {
+            Dir::Reply
+        };
         (e.live && e.expires > now).then_some((id, dir))
     }
 
@@ -342,8 +424,8 @@ impl Table {
         // Beyond the wheel's horizon: park at the horizon and re-check then.
         let t = Self::tick_of(e.expires).clamp(now_tick + 1, now_tick + WHEEL_SLOTS as u64 - 1);
         e.scheduled = t as u32;
-        let g = e.generation;
-        self.wheel[(t as usize) % WHEEL_SLOTS].push((id, g));
+        let r = Ref::new(id, e.generation);
+        self.wheel[(t as usize) % WHEEL_SLOTS].push(r);
     }
 
     /// Set `expires` of entry `id`; reschedules only when it moves earlier than planned.
@@ -357,15 +439,12 @@ impl Table {
 
     /// Insert `e` under both tuples, evicting the oldest unassured entry if full.
     pub fn insert(&mut self, mut e: Entry, now: u64) -> Insert {
-        if self.index.contains_key(&e.orig)
-            || self.index.contains_key(&e.reply)
-            || e.orig == e.reply
-        {
+        if e.orig == e.reply || self.find(&e.orig).is_some() || self.find(&e.reply).is_some() {
             return Insert::Clash;
         }
         let mut evicted = None;
         if self.len >= self.max {
-            match self.evict_one(now) {
+            match self.evict_one() {
                 Some(x) => evicted = Some(x),
                 None => return Insert::Full,
             }
@@ -380,51 +459,68 @@ impl Table {
         let generation = self.slots[id as usize].generation.wrapping_add(1);
         e.generation = generation;
         e.live = true;
-        self.index.insert(e.orig, (id, Dir::Original));
-        self.index.insert(e.reply, (id, Dir::Reply));
+        let (ho, hr) = (self.hash(&e.orig), self.hash(&e.reply));
         self.slots[id as usize] = e;
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let rehash = |v: &u32| {
+            use std::hash::BuildHasher;
+            hasher.hash_one(Self::tuple_of(slots, *v))
+        };
+        self.index.insert_unique(ho, id << 1, rehash);
+        self.index.insert_unique(hr, id << 1 | 1, rehash);
         self.len += 1;
         if self.tick == u64::MAX {
             self.tick = Self::tick_of(now);
         }
         self.schedule(id);
-        self.unassured.push_back((id, generation));
+        self.unassured.push_back(Ref::new(id, generation));
         if self.unassured.len() > 2 * self.max + 64 {
             let slots = &self.slots;
-            self.unassured.retain(|&(i, g)| {
-                slots[i as usize].live
-                    && slots[i as usize].generation == g
-                    && !slots[i as usize].assured
-            });
+            self.unassured
+                .retain(|r| r.matches(&slots[r.id() as usize]) && !slots[r.id() as usize].assured);
         }
         match evicted {
-            Some((_, x)) => Insert::Evicted(id, x),
+            Some(x) => Insert::Evicted(id, x),
             None => Insert::Ok(id),
         }
     }
 
-    fn evict_one(&mut self, now: u64) -> Option<(EntryId, Entry)> {
-        while let Some((id, g)) = self.unassured.pop_front() {
-            let e = &self.slots[id as usize];
-            if e.live && e.generation == g && !e.assured {
-                return self.remove(id).map(|e| (id, e));
+    fn evict_one(&mut self) -> Option<Entry> {
+        while let Some(r) = self.unassured.pop_front() {
+            let e = &self.slots[r.id() as usize];
+            if r.matches(e) && !e.assured {
+                return self.remove(r.id());
             }
         }
-        let _ = now;
         None
+    }
+
+    fn unindex(&mut self, t: &Tuple) {
+        let slots = &self.slots;
+        if let Ok(entry) = self
+            .index
+            .find_entry(self.hasher_hash(t), |&v| Self::tuple_of(slots, v) == t)
+        {
+            entry.remove();
+        }
+    }
+
+    fn hasher_hash(&self, t: &Tuple) -> u64 {
+        self.hash(t)
     }
 
     /// Remove entry `id`, returning it.
     pub fn remove(&mut self, id: EntryId) -> Option<Entry> {
-        let e = &mut self.slots[id as usize];
+        let e = &self.slots[id as usize];
         if !e.live {
             return None;
         }
-        e.live = false;
         let (o, r) = (e.orig, e.reply);
+        self.unindex(&o);
+        self.unindex(&r);
+        let e = &mut self.slots[id as usize];
+        e.live = false;
         let out = e.clone();
-        self.index.remove(&o);
-        self.index.remove(&r);
         self.free.push(id);
         self.len -= 1;
         Some(out)
@@ -448,32 +544,31 @@ impl Table {
         while t < target {
             t += 1;
             let slot = (t as usize) % WHEEL_SLOTS;
-            let bucket = std::mem::take(&mut self.wheel[slot]);
-            for &(id, g) in &bucket {
-                let e = &self.slots[id as usize];
-                if !e.live || e.generation != g || u64::from(e.scheduled) != t {
+            let mut bucket = std::mem::take(&mut self.wheel[slot]);
+            for &r in &bucket {
+                let e = &self.slots[r.id() as usize];
+                if !r.matches(e) || u64::from(e.scheduled) != t {
                     continue; // stale reference
                 }
                 if e.expires <= now {
-                    if let Some(x) = self.remove(id) {
+                    if let Some(x) = self.remove(r.id()) {
                         on_removed(x);
                     }
                 } else {
                     self.tick = t;
-                    self.schedule(id);
+                    self.schedule(r.id());
                 }
             }
             // Give the bucket's allocation back for reuse.
-            let mut bucket = bucket;
             bucket.clear();
             if self.wheel[slot].is_empty() {
                 self.wheel[slot] = bucket;
             }
         }
         self.tick = target;
-        while let Some(&(id, g)) = self.unassured.front() {
-            let e = &self.slots[id as usize];
-            if e.live && e.generation == g && !e.assured {
+        while let Some(&r) = self.unassured.front() {
+            let e = &self.slots[r.id() as usize];
+            if r.matches(e) && !e.assured {
                 break;
             }
             self.unassured.pop_front();

@@ -28,7 +28,9 @@
 //! that arrive first wait in a bounded pool (REQ-14).
 
 use crate::checksum::{self, update16, update32, update32_partial};
-use crate::conntrack::{Dir, Entry, Insert, MapKey, Table, TcpEvent, TcpState, Tuple, tcp_next};
+use crate::conntrack::{
+    Dir, Entry, Insert, MapKey, MapRef, Table, TcpEvent, TcpState, Tuple, tcp_next,
+};
 use crate::wire::{Ipv4Packet, icmp_is_error, icmp_type, proto};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -626,7 +628,7 @@ impl Nat {
     ) -> Verdict {
         let e = self.table.get_mut(id);
         let d = dir as usize;
-        e.packets[d] += 1;
+        e.packets[d] = e.packets[d].saturating_add(1);
         e.bytes[d] += pk.len;
         if dir == Dir::Reply && e.orig.proto != proto::TCP {
             e.assured = true;
@@ -823,7 +825,12 @@ impl Nat {
             }
         }
         let mut e = Entry::new(t, target.inv(), 0);
-        e.mapping = mapping;
+        e.map = match (mapping.is_some(), from) {
+            (false, _) => MapRef::None,
+            (true, Side::Wan) => MapRef::Inbound,
+            (true, _) => MapRef::Outbound,
+        };
+        debug_assert_eq!(e.mapping(), mapping);
         e.packets[0] = 1;
         e.bytes[0] = pk.len;
         if t.proto == proto::TCP {
@@ -853,7 +860,10 @@ impl Nat {
             if let Some(m) = self.maps.get_mut(&key) {
                 m.refs += 1;
             }
-            if let Some(r) = adf_remote {
+            // Only address-dependent filtering needs to know whom each mapping has talked to.
+            if let Some(r) = adf_remote
+                && self.cfg.filtering == Filtering::AddressDependent
+            {
                 *self.adf.entry((key.proto, ext, r)).or_insert(0) += 1;
             }
         }
@@ -874,10 +884,12 @@ impl Nat {
 
     /// Drop the mapping and filter references an entry held.
     fn release(&mut self, e: &Entry) {
-        let Some((key, ext)) = e.mapping else { return };
-        // An outbound entry recorded its remote for address-dependent filtering.
-        if e.orig.src == key.ip && e.orig.sport == key.port {
-            let k = (key.proto, ext, e.orig.dst);
+        let Some((key, ext)) = e.mapping() else {
+            return;
+        };
+        // An outbound entry recorded its remote (the reply's source) for address-dependent filtering.
+        if e.map == MapRef::Outbound && self.cfg.filtering == Filtering::AddressDependent {
+            let k = (key.proto, ext, e.reply.src);
             if let Some(n) = self.adf.get_mut(&k) {
                 *n -= 1;
                 if *n == 0 {
@@ -1102,7 +1114,7 @@ impl Nat {
                 secs_left: (e.expires - now) / 1000,
                 orig: e.orig,
                 reply: e.reply,
-                packets: e.packets,
+                packets: [u64::from(e.packets[0]), u64::from(e.packets[1])],
                 bytes: e.bytes,
                 assured: e.assured,
             })

@@ -796,3 +796,33 @@ fn tuple_inverse() {
     };
     assert_eq!(t.inv().inv(), t);
 }
+
+#[test]
+fn mappings_and_filter_state_are_released_with_their_entries() {
+    // Outbound, hairpin and inbound-through-mapping entries all expire cleanly.
+    let mut c = cfg();
+    c.filtering = Filtering::AddressDependent;
+    let mut n = Nat::new(c);
+    let mut a = udp(RED, 6000, WAN, 1, b"x");
+    n.process(0, Side::Lan, &mut a, false, &route);
+    let ext = tuple_of(&a).1;
+    let mut b = udp(WAN, 2, EXT, ext, b"x"); // same address, other port: admitted (ADF)
+    assert_eq!(
+        n.process(0, Side::Wan, &mut b, false, &route),
+        Verdict::Translated
+    );
+    let mut h = tcp(RED, 41000, EXT, 80, "S", b"");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut h, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(n.len(), 3);
+    n.expire(400_000);
+    assert_eq!((n.len(), n.mappings()), (0, 0));
+    // After expiry the old remote is no longer admitted.
+    let mut late = udp(WAN, 2, EXT, ext, b"x");
+    assert_eq!(
+        n.process(400_000, Side::Wan, &mut late, false, &route),
+        Verdict::Drop(NatDrop::NoMapping)
+    );
+}

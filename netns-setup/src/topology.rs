@@ -12,6 +12,9 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// Default adaptive busy-poll window of the switch worker, µs.
+pub const DEFAULT_BUSY_POLL_US: u64 = 0;
+
 /// Linux limit on interface names (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
 
@@ -131,6 +134,8 @@ pub struct SwitchSpec {
     pub arp_suppress: bool,
     /// Bound on the IP→MAC table.
     pub arp_max: usize,
+    /// After traffic, keep polling this long before sleeping (0: never spin).
+    pub busy_poll: Duration,
 }
 
 /// Validated namespace.
@@ -402,6 +407,7 @@ struct SwitchFile {
     fdb_max_per_port: Option<usize>,
     arp_suppress: Option<bool>,
     arp_max: Option<usize>,
+    busy_poll_us: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -530,7 +536,12 @@ impl Topology {
                 if arp_max == 0 || arp_max > 1 << 22 {
                     return Err(err("switch.arp_max", "must be in 1..=4194304"));
                 }
+                let busy = s.busy_poll_us.unwrap_or(DEFAULT_BUSY_POLL_US);
+                if busy > 1_000_000 {
+                    return Err(err("switch.busy_poll_us", "must be at most 1000000 (1 s)"));
+                }
                 Some(SwitchSpec {
+                    busy_poll: Duration::from_micros(busy),
                     name: sname,
                     netns: s.netns,
                     ageing: Duration::from_secs(ageing),

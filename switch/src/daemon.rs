@@ -303,6 +303,7 @@ pub fn run(t: &Topology, opts: &RunOptions) -> Result<()> {
     let (tx, rx) = channel();
     control::serve(listener, tx, wake.clone());
     let mut worker = Worker::new(sw.name.clone(), ports, Pipeline::new(&cfg));
+    worker.set_busy_poll(sw.busy_poll);
     let res = worker.run(&rx, &wake, &stop);
     drop(worker); // close ports before removing the namespaces
     cleanup("exit");

@@ -4,7 +4,7 @@
 //! several rounds. Prints a table of medians with the vswitch/kernel ratio,
 //! writes JSON and an SVG chart.
 //!
-//! `cargo run --release -p benches --bin e2e -- [--rounds N] [--secs S] [--out DIR] [--install]`
+//! `cargo run --release -p benches --bin e2e -- [--rounds N] [--secs S] [--out DIR] [--busy-poll-us N] [--install]`
 //!
 //! Needs root, iperf3, ping and iptables (`--install` installs missing Debian
 //! packages with apt-get). Leaves no namespace behind, also on Ctrl-C.
@@ -189,12 +189,15 @@ fn build_kernel(n: &Names, cleanup: &Cleanup) {
     ]);
 }
 
-fn vswitch_toml(n: &Names, tag: &str) -> String {
+fn vswitch_toml(n: &Names, tag: &str, busy_poll_us: Option<u64>) -> String {
+    let busy = busy_poll_us
+        .map(|b| format!("busy_poll_us = {b}\n"))
+        .unwrap_or_default();
     format!(
         r#"name = "{tag}"
 [switch]
 netns = "{sw}"
-[[namespace]]
+{busy}[[namespace]]
 name = "{red}"
 address = "{RED}/24"
 gateway = "192.168.15.5"
@@ -493,7 +496,9 @@ fn main() {
         vn.sw.trim_end_matches("-sw")
     );
     let topo_path = std::env::temp_dir().join(format!("{tag}.toml"));
-    std::fs::write(&topo_path, vswitch_toml(&vn, &format!("{tag}v"))).expect("write topology");
+    let busy: Option<u64> = arg(&args, "--busy-poll-us").and_then(|s| s.parse().ok());
+    std::fs::write(&topo_path, vswitch_toml(&vn, &format!("{tag}v"), busy))
+        .expect("write topology");
     for ns in [&vn.red, &vn.blue, &vn.wan, &vn.sw] {
         cleanup.add_netns(ns);
     }
