@@ -279,7 +279,7 @@ pub fn svg_chart(report: &Value) -> String {
         .as_array()
         .map(|a| a.iter().filter(|r| r["key"] != "cpusw").collect())
         .unwrap_or_default();
-    let (w, left, bar_h, gap) = (760.0, 300.0, 22.0, 10.0);
+    let (w, left, bar_h, gap) = (900.0, 300.0, 22.0, 10.0);
     let h = 60.0 + rows.len() as f64 * (bar_h + gap) + 30.0;
     let max = rows
         .iter()

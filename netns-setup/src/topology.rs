@@ -136,6 +136,8 @@ pub struct SwitchSpec {
     pub arp_max: usize,
     /// After traffic, keep polling this long before sleeping (0: never spin).
     pub busy_poll: Duration,
+    /// Pin the forwarding worker to this CPU.
+    pub cpu: Option<usize>,
 }
 
 /// Validated namespace.
@@ -408,6 +410,7 @@ struct SwitchFile {
     arp_suppress: Option<bool>,
     arp_max: Option<usize>,
     busy_poll_us: Option<u64>,
+    cpu: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -540,7 +543,13 @@ impl Topology {
                 if busy > 1_000_000 {
                     return Err(err("switch.busy_poll_us", "must be at most 1000000 (1 s)"));
                 }
+                if let Some(c) = s.cpu
+                    && c >= 1024
+                {
+                    return Err(err("switch.cpu", "must be a CPU number below 1024"));
+                }
                 Some(SwitchSpec {
+                    cpu: s.cpu,
                     busy_poll: Duration::from_micros(busy),
                     name: sname,
                     netns: s.netns,

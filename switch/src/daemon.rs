@@ -304,6 +304,17 @@ pub fn run(t: &Topology, opts: &RunOptions) -> Result<()> {
     control::serve(listener, tx, wake.clone());
     let mut worker = Worker::new(sw.name.clone(), ports, Pipeline::new(&cfg));
     worker.set_busy_poll(sw.busy_poll);
+    if let Some(cpu) = sw.cpu {
+        // The worker runs on this thread; the control thread is not pinned.
+        let mut set = nix::sched::CpuSet::new();
+        let pinned = set
+            .set(cpu)
+            .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+        if let Err(e) = pinned {
+            cleanup("start-up failed");
+            bail!("cannot pin the worker to CPU {cpu}: {e}");
+        }
+    }
     let res = worker.run(&rx, &wake, &stop);
     drop(worker); // close ports before removing the namespaces
     cleanup("exit");

@@ -245,13 +245,20 @@ fn hostile_input_keeps_forwarding_and_bounds() {
     let (toml, m, _) = star(
         &id,
         &[Kind::Veth, Kind::Tap, Kind::Veth],
-        "fdb_max = 256\nfdb_max_per_port = 64\n",
+        "fdb_max = 256\nfdb_max_per_port = 64\ncpu = 0\nbusy_poll_us = 20000\n",
     );
     let topo = TopoGuard::new(&toml);
     let sw = SwitchProc::start(&topo);
     let (red, blue, evil) = (&m[0], &m[1], &m[2]);
     assert_eq!(ping_loss(&red.ns, &blue.ip, 3), 0.0);
     let rss_before = vm_rss_kib(sw.pid());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sw.pid())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Cpus_allowed_list:") && l.trim_end().ends_with("\t0")),
+        "worker not pinned to CPU 0: {status}"
+    );
 
     // Ping red -> blue during the whole flood.
     let red_ns = red.ns.clone();

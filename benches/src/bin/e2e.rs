@@ -496,9 +496,15 @@ fn main() {
         vn.sw.trim_end_matches("-sw")
     );
     let topo_path = std::env::temp_dir().join(format!("{tag}.toml"));
-    let busy: Option<u64> = arg(&args, "--busy-poll-us").and_then(|s| s.parse().ok());
-    std::fs::write(&topo_path, vswitch_toml(&vn, &format!("{tag}v"), busy))
-        .expect("write topology");
+    // Adaptive busy polling for 50 ms after traffic (see README); `--busy-poll-us 0` measures the default.
+    let busy: u64 = arg(&args, "--busy-poll-us")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50_000);
+    std::fs::write(
+        &topo_path,
+        vswitch_toml(&vn, &format!("{tag}v"), Some(busy)),
+    )
+    .expect("write topology");
     for ns in [&vn.red, &vn.blue, &vn.wan, &vn.sw] {
         cleanup.add_netns(ns);
     }
@@ -747,16 +753,19 @@ fn main() {
         }));
     }
     println!("\n{table}");
-    println!(
-        "rounds {rounds}, {secs} s per measurement, {} CPUs, total {:.0} s",
+    let setting = format!(
+        "vswitch with busy_poll_us = {}; rounds {rounds}, {secs} s per measurement, {} CPUs, total {:.0} s",
+        busy,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
         started.elapsed().as_secs_f64()
     );
+    println!("{setting}");
+    table += &format!("\n{setting}\n");
     std::fs::create_dir_all(&out_dir).expect("out dir");
     let report = json!({
-        "rounds": rounds, "secs": secs,
+        "rounds": rounds, "secs": secs, "busy_poll_us": busy,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "kernel": sh(&["uname", "-r"], Duration::from_secs(5)).trim(),
         "rows": json_rows,

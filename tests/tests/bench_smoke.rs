@@ -1,0 +1,54 @@
+//! The end-to-end benchmark harness runs, reports both setups and leaves nothing behind.
+
+use e2e::*;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn e2e_benchmark_runs_and_cleans_up() {
+    if !require_root("e2e_benchmark_runs_and_cleans_up") {
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("vswitch-bench-smoke-{}", std::process::id()));
+    let before = ip_netns_list();
+    let o = run_timeout(
+        Command::new(bin("e2e"))
+            .args(["--rounds", "1", "--secs", "1", "--out"])
+            .arg(&out),
+        Duration::from_secs(300),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "e2e failed: {stderr}");
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("vswitch/kernel") && table.contains("TCP red→blue, 1 stream"),
+        "{table}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("e2e.json")).expect("e2e.json"))
+            .expect("JSON");
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 9);
+    for r in rows.iter().filter(|r| r["key"] != "cpusw") {
+        for side in ["kernel_median", "vswitch_median"] {
+            let x = r[side].as_f64().unwrap_or(f64::NAN);
+            assert!(
+                x.is_finite() && x > 0.0,
+                "{} {side} = {x}: {stderr}",
+                r["name"]
+            );
+        }
+    }
+    assert!(
+        std::fs::read_to_string(out.join("e2e.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
+    let after = ip_netns_list();
+    let leaked: Vec<&String> = after
+        .iter()
+        .filter(|n| !before.contains(n) && n.starts_with("vb"))
+        .collect();
+    assert!(leaked.is_empty(), "namespaces left behind: {leaked:?}");
+    let _ = std::fs::remove_dir_all(&out);
+}
