@@ -159,6 +159,8 @@ pub struct NamespaceSpec {
     pub mtu: Option<u32>,
     /// Index into [`Topology::pairs`] if this namespace is on a direct pair.
     pub pair: Option<usize>,
+    /// Isolated port: reaches only non-isolated ports and the gateway.
+    pub isolated: bool,
 }
 
 /// A validated topology.
@@ -180,6 +182,72 @@ pub struct Topology {
     pub routes: Vec<RouteSpec>,
     /// NAT settings (masquerade sources, port forwards, behaviour).
     pub nat: NatSpec,
+    /// The forwarding policy: ACL rules, rate limits, mirrors.
+    pub policy: PolicySpec,
+}
+
+/// One ACL rule as written (ports by namespace name), checked for syntax.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AclSpec {
+    /// Name shown in counters (default `acl[N]`).
+    pub name: String,
+    /// Drop (true) or allow.
+    pub drop: bool,
+    /// Ingress namespaces.
+    pub in_port: Option<Vec<String>>,
+    /// Source MAC.
+    pub src_mac: Option<[u8; 6]>,
+    /// Destination MAC.
+    pub dst_mac: Option<[u8; 6]>,
+    /// VLAN id.
+    pub vlan: Option<u16>,
+    /// EtherType.
+    pub ethertype: Option<u16>,
+    /// IPv4 source network.
+    pub src: Option<Ipv4Cidr>,
+    /// IPv4 destination network.
+    pub dst: Option<Ipv4Cidr>,
+    /// IP protocol number.
+    pub protocol: Option<u8>,
+    /// Source ports.
+    pub sport: Option<(u16, u16)>,
+    /// Destination ports.
+    pub dport: Option<(u16, u16)>,
+    /// TCP flags: (must be set, mask).
+    pub tcp_flags: Option<(u8, u8)>,
+}
+
+/// An ingress rate limit on a namespace's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSpec {
+    /// The namespace whose port is limited.
+    pub namespace: String,
+    /// Bits per second (0: unlimited).
+    pub bits_per_sec: u64,
+    /// Packets per second (0: unlimited).
+    pub packets_per_sec: u64,
+    /// Burst, bytes.
+    pub burst_bytes: u64,
+}
+
+/// A SPAN mirror: everything a port receives and sends, copied to another port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorSpec {
+    /// Mirrored namespace.
+    pub from: String,
+    /// Namespace whose port gets the copies.
+    pub to: String,
+}
+
+/// The policy part of a topology (reloadable with `vswitch reload`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicySpec {
+    /// ACL rules, first match wins, default allow.
+    pub acl: Vec<AclSpec>,
+    /// Rate limits.
+    pub rate_limits: Vec<RateLimitSpec>,
+    /// Mirrors.
+    pub mirrors: Vec<MirrorSpec>,
 }
 
 /// The gateway address owned by the switch on the LAN.
@@ -315,6 +383,251 @@ struct TopologyFile {
     #[serde(default)]
     dnat: Vec<DnatFile>,
     nat: Option<NatFile>,
+    #[serde(default)]
+    acl: Vec<AclFile>,
+    #[serde(default)]
+    rate_limit: Vec<RateLimitFile>,
+    #[serde(default)]
+    mirror: Vec<MirrorFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclFile {
+    name: Option<String>,
+    action: String,
+    in_port: Option<OneOrMany>,
+    src_mac: Option<String>,
+    dst_mac: Option<String>,
+    vlan: Option<u16>,
+    ethertype: Option<PortSpec>,
+    src: Option<String>,
+    dst: Option<String>,
+    protocol: Option<PortSpec>,
+    sport: Option<PortSpec>,
+    dport: Option<PortSpec>,
+    tcp_flags: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFile {
+    namespace: String,
+    bits_per_sec: Option<u64>,
+    packets_per_sec: Option<u64>,
+    burst_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorFile {
+    from: String,
+    to: String,
+}
+
+fn parse_mac(key: &str, s: &str) -> Result<[u8; 6], TopologyError> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| err(key, format!("{s:?} is not a MAC address")))?;
+    v.try_into()
+        .map_err(|_| err(key, format!("{s:?} is not a MAC address")))
+}
+
+fn parse_tcp_flags(key: &str, s: &str) -> Result<(u8, u8), TopologyError> {
+    let (mut want, mut mask) = (0u8, 0u8);
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (neg, name) = part.strip_prefix('!').map_or((false, part), |n| (true, n));
+        let bit = match name.to_ascii_lowercase().as_str() {
+            "fin" => 0x01,
+            "syn" => 0x02,
+            "rst" => 0x04,
+            "psh" => 0x08,
+            "ack" => 0x10,
+            "urg" => 0x20,
+            other => {
+                return Err(err(
+                    key,
+                    format!(
+                        "unknown TCP flag {other:?} (fin, syn, rst, psh, ack, urg; prefix ! for unset)"
+                    ),
+                ));
+            }
+        };
+        mask |= bit;
+        if !neg {
+            want |= bit;
+        }
+    }
+    Ok((want, mask))
+}
+
+fn validate_policy(
+    t: &mut Topology,
+    acl: Vec<AclFile>,
+    limits: Vec<RateLimitFile>,
+    mirrors: Vec<MirrorFile>,
+) -> Result<(), TopologyError> {
+    let on_switch: Vec<String> = t.switch_ports().map(|n| n.name.clone()).collect();
+    let check_ns = |key: &str, n: &str| -> Result<(), TopologyError> {
+        if on_switch.iter().any(|x| x == n) {
+            Ok(())
+        } else {
+            Err(err(key, format!("{n:?} is not a namespace on the switch")))
+        }
+    };
+    if (!acl.is_empty() || !limits.is_empty() || !mirrors.is_empty()) && t.switch.is_none() {
+        return Err(err("acl", "policies need a [switch]"));
+    }
+    for (i, a) in acl.into_iter().enumerate() {
+        let k = |f: &str| format!("acl[{i}].{f}");
+        let drop = match a.action.as_str() {
+            "drop" => true,
+            "allow" => false,
+            other => return Err(err(k("action"), format!("{other:?}: use allow or drop"))),
+        };
+        let in_port = match a.in_port {
+            None => None,
+            Some(OneOrMany::One(s)) => Some(vec![s]),
+            Some(OneOrMany::Many(v)) => Some(v),
+        };
+        if let Some(ps) = &in_port {
+            for p in ps {
+                check_ns(&k("in_port"), p)?;
+            }
+        }
+        let num = |key: &str,
+                   v: Option<PortSpec>,
+                   names: &[(&str, u16)]|
+         -> Result<Option<u16>, TopologyError> {
+            Ok(match v {
+                None => None,
+                Some(PortSpec::One(n)) => Some(n),
+                Some(PortSpec::Text(s)) => {
+                    let s2 = s.trim().to_ascii_lowercase();
+                    if let Some((_, n)) = names.iter().find(|(nm, _)| *nm == s2) {
+                        Some(*n)
+                    } else if let Some(h) = s2.strip_prefix("0x") {
+                        Some(
+                            u16::from_str_radix(h, 16)
+                                .map_err(|_| err(key, format!("{s:?} is not a number")))?,
+                        )
+                    } else {
+                        Some(s2.parse().map_err(|_| {
+                            err(key, format!("{s:?} is not a known name or number"))
+                        })?)
+                    }
+                }
+            })
+        };
+        let ethertype = num(
+            &k("ethertype"),
+            a.ethertype,
+            &[
+                ("ipv4", 0x0800),
+                ("arp", 0x0806),
+                ("ipv6", 0x86dd),
+                ("vlan", 0x8100),
+            ],
+        )?;
+        let protocol = num(
+            &k("protocol"),
+            a.protocol,
+            &[("icmp", 1), ("tcp", 6), ("udp", 17)],
+        )?;
+        if protocol.is_some_and(|p| p > 255) {
+            return Err(err(k("protocol"), "must be 0..=255"));
+        }
+        let range = |key: &str, v: Option<PortSpec>| -> Result<Option<(u16, u16)>, TopologyError> {
+            Ok(match v {
+                None => None,
+                Some(PortSpec::One(p)) => Some((p, p)),
+                Some(PortSpec::Text(s)) => Some(parse_range(key, &s)?),
+            })
+        };
+        t.policy.acl.push(AclSpec {
+            name: a.name.unwrap_or_else(|| format!("acl[{i}]")),
+            drop,
+            in_port,
+            src_mac: a
+                .src_mac
+                .as_deref()
+                .map(|m| parse_mac(&k("src_mac"), m))
+                .transpose()?,
+            dst_mac: a
+                .dst_mac
+                .as_deref()
+                .map(|m| parse_mac(&k("dst_mac"), m))
+                .transpose()?,
+            vlan: match a.vlan {
+                Some(v) if !(1..=4094).contains(&v) => {
+                    return Err(err(k("vlan"), "must be 1..=4094"));
+                }
+                v => v,
+            },
+            ethertype,
+            src: a
+                .src
+                .as_deref()
+                .map(|c| c.parse::<Ipv4Cidr>().map_err(|e| err(k("src"), e)))
+                .transpose()?,
+            dst: a
+                .dst
+                .as_deref()
+                .map(|c| c.parse::<Ipv4Cidr>().map_err(|e| err(k("dst"), e)))
+                .transpose()?,
+            protocol: protocol.map(|p| p as u8),
+            sport: range(&k("sport"), a.sport)?,
+            dport: range(&k("dport"), a.dport)?,
+            tcp_flags: a
+                .tcp_flags
+                .as_deref()
+                .map(|f| parse_tcp_flags(&k("tcp_flags"), f))
+                .transpose()?,
+        });
+    }
+    for (i, l) in limits.into_iter().enumerate() {
+        let k = |f: &str| format!("rate_limit[{i}].{f}");
+        check_ns(&k("namespace"), &l.namespace)?;
+        let (bps, pps) = (l.bits_per_sec.unwrap_or(0), l.packets_per_sec.unwrap_or(0));
+        if bps == 0 && pps == 0 {
+            return Err(err(
+                k("bits_per_sec"),
+                "set bits_per_sec and/or packets_per_sec",
+            ));
+        }
+        // Default burst: 10 ms at the rate, at least one 64 KB super-frame.
+        let burst = l.burst_bytes.unwrap_or((bps / 8 / 100).max(65_536 + 64));
+        t.policy.rate_limits.push(RateLimitSpec {
+            namespace: l.namespace,
+            bits_per_sec: bps,
+            packets_per_sec: pps,
+            burst_bytes: burst,
+        });
+    }
+    for (i, m) in mirrors.into_iter().enumerate() {
+        check_ns(&format!("mirror[{i}].from"), &m.from)?;
+        check_ns(&format!("mirror[{i}].to"), &m.to)?;
+        if m.from == m.to {
+            return Err(err(
+                format!("mirror[{i}].to"),
+                "a port cannot mirror to itself",
+            ));
+        }
+        t.policy.mirrors.push(MirrorSpec {
+            from: m.from,
+            to: m.to,
+        });
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -423,6 +736,7 @@ struct NamespaceFile {
     ifname: Option<String>,
     switch_ifname: Option<String>,
     mtu: Option<u32>,
+    isolated: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -713,6 +1027,7 @@ impl Topology {
                 switch_ifname,
                 mtu: ns.mtu,
                 pair,
+                isolated: ns.isolated.unwrap_or(false),
             });
         }
         for (p, &(a, b)) in pairs.iter().enumerate() {
@@ -732,6 +1047,7 @@ impl Topology {
             uplink: None,
             routes: Vec::new(),
             nat: NatSpec::default(),
+            policy: PolicySpec::default(),
         };
         validate_routing(
             &mut t,
@@ -742,6 +1058,7 @@ impl Topology {
             file.dnat,
             file.nat,
         )?;
+        validate_policy(&mut t, file.acl, file.rate_limit, file.mirror)?;
         Ok(t)
     }
 

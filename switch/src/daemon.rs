@@ -7,6 +7,7 @@
 use crate::control;
 use crate::gateway::{GatewayConfig, UplinkConfig};
 use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::policy::{AclRule, Chain, NoPolicy, Policy, Range, RateLimit, Reloaded};
 use crate::port::{PortIo, TapPort};
 use crate::stats::PortStats;
 use crate::sys::PacketPort;
@@ -32,6 +33,63 @@ pub struct RunOptions {
     pub keep: bool,
     /// Control socket path (default `/run/vswitch/TOPOLOGY.sock`).
     pub socket: Option<PathBuf>,
+    /// The topology file, re-read by `vswitch reload` / SIGHUP (None: the built-in seed).
+    pub file: Option<PathBuf>,
+}
+
+/// The built-in policy of `t` for ports named `ports` (the switch's port order).
+pub fn build_policy(t: &Topology, ports: &[Port]) -> Result<Reloaded, String> {
+    let names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
+    let by_ns = |ns: &str| -> Result<usize, String> {
+        ports
+            .iter()
+            .position(|p| p.lan && p.netns == ns)
+            .ok_or_else(|| format!("namespace {ns:?} has no port on this switch"))
+    };
+    let mut acl = Vec::new();
+    for a in &t.policy.acl {
+        let in_ports = match &a.in_port {
+            None => None,
+            Some(v) => Some(v.iter().map(|n| by_ns(n)).collect::<Result<Vec<_>, _>>()?),
+        };
+        acl.push(AclRule {
+            name: a.name.clone(),
+            drop: a.drop,
+            in_ports,
+            src_mac: a.src_mac.map(MacAddr),
+            dst_mac: a.dst_mac.map(MacAddr),
+            vlan: a.vlan,
+            ethertype: a.ethertype,
+            src: a.src.map(|c| (c.addr, c.prefix)),
+            dst: a.dst.map(|c| (c.addr, c.prefix)),
+            protocol: a.protocol,
+            sport: a.sport.map(|(x, y)| Range(x, y)),
+            dport: a.dport.map(|(x, y)| Range(x, y)),
+            tcp_flags: a.tcp_flags,
+        });
+    }
+    let mut limits = Vec::new();
+    for l in &t.policy.rate_limits {
+        limits.push(RateLimit::new(
+            by_ns(&l.namespace)?,
+            l.packets_per_sec,
+            l.bits_per_sec,
+            l.burst_bytes,
+        ));
+    }
+    let mut mirrors = vec![None; ports.len()];
+    for m in &t.policy.mirrors {
+        mirrors[by_ns(&m.from)?] = Some(by_ns(&m.to)?);
+    }
+    let isolated = ports
+        .iter()
+        .map(|p| p.lan && t.namespaces.iter().any(|n| n.name == p.netns && n.isolated))
+        .collect();
+    Ok(Reloaded {
+        chain: Chain::new(acl, limits, names),
+        isolated,
+        mirrors,
+    })
 }
 
 /// Open the switch's ports for `t` (namespaces and links must exist).
@@ -67,6 +125,7 @@ pub fn open_ports(t: &Topology) -> Result<Vec<Port>> {
             io,
             up: true,
             lan: true,
+            isolated: ns.isolated,
             stats: PortStats::default(),
         });
     }
@@ -85,6 +144,7 @@ pub fn open_ports(t: &Topology) -> Result<Vec<Port>> {
             io: Box::new(p),
             up: true,
             lan: false,
+            isolated: false,
             stats: PortStats::default(),
         });
     }
@@ -221,8 +281,13 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
     }))
 }
 
-/// Run the switch for `t` until SIGINT or SIGTERM.
+/// Run the switch for `t` until SIGINT or SIGTERM, with the topology's built-in policy.
 pub fn run(t: &Topology, opts: &RunOptions) -> Result<()> {
+    run_with(t, opts, NoPolicy)
+}
+
+/// Run the switch with your own `policy`, asked after the built-in one.
+pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U) -> Result<()> {
     let sw = t.switch.clone().ok_or_else(|| {
         anyhow!("topology {:?} has no [switch]: nothing for vswitch to forward (a pair-only topology needs just `netns-setup up`)", t.name)
     })?;
@@ -235,6 +300,7 @@ pub fn run(t: &Topology, opts: &RunOptions) -> Result<()> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGINT);
     mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGHUP);
     mask.thread_block().context("block signals")?;
     let stop = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("signalfd")?;
@@ -302,7 +368,35 @@ pub fn run(t: &Topology, opts: &RunOptions) -> Result<()> {
     );
     let (tx, rx) = channel();
     control::serve(listener, tx, wake.clone());
-    let mut worker = Worker::new(sw.name.clone(), ports, Pipeline::new(&cfg));
+    let port_snapshot: Vec<(String, String, bool)> = ports
+        .iter()
+        .map(|p| (p.name.clone(), p.netns.clone(), p.lan))
+        .collect();
+    let mut worker = Worker::<(Chain, U)>::new(
+        sw.name.clone(),
+        ports,
+        Pipeline::<(Chain, U)>::with_policy(&cfg, (Chain::default(), policy)),
+    );
+    let file = opts.file.clone();
+    let mut first = Some(t.clone());
+    let reloader = Box::new(move || -> Result<Reloaded, String> {
+        let topo = match first.take() {
+            Some(t) => t,
+            None => match &file {
+                Some(f) => Topology::load(f).map_err(|e| e.to_string())?,
+                None => Topology::seed(),
+            },
+        };
+        let ports: Vec<Port> = port_snapshot
+            .iter()
+            .map(|(n, ns, lan)| Port::placeholder(n, ns, *lan))
+            .collect();
+        build_policy(&topo, &ports)
+    });
+    if let Err(e) = worker.set_reloader(reloader) {
+        cleanup("start-up failed");
+        bail!("policy: {e}");
+    }
     worker.set_busy_poll(sw.busy_poll);
     if let Some(cpu) = sw.cpu {
         // The worker runs on this thread; the control thread is not pinned.

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod fdb;
 pub mod gateway;
 pub mod pipeline;
+pub mod policy;
 pub mod port;
 pub mod stats;
 pub mod sys;

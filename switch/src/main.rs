@@ -86,6 +86,9 @@ enum Cmd {
         #[arg(long)]
         state: Option<String>,
     },
+    /// Re-read the topology's policy (ACL, rate limits, isolation, mirrors) and swap it in
+    /// between batches; tables are kept. SIGHUP does the same.
+    Reload(Target),
     /// Run the seed topology, ping red<->blue through vswitch, print the tables, clean up.
     Demo,
 }
@@ -208,6 +211,12 @@ fn print_stats(v: &Value) {
         "arp: {} entries, suppressed {} requests",
         a["entries"], a["counters"]["suppressed"]
     );
+    if let Some(p) = v["policy"].as_object()
+        && !p.is_empty()
+    {
+        let hits: Vec<String> = p.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        println!("policy: {}", hits.join(" "));
+    }
     if let Some(g) = v.get("gateway") {
         let c = &g["counters"];
         println!(
@@ -410,7 +419,14 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(c) => return c,
             };
-            match run(&t, &RunOptions { keep, socket }) {
+            match run(
+                &t,
+                &RunOptions {
+                    keep,
+                    socket,
+                    file: file.clone(),
+                },
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("vswitch run: {e:#}");
@@ -468,6 +484,20 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Demo => demo(),
+        Cmd::Reload(t) => match control::query(&t.path(), "reload") {
+            Ok(v) => {
+                if t.json {
+                    println!("{v}");
+                } else {
+                    println!("policy reloaded: {} ACL rules", v["acl_rules"]);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vswitch reload: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

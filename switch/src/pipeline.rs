@@ -18,6 +18,7 @@ use crate::PortId;
 use crate::arp::ArpTable;
 use crate::fdb::Fdb;
 use crate::gateway::Gateway;
+use crate::policy::{Action, Frame, FrameMeta, NoPolicy, Policy};
 use crate::port::{BATCH, Batch};
 use crate::stats::DropReason;
 use crate::wire::{ArpPacket, ETH_HLEN, EthernetFrame, MacAddr, arp_op, ethertype};
@@ -133,8 +134,8 @@ pub struct PipelineConfig {
     pub gateway: Option<crate::gateway::GatewayConfig>,
 }
 
-/// The switch's forwarding state and logic.
-pub struct Pipeline {
+/// The switch's forwarding state and logic, generic over the policy.
+pub struct Pipeline<P: Policy = NoPolicy> {
     /// MAC table.
     pub fdb: Fdb,
     /// IP→MAC table.
@@ -142,12 +143,28 @@ pub struct Pipeline {
     arp_suppress: bool,
     /// The gateway (router and NAT), if any.
     pub gateway: Option<Gateway>,
+    /// The forwarding policy.
+    pub policy: P,
+    /// Isolated ports (reach only non-isolated ports and the gateway).
+    pub isolated: Vec<bool>,
+    /// Set by `decide` when the policy asked for a copy of the frame on a port.
+    pub mirror: Option<PortId>,
 }
 
-impl Pipeline {
-    /// A pipeline with empty tables.
-    pub fn new(c: &PipelineConfig) -> Pipeline {
+impl Pipeline<NoPolicy> {
+    /// A pipeline with empty tables and no policy.
+    pub fn new(c: &PipelineConfig) -> Pipeline<NoPolicy> {
+        Pipeline::with_policy(c, NoPolicy)
+    }
+}
+
+impl<P: Policy> Pipeline<P> {
+    /// A pipeline with empty tables and `policy`.
+    pub fn with_policy(c: &PipelineConfig, policy: P) -> Pipeline<P> {
         Pipeline {
+            policy,
+            isolated: vec![false; c.ports],
+            mirror: None,
             fdb: Fdb::new(c.ports, c.fdb_max, c.fdb_max_per_port, c.ageing_ms),
             arp: ArpTable::new(c.arp_max, c.ageing_ms),
             arp_suppress: c.arp_suppress,
@@ -177,7 +194,18 @@ impl Pipeline {
         if !src.is_unicast() {
             return Verdict::Drop(DropReason::BadSrcMac);
         }
+        let action = self
+            .policy
+            .classify(&FrameMeta { in_port, now }, &Frame::new(frame));
+        if let Action::Drop(_) = action {
+            return Verdict::Drop(DropReason::Policy);
+        }
         self.fdb.learn(src, in_port, now);
+        match action {
+            Action::Redirect(p) => return Verdict::Unicast(p),
+            Action::Mirror(p) => self.mirror = Some(p),
+            _ => {}
+        }
 
         if eth.ethertype() == ethertype::ARP {
             if let Some(gw) = &mut self.gateway
@@ -208,6 +236,9 @@ impl Pipeline {
         }
         match self.fdb.lookup(&dst, now) {
             Some(p) if p == in_port => Verdict::Drop(DropReason::SamePort),
+            Some(p) if self.isolated[in_port] && self.isolated.get(p).copied().unwrap_or(false) => {
+                Verdict::Drop(DropReason::Isolated)
+            }
             Some(p) => Verdict::Unicast(p),
             None => Verdict::Flood,
         }

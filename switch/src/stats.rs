@@ -38,11 +38,15 @@ pub enum DropReason {
     GwGsoTooBig,
     /// Dropped by the NAT (reasons in `nat` counters).
     Nat,
+    /// Dropped by the forwarding policy (rule hits in `policy` counters).
+    Policy,
+    /// Between two isolated ports.
+    Isolated,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Runt,
         DropReason::Truncated,
         DropReason::BadSrcMac,
@@ -59,6 +63,8 @@ impl DropReason {
         DropReason::GwQueueFull,
         DropReason::GwGsoTooBig,
         DropReason::Nat,
+        DropReason::Policy,
+        DropReason::Isolated,
     ];
 
     /// Stable name used in `vswitch stats` and JSON.
@@ -80,6 +86,8 @@ impl DropReason {
             DropReason::GwQueueFull => "gw-queue-full",
             DropReason::GwGsoTooBig => "gw-gso-too-big",
             DropReason::Nat => "nat",
+            DropReason::Policy => "policy",
+            DropReason::Isolated => "isolated",
         }
     }
 }

@@ -14,6 +14,7 @@
 //! ```
 
 use crate::pipeline::{Gen, Pipeline, Target, Verdict};
+use crate::policy::{NoPolicy, Policy, Reload, Reloaded};
 use crate::port::{BATCH, Batch, PortIo, is_gone};
 use crate::stats::{DropReason, PortStats};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -38,8 +39,26 @@ pub struct Port {
     pub up: bool,
     /// A LAN port (switched, flooded); false for the routed uplink.
     pub lan: bool,
+    /// Isolated: its frames reach only non-isolated ports and the gateway.
+    pub isolated: bool,
     /// Counters.
     pub stats: PortStats,
+}
+
+impl Port {
+    /// A port without I/O (used to describe the port layout when re-reading a policy).
+    pub fn placeholder(name: &str, netns: &str, lan: bool) -> Port {
+        Port {
+            name: name.into(),
+            netns: netns.into(),
+            kind: "none",
+            io: Box::new(crate::port::NullPort),
+            up: false,
+            lan,
+            isolated: false,
+            stats: PortStats::default(),
+        }
+    }
 }
 
 /// A control-plane request, answered by the worker between batches.
@@ -55,11 +74,17 @@ const TOKEN_STOP: u64 = u64::MAX - 1;
 /// Batches taken from one port before looking at the others (fairness).
 const BATCHES_PER_WAKE: usize = 8;
 
-/// The forwarding worker.
-pub struct Worker {
+/// Re-reads the policy (for `vswitch reload` and SIGHUP).
+pub type Reloader = Box<dyn FnMut() -> Result<Reloaded, String>>;
+
+/// The forwarding worker, generic over the policy.
+pub struct Worker<P: Policy + Reload = NoPolicy> {
     name: String,
     ports: Vec<Port>,
-    pipeline: Pipeline,
+    pipeline: Pipeline<P>,
+    mirrors: Vec<Option<usize>>,
+    reloader: Option<Reloader>,
+    reloads: u64,
     batch: Batch,
     generated: Gen,
     out: Vec<Vec<u16>>,
@@ -68,13 +93,17 @@ pub struct Worker {
     busy_poll: std::time::Duration,
 }
 
-impl Worker {
+impl<P: Policy + Reload> Worker<P> {
     /// A worker for switch `name` over `ports`.
-    pub fn new(name: String, ports: Vec<Port>, pipeline: Pipeline) -> Worker {
+    pub fn new(name: String, ports: Vec<Port>, pipeline: Pipeline<P>) -> Worker<P> {
         let out = (0..ports.len())
             .map(|_| Vec::with_capacity(BATCH))
             .collect();
+        let mirrors = vec![None; ports.len()];
         Worker {
+            mirrors,
+            reloader: None,
+            reloads: 0,
             name,
             ports,
             pipeline,
@@ -84,6 +113,43 @@ impl Worker {
             epoch: Instant::now(),
             gone: Vec::new(),
             busy_poll: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Install the policy re-reader and apply its first result.
+    pub fn set_reloader(&mut self, mut r: Reloader) -> Result<(), String> {
+        let first = r()?;
+        self.apply(first);
+        self.reloader = Some(r);
+        Ok(())
+    }
+
+    fn apply(&mut self, r: Reloaded) {
+        self.pipeline.policy.set_chain(r.chain);
+        self.pipeline.isolated = r.isolated;
+        for (p, iso) in self.ports.iter_mut().zip(&self.pipeline.isolated) {
+            p.isolated = *iso;
+        }
+        self.mirrors = r.mirrors;
+    }
+
+    /// Re-read the policy and swap it in (called between batches).
+    fn reload(&mut self) -> Value {
+        let Some(r) = self.reloader.as_mut() else {
+            return json!({"ok": false, "error": "this switch has no reloadable policy"});
+        };
+        match r() {
+            Ok(new) => {
+                let rules = new.chain.acl.len();
+                self.apply(new);
+                self.reloads += 1;
+                eprintln!("vswitch: policy reloaded ({rules} ACL rules); tables kept");
+                json!({"ok": true, "acl_rules": rules, "reloads": self.reloads})
+            }
+            Err(e) => {
+                eprintln!("vswitch: reload failed, old policy kept: {e}");
+                json!({"ok": false, "error": format!("reload failed, old policy kept: {e}")})
+            }
         }
     }
 
@@ -130,14 +196,22 @@ impl Worker {
             let now = self.now();
             for ev in &events[..n] {
                 match ev.data() {
-                    TOKEN_STOP => {
-                        let _ = stop.read_signal();
-                        return Ok(());
-                    }
+                    TOKEN_STOP => match stop.read_signal() {
+                        Ok(Some(si)) if si.ssi_signo == nix::sys::signal::Signal::SIGHUP as u32 => {
+                            self.reload();
+                        }
+                        Ok(None) => {}
+                        _ => return Ok(()),
+                    },
                     TOKEN_WAKE => {
                         let _ = wake.read();
                         while let Ok(req) = control.try_recv() {
-                            let _ = req.reply.send(self.answer(&req.cmd, now));
+                            let v = if req.cmd == "reload" {
+                                self.reload()
+                            } else {
+                                self.answer(&req.cmd, now)
+                            };
+                            let _ = req.reply.send(v);
                         }
                     }
                     i => {
@@ -250,6 +324,7 @@ impl Worker {
                 Verdict::Consumed => {}
             }
         }
+        self.span(in_port);
         Self::send(&mut self.ports, &self.batch, &self.out, &mut self.gone);
         // Frames the gateway generated or released, routed, then sent the same way.
         self.pipeline.finish_batch(now, &mut self.generated);
@@ -282,6 +357,32 @@ impl Worker {
                 self.ports[i].up = false;
                 self.pipeline.fdb.flush_port(i);
                 self.pipeline.arp.flush_port(i);
+            }
+        }
+    }
+
+    /// SPAN: copy what a mirrored port received and what it is about to send.
+    fn span(&mut self, in_port: usize) {
+        if self.mirrors.iter().all(Option::is_none) {
+            return;
+        }
+        for x in 0..self.ports.len() {
+            let Some(y) = self.mirrors[x] else { continue };
+            if y >= self.ports.len() || !self.ports[y].up {
+                continue;
+            }
+            if x == in_port {
+                for k in 0..self.batch.len() as u16 {
+                    if !self.batch.is_truncated(k as usize) && !self.out[y].contains(&k) {
+                        self.out[y].push(k);
+                    }
+                }
+            }
+            for i in 0..self.out[x].len() {
+                let k = self.out[x][i];
+                if !self.out[y].contains(&k) {
+                    self.out[y].push(k);
+                }
             }
         }
     }
@@ -362,11 +463,21 @@ impl Worker {
                         v["state"] = if p.up { "up" } else { "gone" }.into();
                         v["fdb_entries"] = self.pipeline.fdb.port_len(i).into();
                         v["role"] = if p.lan { "lan" } else { "uplink" }.into();
+                        v["isolated"] = p.isolated.into();
                         v
                     })
                     .collect();
+                let policy: serde_json::Map<String, Value> = self
+                    .pipeline
+                    .policy
+                    .counters()
+                    .into_iter()
+                    .map(|(k, n)| (k, n.into()))
+                    .collect();
                 let mut v = json!({
                     "ok": true,
+                    "policy": policy,
+                    "reloads": self.reloads,
                     "switch": self.name,
                     "uptime_ms": now,
                     "ports": ports,

@@ -455,6 +455,7 @@ fn main() {
         let opts = switch::daemon::RunOptions {
             keep: false,
             socket: Some(PathBuf::from(&args[3])),
+            file: Some(PathBuf::from(&args[2])),
         };
         if let Err(e) = switch::daemon::run(&t, &opts) {
             eprintln!("vswitch: {e:#}");
