@@ -1121,3 +1121,143 @@ impl Nat {
             .collect()
     }
 }
+
+impl Nat {
+    /// Describe, without changing any state, what [`Nat::process`] would do
+    /// with `buf` arriving from `from` (for `vswitch trace`).
+    pub fn explain(
+        &self,
+        now: u64,
+        from: Side,
+        buf: &[u8],
+        route: &dyn Fn(Ipv4Addr) -> Side,
+    ) -> Vec<String> {
+        let Ok(ip) = Ipv4Packet::new_checked(buf) else {
+            return vec!["nat: malformed IPv4 packet: drop (nat-malformed)".into()];
+        };
+        if ip.frag_offset() != 0 {
+            return vec![
+                "nat: a later fragment: follows the translation of its first fragment".into(),
+            ];
+        }
+        if ip.protocol() == proto::ICMP && ip.payload().first().is_some_and(|t| icmp_is_error(*t)) {
+            return vec!["nat: ICMP error: translated by the connection of its embedded packet, state untouched".into()];
+        }
+        let Some((t, flags)) = l4_tuple(ip.protocol(), ip.src(), ip.dst(), ip.payload()) else {
+            return vec!["nat: no ports to translate: passes untranslated inside the LAN, dropped towards the WAN if masqueraded".into()];
+        };
+        let show = |t: &Tuple| format!("{}:{} -> {}:{}", t.src, t.sport, t.dst, t.dport);
+        if let Some((id, dir)) = self.table.lookup(&t, now) {
+            let e = self.table.get(id);
+            let target = match dir {
+                Dir::Original => e.reply.inv(),
+                Dir::Reply => e.orig.inv(),
+            };
+            return vec![format!(
+                "nat: existing connection ({:?} direction{}), rewrite {} => {}",
+                dir,
+                if e.orig.proto == proto::TCP {
+                    format!(", {}", e.tcp.name())
+                } else {
+                    String::new()
+                },
+                show(&t),
+                show(&target)
+            )];
+        }
+        let mut out = Vec::new();
+        let mut target = t;
+        match from {
+            Side::Wan => {
+                if t.dst != self.cfg.external {
+                    return vec!["nat: not for the external address: not translated".into()];
+                }
+                if let Some((a, p)) = self.dnat_match(&t) {
+                    target.dst = a;
+                    target.dport = p;
+                    out.push(format!("nat: DNAT rule: {} => {}", show(&t), show(&target)));
+                } else if t.proto == proto::ICMP {
+                    out.push(
+                        "nat: ICMP query to the external address: answered by the gateway".into(),
+                    );
+                } else if t.proto == proto::TCP && TcpEvent::of(flags) != TcpEvent::Syn {
+                    out.push("nat: not a SYN and no connection: drop (nat-invalid-tcp)".into());
+                } else {
+                    match self.by_ext.get(&(t.proto, t.dport)) {
+                        None => {
+                            out.push("nat: no mapping for this port: drop (nat-no-mapping)".into())
+                        }
+                        Some(k) => {
+                            let ok = match self.cfg.filtering {
+                                Filtering::EndpointIndependent => true,
+                                Filtering::AddressDependent => {
+                                    self.adf.contains_key(&(t.proto, t.dport, t.src))
+                                }
+                                Filtering::AddressAndPortDependent => false,
+                            };
+                            if ok {
+                                target.dst = k.ip;
+                                target.dport = k.port;
+                                out.push(format!(
+                                    "nat: mapping of {}:{} admits {} ({} filtering) => {}",
+                                    k.ip,
+                                    k.port,
+                                    t.src,
+                                    self.cfg.filtering.name(),
+                                    show(&target)
+                                ));
+                            } else {
+                                out.push(format!("nat: mapping exists but {} filtering refuses {}: drop (nat-filtered)", self.cfg.filtering.name(), t.src));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                let dnat = self.dnat_match(&t);
+                if let Some((a, p)) = dnat {
+                    target.dst = a;
+                    target.dport = p;
+                    out.push(format!(
+                        "nat: DNAT rule: destination {}:{} => {}:{}",
+                        t.dst, t.dport, a, p
+                    ));
+                }
+                let egress = route(target.dst);
+                if egress == Side::Local {
+                    return vec!["nat: for the gateway itself: not translated".into()];
+                }
+                let hairpin = dnat.is_some() && egress == Side::Lan;
+                let snat = (egress == Side::Wan && self.masqueraded(t.src)) || hairpin;
+                if snat {
+                    let key = MapKey {
+                        proto: t.proto,
+                        ip: t.src,
+                        port: t.sport,
+                    };
+                    let how = match self.maps.get(&key) {
+                        Some(m) => format!("existing mapping, external port {}", m.ext_port),
+                        None if !self.reserved(t.proto, t.sport) => {
+                            format!("new mapping, port {} preserved", t.sport)
+                        }
+                        None => "new mapping, a free external port of the same class".into(),
+                    };
+                    out.push(format!(
+                        "nat: {} source {}:{} => {} ({how})",
+                        if hairpin {
+                            "hairpin SNAT"
+                        } else {
+                            "MASQUERADE"
+                        },
+                        t.src,
+                        t.sport,
+                        self.cfg.external
+                    ));
+                } else if dnat.is_none() {
+                    out.push("nat: no rule applies: not translated".into());
+                }
+            }
+        }
+        out
+    }
+}

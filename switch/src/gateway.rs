@@ -131,10 +131,14 @@ enum Next {
 
 /// Where a destination leads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Egress {
+pub enum Egress {
+    /// On the LAN via this next hop.
     Lan(Ipv4Addr),
+    /// Through the uplink via this next hop.
     Uplink(Ipv4Addr),
+    /// The gateway itself.
     Local,
+    /// No route.
     None,
 }
 
@@ -218,6 +222,11 @@ impl Gateway {
         self.cfg.mac
     }
 
+    /// The uplink settings, if any.
+    pub fn uplink(&self) -> Option<&UplinkConfig> {
+        self.cfg.uplink.as_ref()
+    }
+
     /// The uplink's port, if any.
     pub fn uplink_port(&self) -> Option<PortId> {
         self.cfg.uplink.as_ref().map(|u| u.port)
@@ -227,7 +236,8 @@ impl Gateway {
         ip == self.cfg.ip || self.cfg.uplink.as_ref().is_some_and(|u| u.ip == ip)
     }
 
-    fn route(&self, dst: Ipv4Addr) -> Egress {
+    /// Where `dst` leads.
+    pub fn route(&self, dst: Ipv4Addr) -> Egress {
         if self.own(dst) {
             return Egress::Local;
         }
@@ -250,7 +260,8 @@ impl Gateway {
         }
     }
 
-    fn side_of(&self, dst: Ipv4Addr) -> Side {
+    /// The NAT's view of where `dst` leads.
+    pub fn side_of(&self, dst: Ipv4Addr) -> Side {
         match self.route(dst) {
             Egress::Lan(_) => Side::Lan,
             Egress::Uplink(_) => Side::Wan,

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod port;
 pub mod stats;
 pub mod sys;
+pub mod trace;
 pub mod wire;
 pub mod worker;
 

@@ -86,6 +86,58 @@ enum Cmd {
         #[arg(long)]
         state: Option<String>,
     },
+    /// Capture a port's frames (both directions) as pcap: `-w FILE`, or `-w -` for stdout
+    /// (`vswitch capture red -w - | tcpdump -r -`).
+    Capture {
+        /// Port name or namespace name.
+        port: String,
+        /// Output file, `-` for stdout.
+        #[arg(short = 'w', long)]
+        write: String,
+        /// Stop after this many frames.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(short = 'd', long)]
+        duration: Option<f64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show each stage's decision for a described frame, without sending it.
+    Trace {
+        /// Ingress port (port or namespace name).
+        #[arg(long)]
+        in_port: String,
+        /// Source MAC (default: from the switch's tables).
+        #[arg(long)]
+        src_mac: Option<String>,
+        /// Destination MAC (default: the host's MAC, or the gateway's when off the LAN).
+        #[arg(long)]
+        dst_mac: Option<String>,
+        /// 802.1Q VLAN id.
+        #[arg(long)]
+        vlan: Option<u16>,
+        /// Source IPv4 address.
+        #[arg(long)]
+        src: Option<String>,
+        /// Destination IPv4 address.
+        #[arg(long)]
+        dst: Option<String>,
+        /// tcp, udp or icmp.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// Source port (ICMP: identifier).
+        #[arg(long)]
+        sport: Option<u16>,
+        /// Destination port.
+        #[arg(long)]
+        dport: Option<u16>,
+        /// EtherType for non-IP frames.
+        #[arg(long)]
+        ethertype: Option<u16>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Re-read the topology's policy (ACL, rate limits, isolation, mirrors) and swap it in
     /// between batches; tables are kept. SIGHUP does the same.
     Reload(Target),
@@ -326,6 +378,43 @@ fn show(t: &Target, cmd: &str, print: fn(&Value)) -> ExitCode {
     }
 }
 
+fn capture(
+    t: &Target,
+    port: &str,
+    write: &str,
+    count: Option<u64>,
+    duration: Option<f64>,
+) -> ExitCode {
+    let req = serde_json::json!({"cmd": "capture", "port": port, "count": count, "duration_ms": duration.map(|d| (d * 1000.0) as u64)});
+    let (_, mut stream) = match control::request(&t.path(), req) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("vswitch capture: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = stream.get_ref().set_read_timeout(None);
+    let res = if write == "-" {
+        std::io::copy(&mut stream, &mut std::io::stdout().lock())
+    } else {
+        match std::fs::File::create(write) {
+            Ok(mut f) => std::io::copy(&mut stream, &mut f),
+            Err(e) => {
+                eprintln!("vswitch capture: cannot create {write}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    match res {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vswitch capture: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The newcomer's demo: the seed topology through vswitch, checked with ping.
 fn demo() -> ExitCode {
     let exe = match std::env::current_exe() {
@@ -484,6 +573,47 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Demo => demo(),
+        Cmd::Capture {
+            port,
+            write,
+            count,
+            duration,
+            target,
+        } => capture(&target, &port, &write, count, duration),
+        Cmd::Trace {
+            in_port,
+            src_mac,
+            dst_mac,
+            vlan,
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            ethertype,
+            target,
+        } => {
+            let req = serde_json::json!({
+                "cmd": "trace", "in_port": in_port, "src_mac": src_mac, "dst_mac": dst_mac, "vlan": vlan,
+                "src": src, "dst": dst, "proto": proto, "sport": sport, "dport": dport, "ethertype": ethertype,
+            });
+            match control::request(&target.path(), req) {
+                Ok((v, _)) => {
+                    if target.json {
+                        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                    } else {
+                        for l in v["trace"].as_array().into_iter().flatten() {
+                            println!("{}", s(l));
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vswitch trace: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Reload(t) => match control::query(&t.path(), "reload") {
             Ok(v) => {
                 if t.json {

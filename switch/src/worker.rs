@@ -63,10 +63,45 @@ impl Port {
 
 /// A control-plane request, answered by the worker between batches.
 pub struct Request {
-    /// `fdb`, `arp` or `stats`.
+    /// `fdb`, `arp`, `stats`, `conntrack`, `reload`, `capture` or `trace`.
     pub cmd: String,
+    /// The whole request (arguments of `capture` and `trace`).
+    pub args: Value,
+    /// For `capture`: where copies of the port's frames go.
+    pub tap: Option<SyncSender<Vec<u8>>>,
     /// Where the JSON answer goes.
     pub reply: SyncSender<Value>,
+}
+
+/// A capture of one port's frames (both directions). Each message is an
+/// 8-byte little-endian timestamp (µs since the Unix epoch) and the frame.
+pub struct Tap {
+    /// The port.
+    pub port: usize,
+    /// The receiving side (a capture client or a pcap writer).
+    pub tx: SyncSender<Vec<u8>>,
+    /// Frames not delivered because the receiver lagged.
+    pub lost: u64,
+}
+
+fn tap_send(taps: &mut Vec<Tap>, port: usize, ts: u64, frame: &[u8]) {
+    let mut i = 0;
+    while i < taps.len() {
+        if taps[i].port == port {
+            let mut v = Vec::with_capacity(8 + frame.len());
+            v.extend_from_slice(&ts.to_le_bytes());
+            v.extend_from_slice(frame);
+            match taps[i].tx.try_send(v) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(_)) => taps[i].lost += 1,
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    taps.swap_remove(i);
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
 }
 
 const TOKEN_WAKE: u64 = u64::MAX;
@@ -83,6 +118,7 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     ports: Vec<Port>,
     pipeline: Pipeline<P>,
     mirrors: Vec<Option<usize>>,
+    taps: Vec<Tap>,
     reloader: Option<Reloader>,
     reloads: u64,
     batch: Batch,
@@ -102,6 +138,7 @@ impl<P: Policy + Reload> Worker<P> {
         let mirrors = vec![None; ports.len()];
         Worker {
             mirrors,
+            taps: Vec::new(),
             reloader: None,
             reloads: 0,
             name,
@@ -114,6 +151,19 @@ impl<P: Policy + Reload> Worker<P> {
             gone: Vec::new(),
             busy_poll: std::time::Duration::ZERO,
         }
+    }
+
+    /// Copy every frame received or sent on `port` to `tx` (a capture or pcap mirror).
+    pub fn add_tap(&mut self, port: usize, tx: SyncSender<Vec<u8>>) {
+        self.taps.push(Tap { port, tx, lost: 0 });
+    }
+
+    /// The index of the port called `name` (or the port of namespace `name`).
+    pub fn port_index(&self, name: &str) -> Option<usize> {
+        self.ports
+            .iter()
+            .position(|p| p.name == name)
+            .or_else(|| self.ports.iter().position(|p| p.netns == name))
     }
 
     /// Install the policy re-reader and apply its first result.
@@ -206,10 +256,22 @@ impl<P: Policy + Reload> Worker<P> {
                     TOKEN_WAKE => {
                         let _ = wake.read();
                         while let Ok(req) = control.try_recv() {
-                            let v = if req.cmd == "reload" {
-                                self.reload()
-                            } else {
-                                self.answer(&req.cmd, now)
+                            let v = match req.cmd.as_str() {
+                                "reload" => self.reload(),
+                                "capture" => match (
+                                    req.tap,
+                                    req.args["port"].as_str().and_then(|n| self.port_index(n)),
+                                ) {
+                                    (Some(tx), Some(p)) => {
+                                        self.add_tap(p, tx);
+                                        json!({"ok": true, "port": self.ports[p].name})
+                                    }
+                                    _ => {
+                                        json!({"ok": false, "error": format!("no port {} (use a port or namespace name from `vswitch stats`)", req.args["port"])})
+                                    }
+                                },
+                                "trace" => self.trace(&req.args, now),
+                                _ => self.answer(&req.cmd, now),
                             };
                             let _ = req.reply.send(v);
                         }
@@ -325,6 +387,22 @@ impl<P: Policy + Reload> Worker<P> {
             }
         }
         self.span(in_port);
+        if !self.taps.is_empty() {
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0);
+            for k in 0..self.batch.len() {
+                if !self.batch.is_truncated(k) {
+                    tap_send(&mut self.taps, in_port, ts, self.batch.frame(k));
+                }
+            }
+            for p in 0..self.ports.len() {
+                for &k in &self.out[p] {
+                    tap_send(&mut self.taps, p, ts, self.batch.frame(k as usize));
+                }
+            }
+        }
         Self::send(&mut self.ports, &self.batch, &self.out, &mut self.gone);
         // Frames the gateway generated or released, routed, then sent the same way.
         self.pipeline.finish_batch(now, &mut self.generated);
@@ -410,6 +488,14 @@ impl<P: Policy + Reload> Worker<P> {
                     }
                 }
             }
+        }
+    }
+
+    /// Describe what the pipeline would do with a frame, without sending it.
+    fn trace(&self, args: &Value, now: u64) -> Value {
+        match crate::trace::trace(&self.pipeline, &self.ports, args, now) {
+            Ok(lines) => json!({"ok": true, "trace": lines}),
+            Err(e) => json!({"ok": false, "error": e}),
         }
     }
 
