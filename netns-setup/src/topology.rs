@@ -230,13 +230,15 @@ pub struct RateLimitSpec {
     pub burst_bytes: u64,
 }
 
-/// A SPAN mirror: everything a port receives and sends, copied to another port.
+/// A SPAN mirror: everything a port receives and sends, copied to another port or a pcap file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorSpec {
     /// Mirrored namespace.
     pub from: String,
     /// Namespace whose port gets the copies.
-    pub to: String,
+    pub to: Option<String>,
+    /// Or a pcap file that gets them.
+    pub pcap: Option<std::path::PathBuf>,
 }
 
 /// The policy part of a topology (reloadable with `vswitch reload`).
@@ -429,7 +431,8 @@ struct RateLimitFile {
 #[serde(deny_unknown_fields)]
 struct MirrorFile {
     from: String,
-    to: String,
+    to: Option<String>,
+    pcap: Option<String>,
 }
 
 fn parse_mac(key: &str, s: &str) -> Result<[u8; 6], TopologyError> {
@@ -615,16 +618,28 @@ fn validate_policy(
     }
     for (i, m) in mirrors.into_iter().enumerate() {
         check_ns(&format!("mirror[{i}].from"), &m.from)?;
-        check_ns(&format!("mirror[{i}].to"), &m.to)?;
-        if m.from == m.to {
-            return Err(err(
-                format!("mirror[{i}].to"),
-                "a port cannot mirror to itself",
-            ));
+        match (&m.to, &m.pcap) {
+            (Some(to), None) => {
+                check_ns(&format!("mirror[{i}].to"), to)?;
+                if &m.from == to {
+                    return Err(err(
+                        format!("mirror[{i}].to"),
+                        "a port cannot mirror to itself",
+                    ));
+                }
+            }
+            (None, Some(p)) if !p.is_empty() => {}
+            _ => {
+                return Err(err(
+                    format!("mirror[{i}]"),
+                    "set exactly one of `to` (a namespace) or `pcap` (a file)",
+                ));
+            }
         }
         t.policy.mirrors.push(MirrorSpec {
             from: m.from,
             to: m.to,
+            pcap: m.pcap.map(std::path::PathBuf::from),
         });
     }
     Ok(())

@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub socket: Option<PathBuf>,
     /// The topology file, re-read by `vswitch reload` / SIGHUP (None: the built-in seed).
     pub file: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (in the switch's namespace).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The built-in policy of `t` for ports named `ports` (the switch's port order).
@@ -79,7 +81,9 @@ pub fn build_policy(t: &Topology, ports: &[Port]) -> Result<Reloaded, String> {
     }
     let mut mirrors = vec![None; ports.len()];
     for m in &t.policy.mirrors {
-        mirrors[by_ns(&m.from)?] = Some(by_ns(&m.to)?);
+        if let Some(to) = &m.to {
+            mirrors[by_ns(&m.from)?] = Some(by_ns(to)?);
+        }
     }
     let isolated = ports
         .iter()
@@ -367,6 +371,19 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).context("eventfd")?,
     );
     let (tx, rx) = channel();
+    if let Some(addr) = opts.metrics {
+        let sw_ns = match &sw.netns {
+            Some(n) => Some(open_netns(n)?),
+            None => None,
+        };
+        match in_netns(sw_ns.as_ref(), || std::net::TcpListener::bind(addr)) {
+            Ok(Ok(l)) => crate::metrics::serve(l, tx.clone(), wake.clone()),
+            Ok(Err(e)) | Err(e) => {
+                cleanup("start-up failed");
+                bail!("metrics endpoint {addr}: {e}");
+            }
+        }
+    }
     control::serve(listener, tx, wake.clone());
     let port_snapshot: Vec<(String, String, bool)> = ports
         .iter()
@@ -396,6 +413,52 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
     if let Err(e) = worker.set_reloader(reloader) {
         cleanup("start-up failed");
         bail!("policy: {e}");
+    }
+    // Mirrors to pcap files: a writer thread per file, fed like a capture.
+    for m in t.policy.mirrors.iter().filter(|m| m.pcap.is_some()) {
+        let path = m.pcap.clone().expect("filtered");
+        let Some(port) = worker.port_index(&m.from) else {
+            cleanup("start-up failed");
+            bail!("mirror: namespace {:?} has no port", m.from);
+        };
+        let file = match std::fs::File::create(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                cleanup("start-up failed");
+                bail!("mirror: cannot create {}: {e}", path.display());
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4096);
+        std::thread::Builder::new()
+            .name("vswitch-pcap".into())
+            .spawn(move || {
+                let mut w = std::io::BufWriter::new(file);
+                if control::pcap_header(&mut w).is_err() {
+                    return;
+                }
+                let _ = std::io::Write::flush(&mut w);
+                while let Ok(msg) = rx.recv() {
+                    if control::pcap_record(&mut w, &msg).is_err() {
+                        return;
+                    }
+                    // Flush whenever the queue runs dry, so the file is readable while it grows.
+                    let mut more = true;
+                    while more {
+                        match rx.try_recv() {
+                            Ok(msg) => {
+                                if control::pcap_record(&mut w, &msg).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => more = false,
+                        }
+                    }
+                    let _ = std::io::Write::flush(&mut w);
+                }
+            })
+            .context("spawn pcap writer")?;
+        worker.add_tap(port, tx);
+        eprintln!("vswitch: mirroring {} to {}", m.from, path.display());
     }
     worker.set_busy_poll(sw.busy_poll);
     if let Some(cpu) = sw.cpu {

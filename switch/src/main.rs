@@ -56,6 +56,9 @@ enum Cmd {
         /// Control socket path (default /run/vswitch/TOPOLOGY.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Serve Prometheus metrics here, e.g. 127.0.0.1:9100 (in the switch's namespace).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Show the MAC table, like `bridge fdb show`.
     Fdb(Target),
@@ -503,7 +506,12 @@ fn demo() -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { file, keep, socket } => {
+        Cmd::Run {
+            file,
+            keep,
+            socket,
+            metrics,
+        } => {
             let t = match load(&file) {
                 Ok(t) => t,
                 Err(c) => return c,
@@ -514,6 +522,7 @@ fn main() -> ExitCode {
                     keep,
                     socket,
                     file: file.clone(),
+                    metrics,
                 },
             ) {
                 Ok(()) => ExitCode::SUCCESS,

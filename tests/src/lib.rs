@@ -157,6 +157,11 @@ pub struct SwitchProc {
 impl SwitchProc {
     /// Start `vswitch run FILE` and wait (≤ 30 s) until its control socket answers.
     pub fn start(topo: &TopoGuard) -> SwitchProc {
+        Self::start_with(topo, &[])
+    }
+
+    /// Like [`SwitchProc::start`], with extra `vswitch run` arguments.
+    pub fn start_with(topo: &TopoGuard, extra: &[&str]) -> SwitchProc {
         let socket = std::env::temp_dir().join(format!("vswitch-e2e-{}.sock", topo.topo.name));
         let log = std::env::temp_dir().join(format!("vswitch-e2e-{}.log", topo.topo.name));
         let logf = std::fs::File::create(&log).expect("log file");
@@ -165,6 +170,7 @@ impl SwitchProc {
             .arg(&topo.path)
             .arg("--socket")
             .arg(&socket)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)

@@ -255,3 +255,198 @@ fn mirror_copies_a_ports_traffic_both_ways() {
     );
     assert!(replies >= 4, "mirror saw {replies} echo replies to red");
 }
+
+/// red, blue on the switch; gateway .254; uplink to a wan namespace; DNAT tcp/80 to blue; an ACL.
+fn routed_topo(extra: &str) -> (TopoGuard, Vec<Member>, String) {
+    let id = uniq();
+    let (mut toml, m, sw_ns) = star(&id, &[Kind::Veth, Kind::Veth], "");
+    toml += &format!(
+        "[gateway]\naddress = \"192.168.15.254/24\"\n[uplink]\nnetns = \"vs{id}w\"\naddress = \"203.0.113.1/24\"\npeer_addresses = [\"203.0.113.10/24\"]\nifname = \"w{id}\"\nswitch_ifname = \"u{id}\"\n[[masquerade]]\nsource = \"192.168.15.0/24\"\n[[dnat]]\nprotocol = \"tcp\"\nport = 80\nto = \"192.168.15.2:80\"\n{extra}"
+    );
+    let wan = format!("vs{id}w");
+    let _ = sw_ns;
+    (TopoGuard::new(&toml), m, wan)
+}
+
+#[test]
+fn trace_shows_dnat_and_the_dropping_rule() {
+    if !require_root("trace_shows_dnat_and_the_dropping_rule") {
+        return;
+    }
+    let (topo, m, wan) = routed_topo(
+        "[[acl]]\nname = \"no-ssh\"\naction = \"drop\"\nprotocol = \"tcp\"\ndport = 22\n",
+    );
+    let sw = SwitchProc::start(&topo);
+    // Let the switch learn the hosts (ARP) so the trace can name ports and MACs.
+    assert_eq!(ping_loss(&m[0].ns, &m[1].ip, 1), 0.0);
+    assert_eq!(ping_loss(&wan, "203.0.113.1", 1), 0.0);
+    assert_eq!(ping_loss(&m[1].ns, "203.0.113.10", 1), 0.0);
+    let trace = |args: &[&str]| -> String {
+        let o = run_timeout(
+            Command::new(bin("vswitch"))
+                .arg("trace")
+                .args(args)
+                .arg("--socket")
+                .arg(&sw.socket),
+            Duration::from_secs(10),
+        );
+        assert!(
+            o.status.success(),
+            "trace: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let t = trace(&[
+        "--in-port",
+        &wan,
+        "--src",
+        "203.0.113.10",
+        "--dst",
+        "203.0.113.1",
+        "--proto",
+        "tcp",
+        "--dport",
+        "80",
+    ]);
+    assert!(t.contains("DNAT") && t.contains("192.168.15.2:80"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.contains("out-port") && l.contains(&m[1].port)),
+        "{t}"
+    );
+    let t = trace(&[
+        "--in-port",
+        &m[0].ns,
+        "--src",
+        &m[0].ip,
+        "--dst",
+        &m[1].ip,
+        "--dport",
+        "22",
+    ]);
+    assert!(
+        t.contains("\"no-ssh\"") && t.contains("verdict: DROP"),
+        "{t}"
+    );
+    let t = trace(&[
+        "--in-port",
+        &m[0].ns,
+        "--src",
+        &m[0].ip,
+        "--dst",
+        "203.0.113.10",
+        "--dport",
+        "443",
+    ]);
+    assert!(t.contains("MASQUERADE") && t.contains("203.0.113.1"), "{t}");
+    // Tracing sends nothing and changes no table.
+    let st = sw.cli_json("stats");
+    assert_eq!(st["policy"]["acl:no-ssh"], 0, "{}", st["policy"]);
+}
+
+#[test]
+fn capture_mirror_pcap_and_metrics() {
+    if !require_root("capture_mirror_pcap_and_metrics") {
+        return;
+    }
+    let pcap = std::env::temp_dir().join(format!(
+        "vswitch-e2e-mirror-{}-{}.pcap",
+        std::process::id(),
+        uniq()
+    ));
+    let (topo, m, _wan) = routed_topo("");
+    let red_ns = m[0].ns.clone();
+    let base = std::fs::read_to_string(&topo.path).unwrap();
+    std::fs::write(
+        &topo.path,
+        format!(
+            "{base}[[mirror]]\nfrom = \"{red_ns}\"\npcap = \"{}\"\n",
+            pcap.display()
+        ),
+    )
+    .unwrap();
+    let port = 19000 + (std::process::id() % 1000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let sw = SwitchProc::start_with(&topo, &["--metrics", &addr]);
+    let sw_ns = topo.topo.switch.as_ref().unwrap().netns.clone().unwrap();
+    let scrape = || -> String {
+        let o = ns_exec(
+            &sw_ns,
+            &["curl", "-sf", "-m", "5", &format!("http://{addr}/metrics")],
+            Duration::from_secs(10),
+        );
+        assert!(o.status.success(), "metrics scrape failed");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let value = |text: &str, prefix: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    };
+    let key = format!(
+        "vswitch_port_rx_packets_total{{port=\"{}\",netns=\"{}\"}}",
+        m[0].port, m[0].ns
+    );
+    let before = scrape();
+    assert!(before.contains("# TYPE vswitch_port_rx_packets_total counter"));
+    for line in before
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(
+            line.rsplit_once(' ')
+                .is_some_and(|(_, v)| v.parse::<f64>().is_ok()),
+            "bad exposition line {line:?}"
+        );
+    }
+    let rx0 = value(&before, &key);
+
+    // A live capture of red's port, read by tcpdump.
+    let cap = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} capture {} -w - -c 200 -d 2 --socket {} | tcpdump -nr - 2>/dev/null",
+            bin("vswitch").display(),
+            m[0].ns,
+            sw.socket.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ping_loss(&m[0].ns, &m[1].ip, 3), 0.0);
+    let out = cap.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.matches("ICMP echo request").count() >= 1 && text.contains("ICMP echo reply"),
+        "tcpdump read: {text}"
+    );
+
+    // The pcap mirror holds red's frames too.
+    std::thread::sleep(Duration::from_millis(300));
+    let o = run_timeout(
+        Command::new("tcpdump").arg("-nr").arg(&pcap),
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.matches(&format!("{} > {}: ICMP echo request", m[0].ip, m[1].ip))
+            .count()
+            >= 3,
+        "mirror pcap: {text}"
+    );
+    assert!(
+        text.matches(&format!("{} > {}: ICMP echo reply", m[1].ip, m[0].ip))
+            .count()
+            >= 3,
+        "mirror pcap: {text}"
+    );
+
+    let after = scrape();
+    assert!(value(&after, &key) >= rx0 + 3, "counter did not move");
+    drop(sw);
+    let _ = std::fs::remove_file(&pcap);
+}

@@ -456,6 +456,7 @@ fn main() {
             keep: false,
             socket: Some(PathBuf::from(&args[3])),
             file: Some(PathBuf::from(&args[2])),
+            metrics: None,
         };
         if let Err(e) = switch::daemon::run(&t, &opts) {
             eprintln!("vswitch: {e:#}");

@@ -1,0 +1,285 @@
+//! A Prometheus text endpoint (`vswitch run --metrics 127.0.0.1:PORT`).
+//!
+//! Contract: a small HTTP/1.0 server on its own thread; every scrape asks the
+//! worker for a stats snapshot (answered between batches, like the control
+//! socket) and renders it in the text exposition format 0.0.4. The listener
+//! lives in the switch's namespace (the root one when none is configured).
+
+use crate::worker::Request;
+use nix::sys::eventfd::EventFd;
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, sync_channel};
+use std::time::Duration;
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Render a `stats` answer as Prometheus text.
+pub fn render(v: &Value) -> String {
+    let mut o = String::new();
+    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    let ports = v["ports"].as_array().cloned().unwrap_or_default();
+    for (metric, field, help) in [
+        (
+            "vswitch_port_rx_packets_total",
+            "rx_packets",
+            "Frames received on the port.",
+        ),
+        (
+            "vswitch_port_rx_bytes_total",
+            "rx_bytes",
+            "Bytes received on the port.",
+        ),
+        (
+            "vswitch_port_tx_packets_total",
+            "tx_packets",
+            "Frames sent on the port.",
+        ),
+        (
+            "vswitch_port_tx_bytes_total",
+            "tx_bytes",
+            "Bytes sent on the port.",
+        ),
+        (
+            "vswitch_port_flooded_total",
+            "flooded",
+            "Frames flooded from the port.",
+        ),
+    ] {
+        family(&mut o, metric, "counter", help);
+        for p in &ports {
+            let _ = writeln!(
+                o,
+                "{metric}{{port=\"{}\",netns=\"{}\"}} {}",
+                esc(p["name"].as_str().unwrap_or("")),
+                esc(p["netns"].as_str().unwrap_or("")),
+                p[field].as_u64().unwrap_or(0)
+            );
+        }
+    }
+    family(
+        &mut o,
+        "vswitch_port_drops_total",
+        "counter",
+        "Frames dropped, by port and named reason.",
+    );
+    for p in &ports {
+        for (reason, n) in p["drops"].as_object().into_iter().flatten() {
+            let _ = writeln!(
+                o,
+                "vswitch_port_drops_total{{port=\"{}\",reason=\"{}\"}} {}",
+                esc(p["name"].as_str().unwrap_or("")),
+                esc(reason),
+                n.as_u64().unwrap_or(0)
+            );
+        }
+    }
+    family(
+        &mut o,
+        "vswitch_port_up",
+        "gauge",
+        "1 if the port is in service.",
+    );
+    for p in &ports {
+        let _ = writeln!(
+            o,
+            "vswitch_port_up{{port=\"{}\"}} {}",
+            esc(p["name"].as_str().unwrap_or("")),
+            u8::from(p["state"] == "up")
+        );
+    }
+    family(&mut o, "vswitch_fdb_entries", "gauge", "MAC table entries.");
+    let _ = writeln!(
+        o,
+        "vswitch_fdb_entries {}",
+        v["fdb"]["entries"].as_u64().unwrap_or(0)
+    );
+    family(
+        &mut o,
+        "vswitch_fdb_events_total",
+        "counter",
+        "MAC table events.",
+    );
+    for (k, n) in v["fdb"]["counters"].as_object().into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "vswitch_fdb_events_total{{event=\"{}\"}} {}",
+            esc(k),
+            n.as_u64().unwrap_or(0)
+        );
+    }
+    family(
+        &mut o,
+        "vswitch_arp_entries",
+        "gauge",
+        "IP to MAC bindings learned from ARP.",
+    );
+    let _ = writeln!(
+        o,
+        "vswitch_arp_entries {}",
+        v["arp"]["entries"].as_u64().unwrap_or(0)
+    );
+    if let Some(n) = v.get("nat") {
+        family(
+            &mut o,
+            "vswitch_conntrack_entries",
+            "gauge",
+            "NAT connection tracking entries.",
+        );
+        let _ = writeln!(
+            o,
+            "vswitch_conntrack_entries {}",
+            n["entries"].as_u64().unwrap_or(0)
+        );
+        family(
+            &mut o,
+            "vswitch_conntrack_max",
+            "gauge",
+            "Bound of the connection table.",
+        );
+        let _ = writeln!(
+            o,
+            "vswitch_conntrack_max {}",
+            n["max_entries"].as_u64().unwrap_or(0)
+        );
+        family(&mut o, "vswitch_nat_events_total", "counter", "NAT events.");
+        for k in [
+            "created",
+            "expired",
+            "early_dropped",
+            "translated",
+            "icmp_errors_translated",
+            "hairpins",
+            "fragments_held",
+        ] {
+            let _ = writeln!(
+                o,
+                "vswitch_nat_events_total{{event=\"{k}\"}} {}",
+                n[k].as_u64().unwrap_or(0)
+            );
+        }
+        family(
+            &mut o,
+            "vswitch_nat_drops_total",
+            "counter",
+            "Packets the NAT dropped, by reason.",
+        );
+        for (k, c) in n["drops"].as_object().into_iter().flatten() {
+            let _ = writeln!(
+                o,
+                "vswitch_nat_drops_total{{reason=\"{}\"}} {}",
+                esc(k),
+                c.as_u64().unwrap_or(0)
+            );
+        }
+    }
+    if let Some(g) = v["gateway"]["counters"].as_object() {
+        family(
+            &mut o,
+            "vswitch_gateway_events_total",
+            "counter",
+            "Gateway events and drops.",
+        );
+        for (k, n) in g {
+            let _ = writeln!(
+                o,
+                "vswitch_gateway_events_total{{event=\"{}\"}} {}",
+                esc(k),
+                n.as_u64().unwrap_or(0)
+            );
+        }
+    }
+    family(
+        &mut o,
+        "vswitch_policy_hits_total",
+        "counter",
+        "Hits per policy rule (ACL) and rate-limit drops.",
+    );
+    for (k, n) in v["policy"].as_object().into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "vswitch_policy_hits_total{{rule=\"{}\"}} {}",
+            esc(k),
+            n.as_u64().unwrap_or(0)
+        );
+    }
+    family(
+        &mut o,
+        "vswitch_policy_reloads_total",
+        "counter",
+        "Policy reloads.",
+    );
+    let _ = writeln!(
+        o,
+        "vswitch_policy_reloads_total {}",
+        v["reloads"].as_u64().unwrap_or(0)
+    );
+    o
+}
+
+/// Serve `listener` on a thread: `GET /metrics` (or `/`) returns the current counters.
+pub fn serve(listener: TcpListener, to_worker: Sender<Request>, wake: Arc<EventFd>) {
+    std::thread::Builder::new()
+        .name("vswitch-metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 2048];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("/");
+                let (status, body) = if path == "/metrics" || path == "/" {
+                    let (tx, rx) = sync_channel(1);
+                    let ok = to_worker.send(Request { cmd: "stats".into(), args: json!({}), tap: None, reply: tx }).is_ok();
+                    let _ = wake.write(1);
+                    match rx.recv_timeout(Duration::from_secs(5)) {
+                        Ok(v) if ok => ("200 OK", render(&v)),
+                        _ => ("503 Service Unavailable", "the switch did not answer\n".to_string()),
+                    }
+                } else {
+                    ("404 Not Found", "try /metrics\n".to_string())
+                };
+                let _ = write!(conn, "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            }
+        })
+        .expect("spawn metrics thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_valid_exposition_lines() {
+        let v = json!({
+            "ports": [{"name": "veth-red-br", "netns": "red", "state": "up", "rx_packets": 3, "rx_bytes": 300, "tx_packets": 2, "tx_bytes": 200, "flooded": 1, "drops": {"runt": 0, "acl": 2}}],
+            "fdb": {"entries": 2, "counters": {"learned": 2}},
+            "arp": {"entries": 1},
+            "policy": {"acl:no-\"x\"": 5},
+            "reloads": 1,
+        });
+        let t = render(&v);
+        assert!(t.contains("vswitch_port_rx_packets_total{port=\"veth-red-br\",netns=\"red\"} 3"));
+        assert!(t.contains("vswitch_port_drops_total{port=\"veth-red-br\",reason=\"acl\"} 2"));
+        assert!(
+            t.contains(r#"vswitch_policy_hits_total{rule="acl:no-\"x\""} 5"#),
+            "{t}"
+        );
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(name.starts_with("vswitch_"), "{line}");
+        }
+    }
+}
