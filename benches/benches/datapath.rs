@@ -12,6 +12,7 @@ use nat::{Ipv4Net, Nat, NatConfig, PortAlloc, Side};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use switch::pipeline::{Gen, Pipeline, PipelineConfig, Verdict};
+use switch::policy::{AclRule, Chain, NoPolicy, Range};
 use switch::port::BATCH;
 use switch::wire::MacAddr;
 
@@ -89,6 +90,57 @@ fn switching(c: &mut Criterion) {
             out.clear();
             for (k, f) in frames.iter_mut().enumerate() {
                 if let Verdict::Unicast(1) = p.decide(0, &mut vnet, f, 1, &mut g) {
+                    out.push(k as u16);
+                }
+            }
+            black_box(out.len())
+        })
+    });
+    // The same with the policy `vswitch run` always has: the built-in chain
+    // (no rules configured) followed by an empty user policy.
+    let cfg = PipelineConfig {
+        ports: 2,
+        fdb_max: 4096,
+        fdb_max_per_port: 1024,
+        ageing_ms: 300_000,
+        arp_max: 4096,
+        arp_suppress: true,
+        gateway: None,
+    };
+    let mut q = Pipeline::with_policy(&cfg, (Chain::default(), NoPolicy));
+    q.decide(1, &mut vnet, &mut back, 0, &mut g);
+    group.bench_function("batch of 32 with the default policy chain", |b| {
+        b.iter(|| {
+            out.clear();
+            for (k, f) in frames.iter_mut().enumerate() {
+                if let Verdict::Unicast(1) = q.decide(0, &mut vnet, f, 1, &mut g) {
+                    out.push(k as u16);
+                }
+            }
+            black_box(out.len())
+        })
+    });
+    // And with one ACL rule that is evaluated (and does not match) on every frame.
+    let rule = AclRule {
+        name: "no-ssh".into(),
+        drop: true,
+        protocol: Some(6),
+        dport: Some(Range(22, 22)),
+        ..AclRule::default()
+    };
+    let mut r = Pipeline::with_policy(
+        &cfg,
+        (
+            Chain::new(vec![rule], vec![], vec!["a".into(), "b".into()]),
+            NoPolicy,
+        ),
+    );
+    r.decide(1, &mut vnet, &mut back, 0, &mut g);
+    group.bench_function("batch of 32 with one ACL rule", |b| {
+        b.iter(|| {
+            out.clear();
+            for (k, f) in frames.iter_mut().enumerate() {
+                if let Verdict::Unicast(1) = r.decide(0, &mut vnet, f, 1, &mut g) {
                     out.push(k as u16);
                 }
             }

@@ -39,6 +39,26 @@ pub struct RunOptions {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
+/// The port id `vswitch run` gives the port of namespace (or port name) `name`:
+/// LAN ports in topology order, then the uplink.
+pub fn port_id(t: &Topology, name: &str) -> Option<usize> {
+    let mut names: Vec<(String, String)> = t
+        .switch_ports()
+        .map(|n| {
+            (
+                n.name.clone(),
+                n.switch_ifname.clone().unwrap_or_else(|| n.ifname.clone()),
+            )
+        })
+        .collect();
+    if let Some(u) = &t.uplink {
+        names.push((String::new(), u.port_name().to_string()));
+    }
+    names
+        .iter()
+        .position(|(ns, port)| ns == name || port == name)
+}
+
 /// The built-in policy of `t` for ports named `ports` (the switch's port order).
 pub fn build_policy(t: &Topology, ports: &[Port]) -> Result<Reloaded, String> {
     let names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();

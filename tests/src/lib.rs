@@ -163,14 +163,20 @@ impl SwitchProc {
     /// Like [`SwitchProc::start`], with extra `vswitch run` arguments.
     pub fn start_with(topo: &TopoGuard, extra: &[&str]) -> SwitchProc {
         let socket = std::env::temp_dir().join(format!("vswitch-e2e-{}.sock", topo.topo.name));
-        let log = std::env::temp_dir().join(format!("vswitch-e2e-{}.log", topo.topo.name));
-        let logf = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin("vswitch"))
-            .arg("run")
+        let mut c = Command::new(bin("vswitch"));
+        c.arg("run")
             .arg(&topo.path)
             .arg("--socket")
             .arg(&socket)
-            .args(extra)
+            .args(extra);
+        Self::spawn(topo, c, socket)
+    }
+
+    /// Start a program that runs the switch (e.g. an example policy) with its control socket at `socket`.
+    pub fn spawn(topo: &TopoGuard, mut cmd: Command, socket: PathBuf) -> SwitchProc {
+        let log = std::env::temp_dir().join(format!("vswitch-e2e-{}.log", topo.topo.name));
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
@@ -516,4 +522,21 @@ pub fn tcp_transfer(from: &Member, to: &Member, port: u16, len: usize) {
     );
     assert_eq!(got, len);
     assert_eq!(sum, expected, "sha256 differs");
+}
+
+/// Path of a workspace example binary (`cargo test` and `cargo build --examples` build them).
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("examples");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the examples first (`cargo build --workspace --examples`)",
+        p.display()
+    );
+    p
 }
