@@ -21,7 +21,7 @@ impl Policy for DropEveryNth {
             return Action::Continue;
         }
         self.seen += 1;
-        if self.seen % self.n == 0 {
+        if self.seen.is_multiple_of(self.n) {
             self.dropped += 1;
             return Action::Drop("fault-injector");
         }
