@@ -215,6 +215,8 @@ pub struct AclSpec {
     pub dport: Option<(u16, u16)>,
     /// TCP flags: (must be set, mask).
     pub tcp_flags: Option<(u8, u8)>,
+    /// `Some(true)`: established connections only; `Some(false)`: new ones only.
+    pub state: Option<bool>,
 }
 
 /// An ingress rate limit on a namespace's port.
@@ -409,6 +411,7 @@ struct AclFile {
     sport: Option<PortSpec>,
     dport: Option<PortSpec>,
     tcp_flags: Option<String>,
+    state: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -590,6 +593,12 @@ fn validate_policy(
             protocol: protocol.map(|p| p as u8),
             sport: range(&k("sport"), a.sport)?,
             dport: range(&k("dport"), a.dport)?,
+            state: match a.state.as_deref() {
+                None => None,
+                Some("established") => Some(true),
+                Some("new") => Some(false),
+                Some(o) => return Err(err(k("state"), format!("{o:?}: use established or new"))),
+            },
             tcp_flags: a
                 .tcp_flags
                 .as_deref()

@@ -88,6 +88,7 @@ pub fn build_policy(t: &Topology, ports: &[Port]) -> Result<Reloaded, String> {
             sport: a.sport.map(|(x, y)| Range(x, y)),
             dport: a.dport.map(|(x, y)| Range(x, y)),
             tcp_flags: a.tcp_flags,
+            state: a.state,
         });
     }
     let mut limits = Vec::new();

@@ -83,6 +83,14 @@ impl Headers {
         {
             h.ipv4 = Some((ip.src(), ip.dst(), ip.protocol()));
             let l4 = ip.payload();
+            if ip.frag_offset() == 0
+                && ip.protocol() == 1
+                && l4.len() >= 8
+                && (l4[0] == 8 || l4[0] == 0)
+            {
+                let id = u16::from_be_bytes([l4[4], l4[5]]);
+                h.ports = Some(if l4[0] == 8 { (id, 0) } else { (0, id) });
+            }
             if ip.frag_offset() == 0 && matches!(ip.protocol(), 6 | 17) && l4.len() >= 4 {
                 h.ports = Some((
                     u16::from_be_bytes([l4[0], l4[1]]),
@@ -219,6 +227,9 @@ pub struct AclRule {
     pub dport: Option<Range>,
     /// TCP flags that must all be set, and the mask they are compared under.
     pub tcp_flags: Option<(u8, u8)>,
+    /// Connection state: `Some(true)` only frames of connections already seen
+    /// (replies included), `Some(false)` only frames that would start one.
+    pub state: Option<bool>,
 }
 
 fn in_net(ip: Ipv4Addr, (net, prefix): (Ipv4Addr, u8)) -> bool {
@@ -336,6 +347,59 @@ impl RateLimit {
     }
 }
 
+/// Connections the ACL let through, tracked with the NAT's connection table
+/// (bounded, aged by a timer wheel), for `state` rules.
+pub struct FlowState {
+    table: nat::conntrack::Table,
+    last_expire: u64,
+}
+
+/// Idle lifetime of a tracked connection (ms).
+const FLOW_IDLE_MS: u64 = 300_000;
+
+impl FlowState {
+    /// An empty tracker of at most `max` connections.
+    pub fn new(max: usize) -> FlowState {
+        FlowState {
+            table: nat::conntrack::Table::new(max, 0x5eed_ac1),
+            last_expire: 0,
+        }
+    }
+    /// Number of tracked connections.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+    /// Whether nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+impl Clone for FlowState {
+    /// A clone starts empty: connection state belongs to one running switch.
+    fn clone(&self) -> Self {
+        FlowState::new(self.table.max())
+    }
+}
+
+impl std::fmt::Debug for FlowState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FlowState({} connections)", self.table.len())
+    }
+}
+
+fn flow_tuple(h: &Headers) -> Option<nat::Tuple> {
+    let (src, dst, proto) = h.ipv4?;
+    let (sport, dport) = h.ports?;
+    Some(nat::Tuple {
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+    })
+}
+
 /// The built-in policies, in order: rate limits, then ACL rules (first match wins, default allow).
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
@@ -347,17 +411,24 @@ pub struct Chain {
     pub hits: Vec<u64>,
     /// Port names, for messages.
     pub port_names: Vec<String>,
+    /// Connection tracking for `state` rules (only when a rule uses it).
+    pub flows: Option<FlowState>,
 }
 
 impl Chain {
     /// A chain of these rules and limits.
     pub fn new(acl: Vec<AclRule>, limits: Vec<RateLimit>, port_names: Vec<String>) -> Chain {
         let hits = vec![0; acl.len()];
+        let flows = acl
+            .iter()
+            .any(|r| r.state.is_some())
+            .then(|| FlowState::new(65_536));
         Chain {
             limits,
             acl,
             hits,
             port_names,
+            flows,
         }
     }
 }
@@ -373,14 +444,42 @@ impl Policy for Chain {
             return Action::Continue;
         }
         let h = frame.headers();
+        let now = meta.now;
+        let tuple = if self.flows.is_some() {
+            flow_tuple(h)
+        } else {
+            None
+        };
+        let known = match (&mut self.flows, &tuple) {
+            (Some(f), Some(t)) => {
+                if now.saturating_sub(f.last_expire) >= 1000 {
+                    f.table.expire(now, |_| {});
+                    f.last_expire = now;
+                }
+                f.table.lookup(t, now).map(|(id, _)| id)
+            }
+            _ => None,
+        };
         for (i, r) in self.acl.iter().enumerate() {
-            if r.matches(meta.in_port, h) {
-                self.hits[i] += 1;
-                return if r.drop {
-                    Action::Drop("acl")
-                } else {
-                    Action::Continue
-                };
+            if r.state.is_some_and(|est| est != known.is_some()) || !r.matches(meta.in_port, h) {
+                continue;
+            }
+            self.hits[i] += 1;
+            if r.drop {
+                return Action::Drop("acl");
+            }
+            break;
+        }
+        // Allowed: remember the connection (or keep it alive).
+        if let (Some(f), Some(t)) = (&mut self.flows, tuple) {
+            match known {
+                Some(id) => f.table.set_expires(id, now + FLOW_IDLE_MS),
+                None => {
+                    let _ = f.table.insert(
+                        nat::conntrack::Entry::new(t, t.inv(), now + FLOW_IDLE_MS),
+                        now,
+                    );
+                }
             }
         }
         Action::Continue
@@ -407,7 +506,14 @@ impl Policy for Chain {
 
     fn explain(&self, meta: &FrameMeta, frame: &Frame) -> Option<String> {
         let h = frame.headers();
+        let known = match (&self.flows, flow_tuple(h)) {
+            (Some(f), Some(t)) => f.table.lookup(&t, meta.now).is_some(),
+            _ => false,
+        };
         for r in &self.acl {
+            if r.state.is_some_and(|est| est != known) {
+                continue;
+            }
             if r.matches(meta.in_port, h) {
                 return Some(format!(
                     "acl rule {:?} matches: {}",
@@ -528,6 +634,54 @@ mod tests {
         assert!(r(|a| a.sport = Some(Range(1024, 65535))));
         assert!(!r(|a| a.vlan = Some(10)));
         assert!(r(|a| a.src_mac = Some(MacAddr([2, 0, 0, 0, 0, 1]))));
+    }
+
+    #[test]
+    fn stateful_rule_allows_replies_of_connections_started_inside() {
+        // Port 1 (blue) may answer, not start: allow established, drop the rest from port 1.
+        let replies = AclRule {
+            name: "replies".into(),
+            in_ports: Some(vec![1]),
+            state: Some(true),
+            ..Default::default()
+        };
+        let block = AclRule {
+            name: "block-blue".into(),
+            drop: true,
+            in_ports: Some(vec![1]),
+            ..Default::default()
+        };
+        let mut c = Chain::new(
+            vec![replies, block],
+            vec![],
+            vec!["red".into(), "blue".into()],
+        );
+        let syn = tcp_syn(); // 192.168.15.1:40000 -> .2:80
+        let mut reply = syn.clone();
+        reply[26..30].copy_from_slice(&[192, 168, 15, 2]);
+        reply[30..34].copy_from_slice(&[192, 168, 15, 1]);
+        reply[34..38].copy_from_slice(&[0, 80, 0x9c, 0x40]);
+        let blue_first = reply.clone();
+        let red = FrameMeta { in_port: 0, now: 0 };
+        let blue = FrameMeta { in_port: 1, now: 1 };
+        assert_eq!(
+            c.classify(&blue, &Frame::new(&blue_first)),
+            Action::Drop("acl"),
+            "blue cannot start"
+        );
+        assert_eq!(c.classify(&red, &Frame::new(&syn)), Action::Continue);
+        assert_eq!(
+            c.classify(&blue, &Frame::new(&reply)),
+            Action::Continue,
+            "blue's reply passes"
+        );
+        assert_eq!(c.counters()[0], ("acl:replies".to_string(), 1));
+        // After the idle lifetime the connection is forgotten.
+        let late = FrameMeta {
+            in_port: 1,
+            now: FLOW_IDLE_MS + 10_000,
+        };
+        assert_eq!(c.classify(&late, &Frame::new(&reply)), Action::Drop("acl"));
     }
 
     #[test]

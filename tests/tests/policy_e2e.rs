@@ -450,3 +450,41 @@ fn capture_mirror_pcap_and_metrics() {
     drop(sw);
     let _ = std::fs::remove_file(&pcap);
 }
+
+#[test]
+fn stateful_acl_allows_only_replies_from_blue() {
+    if !require_root("stateful_acl_allows_only_replies_from_blue") {
+        return;
+    }
+    let (topo, m) = policy_topo("", &[], 2);
+    let (red, blue) = (&m[0], &m[1]);
+    let base = std::fs::read_to_string(&topo.path).unwrap();
+    // IPv4 from blue passes only when it belongs to a connection seen before
+    // (started by red); ARP and everything else from blue pass.
+    let rules = format!(
+        "[[acl]]\nname = \"blue-replies\"\naction = \"allow\"\nin_port = \"{b}\"\nethertype = \"ipv4\"\nstate = \"established\"\n[[acl]]\nname = \"blue-new\"\naction = \"drop\"\nin_port = \"{b}\"\nethertype = \"ipv4\"\n",
+        b = blue.ns
+    );
+    std::fs::write(&topo.path, format!("{base}{rules}")).unwrap();
+    let sw = SwitchProc::start(&topo);
+    assert_eq!(
+        ping_loss(&red.ns, &blue.ip, 3),
+        0.0,
+        "red starts, blue's replies pass"
+    );
+    tcp_transfer(red, blue, 5200, 2_000_000);
+    assert_eq!(ping_loss(&blue.ns, &red.ip, 3), 100.0, "blue cannot start");
+    let addr: std::net::SocketAddr = format!("{}:5201", red.ip).parse().unwrap();
+    let l = in_ns(&red.ns, || std::net::TcpListener::bind(addr)).unwrap();
+    let r = in_ns(&blue.ns, || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    });
+    assert!(r.is_err(), "blue connected to red");
+    drop(l);
+    let st = sw.cli_json("stats");
+    assert!(
+        counter(&st, "acl:blue-replies") > 0 && counter(&st, "acl:blue-new") >= 3,
+        "{}",
+        st["policy"]
+    );
+}
