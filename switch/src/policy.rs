@@ -361,7 +361,7 @@ impl FlowState {
     /// An empty tracker of at most `max` connections.
     pub fn new(max: usize) -> FlowState {
         FlowState {
-            table: nat::conntrack::Table::new(max, 0x5eed_ac1),
+            table: nat::conntrack::Table::new(max, 0x05ee_dac1),
             last_expire: 0,
         }
     }
