@@ -161,6 +161,21 @@ pub struct NamespaceSpec {
     pub pair: Option<usize>,
     /// Isolated port: reaches only non-isolated ports and the gateway.
     pub isolated: bool,
+    /// 802.1Q role of the switch port.
+    pub vlan: VlanMode,
+}
+
+/// The 802.1Q role of a switch port.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum VlanMode {
+    /// Not configured: a VLAN-unaware switch passes tags through; a VLAN-aware
+    /// one (any port configured) treats the port as an access port of VLAN 1.
+    #[default]
+    Unset,
+    /// Access port: untagged on the wire, member of this VLAN.
+    Access(u16),
+    /// Trunk port: tagged frames of these VLANs.
+    Trunk(Vec<u16>),
 }
 
 /// A validated topology.
@@ -761,6 +776,8 @@ struct NamespaceFile {
     switch_ifname: Option<String>,
     mtu: Option<u32>,
     isolated: Option<bool>,
+    vlan: Option<u16>,
+    trunk: Option<Vec<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -1052,6 +1069,32 @@ impl Topology {
                 mtu: ns.mtu,
                 pair,
                 isolated: ns.isolated.unwrap_or(false),
+                vlan: {
+                    let ok = |v: u16| (1..=4094).contains(&v);
+                    match (ns.vlan, ns.trunk) {
+                        (Some(_), Some(_)) => {
+                            return Err(err(
+                                k("trunk"),
+                                "a port is either an access port (`vlan`) or a trunk (`trunk`)",
+                            ));
+                        }
+                        (Some(_), None) | (None, Some(_)) if pair.is_some() => {
+                            return Err(err(
+                                k("vlan"),
+                                "VLANs are for switch ports, not direct pairs",
+                            ));
+                        }
+                        (Some(v), None) if !ok(v) => {
+                            return Err(err(k("vlan"), "must be 1..=4094"));
+                        }
+                        (Some(v), None) => VlanMode::Access(v),
+                        (None, Some(t)) if t.is_empty() || !t.iter().all(|v| ok(*v)) => {
+                            return Err(err(k("trunk"), "list VLANs in 1..=4094"));
+                        }
+                        (None, Some(t)) => VlanMode::Trunk(t),
+                        (None, None) => VlanMode::Unset,
+                    }
+                },
             });
         }
         for (p, &(a, b)) in pairs.iter().enumerate() {

@@ -6,7 +6,7 @@
 
 use crate::control;
 use crate::gateway::{GatewayConfig, UplinkConfig};
-use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::pipeline::{Pipeline, PipelineConfig, VlanPorts};
 use crate::policy::{AclRule, Chain, NoPolicy, Policy, Range, RateLimit, Reloaded};
 use crate::port::{PortIo, TapPort};
 use crate::stats::PortStats;
@@ -37,6 +37,30 @@ pub struct RunOptions {
     pub file: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (in the switch's namespace).
     pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// 802.1Q roles of the ports, if any port is configured (a VLAN-aware switch).
+/// Unconfigured ports are access ports of VLAN 1; the uplink belongs to VLAN 1.
+pub fn vlan_ports(t: &Topology, ports: usize) -> Option<VlanPorts> {
+    use netns_setup::topology::VlanMode;
+    if t.switch_ports().all(|n| n.vlan == VlanMode::Unset) {
+        return None;
+    }
+    let mut v = VlanPorts::default();
+    for n in t.switch_ports() {
+        let (a, m) = match &n.vlan {
+            VlanMode::Unset => (Some(1), vec![1]),
+            VlanMode::Access(x) => (Some(*x), vec![*x]),
+            VlanMode::Trunk(l) => (None, l.clone()),
+        };
+        v.access.push(a);
+        v.members.push(m);
+    }
+    while v.access.len() < ports {
+        v.access.push(Some(1));
+        v.members.push(vec![1]);
+    }
+    Some(v)
 }
 
 /// The port id `vswitch run` gives the port of namespace (or port name) `name`:
@@ -410,11 +434,12 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         .iter()
         .map(|p| (p.name.clone(), p.netns.clone(), p.lan))
         .collect();
-    let mut worker = Worker::<(Chain, U)>::new(
-        sw.name.clone(),
-        ports,
-        Pipeline::<(Chain, U)>::with_policy(&cfg, (Chain::default(), policy)),
-    );
+    let mut pipeline = Pipeline::<(Chain, U)>::with_policy(&cfg, (Chain::default(), policy));
+    if let Some(v) = vlan_ports(t, ports.len()) {
+        pipeline.vlans = Some(v);
+        pipeline.fdb.set_default_vlan(1);
+    }
+    let mut worker = Worker::<(Chain, U)>::new(sw.name.clone(), ports, pipeline);
     let file = opts.file.clone();
     let mut first = Some(t.clone());
     let reloader = Box::new(move || -> Result<Reloaded, String> {

@@ -33,6 +33,8 @@ pub enum Learn {
 pub struct FdbEntry {
     /// Port the MAC was last seen on.
     pub port: PortId,
+    /// VLAN it was learned in (0 when the switch is VLAN-unaware).
+    pub vlan: u16,
     /// When it was last seen (ms).
     pub last_seen: u64,
 }
@@ -54,7 +56,8 @@ pub struct FdbCounters {
 
 /// The MAC table.
 pub struct Fdb {
-    map: HashMap<MacAddr, FdbEntry, foldhash::fast::RandomState>,
+    map: HashMap<(u16, MacAddr), FdbEntry, foldhash::fast::RandomState>,
+    default_vlan: u16,
     per_port: Vec<usize>,
     max: usize,
     max_per_port: usize,
@@ -70,6 +73,7 @@ impl Fdb {
         Fdb {
             map: HashMap::with_capacity_and_hasher(max.min(1 << 16), Default::default()),
             per_port: vec![0; ports],
+            default_vlan: 0,
             max,
             max_per_port,
             ageing_ms,
@@ -82,9 +86,24 @@ impl Fdb {
         now.saturating_sub(e.last_seen) >= self.ageing_ms
     }
 
-    /// Learn that `mac` was seen on `port` at `now`.
+    /// The VLAN `learn`/`lookup` use (0: VLAN-unaware; VLAN-aware switches route in VLAN 1).
+    pub fn set_default_vlan(&mut self, vlan: u16) {
+        self.default_vlan = vlan;
+    }
+
+    /// Learn that `mac` was seen on `port` at `now`, in the default VLAN.
     pub fn learn(&mut self, mac: MacAddr, port: PortId, now: u64) -> Learn {
-        if let Some(e) = self.map.get_mut(&mac) {
+        self.learn_in(self.default_vlan, mac, port, now)
+    }
+
+    /// The port `mac` is behind in the default VLAN.
+    pub fn lookup(&self, mac: &MacAddr, now: u64) -> Option<PortId> {
+        self.lookup_in(self.default_vlan, mac, now)
+    }
+
+    /// Learn that `mac` was seen on `port` in `vlan` at `now`.
+    pub fn learn_in(&mut self, vlan: u16, mac: MacAddr, port: PortId, now: u64) -> Learn {
+        if let Some(e) = self.map.get_mut(&(vlan, mac)) {
             if e.port == port {
                 e.last_seen = now;
                 return Learn::Refreshed;
@@ -117,9 +136,10 @@ impl Fdb {
             return Learn::RefusedPortFull;
         }
         self.map.insert(
-            mac,
+            (vlan, mac),
             FdbEntry {
                 port,
+                vlan,
                 last_seen: now,
             },
         );
@@ -128,10 +148,10 @@ impl Fdb {
         Learn::New
     }
 
-    /// The port `mac` is behind, if learned and not aged out.
-    pub fn lookup(&self, mac: &MacAddr, now: u64) -> Option<PortId> {
+    /// The port `mac` is behind in `vlan`, if learned and not aged out.
+    pub fn lookup_in(&self, vlan: u16, mac: &MacAddr, now: u64) -> Option<PortId> {
         self.map
-            .get(mac)
+            .get(&(vlan, *mac))
             .filter(|e| !self.expired(e, now))
             .map(|e| e.port)
     }
@@ -181,9 +201,9 @@ impl Fdb {
             .map
             .iter()
             .filter(|(_, e)| !self.expired(e, now))
-            .map(|(m, e)| (*m, *e))
+            .map(|((_, m), e)| (*m, *e))
             .collect();
-        v.sort_by_key(|(m, e)| (e.port, *m));
+        v.sort_by_key(|(m, e)| (e.port, e.vlan, *m));
         v
     }
 

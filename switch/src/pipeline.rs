@@ -149,6 +149,30 @@ pub struct Pipeline<P: Policy = NoPolicy> {
     pub isolated: Vec<bool>,
     /// Set by `decide` when the policy asked for a copy of the frame on a port.
     pub mirror: Option<PortId>,
+    /// 802.1Q port roles when the switch is VLAN-aware.
+    pub vlans: Option<VlanPorts>,
+    /// Set by `decide`: the frame's VLAN and whether it arrived tagged.
+    pub frame_vlan: (u16, bool),
+}
+
+/// Port roles of a VLAN-aware switch.
+#[derive(Debug, Clone, Default)]
+pub struct VlanPorts {
+    /// Access VLAN of each port (`None`: trunk).
+    pub access: Vec<Option<u16>>,
+    /// VLANs each port carries (its access VLAN, or the trunk's list).
+    pub members: Vec<Vec<u16>>,
+}
+
+impl VlanPorts {
+    /// Whether `port` carries `vlan`.
+    pub fn member(&self, port: PortId, vlan: u16) -> bool {
+        self.members.get(port).is_some_and(|m| m.contains(&vlan))
+    }
+    /// Whether frames leave `port` tagged.
+    pub fn tagged(&self, port: PortId) -> bool {
+        self.access.get(port).is_some_and(Option::is_none)
+    }
 }
 
 impl Pipeline<NoPolicy> {
@@ -165,6 +189,8 @@ impl<P: Policy> Pipeline<P> {
             policy,
             isolated: vec![false; c.ports],
             mirror: None,
+            vlans: None,
+            frame_vlan: (0, false),
             fdb: Fdb::new(c.ports, c.fdb_max, c.fdb_max_per_port, c.ageing_ms),
             arp: ArpTable::new(c.arp_max, c.ageing_ms),
             arp_suppress: c.arp_suppress,
@@ -182,6 +208,8 @@ impl<P: Policy> Pipeline<P> {
         now: u64,
         out: &mut Gen,
     ) -> Verdict {
+        // Routed frames are untagged and belong to VLAN 1 on a VLAN-aware switch.
+        self.frame_vlan = (if self.vlans.is_some() { 1 } else { 0 }, false);
         if let Some(gw) = &mut self.gateway
             && gw.uplink_port() == Some(in_port)
         {
@@ -194,13 +222,28 @@ impl<P: Policy> Pipeline<P> {
         if !src.is_unicast() {
             return Verdict::Drop(DropReason::BadSrcMac);
         }
+        // 802.1Q ingress: access ports take untagged frames, trunks their tagged VLANs.
+        let vlan = match &self.vlans {
+            None => 0,
+            Some(v) => {
+                let tag = eth.vlan().filter(|_| eth.ethertype() == ethertype::VLAN);
+                let vid = match (v.access.get(in_port).copied().flatten(), tag) {
+                    (Some(pvid), None) => pvid,
+                    (None, Some(t)) if v.member(in_port, t) => t,
+                    _ => return Verdict::Drop(DropReason::Vlan),
+                };
+                self.frame_vlan = (vid, tag.is_some());
+                vid
+            }
+        };
+        let to_gateway = self.vlans.is_none() || self.frame_vlan == (1, false);
         let action = self
             .policy
             .classify(&FrameMeta { in_port, now }, &Frame::new(frame));
         if let Action::Drop(_) = action {
             return Verdict::Drop(DropReason::Policy);
         }
-        self.fdb.learn(src, in_port, now);
+        self.fdb.learn_in(vlan, src, in_port, now);
         match action {
             Action::Redirect(p) => return Verdict::Unicast(p),
             Action::Mirror(p) => self.mirror = Some(p),
@@ -209,6 +252,7 @@ impl<P: Policy> Pipeline<P> {
 
         if eth.ethertype() == ethertype::ARP {
             if let Some(gw) = &mut self.gateway
+                && to_gateway
                 && let Some(v) = gw.lan_arp(now, in_port, frame, out, &self.fdb)
             {
                 if let Ok(a) = ArpPacket::new_checked(&frame[ETH_HLEN..]) {
@@ -221,20 +265,21 @@ impl<P: Policy> Pipeline<P> {
                 }
                 return v;
             }
-            if let Some(v) = self.arp(in_port, frame, src, now) {
+            if let Some(v) = self.arp(in_port, frame, src, vlan, now) {
                 return v;
             }
         }
 
         if let Some(gw) = &mut self.gateway
             && dst == gw.mac()
+            && to_gateway
         {
             return gw.from_lan(now, in_port, vnet, frame, out, &self.fdb);
         }
         if dst.is_multicast() {
             return Verdict::Flood;
         }
-        match self.fdb.lookup(&dst, now) {
+        match self.fdb.lookup_in(vlan, &dst, now) {
             Some(p) if p == in_port => Verdict::Drop(DropReason::SamePort),
             Some(p) if self.isolated[in_port] && self.isolated.get(p).copied().unwrap_or(false) => {
                 Verdict::Drop(DropReason::Isolated)
@@ -267,6 +312,7 @@ impl<P: Policy> Pipeline<P> {
         in_port: PortId,
         frame: &mut [u8],
         src: MacAddr,
+        vlan: u16,
         now: u64,
     ) -> Option<Verdict> {
         let (op, sha, spa, tpa) = {
@@ -285,7 +331,7 @@ impl<P: Policy> Pipeline<P> {
         // Answer only for a host we know, that is alive in the FDB, and not
         // behind the asking port (there it answers for itself).
         let target = self.arp.lookup(tpa, now)?;
-        match self.fdb.lookup(&target.mac, now) {
+        match self.fdb.lookup_in(vlan, &target.mac, now) {
             Some(p) if p != in_port => {}
             _ => return None,
         }

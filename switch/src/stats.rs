@@ -42,11 +42,13 @@ pub enum DropReason {
     Policy,
     /// Between two isolated ports.
     Isolated,
+    /// Not allowed on the port's VLANs (wrong tag, or untagged on a trunk).
+    Vlan,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Runt,
         DropReason::Truncated,
         DropReason::BadSrcMac,
@@ -65,6 +67,7 @@ impl DropReason {
         DropReason::Nat,
         DropReason::Policy,
         DropReason::Isolated,
+        DropReason::Vlan,
     ];
 
     /// Stable name used in `vswitch stats` and JSON.
@@ -88,6 +91,7 @@ impl DropReason {
             DropReason::Nat => "nat",
             DropReason::Policy => "policy",
             DropReason::Isolated => "isolated",
+            DropReason::Vlan => "vlan",
         }
     }
 }

@@ -73,6 +73,39 @@ pub struct Request {
     pub reply: SyncSender<Value>,
 }
 
+/// Copy a received slot (`vnet + frame`) into `b` with an 802.1Q tag for `vid`
+/// added (`tag`) or removed, fixing the offsets of partial checksums and GSO.
+fn retag(src: &[u8], vid: u16, tag: bool, b: &mut [u8]) -> usize {
+    use crate::wire::{VNET_F_NEEDS_CSUM, VNET_HDR_LEN};
+    let (vnet, f) = src.split_at(VNET_HDR_LEN);
+    if f.len() < 12 + usize::from(!tag) * 4 {
+        return 0;
+    }
+    b[..VNET_HDR_LEN].copy_from_slice(vnet);
+    b[VNET_HDR_LEN..VNET_HDR_LEN + 12].copy_from_slice(&f[..12]);
+    let n = if tag {
+        let o = VNET_HDR_LEN + 12;
+        b[o..o + 2].copy_from_slice(&[0x81, 0x00]);
+        b[o + 2..o + 4].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
+        b[o + 4..o + 4 + f.len() - 12].copy_from_slice(&f[12..]);
+        f.len() + 4
+    } else {
+        b[VNET_HDR_LEN + 12..VNET_HDR_LEN + f.len() - 4].copy_from_slice(&f[16..]);
+        f.len() - 4
+    };
+    let shift = |x: u16| if tag { x + 4 } else { x.saturating_sub(4) };
+    let flags = b[0];
+    let hdr_len = u16::from_le_bytes([b[2], b[3]]);
+    if hdr_len != 0 {
+        b[2..4].copy_from_slice(&shift(hdr_len).to_le_bytes());
+    }
+    if flags & VNET_F_NEEDS_CSUM != 0 {
+        let cs = u16::from_le_bytes([b[6], b[7]]);
+        b[6..8].copy_from_slice(&shift(cs).to_le_bytes());
+    }
+    VNET_HDR_LEN + n
+}
+
 /// A capture of one port's frames (both directions). Each message is an
 /// 8-byte little-endian timestamp (µs since the Unix epoch) and the frame.
 pub struct Tap {
@@ -123,6 +156,13 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     reloads: u64,
     batch: Batch,
     generated: Gen,
+    /// VLAN and tagged-on-arrival of each frame of the batch.
+    fv: [(u16, bool); BATCH],
+    /// Frames re-tagged or untagged for ports that want the other form.
+    conv: Batch,
+    conv_of: [u16; BATCH],
+    out_conv: Vec<Vec<u16>>,
+    keep: Vec<u16>,
     out: Vec<Vec<u16>>,
     epoch: Instant,
     gone: Vec<usize>,
@@ -136,6 +176,9 @@ impl<P: Policy + Reload> Worker<P> {
             .map(|_| Vec::with_capacity(BATCH))
             .collect();
         let mirrors = vec![None; ports.len()];
+        let out_conv = (0..ports.len())
+            .map(|_| Vec::with_capacity(BATCH))
+            .collect();
         Worker {
             mirrors,
             taps: Vec::new(),
@@ -146,6 +189,11 @@ impl<P: Policy + Reload> Worker<P> {
             pipeline,
             batch: Batch::new(),
             generated: Gen::new(),
+            fv: [(0, false); BATCH],
+            conv: Batch::new(),
+            conv_of: [u16::MAX; BATCH],
+            out_conv,
+            keep: Vec::with_capacity(BATCH),
             out,
             epoch: Instant::now(),
             gone: Vec::new(),
@@ -349,10 +397,19 @@ impl<P: Policy + Reload> Worker<P> {
             st.rx_packets += 1;
             st.rx_bytes += len;
             let (vnet, frame) = self.batch.parts_mut(k);
-            match self
+            let verdict = self
                 .pipeline
-                .decide(in_port, vnet, frame, now, &mut self.generated)
+                .decide(in_port, vnet, frame, now, &mut self.generated);
+            self.fv[k] = self.pipeline.frame_vlan;
+            // A policy's Mirror action: a copy to that port, besides normal forwarding.
+            if let Some(m) = self.pipeline.mirror.take()
+                && m < self.ports.len()
+                && m != in_port
+                && self.ports[m].up
             {
+                self.out[m].push(k as u16);
+            }
+            match verdict {
                 Verdict::Drop(r) => self.ports[in_port].stats.drop(r),
                 Verdict::Unicast(p) => {
                     if self.ports[p].up {
@@ -386,6 +443,7 @@ impl<P: Policy + Reload> Worker<P> {
                 Verdict::Consumed => {}
             }
         }
+        self.vlan_egress();
         self.span(in_port);
         if !self.taps.is_empty() {
             let ts = std::time::SystemTime::now()
@@ -404,6 +462,9 @@ impl<P: Policy + Reload> Worker<P> {
             }
         }
         Self::send(&mut self.ports, &self.batch, &self.out, &mut self.gone);
+        if !self.conv.is_empty() {
+            Self::send(&mut self.ports, &self.conv, &self.out_conv, &mut self.gone);
+        }
         // Frames the gateway generated or released, routed, then sent the same way.
         self.pipeline.finish_batch(now, &mut self.generated);
         if !self.generated.is_empty() {
@@ -412,10 +473,13 @@ impl<P: Policy + Reload> Worker<P> {
             }
             for k in 0..self.generated.len() {
                 match self.generated.target(k) {
-                    Target::Port(p) if self.ports[p].up => self.out[p].push(k as u16),
+                    // On a VLAN-aware switch the gateway serves untagged VLAN 1 (its access ports).
+                    Target::Port(p) if self.ports[p].up && self.gateway_reaches(p) => {
+                        self.out[p].push(k as u16)
+                    }
                     Target::Lan => {
                         for p in 0..self.ports.len() {
-                            if self.ports[p].up && self.ports[p].lan {
+                            if self.ports[p].up && self.ports[p].lan && self.gateway_reaches(p) {
                                 self.out[p].push(k as u16);
                             }
                         }
@@ -437,6 +501,56 @@ impl<P: Policy + Reload> Worker<P> {
                 self.pipeline.arp.flush_port(i);
             }
         }
+    }
+
+    fn gateway_reaches(&self, p: usize) -> bool {
+        match &self.pipeline.vlans {
+            None => true,
+            Some(v) => !self.ports[p].lan || v.access.get(p).copied().flatten() == Some(1),
+        }
+    }
+
+    /// VLAN-aware egress: keep a frame only on ports of its VLAN, and give
+    /// each port the form it wants (untagged on access ports, tagged on trunks),
+    /// converting into `conv` when the received form differs.
+    fn vlan_egress(&mut self) {
+        for o in &mut self.out_conv {
+            o.clear();
+        }
+        self.conv.clear();
+        let Some(v) = self.pipeline.vlans.take() else {
+            return;
+        };
+        self.conv_of = [u16::MAX; BATCH];
+        for p in 0..self.ports.len() {
+            if !self.ports[p].lan || self.out[p].is_empty() {
+                continue;
+            }
+            let want_tagged = v.tagged(p);
+            self.keep.clear();
+            for i in 0..self.out[p].len() {
+                let k = self.out[p][i] as usize;
+                let (vid, tagged) = self.fv[k];
+                if !v.member(p, vid) {
+                    continue;
+                }
+                if tagged == want_tagged {
+                    self.keep.push(k as u16);
+                    continue;
+                }
+                if self.conv_of[k] == u16::MAX {
+                    let src = self.batch.wire(k);
+                    if let Some(c) = self.conv.push_with(|b| retag(src, vid, want_tagged, b)) {
+                        self.conv_of[k] = c as u16;
+                    }
+                }
+                if self.conv_of[k] != u16::MAX {
+                    self.out_conv[p].push(self.conv_of[k]);
+                }
+            }
+            std::mem::swap(&mut self.out[p], &mut self.keep);
+        }
+        self.pipeline.vlans = Some(v);
     }
 
     /// SPAN: copy what a mirrored port received and what it is about to send.
@@ -511,6 +625,7 @@ impl<P: Policy + Reload> Worker<P> {
                     .map(|(mac, e)| {
                         json!({
                             "mac": mac.to_string(),
+                            "vlan": e.vlan,
                             "port": self.ports[e.port].name,
                             "netns": self.ports[e.port].netns,
                             "age_ms": now.saturating_sub(e.last_seen),
@@ -630,5 +745,27 @@ impl<P: Policy + Reload> Worker<P> {
                 json!({"ok": false, "error": format!("unknown request {other:?} (fdb, arp, stats)")})
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retag;
+
+    #[test]
+    fn retag_adds_and_removes_a_tag_and_shifts_offsets() {
+        // vnet: NEEDS_CSUM, gso none, hdr_len 0, csum_start 34, csum_offset 16; then a 60-byte frame.
+        let mut src = vec![1u8, 0, 0, 0, 0, 0, 34, 0, 16, 0];
+        src.extend((0..60u8).map(|i| i + 1));
+        let mut b = vec![0u8; 100];
+        let n = retag(&src, 10, true, &mut b);
+        assert_eq!(n, 10 + 64);
+        assert_eq!(&b[10..22], &src[10..22]);
+        assert_eq!(&b[22..26], &[0x81, 0x00, 0x00, 0x0a]);
+        assert_eq!(&b[26..74], &src[22..70]);
+        assert_eq!(u16::from_le_bytes([b[6], b[7]]), 38);
+        let mut back = vec![0u8; 100];
+        let m = retag(&b[..n], 10, false, &mut back);
+        assert_eq!(&back[..m], &src[..]);
     }
 }

@@ -488,3 +488,167 @@ fn stateful_acl_allows_only_replies_from_blue() {
         st["policy"]
     );
 }
+
+#[test]
+fn vlans_separate_access_ports_and_a_trunk_carries_both() {
+    if !require_root("vlans_separate_access_ports_and_a_trunk_carries_both") {
+        return;
+    }
+    let id = uniq();
+    let (mut toml, m, _) = star(
+        &id,
+        &[Kind::Veth, Kind::Veth, Kind::Veth, Kind::Tap, Kind::Veth],
+        "",
+    );
+    for (i, cfg) in [
+        (0, "vlan = 10"),
+        (1, "vlan = 10"),
+        (2, "vlan = 20"),
+        (3, "vlan = 20"),
+        (4, "trunk = [10, 20]"),
+    ] {
+        toml = toml.replace(
+            &format!("ifname = \"{}\"\n", m[i].ifname),
+            &format!("ifname = \"{}\"\n{cfg}\n", m[i].ifname),
+        );
+    }
+    let topo = TopoGuard::new(&toml);
+    let sw = SwitchProc::start(&topo);
+    let (a10, b10, a20, b20, trunk) = (&m[0], &m[1], &m[2], &m[3], &m[4]);
+    assert_eq!(ping_loss(&a10.ns, &b10.ip, 2), 0.0, "same VLAN 10");
+    assert_eq!(
+        ping_loss(&a20.ns, &b20.ip, 2),
+        0.0,
+        "same VLAN 20 (veth and TAP)"
+    );
+    assert_eq!(
+        ping_loss(&a10.ns, &a20.ip, 2),
+        100.0,
+        "VLAN 10 must not reach VLAN 20"
+    );
+    assert_eq!(
+        ping_loss(&b20.ns, &b10.ip, 2),
+        100.0,
+        "VLAN 20 must not reach VLAN 10"
+    );
+
+    // The trunk (this kernel has no 802.1Q interfaces, so raw frames stand in
+    // for a trunk host): tagged frames in, the right access ports get them
+    // untagged; access frames come out on the trunk tagged with their VLAN.
+    let t = &trunk.ns;
+    let tmac: Vec<u8> = mac_of(t, &trunk.ifname)
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let frame = |vid: Option<u16>, tag: u8| -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&tmac);
+        if let Some(v) = vid {
+            f.extend_from_slice(&[0x81, 0x00]);
+            f.extend_from_slice(&v.to_be_bytes());
+        }
+        f.extend_from_slice(&[0x88, 0xb5]);
+        f.extend_from_slice(b"VLANTEST");
+        f.push(tag);
+        f.resize(if vid.is_some() { 64 } else { 60 }, 0x5a);
+        f
+    };
+    let untagged = |f: &[u8]| -> Vec<u8> { [&f[..12], &f[16..]].concat() };
+    let mut tx = packet_socket(t, &trunk.ifname);
+    let mut rx: Vec<_> = m[..4]
+        .iter()
+        .map(|h| packet_socket(&h.ns, &h.ifname))
+        .collect();
+    let mut rx_trunk = packet_socket(t, &trunk.ifname);
+    let (f10, f20, f0) = (frame(Some(10), 1), frame(Some(20), 2), frame(None, 3));
+    assert_eq!(
+        send_frames(&mut tx, &[f10.clone(), f20.clone(), f0.clone()]),
+        3
+    );
+    let got: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
+        let hs: Vec<_> = rx
+            .iter_mut()
+            .map(|p| s.spawn(move || recv_frames(p, Duration::from_millis(500))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, want10) in [(0, true), (1, true), (2, false), (3, false)] {
+        assert_eq!(
+            got[i].contains(&untagged(&f10)),
+            want10,
+            "host {i}: VLAN 10 frame from the trunk"
+        );
+        assert_eq!(
+            got[i].contains(&untagged(&f20)),
+            !want10,
+            "host {i}: VLAN 20 frame from the trunk"
+        );
+        assert!(
+            !got[i]
+                .iter()
+                .any(|g| g.windows(9).any(|w| w == b"VLANTEST\x03")),
+            "host {i} got the untagged trunk frame"
+        );
+    }
+    // From the access side: a broadcast from a10 and one from b20 reach the trunk tagged 10 and 20.
+    let from = |h: &Member, tag: u8| {
+        let mac: Vec<u8> = mac_of(&h.ns, &h.ifname)
+            .split(':')
+            .map(|x| u8::from_str_radix(x, 16).unwrap())
+            .collect();
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&mac);
+        f.extend_from_slice(&[0x88, 0xb5]);
+        f.extend_from_slice(b"VLANTEST");
+        f.push(tag);
+        f.resize(60, 0x5a);
+        let mut p = packet_socket(&h.ns, &h.ifname);
+        assert_eq!(send_frames(&mut p, std::slice::from_ref(&f)), 1);
+        f
+    };
+    let (fa, fb) = (from(a10, 4), from(b20, 5));
+    let at_trunk = recv_frames(&mut rx_trunk, Duration::from_millis(500));
+    let tagged = |f: &[u8], vid: u16| -> Vec<u8> {
+        [
+            &f[..12],
+            &[0x81, 0x00][..],
+            &vid.to_be_bytes()[..],
+            &f[12..],
+        ]
+        .concat()
+    };
+    assert!(
+        at_trunk.contains(&tagged(&fa, 10)),
+        "a10's frame on the trunk, tagged 10"
+    );
+    assert!(
+        at_trunk.contains(&tagged(&fb, 20)),
+        "b20's frame on the trunk, tagged 20"
+    );
+    // Learning is per VLAN: the trunk's MAC is learned in both VLANs on the trunk port.
+    let fdb = sw.cli_json("fdb");
+    let trunk_mac = mac_of(t, &trunk.ifname);
+    let vlans: Vec<u64> = fdb["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["mac"] == trunk_mac.as_str())
+        .map(|e| e["vlan"].as_u64().unwrap())
+        .collect();
+    assert!(
+        vlans.contains(&10) && vlans.contains(&20),
+        "trunk MAC learned in {vlans:?}: {fdb}"
+    );
+    let st = sw.cli_json("stats");
+    let tp = st["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == trunk.port.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        tp["drops"]["vlan"].as_u64().unwrap() >= 1,
+        "untagged frames on the trunk are dropped: {tp}"
+    );
+}
