@@ -153,6 +153,8 @@ pub struct Pipeline<P: Policy = NoPolicy> {
     pub vlans: Option<VlanPorts>,
     /// Set by `decide`: the frame's VLAN and whether it arrived tagged.
     pub frame_vlan: (u16, bool),
+    /// Set by `decide` when the policy asked to push (`Some(vid)`) or pop (`None`) a tag.
+    pub retag: Option<Option<u16>>,
 }
 
 /// Port roles of a VLAN-aware switch.
@@ -191,6 +193,7 @@ impl<P: Policy> Pipeline<P> {
             mirror: None,
             vlans: None,
             frame_vlan: (0, false),
+            retag: None,
             fdb: Fdb::new(c.ports, c.fdb_max, c.fdb_max_per_port, c.ageing_ms),
             arp: ArpTable::new(c.arp_max, c.ageing_ms),
             arp_suppress: c.arp_suppress,
@@ -247,6 +250,11 @@ impl<P: Policy> Pipeline<P> {
         match action {
             Action::Redirect(p) => return Verdict::Unicast(p),
             Action::Mirror(p) => self.mirror = Some(p),
+            // Tag edits change the frame's length: the worker applies them to the slot.
+            Action::PushVlan(v) if self.vlans.is_none() => self.retag = Some(Some(v)),
+            Action::PopVlan if self.vlans.is_none() && eth.ethertype() == ethertype::VLAN => {
+                self.retag = Some(None)
+            }
             _ => {}
         }
 

@@ -29,6 +29,10 @@ pub enum Action {
     Redirect(PortId),
     /// Send a copy to this port, and forward the frame normally.
     Mirror(PortId),
+    /// Add an 802.1Q tag with this VLAN id, then forward normally (VLAN-unaware switch only).
+    PushVlan(u16),
+    /// Remove the outer 802.1Q tag, then forward normally (VLAN-unaware switch only).
+    PopVlan,
 }
 
 /// Where a frame came from.

@@ -141,6 +141,32 @@ impl Batch {
         Some(i)
     }
 
+    /// Remove the outer VLAN tag of frame `i` in place (the frame starts 4 bytes
+    /// later); fixes the offsets of a partial checksum and GSO header length.
+    pub fn remove_vlan_tag(&mut self, i: usize) {
+        if self.len[i] < VNET_HDR_LEN + 16 {
+            return;
+        }
+        let s = i * SLOT + self.start[i];
+        self.mem.copy_within(s..s + VNET_HDR_LEN + 12, s + 4);
+        self.start[i] += 4;
+        self.len[i] -= 4;
+        let v = self.vnet_mut(i);
+        let hdr_len = u16::from_le_bytes([v[2], v[3]]);
+        if hdr_len >= 4 {
+            v[2..4].copy_from_slice(&(hdr_len - 4).to_le_bytes());
+        }
+        if v[0] & crate::wire::VNET_F_NEEDS_CSUM != 0 {
+            let cs = u16::from_le_bytes([v[6], v[7]]);
+            v[6..8].copy_from_slice(&cs.saturating_sub(4).to_le_bytes());
+        }
+    }
+
+    /// Whether frame `i` has room in front for one more 4-byte tag.
+    pub fn has_headroom(&self, i: usize) -> bool {
+        self.start[i] >= 4
+    }
+
     /// Insert an 802.1Q tag (`tpid`, `tci`) after the MAC addresses of frame `i`,
     /// using the headroom; fixes `csum_start` of a partial checksum.
     pub fn insert_vlan_tag(&mut self, i: usize, tpid: u16, tci: u16) {
@@ -275,6 +301,26 @@ impl PortIo for NullPort {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vlan_tag_removal_in_place() {
+        let mut b = Batch::new();
+        let mut frame: Vec<u8> = vec![crate::wire::VNET_F_NEEDS_CSUM, 0, 0, 0, 0, 0, 38, 0, 16, 0];
+        frame.extend((1..=12u8).chain([0x81, 0x00, 0x00, 0x0a]).chain(13..=30u8));
+        b.rx_area(0)[..frame.len()].copy_from_slice(&frame);
+        b.set_filled(0, frame.len(), false);
+        b.remove_vlan_tag(0);
+        let f = b.frame(0);
+        assert_eq!(&f[..12], &(1..=12u8).collect::<Vec<_>>()[..]);
+        assert_eq!(&f[12..], &(13..=30u8).collect::<Vec<_>>()[..]);
+        assert_eq!(
+            crate::wire::VnetHdr::new_checked(b.wire(0))
+                .unwrap()
+                .csum_start(),
+            34
+        );
+        assert!(b.has_headroom(0));
+    }
 
     #[test]
     fn vlan_tag_insertion_uses_headroom() {

@@ -401,6 +401,15 @@ impl<P: Policy + Reload> Worker<P> {
                 .pipeline
                 .decide(in_port, vnet, frame, now, &mut self.generated);
             self.fv[k] = self.pipeline.frame_vlan;
+            // A policy's tag edit (push needs the slot's headroom; a frame whose
+            // tag was already restored into it keeps its form).
+            match self.pipeline.retag.take() {
+                Some(Some(vid)) if self.batch.has_headroom(k) => {
+                    self.batch.insert_vlan_tag(k, 0x8100, vid)
+                }
+                Some(None) => self.batch.remove_vlan_tag(k),
+                _ => {}
+            }
             // A policy's Mirror action: a copy to that port, besides normal forwarding.
             if let Some(m) = self.pipeline.mirror.take()
                 && m < self.ports.len()

@@ -141,3 +141,56 @@ fn flow_lb_spreads_connections_over_two_backends() {
         st["policy"]
     );
 }
+
+#[test]
+fn vlan_tagger_pushes_and_pops_tags() {
+    if !require_root("vlan_tagger_pushes_and_pops_tags") {
+        return;
+    }
+    let id = uniq();
+    let (toml, m, _) = star(&id, &[Kind::Veth, Kind::Veth], "");
+    let topo = TopoGuard::new(&toml);
+    let mut cmd = Command::new(example("vlan_tagger"));
+    cmd.arg(&topo.path).arg(&m[0].ns).arg("100").arg(&m[1].ns);
+    let _sw = SwitchProc::spawn(&topo, cmd, switch::control::default_socket(&topo.topo.name));
+    let mac = |h: &Member| -> Vec<u8> {
+        mac_of(&h.ns, &h.ifname)
+            .split(':')
+            .map(|x| u8::from_str_radix(x, 16).unwrap())
+            .collect()
+    };
+    let (rm, bm) = (mac(&m[0]), mac(&m[1]));
+    let plain = [
+        &[0xffu8; 6][..],
+        &rm,
+        &[0x88, 0xb5],
+        b"TAGGER-1",
+        &[0u8; 38],
+    ]
+    .concat();
+    let mut red = packet_socket(&m[0].ns, &m[0].ifname);
+    let mut blue = packet_socket(&m[1].ns, &m[1].ifname);
+    assert_eq!(send_frames(&mut red, std::slice::from_ref(&plain)), 1);
+    let got = recv_frames(&mut blue, Duration::from_millis(500));
+    let pushed = [&plain[..12], &[0x81, 0x00, 0x00, 100][..], &plain[12..]].concat();
+    assert!(
+        got.contains(&pushed),
+        "blue should get red's frame tagged with VLAN 100"
+    );
+    let tagged = [
+        &[0xffu8; 6][..],
+        &bm,
+        &[0x81, 0x00, 0x00, 100],
+        &[0x88, 0xb5],
+        b"TAGGER-2",
+        &[0u8; 38],
+    ]
+    .concat();
+    assert_eq!(send_frames(&mut blue, std::slice::from_ref(&tagged)), 1);
+    let got = recv_frames(&mut red, Duration::from_millis(500));
+    let popped = [&tagged[..12], &tagged[16..]].concat();
+    assert!(
+        got.contains(&popped),
+        "red should get blue's frame with the tag removed"
+    );
+}
