@@ -188,19 +188,7 @@ fn up_inner(t: &Topology, report: &mut UpReport, undo: &mut Undo) -> Result<(), 
 
     let sw_ns = switch_ns(t)?;
     if let Some(ns) = &sw_ns {
-        let mut nl = netlink_in(Some(ns))?;
-        if let Some(lo) = nl.link("lo")?
-            && lo.flags & IFF_UP == 0
-        {
-            nl.set_link(
-                lo.index,
-                "lo",
-                &LinkSettings {
-                    up: Some(true),
-                    ..Default::default()
-                },
-            )?;
-        }
+        loopback_up(&mut netlink_in(Some(ns))?)?;
     }
 
     // 2. Endpoints attached to the switch.
@@ -414,6 +402,24 @@ fn configure_switch_side(
     Ok(())
 }
 
+/// Bring `lo` up if it is down; true if it was changed.
+fn loopback_up(nl: &mut Netlink) -> Result<bool, SetupError> {
+    match nl.link("lo")? {
+        Some(lo) if lo.flags & IFF_UP == 0 => {
+            nl.set_link(
+                lo.index,
+                "lo",
+                &LinkSettings {
+                    up: Some(true),
+                    ..Default::default()
+                },
+            )?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 fn configure_inside(
     ns_file: &File,
     ns: &NamespaceSpec,
@@ -421,17 +427,7 @@ fn configure_inside(
 ) -> Result<(), SetupError> {
     let mut nl = netlink_in(Some(ns_file))?;
     let mut changes = Vec::new();
-    if let Some(lo) = nl.link("lo")?
-        && lo.flags & IFF_UP == 0
-    {
-        nl.set_link(
-            lo.index,
-            "lo",
-            &LinkSettings {
-                up: Some(true),
-                ..Default::default()
-            },
-        )?;
+    if loopback_up(&mut nl)? {
         changes.push(format!("{}: lo up", ns.name));
     }
     let l = nl.link(&ns.ifname)?.ok_or_else(|| {

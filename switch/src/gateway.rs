@@ -358,12 +358,10 @@ impl Gateway {
             }
         }
         if ttl <= 1 {
-            self.icmp_error(
+            self.lan_error(
                 out,
-                Target::Port(in_port),
+                in_port,
                 src_mac,
-                self.cfg.mac,
-                self.cfg.ip,
                 &frame[ETH_HLEN..end],
                 icmp_type::TIME_EXCEEDED,
                 0,
@@ -375,12 +373,10 @@ impl Gateway {
         if !translated {
             let egress = self.route(dst);
             if egress == Egress::None {
-                self.icmp_error(
+                self.lan_error(
                     out,
-                    Target::Port(in_port),
+                    in_port,
                     src_mac,
-                    self.cfg.mac,
-                    self.cfg.ip,
                     &frame[ETH_HLEN..end],
                     icmp_type::DEST_UNREACH,
                     0,
@@ -397,12 +393,10 @@ impl Gateway {
             let seg = seg_len(vnet, &frame[ETH_HLEN..end], hl, proto_);
             if seg > mtu {
                 if df {
-                    self.icmp_error(
+                    self.lan_error(
                         out,
-                        Target::Port(in_port),
+                        in_port,
                         src_mac,
-                        self.cfg.mac,
-                        self.cfg.ip,
                         &frame[ETH_HLEN..end],
                         icmp_type::DEST_UNREACH,
                         4,
@@ -707,6 +701,32 @@ impl Gateway {
                 Verdict::Drop(DropReason::GwLocal)
             }
         }
+    }
+
+    /// An ICMP error from the gateway's LAN address, back out of `in_port` to `to_mac`.
+    #[allow(clippy::too_many_arguments)]
+    fn lan_error(
+        &mut self,
+        out: &mut Gen,
+        in_port: PortId,
+        to_mac: MacAddr,
+        orig: &[u8],
+        ty: u8,
+        code: u8,
+        mtu: u16,
+    ) {
+        let (mac, ip) = (self.cfg.mac, self.cfg.ip);
+        self.icmp_error(
+            out,
+            Target::Port(in_port),
+            to_mac,
+            mac,
+            ip,
+            orig,
+            ty,
+            code,
+            mtu,
+        );
     }
 
     /// Build an ICMP error about `orig` (an IPv4 packet) into `out`.
