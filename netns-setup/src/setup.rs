@@ -508,10 +508,18 @@ pub fn down(t: &Topology) -> DownReport {
         match netlink_in(sw_ns.as_ref()) {
             Err(e) => r.failures.push(e.to_string()),
             Ok(mut nl) => {
-                for ns in t.switch_ports() {
-                    let Some(name) = ns.switch_ifname.as_deref() else {
-                        continue;
-                    };
+                let mut names: Vec<&str> = t
+                    .switch_ports()
+                    .filter_map(|n| n.switch_ifname.as_deref())
+                    .collect();
+                if let Some(UplinkSpec {
+                    kind: UplinkKind::Veth { switch_ifname, .. },
+                    ..
+                }) = &t.uplink
+                {
+                    names.push(switch_ifname);
+                }
+                for name in names {
                     match nl.link(name) {
                         Ok(Some(l)) if l.alias == alias => match nl.delete_link(l.index, name) {
                             Ok(()) => r.removed.push(format!("link {name}")),

@@ -430,10 +430,14 @@ impl<P: Policy + Reload> Worker<P> {
                 v @ (Verdict::Flood | Verdict::FloodAll) => {
                     self.ports[in_port].stats.flooded += 1;
                     let mut any = false;
+                    // Isolated ports never flood to each other (routed frames are not bound by it).
+                    let from_isolated = v == Verdict::Flood && self.ports[in_port].isolated;
                     for p in 0..self.ports.len() {
+                        let blocked = from_isolated && self.ports[p].isolated;
                         if (p != in_port || v == Verdict::FloodAll)
                             && self.ports[p].up
                             && self.ports[p].lan
+                            && !blocked
                         {
                             self.out[p].push(k as u16);
                             any = true;
@@ -494,6 +498,22 @@ impl<P: Policy + Reload> Worker<P> {
                         }
                     }
                     _ => {}
+                }
+            }
+            if !self.taps.is_empty() {
+                let ts = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or(0);
+                for p in 0..self.ports.len() {
+                    for &k in &self.out[p] {
+                        tap_send(
+                            &mut self.taps,
+                            p,
+                            ts,
+                            self.generated.batch().frame(k as usize),
+                        );
+                    }
                 }
             }
             Self::send(

@@ -151,6 +151,37 @@ fn isolated_ports_reach_only_others_and_the_gateway() {
         0.0,
         "isolated -> gateway"
     );
+    // Broadcasts from an isolated port reach non-isolated ports only.
+    let mac: Vec<u8> = mac_of(&iso1.ns, &iso1.ifname)
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let f = [
+        &[0xffu8; 6][..],
+        &mac,
+        &[0x88, 0xb5],
+        b"ISOLATED",
+        &[0u8; 38],
+    ]
+    .concat();
+    let mut rx_open = packet_socket(&open.ns, &open.ifname);
+    let mut rx_iso2 = packet_socket(&iso2.ns, &iso2.ifname);
+    assert_eq!(
+        send_frames(
+            &mut packet_socket(&iso1.ns, &iso1.ifname),
+            std::slice::from_ref(&f)
+        ),
+        1
+    );
+    let (a, b) = std::thread::scope(|s| {
+        let h = s.spawn(|| recv_frames(&mut rx_iso2, Duration::from_millis(400)));
+        (
+            recv_frames(&mut rx_open, Duration::from_millis(400)),
+            h.join().unwrap(),
+        )
+    });
+    assert!(a.contains(&f), "the non-isolated port gets the broadcast");
+    assert!(!b.contains(&f), "the other isolated port must not get it");
 }
 
 #[test]
