@@ -83,8 +83,19 @@ pub fn port_id(t: &Topology, name: &str) -> Option<usize> {
         .position(|(ns, port)| ns == name || port == name)
 }
 
+/// What the policy needs to know of a port: its name, its namespace, whether it is a LAN port.
+#[derive(Debug, Clone)]
+pub struct PortInfo {
+    /// Port name.
+    pub name: String,
+    /// Namespace of the endpoint.
+    pub netns: String,
+    /// LAN (switched) port, not the uplink.
+    pub lan: bool,
+}
+
 /// The built-in policy of `t` for ports named `ports` (the switch's port order).
-pub fn build_policy(t: &Topology, ports: &[Port]) -> Result<Reloaded, String> {
+pub fn build_policy(t: &Topology, ports: &[PortInfo]) -> Result<Reloaded, String> {
     let names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
     let by_ns = |ns: &str| -> Result<usize, String> {
         ports
@@ -430,9 +441,13 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         }
     }
     control::serve(listener, tx, wake.clone());
-    let port_snapshot: Vec<(String, String, bool)> = ports
+    let port_snapshot: Vec<PortInfo> = ports
         .iter()
-        .map(|p| (p.name.clone(), p.netns.clone(), p.lan))
+        .map(|p| PortInfo {
+            name: p.name.clone(),
+            netns: p.netns.clone(),
+            lan: p.lan,
+        })
         .collect();
     let mut pipeline = Pipeline::<(Chain, U)>::with_policy(&cfg, (Chain::default(), policy));
     if let Some(v) = vlan_ports(t, ports.len()) {
@@ -450,11 +465,8 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
                 None => Topology::seed(),
             },
         };
-        let ports: Vec<Port> = port_snapshot
-            .iter()
-            .map(|(n, ns, lan)| Port::placeholder(n, ns, *lan))
-            .collect();
-        build_policy(&topo, &ports)
+        let ports = &port_snapshot;
+        build_policy(&topo, ports)
     });
     if let Err(e) = worker.set_reloader(reloader) {
         cleanup("start-up failed");

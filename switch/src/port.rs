@@ -278,26 +278,6 @@ impl PortIo for TapPort {
     }
 }
 
-/// A port that never receives and refuses to send (placeholder).
-pub struct NullPort;
-
-impl PortIo for NullPort {
-    fn rx_batch(&mut self, batch: &mut Batch) -> io::Result<usize> {
-        batch.clear();
-        Ok(0)
-    }
-    fn tx_batch(&mut self, _: &Batch, idx: &[u16]) -> io::Result<TxOutcome> {
-        Ok(TxOutcome {
-            failed: idx.len(),
-            ..TxOutcome::default()
-        })
-    }
-    fn fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: not reached for placeholders (never polled); stdin is always a valid fd number to borrow for the call's duration.
-        unsafe { BorrowedFd::borrow_raw(0) }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,22 +45,6 @@ pub struct Port {
     pub stats: PortStats,
 }
 
-impl Port {
-    /// A port without I/O (used to describe the port layout when re-reading a policy).
-    pub fn placeholder(name: &str, netns: &str, lan: bool) -> Port {
-        Port {
-            name: name.into(),
-            netns: netns.into(),
-            kind: "none",
-            io: Box::new(crate::port::NullPort),
-            up: false,
-            lan,
-            isolated: false,
-            stats: PortStats::default(),
-        }
-    }
-}
-
 /// A control-plane request, answered by the worker between batches.
 pub struct Request {
     /// `fdb`, `arp`, `stats`, `conntrack`, `reload`, `capture` or `trace`.
