@@ -170,10 +170,19 @@ fn s(v: &Value) -> String {
 }
 
 fn print_fdb(v: &Value) {
-    let mut rows = vec![["MAC", "PORT", "NETNS", "AGE"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["MAC", "VLAN", "PORT", "NETNS", "AGE"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for e in v["entries"].as_array().into_iter().flatten() {
+        let vlan = match e["vlan"].as_u64() {
+            Some(0) | None => "-".to_string(),
+            Some(v) => v.to_string(),
+        };
         rows.push(vec![
             s(&e["mac"]),
+            vlan,
             s(&e["port"]),
             s(&e["netns"]),
             secs(&e["age_ms"]),
