@@ -409,6 +409,16 @@ fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple
     }
 }
 
+/// The idle timeout of `e` in its current state, ms.
+fn timeout_ms(t: &Timeouts, e: &Entry) -> u64 {
+    1000 * match e.orig.proto {
+        proto::TCP if e.tcp == TcpState::Established => t.tcp_established,
+        proto::TCP => t.tcp_transitory,
+        proto::UDP => t.udp,
+        _ => t.icmp,
+    }
+}
+
 /// Rewrite the transport header of `ip` from tuple `from` to `to`. `partial`:
 /// the TCP/UDP checksum holds a pseudo-header seed (only addresses change it).
 /// `has_l4`: false for later fragments (addresses only).
@@ -542,18 +552,7 @@ impl Nat {
     }
 
     fn timeout_ms(&self, e: &Entry) -> u64 {
-        let t = &self.cfg.timeouts;
-        1000 * match e.orig.proto {
-            proto::TCP => {
-                if e.tcp == TcpState::Established {
-                    t.tcp_established
-                } else {
-                    t.tcp_transitory
-                }
-            }
-            proto::UDP => t.udp,
-            _ => t.icmp,
-        }
+        timeout_ms(&self.cfg.timeouts, e)
     }
 
     /// Translate (or not) one IPv4 packet that arrived from `from`.
@@ -645,8 +644,7 @@ impl Nat {
             Dir::Original => e.reply.inv(),
             Dir::Reply => e.orig.inv(),
         };
-        let e = e.clone();
-        let ttl = self.timeout_ms(&e);
+        let ttl = timeout_ms(&self.cfg.timeouts, e);
         self.table.set_expires(id, now + ttl);
         rewrite(buf, &pk.t, &target, partial, pk.has_l4);
         self.counters.translated += 1;

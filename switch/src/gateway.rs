@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 /// The uplink side of the gateway.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct UplinkConfig {
     /// The uplink's port.
     pub port: PortId,
@@ -120,6 +120,38 @@ struct Pending {
     wan: bool,
     since: u64,
     data: Vec<u8>,
+}
+
+/// Where `dst` leads, given the gateway's addresses, subnets and routes.
+fn route_in(cfg: &GatewayConfig, lan: &Ipv4Net, up: &Option<Ipv4Net>, dst: Ipv4Addr) -> Egress {
+    if dst == cfg.ip || cfg.uplink.as_ref().is_some_and(|u| u.ip == dst) {
+        return Egress::Local;
+    }
+    if lan.contains(dst) {
+        return Egress::Lan(dst);
+    }
+    if let Some((_, via)) = cfg
+        .routes
+        .iter()
+        .filter(|(n, _)| n.contains(dst))
+        .max_by_key(|(n, _)| n.prefix)
+    {
+        return Egress::Lan(*via);
+    }
+    match (&cfg.uplink, up) {
+        (Some(_), Some(n)) if n.contains(dst) => Egress::Uplink(dst),
+        (Some(u), _) => u.next_hop.map_or(Egress::None, Egress::Uplink),
+        _ => Egress::None,
+    }
+}
+
+/// The NAT's view of where `dst` leads.
+fn side_in(cfg: &GatewayConfig, lan: &Ipv4Net, up: &Option<Ipv4Net>, dst: Ipv4Addr) -> Side {
+    match route_in(cfg, lan, up, dst) {
+        Egress::Lan(_) => Side::Lan,
+        Egress::Uplink(_) => Side::Wan,
+        Egress::Local | Egress::None => Side::Local,
+    }
 }
 
 /// What to do with a routed packet.
@@ -232,41 +264,14 @@ impl Gateway {
         self.cfg.uplink.as_ref().map(|u| u.port)
     }
 
-    fn own(&self, ip: Ipv4Addr) -> bool {
-        ip == self.cfg.ip || self.cfg.uplink.as_ref().is_some_and(|u| u.ip == ip)
-    }
-
     /// Where `dst` leads.
     pub fn route(&self, dst: Ipv4Addr) -> Egress {
-        if self.own(dst) {
-            return Egress::Local;
-        }
-        if self.lan_net.contains(dst) {
-            return Egress::Lan(dst);
-        }
-        if let Some((_, via)) = self
-            .cfg
-            .routes
-            .iter()
-            .filter(|(n, _)| n.contains(dst))
-            .max_by_key(|(n, _)| n.prefix)
-        {
-            return Egress::Lan(*via);
-        }
-        match (&self.cfg.uplink, &self.up_net) {
-            (Some(_), Some(n)) if n.contains(dst) => Egress::Uplink(dst),
-            (Some(u), _) => u.next_hop.map_or(Egress::None, Egress::Uplink),
-            _ => Egress::None,
-        }
+        route_in(&self.cfg, &self.lan_net, &self.up_net, dst)
     }
 
     /// The NAT's view of where `dst` leads.
     pub fn side_of(&self, dst: Ipv4Addr) -> Side {
-        match self.route(dst) {
-            Egress::Lan(_) => Side::Lan,
-            Egress::Uplink(_) => Side::Wan,
-            Egress::Local | Egress::None => Side::Local,
-        }
+        side_in(&self.cfg, &self.lan_net, &self.up_net, dst)
     }
 
     /// ARP on the LAN for our address: answer requests, learn replies. `None`: not for us.
@@ -435,11 +440,12 @@ impl Gateway {
         ip: &mut [u8],
         partial: bool,
     ) -> Result<bool, Verdict> {
-        let Some(mut nat) = self.nat.take() else {
+        // Disjoint borrows: the routing view for the NAT, and the NAT itself.
+        let (cfg, lan, up) = (&self.cfg, &self.lan_net, &self.up_net);
+        let Some(nat) = self.nat.as_mut() else {
             return Ok(false);
         };
-        let v = nat.process(now, from, ip, partial, &|a| self.side_of(a));
-        self.nat = Some(nat);
+        let v = nat.process(now, from, ip, partial, &|a| side_in(cfg, lan, up, a));
         match v {
             nat::Verdict::Translated => Ok(true),
             nat::Verdict::NotNatted => Ok(false),
@@ -842,7 +848,7 @@ impl Gateway {
         out: &mut Gen,
         fdb: &Fdb,
     ) -> Verdict {
-        let Some(up) = self.cfg.uplink.clone() else {
+        let Some(up) = self.cfg.uplink else {
             return Verdict::Drop(DropReason::GwNotForUs);
         };
         let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
