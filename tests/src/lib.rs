@@ -295,6 +295,20 @@ pub fn links_in(ns: &str) -> Vec<netns_setup::netlink::Link> {
         .expect("dump links")
 }
 
+/// MAC of interface `ifname` in namespace `ns`, as bytes.
+pub fn mac_bytes_of(ns: &str, ifname: &str) -> [u8; 6] {
+    mac_bytes(&mac_of(ns, ifname))
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+pub fn mac_bytes(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("hex MAC"))
+        .collect();
+    v.try_into().expect("six bytes")
+}
+
 /// MAC of interface `ifname` in namespace `ns`.
 pub fn mac_of(ns: &str, ifname: &str) -> String {
     links_in(ns)

@@ -153,12 +153,7 @@ fn vlan_tagger_pushes_and_pops_tags() {
     let mut cmd = Command::new(example("vlan_tagger"));
     cmd.arg(&topo.path).arg(&m[0].ns).arg("100").arg(&m[1].ns);
     let _sw = SwitchProc::spawn(&topo, cmd, switch::control::default_socket(&topo.topo.name));
-    let mac = |h: &Member| -> Vec<u8> {
-        mac_of(&h.ns, &h.ifname)
-            .split(':')
-            .map(|x| u8::from_str_radix(x, 16).unwrap())
-            .collect()
-    };
+    let mac = |h: &Member| mac_bytes_of(&h.ns, &h.ifname);
     let (rm, bm) = (mac(&m[0]), mac(&m[1]));
     let plain = [
         &[0xffu8; 6][..],

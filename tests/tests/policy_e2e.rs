@@ -152,10 +152,7 @@ fn isolated_ports_reach_only_others_and_the_gateway() {
         "isolated -> gateway"
     );
     // Broadcasts from an isolated port reach non-isolated ports only.
-    let mac: Vec<u8> = mac_of(&iso1.ns, &iso1.ifname)
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
+    let mac = mac_bytes_of(&iso1.ns, &iso1.ifname);
     let f = [
         &[0xffu8; 6][..],
         &mac,
@@ -263,11 +260,7 @@ fn mirror_copies_a_ports_traffic_both_ways() {
     let frames = recv_frames(&mut tap, Duration::from_millis(1500));
     assert_eq!(pinger.join().unwrap(), 0.0);
     let red_mac = mac_of(&red.ns, &red.ifname);
-    let mac = |s: &str| -> Vec<u8> {
-        s.split(':')
-            .map(|h| u8::from_str_radix(h, 16).unwrap())
-            .collect()
-    };
+    let mac = |s: &str| mac_bytes(s);
     let rm = mac(&red_mac);
     let icmp =
         |f: &Vec<u8>, ty: u8| f.len() > 34 && f[12..14] == [8, 0] && f[23] == 1 && f[34] == ty;
@@ -567,10 +560,7 @@ fn vlans_separate_access_ports_and_a_trunk_carries_both() {
     // for a trunk host): tagged frames in, the right access ports get them
     // untagged; access frames come out on the trunk tagged with their VLAN.
     let t = &trunk.ns;
-    let tmac: Vec<u8> = mac_of(t, &trunk.ifname)
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
+    let tmac = mac_bytes_of(t, &trunk.ifname);
     let frame = |vid: Option<u16>, tag: u8| -> Vec<u8> {
         let mut f = vec![0xff; 6];
         f.extend_from_slice(&tmac);
@@ -623,10 +613,7 @@ fn vlans_separate_access_ports_and_a_trunk_carries_both() {
     }
     // From the access side: a broadcast from a10 and one from b20 reach the trunk tagged 10 and 20.
     let from = |h: &Member, tag: u8| {
-        let mac: Vec<u8> = mac_of(&h.ns, &h.ifname)
-            .split(':')
-            .map(|x| u8::from_str_radix(x, 16).unwrap())
-            .collect();
+        let mac = mac_bytes_of(&h.ns, &h.ifname);
         let mut f = vec![0xff; 6];
         f.extend_from_slice(&mac);
         f.extend_from_slice(&[0x88, 0xb5]);

@@ -360,14 +360,6 @@ fn kill9_then_netns_setup_down_removes_everything() {
     drop(sw2);
 }
 
-fn mac_bytes(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
 /// A frame `dst, src, ethertype(s), marker, filler` of exactly `len` bytes.
 fn frame(dst: [u8; 6], src: [u8; 6], types: &[u16], tag: u8, len: usize) -> Vec<u8> {
     let mut f = Vec::with_capacity(len);
