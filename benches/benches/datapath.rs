@@ -12,7 +12,7 @@ use nat::{Ipv4Net, Nat, NatConfig, PortAlloc, Side};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use switch::pipeline::{Gen, Pipeline, PipelineConfig, Verdict};
-use switch::policy::{AclRule, Chain, NoPolicy, Range};
+use switch::policy::{AclRule, Chain, NoPolicy, Policy, Range};
 use switch::port::BATCH;
 use switch::wire::MacAddr;
 
@@ -65,6 +65,29 @@ fn tcp_frame(
     f
 }
 
+/// Decide a batch of frames from port 0, collecting those unicast to port 1.
+fn bench_batch<P: Policy>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    p: &mut Pipeline<P>,
+    frames: &mut [Vec<u8>],
+    out: &mut Vec<u16>,
+) {
+    let mut g = Gen::new();
+    let mut vnet = [0u8; 10];
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            out.clear();
+            for (k, f) in frames.iter_mut().enumerate() {
+                if let Verdict::Unicast(1) = p.decide(0, &mut vnet, f, 1, &mut g) {
+                    out.push(k as u16);
+                }
+            }
+            black_box(out.len())
+        })
+    });
+}
+
 fn switching(c: &mut Criterion) {
     let mut p = Pipeline::new(&PipelineConfig {
         ports: 2,
@@ -85,17 +108,13 @@ fn switching(c: &mut Criterion) {
     let mut out: Vec<u16> = Vec::with_capacity(BATCH);
     let mut group = c.benchmark_group("switch");
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("batch of 32: parse + fdb + forward", |b| {
-        b.iter(|| {
-            out.clear();
-            for (k, f) in frames.iter_mut().enumerate() {
-                if let Verdict::Unicast(1) = p.decide(0, &mut vnet, f, 1, &mut g) {
-                    out.push(k as u16);
-                }
-            }
-            black_box(out.len())
-        })
-    });
+    bench_batch(
+        &mut group,
+        "batch of 32: parse + fdb + forward",
+        &mut p,
+        &mut frames,
+        &mut out,
+    );
     // The same with the policy `vswitch run` always has: the built-in chain
     // (no rules configured) followed by an empty user policy.
     let cfg = PipelineConfig {
@@ -109,17 +128,13 @@ fn switching(c: &mut Criterion) {
     };
     let mut q = Pipeline::with_policy(&cfg, (Chain::default(), NoPolicy));
     q.decide(1, &mut vnet, &mut back, 0, &mut g);
-    group.bench_function("batch of 32 with the default policy chain", |b| {
-        b.iter(|| {
-            out.clear();
-            for (k, f) in frames.iter_mut().enumerate() {
-                if let Verdict::Unicast(1) = q.decide(0, &mut vnet, f, 1, &mut g) {
-                    out.push(k as u16);
-                }
-            }
-            black_box(out.len())
-        })
-    });
+    bench_batch(
+        &mut group,
+        "batch of 32 with the default policy chain",
+        &mut q,
+        &mut frames,
+        &mut out,
+    );
     // And with one ACL rule that is evaluated (and does not match) on every frame.
     let rule = AclRule {
         name: "no-ssh".into(),
@@ -136,17 +151,13 @@ fn switching(c: &mut Criterion) {
         ),
     );
     r.decide(1, &mut vnet, &mut back, 0, &mut g);
-    group.bench_function("batch of 32 with one ACL rule", |b| {
-        b.iter(|| {
-            out.clear();
-            for (k, f) in frames.iter_mut().enumerate() {
-                if let Verdict::Unicast(1) = r.decide(0, &mut vnet, f, 1, &mut g) {
-                    out.push(k as u16);
-                }
-            }
-            black_box(out.len())
-        })
-    });
+    bench_batch(
+        &mut group,
+        "batch of 32 with one ACL rule",
+        &mut r,
+        &mut frames,
+        &mut out,
+    );
     group.finish();
 }
 
