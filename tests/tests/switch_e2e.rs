@@ -544,3 +544,24 @@ fn without_root_the_error_is_clear() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no vswitch is running"));
 }
+
+#[test]
+fn keep_leaves_the_topology_up() {
+    if !require_root("keep_leaves_the_topology_up") {
+        return;
+    }
+    let id = uniq();
+    let (toml, m, sw_ns) = star(&id, &[Kind::Veth, Kind::Tap], "");
+    let topo = TopoGuard::new(&toml);
+    let mut sw = SwitchProc::start_with(&topo, &["--keep"]);
+    assert_eq!(ping_loss(&m[0].ns, &m[1].ip, 1), 0.0);
+    assert!(sw.stop(), "vswitch did not exit cleanly: {}", sw.log_text());
+    let left = ip_netns_list();
+    for ns in [&m[0].ns, &m[1].ns, &sw_ns] {
+        assert!(left.contains(ns), "--keep removed {ns}");
+    }
+    // A second run adopts the kept topology (nothing to create) and forwards again.
+    let _sw2 = SwitchProc::start(&topo);
+    assert_eq!(ping_loss(&m[0].ns, &m[1].ip, 1), 0.0);
+    // TopoGuard removes it at the end.
+}
