@@ -105,7 +105,7 @@ pub fn require_tools(tools: &[(&str, &str)], install: bool) {
 }
 
 /// A background process, killed (SIGKILL, by PID) on drop unless it exited.
-pub struct Bg(Option<Child>);
+pub struct Bg(Option<Child>, bool);
 
 impl Bg {
     /// Spawn `cmd` with its output discarded.
@@ -120,7 +120,14 @@ impl Bg {
                 cleanup_now();
                 std::process::exit(1);
             });
-        Bg(Some(c))
+        Bg(Some(c), true)
+    }
+    /// Spawn a helper (e.g. an iperf3 server) that is simply killed at the end.
+    /// Children inherit the harness's blocked SIGINT/SIGTERM, so only SIGKILL ends them.
+    pub fn spawn_helper(cmd: &mut Command) -> Bg {
+        let mut b = Bg::spawn(cmd);
+        b.1 = false;
+        b
     }
     /// Its PID.
     pub fn pid(&self) -> u32 {
@@ -131,6 +138,11 @@ impl Bg {
 impl Drop for Bg {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {
+            if !self.1 {
+                let _ = c.kill();
+                let _ = c.wait();
+                return;
+            }
             // SIGTERM first (vswitch removes its namespaces), then SIGKILL after 10 s.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),
@@ -154,17 +166,25 @@ struct CleanState {
     netns: Vec<String>,
     files: Vec<PathBuf>,
     pids: Vec<u32>,
+    helpers: Vec<u32>,
 }
 
 static CLEAN: Mutex<CleanState> = Mutex::new(CleanState {
     netns: Vec::new(),
     files: Vec::new(),
     pids: Vec::new(),
+    helpers: Vec::new(),
 });
 
 /// Remove everything registered: stop processes, delete namespaces and files.
 pub fn cleanup_now() {
     let st = std::mem::take(&mut *CLEAN.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in st.helpers {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     for pid in st.pids {
         let p = nix::unistd::Pid::from_raw(pid as i32);
         if nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM).is_ok() {
@@ -224,6 +244,14 @@ impl Cleanup {
             .unwrap_or_else(|e| e.into_inner())
             .files
             .push(f.to_path_buf());
+    }
+    /// Kill helper process `pid` (SIGKILL) at the end.
+    pub fn add_helper(&self, pid: u32) {
+        CLEAN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .helpers
+            .push(pid);
     }
     /// Stop process `pid` at the end.
     pub fn add_pid(&self, pid: u32) {

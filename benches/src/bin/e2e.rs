@@ -530,15 +530,15 @@ fn main() {
     let mut servers = Vec::new();
     for (_, n) in &sets {
         servers
-            .push(Bg::spawn(std::process::Command::new("ip").args([
+            .push(Bg::spawn_helper(std::process::Command::new("ip").args([
                 "netns", "exec", &n.blue, "iperf3", "-s", "-p", "5201",
             ])));
         servers
-            .push(Bg::spawn(std::process::Command::new("ip").args([
+            .push(Bg::spawn_helper(std::process::Command::new("ip").args([
                 "netns", "exec", &n.wan, "iperf3", "-s", "-p", "5201",
             ])));
         for s in servers.iter().rev().take(2) {
-            cleanup.add_pid(s.pid());
+            cleanup.add_helper(s.pid());
         }
         // Warm up ARP/FDB/NAT paths.
         sh(
