@@ -214,11 +214,13 @@ impl SwitchProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Run a `vswitch` query subcommand with `--json` and parse its output.
-    pub fn cli_json(&self, sub: &str) -> Value {
+    /// Run `vswitch SUB [EXTRA..] --socket S` (bounded), asserting success; its stdout.
+    fn cli(&self, sub: &str, extra: &[&str]) -> Vec<u8> {
         let o = run_timeout(
             Command::new(bin("vswitch"))
-                .args([sub, "--json", "--socket"])
+                .arg(sub)
+                .args(extra)
+                .arg("--socket")
                 .arg(&self.socket),
             Duration::from_secs(15),
         );
@@ -227,24 +229,18 @@ impl SwitchProc {
             "vswitch {sub} failed: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        serde_json::from_slice(&o.stdout)
+        o.stdout
+    }
+
+    /// Run a `vswitch` query subcommand with `--json` and parse its output.
+    pub fn cli_json(&self, sub: &str) -> Value {
+        serde_json::from_slice(&self.cli(sub, &["--json"]))
             .unwrap_or_else(|e| panic!("vswitch {sub} --json printed no JSON ({e})"))
     }
 
     /// Run a `vswitch` query subcommand and return its text output.
     pub fn cli_text(&self, sub: &str) -> String {
-        let o = run_timeout(
-            Command::new(bin("vswitch"))
-                .args([sub, "--socket"])
-                .arg(&self.socket),
-            Duration::from_secs(15),
-        );
-        assert!(
-            o.status.success(),
-            "vswitch {sub} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        String::from_utf8_lossy(&self.cli(sub, &[])).into_owned()
     }
 
     /// Send SIGKILL and reap the process (a crash, for cleanup tests).
