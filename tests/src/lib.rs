@@ -234,7 +234,14 @@ impl SwitchProc {
 
     /// Run a `vswitch` query subcommand with `--json` and parse its output.
     pub fn cli_json(&self, sub: &str) -> Value {
-        serde_json::from_slice(&self.cli(sub, &["--json"]))
+        self.cli_json_with(sub, &[])
+    }
+
+    /// Like [`SwitchProc::cli_json`], with extra arguments (filters).
+    pub fn cli_json_with(&self, sub: &str, extra: &[&str]) -> Value {
+        let mut args = extra.to_vec();
+        args.push("--json");
+        serde_json::from_slice(&self.cli(sub, &args))
             .unwrap_or_else(|e| panic!("vswitch {sub} --json printed no JSON ({e})"))
     }
 
@@ -549,4 +556,156 @@ pub fn example(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The gateway's LAN address in [`nat_topo`] topologies.
+pub const GW: &str = "192.168.15.5";
+/// The uplink (external) address in [`nat_topo`] topologies.
+pub const EXT: &str = "203.0.113.1";
+/// A host in `wan` that answers.
+pub const WAN_HOST: &str = "203.0.113.10";
+/// A host in `wan` that silently drops everything sent to it ([`NatTopo::silence`]).
+pub const SILENT_HOST: &str = "203.0.113.12";
+
+/// A seed-like topology with a gateway, an uplink to a `wan` namespace and NAT rules.
+pub struct NatTopo {
+    /// The topology (removed on drop).
+    pub topo: TopoGuard,
+    /// LAN hosts, 192.168.15.1, .2, ...
+    pub hosts: Vec<Member>,
+    /// First LAN host (192.168.15.1).
+    pub red: Member,
+    /// Second LAN host (192.168.15.2), the DNAT target.
+    pub blue: Member,
+    /// The external network (203.0.113.10, .11 and the silent .12).
+    pub wan: Member,
+    /// The switch's namespace.
+    pub sw_ns: String,
+}
+
+/// [`nat_topo_n`] with two LAN hosts.
+pub fn nat_topo(uplink_extra: &str, nat_extra: &str) -> NatTopo {
+    nat_topo_n(2, uplink_extra, nat_extra, "")
+}
+
+/// The seed with `n` veth hosts and the switch side in its own namespace:
+/// hosts .1, .2, ..., gateway .5 (hosts must not reach .5: `n` <= 4), uplink
+/// 203.0.113.1 to `wan` (203.0.113.10, .11, .12), masquerade
+/// 192.168.15.0/24, DNAT tcp/80 → .2:80. `uplink_extra`, `nat_extra` and
+/// `tail` add lines to `[uplink]`, `[nat]` and the end of the file.
+pub fn nat_topo_n(n: usize, uplink_extra: &str, nat_extra: &str, tail: &str) -> NatTopo {
+    assert!((2..=4).contains(&n), "2..=4 hosts");
+    let id = uniq();
+    let (mut toml, m, sw_ns) = star(&id, &vec![Kind::Veth; n], "");
+    toml = toml.replace("192.168.15.254", GW);
+    let wan_ns = format!("vs{id}w");
+    toml += &format!(
+        "[gateway]\naddress = \"{GW}/24\"\n[uplink]\nnetns = \"{wan_ns}\"\naddress = \"{EXT}/24\"\npeer_addresses = [\"{WAN_HOST}/24\", \"203.0.113.11/24\", \"{SILENT_HOST}/24\"]\nifname = \"w{id}\"\nswitch_ifname = \"u{id}\"\n{uplink_extra}\n[[masquerade]]\nsource = \"192.168.15.0/24\"\n[[dnat]]\nprotocol = \"tcp\"\nport = 80\nto = \"192.168.15.2:80\"\n[nat]\n{nat_extra}\n{tail}\n"
+    );
+    let topo = TopoGuard::new(&toml);
+    let wan = Member {
+        ns: wan_ns,
+        ifname: format!("w{id}"),
+        port: format!("u{id}"),
+        ip: WAN_HOST.into(),
+    };
+    NatTopo {
+        topo,
+        red: m[0].clone(),
+        blue: m[1].clone(),
+        hosts: m,
+        wan,
+        sw_ns,
+    }
+}
+
+impl NatTopo {
+    /// Make [`SILENT_HOST`] drop everything it receives without an answer
+    /// (an nftables rule inside `wan`, the simulated remote network; the
+    /// switch path itself has no rules).
+    pub fn silence(&self) {
+        for rule in [
+            "add table inet silent",
+            "add chain inet silent in { type filter hook input priority 0; }",
+            &format!("add rule inet silent in ip daddr {SILENT_HOST} drop"),
+        ] {
+            let o = ns_exec(&self.wan.ns, &["nft", rule], Duration::from_secs(10));
+            assert!(
+                o.status.success(),
+                "nft {rule}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+}
+
+/// A background program in a namespace, killed by PID on drop.
+pub struct Bg {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Bg {
+    /// Start `args` inside `ns` (in `cwd` if given), output to a log file.
+    pub fn start(ns: &str, args: &[&str], cwd: Option<&Path>) -> Bg {
+        let log = std::env::temp_dir().join(format!(
+            "vswitch-e2e-bg-{}-{}.log",
+            std::process::id(),
+            uniq()
+        ));
+        let f = std::fs::File::create(&log).unwrap();
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f);
+        if let Some(d) = cwd {
+            c.current_dir(d);
+        }
+        Bg {
+            child: c.spawn().unwrap_or_else(|e| panic!("spawn {args:?}: {e}")),
+            log,
+        }
+    }
+
+    /// What it printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait (bounded) until its output contains `s`.
+    pub fn wait_for(&self, s: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.log().contains(s) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Resident set size of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
 }

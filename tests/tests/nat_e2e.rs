@@ -5,88 +5,8 @@
 use e2e::*;
 use serde_json::Value;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const GW: &str = "192.168.15.5";
-const EXT: &str = "203.0.113.1";
-const WAN_HOST: &str = "203.0.113.10";
-
-struct NatTopo {
-    topo: TopoGuard,
-    red: Member,
-    blue: Member,
-    wan: Member,
-    sw_ns: String,
-}
-
-/// The seed with the switch side in its own namespace: red .1, blue .2,
-/// gateway .5, uplink 203.0.113.1 to `wan` (203.0.113.10 and .11),
-/// masquerade 192.168.15.0/24, DNAT tcp/80 → blue:80.
-fn nat_topo(uplink_extra: &str, nat_extra: &str) -> NatTopo {
-    let id = uniq();
-    let (mut toml, m, sw_ns) = star(&id, &[Kind::Veth, Kind::Veth], "");
-    toml = toml.replace("192.168.15.254", GW);
-    let wan_ns = format!("vs{id}w");
-    toml += &format!(
-        "[gateway]\naddress = \"{GW}/24\"\n[uplink]\nnetns = \"{wan_ns}\"\naddress = \"{EXT}/24\"\npeer_addresses = [\"{WAN_HOST}/24\", \"203.0.113.11/24\"]\nifname = \"w{id}\"\nswitch_ifname = \"u{id}\"\n{uplink_extra}\n[[masquerade]]\nsource = \"192.168.15.0/24\"\n[[dnat]]\nprotocol = \"tcp\"\nport = 80\nto = \"192.168.15.2:80\"\n[nat]\n{nat_extra}\n"
-    );
-    let topo = TopoGuard::new(&toml);
-    let wan = Member {
-        ns: wan_ns,
-        ifname: format!("w{id}"),
-        port: format!("u{id}"),
-        ip: WAN_HOST.into(),
-    };
-    NatTopo {
-        topo,
-        red: m[0].clone(),
-        blue: m[1].clone(),
-        wan,
-        sw_ns,
-    }
-}
-
-/// A background program in a namespace, killed by PID on drop.
-struct Bg {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Bg {
-    fn start(ns: &str, args: &[&str], cwd: Option<&std::path::Path>) -> Bg {
-        let log = std::env::temp_dir().join(format!(
-            "vswitch-e2e-bg-{}-{}.log",
-            std::process::id(),
-            uniq()
-        ));
-        let f = std::fs::File::create(&log).unwrap();
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f);
-        if let Some(d) = cwd {
-            c.current_dir(d);
-        }
-        Bg {
-            child: c.spawn().unwrap_or_else(|e| panic!("spawn {args:?}: {e}")),
-            log,
-        }
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
 
 /// A directory with a random file, removed on drop.
 struct WebRoot(std::path::PathBuf);
