@@ -709,3 +709,33 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmRSS")
 }
+
+/// coturn's STUN server in `ns` on 203.0.113.10 and .11, port 3478 (RFC 5780
+/// needs two addresses), waited for (bounded); stopped on drop.
+pub fn stun_server(ns: &str) -> Bg {
+    let stun = Bg::start(
+        ns,
+        &[
+            "turnserver",
+            "-n",
+            "--log-file",
+            "stdout",
+            "--listening-ip",
+            WAN_HOST,
+            "--listening-ip",
+            "203.0.113.11",
+            "--listening-port",
+            "3478",
+            "--stun-only",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--simple-log",
+        ],
+        None,
+    );
+    // Its log names the listener once it is up.
+    stun.wait_for("3478", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    stun
+}

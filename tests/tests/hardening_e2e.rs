@@ -495,30 +495,7 @@ fn rfc5780_client_reports_hairpinning() {
     }
     let t = nat_topo("", "");
     let _sw = SwitchProc::start(&t.topo);
-    let stun = Bg::start(
-        &t.wan.ns,
-        &[
-            "turnserver",
-            "-n",
-            "--log-file",
-            "stdout",
-            "--listening-ip",
-            WAN_HOST,
-            "--listening-ip",
-            "203.0.113.11",
-            "--listening-port",
-            "3478",
-            "--stun-only",
-            "--no-cli",
-            "--no-tls",
-            "--no-dtls",
-            "--simple-log",
-        ],
-        None,
-    );
-    // Its log names the listener once it is up (bounded wait, as in nat_e2e).
-    stun.wait_for("3478", Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(300));
+    let _stun = stun_server(&t.wan.ns);
     let o = ns_exec(
         &t.red.ns,
         &["turnutils_natdiscovery", "-H", WAN_HOST],

@@ -379,33 +379,7 @@ fn ttl_expiry_and_path_mtu_discovery() {
 fn nat_discovery(filtering: &str) -> String {
     let t = nat_topo("", &format!("filtering = \"{filtering}\""));
     let _sw = SwitchProc::start(&t.topo);
-    let stun = Bg::start(
-        &t.wan.ns,
-        &[
-            "turnserver",
-            "-n",
-            "--log-file",
-            "stdout",
-            "--listening-ip",
-            WAN_HOST,
-            "--listening-ip",
-            "203.0.113.11",
-            "--listening-port",
-            "3478",
-            "--stun-only",
-            "--no-cli",
-            "--no-tls",
-            "--no-dtls",
-            "--simple-log",
-        ],
-        None,
-    );
-    // Wait for the STUN server to listen.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !stun.log().contains("3478") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    let _stun = stun_server(&t.wan.ns);
     let o = ns_exec(
         &t.red.ns,
         &["turnutils_natdiscovery", "-m", "-f", WAN_HOST],
