@@ -576,7 +576,10 @@ mod tests {
         assert_eq!(t.len_on_port(0), 2);
         assert_eq!(t.counters.evicted_unconfirmed, 48);
         assert!(t.lookup(Ipv4Addr::new(10, 0, 1, 1), 0).is_some());
-        assert!(t.lookup(Ipv4Addr::new(10, 0, 0, 49), 0).is_some(), "newest kept");
+        assert!(
+            t.lookup(Ipv4Addr::new(10, 0, 0, 49), 0).is_some(),
+            "newest kept"
+        );
         // Four ports fill the total; the fifth's hints evict the oldest hint anywhere.
         for p in 2..5 {
             for i in 0..2 {
@@ -586,7 +589,10 @@ mod tests {
         assert_eq!(t.len(), 8);
         t.learn(Ipv4Addr::new(10, 0, 9, 9), M, 5, 2);
         assert_eq!(t.len(), 8);
-        assert!(t.lookup(Ipv4Addr::new(10, 0, 1, 1), 2).is_none(), "oldest hint went");
+        assert!(
+            t.lookup(Ipv4Addr::new(10, 0, 1, 1), 2).is_none(),
+            "oldest hint went"
+        );
         check(&t);
     }
 
@@ -621,10 +627,7 @@ mod tests {
             t.confirm(Ipv4Addr::new(10, 0, 0, i), M, 0, u64::from(i));
         }
         t.confirm(Ipv4Addr::new(10, 0, 0, 1), M, 0, 5); // .1 confirmed again: now newest
-        assert_eq!(
-            t.confirm(Ipv4Addr::new(10, 0, 0, 4), M, 0, 6),
-            Learned::New
-        );
+        assert_eq!(t.confirm(Ipv4Addr::new(10, 0, 0, 4), M, 0, 6), Learned::New);
         assert!(t.lookup(Ipv4Addr::new(10, 0, 0, 2), 6).is_none());
         assert!(t.lookup(Ipv4Addr::new(10, 0, 0, 1), 6).is_some());
         assert_eq!(t.counters.evicted_confirmed, 1);
@@ -635,7 +638,12 @@ mod tests {
     fn only_on_link_host_addresses_are_learned() {
         let mut t = ArpTable::new(16, 1000);
         t.set_on_link(&[LAN]);
-        for ip in [[10, 0, 0, 1], [192, 168, 15, 0], [192, 168, 15, 255], [203, 0, 113, 1]] {
+        for ip in [
+            [10, 0, 0, 1],
+            [192, 168, 15, 0],
+            [192, 168, 15, 255],
+            [203, 0, 113, 1],
+        ] {
             assert_eq!(t.learn(ip.into(), M, 0, 0), Learned::Refused, "{ip:?}");
         }
         assert_eq!(t.counters.refused_off_link, 4);
