@@ -1616,7 +1616,20 @@ mod tests {
     const ROUTER9: MacAddr = MacAddr([2, 0, 0, 0, 0, 9]);
 
     fn gw() -> Gateway {
+        gw_with(1500, 64)
+    }
+
+    /// The seed topology's gateway (LAN 192.168.15.0/24, uplink
+    /// 203.0.113.0/24 of MTU 1400, static route 10.9/16 via .9), with a LAN
+    /// MTU, a neighbour cache bound, and DNAT of UDP 203.0.113.1:5353 to blue.
+    fn gw_with(lan_mtu: u32, neigh_max: usize) -> Gateway {
         let mut nat = NatConfig::new(Ipv4Addr::new(203, 0, 113, 1));
+        nat.dnat = vec![nat::DnatRule {
+            proto: proto::UDP,
+            ports: (5353, 5353),
+            to_addr: Ipv4Addr::new(192, 168, 15, 2),
+            to_port: 5353,
+        }];
         nat.masquerade = vec![Ipv4Net {
             addr: Ipv4Addr::new(192, 168, 15, 0),
             prefix: 24,
@@ -1626,7 +1639,7 @@ mod tests {
             ip: Ipv4Addr::new(192, 168, 15, 5),
             prefix: 24,
             mac: GW_MAC,
-            lan_mtu: 1500,
+            lan_mtu,
             routes: vec![(
                 Ipv4Net {
                     addr: Ipv4Addr::new(10, 9, 0, 0),
@@ -1643,7 +1656,7 @@ mod tests {
                 mtu: 1400,
             }),
             nat: Some(nat),
-            neigh_max: 64,
+            neigh_max,
             ageing_ms: 300_000,
             queue_slots: 4,
         })
@@ -1897,5 +1910,665 @@ mod tests {
             run(&mut g, 2, &mut short, &mut out),
             Verdict::Drop(DropReason::GwNotForUs)
         );
+    }
+
+    const BLUE: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+    /// Ethernet + IPv4 (RFC 791, 20-byte header) around `l4`, header checksum filled.
+    fn ipv4(
+        dst_mac: MacAddr,
+        src: [u8; 4],
+        dst: [u8; 4],
+        ttl: u8,
+        p: u8,
+        df: bool,
+        l4: &[u8],
+    ) -> Vec<u8> {
+        let size = 20 + l4.len();
+        let mut f = vec![0u8; ETH_HLEN + size];
+        write_eth(&mut f, dst_mac, RED, ethertype::IPV4);
+        let ip = &mut f[ETH_HLEN..];
+        ip[..12].copy_from_slice(&[
+            0x45,
+            0,
+            (size >> 8) as u8,
+            size as u8,
+            0x56,
+            0x78,
+            if df { 0x40 } else { 0 },
+            0,
+            ttl,
+            p,
+            0,
+            0,
+        ]);
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let c = checksum::checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip[20..].copy_from_slice(l4);
+        f
+    }
+
+    /// A UDP datagram (RFC 768) with a counting payload. With `partial`, the
+    /// checksum field holds the uncomplemented pseudo-header seed, as a Linux
+    /// sender with tx checksum offload hands it over (CHECKSUM_PARTIAL),
+    /// and the vnet header asks for it (csum_start 34, csum_offset 6).
+    #[allow(clippy::too_many_arguments)]
+    fn udp(
+        dst_mac: MacAddr,
+        src: [u8; 4],
+        sport: u16,
+        dst: [u8; 4],
+        dport: u16,
+        len: usize,
+        df: bool,
+        partial: bool,
+    ) -> ([u8; VNET_HDR_LEN], Vec<u8>) {
+        let ul = 8 + len;
+        let mut l4 = vec![0u8; ul];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        l4[4..6].copy_from_slice(&(ul as u16).to_be_bytes());
+        for (i, b) in l4[8..].iter_mut().enumerate() {
+            *b = (i * 7) as u8;
+        }
+        let seed = checksum::fold(checksum::pseudo_header(src, dst, proto::UDP, ul as u16));
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        if partial {
+            l4[6..8].copy_from_slice(&seed.to_be_bytes());
+            vnet[0] = VNET_F_NEEDS_CSUM;
+            vnet[6..8].copy_from_slice(&34u16.to_le_bytes());
+            vnet[8..10].copy_from_slice(&6u16.to_le_bytes());
+        } else {
+            let c = !checksum::fold(u32::from(seed) + checksum::sum(&l4));
+            l4[6..8].copy_from_slice(&c.to_be_bytes());
+        }
+        (vnet, ipv4(dst_mac, src, dst, 64, proto::UDP, df, &l4))
+    }
+
+    /// Whether the UDP/TCP checksum of a whole IPv4 packet verifies.
+    fn l4_ok(ip: &[u8]) -> bool {
+        let p = Ipv4Packet::new_checked(ip).unwrap();
+        let l4 = p.payload();
+        let ph = checksum::pseudo_header(
+            p.src().octets(),
+            p.dst().octets(),
+            p.protocol(),
+            l4.len() as u16,
+        );
+        checksum::fold(ph + checksum::sum(l4)) == 0xffff
+    }
+
+    /// The IPv4 packets in `out` for `t`, reassembled by offset (RFC 791).
+    fn reassemble(out: &mut Gen, t: Target) -> (Vec<u8>, usize) {
+        let mut parts = Vec::new();
+        let mut hdr = Vec::new();
+        for i in 0..out.len() {
+            if out.target(i) != t {
+                continue;
+            }
+            let (_, f) = out.parts_mut(i);
+            let ip = Ipv4Packet::new_checked(&f[ETH_HLEN..]).unwrap();
+            assert!(ip.checksum_ok());
+            assert!(!ip.dont_frag(), "a fragment carries DF");
+            if ip.frag_offset() == 0 {
+                hdr = f[ETH_HLEN..ETH_HLEN + ip.header_len()].to_vec();
+            }
+            parts.push((ip.frag_offset(), ip.more_frags(), ip.payload().to_vec()));
+        }
+        parts.sort_by_key(|p| p.0);
+        let mut data = Vec::new();
+        for (off, _, d) in &parts {
+            assert_eq!(*off, data.len(), "contiguous");
+            data.extend_from_slice(d);
+        }
+        assert!(!parts.last().unwrap().1, "last fragment without MF");
+        let n = parts.len();
+        let mut ip = hdr;
+        let total = ip.len() + data.len();
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[6] = 0;
+        ip[7] = 0;
+        ip.extend_from_slice(&data);
+        (ip, n)
+    }
+
+    fn fdb() -> Fdb {
+        Fdb::new(4, 64, 64, 300_000)
+    }
+
+    #[test]
+    fn fragments_complete_an_offloaded_checksum_and_never_carry_df() {
+        let mut g = gw();
+        g.neigh_wan
+            .confirm(Ipv4Addr::new(203, 0, 113, 10), WAN, 2, 0);
+        let (mut vnet, mut f) = udp(
+            GW_MAC,
+            [192, 168, 15, 1],
+            4000,
+            [203, 0, 113, 10],
+            9,
+            4000,
+            false,
+            true,
+        );
+        let mut out = Gen::new();
+        assert_eq!(
+            g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb()),
+            Verdict::Consumed
+        );
+        g.route_gen(0, &mut out, &fdb());
+        let (ip, n) = reassemble(&mut out, Target::Port(2));
+        assert_eq!(n, 3, "4028 bytes of IP over MTU 1400");
+        assert_eq!(ip.len(), 20 + 8 + 4000);
+        assert_eq!(&ip[12..16], &[203, 0, 113, 1], "translated");
+        assert!(l4_ok(&ip), "UDP checksum complete after reassembly");
+        assert_eq!(g.counters.fragmented, 3);
+    }
+
+    #[test]
+    fn a_bad_checksum_offset_is_a_counted_drop() {
+        let mut g = gw();
+        let (mut vnet, mut f) = udp(
+            GW_MAC,
+            [192, 168, 15, 1],
+            4000,
+            [203, 0, 113, 10],
+            9,
+            2000,
+            false,
+            true,
+        );
+        vnet[6..8].copy_from_slice(&0xfff0u16.to_le_bytes()); // csum_start beyond the packet
+        let mut out = Gen::new();
+        assert_eq!(
+            g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb()),
+            Verdict::Drop(DropReason::GwMalformed)
+        );
+        assert!(out.is_empty());
+        assert_eq!(g.counters.drop_bad_vnet, 1);
+    }
+
+    #[test]
+    fn inbound_df_too_big_gets_frag_needed_quoting_the_packet_as_sent() {
+        let mut g = gw_with(1300, 64);
+        let mut out = Gen::new();
+        let (mut vnet, mut f) = udp(
+            UP_MAC,
+            [203, 0, 113, 10],
+            777,
+            [203, 0, 113, 1],
+            5353,
+            1372,
+            true,
+            false,
+        );
+        let sent = f.clone();
+        assert_eq!(
+            g.from_uplink(0, &mut vnet, &mut f, &mut out, &fdb()),
+            Verdict::Consumed
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out.target(0), Target::Port(2));
+        let (_, e) = out.parts_mut(0);
+        let (s, d, ty, code, mtu) = icmp_of(e);
+        assert_eq!(
+            (s, d, ty, code, mtu),
+            (
+                Ipv4Addr::new(203, 0, 113, 1),
+                Ipv4Addr::new(203, 0, 113, 10),
+                3,
+                4,
+                1300
+            )
+        );
+        assert_eq!(EthernetFrame::new_checked(&e[..]).unwrap().dst(), RED);
+        // The quote is the packet before DNAT: to 203.0.113.1:5353.
+        assert_eq!(
+            &e[ETH_HLEN + 28..ETH_HLEN + 28 + 28],
+            &sent[ETH_HLEN..ETH_HLEN + 28]
+        );
+        assert_eq!(g.counters.frag_needed, 1);
+    }
+
+    #[test]
+    fn inbound_without_df_is_fragmented_for_the_lan() {
+        let mut g = gw_with(1300, 64);
+        g.neigh_lan
+            .confirm(Ipv4Addr::new(192, 168, 15, 2), BLUE, 1, 0);
+        let mut fdb = fdb();
+        fdb.learn(BLUE, 1, 0);
+        let mut out = Gen::new();
+        let (mut vnet, mut f) = udp(
+            UP_MAC,
+            [203, 0, 113, 10],
+            777,
+            [203, 0, 113, 1],
+            5353,
+            1372,
+            false,
+            false,
+        );
+        assert_eq!(
+            g.from_uplink(0, &mut vnet, &mut f, &mut out, &fdb),
+            Verdict::Consumed
+        );
+        g.route_gen(0, &mut out, &fdb);
+        let (ip, n) = reassemble(&mut out, Target::Port(1));
+        assert_eq!(n, 2);
+        assert_eq!(&ip[16..20], &[192, 168, 15, 2], "DNAT'd");
+        assert!(l4_ok(&ip));
+    }
+
+    /// The fuzz finding: LAN → 203.0.113.1 (DNAT hairpin) was forwarded
+    /// whole at 1,600 bytes onto a 1,400-byte path.
+    #[test]
+    fn hairpin_checks_the_mtu() {
+        let mut g = gw_with(1400, 64);
+        let mut out = Gen::new();
+        let (mut vnet, mut f) = udp(
+            GW_MAC,
+            [192, 168, 15, 1],
+            4000,
+            [203, 0, 113, 1],
+            5353,
+            1558,
+            true,
+            false,
+        );
+        assert_eq!(f.len(), ETH_HLEN + 1586);
+        let sent = f.clone();
+        assert_eq!(
+            g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb()),
+            Verdict::Consumed
+        );
+        assert_eq!(out.len(), 1);
+        let (_, e) = out.parts_mut(0);
+        let (s, d, ty, code, mtu) = icmp_of(e);
+        assert_eq!(
+            (s, d, ty, code, mtu),
+            (
+                Ipv4Addr::new(192, 168, 15, 5),
+                Ipv4Addr::new(192, 168, 15, 1),
+                3,
+                4,
+                1400
+            )
+        );
+        assert_eq!(
+            &e[ETH_HLEN + 28..ETH_HLEN + 28 + 28],
+            &sent[ETH_HLEN..ETH_HLEN + 28],
+            "pre-NAT quote"
+        );
+        // Without DF: fragments, none bigger than the path.
+        g.neigh_lan
+            .confirm(Ipv4Addr::new(192, 168, 15, 2), BLUE, 1, 0);
+        let mut fdb = fdb();
+        fdb.learn(BLUE, 1, 0);
+        let mut out = Gen::new();
+        let (mut vnet, mut f) = udp(
+            GW_MAC,
+            [192, 168, 15, 1],
+            4000,
+            [203, 0, 113, 1],
+            5353,
+            1558,
+            false,
+            false,
+        );
+        assert_eq!(
+            g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb),
+            Verdict::Consumed
+        );
+        g.route_gen(0, &mut out, &fdb);
+        for i in 0..out.len() {
+            let (_, f) = out.parts_mut(i);
+            assert!(f.len() - ETH_HLEN <= 1400);
+        }
+        let (ip, n) = reassemble(&mut out, Target::Port(1));
+        assert_eq!(n, 2);
+        assert_eq!(&ip[16..20], &[192, 168, 15, 2]);
+        assert!(l4_ok(&ip));
+    }
+
+    #[test]
+    fn hairpin_ttl_is_checked_before_nat() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let (mut vnet, mut f) = udp(
+            GW_MAC,
+            [192, 168, 15, 1],
+            4000,
+            [203, 0, 113, 1],
+            5353,
+            20,
+            false,
+            false,
+        );
+        f[ETH_HLEN + 8] = 1;
+        f[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+        let c = checksum::checksum(&f[ETH_HLEN..ETH_HLEN + 20]);
+        f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+        let sent = f.clone();
+        assert_eq!(
+            g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb()),
+            Verdict::Consumed
+        );
+        let (_, e) = out.parts_mut(0);
+        assert_eq!(icmp_of(e).2, icmp_type::TIME_EXCEEDED);
+        assert_eq!(
+            &e[ETH_HLEN + 28..ETH_HLEN + 28 + 28],
+            &sent[ETH_HLEN..ETH_HLEN + 28]
+        );
+        assert_eq!(
+            g.nat.as_ref().unwrap().len(),
+            0,
+            "no NAT state for an expired packet"
+        );
+    }
+
+    #[test]
+    fn gso_frames_that_do_not_fit_are_refused_or_get_frag_needed() {
+        let mut g = gw();
+        // A TCPv4 GSO super-frame (virtio_net_hdr gso_type 1, gso_size 1448),
+        // 3 segments of 1448 bytes: each segment is 1488 bytes > 1400.
+        let mut tcp = vec![0u8; 20 + 3 * 1448];
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x18;
+        for df in [true, false] {
+            let mut f = ipv4(
+                GW_MAC,
+                [192, 168, 15, 1],
+                [203, 0, 113, 10],
+                64,
+                proto::TCP,
+                df,
+                &tcp,
+            );
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            vnet[1] = 1;
+            vnet[4..6].copy_from_slice(&1448u16.to_le_bytes());
+            let mut out = Gen::new();
+            let v = g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb());
+            if df {
+                assert_eq!(v, Verdict::Consumed);
+                let (_, e) = out.parts_mut(0);
+                assert_eq!((icmp_of(e).3, icmp_of(e).4), (4, 1400));
+            } else {
+                assert_eq!(v, Verdict::Drop(DropReason::GwGsoTooBig));
+                assert!(out.is_empty());
+            }
+        }
+        assert_eq!(
+            (g.counters.frag_needed, g.counters.drop_gso_too_big),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn total_length_zero_is_malformed_unless_gso() {
+        let mut g = gw();
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [192, 168, 15, 5], 64, 84, true);
+        p[ETH_HLEN + 2..ETH_HLEN + 4].fill(0);
+        p[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+        let c = checksum::checksum(&p[ETH_HLEN..ETH_HLEN + 20]);
+        p[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+        let mut out = Gen::new();
+        let mut q = p.clone();
+        assert_eq!(
+            run(&mut g, 0, &mut q, &mut out),
+            Verdict::Drop(DropReason::GwMalformed)
+        );
+        assert_eq!(g.counters.drop_malformed, 1);
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        vnet[1] = 1;
+        vnet[4..6].copy_from_slice(&1448u16.to_le_bytes());
+        assert_ne!(
+            g.from_lan(0, 0, &mut vnet, &mut p, &mut out, &fdb()),
+            Verdict::Drop(DropReason::GwMalformed),
+            "a GSO frame may say 0"
+        );
+    }
+
+    #[test]
+    fn echo_replies_get_a_fresh_ttl() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [192, 168, 15, 5], 3, 84, true);
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Reply);
+        let ip = Ipv4Packet::new_checked(&p[ETH_HLEN..]).unwrap();
+        assert_eq!(ip.ttl(), 64);
+        icmp_of(&p); // checksums
+    }
+
+    #[test]
+    fn icmp_errors_are_rate_limited_per_destination_and_in_total() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        for _ in 0..30 {
+            let mut p = ping(GW_MAC, [192, 168, 15, 1], [198, 51, 100, 7], 64, 84, true);
+            run(&mut g, 0, &mut p, &mut out);
+        }
+        assert_eq!(out.len(), 10, "burst of 10 per destination");
+        assert_eq!(g.counters.icmp_rate_limited, 20);
+        // A second later, 10 more for the same destination.
+        let fdb = fdb();
+        let mut out = Gen::new();
+        for _ in 0..30 {
+            let mut p = ping(GW_MAC, [192, 168, 15, 1], [198, 51, 100, 7], 64, 84, true);
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            g.from_lan(1000, 0, &mut vnet, &mut p, &mut out, &fdb);
+        }
+        assert_eq!(out.len(), 10);
+        // Many destinations: the total burst of 50 (20 already spent, 10 ms per token since).
+        let mut g = gw();
+        let mut sent = 0;
+        for h in 1..=100u8 {
+            let mut out = Gen::new();
+            let mut p = ping(
+                GW_MAC,
+                [192, 168, 15, h.min(4) + (h / 4)],
+                [198, 51, 100, 7],
+                64,
+                84,
+                true,
+            );
+            p[ETH_HLEN + 15] = h;
+            p[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+            let c = checksum::checksum(&p[ETH_HLEN..ETH_HLEN + 20]);
+            p[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+            if h == 5 || h == 255 {
+                continue; // the gateway's own address and the broadcast
+            }
+            run(&mut g, 0, &mut p, &mut out);
+            sent += out.len();
+        }
+        assert_eq!(sent, 50);
+    }
+
+    #[test]
+    fn martian_destinations_are_never_routed() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let dsts = [
+            [255, 255, 255, 255],
+            [192, 168, 15, 255],
+            [203, 0, 113, 255],
+            [224, 0, 0, 5],
+            [0, 1, 2, 3],
+            [127, 0, 0, 1],
+            [240, 0, 0, 1],
+        ];
+        for d in dsts {
+            let mut p = ping(GW_MAC, [192, 168, 15, 1], d, 64, 84, false);
+            assert_eq!(
+                run(&mut g, 0, &mut p, &mut out),
+                Verdict::Drop(DropReason::GwNoRoute),
+                "{d:?}"
+            );
+        }
+        assert!(out.is_empty(), "no ICMP about them either");
+        assert_eq!(g.counters.drop_martian_dst, dsts.len() as u64);
+    }
+
+    #[test]
+    fn spoofed_sources_are_dropped_on_both_sides() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        for s in [
+            [203, 0, 113, 1],
+            [192, 168, 15, 5],
+            [8, 8, 8, 8],
+            [127, 0, 0, 1],
+            [192, 168, 15, 255],
+        ] {
+            let mut p = ping(GW_MAC, s, [203, 0, 113, 10], 64, 84, false);
+            assert_eq!(
+                run(&mut g, 0, &mut p, &mut out),
+                Verdict::Drop(DropReason::GwNotForUs),
+                "{s:?}"
+            );
+        }
+        assert_eq!(g.counters.drop_spoofed_src, 5);
+        // Behind the static route: a valid source.
+        let mut p = ping(GW_MAC, [10, 9, 3, 3], [192, 168, 15, 5], 64, 84, false);
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Reply);
+        // From the uplink, a LAN or our own source is spoofed.
+        for s in [[192, 168, 15, 1], [203, 0, 113, 1], [10, 9, 1, 1]] {
+            let mut p = ping(UP_MAC, s, [203, 0, 113, 1], 64, 84, false);
+            assert_eq!(
+                run(&mut g, 2, &mut p, &mut out),
+                Verdict::Drop(DropReason::GwNotForUs),
+                "{s:?}"
+            );
+        }
+        assert_eq!(g.counters.drop_spoofed_src, 8);
+    }
+
+    #[test]
+    fn arp_teaches_only_on_link_senders() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let fdb = fdb();
+        let mut req = arp_request(RED, [10, 0, 0, 7], [192, 168, 15, 5]);
+        assert_eq!(
+            g.lan_arp(0, 0, &mut req, &mut out, &fdb),
+            Some(Verdict::Reply)
+        );
+        let mut req = arp_request(RED, [10, 0, 0, 7], [203, 0, 113, 1]);
+        assert_eq!(run(&mut g, 2, &mut req, &mut out), Verdict::Reply);
+        assert!(g.neigh_lan.is_empty() && g.neigh_wan.is_empty());
+        assert_eq!(g.counters.neigh_refused, 2);
+        let mut req = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 5]);
+        g.lan_arp(0, 0, &mut req, &mut out, &fdb);
+        let e = g
+            .neigh_lan
+            .lookup(Ipv4Addr::new(192, 168, 15, 1), 0)
+            .unwrap();
+        assert!(!e.confirmed, "a request is a hint");
+    }
+
+    /// The attack: ARP requests to the gateway with random senders,
+    /// on- and off-link (on-link ones in .100-.254, more than the tables
+    /// hold), on both sides (frames built after RFC 826 by `tests_fixtures`),
+    /// then real traffic: the next hops are asked for,
+    /// their replies are learned, and the queued packets go out.
+    #[test]
+    fn arp_flood_cannot_keep_the_real_next_hops_out() {
+        let mut g = gw_with(1500, 64);
+        let fdb = fdb();
+        let mut s: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut out = Gen::new();
+        for n in 0..20_000u64 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let mac = MacAddr([2, 1, (s >> 8) as u8, (s >> 16) as u8, (s >> 24) as u8, 1]);
+            let off_link = ((s >> 32) as u32).to_be_bytes();
+            out.clear();
+            if n % 2 == 0 {
+                let spa = if s & 4 == 0 {
+                    [203, 0, 113, 100 + ((s >> 40) % 155) as u8]
+                } else {
+                    off_link
+                };
+                let mut f = arp_request(mac, spa, [203, 0, 113, 1]);
+                g.from_uplink(n / 10, &mut [0u8; VNET_HDR_LEN], &mut f, &mut out, &fdb);
+            } else {
+                let spa = if s & 4 == 0 {
+                    [192, 168, 15, 100 + ((s >> 40) % 155) as u8]
+                } else {
+                    off_link
+                };
+                let mut f = arp_request(mac, spa, [192, 168, 15, 5]);
+                g.lan_arp(n / 10, (s >> 48) as usize % 2, &mut f, &mut out, &fdb);
+            }
+        }
+        assert!(g.neigh_wan.len() <= 64 && g.neigh_lan.len() <= 64);
+        assert!(g.neigh_lan.len_on_port(0) <= 16 && g.neigh_lan.len_on_port(1) <= 16);
+        assert!(g.counters.neigh_refused > 4_000, "{:?}", g.counters);
+        assert!(g.counters.neigh_evicted > 4_000, "{:?}", g.counters);
+        let now = 2_000;
+        // Out through the uplink to 203.0.113.10, and via the static route's router.
+        for (dst, port, nh, mac) in [
+            ([203, 0, 113, 10], 2, [203, 0, 113, 10], WAN),
+            ([10, 9, 1, 1], 1, [192, 168, 15, 9], ROUTER9),
+        ] {
+            let mut out = Gen::new();
+            let mut p = ping(GW_MAC, [192, 168, 15, 1], dst, 64, 84, true);
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            assert_eq!(
+                g.from_lan(now, 0, &mut vnet, &mut p, &mut out, &fdb),
+                Verdict::Consumed
+            );
+            assert_eq!(out.len(), 1, "an ARP request");
+            let mut out = Gen::new();
+            let tpa = if port == 2 {
+                [203, 0, 113, 1]
+            } else {
+                [192, 168, 15, 5]
+            };
+            let tha = if port == 2 { UP_MAC } else { GW_MAC };
+            let mut rep = arp_reply(mac, nh, tha, tpa);
+            if port == 2 {
+                g.from_uplink(now, &mut vnet, &mut rep, &mut out, &fdb);
+            } else {
+                g.lan_arp(now, port, &mut rep, &mut out, &fdb);
+            }
+            assert_eq!(out.len(), 1, "the queued packet is released");
+            let (_, f) = out.parts_mut(0);
+            assert_eq!(EthernetFrame::new_checked(&f[..]).unwrap().dst(), mac);
+            let e = if port == 2 {
+                g.neigh_wan.lookup(nh.into(), now)
+            } else {
+                g.neigh_lan.lookup(nh.into(), now)
+            };
+            assert!(e.unwrap().confirmed);
+        }
+    }
+
+    #[test]
+    fn later_fragments_carry_only_copied_options() {
+        // A 32-byte header with Record Route (type 7, not copied, 7 bytes)
+        // and Loose Source Route (type 0x83, copied, 3+4 bytes = 7), then
+        // EOL padding; layouts from RFC 791 3.1.
+        let mut h = [0u8; 32];
+        h[0] = 0x48;
+        h[20..27].copy_from_slice(&[7, 7, 4, 0, 0, 0, 0]);
+        h[27..31].copy_from_slice(&[0x83, 7, 4, 10]);
+        let mut h2 = [0u8; 36];
+        h2[..27].copy_from_slice(&h[..27]);
+        h2[0] = 0x49;
+        h2[27..34].copy_from_slice(&[0x83, 7, 4, 10, 9, 1, 1]);
+        let mut out = [0u8; 60];
+        let n = later_header(&h2, &mut out);
+        assert_eq!(n, 28);
+        assert_eq!(out[0], 0x47);
+        assert_eq!(&out[20..27], &[0x83, 7, 4, 10, 9, 1, 1]);
+        assert_eq!(out[27], 0);
+        // A malformed option length stops the copy, never panics.
+        h2[28] = 200;
+        assert_eq!(later_header(&h2, &mut out), 20);
     }
 }
