@@ -219,6 +219,22 @@ impl ArpTable {
         self.observe(ip, mac, port, now, Heard::Reply, true)
     }
 
+    /// Refresh `ip`'s binding if it is exactly `mac` on `port` (heard in ARP
+    /// not addressed to us: keeps it fresh, never rebinds). True if refreshed.
+    pub fn refresh(&mut self, ip: Ipv4Addr, mac: MacAddr, port: PortId, now: u64) -> bool {
+        let Some(&i) = self.map.get(&ip) else {
+            return false;
+        };
+        let e = self.slots[i as usize].e;
+        if e.mac != mac || e.port != port {
+            return false;
+        }
+        self.detach(i);
+        self.slots[i as usize].e.last_seen = now;
+        self.attach(i);
+        true
+    }
+
     /// Record a binding heard as `how`. With `on_link_only` false the on-link
     /// networks are not checked (a VLAN whose subnets the table does not know).
     pub fn observe(
@@ -729,6 +745,23 @@ mod tests {
         assert!(t.entries(now).len() == t.len());
         t.sweep(now + 1000);
         assert!(t.is_empty());
+        check(&t);
+    }
+
+    #[test]
+    fn refresh_never_rebinds() {
+        let mut t = ArpTable::new(16, 1000);
+        let ip = Ipv4Addr::new(10, 0, 0, 1);
+        t.confirm(ip, M, 0, 0);
+        assert!(!t.refresh(ip, MacAddr([2, 0, 0, 0, 0, 9]), 0, 500));
+        assert!(!t.refresh(ip, M, 1, 500));
+        assert!(t.refresh(ip, M, 0, 900));
+        let e = t.lookup(ip, 1500).unwrap();
+        assert_eq!((e.mac, e.port, e.last_seen), (M, 0, 900));
+        assert!(
+            !t.refresh(Ipv4Addr::new(10, 0, 0, 2), M, 0, 900),
+            "never creates"
+        );
         check(&t);
     }
 }

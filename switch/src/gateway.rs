@@ -29,7 +29,8 @@
 //! - TTL is checked before NAT; echo replies leave with a fresh TTL (64);
 //!   ICMP errors are rate-limited (RFC 1812 4.3.2.8): a token bucket for all,
 //!   plus one per destination (hashed into a fixed array).
-//! - An IPv4 total length of 0 is accepted only on GSO frames.
+//! - An IPv4 total length of 0, or shorter than the frame beyond Ethernet
+//!   padding, is accepted only on GSO frames.
 //!
 //! ```text
 //! LAN frame to gateway MAC ─► IPv4 ok? ─► source ok? ─► martian dst? ─► for us? ─► echo reply / ICMP unreachable
@@ -306,6 +307,8 @@ const ICMP_QUOTE: usize = 576 - 20 - 8;
 /// Bound on outstanding ARP requests (addresses asked for in the last
 /// [`RESOLVE_WAIT_MS`]); beyond it no new address is asked for.
 pub const MAX_OUTSTANDING: usize = 4096;
+/// The smallest Ethernet payload (60-byte frame without FCS); shorter packets arrive padded.
+const ETH_MIN_PAYLOAD: usize = 60 - ETH_HLEN;
 /// TTL of the packets the gateway originates (echo replies, ICMP errors).
 const OWN_TTL: u8 = 64;
 
@@ -380,11 +383,15 @@ struct IpInfo {
     echo_request: bool,
 }
 
-/// Validate the IPv4 packet at the start of `ip`: version, lengths, header
-/// checksum; a total length of 0 only on a GSO frame.
+/// Validate the IPv4 packet at the start of `ip` (the rest of the frame):
+/// version, lengths, header checksum. Unless the frame is GSO, the total
+/// length must be that of the frame, Ethernet padding (to 60 bytes) aside:
+/// 0, or a frame with more behind the packet, is malformed.
 fn parse_ip(ip: &[u8], gso: bool) -> Option<IpInfo> {
     let p = Ipv4Packet::new_checked(ip).ok()?;
-    if !p.checksum_ok() || (ip[2] == 0 && ip[3] == 0 && !gso) {
+    let raw_total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let padded = raw_total < ip.len() && ip.len() > ETH_MIN_PAYLOAD;
+    if !p.checksum_ok() || (!gso && (raw_total == 0 || padded)) {
         return None;
     }
     Some(IpInfo {
@@ -711,10 +718,8 @@ impl Gateway {
             (a.op(), a.sha(), a.spa(), a.tpa())
         };
         if tpa != self.cfg.ip || spa == tpa {
-            // Not about us; keep what we know of others fresh.
-            if self.neigh_lan.lookup(spa, now).is_some() {
-                self.learn_neigh(false, spa, sha, in_port, now, Heard::Hint);
-            }
+            // Not about us: keep what we know of others fresh, never rebind.
+            self.neigh_lan.refresh(spa, sha, in_port, now);
             return None;
         }
         if !spa.is_unspecified() {
@@ -2570,5 +2575,92 @@ mod tests {
         // A malformed option length stops the copy, never panics.
         h2[28] = 200;
         assert_eq!(later_header(&h2, &mut out), 20);
+    }
+
+    #[test]
+    fn a_frame_longer_than_its_packet_is_malformed_unless_padding() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [192, 168, 15, 5], 64, 84, true);
+        p.extend_from_slice(&[0xee; 100]);
+        assert_eq!(
+            run(&mut g, 0, &mut p, &mut out),
+            Verdict::Drop(DropReason::GwMalformed)
+        );
+        // A 28-byte echo request padded to the 60-byte Ethernet minimum is fine.
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [192, 168, 15, 5], 64, 28, true);
+        p.resize(60, 0);
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Reply);
+    }
+
+    /// A packet handed to `route_gen` (as the NAT's released fragments are,
+    /// by `flush_released`) bigger than its egress is fragmented again.
+    #[test]
+    fn route_gen_fragments_what_does_not_fit() {
+        let mut g = gw();
+        g.neigh_wan
+            .confirm(Ipv4Addr::new(203, 0, 113, 10), WAN, 2, 0);
+        // A later fragment (offset 1480, MF set) of 1480 bytes, from 203.0.113.1 after NAT.
+        let mut l4 = vec![0u8; 1480];
+        for (i, b) in l4.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let mut f = ipv4(
+            MacAddr::default(),
+            [203, 0, 113, 1],
+            [203, 0, 113, 10],
+            64,
+            proto::UDP,
+            false,
+            &l4,
+        );
+        f[ETH_HLEN + 6] = 0x20; // MF, offset 1480 / 8 = 185
+        f[ETH_HLEN + 7] = 185;
+        f[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+        let c = checksum::checksum(&f[ETH_HLEN..ETH_HLEN + 20]);
+        f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+        let mut out = Gen::new();
+        assert!(out.push(Target::Route, |b| {
+            b[..VNET_HDR_LEN].fill(0);
+            b[VNET_HDR_LEN..VNET_HDR_LEN + f.len()].copy_from_slice(&f);
+            VNET_HDR_LEN + f.len()
+        }));
+        g.route_gen(0, &mut out, &fdb());
+        assert_eq!(out.target(0), Target::Discard);
+        let mut offs = Vec::new();
+        for i in 1..out.len() {
+            assert_eq!(out.target(i), Target::Port(2));
+            let (_, f) = out.parts_mut(i);
+            let ip = Ipv4Packet::new_checked(&f[ETH_HLEN..]).unwrap();
+            assert!(ip.checksum_ok() && ip.total_len() <= 1400 && ip.more_frags());
+            assert_eq!(&ip.payload()[..4], &l4[ip.frag_offset() - 1480..][..4]);
+            offs.push((ip.frag_offset(), ip.payload().len()));
+        }
+        assert_eq!(offs, vec![(1480, 1376), (2856, 104)]);
+    }
+
+    #[test]
+    fn outstanding_arp_requests_are_bounded() {
+        let mut g = gw();
+        g.cfg.prefix = 16; // a /16 LAN: more next hops than requests may be outstanding
+        g.lan_net.prefix = 16;
+        let fdb = fdb();
+        let mut out = Gen::new();
+        for i in 0..(MAX_OUTSTANDING + 10) as u32 {
+            out.clear();
+            let d = (u32::from(Ipv4Addr::new(192, 168, 100, 0)) + i).to_be_bytes();
+            let mut p = ping(GW_MAC, [192, 168, 15, 1], d, 64, 84, true);
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            g.from_lan(0, 0, &mut vnet, &mut p, &mut out, &fdb);
+        }
+        assert_eq!(g.counters.arp_requests, MAX_OUTSTANDING as u64);
+        assert_eq!(g.counters.arp_requests_limited, 10);
+        // Forgotten once they are older than the resolution wait.
+        g.expire(RESOLVE_WAIT_MS);
+        out.clear();
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [192, 168, 200, 1], 64, 84, true);
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        g.from_lan(RESOLVE_WAIT_MS, 0, &mut vnet, &mut p, &mut out, &fdb);
+        assert_eq!(g.counters.arp_requests, MAX_OUTSTANDING as u64 + 1);
     }
 }
