@@ -2045,31 +2045,35 @@ mod tests {
 
     #[test]
     fn fragments_complete_an_offloaded_checksum_and_never_carry_df() {
-        let mut g = gw();
-        g.neigh_wan
-            .confirm(Ipv4Addr::new(203, 0, 113, 10), WAN, 2, 0);
-        let (mut vnet, mut f) = udp(
-            GW_MAC,
-            [192, 168, 15, 1],
-            4000,
-            [203, 0, 113, 10],
-            9,
-            4000,
-            false,
-            true,
-        );
-        let mut out = Gen::new();
-        assert_eq!(
-            g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb()),
-            Verdict::Consumed
-        );
-        g.route_gen(0, &mut out, &fdb());
-        let (ip, n) = reassemble(&mut out, Target::Port(2));
-        assert_eq!(n, 3, "4028 bytes of IP over MTU 1400");
-        assert_eq!(ip.len(), 20 + 8 + 4000);
-        assert_eq!(&ip[12..16], &[203, 0, 113, 1], "translated");
-        assert!(l4_ok(&ip), "UDP checksum complete after reassembly");
-        assert_eq!(g.counters.fragmented, 3);
+        // 1,450 bytes of UDP payload: fits the LAN (1500), not the uplink
+        // (1400), as in the issue; and a 4,000-byte datagram in one frame.
+        for (len, frags) in [(1450, 2), (4000, 3)] {
+            let mut g = gw();
+            g.neigh_wan
+                .confirm(Ipv4Addr::new(203, 0, 113, 10), WAN, 2, 0);
+            let (mut vnet, mut f) = udp(
+                GW_MAC,
+                [192, 168, 15, 1],
+                4000,
+                [203, 0, 113, 10],
+                9,
+                len,
+                false,
+                true,
+            );
+            let mut out = Gen::new();
+            assert_eq!(
+                g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb()),
+                Verdict::Consumed
+            );
+            g.route_gen(0, &mut out, &fdb());
+            let (ip, n) = reassemble(&mut out, Target::Port(2));
+            assert_eq!(n, frags, "{len}");
+            assert_eq!(ip.len(), 20 + 8 + len);
+            assert_eq!(&ip[12..16], &[203, 0, 113, 1], "translated");
+            assert!(l4_ok(&ip), "UDP checksum complete after reassembly");
+            assert_eq!(g.counters.fragmented, frags as u64);
+        }
     }
 
     #[test]
@@ -2662,5 +2666,114 @@ mod tests {
         let mut vnet = [0u8; VNET_HDR_LEN];
         g.from_lan(RESOLVE_WAIT_MS, 0, &mut vnet, &mut p, &mut out, &fdb);
         assert_eq!(g.counters.arp_requests, MAX_OUTSTANDING as u64 + 1);
+    }
+
+    /// Malformed input is a counted drop, never a panic (overflow checks are
+    /// on in test builds): valid fixtures (the builders above) with a few
+    /// bytes changed, random vnet headers and lengths, through every entry
+    /// point, then `route_gen`, `flush_released` and `expire`.
+    #[test]
+    fn mutated_frames_and_vnet_headers_never_panic() {
+        let mut g = gw_with(1280, 32);
+        let fdb = fdb();
+        let mut s: u64 = 0x0123_4567_89ab_cdef;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let fixtures: Vec<Vec<u8>> = vec![
+            ping(
+                GW_MAC,
+                [192, 168, 15, 1],
+                [203, 0, 113, 10],
+                64,
+                1500,
+                false,
+            ),
+            ping(GW_MAC, [192, 168, 15, 1], [192, 168, 15, 5], 2, 84, true),
+            udp(
+                GW_MAC,
+                [192, 168, 15, 1],
+                9,
+                [203, 0, 113, 1],
+                5353,
+                1600,
+                false,
+                true,
+            )
+            .1,
+            udp(
+                UP_MAC,
+                [203, 0, 113, 10],
+                9,
+                [203, 0, 113, 1],
+                5353,
+                1400,
+                false,
+                false,
+            )
+            .1,
+            arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 5]),
+            arp_reply(WAN, [203, 0, 113, 10], UP_MAC, [203, 0, 113, 1]),
+        ];
+        g.neigh_wan
+            .confirm(Ipv4Addr::new(203, 0, 113, 10), WAN, 2, 0);
+        let mut out = Gen::new();
+        for n in 0..30_000u64 {
+            let r = next();
+            let mut f = fixtures[(r % fixtures.len() as u64) as usize].clone();
+            for _ in 0..1 + (r >> 8) % 4 {
+                let x = next();
+                let i = if x & 1 == 0 {
+                    (x >> 8) as usize % 40.min(f.len()) // headers, most of the time
+                } else {
+                    (x >> 8) as usize % f.len()
+                };
+                f[i] = (x >> 32) as u8;
+            }
+            if r & (1 << 20) != 0 {
+                f.truncate((next() as usize) % (f.len() + 1));
+            }
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            if r & (1 << 21) != 0 {
+                vnet[..8].copy_from_slice(&next().to_le_bytes());
+                vnet[8..].copy_from_slice(&next().to_le_bytes()[..2]);
+                vnet[0] &= 3;
+                vnet[1] = [0, 1, 4, 5, 0x80][(next() % 5) as usize];
+            }
+            let now = n;
+            out.clear();
+            match (r >> 24) % 3 {
+                0 => {
+                    g.from_lan(
+                        now,
+                        (r >> 30) as usize % 2,
+                        &mut vnet,
+                        &mut f,
+                        &mut out,
+                        &fdb,
+                    );
+                }
+                1 => {
+                    g.from_uplink(now, &mut vnet, &mut f, &mut out, &fdb);
+                }
+                _ => {
+                    g.lan_arp(now, 0, &mut f, &mut out, &fdb);
+                }
+            }
+            g.flush_released(&mut out);
+            g.route_gen(now, &mut out, &fdb);
+            if n % 1000 == 0 {
+                g.expire(now);
+            }
+            assert!(g.neigh_lan.len() <= 32 && g.neigh_wan.len() <= 32);
+        }
+        assert!(
+            g.counters.drop_malformed > 0 && g.counters.routed > 0,
+            "{:?}",
+            g.counters
+        );
     }
 }
