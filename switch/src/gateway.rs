@@ -14,7 +14,9 @@
 //!   of ARP addressed to us, are bounded in total and per LAN port, and evict
 //!   unconfirmed entries first; a reply to our own request confirms, and a
 //!   confirmation always finds room (O(1)), so a flood of made-up senders
-//!   cannot keep the real next hop out. Outstanding requests are bounded too.
+//!   cannot keep the real next hop out. Outstanding requests are bounded
+//!   ([`MAX_OUTSTANDING`]), and one ingress port holds at most a quarter of
+//!   the queue of packets awaiting resolution.
 //! - Ingress filtering (RFC 3704): from the LAN only sources of a LAN subnet
 //!   or of a static route, never our own addresses; from the uplink no
 //!   martian, LAN or own source. Martian destinations (0/8, 127/8, multicast,
@@ -160,6 +162,8 @@ pub struct GwCounters {
     pub drop_local: u64,
     /// Dropped: the resolution queue was full.
     pub drop_queue_full: u64,
+    /// Dropped: the ingress port holds its share (a quarter) of the resolution queue.
+    pub drop_queue_share: u64,
     /// Dropped: the neighbour never answered.
     pub drop_unresolved: u64,
     /// Dropped: a GSO frame too big for the next hop without DF.
@@ -241,6 +245,8 @@ impl GwDrop {
 
 struct Pending {
     used: bool,
+    /// The ingress port it came from ([`GENERATED`] for generated frames).
+    owner: PortId,
     nh: Ipv4Addr,
     wan: bool,
     since: u64,
@@ -309,6 +315,8 @@ const ICMP_QUOTE: usize = 576 - 20 - 8;
 pub const MAX_OUTSTANDING: usize = 4096;
 /// The smallest Ethernet payload (60-byte frame without FCS); shorter packets arrive padded.
 const ETH_MIN_PAYLOAD: usize = 60 - ETH_HLEN;
+/// The owner of generated frames (fragments, released packets) in the resolution queue.
+const GENERATED: PortId = PortId::MAX;
 /// TTL of the packets the gateway originates (echo replies, ICMP errors).
 const OWN_TTL: u8 = 64;
 
@@ -543,6 +551,7 @@ impl Gateway {
         let pending = (0..cfg.queue_slots)
             .map(|_| Pending {
                 used: false,
+                owner: GENERATED,
                 nh: Ipv4Addr::UNSPECIFIED,
                 wan: false,
                 since: 0,
@@ -826,7 +835,7 @@ impl Gateway {
         if f == Fit::Fragment {
             return self.fragment_out(vnet, &mut frame[..end], mtu, out);
         }
-        self.forward(now, vnet, frame, end, out, fdb)
+        self.forward(now, in_port, vnet, frame, end, out, fdb)
     }
 
     /// A LAN packet to our external address: answered by us, or (NAT)
@@ -897,7 +906,7 @@ impl Gateway {
         }
         let mtu = self.egress_mtu(egress);
         match fit(seg, mtu, h.df, gso) {
-            Fit::Fits => self.forward(now, vnet, frame, end, out, fdb),
+            Fit::Fits => self.forward(now, in_port, vnet, frame, end, out, fdb),
             Fit::Fragment => self.fragment_out(vnet, &mut frame[..end], mtu, out),
             Fit::GsoTooBig => self.drop(GwDrop::GsoTooBig),
             Fit::FragNeeded => {
@@ -978,10 +987,12 @@ impl Gateway {
         }
     }
 
-    /// Forward a received frame in place (or queue it for resolution).
+    /// Forward a frame received on `in_port` in place (or queue it for resolution).
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
         now: u64,
+        in_port: PortId,
         vnet: &[u8],
         frame: &mut [u8],
         end: usize,
@@ -991,7 +1002,9 @@ impl Gateway {
         match self.next_hop(now, frame, end, fdb) {
             Next::Out(Target::Port(p)) => Verdict::Unicast(p),
             Next::Out(_) => Verdict::FloodAll,
-            Next::Queue { nh, wan } => self.enqueue(now, nh, wan, vnet, &frame[..end], out),
+            Next::Queue { nh, wan } => {
+                self.enqueue(now, in_port, nh, wan, vnet, &frame[..end], out)
+            }
             Next::Drop(r) => Verdict::Drop(r),
         }
     }
@@ -1036,7 +1049,7 @@ impl Gateway {
                         let mut v = [0u8; VNET_HDR_LEN];
                         v.copy_from_slice(&vnet[..VNET_HDR_LEN]);
                         let (_, frame) = out.parts_mut(i);
-                        let copy = self.park(now, nh, wan, &v, frame);
+                        let copy = self.park(now, GENERATED, nh, wan, &v, frame);
                         out.set_target(i, Target::Discard);
                         if copy {
                             self.request(now, nh, wan, out);
@@ -1048,9 +1061,11 @@ impl Gateway {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &mut self,
         now: u64,
+        in_port: PortId,
         nh: Ipv4Addr,
         wan: bool,
         vnet: &[u8],
@@ -1058,20 +1073,45 @@ impl Gateway {
         out: &mut Gen,
     ) -> Verdict {
         self.request(now, nh, wan, out);
-        if self.park(now, nh, wan, vnet, frame) {
+        if self.park(now, in_port, nh, wan, vnet, frame) {
             Verdict::Consumed
         } else {
             Verdict::Drop(DropReason::GwQueueFull)
         }
     }
 
-    /// Keep a copy of a packet until `nh` is resolved; false if the queue is full.
-    fn park(&mut self, now: u64, nh: Ipv4Addr, wan: bool, vnet: &[u8], frame: &[u8]) -> bool {
-        let Some(slot) = self.pending.iter_mut().find(|p| !p.used) else {
+    /// Keep a copy of a packet from `owner` until `nh` is resolved; false if
+    /// the queue is full, or `owner` holds its share of it (a quarter), so
+    /// that one port cannot keep the others' packets out.
+    fn park(
+        &mut self,
+        now: u64,
+        owner: PortId,
+        nh: Ipv4Addr,
+        wan: bool,
+        vnet: &[u8],
+        frame: &[u8],
+    ) -> bool {
+        let share = (self.pending.len() / 4).max(1);
+        let (mut held, mut free) = (0, None);
+        for (i, p) in self.pending.iter().enumerate() {
+            if !p.used {
+                free = free.or(Some(i));
+            } else if p.owner == owner {
+                held += 1;
+            }
+        }
+        if held >= share {
+            self.counters.drop_queue_share += 1;
+            return false;
+        }
+        let Some(i) = free else {
             self.counters.drop_queue_full += 1;
             return false;
         };
+        let slot = &mut self.pending[i];
         slot.used = true;
+        slot.owner = owner;
         slot.nh = nh;
         slot.wan = wan;
         slot.since = now;
@@ -1520,7 +1560,7 @@ impl Gateway {
         }
         let mtu = self.egress_mtu(egress);
         match fit(seg, mtu, h.df, gso) {
-            Fit::Fits => self.forward(now, vnet, frame, end, out, fdb),
+            Fit::Fits => self.forward(now, up.port, vnet, frame, end, out, fdb),
             Fit::Fragment => self.fragment_out(vnet, &mut frame[..end], mtu, out),
             Fit::GsoTooBig => self.drop(GwDrop::GsoTooBig),
             Fit::FragNeeded => {
@@ -1663,7 +1703,7 @@ mod tests {
             nat: Some(nat),
             neigh_max,
             ageing_ms: 300_000,
-            queue_slots: 4,
+            queue_slots: 16,
         })
     }
 
@@ -2774,6 +2814,38 @@ mod tests {
             g.counters.drop_malformed > 0 && g.counters.routed > 0,
             "{:?}",
             g.counters
+        );
+    }
+
+    #[test]
+    fn one_port_cannot_fill_the_resolution_queue() {
+        let mut g = gw(); // 16 slots: 4 per port
+        let fdb = fdb();
+        let mut out = Gen::new();
+        for i in 0..10u8 {
+            out.clear();
+            let mut p = ping(
+                GW_MAC,
+                [192, 168, 15, 1],
+                [203, 0, 113, 20 + i],
+                64,
+                84,
+                true,
+            );
+            let v = g.from_lan(0, 0, &mut [0u8; VNET_HDR_LEN], &mut p, &mut out, &fdb);
+            let want = if i < 4 {
+                Verdict::Consumed
+            } else {
+                Verdict::Drop(DropReason::GwQueueFull)
+            };
+            assert_eq!(v, want, "{i}");
+        }
+        assert_eq!(g.counters.drop_queue_share, 6);
+        let mut p = ping(GW_MAC, [192, 168, 15, 3], [203, 0, 113, 40], 64, 84, true);
+        assert_eq!(
+            g.from_lan(0, 1, &mut [0u8; VNET_HDR_LEN], &mut p, &mut out, &fdb),
+            Verdict::Consumed,
+            "another port still gets in"
         );
     }
 }
