@@ -26,8 +26,9 @@
 //!   fragmentation needed quoting the packet as its sender sent it (before
 //!   NAT); DF clear → fragments, none carrying DF, with the transport checksum
 //!   completed first when the vnet header left it to offload
-//!   (CHECKSUM_PARTIAL); a GSO super-frame whose segments do not fit and may
-//!   not be fragmented is refused.
+//!   (CHECKSUM_PARTIAL). A GSO super-frame whose segments do not fit: DF →
+//!   fragmentation needed; otherwise TCPv4 is segmented here (complete
+//!   segments), UDP GSO is refused (its datagram boundaries are the sender's).
 //! - TTL is checked before NAT; echo replies leave with a fresh TTL (64);
 //!   ICMP errors are rate-limited (RFC 1812 4.3.2.8): a token bucket for all,
 //!   plus one per destination (hashed into a fixed array).
@@ -138,6 +139,8 @@ pub struct GwCounters {
     pub frag_needed: u64,
     /// Fragments made.
     pub fragmented: u64,
+    /// Segments made from TCP GSO frames too big for their egress.
+    pub segmented: u64,
     /// ARP requests sent.
     pub arp_requests: u64,
     /// ARP requests answered for our addresses.
@@ -415,6 +418,15 @@ fn parse_ip(ip: &[u8], gso: bool) -> Option<IpInfo> {
             && !p.is_fragment(),
     })
 }
+
+/// Whether the gateway segments this GSO frame itself when its segments do
+/// not fit (TCPv4 only; UDP GSO keeps its datagram boundaries, so it is refused).
+fn can_segment(vnet: &[u8], p: u8) -> bool {
+    p == proto::TCP && VnetHdr::new_checked(vnet).is_ok_and(|v| v.gso_type() == VNET_GSO_TCPV4)
+}
+
+/// `VIRTIO_NET_HDR_GSO_TCPV4`.
+const VNET_GSO_TCPV4: u8 = 1;
 
 /// Whether the vnet header asks for segmentation (GSO).
 fn is_gso(vnet: &[u8]) -> bool {
@@ -825,15 +837,19 @@ impl Gateway {
                 self.counters.frag_needed += 1;
                 return Verdict::Consumed;
             }
-            Fit::GsoTooBig => return self.drop(GwDrop::GsoTooBig),
-            Fit::Fits | Fit::Fragment => {}
+            Fit::GsoTooBig if !can_segment(vnet, h.proto) => {
+                return self.drop(GwDrop::GsoTooBig);
+            }
+            Fit::Fits | Fit::Fragment | Fit::GsoTooBig => {}
         }
         let partial = vnet[0] & VNET_F_NEEDS_CSUM != 0;
         if let Err(v) = self.nat_step(now, Side::Lan, &mut frame[ETH_HLEN..end], partial) {
             return v;
         }
-        if f == Fit::Fragment {
-            return self.fragment_out(vnet, &mut frame[..end], mtu, out);
+        match f {
+            Fit::Fragment => return self.fragment_out(vnet, &mut frame[..end], mtu, out),
+            Fit::GsoTooBig => return self.segment_out(&mut frame[..end], mtu, out),
+            _ => {}
         }
         self.forward(now, in_port, vnet, frame, end, out, fdb)
     }
@@ -908,6 +924,9 @@ impl Gateway {
         match fit(seg, mtu, h.df, gso) {
             Fit::Fits => self.forward(now, in_port, vnet, frame, end, out, fdb),
             Fit::Fragment => self.fragment_out(vnet, &mut frame[..end], mtu, out),
+            Fit::GsoTooBig if can_segment(vnet, h.proto) => {
+                self.segment_out(&mut frame[..end], mtu, out)
+            }
             Fit::GsoTooBig => self.drop(GwDrop::GsoTooBig),
             Fit::FragNeeded => {
                 if let Some(q) = &quote {
@@ -1470,6 +1489,87 @@ impl Gateway {
         Verdict::Consumed
     }
 
+    /// Segment a TCPv4 GSO super-frame without DF (`frame` ends where its IP
+    /// packet does) into segments that fit `mtu`, each a complete packet with
+    /// its checksums computed (RFC 793 sequence numbers; CWR on the first
+    /// segment only, FIN and PSH on the last only); they go into `out` to be
+    /// routed by [`Gateway::route_gen`]. All or none, as for fragments.
+    fn segment_out(&mut self, frame: &mut [u8], mtu: usize, out: &mut Gen) -> Verdict {
+        let Some((hl, total, ident)) = frame
+            .get(ETH_HLEN..)
+            .and_then(|b| Ipv4Packet::new_checked(b).ok())
+            .filter(|ip| ip.protocol() == proto::TCP && !ip.is_fragment())
+            .map(|ip| (ip.header_len(), ip.total_len(), ip.ident()))
+        else {
+            return self.drop(GwDrop::GsoTooBig);
+        };
+        let ip = &frame[ETH_HLEN..ETH_HLEN + total];
+        let Some(&off) = ip.get(hl + 12) else {
+            return self.drop(GwDrop::Malformed);
+        };
+        let th = usize::from(off >> 4) * 4;
+        let hdrs = hl + th;
+        if th < 20 || hdrs > total {
+            return self.drop(GwDrop::Malformed);
+        }
+        let data = &ip[hdrs..];
+        let seg = mtu.saturating_sub(hdrs);
+        if seg == 0 {
+            return self.drop(GwDrop::GsoTooBig);
+        }
+        let n = data.len().div_ceil(seg).max(1);
+        if n > BATCH.saturating_sub(out.len()) {
+            self.counters.drop_gen_full += 1;
+            return Verdict::Consumed;
+        }
+        let eth = &frame[..ETH_HLEN];
+        let seq0 = u32::from_be_bytes([ip[hl + 4], ip[hl + 5], ip[hl + 6], ip[hl + 7]]);
+        let flags = ip[hl + 13];
+        for k in 0..n {
+            let d = &data[(k * seg).min(data.len())..((k + 1) * seg).min(data.len())];
+            let mut fl = flags;
+            if k > 0 {
+                fl &= !0x80; // CWR
+            }
+            if k + 1 < n {
+                fl &= !(0x01 | 0x08); // FIN, PSH
+            }
+            let seq = seq0.wrapping_add((k * seg) as u32);
+            let ok = out.push(Target::Route, |b| {
+                b[..VNET_HDR_LEN].fill(0);
+                let f = &mut b[VNET_HDR_LEN..];
+                f[..ETH_HLEN].copy_from_slice(eth);
+                let len = hdrs + d.len();
+                let p = &mut f[ETH_HLEN..ETH_HLEN + len];
+                p[..hdrs].copy_from_slice(&ip[..hdrs]);
+                p[hdrs..].copy_from_slice(d);
+                p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+                p[4..6].copy_from_slice(&ident.wrapping_add(k as u16).to_be_bytes());
+                p[10..12].fill(0);
+                let c = checksum::checksum(&p[..hl]);
+                p[10..12].copy_from_slice(&c.to_be_bytes());
+                let (iph, tcp) = p.split_at_mut(hl);
+                tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+                tcp[13] = fl;
+                tcp[16..18].fill(0);
+                let mut src = [0u8; 4];
+                let mut dst = [0u8; 4];
+                src.copy_from_slice(&iph[12..16]);
+                dst.copy_from_slice(&iph[16..20]);
+                let ph = checksum::pseudo_header(src, dst, proto::TCP, tcp.len() as u16);
+                let c = !checksum::fold(ph + checksum::sum(tcp));
+                tcp[16..18].copy_from_slice(&c.to_be_bytes());
+                VNET_HDR_LEN + ETH_HLEN + len
+            });
+            if !ok {
+                self.counters.drop_gen_full += 1;
+                return Verdict::Consumed;
+            }
+            self.counters.segmented += 1;
+        }
+        Verdict::Consumed
+    }
+
     /// A frame received on the uplink port.
     pub fn from_uplink(
         &mut self,
@@ -1562,6 +1662,9 @@ impl Gateway {
         match fit(seg, mtu, h.df, gso) {
             Fit::Fits => self.forward(now, up.port, vnet, frame, end, out, fdb),
             Fit::Fragment => self.fragment_out(vnet, &mut frame[..end], mtu, out),
+            Fit::GsoTooBig if can_segment(vnet, h.proto) => {
+                self.segment_out(&mut frame[..end], mtu, out)
+            }
             Fit::GsoTooBig => self.drop(GwDrop::GsoTooBig),
             Fit::FragNeeded => {
                 // Back to the sender, about what it sent (before DNAT).
@@ -2318,37 +2421,79 @@ mod tests {
     }
 
     #[test]
-    fn gso_frames_that_do_not_fit_are_refused_or_get_frag_needed() {
-        let mut g = gw();
-        // A TCPv4 GSO super-frame (virtio_net_hdr gso_type 1, gso_size 1448),
-        // 3 segments of 1448 bytes: each segment is 1488 bytes > 1400.
+    fn gso_frames_that_do_not_fit_are_segmented_refused_or_get_frag_needed() {
+        // Routed on the LAN (static route 10.9/16 via .9, no NAT), LAN MTU 1300.
+        let mut g = gw_with(1300, 64);
+        g.neigh_lan
+            .confirm(Ipv4Addr::new(192, 168, 15, 9), ROUTER9, 1, 0);
+        let mut fdb = fdb();
+        fdb.learn(ROUTER9, 1, 0);
+        // A TCPv4 GSO super-frame as a Linux sender with TSO hands it over
+        // (virtio_net_hdr gso_type 1, gso_size 1448, NEEDS_CSUM, the TCP
+        // checksum field left to offload): 3 segments of 1448 bytes, each
+        // 1488 bytes > 1300. Seq 1000, ACK|PSH|FIN|CWR, counting payload.
         let mut tcp = vec![0u8; 20 + 3 * 1448];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+        tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
         tcp[12] = 5 << 4;
-        tcp[13] = 0x18;
-        for df in [true, false] {
-            let mut f = ipv4(
-                GW_MAC,
-                [192, 168, 15, 1],
-                [203, 0, 113, 10],
-                64,
-                proto::TCP,
-                df,
-                &tcp,
-            );
-            let mut vnet = [0u8; VNET_HDR_LEN];
-            vnet[1] = 1;
-            vnet[4..6].copy_from_slice(&1448u16.to_le_bytes());
-            let mut out = Gen::new();
-            let v = g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb());
-            if df {
-                assert_eq!(v, Verdict::Consumed);
-                let (_, e) = out.parts_mut(0);
-                assert_eq!((icmp_of(e).3, icmp_of(e).4), (4, 1400));
-            } else {
-                assert_eq!(v, Verdict::Drop(DropReason::GwGsoTooBig));
-                assert!(out.is_empty());
-            }
+        tcp[13] = 0x80 | 0x10 | 0x08 | 0x01;
+        for (i, b) in tcp[20..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
         }
+        let data = tcp[20..].to_vec();
+        let gso = |t: u8| {
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            vnet[0] = VNET_F_NEEDS_CSUM;
+            vnet[1] = t;
+            vnet[4..6].copy_from_slice(&1448u16.to_le_bytes());
+            vnet[6..8].copy_from_slice(&34u16.to_le_bytes());
+            vnet[8..10].copy_from_slice(&16u16.to_le_bytes());
+            vnet
+        };
+        let (src, dst) = ([192, 168, 15, 1], [10, 9, 1, 1]);
+        // DF: fragmentation needed, with the path's MTU.
+        let mut f = ipv4(GW_MAC, src, dst, 64, proto::TCP, true, &tcp);
+        let mut out = Gen::new();
+        let v = g.from_lan(0, 0, &mut gso(1), &mut f, &mut out, &fdb);
+        assert_eq!(v, Verdict::Consumed);
+        let (_, e) = out.parts_mut(0);
+        assert_eq!((icmp_of(e).3, icmp_of(e).4), (4, 1300));
+        // No DF: segments of 1260 bytes, complete packets.
+        let mut f = ipv4(GW_MAC, src, dst, 64, proto::TCP, false, &tcp);
+        let mut out = Gen::new();
+        let v = g.from_lan(0, 0, &mut gso(1), &mut f, &mut out, &fdb);
+        assert_eq!(v, Verdict::Consumed);
+        g.route_gen(0, &mut out, &fdb);
+        assert_eq!(out.len(), 4);
+        let mut got = Vec::new();
+        for i in 0..4 {
+            assert_eq!(out.target(i), Target::Port(1));
+            let (_, f) = out.parts_mut(i);
+            let ip = Ipv4Packet::new_checked(&f[ETH_HLEN..]).unwrap();
+            assert!(ip.checksum_ok() && ip.total_len() <= 1300 && ip.ttl() == 63);
+            assert!(l4_ok(&f[ETH_HLEN..]), "TCP checksum of segment {i}");
+            let t = ip.payload();
+            let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            assert_eq!(seq, 1000 + got.len() as u32);
+            let want = match i {
+                0 => 0x80 | 0x10,
+                3 => 0x10 | 0x08 | 0x01,
+                _ => 0x10,
+            };
+            assert_eq!(t[13], want, "flags of segment {i}");
+            got.extend_from_slice(&t[20..]);
+        }
+        assert_eq!(got, data);
+        assert_eq!(g.counters.segmented, 4);
+        // UDP GSO keeps datagram boundaries: refused, counted.
+        let mut udp = vec![0u8; 8 + 3 * 1448];
+        udp[4..6].copy_from_slice(&((8 + 3 * 1448) as u16).to_be_bytes());
+        let mut f = ipv4(GW_MAC, src, dst, 64, proto::UDP, false, &udp);
+        let mut out = Gen::new();
+        let v = g.from_lan(0, 0, &mut gso(5), &mut f, &mut out, &fdb);
+        assert_eq!(v, Verdict::Drop(DropReason::GwGsoTooBig));
+        assert!(out.is_empty());
         assert_eq!(
             (g.counters.frag_needed, g.counters.drop_gso_too_big),
             (1, 1)
