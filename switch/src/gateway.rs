@@ -5,23 +5,50 @@
 //! included, no NAT) and the uplink (through [`nat::Nat`]), decrements TTL,
 //! and answers with ICMP: time exceeded (TTL), destination unreachable (no
 //! route), fragmentation needed (DF set, next hop MTU too small); non-DF
-//! packets that are too big are fragmented. Next hops are resolved with its
-//! own neighbour caches (one per side); packets wait for resolution in a
-//! bounded queue, and ARP requests are rate-limited (one per address per
-//! second). Everything is driven by `now` (ms); no I/O happens here: frames
-//! are rewritten in place or generated into a [`Gen`] batch.
+//! packets that are too big are fragmented. Everything is driven by `now`
+//! (ms); no I/O happens here: frames are rewritten in place or generated into
+//! a [`Gen`] batch.
+//!
+//! Hardening (each refusal is counted in [`GwCounters`], see [`GwDrop`]):
+//! - Neighbour caches (one per side, [`ArpTable`]) learn only on-link senders
+//!   of ARP addressed to us, are bounded in total and per LAN port, and evict
+//!   unconfirmed entries first; a reply to our own request confirms, and a
+//!   confirmation always finds room (O(1)), so a flood of made-up senders
+//!   cannot keep the real next hop out. Outstanding requests are bounded
+//!   ([`MAX_OUTSTANDING`]), and one ingress port holds at most a quarter of
+//!   the queue of packets awaiting resolution.
+//! - Ingress filtering (RFC 3704): from the LAN only sources of a LAN subnet
+//!   or of a static route, never our own addresses; from the uplink no
+//!   martian, LAN or own source. Martian destinations (0/8, 127/8, multicast,
+//!   class E, limited and directed broadcast) are never routed (RFC 1812 5.3.7).
+//! - Every routed egress checks the MTU, hairpinned (LAN → external address →
+//!   LAN) and inbound (uplink → DNAT → LAN) packets included: DF set → ICMP
+//!   fragmentation needed quoting the packet as its sender sent it (before
+//!   NAT); DF clear → fragments, none carrying DF, with the transport checksum
+//!   completed first when the vnet header left it to offload
+//!   (CHECKSUM_PARTIAL). A GSO super-frame whose segments do not fit: DF →
+//!   fragmentation needed; otherwise TCPv4 is segmented here (complete
+//!   segments), UDP GSO is refused (its datagram boundaries are the sender's).
+//! - TTL is checked before NAT; echo replies leave with a fresh TTL (64);
+//!   ICMP errors are rate-limited (RFC 1812 4.3.2.8): a token bucket for all,
+//!   plus one per destination (hashed into a fixed array).
+//! - An IPv4 total length of 0, or shorter than the frame beyond Ethernet
+//!   padding, is accepted only on GSO frames.
 //!
 //! ```text
-//! LAN frame to gateway MAC ─► IPv4 ok? ─► for us? ─► echo reply / ICMP unreachable
-//!                               └─► TTL ≤ 1 ─► time exceeded
-//!                               └─► route ─► MTU/DF ─► NAT ─► TTL-1 ─► neighbour ─► out (or queue + ARP)
-//! uplink frame ─► ARP for our address ─► reply │ IPv4 to our address ─► NAT inbound ─► LAN
+//! LAN frame to gateway MAC ─► IPv4 ok? ─► source ok? ─► martian dst? ─► for us? ─► echo reply / ICMP unreachable
+//!                              └─► to the external address ─► TTL ─► NAT (hairpin/DNAT) ─► MTU/DF ─► out
+//!                              └─► TTL ≤ 1 ─► time exceeded
+//!                              └─► route ─► MTU/DF ─► NAT ─► TTL-1 ─► neighbour ─► out (or queue + ARP)
+//! uplink frame ─► ARP for our address ─► learn (on-link) / reply
+//!              └─► IPv4 to our address ─► source ok? ─► TTL ─► NAT inbound ─► MTU/DF ─► LAN
 //! ```
 
 use crate::PortId;
-use crate::arp::ArpTable;
+use crate::arp::{ArpTable, Heard, Learned, default_per_port, is_host_of};
 use crate::fdb::Fdb;
 use crate::pipeline::{Gen, Target, Verdict};
+use crate::port::BATCH;
 use crate::stats::DropReason;
 use crate::wire::{
     ArpPacket, ETH_HLEN, EthernetFrame, MacAddr, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr, arp_op,
@@ -67,12 +94,34 @@ pub struct GatewayConfig {
     pub uplink: Option<UplinkConfig>,
     /// NAT, if any.
     pub nat: Option<NatConfig>,
-    /// Bound on each neighbour cache.
+    /// Bound on each neighbour cache (the LAN one also holds at most a
+    /// quarter of it per port, [`default_per_port`]).
     pub neigh_max: usize,
     /// Neighbour entry lifetime, ms.
     pub ageing_ms: u64,
     /// Packets that may wait for neighbour resolution.
     pub queue_slots: usize,
+}
+
+impl GatewayConfig {
+    /// The LAN subnet (the gateway's address and prefix).
+    pub fn lan_net(&self) -> Ipv4Net {
+        Ipv4Net {
+            addr: self.ip,
+            prefix: self.prefix.min(32),
+        }
+    }
+
+    /// Networks whose hosts are on the LAN link: the LAN subnet and the
+    /// static routes' next hops (as /32). The switch's ARP table learns only these.
+    pub fn lan_on_link(&self) -> Vec<Ipv4Net> {
+        let mut v = vec![self.lan_net()];
+        v.extend(self.routes.iter().map(|(_, nh)| Ipv4Net {
+            addr: *nh,
+            prefix: 32,
+        }));
+        v
+    }
 }
 
 /// Gateway counters.
@@ -88,17 +137,27 @@ pub struct GwCounters {
     pub unreachable: u64,
     /// ICMP fragmentation needed sent.
     pub frag_needed: u64,
-    /// Packets fragmented / fragments made.
+    /// Fragments made.
     pub fragmented: u64,
+    /// Segments made from TCP GSO frames too big for their egress.
+    pub segmented: u64,
     /// ARP requests sent.
     pub arp_requests: u64,
     /// ARP requests answered for our addresses.
     pub arp_replies: u64,
     /// Packets queued awaiting a neighbour.
     pub queued: u64,
+    /// Neighbour bindings not learned (off-link sender, or no room for a hint).
+    pub neigh_refused: u64,
+    /// Neighbour entries evicted to make room.
+    pub neigh_evicted: u64,
+    /// ARP requests not sent: too many outstanding ([`MAX_OUTSTANDING`]).
+    pub arp_requests_limited: u64,
+    /// ICMP errors not sent: over the rate limit.
+    pub icmp_rate_limited: u64,
     /// Dropped: not IPv4 (to the gateway MAC).
     pub drop_not_ipv4: u64,
-    /// Dropped: malformed or bad header checksum.
+    /// Dropped: malformed, bad header checksum, or total length 0 without GSO.
     pub drop_malformed: u64,
     /// Dropped: to an address we neither own nor route (uplink).
     pub drop_not_for_us: u64,
@@ -106,16 +165,91 @@ pub struct GwCounters {
     pub drop_local: u64,
     /// Dropped: the resolution queue was full.
     pub drop_queue_full: u64,
+    /// Dropped: the ingress port holds its share (a quarter) of the resolution queue.
+    pub drop_queue_share: u64,
     /// Dropped: the neighbour never answered.
     pub drop_unresolved: u64,
     /// Dropped: a GSO frame too big for the next hop without DF.
     pub drop_gso_too_big: u64,
     /// Dropped: no room for a generated frame in this batch.
     pub drop_gen_full: u64,
+    /// Dropped: a source address the ingress side may not use (RFC 3704).
+    pub drop_spoofed_src: u64,
+    /// Dropped: a destination that is never routed (RFC 1812 5.3.7).
+    pub drop_martian_dst: u64,
+    /// Dropped: a vnet header whose checksum offload points outside the packet.
+    pub drop_bad_vnet: u64,
+    /// Dropped: after NAT, no route for the new destination.
+    pub drop_no_route: u64,
+    /// Dropped: too big for its egress with DF set, and no error may be sent (a later fragment).
+    pub drop_too_big: u64,
+}
+
+/// Gateway drop reasons finer than [`DropReason`], each with a stable name
+/// and a counter in [`GwCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GwDrop {
+    /// Not IPv4.
+    NotIpv4,
+    /// Malformed IPv4, bad header checksum, total length 0 without GSO.
+    Malformed,
+    /// A source the ingress side may not use.
+    SpoofedSrc,
+    /// A destination that is never routed.
+    MartianDst,
+    /// A checksum-offload request outside the packet.
+    BadVnet,
+    /// A GSO frame whose segments do not fit and may not be fragmented.
+    GsoTooBig,
+    /// No route for the translated destination.
+    NoRoute,
+    /// Too big for its egress, DF set, and no error may be sent (a later fragment).
+    TooBig,
+}
+
+impl GwDrop {
+    /// Every reason.
+    pub const ALL: [GwDrop; 8] = [
+        GwDrop::NotIpv4,
+        GwDrop::Malformed,
+        GwDrop::SpoofedSrc,
+        GwDrop::MartianDst,
+        GwDrop::BadVnet,
+        GwDrop::GsoTooBig,
+        GwDrop::NoRoute,
+        GwDrop::TooBig,
+    ];
+
+    /// Stable name (for `vswitch stats`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GwDrop::NotIpv4 => "gw-not-ipv4",
+            GwDrop::Malformed => "gw-malformed",
+            GwDrop::SpoofedSrc => "gw-spoofed-src",
+            GwDrop::MartianDst => "gw-martian-dst",
+            GwDrop::BadVnet => "gw-bad-vnet",
+            GwDrop::GsoTooBig => "gw-gso-too-big",
+            GwDrop::NoRoute => "gw-no-route",
+            GwDrop::TooBig => "gw-too-big",
+        }
+    }
+
+    /// The per-port reason it is counted under.
+    pub fn port_reason(self) -> DropReason {
+        match self {
+            GwDrop::NotIpv4 => DropReason::GwNotIpv4,
+            GwDrop::Malformed | GwDrop::BadVnet => DropReason::GwMalformed,
+            GwDrop::SpoofedSrc => DropReason::GwNotForUs,
+            GwDrop::MartianDst | GwDrop::NoRoute => DropReason::GwNoRoute,
+            GwDrop::GsoTooBig | GwDrop::TooBig => DropReason::GwGsoTooBig,
+        }
+    }
 }
 
 struct Pending {
     used: bool,
+    /// The ingress port it came from ([`GENERATED`] for generated frames).
+    owner: PortId,
     nh: Ipv4Addr,
     wan: bool,
     since: u64,
@@ -174,10 +308,161 @@ pub enum Egress {
     None,
 }
 
-/// How long a packet waits for its next hop's MAC (ms).
+/// How long a packet waits for its next hop's MAC (ms); also how long an ARP
+/// reply counts as the answer to our request.
 const RESOLVE_WAIT_MS: u64 = 3_000;
 /// Quote of the offending packet in ICMP errors (RFC 1812: fit in 576 bytes).
 const ICMP_QUOTE: usize = 576 - 20 - 8;
+/// Bound on outstanding ARP requests (addresses asked for in the last
+/// [`RESOLVE_WAIT_MS`]); beyond it no new address is asked for.
+pub const MAX_OUTSTANDING: usize = 4096;
+/// The smallest Ethernet payload (60-byte frame without FCS); shorter packets arrive padded.
+const ETH_MIN_PAYLOAD: usize = 60 - ETH_HLEN;
+/// The owner of generated frames (fragments, released packets) in the resolution queue.
+const GENERATED: PortId = PortId::MAX;
+/// TTL of the packets the gateway originates (echo replies, ICMP errors).
+const OWN_TTL: u8 = 64;
+
+/// ICMP error rate limit (RFC 1812 4.3.2.8), as in Linux's defaults in
+/// spirit: 100/s with a burst of 50 in total, 10/s with a burst of 10 per
+/// destination.
+const ICMP_ALL_MS_PER_TOKEN: u64 = 10;
+const ICMP_ALL_BURST: u64 = 50;
+const ICMP_DST_MS_PER_TOKEN: u64 = 100;
+const ICMP_DST_BURST: u64 = 10;
+/// Per-destination buckets, indexed by a hash of the destination.
+const ICMP_DST_SLOTS: usize = 256;
+
+/// A token bucket holding time credit (ms): a token costs `ms_per_token`.
+#[derive(Clone, Copy)]
+struct Bucket {
+    credit: u64,
+    last: u64,
+}
+
+impl Bucket {
+    const FULL: Bucket = Bucket {
+        credit: u64::MAX,
+        last: 0,
+    };
+
+    /// The credit at `now`, capped at `cap`.
+    fn credit(&self, now: u64, cap: u64) -> u64 {
+        self.credit
+            .saturating_add(now.saturating_sub(self.last))
+            .min(cap)
+    }
+
+    fn take(&mut self, now: u64, cost: u64, cap: u64) {
+        self.credit = self.credit(now, cap) - cost;
+        self.last = self.last.max(now);
+    }
+}
+
+/// What the MTU asks of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    Fits,
+    Fragment,
+    FragNeeded,
+    GsoTooBig,
+}
+
+fn fit(seg: usize, mtu: usize, df: bool, gso: bool) -> Fit {
+    if seg <= mtu {
+        Fit::Fits
+    } else if df {
+        Fit::FragNeeded
+    } else if gso {
+        Fit::GsoTooBig
+    } else {
+        Fit::Fragment
+    }
+}
+
+/// The fields of a validated IPv4 header the gateway decides on.
+#[derive(Debug, Clone, Copy)]
+struct IpInfo {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    /// Length of the packet (the frame's, for a GSO frame with total length 0).
+    total: usize,
+    df: bool,
+    proto: u8,
+    hl: usize,
+    echo_request: bool,
+}
+
+/// Validate the IPv4 packet at the start of `ip` (the rest of the frame):
+/// version, lengths, header checksum. Unless the frame is GSO, the total
+/// length must be that of the frame, Ethernet padding (to 60 bytes) aside:
+/// 0, or a frame with more behind the packet, is malformed.
+fn parse_ip(ip: &[u8], gso: bool) -> Option<IpInfo> {
+    let p = Ipv4Packet::new_checked(ip).ok()?;
+    let raw_total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let padded = raw_total < ip.len() && ip.len() > ETH_MIN_PAYLOAD;
+    if !p.checksum_ok() || (!gso && (raw_total == 0 || padded)) {
+        return None;
+    }
+    Some(IpInfo {
+        src: p.src(),
+        dst: p.dst(),
+        ttl: p.ttl(),
+        total: p.total_len(),
+        df: p.dont_frag(),
+        proto: p.protocol(),
+        hl: p.header_len(),
+        echo_request: p.protocol() == proto::ICMP
+            && p.payload().first() == Some(&icmp_type::ECHO_REQUEST)
+            && !p.is_fragment(),
+    })
+}
+
+/// Whether the gateway segments this GSO frame itself when its segments do
+/// not fit (TCPv4 only; UDP GSO keeps its datagram boundaries, so it is refused).
+fn can_segment(vnet: &[u8], p: u8) -> bool {
+    p == proto::TCP && VnetHdr::new_checked(vnet).is_ok_and(|v| v.gso_type() == VNET_GSO_TCPV4)
+}
+
+/// `VIRTIO_NET_HDR_GSO_TCPV4`.
+const VNET_GSO_TCPV4: u8 = 1;
+
+/// Whether the vnet header asks for segmentation (GSO).
+fn is_gso(vnet: &[u8]) -> bool {
+    VnetHdr::new_checked(vnet).is_ok_and(|v| v.gso_type() != 0)
+}
+
+/// An address that is never a valid source or routed destination: 0/8,
+/// 127/8, multicast, class E and the limited broadcast (RFC 1812 5.3.7).
+pub fn is_martian(a: Ipv4Addr) -> bool {
+    let o = a.octets()[0];
+    o == 0 || o == 127 || o >= 224
+}
+
+/// Whether `a` is the directed broadcast (or the all-zeros host) of `net`.
+fn is_subnet_broadcast(net: &Ipv4Net, a: Ipv4Addr) -> bool {
+    net.prefix <= 30 && net.contains(a) && !is_host_of(net, a)
+}
+
+/// A copy of the first bytes of a packet, to quote it in an ICMP error
+/// after it has been rewritten (NAT).
+struct Quote {
+    buf: [u8; ICMP_QUOTE],
+    len: usize,
+}
+
+impl Quote {
+    fn of(ip: &[u8]) -> Quote {
+        let len = ip.len().min(ICMP_QUOTE);
+        let mut buf = [0u8; ICMP_QUOTE];
+        buf[..len].copy_from_slice(&ip[..len]);
+        Quote { buf, len }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
 
 /// The gateway's state.
 pub struct Gateway {
@@ -191,18 +476,14 @@ pub struct Gateway {
     /// Uplink neighbours.
     pub neigh_wan: ArpTable,
     pending: Vec<Pending>,
-    last_req: HashMap<Ipv4Addr, u64>,
+    /// Addresses we sent an ARP request for, and when (bounded: [`MAX_OUTSTANDING`]).
+    last_req: HashMap<Ipv4Addr, u64, foldhash::fast::RandomState>,
+    icmp_all: Bucket,
+    icmp_dst: Box<[Bucket; ICMP_DST_SLOTS]>,
+    /// A packet being re-fragmented in [`Gateway::route_gen`].
+    scratch: Vec<u8>,
     /// Counters.
     pub counters: GwCounters,
-}
-
-fn may_send_error(ip: &Ipv4Packet<&[u8]>) -> bool {
-    let src = ip.src();
-    if src.is_unspecified() || src.is_broadcast() || src.is_multicast() || ip.frag_offset() != 0 {
-        return false;
-    }
-    // Never an error about an error.
-    !(ip.protocol() == proto::ICMP && ip.payload().first().is_some_and(|t| icmp_is_error(*t)))
 }
 
 fn write_eth(b: &mut [u8], dst: MacAddr, src: MacAddr, et: u16) {
@@ -211,32 +492,106 @@ fn write_eth(b: &mut [u8], dst: MacAddr, src: MacAddr, et: u16) {
     b[12..14].copy_from_slice(&et.to_be_bytes());
 }
 
+/// Complete the transport checksum a CHECKSUM_PARTIAL frame left to offload
+/// (`csum_start`/`csum_offset` of its vnet header, counted from the Ethernet
+/// header), and clear the request. `frame` ends where the IP packet does.
+/// Errs if the offsets do not point inside the transport payload.
+fn complete_checksum(vnet: &mut [u8], frame: &mut [u8], l4_start: usize, p: u8) -> Result<(), ()> {
+    let Ok(v) = VnetHdr::new_checked(&*vnet) else {
+        return Ok(());
+    };
+    if v.flags() & VNET_F_NEEDS_CSUM == 0 {
+        return Ok(());
+    }
+    let start = usize::from(v.csum_start());
+    let field = start + usize::from(v.csum_offset());
+    if start < l4_start || field + 2 > frame.len() {
+        return Err(());
+    }
+    let mut c = checksum::checksum(&frame[start..]);
+    if c == 0 && p == proto::UDP {
+        c = 0xffff; // RFC 768: a computed 0 is sent as all ones
+    }
+    frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    vnet[0] &= !VNET_F_NEEDS_CSUM;
+    Ok(())
+}
+
+/// The header of a non-first fragment: the first fragment's with only the
+/// options whose "copied" flag is set (RFC 791 3.1), padded to 32 bits.
+/// Returns its length.
+fn later_header(hdr: &[u8], out: &mut [u8; 60]) -> usize {
+    out[..20].copy_from_slice(&hdr[..20]);
+    let mut n = 20;
+    let mut i = 20;
+    while i < hdr.len() {
+        let t = hdr[i];
+        if t == 0 {
+            break; // end of option list
+        }
+        if t == 1 {
+            i += 1; // NOP: not copied
+            continue;
+        }
+        let Some(&l) = hdr.get(i + 1) else { break };
+        let l = usize::from(l);
+        if l < 2 || i + l > hdr.len() {
+            break; // malformed: copy no more
+        }
+        if t & 0x80 != 0 {
+            out[n..n + l].copy_from_slice(&hdr[i..i + l]);
+            n += l;
+        }
+        i += l;
+    }
+    while n % 4 != 0 {
+        out[n] = 0;
+        n += 1;
+    }
+    out[0] = 0x40 | (n / 4) as u8;
+    n
+}
+
 impl Gateway {
     /// A gateway with empty caches.
     pub fn new(cfg: GatewayConfig) -> Gateway {
-        let lan_net = Ipv4Net {
-            addr: cfg.ip,
-            prefix: cfg.prefix,
-        };
+        let lan_net = cfg.lan_net();
         let up_net = cfg.uplink.as_ref().map(|u| Ipv4Net {
             addr: u.ip,
-            prefix: u.prefix,
+            prefix: u.prefix.min(32),
         });
         let pending = (0..cfg.queue_slots)
             .map(|_| Pending {
                 used: false,
+                owner: GENERATED,
                 nh: Ipv4Addr::UNSPECIFIED,
                 wan: false,
                 since: 0,
                 data: Vec::with_capacity(2048),
             })
             .collect();
+        let mut neigh_lan = ArpTable::with_limits(
+            cfg.neigh_max,
+            default_per_port(cfg.neigh_max),
+            cfg.ageing_ms,
+        );
+        neigh_lan.set_on_link(&cfg.lan_on_link());
+        // One port: the uplink table's bound is its own.
+        let mut neigh_wan = ArpTable::with_limits(cfg.neigh_max, cfg.neigh_max, cfg.ageing_ms);
+        if let Some(u) = &cfg.uplink {
+            let mut nets: Vec<Ipv4Net> = up_net.into_iter().collect();
+            nets.extend(u.next_hop.map(|addr| Ipv4Net { addr, prefix: 32 }));
+            neigh_wan.set_on_link(&nets);
+        }
         Gateway {
             nat: cfg.nat.clone().map(Nat::new),
-            neigh_lan: ArpTable::new(cfg.neigh_max, cfg.ageing_ms),
-            neigh_wan: ArpTable::new(cfg.neigh_max, cfg.ageing_ms),
+            neigh_lan,
+            neigh_wan,
             pending,
-            last_req: HashMap::new(),
+            last_req: HashMap::default(),
+            icmp_all: Bucket::FULL,
+            icmp_dst: Box::new([Bucket::FULL; ICMP_DST_SLOTS]),
+            scratch: Vec::new(),
             counters: GwCounters::default(),
             lan_net,
             up_net,
@@ -274,7 +629,103 @@ impl Gateway {
         side_in(&self.cfg, &self.lan_net, &self.up_net, dst)
     }
 
-    /// ARP on the LAN for our address: answer requests, learn replies. `None`: not for us.
+    /// Count a drop and say how the port counts it.
+    fn drop(&mut self, d: GwDrop) -> Verdict {
+        let c = &mut self.counters;
+        match d {
+            GwDrop::NotIpv4 => c.drop_not_ipv4 += 1,
+            GwDrop::Malformed => c.drop_malformed += 1,
+            GwDrop::SpoofedSrc => c.drop_spoofed_src += 1,
+            GwDrop::MartianDst => c.drop_martian_dst += 1,
+            GwDrop::BadVnet => c.drop_bad_vnet += 1,
+            GwDrop::GsoTooBig => c.drop_gso_too_big += 1,
+            GwDrop::NoRoute => c.drop_no_route += 1,
+            GwDrop::TooBig => c.drop_too_big += 1,
+        }
+        Verdict::Drop(d.port_reason())
+    }
+
+    /// Whether a LAN host may send from `src`: a host address of the LAN
+    /// subnet or an address behind a static route, never one of ours.
+    fn lan_source_ok(&self, src: Ipv4Addr) -> bool {
+        if is_martian(src)
+            || src == self.cfg.ip
+            || self.cfg.uplink.as_ref().is_some_and(|u| u.ip == src)
+        {
+            return false;
+        }
+        is_host_of(&self.lan_net, src) || self.cfg.routes.iter().any(|(n, _)| n.contains(src))
+    }
+
+    /// Whether the uplink may send from `src`: not martian, not ours, not a LAN address.
+    fn uplink_source_ok(&self, src: Ipv4Addr) -> bool {
+        !(is_martian(src)
+            || src == self.cfg.ip
+            || self.cfg.uplink.as_ref().is_some_and(|u| u.ip == src)
+            || self.up_net.is_some_and(|n| is_subnet_broadcast(&n, src))
+            || self.lan_net.contains(src)
+            || self.cfg.routes.iter().any(|(n, _)| n.contains(src)))
+    }
+
+    /// Whether `dst` is never routed: martian, or a broadcast of a connected subnet.
+    fn martian_dst(&self, dst: Ipv4Addr) -> bool {
+        is_martian(dst)
+            || is_subnet_broadcast(&self.lan_net, dst)
+            || self.up_net.is_some_and(|n| is_subnet_broadcast(&n, dst))
+    }
+
+    /// MTU towards `e`.
+    fn egress_mtu(&self, e: Egress) -> usize {
+        let m = match e {
+            Egress::Uplink(_) => self.cfg.uplink.as_ref().map_or(self.cfg.lan_mtu, |u| u.mtu),
+            _ => self.cfg.lan_mtu,
+        };
+        m as usize
+    }
+
+    /// The smallest MTU of any egress (below it, nothing needs a quote kept).
+    fn min_mtu(&self) -> usize {
+        let up = self.cfg.uplink.as_ref().map_or(u32::MAX, |u| u.mtu);
+        self.cfg.lan_mtu.min(up) as usize
+    }
+
+    /// Learn a neighbour heard in ARP addressed to us; true if it is in the table.
+    fn learn_neigh(
+        &mut self,
+        wan: bool,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        port: PortId,
+        now: u64,
+        how: Heard,
+    ) -> bool {
+        let t = if wan {
+            &mut self.neigh_wan
+        } else {
+            &mut self.neigh_lan
+        };
+        let ev = |t: &ArpTable| {
+            t.counters.evicted_unconfirmed + t.counters.evicted_aged + t.counters.evicted_confirmed
+        };
+        let before = ev(t);
+        let r = t.observe(ip, mac, port, now, how, true);
+        self.counters.neigh_evicted += ev(t) - before;
+        if r == Learned::Refused {
+            self.counters.neigh_refused += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Whether an ARP reply from `ip` answers a request of ours.
+    fn solicited(&self, ip: Ipv4Addr, now: u64) -> bool {
+        self.last_req
+            .get(&ip)
+            .is_some_and(|&t| now.saturating_sub(t) < RESOLVE_WAIT_MS)
+    }
+
+    /// ARP on the LAN for our address: answer requests, learn on-link
+    /// senders (a reply to our request confirms). `None`: not for us.
     pub fn lan_arp(
         &mut self,
         now: u64,
@@ -284,19 +735,23 @@ impl Gateway {
         fdb: &Fdb,
     ) -> Option<Verdict> {
         let (op, sha, spa, tpa) = {
-            let a = ArpPacket::new_checked(&frame[ETH_HLEN..]).ok()?;
+            let a = ArpPacket::new_checked(frame.get(ETH_HLEN..)?).ok()?;
             (a.op(), a.sha(), a.spa(), a.tpa())
         };
         if tpa != self.cfg.ip || spa == tpa {
-            // Not about us; keep what we know of others fresh.
-            if self.neigh_lan.lookup(spa, now).is_some() {
-                self.neigh_lan.learn(spa, sha, in_port, now);
-            }
+            // Not about us: keep what we know of others fresh, never rebind.
+            self.neigh_lan.refresh(spa, sha, in_port, now);
             return None;
         }
         if !spa.is_unspecified() {
-            self.neigh_lan.learn(spa, sha, in_port, now);
-            self.release(now, spa, false, out, fdb);
+            let how = if op == arp_op::REPLY && self.solicited(spa, now) {
+                Heard::Reply
+            } else {
+                Heard::Hint
+            };
+            if self.learn_neigh(false, spa, sha, in_port, now, how) {
+                self.release(now, spa, false, out, fdb);
+            }
         }
         if op == arp_op::REQUEST {
             let mut eth = EthernetFrame::new_checked(&mut *frame).ok()?;
@@ -328,46 +783,34 @@ impl Gateway {
             return Verdict::Drop(DropReason::Runt);
         };
         if eth.ethertype() != ethertype::IPV4 {
-            self.counters.drop_not_ipv4 += 1;
-            return Verdict::Drop(DropReason::GwNotIpv4);
+            return self.drop(GwDrop::NotIpv4);
         }
         let src_mac = eth.src();
-        let (dst, ttl, total, df, proto_, hl) = match Ipv4Packet::new_checked(&frame[ETH_HLEN..]) {
-            Ok(ip) if ip.checksum_ok() => (
-                ip.dst(),
-                ip.ttl(),
-                ip.total_len(),
-                ip.dont_frag(),
-                ip.protocol(),
-                ip.header_len(),
-            ),
-            _ => {
-                self.counters.drop_malformed += 1;
-                return Verdict::Drop(DropReason::GwMalformed);
-            }
+        let gso = is_gso(vnet);
+        let Some(h) = parse_ip(&frame[ETH_HLEN..], gso) else {
+            return self.drop(GwDrop::Malformed);
         };
-        let end = ETH_HLEN + total;
-        let partial = vnet[0] & VNET_F_NEEDS_CSUM != 0;
-        let uplink_ip = self.cfg.uplink.as_ref().map(|u| u.ip);
-
-        // Traffic to our own addresses: NAT may claim the external one (DNAT, hairpin replies).
-        let mut translated = false;
-        if dst == self.cfg.ip {
-            return self.local(frame, in_port, src_mac, out, self.cfg.mac, self.cfg.ip);
+        if !self.lan_source_ok(h.src) {
+            return self.drop(GwDrop::SpoofedSrc);
         }
-        if Some(dst) == uplink_ip {
-            match self.nat_step(now, Side::Lan, &mut frame[ETH_HLEN..end], partial) {
-                Ok(true) => translated = true,
-                Ok(false) => return self.local(frame, in_port, src_mac, out, self.cfg.mac, dst),
-                Err(v) => return v,
-            }
+        if self.martian_dst(h.dst) {
+            return self.drop(GwDrop::MartianDst);
         }
-        if ttl <= 1 {
+        let end = ETH_HLEN + h.total;
+        if h.dst == self.cfg.ip {
+            return self.local(now, frame, in_port, src_mac, out, self.cfg.mac, self.cfg.ip);
+        }
+        if self.cfg.uplink.as_ref().is_some_and(|u| u.ip == h.dst) {
+            return self.hairpin(now, in_port, src_mac, vnet, frame, &h, out, fdb);
+        }
+        if h.ttl <= 1 {
+            let q = &frame[ETH_HLEN..end];
             self.lan_error(
+                now,
                 out,
                 in_port,
                 src_mac,
-                &frame[ETH_HLEN..end],
+                q,
                 icmp_type::TIME_EXCEEDED,
                 0,
                 0,
@@ -375,61 +818,126 @@ impl Gateway {
             self.counters.time_exceeded += 1;
             return Verdict::Consumed;
         }
-        if !translated {
-            let egress = self.route(dst);
-            if egress == Egress::None {
+        let egress = self.route(h.dst);
+        if matches!(egress, Egress::None | Egress::Local) {
+            let q = &frame[ETH_HLEN..end];
+            self.lan_error(now, out, in_port, src_mac, q, icmp_type::DEST_UNREACH, 0, 0);
+            self.counters.unreachable += 1;
+            return Verdict::Consumed;
+        }
+        // Path MTU, before NAT: "fragmentation needed" quotes what was sent.
+        let mtu = self.egress_mtu(egress);
+        let seg = seg_len(vnet, &frame[ETH_HLEN..end], h.hl, h.proto);
+        let f = fit(seg, mtu, h.df, gso);
+        match f {
+            Fit::FragNeeded => {
+                let q = &frame[ETH_HLEN..end];
+                let m = mtu.min(0xffff) as u16;
+                self.lan_error(now, out, in_port, src_mac, q, icmp_type::DEST_UNREACH, 4, m);
+                self.counters.frag_needed += 1;
+                return Verdict::Consumed;
+            }
+            Fit::GsoTooBig if !can_segment(vnet, h.proto) => {
+                return self.drop(GwDrop::GsoTooBig);
+            }
+            Fit::Fits | Fit::Fragment | Fit::GsoTooBig => {}
+        }
+        let partial = vnet[0] & VNET_F_NEEDS_CSUM != 0;
+        if let Err(v) = self.nat_step(now, Side::Lan, &mut frame[ETH_HLEN..end], partial) {
+            return v;
+        }
+        match f {
+            Fit::Fragment => return self.fragment_out(vnet, &mut frame[..end], mtu, out),
+            Fit::GsoTooBig => return self.segment_out(&mut frame[..end], mtu, out),
+            _ => {}
+        }
+        self.forward(now, in_port, vnet, frame, end, out, fdb)
+    }
+
+    /// A LAN packet to our external address: answered by us, or (NAT)
+    /// hairpinned back to the LAN. TTL is checked before NAT, the MTU after
+    /// it (the egress is known only then), quoting the packet as sent.
+    #[allow(clippy::too_many_arguments)]
+    fn hairpin(
+        &mut self,
+        now: u64,
+        in_port: PortId,
+        src_mac: MacAddr,
+        vnet: &mut [u8],
+        frame: &mut [u8],
+        h: &IpInfo,
+        out: &mut Gen,
+        fdb: &Fdb,
+    ) -> Verdict {
+        let end = ETH_HLEN + h.total;
+        // An echo request is ours to answer whatever its TTL; anything else
+        // with TTL ≤ 1 would expire on the way back out.
+        if h.ttl <= 1 && !h.echo_request {
+            let q = &frame[ETH_HLEN..end];
+            self.lan_error(
+                now,
+                out,
+                in_port,
+                src_mac,
+                q,
+                icmp_type::TIME_EXCEEDED,
+                0,
+                0,
+            );
+            self.counters.time_exceeded += 1;
+            return Verdict::Consumed;
+        }
+        let gso = is_gso(vnet);
+        let seg = seg_len(vnet, &frame[ETH_HLEN..end], h.hl, h.proto);
+        let quote = (seg > self.min_mtu() || h.ttl <= 1).then(|| Quote::of(&frame[ETH_HLEN..end]));
+        let partial = vnet[0] & VNET_F_NEEDS_CSUM != 0;
+        match self.nat_step(now, Side::Lan, &mut frame[ETH_HLEN..end], partial) {
+            Ok(true) => {}
+            Ok(false) => {
+                let my = self.cfg.uplink.as_ref().map_or(self.cfg.ip, |u| u.ip);
+                return self.local(now, frame, in_port, src_mac, out, self.cfg.mac, my);
+            }
+            Err(v) => return v,
+        }
+        if h.ttl <= 1 {
+            if let Some(q) = &quote {
                 self.lan_error(
+                    now,
                     out,
                     in_port,
                     src_mac,
-                    &frame[ETH_HLEN..end],
-                    icmp_type::DEST_UNREACH,
+                    q.bytes(),
+                    icmp_type::TIME_EXCEEDED,
                     0,
                     0,
                 );
-                self.counters.unreachable += 1;
-                return Verdict::Consumed;
             }
-            // Path MTU: DF packets too big get "fragmentation needed" about what was sent.
-            let mtu = match egress {
-                Egress::Uplink(_) => self.cfg.uplink.as_ref().map_or(self.cfg.lan_mtu, |u| u.mtu),
-                _ => self.cfg.lan_mtu,
-            } as usize;
-            let seg = seg_len(vnet, &frame[ETH_HLEN..end], hl, proto_);
-            if seg > mtu {
-                if df {
-                    self.lan_error(
-                        out,
-                        in_port,
-                        src_mac,
-                        &frame[ETH_HLEN..end],
-                        icmp_type::DEST_UNREACH,
-                        4,
-                        mtu as u16,
-                    );
-                    self.counters.frag_needed += 1;
-                    return Verdict::Consumed;
-                }
-                if VnetHdr::new_checked(&*vnet)
-                    .map(|v| v.gso_type())
-                    .unwrap_or(0)
-                    != 0
-                {
-                    self.counters.drop_gso_too_big += 1;
-                    return Verdict::Drop(DropReason::GwGsoTooBig);
-                }
+            self.counters.time_exceeded += 1;
+            return Verdict::Consumed;
+        }
+        let dst = Ipv4Packet::new_checked(&frame[ETH_HLEN..end]).map_or(h.dst, |p| p.dst());
+        let egress = self.route(dst);
+        if matches!(egress, Egress::None | Egress::Local) {
+            return self.drop(GwDrop::NoRoute);
+        }
+        let mtu = self.egress_mtu(egress);
+        match fit(seg, mtu, h.df, gso) {
+            Fit::Fits => self.forward(now, in_port, vnet, frame, end, out, fdb),
+            Fit::Fragment => self.fragment_out(vnet, &mut frame[..end], mtu, out),
+            Fit::GsoTooBig if can_segment(vnet, h.proto) => {
+                self.segment_out(&mut frame[..end], mtu, out)
             }
-            if egress != Egress::Local {
-                match self.nat_step(now, Side::Lan, &mut frame[ETH_HLEN..end], partial) {
-                    Ok(_) => {}
-                    Err(v) => return v,
+            Fit::GsoTooBig => self.drop(GwDrop::GsoTooBig),
+            Fit::FragNeeded => {
+                if let Some(q) = &quote {
+                    let m = mtu.min(0xffff) as u16;
+                    let b = q.bytes();
+                    self.lan_error(now, out, in_port, src_mac, b, icmp_type::DEST_UNREACH, 4, m);
                 }
-            }
-            if seg > mtu {
-                return self.fragment_out(&frame[..end], mtu, out);
+                self.counters.frag_needed += 1;
+                Verdict::Consumed
             }
         }
-        self.forward(now, vnet, frame, end, out, fdb)
     }
 
     /// Run the NAT on an IPv4 packet. `Ok(true)`: translated; `Ok(false)`: not NAT'd.
@@ -456,8 +964,11 @@ impl Gateway {
 
     /// Decrement TTL, resolve the next hop, rewrite the Ethernet header and choose where to send.
     fn next_hop(&mut self, now: u64, frame: &mut [u8], end: usize, fdb: &Fdb) -> Next {
-        let dst = match Ipv4Packet::new_checked(&mut frame[ETH_HLEN..end]) {
-            Ok(mut ip) if ip.ttl() > 1 => {
+        let dst = match frame
+            .get_mut(ETH_HLEN..end)
+            .and_then(|b| Ipv4Packet::new_checked(b).ok())
+        {
+            Some(mut ip) if ip.ttl() > 1 => {
                 ip.dec_ttl();
                 ip.dst()
             }
@@ -470,7 +981,7 @@ impl Gateway {
             Egress::Lan(nh) => (nh, false),
             Egress::Uplink(nh) => (nh, true),
             Egress::Local | Egress::None => {
-                self.counters.drop_not_for_us += 1;
+                self.counters.drop_no_route += 1;
                 return Next::Drop(DropReason::GwNoRoute);
             }
         };
@@ -483,28 +994,24 @@ impl Gateway {
         let Some(n) = table.lookup(nh, now) else {
             return Next::Queue { nh, wan };
         };
-        let src_mac = if wan {
-            self.cfg.uplink.as_ref().map_or(self.cfg.mac, |u| u.mac)
-        } else {
-            self.cfg.mac
-        };
-        write_eth(frame, n.mac, src_mac, ethertype::IPV4);
-        if wan {
-            return Next::Out(Target::Port(
-                self.cfg
-                    .uplink
-                    .as_ref()
-                    .expect("wan route implies uplink")
-                    .port,
-            ));
+        match (wan, self.cfg.uplink.as_ref()) {
+            (true, Some(u)) => {
+                write_eth(frame, n.mac, u.mac, ethertype::IPV4);
+                Next::Out(Target::Port(u.port))
+            }
+            _ => {
+                write_eth(frame, n.mac, self.cfg.mac, ethertype::IPV4);
+                Next::Out(fdb.lookup(&n.mac, now).map_or(Target::Lan, Target::Port))
+            }
         }
-        Next::Out(fdb.lookup(&n.mac, now).map_or(Target::Lan, Target::Port))
     }
 
-    /// Forward a received frame in place (or queue it for resolution).
+    /// Forward a frame received on `in_port` in place (or queue it for resolution).
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
         now: u64,
+        in_port: PortId,
         vnet: &[u8],
         frame: &mut [u8],
         end: usize,
@@ -514,18 +1021,46 @@ impl Gateway {
         match self.next_hop(now, frame, end, fdb) {
             Next::Out(Target::Port(p)) => Verdict::Unicast(p),
             Next::Out(_) => Verdict::FloodAll,
-            Next::Queue { nh, wan } => self.enqueue(now, nh, wan, vnet, &frame[..end], out),
+            Next::Queue { nh, wan } => {
+                self.enqueue(now, in_port, nh, wan, vnet, &frame[..end], out)
+            }
             Next::Drop(r) => Verdict::Drop(r),
         }
     }
 
-    /// Resolve generated frames that need routing (fragments, released fragments).
+    /// Resolve generated frames that need routing (fragments, released
+    /// fragments). A frame too big for its egress is fragmented again
+    /// (the NAT releases held fragments as they arrived).
     pub fn route_gen(&mut self, now: u64, out: &mut Gen, fdb: &Fdb) {
         let mut i = 0;
         while i < out.len() {
             if out.target(i) == Target::Route {
                 let (vnet, frame) = out.parts_mut(i);
                 let end = frame.len();
+                let too_big = Ipv4Packet::new_checked(&frame[ETH_HLEN.min(end)..])
+                    .ok()
+                    .map(|ip| (ip.total_len(), ip.dst(), ip.dont_frag()))
+                    .and_then(|(len, dst, df)| {
+                        let mtu = self.egress_mtu(self.route(dst));
+                        (len > mtu).then_some((mtu, df))
+                    });
+                if let Some((mtu, df)) = too_big {
+                    out.set_target(i, Target::Discard);
+                    if df {
+                        self.drop(GwDrop::TooBig); // a later fragment: no error about it
+                    } else {
+                        let mut s = std::mem::take(&mut self.scratch);
+                        let (vnet, frame) = out.parts_mut(i);
+                        let mut v = [0u8; VNET_HDR_LEN];
+                        v.copy_from_slice(&vnet[..VNET_HDR_LEN]);
+                        s.clear();
+                        s.extend_from_slice(frame);
+                        self.fragment_out(&mut v, &mut s, mtu, out);
+                        self.scratch = s;
+                    }
+                    i += 1;
+                    continue;
+                }
                 match self.next_hop(now, frame, end, fdb) {
                     Next::Out(t) => out.set_target(i, t),
                     Next::Drop(_) => out.set_target(i, Target::Discard),
@@ -533,7 +1068,7 @@ impl Gateway {
                         let mut v = [0u8; VNET_HDR_LEN];
                         v.copy_from_slice(&vnet[..VNET_HDR_LEN]);
                         let (_, frame) = out.parts_mut(i);
-                        let copy = self.park(now, nh, wan, &v, frame);
+                        let copy = self.park(now, GENERATED, nh, wan, &v, frame);
                         out.set_target(i, Target::Discard);
                         if copy {
                             self.request(now, nh, wan, out);
@@ -545,9 +1080,11 @@ impl Gateway {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &mut self,
         now: u64,
+        in_port: PortId,
         nh: Ipv4Addr,
         wan: bool,
         vnet: &[u8],
@@ -555,20 +1092,45 @@ impl Gateway {
         out: &mut Gen,
     ) -> Verdict {
         self.request(now, nh, wan, out);
-        if self.park(now, nh, wan, vnet, frame) {
+        if self.park(now, in_port, nh, wan, vnet, frame) {
             Verdict::Consumed
         } else {
             Verdict::Drop(DropReason::GwQueueFull)
         }
     }
 
-    /// Keep a copy of a packet until `nh` is resolved; false if the queue is full.
-    fn park(&mut self, now: u64, nh: Ipv4Addr, wan: bool, vnet: &[u8], frame: &[u8]) -> bool {
-        let Some(slot) = self.pending.iter_mut().find(|p| !p.used) else {
+    /// Keep a copy of a packet from `owner` until `nh` is resolved; false if
+    /// the queue is full, or `owner` holds its share of it (a quarter), so
+    /// that one port cannot keep the others' packets out.
+    fn park(
+        &mut self,
+        now: u64,
+        owner: PortId,
+        nh: Ipv4Addr,
+        wan: bool,
+        vnet: &[u8],
+        frame: &[u8],
+    ) -> bool {
+        let share = (self.pending.len() / 4).max(1);
+        let (mut held, mut free) = (0, None);
+        for (i, p) in self.pending.iter().enumerate() {
+            if !p.used {
+                free = free.or(Some(i));
+            } else if p.owner == owner {
+                held += 1;
+            }
+        }
+        if held >= share {
+            self.counters.drop_queue_share += 1;
+            return false;
+        }
+        let Some(i) = free else {
             self.counters.drop_queue_full += 1;
             return false;
         };
+        let slot = &mut self.pending[i];
         slot.used = true;
+        slot.owner = owner;
         slot.nh = nh;
         slot.wan = wan;
         slot.since = now;
@@ -579,17 +1141,17 @@ impl Gateway {
         true
     }
 
-    /// Send an ARP request for `ip` unless one went out in the last second.
+    /// Send an ARP request for `ip` unless one went out in the last second,
+    /// or [`MAX_OUTSTANDING`] other addresses are being asked for.
     fn request(&mut self, now: u64, ip: Ipv4Addr, wan: bool, out: &mut Gen) {
-        if let Some(&t) = self.last_req.get(&ip)
-            && now.saturating_sub(t) < 1000
-        {
-            return;
+        match self.last_req.get(&ip) {
+            Some(&t) if now.saturating_sub(t) < 1000 => return,
+            None if self.last_req.len() >= MAX_OUTSTANDING => {
+                self.counters.arp_requests_limited += 1;
+                return;
+            }
+            _ => {}
         }
-        if self.last_req.len() > 4096 {
-            self.last_req.retain(|_, t| now.saturating_sub(*t) < 1000);
-        }
-        self.last_req.insert(ip, now);
         let (mac, my_ip, target) = match (&self.cfg.uplink, wan) {
             (Some(u), true) => (u.mac, u.ip, Target::Port(u.port)),
             _ => (self.cfg.mac, self.cfg.ip, Target::Lan),
@@ -607,6 +1169,7 @@ impl Gateway {
             VNET_HDR_LEN + 60
         });
         if ok {
+            self.last_req.insert(ip, now);
             self.counters.arp_requests += 1;
         } else {
             self.counters.drop_gen_full += 1;
@@ -651,9 +1214,12 @@ impl Gateway {
         }
     }
 
-    /// Deliver to the gateway itself: answer pings, refuse UDP with port unreachable.
+    /// Deliver to the gateway itself: answer pings (with a fresh TTL),
+    /// refuse UDP with port unreachable.
+    #[allow(clippy::too_many_arguments)]
     fn local(
         &mut self,
+        now: u64,
         frame: &mut [u8],
         in_port: PortId,
         src_mac: MacAddr,
@@ -662,7 +1228,7 @@ impl Gateway {
         my_ip: Ipv4Addr,
     ) -> Verdict {
         let Ok(ip) = Ipv4Packet::new_checked(&frame[ETH_HLEN..]) else {
-            return Verdict::Drop(DropReason::GwMalformed);
+            return self.drop(GwDrop::Malformed);
         };
         let end = ETH_HLEN + ip.total_len();
         match ip.protocol() {
@@ -671,7 +1237,9 @@ impl Gateway {
                     && ip.payload().len() >= 8
                     && !ip.is_fragment() =>
             {
-                let mut ip = Ipv4Packet::new_checked(&mut frame[ETH_HLEN..end]).expect("checked");
+                let Ok(mut ip) = Ipv4Packet::new_checked(&mut frame[ETH_HLEN..end]) else {
+                    return self.drop(GwDrop::Malformed);
+                };
                 let peer = ip.src();
                 ip.set_src(my_ip);
                 ip.set_dst(peer);
@@ -683,12 +1251,18 @@ impl Gateway {
                     0,
                 );
                 l4[2..4].copy_from_slice(&c.to_be_bytes());
+                // A new packet of ours: a fresh TTL, not the request's.
+                frame[ETH_HLEN + 8] = OWN_TTL;
+                if let Ok(mut ip) = Ipv4Packet::new_checked(&mut frame[ETH_HLEN..end]) {
+                    ip.fill_checksum();
+                }
                 write_eth(frame, src_mac, my_mac, ethertype::IPV4);
                 self.counters.echo_replies += 1;
                 Verdict::Reply
             }
             proto::UDP => {
                 self.icmp_error(
+                    now,
                     out,
                     Target::Port(in_port),
                     src_mac,
@@ -713,6 +1287,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     fn lan_error(
         &mut self,
+        now: u64,
         out: &mut Gen,
         in_port: PortId,
         to_mac: MacAddr,
@@ -723,6 +1298,7 @@ impl Gateway {
     ) {
         let (mac, ip) = (self.cfg.mac, self.cfg.ip);
         self.icmp_error(
+            now,
             out,
             Target::Port(in_port),
             to_mac,
@@ -735,10 +1311,29 @@ impl Gateway {
         );
     }
 
-    /// Build an ICMP error about `orig` (an IPv4 packet) into `out`.
+    /// Whether an ICMP error to `to` may go out at `now`: takes a token from
+    /// the total and from `to`'s bucket, or counts a suppression.
+    fn icmp_allowed(&mut self, now: u64, to: Ipv4Addr) -> bool {
+        let h = (u32::from(to).wrapping_mul(0x9e37_79b1) >> 24) as usize % ICMP_DST_SLOTS;
+        let all_cap = ICMP_ALL_MS_PER_TOKEN * ICMP_ALL_BURST;
+        let dst_cap = ICMP_DST_MS_PER_TOKEN * ICMP_DST_BURST;
+        if self.icmp_all.credit(now, all_cap) < ICMP_ALL_MS_PER_TOKEN
+            || self.icmp_dst[h].credit(now, dst_cap) < ICMP_DST_MS_PER_TOKEN
+        {
+            self.counters.icmp_rate_limited += 1;
+            return false;
+        }
+        self.icmp_all.take(now, ICMP_ALL_MS_PER_TOKEN, all_cap);
+        self.icmp_dst[h].take(now, ICMP_DST_MS_PER_TOKEN, dst_cap);
+        true
+    }
+
+    /// Build an ICMP error about `orig` (an IPv4 packet, or the start of
+    /// one) into `out`, unless RFC 1812 forbids it or the rate limit holds it back.
     #[allow(clippy::too_many_arguments)]
     fn icmp_error(
         &mut self,
+        now: u64,
         out: &mut Gen,
         target: Target,
         eth_dst: MacAddr,
@@ -749,13 +1344,27 @@ impl Gateway {
         code: u8,
         mtu: u16,
     ) {
-        let Ok(o) = Ipv4Packet::new_checked(orig) else {
+        // A quote may be cut short of the total length: view only its header.
+        let Some(hdr) = orig.get(..20) else { return };
+        let hl = usize::from(hdr[0] & 0xf) * 4;
+        let Some(h) = orig.get(..hl.max(20)) else {
             return;
         };
-        if !may_send_error(&o) {
+        let mut hb = [0u8; 60];
+        hb[..h.len()].copy_from_slice(h);
+        hb[2..4].copy_from_slice(&(h.len() as u16).to_be_bytes());
+        let first = orig.get(hl..).and_then(|p| p.first()).copied();
+        let Ok(o) = Ipv4Packet::new_checked(&hb[..h.len()]) else {
+            return;
+        };
+        let to = o.src();
+        let is_err = o.protocol() == proto::ICMP && first.is_some_and(icmp_is_error);
+        if is_martian(to) || o.frag_offset() != 0 || is_err {
             return;
         }
-        let to = o.src();
+        if !self.icmp_allowed(now, to) {
+            return;
+        }
         let quote = &orig[..orig.len().min(ICMP_QUOTE)];
         let ok = out.push(target, |b| {
             b[..VNET_HDR_LEN].fill(0);
@@ -772,7 +1381,7 @@ impl Gateway {
                 0,
                 0,
                 0,
-                64,
+                OWN_TTL,
                 proto::ICMP,
                 0,
                 0,
@@ -793,41 +1402,82 @@ impl Gateway {
         }
     }
 
-    /// Fragment a non-DF packet for a next hop with a smaller MTU; the
-    /// fragments go into `out` to be routed by [`Gateway::route_gen`].
-    fn fragment_out(&mut self, frame: &[u8], mtu: usize, out: &mut Gen) -> Verdict {
-        let Ok(ip) = Ipv4Packet::new_checked(&frame[ETH_HLEN..]) else {
-            return Verdict::Drop(DropReason::GwMalformed);
+    /// Fragment a non-DF packet (`frame` ends where it does) for a next hop
+    /// of `mtu`; the fragments go into `out` to be routed by
+    /// [`Gateway::route_gen`]. The transport checksum is completed first if
+    /// offload was asked for; no fragment carries DF; non-first fragments
+    /// carry only the options to be copied. All or none: a packet that would
+    /// not fit the batch is dropped whole.
+    fn fragment_out(
+        &mut self,
+        vnet: &mut [u8],
+        frame: &mut [u8],
+        mtu: usize,
+        out: &mut Gen,
+    ) -> Verdict {
+        let Some(info) = frame
+            .get(ETH_HLEN..)
+            .and_then(|b| Ipv4Packet::new_checked(b).ok())
+            .map(|ip| {
+                (
+                    ip.header_len(),
+                    ip.total_len(),
+                    ip.protocol(),
+                    ip.frag_offset(),
+                    ip.more_frags(),
+                )
+            })
+        else {
+            return self.drop(GwDrop::Malformed);
         };
-        let hl = ip.header_len();
-        let payload = ip.payload();
-        let base_off = ip.frag_offset();
-        let last_mf = ip.more_frags();
-        let chunk = mtu.saturating_sub(hl) & !7;
-        if chunk == 0 {
-            return Verdict::Drop(DropReason::GwMalformed);
+        let (hl, total, p, base_off, last_mf) = info;
+        let end = ETH_HLEN + total;
+        if complete_checksum(vnet, &mut frame[..end], ETH_HLEN + hl, p).is_err() {
+            return self.drop(GwDrop::BadVnet);
         }
-        let header = &frame[..ETH_HLEN + hl];
+        let payload_len = total - hl;
+        let chunk = mtu.saturating_sub(hl) & !7;
+        if chunk == 0 || base_off + payload_len > 0xffff {
+            return self.drop(GwDrop::Malformed);
+        }
+        let room = BATCH.saturating_sub(out.len());
+        if payload_len.div_ceil(chunk) > room {
+            self.counters.drop_gen_full += 1;
+            return Verdict::Consumed;
+        }
+        let first_hdr = &frame[ETH_HLEN..ETH_HLEN + hl];
+        let mut later = [0u8; 60];
+        let later_hl = later_header(first_hdr, &mut later);
+        let eth = &frame[..ETH_HLEN];
+        let payload = &frame[ETH_HLEN + hl..end];
         let mut off = 0;
         while off < payload.len() {
             let n = chunk.min(payload.len() - off);
             let more = off + n < payload.len() || last_mf;
             let data = &payload[off..off + n];
-            let fo = (((base_off + off) / 8) as u16) & 0x1fff;
+            let hdr = if base_off + off == 0 {
+                first_hdr
+            } else {
+                &later[..later_hl]
+            };
+            let fo = ((base_off + off) / 8) as u16;
             let ok = out.push(Target::Route, |b| {
                 b[..VNET_HDR_LEN].fill(0);
                 let f = &mut b[VNET_HDR_LEN..];
-                f[..ETH_HLEN + hl].copy_from_slice(header);
-                f[ETH_HLEN + hl..ETH_HLEN + hl + n].copy_from_slice(data);
-                let ipb = &mut f[ETH_HLEN..ETH_HLEN + hl + n];
-                ipb[2..4].copy_from_slice(&((hl + n) as u16).to_be_bytes());
-                ipb[6] = (ipb[6] & 0x40) | if more { 0x20 } else { 0 } | (fo >> 8) as u8;
+                let h = hdr.len();
+                f[..ETH_HLEN].copy_from_slice(eth);
+                f[ETH_HLEN..ETH_HLEN + h].copy_from_slice(hdr);
+                f[ETH_HLEN + h..ETH_HLEN + h + n].copy_from_slice(data);
+                let ipb = &mut f[ETH_HLEN..ETH_HLEN + h + n];
+                ipb[2..4].copy_from_slice(&((h + n) as u16).to_be_bytes());
+                // DF never survives on a fragment; MF on all but the last.
+                ipb[6] = if more { 0x20 } else { 0 } | (fo >> 8) as u8;
                 ipb[7] = fo as u8;
                 ipb[10] = 0;
                 ipb[11] = 0;
-                let c = checksum::checksum(&ipb[..hl]);
+                let c = checksum::checksum(&ipb[..h]);
                 ipb[10..12].copy_from_slice(&c.to_be_bytes());
-                VNET_HDR_LEN + ETH_HLEN + hl + n
+                VNET_HDR_LEN + ETH_HLEN + h + n
             });
             if !ok {
                 self.counters.drop_gen_full += 1;
@@ -835,6 +1485,87 @@ impl Gateway {
             }
             self.counters.fragmented += 1;
             off += n;
+        }
+        Verdict::Consumed
+    }
+
+    /// Segment a TCPv4 GSO super-frame without DF (`frame` ends where its IP
+    /// packet does) into segments that fit `mtu`, each a complete packet with
+    /// its checksums computed (RFC 793 sequence numbers; CWR on the first
+    /// segment only, FIN and PSH on the last only); they go into `out` to be
+    /// routed by [`Gateway::route_gen`]. All or none, as for fragments.
+    fn segment_out(&mut self, frame: &mut [u8], mtu: usize, out: &mut Gen) -> Verdict {
+        let Some((hl, total, ident)) = frame
+            .get(ETH_HLEN..)
+            .and_then(|b| Ipv4Packet::new_checked(b).ok())
+            .filter(|ip| ip.protocol() == proto::TCP && !ip.is_fragment())
+            .map(|ip| (ip.header_len(), ip.total_len(), ip.ident()))
+        else {
+            return self.drop(GwDrop::GsoTooBig);
+        };
+        let ip = &frame[ETH_HLEN..ETH_HLEN + total];
+        let Some(&off) = ip.get(hl + 12) else {
+            return self.drop(GwDrop::Malformed);
+        };
+        let th = usize::from(off >> 4) * 4;
+        let hdrs = hl + th;
+        if th < 20 || hdrs > total {
+            return self.drop(GwDrop::Malformed);
+        }
+        let data = &ip[hdrs..];
+        let seg = mtu.saturating_sub(hdrs);
+        if seg == 0 {
+            return self.drop(GwDrop::GsoTooBig);
+        }
+        let n = data.len().div_ceil(seg).max(1);
+        if n > BATCH.saturating_sub(out.len()) {
+            self.counters.drop_gen_full += 1;
+            return Verdict::Consumed;
+        }
+        let eth = &frame[..ETH_HLEN];
+        let seq0 = u32::from_be_bytes([ip[hl + 4], ip[hl + 5], ip[hl + 6], ip[hl + 7]]);
+        let flags = ip[hl + 13];
+        for k in 0..n {
+            let d = &data[(k * seg).min(data.len())..((k + 1) * seg).min(data.len())];
+            let mut fl = flags;
+            if k > 0 {
+                fl &= !0x80; // CWR
+            }
+            if k + 1 < n {
+                fl &= !(0x01 | 0x08); // FIN, PSH
+            }
+            let seq = seq0.wrapping_add((k * seg) as u32);
+            let ok = out.push(Target::Route, |b| {
+                b[..VNET_HDR_LEN].fill(0);
+                let f = &mut b[VNET_HDR_LEN..];
+                f[..ETH_HLEN].copy_from_slice(eth);
+                let len = hdrs + d.len();
+                let p = &mut f[ETH_HLEN..ETH_HLEN + len];
+                p[..hdrs].copy_from_slice(&ip[..hdrs]);
+                p[hdrs..].copy_from_slice(d);
+                p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+                p[4..6].copy_from_slice(&ident.wrapping_add(k as u16).to_be_bytes());
+                p[10..12].fill(0);
+                let c = checksum::checksum(&p[..hl]);
+                p[10..12].copy_from_slice(&c.to_be_bytes());
+                let (iph, tcp) = p.split_at_mut(hl);
+                tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+                tcp[13] = fl;
+                tcp[16..18].fill(0);
+                let mut src = [0u8; 4];
+                let mut dst = [0u8; 4];
+                src.copy_from_slice(&iph[12..16]);
+                dst.copy_from_slice(&iph[16..20]);
+                let ph = checksum::pseudo_header(src, dst, proto::TCP, tcp.len() as u16);
+                let c = !checksum::fold(ph + checksum::sum(tcp));
+                tcp[16..18].copy_from_slice(&c.to_be_bytes());
+                VNET_HDR_LEN + ETH_HLEN + len
+            });
+            if !ok {
+                self.counters.drop_gen_full += 1;
+                return Verdict::Consumed;
+            }
+            self.counters.segmented += 1;
         }
         Verdict::Consumed
     }
@@ -857,23 +1588,32 @@ impl Gateway {
         let (dst_mac, src_mac, et) = (eth.dst(), eth.src(), eth.ethertype());
         if et == ethertype::ARP {
             let Ok(a) = ArpPacket::new_checked(&frame[ETH_HLEN..]) else {
-                return Verdict::Drop(DropReason::GwMalformed);
+                return self.drop(GwDrop::Malformed);
             };
             let (op, sha, spa, tpa) = (a.op(), a.sha(), a.spa(), a.tpa());
             if tpa != up.ip {
                 return Verdict::Consumed; // someone else's ARP on the external network
             }
-            if !spa.is_unspecified() && sha.is_unicast() {
-                self.neigh_wan.learn(spa, sha, up.port, now);
-                self.release(now, spa, true, out, fdb);
+            if !spa.is_unspecified() && spa != up.ip {
+                let how = if op == arp_op::REPLY && self.solicited(spa, now) {
+                    Heard::Reply
+                } else {
+                    Heard::Hint
+                };
+                if self.learn_neigh(true, spa, sha, up.port, now, how) {
+                    self.release(now, spa, true, out, fdb);
+                }
             }
             if op == arp_op::REQUEST && !spa.is_unspecified() {
-                let mut eth = EthernetFrame::new_checked(&mut *frame).expect("checked");
+                let Ok(mut eth) = EthernetFrame::new_checked(&mut *frame) else {
+                    return Verdict::Drop(DropReason::Runt);
+                };
                 eth.set_dst(sha);
                 eth.set_src(up.mac);
-                ArpPacket::new_checked(eth.payload_mut())
-                    .expect("checked")
-                    .make_reply(up.mac);
+                let Ok(mut a) = ArpPacket::new_checked(eth.payload_mut()) else {
+                    return self.drop(GwDrop::Malformed);
+                };
+                a.make_reply(up.mac);
                 self.counters.arp_replies += 1;
                 return Verdict::Reply;
             }
@@ -883,57 +1623,70 @@ impl Gateway {
             return Verdict::Drop(DropReason::GwNotForUs);
         }
         if et != ethertype::IPV4 {
-            self.counters.drop_not_ipv4 += 1;
-            return Verdict::Drop(DropReason::GwNotIpv4);
+            return self.drop(GwDrop::NotIpv4);
         }
-        let (dst, ttl, total, is_echo) = match Ipv4Packet::new_checked(&frame[ETH_HLEN..]) {
-            Ok(ip) if ip.checksum_ok() => (
-                ip.dst(),
-                ip.ttl(),
-                ip.total_len(),
-                ip.protocol() == proto::ICMP
-                    && ip.payload().first() == Some(&icmp_type::ECHO_REQUEST),
-            ),
-            _ => {
-                self.counters.drop_malformed += 1;
-                return Verdict::Drop(DropReason::GwMalformed);
-            }
+        let gso = is_gso(vnet);
+        let Some(h) = parse_ip(&frame[ETH_HLEN..], gso) else {
+            return self.drop(GwDrop::Malformed);
         };
-        let end = ETH_HLEN + total;
-        if dst != up.ip {
+        let end = ETH_HLEN + h.total;
+        if h.dst != up.ip {
             self.counters.drop_not_for_us += 1;
             return Verdict::Drop(DropReason::GwNotForUs);
         }
-        if ttl <= 1 && !is_echo {
-            self.icmp_error(
-                out,
-                Target::Port(up.port),
-                src_mac,
-                up.mac,
-                up.ip,
-                &frame[ETH_HLEN..end],
-                icmp_type::TIME_EXCEEDED,
-                0,
-                0,
-            );
+        if !self.uplink_source_ok(h.src) {
+            return self.drop(GwDrop::SpoofedSrc);
+        }
+        let err_to = Target::Port(up.port);
+        if h.ttl <= 1 && !h.echo_request {
+            let q = &frame[ETH_HLEN..end];
+            let ty = icmp_type::TIME_EXCEEDED;
+            self.icmp_error(now, out, err_to, src_mac, up.mac, up.ip, q, ty, 0, 0);
             self.counters.time_exceeded += 1;
             return Verdict::Consumed;
         }
+        let seg = seg_len(vnet, &frame[ETH_HLEN..end], h.hl, h.proto);
+        let quote = (seg > self.min_mtu()).then(|| Quote::of(&frame[ETH_HLEN..end]));
         let partial = vnet[0] & VNET_F_NEEDS_CSUM != 0;
         match self.nat_step(now, Side::Wan, &mut frame[ETH_HLEN..end], partial) {
             Ok(true) => {}
-            Ok(false) => return self.local(frame, up.port, src_mac, out, up.mac, up.ip),
+            Ok(false) => return self.local(now, frame, up.port, src_mac, out, up.mac, up.ip),
             Err(v) => return v,
         }
-        let hl = Ipv4Packet::new_checked(&frame[ETH_HLEN..end])
-            .map(|p| p.header_len())
-            .unwrap_or(20);
-        let p = frame[ETH_HLEN + 9];
-        let seg = seg_len(vnet, &frame[ETH_HLEN..end], hl, p);
-        if seg > self.cfg.lan_mtu as usize {
-            return self.fragment_out(&frame[..end], self.cfg.lan_mtu as usize, out);
+        let dst = Ipv4Packet::new_checked(&frame[ETH_HLEN..end]).map_or(h.dst, |p| p.dst());
+        let egress = self.route(dst);
+        if matches!(egress, Egress::None | Egress::Local) {
+            return self.drop(GwDrop::NoRoute);
         }
-        self.forward(now, vnet, frame, end, out, fdb)
+        let mtu = self.egress_mtu(egress);
+        match fit(seg, mtu, h.df, gso) {
+            Fit::Fits => self.forward(now, up.port, vnet, frame, end, out, fdb),
+            Fit::Fragment => self.fragment_out(vnet, &mut frame[..end], mtu, out),
+            Fit::GsoTooBig if can_segment(vnet, h.proto) => {
+                self.segment_out(&mut frame[..end], mtu, out)
+            }
+            Fit::GsoTooBig => self.drop(GwDrop::GsoTooBig),
+            Fit::FragNeeded => {
+                // Back to the sender, about what it sent (before DNAT).
+                if let Some(q) = &quote {
+                    let (ty, m) = (icmp_type::DEST_UNREACH, mtu.min(0xffff) as u16);
+                    self.icmp_error(
+                        now,
+                        out,
+                        err_to,
+                        src_mac,
+                        up.mac,
+                        up.ip,
+                        q.bytes(),
+                        ty,
+                        4,
+                        m,
+                    );
+                }
+                self.counters.frag_needed += 1;
+                Verdict::Consumed
+            }
+        }
     }
 
     /// Hand fragments the NAT released (their first fragment arrived) to `out` for routing.
@@ -963,13 +1716,16 @@ impl Gateway {
         self.counters.drop_gen_full += full;
     }
 
-    /// Age caches, expire NAT state, drop packets whose neighbour never answered.
+    /// Age caches, expire NAT state, drop packets whose neighbour never
+    /// answered, forget requests older than [`RESOLVE_WAIT_MS`].
     pub fn expire(&mut self, now: u64) {
         if let Some(n) = &mut self.nat {
             n.expire(now);
         }
         self.neigh_lan.sweep(now);
         self.neigh_wan.sweep(now);
+        self.last_req
+            .retain(|_, t| now.saturating_sub(*t) < RESOLVE_WAIT_MS);
         for p in &mut self.pending {
             if p.used && now.saturating_sub(p.since) >= RESOLVE_WAIT_MS {
                 p.used = false;
@@ -1008,7 +1764,20 @@ mod tests {
     const ROUTER9: MacAddr = MacAddr([2, 0, 0, 0, 0, 9]);
 
     fn gw() -> Gateway {
+        gw_with(1500, 64)
+    }
+
+    /// The seed topology's gateway (LAN 192.168.15.0/24, uplink
+    /// 203.0.113.0/24 of MTU 1400, static route 10.9/16 via .9), with a LAN
+    /// MTU, a neighbour cache bound, and DNAT of UDP 203.0.113.1:5353 to blue.
+    fn gw_with(lan_mtu: u32, neigh_max: usize) -> Gateway {
         let mut nat = NatConfig::new(Ipv4Addr::new(203, 0, 113, 1));
+        nat.dnat = vec![nat::DnatRule {
+            proto: proto::UDP,
+            ports: (5353, 5353),
+            to_addr: Ipv4Addr::new(192, 168, 15, 2),
+            to_port: 5353,
+        }];
         nat.masquerade = vec![Ipv4Net {
             addr: Ipv4Addr::new(192, 168, 15, 0),
             prefix: 24,
@@ -1018,7 +1787,7 @@ mod tests {
             ip: Ipv4Addr::new(192, 168, 15, 5),
             prefix: 24,
             mac: GW_MAC,
-            lan_mtu: 1500,
+            lan_mtu,
             routes: vec![(
                 Ipv4Net {
                     addr: Ipv4Addr::new(10, 9, 0, 0),
@@ -1035,9 +1804,9 @@ mod tests {
                 mtu: 1400,
             }),
             nat: Some(nat),
-            neigh_max: 64,
+            neigh_max,
             ageing_ms: 300_000,
-            queue_slots: 4,
+            queue_slots: 16,
         })
     }
 
@@ -1288,6 +2057,940 @@ mod tests {
         assert_eq!(
             run(&mut g, 2, &mut short, &mut out),
             Verdict::Drop(DropReason::GwNotForUs)
+        );
+    }
+
+    const BLUE: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+    /// Ethernet + IPv4 (RFC 791, 20-byte header) around `l4`, header checksum filled.
+    fn ipv4(
+        dst_mac: MacAddr,
+        src: [u8; 4],
+        dst: [u8; 4],
+        ttl: u8,
+        p: u8,
+        df: bool,
+        l4: &[u8],
+    ) -> Vec<u8> {
+        let size = 20 + l4.len();
+        let mut f = vec![0u8; ETH_HLEN + size];
+        write_eth(&mut f, dst_mac, RED, ethertype::IPV4);
+        let ip = &mut f[ETH_HLEN..];
+        ip[..12].copy_from_slice(&[
+            0x45,
+            0,
+            (size >> 8) as u8,
+            size as u8,
+            0x56,
+            0x78,
+            if df { 0x40 } else { 0 },
+            0,
+            ttl,
+            p,
+            0,
+            0,
+        ]);
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let c = checksum::checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip[20..].copy_from_slice(l4);
+        f
+    }
+
+    /// A UDP datagram (RFC 768) with a counting payload. With `partial`, the
+    /// checksum field holds the uncomplemented pseudo-header seed, as a Linux
+    /// sender with tx checksum offload hands it over (CHECKSUM_PARTIAL),
+    /// and the vnet header asks for it (csum_start 34, csum_offset 6).
+    #[allow(clippy::too_many_arguments)]
+    fn udp(
+        dst_mac: MacAddr,
+        src: [u8; 4],
+        sport: u16,
+        dst: [u8; 4],
+        dport: u16,
+        len: usize,
+        df: bool,
+        partial: bool,
+    ) -> ([u8; VNET_HDR_LEN], Vec<u8>) {
+        let ul = 8 + len;
+        let mut l4 = vec![0u8; ul];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        l4[4..6].copy_from_slice(&(ul as u16).to_be_bytes());
+        for (i, b) in l4[8..].iter_mut().enumerate() {
+            *b = (i * 7) as u8;
+        }
+        let seed = checksum::fold(checksum::pseudo_header(src, dst, proto::UDP, ul as u16));
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        if partial {
+            l4[6..8].copy_from_slice(&seed.to_be_bytes());
+            vnet[0] = VNET_F_NEEDS_CSUM;
+            vnet[6..8].copy_from_slice(&34u16.to_le_bytes());
+            vnet[8..10].copy_from_slice(&6u16.to_le_bytes());
+        } else {
+            let c = !checksum::fold(u32::from(seed) + checksum::sum(&l4));
+            l4[6..8].copy_from_slice(&c.to_be_bytes());
+        }
+        (vnet, ipv4(dst_mac, src, dst, 64, proto::UDP, df, &l4))
+    }
+
+    /// Whether the UDP/TCP checksum of a whole IPv4 packet verifies.
+    fn l4_ok(ip: &[u8]) -> bool {
+        let p = Ipv4Packet::new_checked(ip).unwrap();
+        let l4 = p.payload();
+        let ph = checksum::pseudo_header(
+            p.src().octets(),
+            p.dst().octets(),
+            p.protocol(),
+            l4.len() as u16,
+        );
+        checksum::fold(ph + checksum::sum(l4)) == 0xffff
+    }
+
+    /// The IPv4 packets in `out` for `t`, reassembled by offset (RFC 791).
+    fn reassemble(out: &mut Gen, t: Target) -> (Vec<u8>, usize) {
+        let mut parts = Vec::new();
+        let mut hdr = Vec::new();
+        for i in 0..out.len() {
+            if out.target(i) != t {
+                continue;
+            }
+            let (_, f) = out.parts_mut(i);
+            let ip = Ipv4Packet::new_checked(&f[ETH_HLEN..]).unwrap();
+            assert!(ip.checksum_ok());
+            assert!(!ip.dont_frag(), "a fragment carries DF");
+            if ip.frag_offset() == 0 {
+                hdr = f[ETH_HLEN..ETH_HLEN + ip.header_len()].to_vec();
+            }
+            parts.push((ip.frag_offset(), ip.more_frags(), ip.payload().to_vec()));
+        }
+        parts.sort_by_key(|p| p.0);
+        let mut data = Vec::new();
+        for (off, _, d) in &parts {
+            assert_eq!(*off, data.len(), "contiguous");
+            data.extend_from_slice(d);
+        }
+        assert!(!parts.last().unwrap().1, "last fragment without MF");
+        let n = parts.len();
+        let mut ip = hdr;
+        let total = ip.len() + data.len();
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[6] = 0;
+        ip[7] = 0;
+        ip.extend_from_slice(&data);
+        (ip, n)
+    }
+
+    fn fdb() -> Fdb {
+        Fdb::new(4, 64, 64, 300_000)
+    }
+
+    #[test]
+    fn fragments_complete_an_offloaded_checksum_and_never_carry_df() {
+        // 1,450 bytes of UDP payload: fits the LAN (1500), not the uplink
+        // (1400), as in the issue; and a 4,000-byte datagram in one frame.
+        for (len, frags) in [(1450, 2), (4000, 3)] {
+            let mut g = gw();
+            g.neigh_wan
+                .confirm(Ipv4Addr::new(203, 0, 113, 10), WAN, 2, 0);
+            let (mut vnet, mut f) = udp(
+                GW_MAC,
+                [192, 168, 15, 1],
+                4000,
+                [203, 0, 113, 10],
+                9,
+                len,
+                false,
+                true,
+            );
+            let mut out = Gen::new();
+            assert_eq!(
+                g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb()),
+                Verdict::Consumed
+            );
+            g.route_gen(0, &mut out, &fdb());
+            let (ip, n) = reassemble(&mut out, Target::Port(2));
+            assert_eq!(n, frags, "{len}");
+            assert_eq!(ip.len(), 20 + 8 + len);
+            assert_eq!(&ip[12..16], &[203, 0, 113, 1], "translated");
+            assert!(l4_ok(&ip), "UDP checksum complete after reassembly");
+            assert_eq!(g.counters.fragmented, frags as u64);
+        }
+    }
+
+    #[test]
+    fn a_bad_checksum_offset_is_a_counted_drop() {
+        let mut g = gw();
+        let (mut vnet, mut f) = udp(
+            GW_MAC,
+            [192, 168, 15, 1],
+            4000,
+            [203, 0, 113, 10],
+            9,
+            2000,
+            false,
+            true,
+        );
+        vnet[6..8].copy_from_slice(&0xfff0u16.to_le_bytes()); // csum_start beyond the packet
+        let mut out = Gen::new();
+        assert_eq!(
+            g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb()),
+            Verdict::Drop(DropReason::GwMalformed)
+        );
+        assert!(out.is_empty());
+        assert_eq!(g.counters.drop_bad_vnet, 1);
+    }
+
+    #[test]
+    fn inbound_df_too_big_gets_frag_needed_quoting_the_packet_as_sent() {
+        let mut g = gw_with(1300, 64);
+        let mut out = Gen::new();
+        let (mut vnet, mut f) = udp(
+            UP_MAC,
+            [203, 0, 113, 10],
+            777,
+            [203, 0, 113, 1],
+            5353,
+            1372,
+            true,
+            false,
+        );
+        let sent = f.clone();
+        assert_eq!(
+            g.from_uplink(0, &mut vnet, &mut f, &mut out, &fdb()),
+            Verdict::Consumed
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out.target(0), Target::Port(2));
+        let (_, e) = out.parts_mut(0);
+        let (s, d, ty, code, mtu) = icmp_of(e);
+        assert_eq!(
+            (s, d, ty, code, mtu),
+            (
+                Ipv4Addr::new(203, 0, 113, 1),
+                Ipv4Addr::new(203, 0, 113, 10),
+                3,
+                4,
+                1300
+            )
+        );
+        assert_eq!(EthernetFrame::new_checked(&e[..]).unwrap().dst(), RED);
+        // The quote is the packet before DNAT: to 203.0.113.1:5353.
+        assert_eq!(
+            &e[ETH_HLEN + 28..ETH_HLEN + 28 + 28],
+            &sent[ETH_HLEN..ETH_HLEN + 28]
+        );
+        assert_eq!(g.counters.frag_needed, 1);
+    }
+
+    #[test]
+    fn inbound_without_df_is_fragmented_for_the_lan() {
+        let mut g = gw_with(1300, 64);
+        g.neigh_lan
+            .confirm(Ipv4Addr::new(192, 168, 15, 2), BLUE, 1, 0);
+        let mut fdb = fdb();
+        fdb.learn(BLUE, 1, 0);
+        let mut out = Gen::new();
+        let (mut vnet, mut f) = udp(
+            UP_MAC,
+            [203, 0, 113, 10],
+            777,
+            [203, 0, 113, 1],
+            5353,
+            1372,
+            false,
+            false,
+        );
+        assert_eq!(
+            g.from_uplink(0, &mut vnet, &mut f, &mut out, &fdb),
+            Verdict::Consumed
+        );
+        g.route_gen(0, &mut out, &fdb);
+        let (ip, n) = reassemble(&mut out, Target::Port(1));
+        assert_eq!(n, 2);
+        assert_eq!(&ip[16..20], &[192, 168, 15, 2], "DNAT'd");
+        assert!(l4_ok(&ip));
+    }
+
+    /// The fuzz finding: LAN → 203.0.113.1 (DNAT hairpin) was forwarded
+    /// whole at 1,600 bytes onto a 1,400-byte path.
+    #[test]
+    fn hairpin_checks_the_mtu() {
+        let mut g = gw_with(1400, 64);
+        let mut out = Gen::new();
+        let (mut vnet, mut f) = udp(
+            GW_MAC,
+            [192, 168, 15, 1],
+            4000,
+            [203, 0, 113, 1],
+            5353,
+            1558,
+            true,
+            false,
+        );
+        assert_eq!(f.len(), ETH_HLEN + 1586);
+        let sent = f.clone();
+        assert_eq!(
+            g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb()),
+            Verdict::Consumed
+        );
+        assert_eq!(out.len(), 1);
+        let (_, e) = out.parts_mut(0);
+        let (s, d, ty, code, mtu) = icmp_of(e);
+        assert_eq!(
+            (s, d, ty, code, mtu),
+            (
+                Ipv4Addr::new(192, 168, 15, 5),
+                Ipv4Addr::new(192, 168, 15, 1),
+                3,
+                4,
+                1400
+            )
+        );
+        assert_eq!(
+            &e[ETH_HLEN + 28..ETH_HLEN + 28 + 28],
+            &sent[ETH_HLEN..ETH_HLEN + 28],
+            "pre-NAT quote"
+        );
+        // Without DF: fragments, none bigger than the path.
+        g.neigh_lan
+            .confirm(Ipv4Addr::new(192, 168, 15, 2), BLUE, 1, 0);
+        let mut fdb = fdb();
+        fdb.learn(BLUE, 1, 0);
+        let mut out = Gen::new();
+        let (mut vnet, mut f) = udp(
+            GW_MAC,
+            [192, 168, 15, 1],
+            4000,
+            [203, 0, 113, 1],
+            5353,
+            1558,
+            false,
+            false,
+        );
+        assert_eq!(
+            g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb),
+            Verdict::Consumed
+        );
+        g.route_gen(0, &mut out, &fdb);
+        for i in 0..out.len() {
+            let (_, f) = out.parts_mut(i);
+            assert!(f.len() - ETH_HLEN <= 1400);
+        }
+        let (ip, n) = reassemble(&mut out, Target::Port(1));
+        assert_eq!(n, 2);
+        assert_eq!(&ip[16..20], &[192, 168, 15, 2]);
+        assert!(l4_ok(&ip));
+    }
+
+    #[test]
+    fn hairpin_ttl_is_checked_before_nat() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let (mut vnet, mut f) = udp(
+            GW_MAC,
+            [192, 168, 15, 1],
+            4000,
+            [203, 0, 113, 1],
+            5353,
+            20,
+            false,
+            false,
+        );
+        f[ETH_HLEN + 8] = 1;
+        f[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+        let c = checksum::checksum(&f[ETH_HLEN..ETH_HLEN + 20]);
+        f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+        let sent = f.clone();
+        assert_eq!(
+            g.from_lan(0, 0, &mut vnet, &mut f, &mut out, &fdb()),
+            Verdict::Consumed
+        );
+        let (_, e) = out.parts_mut(0);
+        assert_eq!(icmp_of(e).2, icmp_type::TIME_EXCEEDED);
+        assert_eq!(
+            &e[ETH_HLEN + 28..ETH_HLEN + 28 + 28],
+            &sent[ETH_HLEN..ETH_HLEN + 28]
+        );
+        assert_eq!(
+            g.nat.as_ref().unwrap().len(),
+            0,
+            "no NAT state for an expired packet"
+        );
+    }
+
+    #[test]
+    fn gso_frames_that_do_not_fit_are_segmented_refused_or_get_frag_needed() {
+        // Routed on the LAN (static route 10.9/16 via .9, no NAT), LAN MTU 1300.
+        let mut g = gw_with(1300, 64);
+        g.neigh_lan
+            .confirm(Ipv4Addr::new(192, 168, 15, 9), ROUTER9, 1, 0);
+        let mut fdb = fdb();
+        fdb.learn(ROUTER9, 1, 0);
+        // A TCPv4 GSO super-frame as a Linux sender with TSO hands it over
+        // (virtio_net_hdr gso_type 1, gso_size 1448, NEEDS_CSUM, the TCP
+        // checksum field left to offload): 3 segments of 1448 bytes, each
+        // 1488 bytes > 1300. Seq 1000, ACK|PSH|FIN|CWR, counting payload.
+        let mut tcp = vec![0u8; 20 + 3 * 1448];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+        tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x80 | 0x10 | 0x08 | 0x01;
+        for (i, b) in tcp[20..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let data = tcp[20..].to_vec();
+        let gso = |t: u8| {
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            vnet[0] = VNET_F_NEEDS_CSUM;
+            vnet[1] = t;
+            vnet[4..6].copy_from_slice(&1448u16.to_le_bytes());
+            vnet[6..8].copy_from_slice(&34u16.to_le_bytes());
+            vnet[8..10].copy_from_slice(&16u16.to_le_bytes());
+            vnet
+        };
+        let (src, dst) = ([192, 168, 15, 1], [10, 9, 1, 1]);
+        // DF: fragmentation needed, with the path's MTU.
+        let mut f = ipv4(GW_MAC, src, dst, 64, proto::TCP, true, &tcp);
+        let mut out = Gen::new();
+        let v = g.from_lan(0, 0, &mut gso(1), &mut f, &mut out, &fdb);
+        assert_eq!(v, Verdict::Consumed);
+        let (_, e) = out.parts_mut(0);
+        assert_eq!((icmp_of(e).3, icmp_of(e).4), (4, 1300));
+        // No DF: segments of 1260 bytes, complete packets.
+        let mut f = ipv4(GW_MAC, src, dst, 64, proto::TCP, false, &tcp);
+        let mut out = Gen::new();
+        let v = g.from_lan(0, 0, &mut gso(1), &mut f, &mut out, &fdb);
+        assert_eq!(v, Verdict::Consumed);
+        g.route_gen(0, &mut out, &fdb);
+        assert_eq!(out.len(), 4);
+        let mut got = Vec::new();
+        for i in 0..4 {
+            assert_eq!(out.target(i), Target::Port(1));
+            let (_, f) = out.parts_mut(i);
+            let ip = Ipv4Packet::new_checked(&f[ETH_HLEN..]).unwrap();
+            assert!(ip.checksum_ok() && ip.total_len() <= 1300 && ip.ttl() == 63);
+            assert!(l4_ok(&f[ETH_HLEN..]), "TCP checksum of segment {i}");
+            let t = ip.payload();
+            let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            assert_eq!(seq, 1000 + got.len() as u32);
+            let want = match i {
+                0 => 0x80 | 0x10,
+                3 => 0x10 | 0x08 | 0x01,
+                _ => 0x10,
+            };
+            assert_eq!(t[13], want, "flags of segment {i}");
+            got.extend_from_slice(&t[20..]);
+        }
+        assert_eq!(got, data);
+        assert_eq!(g.counters.segmented, 4);
+        // UDP GSO keeps datagram boundaries: refused, counted.
+        let mut udp = vec![0u8; 8 + 3 * 1448];
+        udp[4..6].copy_from_slice(&((8 + 3 * 1448) as u16).to_be_bytes());
+        let mut f = ipv4(GW_MAC, src, dst, 64, proto::UDP, false, &udp);
+        let mut out = Gen::new();
+        let v = g.from_lan(0, 0, &mut gso(5), &mut f, &mut out, &fdb);
+        assert_eq!(v, Verdict::Drop(DropReason::GwGsoTooBig));
+        assert!(out.is_empty());
+        assert_eq!(
+            (g.counters.frag_needed, g.counters.drop_gso_too_big),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn total_length_zero_is_malformed_unless_gso() {
+        let mut g = gw();
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [192, 168, 15, 5], 64, 84, true);
+        p[ETH_HLEN + 2..ETH_HLEN + 4].fill(0);
+        p[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+        let c = checksum::checksum(&p[ETH_HLEN..ETH_HLEN + 20]);
+        p[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+        let mut out = Gen::new();
+        let mut q = p.clone();
+        assert_eq!(
+            run(&mut g, 0, &mut q, &mut out),
+            Verdict::Drop(DropReason::GwMalformed)
+        );
+        assert_eq!(g.counters.drop_malformed, 1);
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        vnet[1] = 1;
+        vnet[4..6].copy_from_slice(&1448u16.to_le_bytes());
+        assert_ne!(
+            g.from_lan(0, 0, &mut vnet, &mut p, &mut out, &fdb()),
+            Verdict::Drop(DropReason::GwMalformed),
+            "a GSO frame may say 0"
+        );
+    }
+
+    #[test]
+    fn echo_replies_get_a_fresh_ttl() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [192, 168, 15, 5], 3, 84, true);
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Reply);
+        let ip = Ipv4Packet::new_checked(&p[ETH_HLEN..]).unwrap();
+        assert_eq!(ip.ttl(), 64);
+        icmp_of(&p); // checksums
+    }
+
+    #[test]
+    fn icmp_errors_are_rate_limited_per_destination_and_in_total() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        for _ in 0..30 {
+            let mut p = ping(GW_MAC, [192, 168, 15, 1], [198, 51, 100, 7], 64, 84, true);
+            run(&mut g, 0, &mut p, &mut out);
+        }
+        assert_eq!(out.len(), 10, "burst of 10 per destination");
+        assert_eq!(g.counters.icmp_rate_limited, 20);
+        // A second later, 10 more for the same destination.
+        let fdb = fdb();
+        let mut out = Gen::new();
+        for _ in 0..30 {
+            let mut p = ping(GW_MAC, [192, 168, 15, 1], [198, 51, 100, 7], 64, 84, true);
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            g.from_lan(1000, 0, &mut vnet, &mut p, &mut out, &fdb);
+        }
+        assert_eq!(out.len(), 10);
+        // Many destinations: the total burst of 50 (20 already spent, 10 ms per token since).
+        let mut g = gw();
+        let mut sent = 0;
+        for h in 1..=100u8 {
+            let mut out = Gen::new();
+            let mut p = ping(
+                GW_MAC,
+                [192, 168, 15, h.min(4) + (h / 4)],
+                [198, 51, 100, 7],
+                64,
+                84,
+                true,
+            );
+            p[ETH_HLEN + 15] = h;
+            p[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+            let c = checksum::checksum(&p[ETH_HLEN..ETH_HLEN + 20]);
+            p[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+            if h == 5 || h == 255 {
+                continue; // the gateway's own address and the broadcast
+            }
+            run(&mut g, 0, &mut p, &mut out);
+            sent += out.len();
+        }
+        assert_eq!(sent, 50);
+    }
+
+    #[test]
+    fn martian_destinations_are_never_routed() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let dsts = [
+            [255, 255, 255, 255],
+            [192, 168, 15, 255],
+            [203, 0, 113, 255],
+            [224, 0, 0, 5],
+            [0, 1, 2, 3],
+            [127, 0, 0, 1],
+            [240, 0, 0, 1],
+        ];
+        for d in dsts {
+            let mut p = ping(GW_MAC, [192, 168, 15, 1], d, 64, 84, false);
+            assert_eq!(
+                run(&mut g, 0, &mut p, &mut out),
+                Verdict::Drop(DropReason::GwNoRoute),
+                "{d:?}"
+            );
+        }
+        assert!(out.is_empty(), "no ICMP about them either");
+        assert_eq!(g.counters.drop_martian_dst, dsts.len() as u64);
+    }
+
+    #[test]
+    fn spoofed_sources_are_dropped_on_both_sides() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        for s in [
+            [203, 0, 113, 1],
+            [192, 168, 15, 5],
+            [8, 8, 8, 8],
+            [127, 0, 0, 1],
+            [192, 168, 15, 255],
+        ] {
+            let mut p = ping(GW_MAC, s, [203, 0, 113, 10], 64, 84, false);
+            assert_eq!(
+                run(&mut g, 0, &mut p, &mut out),
+                Verdict::Drop(DropReason::GwNotForUs),
+                "{s:?}"
+            );
+        }
+        assert_eq!(g.counters.drop_spoofed_src, 5);
+        // Behind the static route: a valid source.
+        let mut p = ping(GW_MAC, [10, 9, 3, 3], [192, 168, 15, 5], 64, 84, false);
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Reply);
+        // From the uplink, a LAN or our own source is spoofed.
+        for s in [[192, 168, 15, 1], [203, 0, 113, 1], [10, 9, 1, 1]] {
+            let mut p = ping(UP_MAC, s, [203, 0, 113, 1], 64, 84, false);
+            assert_eq!(
+                run(&mut g, 2, &mut p, &mut out),
+                Verdict::Drop(DropReason::GwNotForUs),
+                "{s:?}"
+            );
+        }
+        assert_eq!(g.counters.drop_spoofed_src, 8);
+    }
+
+    #[test]
+    fn arp_teaches_only_on_link_senders() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let fdb = fdb();
+        let mut req = arp_request(RED, [10, 0, 0, 7], [192, 168, 15, 5]);
+        assert_eq!(
+            g.lan_arp(0, 0, &mut req, &mut out, &fdb),
+            Some(Verdict::Reply)
+        );
+        let mut req = arp_request(RED, [10, 0, 0, 7], [203, 0, 113, 1]);
+        assert_eq!(run(&mut g, 2, &mut req, &mut out), Verdict::Reply);
+        assert!(g.neigh_lan.is_empty() && g.neigh_wan.is_empty());
+        assert_eq!(g.counters.neigh_refused, 2);
+        let mut req = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 5]);
+        g.lan_arp(0, 0, &mut req, &mut out, &fdb);
+        let e = g
+            .neigh_lan
+            .lookup(Ipv4Addr::new(192, 168, 15, 1), 0)
+            .unwrap();
+        assert!(!e.confirmed, "a request is a hint");
+    }
+
+    /// The issue's attack: ARP requests to the gateway with random senders,
+    /// on- and off-link (on-link ones in .100-.254, more than the tables
+    /// hold), on both sides (frames built after RFC 826 by `tests_fixtures`),
+    /// then real traffic: the next hops are asked for,
+    /// their replies are learned, and the queued packets go out.
+    #[test]
+    fn arp_flood_cannot_keep_the_real_next_hops_out() {
+        let mut g = gw_with(1500, 64);
+        let fdb = fdb();
+        let mut s: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut out = Gen::new();
+        for n in 0..20_000u64 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let mac = MacAddr([2, 1, (s >> 8) as u8, (s >> 16) as u8, (s >> 24) as u8, 1]);
+            let off_link = ((s >> 32) as u32).to_be_bytes();
+            out.clear();
+            if n % 2 == 0 {
+                let spa = if s & 4 == 0 {
+                    [203, 0, 113, 100 + ((s >> 40) % 155) as u8]
+                } else {
+                    off_link
+                };
+                let mut f = arp_request(mac, spa, [203, 0, 113, 1]);
+                g.from_uplink(n / 10, &mut [0u8; VNET_HDR_LEN], &mut f, &mut out, &fdb);
+            } else {
+                let spa = if s & 4 == 0 {
+                    [192, 168, 15, 100 + ((s >> 40) % 155) as u8]
+                } else {
+                    off_link
+                };
+                let mut f = arp_request(mac, spa, [192, 168, 15, 5]);
+                g.lan_arp(n / 10, (s >> 48) as usize % 2, &mut f, &mut out, &fdb);
+            }
+        }
+        assert!(g.neigh_wan.len() <= 64 && g.neigh_lan.len() <= 64);
+        assert!(g.neigh_lan.len_on_port(0) <= 16 && g.neigh_lan.len_on_port(1) <= 16);
+        assert!(g.counters.neigh_refused > 4_000, "{:?}", g.counters);
+        assert!(g.counters.neigh_evicted > 4_000, "{:?}", g.counters);
+        let now = 2_000;
+        // Out through the uplink to 203.0.113.10, and via the static route's router.
+        for (dst, port, nh, mac) in [
+            ([203, 0, 113, 10], 2, [203, 0, 113, 10], WAN),
+            ([10, 9, 1, 1], 1, [192, 168, 15, 9], ROUTER9),
+        ] {
+            let mut out = Gen::new();
+            let mut p = ping(GW_MAC, [192, 168, 15, 1], dst, 64, 84, true);
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            assert_eq!(
+                g.from_lan(now, 0, &mut vnet, &mut p, &mut out, &fdb),
+                Verdict::Consumed
+            );
+            assert_eq!(out.len(), 1, "an ARP request");
+            let mut out = Gen::new();
+            let tpa = if port == 2 {
+                [203, 0, 113, 1]
+            } else {
+                [192, 168, 15, 5]
+            };
+            let tha = if port == 2 { UP_MAC } else { GW_MAC };
+            let mut rep = arp_reply(mac, nh, tha, tpa);
+            if port == 2 {
+                g.from_uplink(now, &mut vnet, &mut rep, &mut out, &fdb);
+            } else {
+                g.lan_arp(now, port, &mut rep, &mut out, &fdb);
+            }
+            assert_eq!(out.len(), 1, "the queued packet is released");
+            let (_, f) = out.parts_mut(0);
+            assert_eq!(EthernetFrame::new_checked(&f[..]).unwrap().dst(), mac);
+            let e = if port == 2 {
+                g.neigh_wan.lookup(nh.into(), now)
+            } else {
+                g.neigh_lan.lookup(nh.into(), now)
+            };
+            assert!(e.unwrap().confirmed);
+        }
+    }
+
+    #[test]
+    fn later_fragments_carry_only_copied_options() {
+        // A 32-byte header with Record Route (type 7, not copied, 7 bytes)
+        // and Loose Source Route (type 0x83, copied, 3+4 bytes = 7), then
+        // EOL padding; layouts from RFC 791 3.1.
+        let mut h = [0u8; 32];
+        h[0] = 0x48;
+        h[20..27].copy_from_slice(&[7, 7, 4, 0, 0, 0, 0]);
+        h[27..31].copy_from_slice(&[0x83, 7, 4, 10]);
+        let mut h2 = [0u8; 36];
+        h2[..27].copy_from_slice(&h[..27]);
+        h2[0] = 0x49;
+        h2[27..34].copy_from_slice(&[0x83, 7, 4, 10, 9, 1, 1]);
+        let mut out = [0u8; 60];
+        let n = later_header(&h2, &mut out);
+        assert_eq!(n, 28);
+        assert_eq!(out[0], 0x47);
+        assert_eq!(&out[20..27], &[0x83, 7, 4, 10, 9, 1, 1]);
+        assert_eq!(out[27], 0);
+        // A malformed option length stops the copy, never panics.
+        h2[28] = 200;
+        assert_eq!(later_header(&h2, &mut out), 20);
+    }
+
+    #[test]
+    fn a_frame_longer_than_its_packet_is_malformed_unless_padding() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [192, 168, 15, 5], 64, 84, true);
+        p.extend_from_slice(&[0xee; 100]);
+        assert_eq!(
+            run(&mut g, 0, &mut p, &mut out),
+            Verdict::Drop(DropReason::GwMalformed)
+        );
+        // A 28-byte echo request padded to the 60-byte Ethernet minimum is fine.
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [192, 168, 15, 5], 64, 28, true);
+        p.resize(60, 0);
+        assert_eq!(run(&mut g, 0, &mut p, &mut out), Verdict::Reply);
+    }
+
+    /// A packet handed to `route_gen` (as the NAT's released fragments are,
+    /// by `flush_released`) bigger than its egress is fragmented again.
+    #[test]
+    fn route_gen_fragments_what_does_not_fit() {
+        let mut g = gw();
+        g.neigh_wan
+            .confirm(Ipv4Addr::new(203, 0, 113, 10), WAN, 2, 0);
+        // A later fragment (offset 1480, MF set) of 1480 bytes, from 203.0.113.1 after NAT.
+        let mut l4 = vec![0u8; 1480];
+        for (i, b) in l4.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let mut f = ipv4(
+            MacAddr::default(),
+            [203, 0, 113, 1],
+            [203, 0, 113, 10],
+            64,
+            proto::UDP,
+            false,
+            &l4,
+        );
+        f[ETH_HLEN + 6] = 0x20; // MF, offset 1480 / 8 = 185
+        f[ETH_HLEN + 7] = 185;
+        f[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+        let c = checksum::checksum(&f[ETH_HLEN..ETH_HLEN + 20]);
+        f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+        let mut out = Gen::new();
+        assert!(out.push(Target::Route, |b| {
+            b[..VNET_HDR_LEN].fill(0);
+            b[VNET_HDR_LEN..VNET_HDR_LEN + f.len()].copy_from_slice(&f);
+            VNET_HDR_LEN + f.len()
+        }));
+        g.route_gen(0, &mut out, &fdb());
+        assert_eq!(out.target(0), Target::Discard);
+        let mut offs = Vec::new();
+        for i in 1..out.len() {
+            assert_eq!(out.target(i), Target::Port(2));
+            let (_, f) = out.parts_mut(i);
+            let ip = Ipv4Packet::new_checked(&f[ETH_HLEN..]).unwrap();
+            assert!(ip.checksum_ok() && ip.total_len() <= 1400 && ip.more_frags());
+            assert_eq!(&ip.payload()[..4], &l4[ip.frag_offset() - 1480..][..4]);
+            offs.push((ip.frag_offset(), ip.payload().len()));
+        }
+        assert_eq!(offs, vec![(1480, 1376), (2856, 104)]);
+    }
+
+    #[test]
+    fn outstanding_arp_requests_are_bounded() {
+        let mut g = gw();
+        g.cfg.prefix = 16; // a /16 LAN: more next hops than requests may be outstanding
+        g.lan_net.prefix = 16;
+        let fdb = fdb();
+        let mut out = Gen::new();
+        for i in 0..(MAX_OUTSTANDING + 10) as u32 {
+            out.clear();
+            let d = (u32::from(Ipv4Addr::new(192, 168, 100, 0)) + i).to_be_bytes();
+            let mut p = ping(GW_MAC, [192, 168, 15, 1], d, 64, 84, true);
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            g.from_lan(0, 0, &mut vnet, &mut p, &mut out, &fdb);
+        }
+        assert_eq!(g.counters.arp_requests, MAX_OUTSTANDING as u64);
+        assert_eq!(g.counters.arp_requests_limited, 10);
+        // Forgotten once they are older than the resolution wait.
+        g.expire(RESOLVE_WAIT_MS);
+        out.clear();
+        let mut p = ping(GW_MAC, [192, 168, 15, 1], [192, 168, 200, 1], 64, 84, true);
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        g.from_lan(RESOLVE_WAIT_MS, 0, &mut vnet, &mut p, &mut out, &fdb);
+        assert_eq!(g.counters.arp_requests, MAX_OUTSTANDING as u64 + 1);
+    }
+
+    /// Malformed input is a counted drop, never a panic (overflow checks are
+    /// on in test builds): valid fixtures (the builders above) with a few
+    /// bytes changed, random vnet headers and lengths, through every entry
+    /// point, then `route_gen`, `flush_released` and `expire`.
+    #[test]
+    fn mutated_frames_and_vnet_headers_never_panic() {
+        let mut g = gw_with(1280, 32);
+        let fdb = fdb();
+        let mut s: u64 = 0x0123_4567_89ab_cdef;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let fixtures: Vec<Vec<u8>> = vec![
+            ping(
+                GW_MAC,
+                [192, 168, 15, 1],
+                [203, 0, 113, 10],
+                64,
+                1500,
+                false,
+            ),
+            ping(GW_MAC, [192, 168, 15, 1], [192, 168, 15, 5], 2, 84, true),
+            udp(
+                GW_MAC,
+                [192, 168, 15, 1],
+                9,
+                [203, 0, 113, 1],
+                5353,
+                1600,
+                false,
+                true,
+            )
+            .1,
+            udp(
+                UP_MAC,
+                [203, 0, 113, 10],
+                9,
+                [203, 0, 113, 1],
+                5353,
+                1400,
+                false,
+                false,
+            )
+            .1,
+            arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 5]),
+            arp_reply(WAN, [203, 0, 113, 10], UP_MAC, [203, 0, 113, 1]),
+        ];
+        g.neigh_wan
+            .confirm(Ipv4Addr::new(203, 0, 113, 10), WAN, 2, 0);
+        let mut out = Gen::new();
+        for n in 0..30_000u64 {
+            let r = next();
+            let mut f = fixtures[(r % fixtures.len() as u64) as usize].clone();
+            for _ in 0..1 + (r >> 8) % 4 {
+                let x = next();
+                let i = if x & 1 == 0 {
+                    (x >> 8) as usize % 40.min(f.len()) // headers, most of the time
+                } else {
+                    (x >> 8) as usize % f.len()
+                };
+                f[i] = (x >> 32) as u8;
+            }
+            if r & (1 << 20) != 0 {
+                f.truncate((next() as usize) % (f.len() + 1));
+            }
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            if r & (1 << 21) != 0 {
+                vnet[..8].copy_from_slice(&next().to_le_bytes());
+                vnet[8..].copy_from_slice(&next().to_le_bytes()[..2]);
+                vnet[0] &= 3;
+                vnet[1] = [0, 1, 4, 5, 0x80][(next() % 5) as usize];
+            }
+            let now = n;
+            out.clear();
+            match (r >> 24) % 3 {
+                0 => {
+                    g.from_lan(
+                        now,
+                        (r >> 30) as usize % 2,
+                        &mut vnet,
+                        &mut f,
+                        &mut out,
+                        &fdb,
+                    );
+                }
+                1 => {
+                    g.from_uplink(now, &mut vnet, &mut f, &mut out, &fdb);
+                }
+                _ => {
+                    g.lan_arp(now, 0, &mut f, &mut out, &fdb);
+                }
+            }
+            g.flush_released(&mut out);
+            g.route_gen(now, &mut out, &fdb);
+            if n % 1000 == 0 {
+                g.expire(now);
+            }
+            assert!(g.neigh_lan.len() <= 32 && g.neigh_wan.len() <= 32);
+        }
+        assert!(
+            g.counters.drop_malformed > 0 && g.counters.routed > 0,
+            "{:?}",
+            g.counters
+        );
+    }
+
+    #[test]
+    fn one_port_cannot_fill_the_resolution_queue() {
+        let mut g = gw(); // 16 slots: 4 per port
+        let fdb = fdb();
+        let mut out = Gen::new();
+        for i in 0..10u8 {
+            out.clear();
+            let mut p = ping(
+                GW_MAC,
+                [192, 168, 15, 1],
+                [203, 0, 113, 20 + i],
+                64,
+                84,
+                true,
+            );
+            let v = g.from_lan(0, 0, &mut [0u8; VNET_HDR_LEN], &mut p, &mut out, &fdb);
+            let want = if i < 4 {
+                Verdict::Consumed
+            } else {
+                Verdict::Drop(DropReason::GwQueueFull)
+            };
+            assert_eq!(v, want, "{i}");
+        }
+        assert_eq!(g.counters.drop_queue_share, 6);
+        let mut p = ping(GW_MAC, [192, 168, 15, 3], [203, 0, 113, 40], 64, 84, true);
+        assert_eq!(
+            g.from_lan(0, 1, &mut [0u8; VNET_HDR_LEN], &mut p, &mut out, &fdb),
+            Verdict::Consumed,
+            "another port still gets in"
         );
     }
 }

@@ -15,7 +15,7 @@
 //! ```
 
 use crate::PortId;
-use crate::arp::ArpTable;
+use crate::arp::{ArpTable, Heard};
 use crate::fdb::Fdb;
 use crate::gateway::Gateway;
 use crate::policy::{Action, Frame, FrameMeta, NoPolicy, Policy};
@@ -195,7 +195,14 @@ impl<P: Policy> Pipeline<P> {
             frame_vlan: (0, false),
             retag: None,
             fdb: Fdb::new(c.ports, c.fdb_max, c.fdb_max_per_port, c.ageing_ms),
-            arp: ArpTable::new(c.arp_max, c.ageing_ms),
+            arp: {
+                // With a gateway, the switch knows its LAN subnet: learn only hosts on it.
+                let mut t = ArpTable::new(c.arp_max, c.ageing_ms);
+                if let Some(g) = &c.gateway {
+                    t.set_on_link(&g.lan_on_link());
+                }
+                t
+            },
             arp_suppress: c.arp_suppress,
             gateway: c.gateway.clone().map(Gateway::new),
         }
@@ -327,7 +334,13 @@ impl<P: Policy> Pipeline<P> {
             let arp = ArpPacket::new_checked(&frame[ETH_HLEN..]).ok()?;
             (arp.op(), arp.sha(), arp.spa(), arp.tpa())
         };
-        self.arp.learn(spa, sha, in_port, now);
+        // A reply confirms; the gateway's subnet is that of the untagged LAN (VLAN 1).
+        let how = if op == arp_op::REPLY {
+            Heard::Reply
+        } else {
+            Heard::Hint
+        };
+        self.arp.observe(spa, sha, in_port, now, how, vlan <= 1);
         if spa == tpa {
             self.arp.counters.gratuitous += 1;
             return None;
