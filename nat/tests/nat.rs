@@ -513,6 +513,11 @@ fn udp_expiry_and_refresh_with_explicit_time() {
     let mut n = Nat::new(cfg());
     let mut p = udp(RED, 1, WAN, 2, b"x");
     n.process(0, Side::Lan, &mut p, false, &route);
+    // Never answered: the short timeout (120 s, the RFC 4787 REQ-5 floor).
+    assert_eq!(n.entries(0)[0].secs_left, 120);
+    let mut r = udp(WAN, 2, EXT, 1, b"y");
+    n.process(0, Side::Wan, &mut r, false, &route);
+    assert_eq!(n.entries(0)[0].secs_left, 300);
     let mut p = udp(RED, 1, WAN, 2, b"x");
     n.process(200_000, Side::Lan, &mut p, false, &route); // outbound refresh (REQ-6)
     n.expire(499_999);
@@ -553,12 +558,23 @@ fn full_table_evicts_unassured_and_never_assured() {
         let mut r = udp(WAN, 53, EXT, port, b"a");
         n.process(2, Side::Wan, &mut r, false, &route);
     }
+    // Red is at its own limit (tables under 64 entries: the whole table)
+    // with nothing unassured: host limit. Blue finds the table full.
     let mut s = tcp(RED, 3000, WAN, 80, "S", b"");
+    assert_eq!(
+        n.process(3, Side::Lan, &mut s, false, &route),
+        Verdict::Drop(NatDrop::HostLimit)
+    );
+    let mut s = tcp(BLUE, 3000, WAN, 80, "S", b"");
     assert_eq!(
         n.process(3, Side::Lan, &mut s, false, &route),
         Verdict::Drop(NatDrop::TableFull)
     );
     assert_eq!(n.counters.drops[NatDrop::TableFull as usize], 1);
+    let red = n.hosts().find(|h| h.addr == RED).unwrap();
+    assert_eq!((red.entries, red.drops, red.evicted), (4, 1, 98));
+    assert!(n.hosts().all(|h| h.addr != BLUE), "no record for a host without state");
+    n.check_invariants().unwrap();
 }
 
 #[test]
