@@ -1105,6 +1105,7 @@ impl Nat {
         let mut out_key = None; // the sender's mapping (source translation)
         let mut in_map = None; // a mapping the packet enters through
         let mut adf_remote = None;
+        let mut via_map = false; // hairpinned through a mapping
         let host_addr;
         match from {
             Side::Lan | Side::Local => {
@@ -1151,20 +1152,25 @@ impl Nat {
                             rewrite(buf, &t, &to, partial, pk.has_l4);
                             return Verdict::Translated;
                         }
-                        // Filtered as a sender at the external address would be.
-                        let ok = match self.cfg.filtering {
-                            Filtering::EndpointIndependent => true,
-                            Filtering::AddressDependent => {
-                                self.adf.contains_key(&(t.proto, ext, self.cfg.external))
-                            }
-                            Filtering::AddressAndPortDependent => false,
-                        };
-                        if !ok {
+                        // Filtering of hairpinned packets: the sender is a LAN
+                        // host, which reaches the target directly anyway, so
+                        // endpoint-independent and address-dependent filtering
+                        // admit it (the external address counts as one every
+                        // mapping has sent to); address-and-port-dependent
+                        // filtering admits only existing sessions (above).
+                        if self.cfg.filtering == Filtering::AddressAndPortDependent {
                             return self.drop(NatDrop::Filtered);
                         }
                     }
                     out_key = Some(key);
-                    adf_remote = Some(if in_map.is_some() {
+                    if t.proto == proto::ICMP && in_map.is_some() {
+                        // One identifier field: the target's own id cannot be
+                        // recovered from the tuples, so the entry holds the
+                        // sender's mapping only (it still reaches the target).
+                        in_map = None;
+                        via_map = true;
+                    }
+                    adf_remote = Some(if hairpin {
                         self.cfg.external
                     } else {
                         target.dst
@@ -1272,7 +1278,8 @@ impl Nat {
             // Only address-dependent filtering needs to know whom each mapping has talked to.
             *self.adf.entry((key.proto, ext, r)).or_insert(0) += 1;
         }
-        if (in_map.is_some() && from != Side::Wan)
+        if via_map
+            || (in_map.is_some() && from != Side::Wan)
             || (out_map.is_some() && self.dnat_match(&t).is_some())
         {
             self.counters.hairpins += 1;
@@ -1297,7 +1304,8 @@ impl Nat {
         if matches!(e.map, MapRef::Outbound | MapRef::Hairpin)
             && self.cfg.filtering == Filtering::AddressDependent
         {
-            let remote = if e.map == MapRef::Hairpin {
+            // (Hairpinned entries were sent to the external address.)
+            let remote = if e.orig.dst == self.cfg.external {
                 self.cfg.external
             } else {
                 e.reply.src
