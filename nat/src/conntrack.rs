@@ -954,7 +954,10 @@ impl Table {
             }
         }
         if in_wheel != self.len {
-            return Err(format!("{in_wheel} entries in the wheel, {} live", self.len));
+            return Err(format!(
+                "{in_wheel} entries in the wheel, {} live",
+                self.len
+            ));
         }
         let unassured = self.slots.iter().filter(|e| e.live && !e.assured).count();
         let (mut n, mut id) = (0, self.fifo_head);
@@ -972,7 +975,10 @@ impl Table {
                 .filter(|e| e.live && e.host == h as u32)
                 .count();
             if ents != rec.entries as usize || ents > self.host_max {
-                return Err(format!("host {}: {} entries, counted {}", rec.addr, ents, rec.entries));
+                return Err(format!(
+                    "host {}: {} entries, counted {}",
+                    rec.addr, ents, rec.entries
+                ));
             }
         }
         Ok(())
@@ -1084,7 +1090,10 @@ mod tests {
         assert_eq!((n, tb.len()), (32, 0));
         tb.check_invariants().unwrap();
         // The tuples can be tracked again.
-        assert!(matches!(tb.insert(entry(0, 20_000_000), 12_300_000), Insert::Ok(_)));
+        assert!(matches!(
+            tb.insert(entry(0, 20_000_000), 12_300_000),
+            Insert::Ok(_)
+        ));
         // Entries that outlive a gap are kept and still expire on time.
         let mut tb = Table::new(8, 1);
         tb.insert(entry(1, 20_000_000), 0);
@@ -1125,14 +1134,20 @@ mod tests {
             Insert::Evicted(_, e) => assert_eq!(e.orig.sport, 1),
             other => panic!("{other:?}"),
         }
-        assert!(tb.lookup(&t(100), 1).is_some(), "the other host keeps its entry");
+        assert!(
+            tb.lookup(&t(100), 1).is_some(),
+            "the other host keeps its entry"
+        );
         assert_eq!(tb.host_rec(a).evicted, 1);
         // Assured entries are not given up: the host is refused instead.
         for s in [2, 3] {
             let id = tb.lookup(&t(s), 1).unwrap().0;
             tb.set_assured(id, true);
         }
-        assert_eq!(tb.insert_for(entry(4, 100_000), Some(a), 0), Insert::HostFull);
+        assert_eq!(
+            tb.insert_for(entry(4, 100_000), Some(a), 0),
+            Insert::HostFull
+        );
         tb.set_assured(b1, true);
         tb.check_invariants().unwrap();
         tb.remove(b1);

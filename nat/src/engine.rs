@@ -726,7 +726,10 @@ impl Nat {
         }
         for (k, m) in &self.maps {
             if self.by_ext.get(&(k.proto, m.ext_port)) != Some(k) {
-                return Err(format!("external port {} of {k:?} held by another", m.ext_port));
+                return Err(format!(
+                    "external port {} of {k:?} held by another",
+                    m.ext_port
+                ));
             }
             if !self.ports.get(k.proto, m.ext_port) {
                 return Err(format!("port {} not marked used", m.ext_port));
@@ -811,8 +814,7 @@ impl Nat {
             proto::UDP => l4.len() < 8,
             _ => false,
         };
-        if short
-            || (p == proto::TCP && usize::from(l4[12] >> 4) * 4 > l4.len() && !ip.more_frags())
+        if short || (p == proto::TCP && usize::from(l4[12] >> 4) * 4 > l4.len() && !ip.more_frags())
         {
             return self.drop(NatDrop::Malformed);
         }
@@ -1115,7 +1117,11 @@ impl Nat {
                     target.dport = p;
                 } else if t.dst == self.cfg.external && from == Side::Lan {
                     // Hairpin through another host's mapping (RFC 4787 REQ-9).
-                    let ext = if t.proto == proto::ICMP { t.sport } else { t.dport };
+                    let ext = if t.proto == proto::ICMP {
+                        t.sport
+                    } else {
+                        t.dport
+                    };
                     if let Some(&k) = self.by_ext.get(&(t.proto, ext)) {
                         in_map = Some((k, ext));
                         target.dst = k.ip;

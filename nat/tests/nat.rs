@@ -573,7 +573,10 @@ fn full_table_evicts_unassured_and_never_assured() {
     assert_eq!(n.counters.drops[NatDrop::TableFull as usize], 1);
     let red = n.hosts().find(|h| h.addr == RED).unwrap();
     assert_eq!((red.entries, red.drops, red.evicted), (4, 1, 100));
-    assert!(n.hosts().all(|h| h.addr != BLUE), "no record for a host without state");
+    assert!(
+        n.hosts().all(|h| h.addr != BLUE),
+        "no record for a host without state"
+    );
     n.check_invariants().unwrap();
 }
 
@@ -867,7 +870,12 @@ fn eviction_never_loses_the_mapping_the_new_entry_needs() {
     let mut n = Nat::new(c);
     let x = Ipv4Addr::new(203, 0, 113, 10);
     let y = Ipv4Addr::new(203, 0, 113, 11);
-    let flows = [(lan(1), 5000, x), (lan(2), 6000, x), (lan(1), 5000, y), (lan(3), 5000, x)];
+    let flows = [
+        (lan(1), 5000, x),
+        (lan(2), 6000, x),
+        (lan(1), 5000, y),
+        (lan(3), 5000, x),
+    ];
     let mut ext = Vec::new();
     for (i, (src, sp, dst)) in flows.into_iter().enumerate() {
         let mut p = udp(src, sp, dst, 53, b"q");
@@ -882,7 +890,10 @@ fn eviction_never_loses_the_mapping_the_new_entry_needs() {
     assert_ne!(ext[3].1, ext[2].1, ".3 must not share .1's external port");
     // Unsolicited inbound to .1's port reaches .1, not .3.
     let mut inb = udp(WAN2, 9, EXT, ext[2].1, b"i");
-    assert_eq!(n.process(4000, Side::Wan, &mut inb, false, &route), Verdict::Translated);
+    assert_eq!(
+        n.process(4000, Side::Wan, &mut inb, false, &route),
+        Verdict::Translated
+    );
     assert_eq!(tuple_of(&inb).2, lan(1));
 }
 
@@ -900,7 +911,10 @@ fn outbound_echo_reply_without_state_is_dropped() {
     assert_eq!(n.counters.drops[NatDrop::InvalidIcmp as usize], 1);
     // Inside the LAN it is not the NAT's business.
     let mut r = echo(RED, BLUE, 77, true);
-    assert_eq!(n.process(0, Side::Lan, &mut r, false, &route), Verdict::NotNatted);
+    assert_eq!(
+        n.process(0, Side::Lan, &mut r, false, &route),
+        Verdict::NotNatted
+    );
 }
 
 /// Fuzz finding: TCP headers of 14-17 bytes and UDP headers of 4-7 bytes got
@@ -969,7 +983,10 @@ fn zero_total_length_only_with_partial_checksum() {
         n.process(0, Side::Lan, &mut p.clone(), false, &route),
         Verdict::Drop(NatDrop::Malformed)
     );
-    assert_eq!(n.process(0, Side::Lan, &mut p, true, &route), Verdict::Translated);
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p, true, &route),
+        Verdict::Translated
+    );
 }
 
 /// A FIN (or SYN+ACK, RST, no flag) as first segment opens nothing; a pickup
@@ -989,15 +1006,27 @@ fn first_segments_and_mid_stream_pickup() {
     assert!(n.is_empty());
     for _ in 0..3 {
         let mut p = tcp(RED, 2001, WAN, 80, "A", b"");
-        assert_eq!(n.process(0, Side::Lan, &mut p, false, &route), Verdict::Translated);
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Translated
+        );
     }
     let e = &n.entries(0)[0];
-    assert_eq!((e.state, e.secs_left, e.assured), ("ESTABLISHED", 60, false));
+    assert_eq!(
+        (e.state, e.secs_left, e.assured),
+        ("ESTABLISHED", 60, false)
+    );
     // The far side answers: now assured, with the established timeout.
     let mut r = tcp(WAN, 80, EXT, 2001, "A", b"");
-    assert_eq!(n.process(1000, Side::Wan, &mut r, false, &route), Verdict::Translated);
+    assert_eq!(
+        n.process(1000, Side::Wan, &mut r, false, &route),
+        Verdict::Translated
+    );
     let e = &n.entries(1000)[0];
-    assert_eq!((e.state, e.secs_left, e.assured), ("ESTABLISHED", 7440, true));
+    assert_eq!(
+        (e.state, e.secs_left, e.assured),
+        ("ESTABLISHED", 7440, true)
+    );
     // An unanswered pickup is gone after 60 s.
     let mut p = tcp(RED, 2002, WAN, 80, "A", b"");
     n.process(0, Side::Lan, &mut p, false, &route);
@@ -1016,7 +1045,10 @@ fn rst_unassures_and_shortens() {
             tcp(WAN, 443, EXT, 2100, f, b"")
         };
         let side = if from_red { Side::Lan } else { Side::Wan };
-        assert_eq!(n.process(now, side, &mut p, false, &route), Verdict::Translated);
+        assert_eq!(
+            n.process(now, side, &mut p, false, &route),
+            Verdict::Translated
+        );
         let e = n.entries(now)[0].clone();
         (e.state, e.secs_left, e.assured)
     };
@@ -1024,7 +1056,11 @@ fn rst_unassures_and_shortens() {
     go(0, false, "SA");
     assert_eq!(go(0, true, "A"), ("ESTABLISHED", 7440, true));
     assert_eq!(go(0, false, "R"), ("CLOSE", 10, false));
-    assert_eq!(go(0, true, "A"), ("CLOSE", 10, false), "no resurrection by ACK");
+    assert_eq!(
+        go(0, true, "A"),
+        ("CLOSE", 10, false),
+        "no resurrection by ACK"
+    );
 }
 
 /// The ACK flood: one host sends ACK-only segments on many tuples to
@@ -1038,7 +1074,10 @@ fn ack_flood_cannot_starve_another_host() {
     let mut now = 0;
     for i in 0..5000u32 {
         let mut p = tcp(RED, 10_000 + (i % 50_000) as u16, WAN, 80, "A", b"");
-        assert_eq!(n.process(now, Side::Lan, &mut p, false, &route), Verdict::Translated);
+        assert_eq!(
+            n.process(now, Side::Lan, &mut p, false, &route),
+            Verdict::Translated
+        );
         now += 1;
     }
     let red = n.hosts().find(|h| h.addr == RED).unwrap();
@@ -1053,19 +1092,36 @@ fn ack_flood_cannot_starve_another_host() {
     }
     assert_eq!(n.len(), 256);
     let mut syn = tcp(BLUE, 5555, WAN2, 443, "S", b"");
-    assert_eq!(n.process(now, Side::Lan, &mut syn, false, &route), Verdict::Translated);
+    assert_eq!(
+        n.process(now, Side::Lan, &mut syn, false, &route),
+        Verdict::Translated
+    );
     let mut sa = tcp(WAN2, 443, EXT, tuple_of(&syn).1, "SA", b"");
-    assert_eq!(n.process(now, Side::Wan, &mut sa, false, &route), Verdict::Translated);
+    assert_eq!(
+        n.process(now, Side::Wan, &mut sa, false, &route),
+        Verdict::Translated
+    );
     let mut a = tcp(BLUE, 5555, WAN2, 443, "A", b"");
-    assert_eq!(n.process(now, Side::Lan, &mut a, false, &route), Verdict::Translated);
-    let blue = n.entries(now).into_iter().find(|e| e.orig.src == BLUE).unwrap();
+    assert_eq!(
+        n.process(now, Side::Lan, &mut a, false, &route),
+        Verdict::Translated
+    );
+    let blue = n
+        .entries(now)
+        .into_iter()
+        .find(|e| e.orig.src == BLUE)
+        .unwrap();
     assert!(blue.assured);
     // The flood goes on; blue's connection stays.
     for i in 0..2000u16 {
         let mut p = tcp(RED, 100 + i, WAN, 80, "A", b"");
         n.process(now, Side::Lan, &mut p, false, &route);
     }
-    assert!(n.entries(now).iter().any(|e| e.orig.src == BLUE && e.assured));
+    assert!(
+        n.entries(now)
+            .iter()
+            .any(|e| e.orig.src == BLUE && e.assured)
+    );
     let blue = n.hosts().find(|h| h.addr == BLUE).unwrap();
     assert_eq!((blue.evicted, blue.drops), (0, 0));
     n.check_invariants().unwrap();
@@ -1083,7 +1139,10 @@ fn syn_flood_exhausting_ports_leaves_room_for_others() {
     for i in 0..3000u16 {
         let mut p = tcp(RED, 20_000 + i, WAN, 80, "S", b"");
         // Source ports collide with nothing: each is a new mapping.
-        assert_eq!(n.process(0, Side::Lan, &mut p, false, &route), Verdict::Translated);
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Translated
+        );
     }
     assert_eq!(n.mappings(), 100);
     // No per-host limit but a small port range: red takes every port, then
@@ -1093,12 +1152,21 @@ fn syn_flood_exhausting_ports_leaves_room_for_others() {
     let mut n = Nat::new(c);
     for i in 0..64u16 {
         let mut p = tcp(RED, 1024 + i, WAN, 80, "S", b"");
-        assert_eq!(n.process(0, Side::Lan, &mut p, false, &route), Verdict::Translated);
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Translated
+        );
     }
     let mut p = tcp(RED, 2000, WAN, 80, "S", b"");
-    assert_eq!(n.process(0, Side::Lan, &mut p, false, &route), Verdict::Translated);
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p, false, &route),
+        Verdict::Translated
+    );
     let mut b = tcp(BLUE, 3000, WAN, 80, "S", b"");
-    assert_eq!(n.process(1, Side::Lan, &mut b, false, &route), Verdict::Translated);
+    assert_eq!(
+        n.process(1, Side::Lan, &mut b, false, &route),
+        Verdict::Translated
+    );
     assert_eq!(n.mappings(), 64);
     assert!(n.counters.early_dropped >= 2);
     n.check_invariants().unwrap();
@@ -1162,7 +1230,11 @@ fn hairpin_through_every_mapping() {
         let red_ext = sp;
         if proto_ != "icmp" {
             assert_eq!(dp, 6000);
-            assert_eq!(Some((RED, 7000)), n.mapping_of(hp[9], red_ext), "{proto_}: red's own mapping");
+            assert_eq!(
+                Some((RED, 7000)),
+                n.mapping_of(hp[9], red_ext),
+                "{proto_}: red's own mapping"
+            );
         }
         // Blue answers to what it saw; red gets it from external:blue_ext.
         let mut back = match proto_ {
@@ -1194,7 +1266,10 @@ fn hairpin_through_every_mapping() {
 /// Address-and-port-dependent filtering admits only the self-hairpin.
 #[test]
 fn hairpin_filtering() {
-    for f in [Filtering::AddressDependent, Filtering::AddressAndPortDependent] {
+    for f in [
+        Filtering::AddressDependent,
+        Filtering::AddressAndPortDependent,
+    ] {
         let mut c = cfg();
         c.filtering = f;
         let mut n = Nat::new(c);
@@ -1203,7 +1278,10 @@ fn hairpin_filtering() {
         let mapped = tuple_of(&stun).1;
         // turnutils_natdiscovery -H: the same socket sends to its own mapped address.
         let mut me = udp(RED, 40000, EXT, mapped, b"binding");
-        assert_eq!(n.process(1, Side::Lan, &mut me, false, &route), Verdict::Translated);
+        assert_eq!(
+            n.process(1, Side::Lan, &mut me, false, &route),
+            Verdict::Translated
+        );
         assert_eq!(tuple_of(&me), (EXT, mapped, RED, 40000));
         assert_checksums(&me);
         assert_eq!((n.counters.self_hairpins, n.len()), (1, 1));
@@ -1247,7 +1325,13 @@ mod small_tables {
     fn step() -> impl Strategy<Value = Step> {
         (
             1u8..5,
-            prop_oneof![Just(1000u16), Just(1001), Just(500), Just(40000), 1024u16..1040],
+            prop_oneof![
+                Just(1000u16),
+                Just(1001),
+                Just(500),
+                Just(40000),
+                1024u16..1040
+            ],
             0u8..3,
             prop_oneof![Just(53u16), Just(80), Just(443)],
             0u8..3,
@@ -1259,16 +1343,18 @@ mod small_tables {
             ],
             any::<bool>(),
         )
-            .prop_map(|(host, sport, remote, dport, proto_, flags, dt, answer)| Step {
-                host,
-                sport,
-                remote,
-                dport,
-                proto_,
-                flags,
-                dt,
-                answer,
-            })
+            .prop_map(
+                |(host, sport, remote, dport, proto_, flags, dt, answer)| Step {
+                    host,
+                    sport,
+                    remote,
+                    dport,
+                    proto_,
+                    flags,
+                    dt,
+                    answer,
+                },
+            )
     }
 
     proptest! {
