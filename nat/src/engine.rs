@@ -983,8 +983,11 @@ impl Nat {
             steps += 1;
             cur = self.table.next_unassured(id, h);
             let e = self.table.get(id);
-            if e.orig.proto == proto_ && matches!(e.map, MapRef::Outbound | MapRef::Hairpin) {
-                if let Some(old) = self.table.remove(id) {
+            if e.orig.proto == proto_
+                && matches!(e.map, MapRef::Outbound | MapRef::Hairpin)
+                && let Some(old) = self.table.remove(id)
+            {
+                {
                     if let Some(oh) = old.host() {
                         let r = self.table.host_rec_mut(oh);
                         r.evicted = r.evicted.saturating_add(1);

@@ -92,10 +92,10 @@ impl Gen {
         let host = Ipv4Addr::new(192, 168, 15, 10 + (x >> 60) as u8);
         let sport = 1024 + (self.n % 64_000) as u16;
         let remote = Ipv4Addr::from(0xc633_6400u32 | ((x >> 20) as u32 & 0xfff));
-        let tcp = self.n % 4 != 0;
+        let tcp = !self.n.is_multiple_of(4);
         let mut p = packet(tcp, host, sport, remote, 443);
         let v = nat.process(now, Side::Lan, &mut p, false, &route);
-        if !tcp && self.n % 10 == 0 && v == Verdict::Translated {
+        if !tcp && self.n.is_multiple_of(10) && v == Verdict::Translated {
             let ext = u16::from_be_bytes([p[20], p[21]]);
             let mut r = packet(false, remote, 443, EXT, ext);
             nat.process(now, Side::Wan, &mut r, false, &route);
