@@ -7,10 +7,27 @@
 //! - Time is passed in (`now`, ms). A lookup never returns an expired entry.
 //!   [`Table::expire`] removes expired entries by walking only the wheel slots
 //!   that came due since the last call (no full-table scan).
-//! - The table holds at most `max` entries. When full, [`Table::insert`]
-//!   evicts the oldest entry not yet assured (like netfilter's early drop);
-//!   assured entries are never evicted. No allocation per packet in steady
-//!   state: slots, wheel buckets and the free list are reused.
+//! - The table holds at most `max` entries, and at most `host_max` per
+//!   internal host ([`Table::insert_for`]). When a host is at its limit it
+//!   gives up its own oldest unassured entry; when the table is full, the
+//!   oldest unassured entry goes (like netfilter's early drop); assured
+//!   entries are never evicted.
+//! - Memory is bounded by the slot count: wheel slots, the free list and the
+//!   unassured FIFOs (one for the table, one per host) are intrusive
+//!   doubly-linked lists through the entry slots (u32 links), so removal is
+//!   O(1), no reference outlives its entry, and nothing grows with the rate
+//!   of new flows. `expire` walks at most one lap of the wheel per call, and
+//!   every entry in a walked slot is either removed or re-filed, so a long
+//!   gap between calls loses nothing.
+//!
+//! No TCP window tracking (netfilter's `tcp_in_window`): the engine keeps no
+//! sequence numbers (8 more bytes per direction per entry, and the
+//! gateway's GSO super-frames would need per-segment accounting). What it
+//! would buy: refusing out-of-window segments, so an off-path host that
+//! knows a tuple could not RST it. Here a RST closes (10 s, unassured) and
+//! an ACK never revives a closed entry; the cost of a spoofed RST is that one
+//! connection, which a LAN host can cause anyway. Mid-stream pickups and
+//! floods are bounded by the SEEN_REPLY rule and the per-host limits instead.
 //!
 //! TCP states (RFC 6146 §3.5.2 / RFC 7857 style; `O` original direction, `R` reply):
 //!

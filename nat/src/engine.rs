@@ -22,6 +22,34 @@
 //! class (< 1024 or not, REQ-3a), and are otherwise chosen at random
 //! (RFC 6056) or sequentially (deterministic mode).
 //!
+//! Hairpinning (REQ-9): a LAN packet to `external:P`, where `P` is a DNAT
+//! rule or another host's mapping (TCP, UDP port; ICMP echo identifier),
+//! goes to that host with its source translated to the sender's own mapping.
+//! Hairpinned packets pass endpoint-independent and address-dependent
+//! filtering (the sender could reach the host directly); address-and-port-
+//! dependent filtering admits only existing sessions. A host sending to its
+//! own mapping (the RFC 5780 hairpinning test) gets the packet back from
+//! `external:P` without state (its two tuples would be the same).
+//!
+//! Conntrack semantics (netfilter as reference): an entry is assured only
+//! after traffic both ways (SEEN_REPLY; TCP also ESTABLISHED). A TCP
+//! connection opens with a SYN, or with an ACK as a mid-stream pickup
+//! (ESTABLISHED but unreplied: [`Timeouts::tcp_unreplied`]); a FIN, SYN+ACK,
+//! RST or flagless segment opens nothing. A RST leaves the entry CLOSE,
+//! unassured, for [`Timeouts::tcp_close`]. UDP never answered lives
+//! [`Timeouts::udp_unreplied`]. Timeouts are capped at [`MAX_TIMEOUT_SECS`].
+//!
+//! Fairness (RFC 6888): entries and mappings are charged to an internal host
+//! (the LAN side of the connection). A host at its entry limit gives up its
+//! own oldest unassured entry, else gets `nat-host-limit`; at its port limit
+//! it gives up its oldest unassured mapping holders (up to 8 tried). A full
+//! table gives up its oldest unassured entry; an exhausted port range the
+//! oldest unassured mapping holders (up to 16 tried). Under a flood these
+//! are the flooder's. Port allocation scans a bitmap by 64-bit words from a
+//! random (or sequential) start: at most 1,024 word reads per attempt.
+//! References on a mapping are taken before any eviction, so making room
+//! never frees the mapping the new entry needs.
+//!
 //! ICMP errors are translated in both directions with their embedded header
 //! (RFC 5508 REQ-4/5) and never create, refresh or remove state. IPv4
 //! fragments follow the translation of their first fragment; later fragments
