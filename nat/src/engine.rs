@@ -40,7 +40,8 @@
 //! [`Timeouts::udp_unreplied`]. Timeouts are capped at [`MAX_TIMEOUT_SECS`].
 //!
 //! Fairness (RFC 6888): entries and mappings are charged to an internal host
-//! (the LAN side of the connection). A host at its entry limit gives up its
+//! (the LAN host that opened the connection; connections opened from the WAN
+//! go to one pseudo-host, [`OUTSIDE`] = 0.0.0.0). A host at its entry limit gives up its
 //! own oldest unassured entry, else gets `nat-host-limit`; at its port limit
 //! it gives up its oldest unassured mapping holders (up to 8 tried). A full
 //! table gives up its oldest unassured entry; an exhausted port range the
@@ -420,6 +421,9 @@ pub struct HostView {
     /// `nat-table-full`, `nat-ports-exhausted`).
     pub drops: u64,
 }
+
+/// The pseudo-host that connections opened from the WAN are charged to.
+pub const OUTSIDE: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
 
 /// Index of a mapped protocol in per-protocol arrays (TCP, UDP, ICMP).
 fn pidx(p: u8) -> usize {
@@ -1243,7 +1247,10 @@ impl Nat {
                     target.dport = key.port;
                     in_map = Some((key, ext_port));
                 }
-                host_addr = target.dst;
+                // Connections opened from outside are charged to one pseudo-host,
+                // the outside (0.0.0.0): an inbound flood gets one host's share
+                // and evicts its own entries, not the LAN hosts' own.
+                host_addr = OUTSIDE;
             }
         }
         let Some(h) = self.table.host(host_addr) else {
@@ -1671,7 +1678,14 @@ impl Nat {
                 }
             }
             _ => {
+                if t.proto == proto::TCP && tcp_open(TcpEvent::of(flags)).is_none() {
+                    return vec!["nat: no connection and this segment cannot open one (only a SYN, or an ACK picked up mid-stream): drop (nat-invalid-tcp) if meant for the NAT".into()];
+                }
+                if t.proto == proto::ICMP && t.sport == 0 {
+                    return vec!["nat: an echo reply without a request: drop (nat-invalid-icmp) if meant for the WAN".into()];
+                }
                 let dnat = self.dnat_match(&t);
+                let mut via_map = false;
                 if let Some((a, p)) = dnat {
                     target.dst = a;
                     target.dport = p;
@@ -1679,12 +1693,35 @@ impl Nat {
                         "nat: DNAT rule: destination {}:{} => {}:{}",
                         t.dst, t.dport, a, p
                     ));
+                } else if t.dst == self.cfg.external && from == Side::Lan {
+                    let ext = if t.proto == proto::ICMP {
+                        t.sport
+                    } else {
+                        t.dport
+                    };
+                    if let Some(k) = self.by_ext.get(&(t.proto, ext)) {
+                        via_map = true;
+                        target.dst = k.ip;
+                        target.dport = if t.proto == proto::ICMP { 0 } else { k.port };
+                        out.push(format!(
+                            "nat: hairpin through the mapping of {}:{} (external port {ext}){}",
+                            k.ip,
+                            k.port,
+                            if k.ip == t.src && k.port == t.sport {
+                                ": its own, reflected without state"
+                            } else if self.cfg.filtering == Filtering::AddressAndPortDependent {
+                                ": refused by address-and-port-dependent filtering (nat-filtered)"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
                 }
                 let egress = route(target.dst);
                 if egress == Side::Local {
                     return vec!["nat: for the gateway itself: not translated".into()];
                 }
-                let hairpin = dnat.is_some() && egress == Side::Lan;
+                let hairpin = (dnat.is_some() || via_map) && egress == Side::Lan;
                 let snat = (egress == Side::Wan && self.masqueraded(t.src)) || hairpin;
                 if snat {
                     let key = MapKey {

@@ -1424,3 +1424,32 @@ mod small_tables {
         }
     }
 }
+
+/// A SYN flood from outside to a published port is charged to the outside
+/// pseudo-host: it evicts its own entries, and a LAN host's connections
+/// (outbound, or earlier inbound ones that were answered) stay.
+#[test]
+fn inbound_flood_is_charged_to_the_outside() {
+    let mut c = cfg();
+    c.max_entries = 256; // a quarter each
+    let mut n = Nat::new(c);
+    let mut s = tcp(BLUE, 7000, WAN, 443, "S", b"");
+    n.process(0, Side::Lan, &mut s, false, &route);
+    for i in 0..5000u32 {
+        let src = Ipv4Addr::from(0xc633_6400 | i);
+        let mut p = tcp(src, 1024 + (i % 60_000) as u16, EXT, 80, "S", b"");
+        assert_eq!(
+            n.process(1, Side::Wan, &mut p, false, &route),
+            Verdict::Translated
+        );
+    }
+    let out = n.hosts().find(|h| h.addr == OUTSIDE).unwrap();
+    assert_eq!(out.entries, 64);
+    let blue = n.hosts().find(|h| h.addr == BLUE).unwrap();
+    assert_eq!(
+        (blue.entries, blue.evicted),
+        (1, 0),
+        "blue's own SYN_SENT stays"
+    );
+    n.check_invariants().unwrap();
+}
