@@ -512,7 +512,8 @@ fn splitmix(x: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Parse the tuple of the transport header in `l4` (ICMP: queries only).
+/// Parse the tuple of the transport header in `l4` (ICMP: queries only), with
+/// the TCP flags (TCP) or the ICMP type (ICMP).
 fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple, u8)> {
     match proto {
         proto::TCP | proto::UDP => {
@@ -547,7 +548,7 @@ fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple
                         sport: id,
                         dport: 0,
                     },
-                    0,
+                    icmp_type::ECHO_REQUEST,
                 )),
                 icmp_type::ECHO_REPLY => Some((
                     Tuple {
@@ -557,7 +558,7 @@ fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple
                         sport: 0,
                         dport: id,
                     },
-                    0,
+                    icmp_type::ECHO_REPLY,
                 )),
                 _ => None,
             }
@@ -1129,8 +1130,8 @@ impl Nat {
                 None => return Verdict::NotNatted,
             }
         }
-        // An echo reply never opens a connection (tuple `(src, dst, 0, id)`).
-        if t.proto == proto::ICMP && t.sport == 0 {
+        // An echo reply never opens a connection.
+        if t.proto == proto::ICMP && pk.flags == icmp_type::ECHO_REPLY {
             return match from {
                 Side::Lan | Side::Local if meant_for_nat(self) && t.dst != self.cfg.external => {
                     self.drop(NatDrop::InvalidIcmp)
@@ -1502,7 +1503,7 @@ impl Nat {
                 FragXlate {
                     src,
                     dst,
-                    expires: now + FRAG_MEMORY_MS,
+                    expires: now.saturating_add(FRAG_MEMORY_MS),
                 },
             );
         }
@@ -1681,7 +1682,7 @@ impl Nat {
                 if t.proto == proto::TCP && tcp_open(TcpEvent::of(flags)).is_none() {
                     return vec!["nat: no connection and this segment cannot open one (only a SYN, or an ACK picked up mid-stream): drop (nat-invalid-tcp) if meant for the NAT".into()];
                 }
-                if t.proto == proto::ICMP && t.sport == 0 {
+                if t.proto == proto::ICMP && flags == icmp_type::ECHO_REPLY {
                     return vec!["nat: an echo reply without a request: drop (nat-invalid-icmp) if meant for the WAN".into()];
                 }
                 let dnat = self.dnat_match(&t);

@@ -1453,3 +1453,33 @@ fn inbound_flood_is_charged_to_the_outside() {
     );
     n.check_invariants().unwrap();
 }
+
+/// Fuzz finding: a timeout near `u64::MAX` overflowed on the first packet.
+/// Timeouts are capped (one week) and time arithmetic saturates, at any `now`.
+#[test]
+fn huge_timeouts_and_times_do_not_overflow() {
+    let mut c = cfg();
+    c.timeouts = Timeouts {
+        udp: u64::MAX,
+        udp_unreplied: u64::MAX,
+        tcp_established: u64::MAX,
+        tcp_transitory: u64::MAX,
+        tcp_unreplied: u64::MAX,
+        tcp_close: u64::MAX,
+        icmp: u64::MAX,
+    };
+    let mut n = Nat::new(c);
+    for now in [0, 1 << 40, u64::MAX - 1000, u64::MAX] {
+        let mut p = udp(RED, 1, WAN, 2, b"x");
+        n.process(now, Side::Lan, &mut p, false, &route);
+        let mut s = tcp(RED, 2, WAN, 2, "S", b"");
+        n.process(now, Side::Lan, &mut s, false, &route);
+        let frags = fragment(&udp(RED, 3, WAN, 2, &[7u8; 3000]), 1480);
+        for f in &frags {
+            n.process(now, Side::Lan, &mut f.clone(), false, &route);
+        }
+        n.expire(now);
+        n.check_invariants().unwrap();
+    }
+    assert!(n.entries(0).iter().all(|e| e.secs_left <= MAX_TIMEOUT_SECS));
+}
