@@ -915,6 +915,21 @@ fn outbound_echo_reply_without_state_is_dropped() {
         n.process(0, Side::Lan, &mut r, false, &route),
         Verdict::NotNatted
     );
+    // An echo *request* with identifier 0 is fine: it gets a non-zero one.
+    let mut q = echo(RED, WAN, 0, false);
+    assert_eq!(
+        n.process(0, Side::Lan, &mut q, false, &route),
+        Verdict::Translated
+    );
+    let id = tuple_of(&q).1;
+    assert_ne!(id, 0);
+    assert_checksums(&q);
+    let mut a = echo(WAN, EXT, id, true);
+    assert_eq!(
+        n.process(0, Side::Wan, &mut a, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&a), (WAN, 0, RED, 0));
 }
 
 /// Fuzz finding: TCP headers of 14-17 bytes and UDP headers of 4-7 bytes got
