@@ -413,8 +413,10 @@ pub struct Host {
     pub mappings: [u32; 3],
     /// This host's entries evicted to make room (for itself or others).
     pub evicted: u64,
-    /// This host's packets dropped for want of room (host limit, table full, ports).
-    pub drops: u64,
+    /// This host's packets dropped for want of room, by cause: its own
+    /// limit, a full table, no free port (the engine's `nat-host-limit`,
+    /// `nat-table-full`, `nat-ports-exhausted`).
+    pub drops: [u64; 3],
     head: u32,
     tail: u32,
     live: bool,
@@ -565,7 +567,7 @@ impl Table {
             unassured: 0,
             mappings: [0; 3],
             evicted: 0,
-            drops: 0,
+            drops: [0; 3],
             head: NIL,
             tail: NIL,
             live: true,

@@ -417,10 +417,18 @@ pub struct HostView {
     pub mappings: u32,
     /// Its entries evicted to make room.
     pub evicted: u64,
-    /// Its packets dropped for want of room (`nat-host-limit`,
-    /// `nat-table-full`, `nat-ports-exhausted`).
+    /// Its packets dropped for want of room, all causes.
     pub drops: u64,
+    /// The same by cause: `nat-host-limit`, `nat-table-full`, `nat-ports-exhausted`.
+    pub drops_by_reason: [(NatDrop, u64); 3],
 }
+
+/// The per-host drop causes, in [`HostView::drops_by_reason`] order.
+const HOST_DROPS: [NatDrop; 3] = [
+    NatDrop::HostLimit,
+    NatDrop::TableFull,
+    NatDrop::PortsExhausted,
+];
 
 /// The pseudo-host that connections opened from the WAN are charged to.
 pub const OUTSIDE: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
@@ -727,7 +735,8 @@ impl Nat {
             unassured: h.unassured,
             mappings: h.mappings.iter().sum(),
             evicted: h.evicted,
-            drops: h.drops,
+            drops: h.drops.iter().sum(),
+            drops_by_reason: [0, 1, 2].map(|i| (HOST_DROPS[i], h.drops[i])),
         })
     }
 
@@ -782,7 +791,9 @@ impl Nat {
     /// A drop for want of room, also counted on the host.
     fn host_drop(&mut self, h: HostId, r: NatDrop) -> Verdict {
         let rec = self.table.host_rec_mut(h);
-        rec.drops = rec.drops.saturating_add(1);
+        if let Some(i) = HOST_DROPS.iter().position(|x| *x == r) {
+            rec.drops[i] = rec.drops[i].saturating_add(1);
+        }
         self.gc.push(h);
         self.drop(r)
     }

@@ -573,6 +573,7 @@ fn full_table_evicts_unassured_and_never_assured() {
     assert_eq!(n.counters.drops[NatDrop::TableFull as usize], 1);
     let red = n.hosts().find(|h| h.addr == RED).unwrap();
     assert_eq!((red.entries, red.drops, red.evicted), (4, 1, 100));
+    assert_eq!(red.drops_by_reason[0], (NatDrop::HostLimit, 1));
     assert!(
         n.hosts().all(|h| h.addr != BLUE),
         "no record for a host without state"
