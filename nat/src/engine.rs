@@ -578,13 +578,19 @@ fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple
 /// The idle timeout of `e` in its current state, ms (saturating).
 fn timeout_ms(t: &Timeouts, e: &Entry) -> u64 {
     let secs = match e.orig.proto {
-        proto::TCP => match e.tcp {
-            TcpState::Established if e.seen_reply => t.tcp_established,
-            // Picked up mid-stream and never answered.
-            TcpState::Established => t.tcp_unreplied,
-            TcpState::Close => t.tcp_close,
-            _ => t.tcp_transitory,
-        },
+        proto::TCP => {
+            let s = match e.tcp {
+                TcpState::Established if e.seen_reply => t.tcp_established,
+                TcpState::Close => t.tcp_close,
+                _ => t.tcp_transitory,
+            };
+            // Picked up mid-stream and never answered, whatever it sent since.
+            if e.pickup && !e.seen_reply {
+                s.min(t.tcp_unreplied)
+            } else {
+                s
+            }
+        }
         proto::UDP if e.seen_reply => t.udp,
         proto::UDP => t.udp_unreplied.min(t.udp),
         _ => t.icmp,

@@ -1043,9 +1043,17 @@ fn first_segments_and_mid_stream_pickup() {
         (e.state, e.secs_left, e.assured),
         ("ESTABLISHED", 7440, true)
     );
-    // An unanswered pickup is gone after 60 s.
+    // An unanswered pickup is gone after 60 s, even if it sends a FIN.
     let mut p = tcp(RED, 2002, WAN, 80, "A", b"");
     n.process(0, Side::Lan, &mut p, false, &route);
+    let mut p = tcp(RED, 2002, WAN, 80, "FA", b"");
+    n.process(0, Side::Lan, &mut p, false, &route);
+    let e = n
+        .entries(0)
+        .into_iter()
+        .find(|e| e.orig.sport == 2002)
+        .unwrap();
+    assert_eq!((e.state, e.secs_left, e.assured), ("FIN_WAIT", 60, false));
     n.expire(61_000);
     assert_eq!(n.len(), 1);
 }
