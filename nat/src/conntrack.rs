@@ -1174,6 +1174,71 @@ mod tests {
         assert_eq!(tb.hosts().count(), 1);
     }
 
+    /// Random operations (inserts charged to a few hosts, removals,
+    /// assurance changes, expiry moved both ways, sweeps after gaps of up to
+    /// three wheel laps) against a model: the lists stay consistent, nothing
+    /// outlives a sweep past its expiry, nothing is removed before it.
+    #[test]
+    fn random_operations_keep_the_lists_consistent() {
+        use proptest::prelude::*;
+        use std::collections::HashMap as Model;
+        let op = (0u8..6, 0u16..40, 0u64..20_000_000, 0u8..4);
+        proptest!(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() },
+            |(ops in proptest::collection::vec(op, 1..200), max in 3usize..24, host_max in 1usize..24)| {
+            let mut tb = Table::with_host_limit(max, host_max, 7);
+            let hosts: Vec<HostId> = (0..4).map(|i| tb.host(Ipv4Addr::new(10, 0, 0, i)).unwrap()).collect();
+            let mut model: Model<u16, u64> = Model::new();
+            let mut now = 0u64;
+            for (kind, port, x, h) in ops {
+                match kind {
+                    0 | 1 => {
+                        let exp = now + 1 + x % 10_000_000;
+                        match tb.insert_for(entry(port, exp), Some(hosts[usize::from(h)]), now) {
+                            Insert::Ok(_) => { model.insert(port, exp); }
+                            Insert::Evicted(_, old) => {
+                                prop_assert!(!old.assured());
+                                prop_assert!(model.remove(&old.orig.sport).is_some());
+                                model.insert(port, exp);
+                            }
+                            Insert::Clash => prop_assert!(model.contains_key(&port)),
+                            Insert::Full | Insert::HostFull => {}
+                        }
+                    }
+                    2 => {
+                        if let Some((id, _)) = tb.lookup(&t(port), now) {
+                            tb.remove(id);
+                            model.remove(&port);
+                        }
+                    }
+                    3 => {
+                        if let Some((id, _)) = tb.lookup(&t(port), now) {
+                            tb.set_assured(id, x % 2 == 0);
+                        }
+                    }
+                    4 => {
+                        if let Some((id, _)) = tb.lookup(&t(port), now) {
+                            let exp = now + 1 + x % 10_000_000;
+                            tb.set_expires(id, exp);
+                            model.insert(port, exp);
+                        }
+                    }
+                    _ => {
+                        now += x % 3 * 4_096_000 + x % 5000;
+                        tb.expire(now, |e| {
+                            let m = model.remove(&e.orig.sport);
+                            assert!(m.is_some_and(|m| m <= now), "removed early");
+                        });
+                        for (p, &exp) in &model {
+                            prop_assert!(exp + 2000 > now, "port {} expired at {} still there at {}", p, exp, now);
+                        }
+                    }
+                }
+                tb.check_invariants().map_err(TestCaseError::fail)?;
+                prop_assert_eq!(tb.len(), model.len());
+            }
+        });
+    }
+
     #[test]
     fn clash_is_refused() {
         let mut tb = Table::new(4, 1);
