@@ -1275,7 +1275,14 @@ impl Nat {
             return self.drop(NatDrop::TableFull);
         };
         self.gc.push(h); // collected after the packet if it ends up with nothing
-        // Take the references first: evictions below cannot free these mappings.
+        // Take the references first: evictions below (making room for the
+        // sender's mapping or for the entry) cannot free these mappings.
+        if let Some((k, _)) = in_map {
+            match self.maps.get_mut(&k) {
+                Some(m) => m.refs += 1,
+                None => return self.drop(NatDrop::NoMapping),
+            }
+        }
         let mut out_map = None;
         if let Some(key) = out_key {
             match self.map_ref(key, h) {
@@ -1284,13 +1291,13 @@ impl Nat {
                     target.sport = ext;
                     out_map = Some((key, ext));
                 }
-                Err(r) => return self.host_drop(h, r),
+                Err(r) => {
+                    if let Some((k, ext)) = in_map {
+                        self.unref(k, ext);
+                    }
+                    return self.host_drop(h, r);
+                }
             }
-        }
-        if let Some((k, _)) = in_map
-            && let Some(m) = self.maps.get_mut(&k)
-        {
-            m.refs += 1;
         }
         let mut e = Entry::new(t, target.inv(), 0);
         e.map = match (out_map.is_some(), in_map.is_some()) {

@@ -1507,3 +1507,32 @@ fn huge_timeouts_and_times_do_not_overflow() {
     }
     assert!(n.entries(0).iter().all(|e| e.secs_left <= MAX_TIMEOUT_SECS));
 }
+
+/// Making room for the sender's mapping of a hairpinned packet must not free
+/// the target's mapping the packet goes through (its last user may be the
+/// oldest unassured entry that is reclaimed).
+#[test]
+fn hairpin_keeps_the_target_mapping_while_making_room() {
+    let mut c = cfg();
+    c.filtering = Filtering::EndpointIndependent;
+    c.port_range = (1024, 1087); // 64 ports
+    let mut n = Nat::new(c);
+    // Blue's mapping first (the oldest unassured entry), then red takes every other port.
+    let mut b = udp(BLUE, 3000, WAN, 53, b"q");
+    n.process(0, Side::Lan, &mut b, false, &route);
+    let blue_ext = tuple_of(&b).1;
+    for i in 0..63u16 {
+        let mut p = udp(RED, 1024 + i, WAN, 53, b"q");
+        n.process(0, Side::Lan, &mut p, false, &route);
+    }
+    assert_eq!(n.mappings(), 64);
+    // A third host hairpins to blue's mapping: its own mapping needs a port.
+    let mut h = udp(lan(9), 5000, EXT, blue_ext, b"hi");
+    assert_eq!(
+        n.process(1, Side::Lan, &mut h, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&h).2, BLUE);
+    assert_eq!(n.mapping_of(proto::UDP, blue_ext), Some((BLUE, 3000)));
+    n.check_invariants().unwrap();
+}
