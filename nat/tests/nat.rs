@@ -1356,7 +1356,7 @@ mod small_tables {
                 Just(40000),
                 1024u16..1040
             ],
-            0u8..3,
+            0u8..4, // 3: hairpin to the external address
             prop_oneof![Just(53u16), Just(80), Just(443)],
             0u8..3,
             0u8..4,
@@ -1405,6 +1405,27 @@ mod small_tables {
                     n.expire(now);
                 }
                 let src = lan(s.host);
+                if s.remote == 3 {
+                    // To external:P, P = a port that may be someone's mapping.
+                    let pn = [proto::UDP, proto::TCP, proto::ICMP][usize::from(s.proto_)];
+                    let port = 1024 + s.sport % 16;
+                    let owner = n.mapping_of(pn, port);
+                    let mut p = match s.proto_ {
+                        0 => udp(src, s.sport, EXT, port, b"h"),
+                        1 => tcp(src, s.sport, EXT, port, "S", b""),
+                        _ => echo(src, EXT, port, false),
+                    };
+                    let v = n.process(now, Side::Lan, &mut p, false, &route);
+                    n.check_invariants().map_err(TestCaseError::fail)?;
+                    prop_assert!(n.len() <= max);
+                    if v == Verdict::Translated {
+                        assert_checksums(&p);
+                        let (hs, _, hd, _) = tuple_of(&p);
+                        prop_assert_eq!(hs, EXT);
+                        prop_assert_eq!(Some(hd), owner.map(|o| o.0), "reaches the mapping's owner");
+                    }
+                    continue;
+                }
                 let dst = Ipv4Addr::new(203, 0, 113, 10 + s.remote);
                 let mut p = match s.proto_ {
                     0 => udp(src, s.sport, dst, s.dport, b"q"),
