@@ -752,8 +752,9 @@ impl Nat {
         self.by_ext.get(&(proto, ext)).map(|k| (k.ip, k.port))
     }
 
-    /// Check the engine's invariants (tests, fuzzing): the table's, and that
-    /// mappings, reverse index, port bitmap and reference counts agree.
+    /// Check the engine's invariants (tests, fuzzing; O(entries), allocates):
+    /// the table's, and that mappings, reverse index, port bitmap and
+    /// reference counts agree, so no external port is held by two endpoints.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.table.check_invariants()?;
         if self.maps.len() != self.by_ext.len() {
@@ -1129,9 +1130,11 @@ impl Nat {
         let meant_for_nat = |s: &Self| match from {
             Side::Wan => t.dst == s.cfg.external,
             _ => {
-                t.dst == s.cfg.external
-                    || (route(t.dst) == Side::Wan && s.masqueraded(t.src))
+                (route(t.dst) == Side::Wan && s.masqueraded(t.src))
                     || s.dnat_match(&t).is_some()
+                    || (t.dst == s.cfg.external
+                        && t.proto != proto::ICMP
+                        && s.by_ext.contains_key(&(t.proto, t.dport)))
             }
         };
         let mut tcp_state = TcpState::SynSent;
@@ -1150,9 +1153,7 @@ impl Nat {
         // An echo reply never opens a connection.
         if t.proto == proto::ICMP && pk.flags == icmp_type::ECHO_REPLY {
             return match from {
-                Side::Lan | Side::Local if meant_for_nat(self) && t.dst != self.cfg.external => {
-                    self.drop(NatDrop::InvalidIcmp)
-                }
+                Side::Lan | Side::Local if meant_for_nat(self) => self.drop(NatDrop::InvalidIcmp),
                 _ => Verdict::NotNatted,
             };
         }

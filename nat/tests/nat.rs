@@ -1557,3 +1557,33 @@ fn hairpin_keeps_the_target_mapping_while_making_room() {
     assert_eq!(n.mapping_of(proto::UDP, blue_ext), Some((BLUE, 3000)));
     n.check_invariants().unwrap();
 }
+
+/// Segments that cannot open a connection are the NAT's to drop only when
+/// meant for it: towards the WAN from a masqueraded source, or to a
+/// published or mapped external port. To the gateway's own address they pass
+/// (the gateway answers), and inside the LAN they are not the NAT's business.
+#[test]
+fn invalid_first_segments_are_dropped_only_when_meant_for_the_nat() {
+    let mut n = Nat::new(cfg());
+    let mut to_gw = tcp(RED, 2000, EXT, 22, "A", b"");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut to_gw, false, &route),
+        Verdict::NotNatted
+    );
+    let mut lan_fin = tcp(RED, 2000, BLUE, 22, "F", b"");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut lan_fin, false, &route),
+        Verdict::NotNatted
+    );
+    let mut to_dnat = tcp(RED, 2000, EXT, 80, "F", b"");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut to_dnat, false, &route),
+        Verdict::Drop(NatDrop::InvalidTcp)
+    );
+    let mut out = tcp(RED, 2000, WAN, 80, "F", b"");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut out, false, &route),
+        Verdict::Drop(NatDrop::InvalidTcp)
+    );
+    assert!(n.is_empty());
+}
