@@ -7,10 +7,27 @@
 //! - Time is passed in (`now`, ms). A lookup never returns an expired entry.
 //!   [`Table::expire`] removes expired entries by walking only the wheel slots
 //!   that came due since the last call (no full-table scan).
-//! - The table holds at most `max` entries. When full, [`Table::insert`]
-//!   evicts the oldest entry not yet assured (like netfilter's early drop);
-//!   assured entries are never evicted. No allocation per packet in steady
-//!   state: slots, wheel buckets and the free list are reused.
+//! - The table holds at most `max` entries, and at most `host_max` per
+//!   internal host ([`Table::insert_for`]). When a host is at its limit it
+//!   gives up its own oldest unassured entry; when the table is full, the
+//!   oldest unassured entry goes (like netfilter's early drop); assured
+//!   entries are never evicted.
+//! - Memory is bounded by the slot count: wheel slots, the free list and the
+//!   unassured FIFOs (one for the table, one per host) are intrusive
+//!   doubly-linked lists through the entry slots (u32 links), so removal is
+//!   O(1), no reference outlives its entry, and nothing grows with the rate
+//!   of new flows. `expire` walks at most one lap of the wheel per call, and
+//!   every entry in a walked slot is either removed or re-filed, so a long
+//!   gap between calls loses nothing.
+//!
+//! No TCP window tracking (netfilter's `tcp_in_window`): the engine keeps no
+//! sequence numbers (8 more bytes per direction per entry, and the
+//! gateway's GSO super-frames would need per-segment accounting). What it
+//! would buy: refusing out-of-window segments, so an off-path host that
+//! knows a tuple could not RST it. Here a RST closes (10 s, unassured) and
+//! an ACK never revives a closed entry; the cost of a spoofed RST is that one
+//! connection, which a LAN host can cause anyway. Mid-stream pickups and
+//! floods are bounded by the SEEN_REPLY rule and the per-host limits instead.
 //!
 //! TCP states (RFC 6146 §3.5.2 / RFC 7857 style; `O` original direction, `R` reply):
 //!
@@ -24,7 +41,7 @@
 //! ```
 
 use crate::wire::tcp_flags;
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -193,6 +210,23 @@ pub fn tcp_next(
     (next, fin_dir)
 }
 
+/// The state a first TCP segment (no entry yet) opens, or `None` if it cannot
+/// open one (netfilter's INVALID in state NONE).
+///
+/// - SYN: `SYN_SENT`.
+/// - ACK without SYN/FIN/RST: a connection picked up mid-stream (e.g. after a
+///   restart): `ESTABLISHED`, but unreplied, so unassured and short-lived
+///   until the other side answers (see the engine's timeouts).
+/// - FIN, RST, SYN+ACK or no flag at all: `None` (a FIN first must not create
+///   an established connection; a SYN+ACK first is the answer to a SYN we never saw).
+pub fn tcp_open(ev: TcpEvent) -> Option<TcpState> {
+    match ev {
+        TcpEvent::Syn => Some(TcpState::SynSent),
+        TcpEvent::Ack => Some(TcpState::Established),
+        _ => None,
+    }
+}
+
 /// The EIM mapping an entry holds a reference on.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct MapKey {
@@ -204,7 +238,7 @@ pub struct MapKey {
     pub port: u16,
 }
 
-/// The EIM mapping an entry refers to, derived from its tuples instead of stored.
+/// The EIM mapping(s) an entry refers to, derived from its tuples instead of stored.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum MapRef {
     /// None (DNAT only, or not translated).
@@ -213,56 +247,58 @@ pub enum MapRef {
     Outbound,
     /// Opened from outside through a mapping: internal `reply.src:reply.sport`, external `orig.dport`.
     Inbound,
+    /// Hairpinned from the LAN through another host's mapping: both of the
+    /// above (the sender's outbound mapping and the target's mapping).
+    Hairpin,
 }
 
-impl Entry {
-    /// The mapping key and external port this entry refers to.
-    pub fn mapping(&self) -> Option<(MapKey, u16)> {
-        match self.map {
-            MapRef::None => None,
-            MapRef::Outbound => Some((
-                MapKey {
-                    proto: self.orig.proto,
-                    ip: self.orig.src,
-                    port: self.orig.sport,
-                },
-                self.reply.dport,
-            )),
-            MapRef::Inbound => Some((
-                MapKey {
-                    proto: self.orig.proto,
-                    ip: self.reply.src,
-                    port: self.reply.sport,
-                },
-                self.orig.dport,
-            )),
-        }
-    }
+/// Sentinel for "no entry" in the intrusive lists.
+const NIL: u32 = u32::MAX;
+
+/// A doubly-linked list link (slot indices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Link {
+    prev: u32,
+    next: u32,
 }
+
+const UNLINKED: Link = Link {
+    prev: NIL,
+    next: NIL,
+};
 
 /// A tracked connection.
+///
+/// 104 bytes: the two tuples, counters, expiry, and three intrusive list
+/// links (timer wheel slot, global unassured FIFO, its host's unassured FIFO).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// Tuple of the first packet, as the initiator sent it.
     pub orig: Tuple,
     /// Tuple of replies, as they arrive (before translation).
     pub reply: Tuple,
-    /// When it expires (ms).
+    /// When it expires (ms). Change it through [`Table::set_expires`].
     pub expires: u64,
-    /// Bytes per direction.
+    /// Bytes per direction (saturating).
     pub bytes: [u64; 2],
     /// Packets per direction (saturating).
     pub packets: [u32; 2],
-    /// Which EIM mapping this entry holds a reference on (see [`MapRef`]).
+    wheel: Link,
+    fifo: Link,
+    host_fifo: Link,
+    host: u32,
+    wslot: u16,
+    /// Which EIM mapping(s) this entry holds a reference on (see [`MapRef`]).
     pub map: MapRef,
     /// TCP state (TCP only).
     pub tcp: TcpState,
     /// Direction of the first FIN.
     pub fin_dir: Option<Dir>,
-    /// Seen traffic both ways (UDP/ICMP) or established (TCP); never evicted early.
-    pub assured: bool,
-    generation: u32,
-    scheduled: u32,
+    /// A packet was seen in the reply direction (netfilter's SEEN_REPLY).
+    pub seen_reply: bool,
+    /// TCP picked up mid-stream (first packet not a SYN).
+    pub pickup: bool,
+    assured: bool,
     live: bool,
 }
 
@@ -275,21 +311,71 @@ impl Entry {
             expires,
             bytes: [0; 2],
             packets: [0; 2],
+            wheel: UNLINKED,
+            fifo: UNLINKED,
+            host_fifo: UNLINKED,
+            host: NIL,
+            wslot: 0,
             map: MapRef::None,
             tcp: TcpState::SynSent,
             fin_dir: None,
+            seen_reply: false,
+            pickup: false,
             assured: false,
-            generation: 0,
-            scheduled: 0,
             live: false,
         }
     }
+
+    /// Assured: traffic was seen both ways (and, for TCP, the connection is
+    /// established). Assured entries are never evicted early. Set through
+    /// [`Table::set_assured`].
+    pub fn assured(&self) -> bool {
+        self.assured
+    }
+
+    /// The host this entry is charged to ([`Table::host`]), if any.
+    pub fn host(&self) -> Option<HostId> {
+        (self.host != NIL).then_some(self.host)
+    }
+
+    /// The mapping keys and external ports this entry holds references on.
+    pub fn mappings(&self) -> [Option<(MapKey, u16)>; 2] {
+        let out = (
+            MapKey {
+                proto: self.orig.proto,
+                ip: self.orig.src,
+                port: self.orig.sport,
+            },
+            self.reply.dport,
+        );
+        let inb = (
+            MapKey {
+                proto: self.orig.proto,
+                ip: self.reply.src,
+                port: self.reply.sport,
+            },
+            self.orig.dport,
+        );
+        match self.map {
+            MapRef::None => [None, None],
+            MapRef::Outbound => [Some(out), None],
+            MapRef::Inbound => [Some(inb), None],
+            MapRef::Hairpin => [Some(out), Some(inb)],
+        }
+    }
+
+    /// The first mapping key and external port this entry refers to.
+    pub fn mapping(&self) -> Option<(MapKey, u16)> {
+        self.mappings()[0]
+    }
 }
 
-/// Identifier of an entry (slot index, below 2^24).
+/// Identifier of an entry (slot index, below [`MAX_ENTRIES`]).
 pub type EntryId = u32;
+/// Identifier of a host record (slot index).
+pub type HostId = u32;
 
-/// Largest table (entry ids and wheel references use 24 bits).
+/// Largest table.
 pub const MAX_ENTRIES: usize = 1 << 24;
 
 const WHEEL_SLOTS: usize = 4096;
@@ -305,57 +391,100 @@ pub enum Insert {
     Evicted(EntryId, Entry),
     /// Table full of assured entries.
     Full,
+    /// The host is at its entry limit and has no unassured entry to give up.
+    HostFull,
     /// A tuple is already indexed (a clash).
     Clash,
 }
 
-/// A 4-byte reference to an entry: id (24 bits) and the low 8 bits of its
-/// generation, so references that outlived their entry are recognised.
-#[derive(Clone, Copy)]
-struct Ref(u32);
+/// Per-internal-host accounting (RFC 6888 REQ-4 style limits).
+///
+/// A record lives while its host has entries or mappings; its counters
+/// (`evicted`, `drops`) go with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// The internal address.
+    pub addr: Ipv4Addr,
+    /// Entries charged to this host.
+    pub entries: u32,
+    /// Of which unassured.
+    pub unassured: u32,
+    /// EIM mappings held, per protocol (TCP, UDP, ICMP).
+    pub mappings: [u32; 3],
+    /// This host's entries evicted to make room (for itself or others).
+    pub evicted: u64,
+    /// This host's packets dropped for want of room, by cause: its own
+    /// limit, a full table, no free port (the engine's `nat-host-limit`,
+    /// `nat-table-full`, `nat-ports-exhausted`).
+    pub drops: [u64; 3],
+    head: u32,
+    tail: u32,
+    live: bool,
+}
 
-impl Ref {
-    fn new(id: EntryId, generation: u32) -> Ref {
-        Ref(id | (generation & 0xff) << 24)
-    }
-    fn id(self) -> EntryId {
-        self.0 & 0x00ff_ffff
-    }
-    fn matches(self, e: &Entry) -> bool {
-        e.live && (e.generation & 0xff) == self.0 >> 24
-    }
+/// Which intrusive FIFO of unassured entries.
+#[derive(Clone, Copy)]
+enum Fifo {
+    Global,
+    Host(HostId),
 }
 
 /// The bounded connection table.
 ///
-/// Memory per entry: the slot (`Entry`, 80 bytes), two 4-byte index slots in
-/// a SwissTable (`id << 1 | direction`; the tuples live in the slot), a 4-byte
-/// wheel reference and, while unassured, a 4-byte FIFO reference.
+/// Memory: `max` entry slots (104 B each, grown on demand, never beyond
+/// `max`), two 4-byte index slots per entry in a SwissTable (`id << 1 |
+/// direction`; the tuples live in the slot), 4096 wheel heads, and one
+/// [`Host`] record per internal host with state. Every list (wheel slots,
+/// free slots, unassured FIFOs) is intrusive, so nothing grows with the rate
+/// of new flows and removal is O(1).
+///
+/// Eviction when an entry cannot be added: a host at its own limit
+/// (`host_max`) gives up its oldest unassured entry, else gets
+/// [`Insert::HostFull`]; a full table gives up its oldest unassured entry
+/// (which, under a flood, belongs to the flooding host), else [`Insert::Full`].
 pub struct Table {
     slots: Vec<Entry>,
-    free: Vec<EntryId>,
+    free: u32,
     index: hashbrown::HashTable<u32>,
     hasher: foldhash::fast::FixedState,
-    wheel: Vec<Vec<Ref>>,
+    wheel: Box<[u32]>,
     tick: u64,
-    unassured: VecDeque<Ref>,
+    started: bool,
+    fifo_head: u32,
+    fifo_tail: u32,
+    hosts: Vec<Host>,
+    hosts_free: Vec<HostId>,
+    host_index: HashMap<Ipv4Addr, HostId, foldhash::fast::FixedState>,
     len: usize,
     max: usize,
+    host_max: usize,
 }
 
 impl Table {
     /// An empty table of at most `max` entries (capped at [`MAX_ENTRIES`]); `seed` keys the hash.
     pub fn new(max: usize, seed: u64) -> Table {
+        Table::with_host_limit(max, max, seed)
+    }
+
+    /// As [`Table::new`], with at most `host_max` entries per host.
+    pub fn with_host_limit(max: usize, host_max: usize, seed: u64) -> Table {
+        let max = max.clamp(1, MAX_ENTRIES);
         Table {
             slots: Vec::new(),
-            free: Vec::new(),
+            free: NIL,
             index: hashbrown::HashTable::new(),
             hasher: foldhash::fast::FixedState::with_seed(seed),
-            wheel: (0..WHEEL_SLOTS).map(|_| Vec::new()).collect(),
-            tick: u64::MAX,
-            unassured: VecDeque::new(),
+            wheel: vec![NIL; WHEEL_SLOTS].into_boxed_slice(),
+            tick: 0,
+            started: false,
+            fifo_head: NIL,
+            fifo_tail: NIL,
+            hosts: Vec::new(),
+            hosts_free: Vec::new(),
+            host_index: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(seed ^ 0x4057)),
             len: 0,
-            max: max.clamp(1, MAX_ENTRIES),
+            max,
+            host_max: host_max.clamp(1, max),
         }
     }
 
@@ -372,6 +501,11 @@ impl Table {
     /// The bound.
     pub fn max(&self) -> usize {
         self.max
+    }
+
+    /// The per-host bound.
+    pub fn host_max(&self) -> usize {
+        self.host_max
     }
 
     fn hash(&self, t: &Tuple) -> u64 {
@@ -409,56 +543,289 @@ impl Table {
         &self.slots[id as usize]
     }
 
-    /// The entry `id`, mutable.
+    /// The entry `id`, mutable. Use [`Table::set_expires`] and
+    /// [`Table::set_assured`] for the fields the table's lists depend on.
     pub fn get_mut(&mut self, id: EntryId) -> &mut Entry {
         &mut self.slots[id as usize]
+    }
+
+    // ---- hosts -------------------------------------------------------------
+
+    /// The record of host `addr`, created if needed. `None` if the host table
+    /// is full (it holds at most `max` + 1 records: a record lives only while
+    /// its host has entries or mappings).
+    pub fn host(&mut self, addr: Ipv4Addr) -> Option<HostId> {
+        if let Some(&h) = self.host_index.get(&addr) {
+            return Some(h);
+        }
+        if self.host_index.len() > self.max {
+            return None;
+        }
+        let rec = Host {
+            addr,
+            entries: 0,
+            unassured: 0,
+            mappings: [0; 3],
+            evicted: 0,
+            drops: [0; 3],
+            head: NIL,
+            tail: NIL,
+            live: true,
+        };
+        let h = match self.hosts_free.pop() {
+            Some(h) => {
+                self.hosts[h as usize] = rec;
+                h
+            }
+            None => {
+                self.hosts.push(rec);
+                (self.hosts.len() - 1) as HostId
+            }
+        };
+        self.host_index.insert(addr, h);
+        Some(h)
+    }
+
+    /// The record of host `addr`, if it has one.
+    pub fn find_host(&self, addr: Ipv4Addr) -> Option<HostId> {
+        self.host_index.get(&addr).copied()
+    }
+
+    /// Host record `h`.
+    pub fn host_rec(&self, h: HostId) -> &Host {
+        &self.hosts[h as usize]
+    }
+
+    /// Host record `h`, mutable (for its mapping and drop counters).
+    pub fn host_rec_mut(&mut self, h: HostId) -> &mut Host {
+        &mut self.hosts[h as usize]
+    }
+
+    /// Forget host `h` if it has neither entries nor mappings left.
+    pub fn host_gc(&mut self, h: HostId) {
+        let Some(rec) = self.hosts.get_mut(h as usize) else {
+            return;
+        };
+        if rec.live && rec.entries == 0 && rec.mappings == [0; 3] {
+            rec.live = false;
+            let addr = rec.addr;
+            self.host_index.remove(&addr);
+            self.hosts_free.push(h);
+        }
+    }
+
+    /// Live host records.
+    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.live)
+    }
+
+    /// The oldest unassured entry of host `h` (or of the whole table).
+    pub fn oldest_unassured(&self, h: Option<HostId>) -> Option<EntryId> {
+        let id = match h {
+            Some(h) => self.hosts[h as usize].head,
+            None => self.fifo_head,
+        };
+        (id != NIL).then_some(id)
+    }
+
+    /// The next (younger) unassured entry after `id` in the same FIFO.
+    pub fn next_unassured(&self, id: EntryId, h: Option<HostId>) -> Option<EntryId> {
+        let e = &self.slots[id as usize];
+        let n = match h {
+            Some(_) => e.host_fifo.next,
+            None => e.fifo.next,
+        };
+        (n != NIL).then_some(n)
+    }
+
+    // ---- intrusive lists ---------------------------------------------------
+
+    fn fifo_link(&mut self, id: EntryId, f: Fifo) -> &mut Link {
+        let e = &mut self.slots[id as usize];
+        match f {
+            Fifo::Global => &mut e.fifo,
+            Fifo::Host(_) => &mut e.host_fifo,
+        }
+    }
+
+    fn fifo_ends(&mut self, f: Fifo) -> (&mut u32, &mut u32) {
+        match f {
+            Fifo::Global => (&mut self.fifo_head, &mut self.fifo_tail),
+            Fifo::Host(h) => {
+                let r = &mut self.hosts[h as usize];
+                (&mut r.head, &mut r.tail)
+            }
+        }
+    }
+
+    fn fifo_push(&mut self, id: EntryId, f: Fifo) {
+        let tail = *self.fifo_ends(f).1;
+        *self.fifo_link(id, f) = Link {
+            prev: tail,
+            next: NIL,
+        };
+        if tail == NIL {
+            *self.fifo_ends(f).0 = id;
+        } else {
+            self.fifo_link(tail, f).next = id;
+        }
+        *self.fifo_ends(f).1 = id;
+    }
+
+    fn fifo_unlink(&mut self, id: EntryId, f: Fifo) {
+        let l = std::mem::replace(self.fifo_link(id, f), UNLINKED);
+        if l.prev == NIL {
+            *self.fifo_ends(f).0 = l.next;
+        } else {
+            self.fifo_link(l.prev, f).next = l.next;
+        }
+        if l.next == NIL {
+            *self.fifo_ends(f).1 = l.prev;
+        } else {
+            self.fifo_link(l.next, f).prev = l.prev;
+        }
+    }
+
+    fn unassured_push(&mut self, id: EntryId) {
+        self.fifo_push(id, Fifo::Global);
+        let h = self.slots[id as usize].host;
+        if h != NIL {
+            self.fifo_push(id, Fifo::Host(h));
+            self.hosts[h as usize].unassured += 1;
+        }
+    }
+
+    fn unassured_unlink(&mut self, id: EntryId) {
+        self.fifo_unlink(id, Fifo::Global);
+        let h = self.slots[id as usize].host;
+        if h != NIL {
+            self.fifo_unlink(id, Fifo::Host(h));
+            let r = &mut self.hosts[h as usize];
+            r.unassured = r.unassured.saturating_sub(1);
+        }
+    }
+
+    fn wheel_unlink(&mut self, id: EntryId) {
+        let (l, slot) = {
+            let e = &mut self.slots[id as usize];
+            (std::mem::replace(&mut e.wheel, UNLINKED), e.wslot as usize)
+        };
+        if l.prev == NIL {
+            self.wheel[slot] = l.next;
+        } else {
+            self.slots[l.prev as usize].wheel.next = l.next;
+        }
+        if l.next != NIL {
+            self.slots[l.next as usize].wheel.prev = l.prev;
+        }
     }
 
     fn tick_of(ms: u64) -> u64 {
         ms / TICK_MS
     }
 
-    fn schedule(&mut self, id: EntryId) {
-        let e = &mut self.slots[id as usize];
-        let now_tick = if self.tick == u64::MAX { 0 } else { self.tick };
-        // Beyond the wheel's horizon: park at the horizon and re-check then.
-        let t = Self::tick_of(e.expires).clamp(now_tick + 1, now_tick + WHEEL_SLOTS as u64 - 1);
-        e.scheduled = t as u32;
-        let r = Ref::new(id, e.generation);
-        self.wheel[(t as usize) % WHEEL_SLOTS].push(r);
+    /// Put entry `id` (not in the wheel) into the slot of its expiry, as
+    /// seen from tick `base`: within (base, base + slots); later expiries
+    /// are parked at the horizon and re-checked then.
+    fn wheel_insert(&mut self, id: EntryId, base: u64) {
+        let t = Self::tick_of(self.slots[id as usize].expires).clamp(
+            base.saturating_add(1),
+            base.saturating_add(WHEEL_SLOTS as u64 - 1),
+        );
+        let slot = (t % WHEEL_SLOTS as u64) as usize;
+        let head = self.wheel[slot];
+        {
+            let e = &mut self.slots[id as usize];
+            e.wslot = slot as u16;
+            e.wheel = Link {
+                prev: NIL,
+                next: head,
+            };
+        }
+        if head != NIL {
+            self.slots[head as usize].wheel.prev = id;
+        }
+        self.wheel[slot] = id;
     }
 
-    /// Set `expires` of entry `id`; reschedules only when it moves earlier than planned.
+    /// Set `expires` of entry `id`. Moving it later costs nothing (the wheel
+    /// re-checks when the old slot comes due); moving it earlier reschedules.
     pub fn set_expires(&mut self, id: EntryId, expires: u64) {
         let e = &mut self.slots[id as usize];
+        let old = e.expires;
         e.expires = expires;
-        if Self::tick_of(expires) < u64::from(e.scheduled) {
-            self.schedule(id);
+        if e.live && Self::tick_of(expires) < Self::tick_of(old) {
+            self.wheel_unlink(id);
+            self.wheel_insert(id, self.tick);
         }
     }
 
-    /// Insert `e` under both tuples, evicting the oldest unassured entry if full.
-    pub fn insert(&mut self, mut e: Entry, now: u64) -> Insert {
+    /// Mark entry `id` assured (taken off the unassured FIFOs) or not (put
+    /// back at their young end, evictable again).
+    pub fn set_assured(&mut self, id: EntryId, assured: bool) {
+        let e = &self.slots[id as usize];
+        if !e.live || e.assured == assured {
+            return;
+        }
+        if assured {
+            self.unassured_unlink(id);
+        } else {
+            self.unassured_push(id);
+        }
+        self.slots[id as usize].assured = assured;
+    }
+
+    /// Insert `e` under both tuples, charged to no host (see [`Table::insert_for`]).
+    pub fn insert(&mut self, e: Entry, now: u64) -> Insert {
+        self.insert_for(e, None, now)
+    }
+
+    /// Insert `e` (unassured) under both tuples, charged to host `host`.
+    /// Makes room first if needed: a host at its limit gives up its own
+    /// oldest unassured entry; a full table its oldest unassured entry.
+    pub fn insert_for(&mut self, mut e: Entry, host: Option<HostId>, now: u64) -> Insert {
         if e.orig == e.reply || self.find(&e.orig).is_some() || self.find(&e.reply).is_some() {
             return Insert::Clash;
         }
         let mut evicted = None;
-        if self.len >= self.max {
-            match self.evict_one() {
-                Some(x) => evicted = Some(x),
+        if let Some(h) = host
+            && self.hosts[h as usize].entries as usize >= self.host_max
+        {
+            match self.oldest_unassured(Some(h)) {
+                Some(old) => evicted = self.remove(old),
+                None => return Insert::HostFull,
+            }
+        }
+        if evicted.is_none() && self.len >= self.max {
+            match self.oldest_unassured(None) {
+                Some(old) => evicted = self.remove(old),
                 None => return Insert::Full,
             }
         }
-        let id = match self.free.pop() {
-            Some(id) => id,
-            None => {
-                self.slots.push(Entry::new(e.orig, e.reply, 0));
-                (self.slots.len() - 1) as EntryId
+        if let Some(x) = &evicted
+            && x.host != NIL
+        {
+            self.hosts[x.host as usize].evicted += 1;
+        }
+        let id = if self.free != NIL {
+            let id = self.free;
+            self.free = self.slots[id as usize].wheel.next;
+            id
+        } else {
+            if self.slots.len() == self.slots.capacity() {
+                // Grow by doubling, but never beyond the bound.
+                let want = (self.slots.len() * 2).max(16).min(self.max) - self.slots.len();
+                self.slots.reserve_exact(want);
             }
+            self.slots.push(Entry::new(e.orig, e.reply, 0));
+            (self.slots.len() - 1) as EntryId
         };
-        let generation = self.slots[id as usize].generation.wrapping_add(1);
-        e.generation = generation;
         e.live = true;
+        e.assured = false;
+        e.wheel = UNLINKED;
+        e.fifo = UNLINKED;
+        e.host_fifo = UNLINKED;
+        e.host = host.unwrap_or(NIL);
         let (ho, hr) = (self.hash(&e.orig), self.hash(&e.reply));
         self.slots[id as usize] = e;
         let (slots, hasher) = (&self.slots, &self.hasher);
@@ -469,110 +836,111 @@ impl Table {
         self.index.insert_unique(ho, id << 1, rehash);
         self.index.insert_unique(hr, id << 1 | 1, rehash);
         self.len += 1;
-        if self.tick == u64::MAX {
+        if let Some(h) = host {
+            self.hosts[h as usize].entries += 1;
+        }
+        if !self.started {
+            self.started = true;
             self.tick = Self::tick_of(now);
         }
-        self.schedule(id);
-        self.unassured.push_back(Ref::new(id, generation));
-        if self.unassured.len() > 2 * self.max + 64 {
-            let slots = &self.slots;
-            self.unassured
-                .retain(|r| r.matches(&slots[r.id() as usize]) && !slots[r.id() as usize].assured);
-        }
+        self.wheel_insert(id, self.tick);
+        self.unassured_push(id);
         match evicted {
             Some(x) => Insert::Evicted(id, x),
             None => Insert::Ok(id),
         }
     }
 
-    fn evict_one(&mut self) -> Option<Entry> {
-        while let Some(r) = self.unassured.pop_front() {
-            let e = &self.slots[r.id() as usize];
-            if r.matches(e) && !e.assured {
-                return self.remove(r.id());
-            }
-        }
-        None
-    }
-
     fn unindex(&mut self, t: &Tuple) {
         let slots = &self.slots;
         if let Ok(entry) = self
             .index
-            .find_entry(self.hasher_hash(t), |&v| Self::tuple_of(slots, v) == t)
+            .find_entry(self.hash(t), |&v| Self::tuple_of(slots, v) == t)
         {
             entry.remove();
         }
     }
 
-    fn hasher_hash(&self, t: &Tuple) -> u64 {
-        self.hash(t)
-    }
-
-    /// Remove entry `id`, returning it.
+    /// Remove entry `id`, returning it (its host record stays until [`Table::host_gc`]).
     pub fn remove(&mut self, id: EntryId) -> Option<Entry> {
-        let e = &self.slots[id as usize];
+        let e = self.slots.get(id as usize)?;
         if !e.live {
             return None;
         }
-        let (o, r) = (e.orig, e.reply);
+        let (o, r, assured, h) = (e.orig, e.reply, e.assured, e.host);
         self.unindex(&o);
         self.unindex(&r);
+        self.wheel_unlink(id);
+        if !assured {
+            self.unassured_unlink(id);
+        }
+        if h != NIL {
+            let rec = &mut self.hosts[h as usize];
+            rec.entries = rec.entries.saturating_sub(1);
+        }
         let e = &mut self.slots[id as usize];
         e.live = false;
         let out = e.clone();
-        self.free.push(id);
+        // The free list reuses the wheel link.
+        e.wheel = Link {
+            prev: NIL,
+            next: self.free,
+        };
+        self.free = id;
         self.len -= 1;
         Some(out)
     }
 
     /// Remove entries that expired by `now`, walking only the wheel slots that
-    /// came due; `on_removed` sees each removed entry.
+    /// came due (at most one lap, whatever the gap since the last call);
+    /// `on_removed` sees each removed entry.
     pub fn expire(&mut self, now: u64, mut on_removed: impl FnMut(Entry)) {
         let target = Self::tick_of(now);
-        if self.tick == u64::MAX {
+        if !self.started {
+            self.started = true;
             self.tick = target;
             return;
         }
-        // After a long pause, one lap of the wheel covers every slot.
-        let start = if target.saturating_sub(self.tick) > WHEEL_SLOTS as u64 {
+        if target <= self.tick {
+            return;
+        }
+        // After a pause of a lap or more, one lap visits every slot once:
+        // every entry is checked, and rescheduled relative to the tick walked.
+        let mut t = if target - self.tick > WHEEL_SLOTS as u64 {
             target - WHEEL_SLOTS as u64
         } else {
             self.tick
         };
-        let mut t = start;
         while t < target {
             t += 1;
-            let slot = (t as usize) % WHEEL_SLOTS;
-            let mut bucket = std::mem::take(&mut self.wheel[slot]);
-            for &r in &bucket {
-                let e = &self.slots[r.id() as usize];
-                if !r.matches(e) || u64::from(e.scheduled) != t {
-                    continue; // stale reference
-                }
-                if e.expires <= now {
-                    if let Some(x) = self.remove(r.id()) {
+            let slot = (t % WHEEL_SLOTS as u64) as usize;
+            // Detach the slot's list, then re-home or remove each entry.
+            let mut id = std::mem::replace(&mut self.wheel[slot], NIL);
+            while id != NIL {
+                let next = self.slots[id as usize].wheel.next;
+                self.slots[id as usize].wheel = UNLINKED;
+                if self.slots[id as usize].expires <= now {
+                    // Not in any wheel list now: give remove() a consistent view.
+                    self.slots[id as usize].wslot = slot as u16;
+                    let head = self.wheel[slot];
+                    self.slots[id as usize].wheel = Link {
+                        prev: NIL,
+                        next: head,
+                    };
+                    if head != NIL {
+                        self.slots[head as usize].wheel.prev = id;
+                    }
+                    self.wheel[slot] = id;
+                    if let Some(x) = self.remove(id) {
                         on_removed(x);
                     }
                 } else {
-                    self.tick = t;
-                    self.schedule(r.id());
+                    self.wheel_insert(id, t);
                 }
-            }
-            // Give the bucket's allocation back for reuse.
-            bucket.clear();
-            if self.wheel[slot].is_empty() {
-                self.wheel[slot] = bucket;
+                id = next;
             }
         }
         self.tick = target;
-        while let Some(&r) = self.unassured.front() {
-            let e = &self.slots[r.id() as usize];
-            if r.matches(e) && !e.assured {
-                break;
-            }
-            self.unassured.pop_front();
-        }
     }
 
     /// Live entries with their ids.
@@ -582,6 +950,57 @@ impl Table {
             .enumerate()
             .filter(|(_, e)| e.live)
             .map(|(i, e)| (i as EntryId, e))
+    }
+
+    /// Check every internal invariant (tests): list membership matches the
+    /// entries' state, counts match, no entry is lost by the wheel.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let live = self.slots.iter().filter(|e| e.live).count();
+        if live != self.len || self.len > self.max {
+            return Err(format!("len {} live {live} max {}", self.len, self.max));
+        }
+        let mut in_wheel = 0;
+        for (s, &head) in self.wheel.iter().enumerate() {
+            let (mut id, mut prev) = (head, NIL);
+            while id != NIL {
+                let e = &self.slots[id as usize];
+                if !e.live || e.wslot as usize != s || e.wheel.prev != prev {
+                    return Err(format!("wheel slot {s}: bad entry {id}"));
+                }
+                in_wheel += 1;
+                prev = id;
+                id = e.wheel.next;
+            }
+        }
+        if in_wheel != self.len {
+            return Err(format!(
+                "{in_wheel} entries in the wheel, {} live",
+                self.len
+            ));
+        }
+        let unassured = self.slots.iter().filter(|e| e.live && !e.assured).count();
+        let (mut n, mut id) = (0, self.fifo_head);
+        while id != NIL {
+            n += 1;
+            id = self.slots[id as usize].fifo.next;
+        }
+        if n != unassured {
+            return Err(format!("{n} in the FIFO, {unassured} unassured"));
+        }
+        for (h, rec) in self.hosts.iter().enumerate().filter(|(_, r)| r.live) {
+            let ents = self
+                .slots
+                .iter()
+                .filter(|e| e.live && e.host == h as u32)
+                .count();
+            if ents != rec.entries as usize || ents > self.host_max {
+                return Err(format!(
+                    "host {}: {} entries, counted {}",
+                    rec.addr, ents, rec.entries
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -663,15 +1082,161 @@ mod tests {
         let Insert::Ok(_b) = tb.insert(entry(2, 100_000), 0) else {
             panic!()
         };
-        tb.get_mut(a).assured = true;
+        tb.set_assured(a, true);
         match tb.insert(entry(3, 100_000), 1) {
             Insert::Evicted(_, e) => assert_eq!(e.orig.sport, 2),
             other => panic!("{other:?}"),
         }
         let id3 = tb.lookup(&t(3), 2).unwrap().0;
-        tb.get_mut(id3).assured = true;
+        tb.set_assured(id3, true);
         assert_eq!(tb.insert(entry(4, 100_000), 2), Insert::Full);
         assert_eq!(tb.len(), 2);
+    }
+
+    /// Regression: after a gap of more than one wheel lap between `expire()`
+    /// calls, entries scheduled before the gap were skipped as "stale" and
+    /// stayed in the index forever (their tuple could never be tracked again).
+    #[test]
+    fn wheel_lap_gap_loses_nothing() {
+        let mut tb = Table::new(64, 1);
+        for i in 0..32u16 {
+            tb.insert(entry(i, 1_000 * (1 + u64::from(i) * 300)), 0);
+        }
+        tb.expire(500, |_| {});
+        // Nothing for three laps of the wheel (12,288 s), then one call.
+        let mut n = 0;
+        tb.expire(3 * 4096 * 1000, |_| n += 1);
+        assert_eq!((n, tb.len()), (32, 0));
+        tb.check_invariants().unwrap();
+        // The tuples can be tracked again.
+        assert!(matches!(
+            tb.insert(entry(0, 20_000_000), 12_300_000),
+            Insert::Ok(_)
+        ));
+        // Entries that outlive a gap are kept and still expire on time.
+        let mut tb = Table::new(8, 1);
+        tb.insert(entry(1, 20_000_000), 0);
+        tb.expire(10_000_000, |_| panic!("early"));
+        tb.expire(19_999_000, |_| panic!("early"));
+        let mut n = 0;
+        tb.expire(20_000_000, |_| n += 1);
+        assert_eq!(n, 1);
+    }
+
+    /// Memory is bounded by the slot count whatever the churn: slots are
+    /// reused and the wheel holds only live entries.
+    #[test]
+    fn churn_reuses_slots() {
+        let mut tb = Table::new(16, 1);
+        for i in 0..10_000u16 {
+            let _ = tb.insert(entry(i, 100_000_000 + u64::from(i)), u64::from(i));
+            if i % 7 == 0 {
+                tb.expire(u64::from(i) * 1000, |_| {});
+            }
+        }
+        assert_eq!(tb.len(), 16);
+        assert!(tb.slots.capacity() <= 16, "{}", tb.slots.capacity());
+        tb.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn host_at_its_limit_evicts_its_own_oldest() {
+        let mut tb = Table::with_host_limit(8, 2, 1);
+        let a = tb.host(Ipv4Addr::new(10, 0, 0, 1)).unwrap();
+        let b = tb.host(Ipv4Addr::new(10, 0, 0, 2)).unwrap();
+        let Insert::Ok(b1) = tb.insert_for(entry(100, 100_000), Some(b), 0) else {
+            panic!()
+        };
+        tb.insert_for(entry(1, 100_000), Some(a), 0);
+        tb.insert_for(entry(2, 100_000), Some(a), 0);
+        match tb.insert_for(entry(3, 100_000), Some(a), 0) {
+            Insert::Evicted(_, e) => assert_eq!(e.orig.sport, 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            tb.lookup(&t(100), 1).is_some(),
+            "the other host keeps its entry"
+        );
+        assert_eq!(tb.host_rec(a).evicted, 1);
+        // Assured entries are not given up: the host is refused instead.
+        for s in [2, 3] {
+            let id = tb.lookup(&t(s), 1).unwrap().0;
+            tb.set_assured(id, true);
+        }
+        assert_eq!(
+            tb.insert_for(entry(4, 100_000), Some(a), 0),
+            Insert::HostFull
+        );
+        tb.set_assured(b1, true);
+        tb.check_invariants().unwrap();
+        tb.remove(b1);
+        tb.host_gc(b);
+        assert_eq!(tb.hosts().count(), 1);
+    }
+
+    /// Random operations (inserts charged to a few hosts, removals,
+    /// assurance changes, expiry moved both ways, sweeps after gaps of up to
+    /// three wheel laps) against a model: the lists stay consistent, nothing
+    /// outlives a sweep past its expiry, nothing is removed before it.
+    #[test]
+    fn random_operations_keep_the_lists_consistent() {
+        use proptest::prelude::*;
+        use std::collections::HashMap as Model;
+        let op = (0u8..6, 0u16..40, 0u64..20_000_000, 0u8..4);
+        proptest!(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() },
+            |(ops in proptest::collection::vec(op, 1..200), max in 3usize..24, host_max in 1usize..24)| {
+            let mut tb = Table::with_host_limit(max, host_max, 7);
+            let hosts: Vec<HostId> = (0..4).map(|i| tb.host(Ipv4Addr::new(10, 0, 0, i)).unwrap()).collect();
+            let mut model: Model<u16, u64> = Model::new();
+            let mut now = 0u64;
+            for (kind, port, x, h) in ops {
+                match kind {
+                    0 | 1 => {
+                        let exp = now + 1 + x % 10_000_000;
+                        match tb.insert_for(entry(port, exp), Some(hosts[usize::from(h)]), now) {
+                            Insert::Ok(_) => { model.insert(port, exp); }
+                            Insert::Evicted(_, old) => {
+                                prop_assert!(!old.assured());
+                                prop_assert!(model.remove(&old.orig.sport).is_some());
+                                model.insert(port, exp);
+                            }
+                            Insert::Clash => prop_assert!(model.contains_key(&port)),
+                            Insert::Full | Insert::HostFull => {}
+                        }
+                    }
+                    2 => {
+                        if let Some((id, _)) = tb.lookup(&t(port), now) {
+                            tb.remove(id);
+                            model.remove(&port);
+                        }
+                    }
+                    3 => {
+                        if let Some((id, _)) = tb.lookup(&t(port), now) {
+                            tb.set_assured(id, x % 2 == 0);
+                        }
+                    }
+                    4 => {
+                        if let Some((id, _)) = tb.lookup(&t(port), now) {
+                            let exp = now + 1 + x % 10_000_000;
+                            tb.set_expires(id, exp);
+                            model.insert(port, exp);
+                        }
+                    }
+                    _ => {
+                        now += x % 3 * 4_096_000 + x % 5000;
+                        tb.expire(now, |e| {
+                            let m = model.remove(&e.orig.sport);
+                            assert!(m.is_some_and(|m| m <= now), "removed early");
+                        });
+                        for (p, &exp) in &model {
+                            prop_assert!(exp + 2000 > now, "port {} expired at {} still there at {}", p, exp, now);
+                        }
+                    }
+                }
+                tb.check_invariants().map_err(TestCaseError::fail)?;
+                prop_assert_eq!(tb.len(), model.len());
+            }
+        });
     }
 
     #[test]
@@ -709,6 +1274,11 @@ mod tests {
                 }
                 out += "\n";
             }
+        }
+        out += "New (first segment, no entry):\n";
+        for ev in TcpEvent::ALL {
+            let s = tcp_open(ev).map_or("INVALID", TcpState::name);
+            out += &format!("{:<12}{s}\n", format!("{ev:?}"));
         }
         let out: String = out.lines().map(|l| format!("{}\n", l.trim_end())).collect();
         let golden = include_str!("../tests/golden/tcp_states.txt");

@@ -22,6 +22,35 @@
 //! class (< 1024 or not, REQ-3a), and are otherwise chosen at random
 //! (RFC 6056) or sequentially (deterministic mode).
 //!
+//! Hairpinning (REQ-9): a LAN packet to `external:P`, where `P` is a DNAT
+//! rule or another host's mapping (TCP, UDP port; ICMP echo identifier),
+//! goes to that host with its source translated to the sender's own mapping.
+//! Hairpinned packets pass endpoint-independent and address-dependent
+//! filtering (the sender could reach the host directly); address-and-port-
+//! dependent filtering admits only existing sessions. A host sending to its
+//! own mapping (the RFC 5780 hairpinning test) gets the packet back from
+//! `external:P` without state (its two tuples would be the same).
+//!
+//! Conntrack semantics (netfilter as reference): an entry is assured only
+//! after traffic both ways (SEEN_REPLY; TCP also ESTABLISHED). A TCP
+//! connection opens with a SYN, or with an ACK as a mid-stream pickup
+//! (ESTABLISHED but unreplied: [`Timeouts::tcp_unreplied`]); a FIN, SYN+ACK,
+//! RST or flagless segment opens nothing. A RST leaves the entry CLOSE,
+//! unassured, for [`Timeouts::tcp_close`]. UDP never answered lives
+//! [`Timeouts::udp_unreplied`]. Timeouts are capped at [`MAX_TIMEOUT_SECS`].
+//!
+//! Fairness (RFC 6888): entries and mappings are charged to an internal host
+//! (the LAN host that opened the connection; connections opened from the WAN
+//! go to one pseudo-host, [`OUTSIDE`] = 0.0.0.0). A host at its entry limit gives up its
+//! own oldest unassured entry, else gets `nat-host-limit`; at its port limit
+//! it gives up its oldest unassured mapping holders (up to 8 tried). A full
+//! table gives up its oldest unassured entry; an exhausted port range the
+//! oldest unassured mapping holders (up to 16 tried). Under a flood these
+//! are the flooder's. Port allocation scans a bitmap by 64-bit words from a
+//! random (or sequential) start: at most 1,024 word reads per attempt.
+//! References on a mapping are taken before any eviction, so making room
+//! never frees the mapping the new entry needs.
+//!
 //! ICMP errors are translated in both directions with their embedded header
 //! (RFC 5508 REQ-4/5) and never create, refresh or remove state. IPv4
 //! fragments follow the translation of their first fragment; later fragments
@@ -29,7 +58,8 @@
 
 use crate::checksum::{self, update16, update32, update32_partial};
 use crate::conntrack::{
-    Dir, Entry, Insert, MapKey, MapRef, Table, TcpEvent, TcpState, Tuple, tcp_next,
+    Dir, Entry, HostId, Insert, MapKey, MapRef, Table, TcpEvent, TcpState, Tuple, tcp_next,
+    tcp_open,
 };
 use crate::wire::{Ipv4Packet, icmp_is_error, icmp_type, proto};
 use std::collections::HashMap;
@@ -111,15 +141,27 @@ pub enum PortAlloc {
     Sequential,
 }
 
-/// Timeouts in seconds. Defaults meet RFC 4787/5382/5508.
+/// Largest timeout accepted anywhere (s): one week. Topology validation
+/// refuses more; the engine also uses saturating arithmetic.
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+/// Timeouts in seconds. Defaults meet RFC 4787/5382/5508 where those set a
+/// minimum; the short ones follow netfilter for state that was never answered.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Timeouts {
-    /// UDP mapping (REQ-5: ≥ 120, 300 recommended).
+    /// UDP after a reply was seen (REQ-5: ≥ 120, 300 recommended).
     pub udp: u64,
+    /// UDP never answered (at most `udp`; 120 s, the REQ-5 floor; netfilter: 30).
+    pub udp_unreplied: u64,
     /// TCP established (RFC 5382 REQ-5: ≥ 7440).
     pub tcp_established: u64,
-    /// TCP opening/closing and after RST (≥ 240).
+    /// TCP opening/closing (SYN_SENT, SYN_RECV, FIN_WAIT .. TIME_WAIT; RFC 5382: ≥ 240).
     pub tcp_transitory: u64,
+    /// TCP picked up mid-stream (first segment an ACK) until the other side
+    /// answers (netfilter `unacknowledged`: 300; here 60).
+    pub tcp_unreplied: u64,
+    /// TCP after a RST (netfilter `close`: 10).
+    pub tcp_close: u64,
     /// ICMP query (RFC 5508 REQ-2: ≥ 60).
     pub icmp: u64,
 }
@@ -128,12 +170,20 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             udp: 300,
+            udp_unreplied: 120,
             tcp_established: 7440,
             tcp_transitory: 240,
+            tcp_unreplied: 60,
+            tcp_close: 10,
             icmp: 60,
         }
     }
 }
+
+/// Default per-host port limit (per protocol): a quarter of the 64,512
+/// ports above 1023, so at least four hosts are needed to exhaust them, and
+/// far above what one host uses in practice (RFC 6888 REQ-4: limit per subscriber).
+pub const DEFAULT_PORTS_PER_HOST: u32 = 16_384;
 
 /// NAT configuration.
 #[derive(Clone, Debug)]
@@ -150,9 +200,16 @@ pub struct NatConfig {
     pub filtering: Filtering,
     /// Table bound (default 262,144).
     pub max_entries: usize,
+    /// Entries per internal host; `None`: a quarter of `max_entries` (so at
+    /// least four hosts are needed to fill the table), or all of it for
+    /// tables under 64 entries.
+    pub max_entries_per_host: Option<usize>,
+    /// EIM mappings (external ports) per internal host and protocol
+    /// (default [`DEFAULT_PORTS_PER_HOST`]).
+    pub max_ports_per_host: u32,
     /// Timeouts.
     pub timeouts: Timeouts,
-    /// Port allocation.
+    /// Port allocation (its seed comes from the caller).
     pub alloc: PortAlloc,
     /// Hash seed.
     pub hash_seed: u64,
@@ -170,10 +227,22 @@ impl NatConfig {
             dnat: Vec::new(),
             filtering: Filtering::AddressDependent,
             max_entries: 262_144,
+            max_entries_per_host: None,
+            max_ports_per_host: DEFAULT_PORTS_PER_HOST,
             timeouts: Timeouts::default(),
             alloc: PortAlloc::Random(0x9e37_79b9_7f4a_7c15),
             hash_seed: 0x5eed,
             frag_slots: 64,
+        }
+    }
+
+    /// The effective per-host entry limit.
+    pub fn entries_per_host(&self) -> usize {
+        let max = self.max_entries.max(1);
+        match self.max_entries_per_host {
+            Some(n) => n.clamp(1, max),
+            None if max >= 64 => max / 4,
+            None => max,
         }
     }
 }
@@ -201,11 +270,17 @@ pub enum NatDrop {
     FragmentTimeout,
     /// A tuple clash with an existing entry.
     Clash,
+    /// The internal host is at its entry or port limit and has nothing
+    /// unassured to give up.
+    HostLimit,
+    /// An ICMP query message that cannot open a connection (an echo reply
+    /// without a request: netfilter's INVALID).
+    InvalidIcmp,
 }
 
 impl NatDrop {
     /// Every reason, in counter order.
-    pub const ALL: [NatDrop; 10] = [
+    pub const ALL: [NatDrop; 12] = [
         NatDrop::Malformed,
         NatDrop::NoMapping,
         NatDrop::Filtered,
@@ -216,6 +291,8 @@ impl NatDrop {
         NatDrop::FragmentOverflow,
         NatDrop::FragmentTimeout,
         NatDrop::Clash,
+        NatDrop::HostLimit,
+        NatDrop::InvalidIcmp,
     ];
     /// Stable name.
     pub fn name(self) -> &'static str {
@@ -230,6 +307,8 @@ impl NatDrop {
             NatDrop::FragmentOverflow => "nat-fragment-overflow",
             NatDrop::FragmentTimeout => "nat-fragment-timeout",
             NatDrop::Clash => "nat-clash",
+            NatDrop::HostLimit => "nat-host-limit",
+            NatDrop::InvalidIcmp => "nat-invalid-icmp",
         }
     }
 }
@@ -254,8 +333,10 @@ pub struct NatCounters {
     pub created: u64,
     /// Entries removed by expiry.
     pub expired: u64,
-    /// Unassured entries evicted because the table was full.
+    /// Unassured entries evicted to make room (table, host or port limit).
     pub early_dropped: u64,
+    /// Packets hairpinned statelessly back to their own mapping (RFC 5780 test).
+    pub self_hairpins: u64,
     /// Packets translated.
     pub translated: u64,
     /// ICMP errors translated.
@@ -323,15 +404,99 @@ pub struct EntryView {
     pub assured: bool,
 }
 
+/// One internal host's share, as `vswitch conntrack`/`stats` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostView {
+    /// The internal address.
+    pub addr: Ipv4Addr,
+    /// Entries charged to it.
+    pub entries: u32,
+    /// Of which unassured (evictable).
+    pub unassured: u32,
+    /// EIM mappings (external ports) it holds, all protocols.
+    pub mappings: u32,
+    /// Its entries evicted to make room.
+    pub evicted: u64,
+    /// Its packets dropped for want of room, all causes.
+    pub drops: u64,
+    /// The same by cause: `nat-host-limit`, `nat-table-full`, `nat-ports-exhausted`.
+    pub drops_by_reason: [(NatDrop, u64); 3],
+}
+
+/// The per-host drop causes, in [`HostView::drops_by_reason`] order.
+const HOST_DROPS: [NatDrop; 3] = [
+    NatDrop::HostLimit,
+    NatDrop::TableFull,
+    NatDrop::PortsExhausted,
+];
+
+/// The pseudo-host that connections opened from the WAN are charged to.
+pub const OUTSIDE: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+
+/// Index of a mapped protocol in per-protocol arrays (TCP, UDP, ICMP).
+fn pidx(p: u8) -> usize {
+    match p {
+        proto::TCP => 0,
+        proto::UDP => 1,
+        _ => 2,
+    }
+}
+
+/// One bit per external port and protocol: set = mapped or reserved (DNAT).
+struct PortMap {
+    bits: [Box<[u64]>; 3],
+}
+
+impl PortMap {
+    fn new() -> PortMap {
+        let words = || vec![0u64; 1024].into_boxed_slice();
+        PortMap {
+            bits: [words(), words(), words()],
+        }
+    }
+    fn get(&self, p: u8, port: u16) -> bool {
+        self.bits[pidx(p)][usize::from(port >> 6)] & (1 << (port & 63)) != 0
+    }
+    fn set(&mut self, p: u8, port: u16, v: bool) {
+        let w = &mut self.bits[pidx(p)][usize::from(port >> 6)];
+        if v {
+            *w |= 1 << (port & 63);
+        } else {
+            *w &= !(1 << (port & 63));
+        }
+    }
+    /// The first clear bit in `from..=to`: at most 1,024 word reads.
+    fn first_free(&self, p: u8, from: u16, to: u16) -> Option<u16> {
+        let bits = &self.bits[pidx(p)];
+        let (mut at, to) = (u32::from(from), u32::from(to));
+        while at <= to {
+            let w = (at / 64) as usize;
+            let mut free = !bits[w] & (u64::MAX << (at % 64));
+            let word_end = (at / 64) * 64 + 63;
+            if to < word_end {
+                free &= u64::MAX >> (63 - to % 64);
+            }
+            if free != 0 {
+                return u16::try_from((at / 64) * 64 + free.trailing_zeros()).ok();
+            }
+            at = word_end + 1;
+        }
+        None
+    }
+}
+
 /// The NAT engine.
 pub struct Nat {
     cfg: NatConfig,
     table: Table,
     maps: HashMap<MapKey, MapEntry, foldhash::fast::FixedState>,
     by_ext: HashMap<(u8, u16), MapKey, foldhash::fast::FixedState>,
+    ports: PortMap,
     adf: HashMap<(u8, u16, Ipv4Addr), u32, foldhash::fast::FixedState>,
     frags: HashMap<FragKey, FragXlate, foldhash::fast::FixedState>,
     pool: Vec<FragSlot>,
+    /// Hosts whose records may have become idle (collected after each packet).
+    gc: Vec<HostId>,
     rng: u64,
     seq: [u16; 3],
     /// Counters.
@@ -355,7 +520,8 @@ fn splitmix(x: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Parse the tuple of the transport header in `l4` (ICMP: queries only).
+/// Parse the tuple of the transport header in `l4` (ICMP: queries only), with
+/// the TCP flags (TCP) or the ICMP type (ICMP).
 fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple, u8)> {
     match proto {
         proto::TCP | proto::UDP => {
@@ -390,7 +556,7 @@ fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple
                         sport: id,
                         dport: 0,
                     },
-                    0,
+                    icmp_type::ECHO_REQUEST,
                 )),
                 icmp_type::ECHO_REPLY => Some((
                     Tuple {
@@ -400,7 +566,7 @@ fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple
                         sport: 0,
                         dport: id,
                     },
-                    0,
+                    icmp_type::ECHO_REPLY,
                 )),
                 _ => None,
             }
@@ -409,14 +575,27 @@ fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple
     }
 }
 
-/// The idle timeout of `e` in its current state, ms.
+/// The idle timeout of `e` in its current state, ms (saturating).
 fn timeout_ms(t: &Timeouts, e: &Entry) -> u64 {
-    1000 * match e.orig.proto {
-        proto::TCP if e.tcp == TcpState::Established => t.tcp_established,
-        proto::TCP => t.tcp_transitory,
-        proto::UDP => t.udp,
+    let secs = match e.orig.proto {
+        proto::TCP => {
+            let s = match e.tcp {
+                TcpState::Established if e.seen_reply => t.tcp_established,
+                TcpState::Close => t.tcp_close,
+                _ => t.tcp_transitory,
+            };
+            // Picked up mid-stream and never answered, whatever it sent since.
+            if e.pickup && !e.seen_reply {
+                s.min(t.tcp_unreplied)
+            } else {
+                s
+            }
+        }
+        proto::UDP if e.seen_reply => t.udp,
+        proto::UDP => t.udp_unreplied.min(t.udp),
         _ => t.icmp,
-    }
+    };
+    secs.min(MAX_TIMEOUT_SECS).saturating_mul(1000)
 }
 
 /// Rewrite the transport header of `ip` from tuple `from` to `to`. `partial`:
@@ -512,13 +691,21 @@ impl Nat {
                 data: Vec::with_capacity(FRAG_MAX),
             })
             .collect();
+        let mut ports = PortMap::new();
+        for r in &cfg.dnat {
+            for port in r.ports.0..=r.ports.1 {
+                ports.set(r.proto, port, true);
+            }
+        }
         Nat {
-            table: Table::new(cfg.max_entries, seed),
+            table: Table::with_host_limit(cfg.max_entries, cfg.entries_per_host(), seed),
             maps: HashMap::with_hasher(st()),
             by_ext: HashMap::with_hasher(st()),
+            ports,
             adf: HashMap::with_hasher(st()),
             frags: HashMap::with_hasher(st()),
             pool,
+            gc: Vec::new(),
             rng,
             seq: [0; 3],
             counters: NatCounters::default(),
@@ -546,9 +733,76 @@ impl Nat {
         self.maps.len()
     }
 
+    /// The internal hosts with state, and their share (RFC 6888 fairness view).
+    pub fn hosts(&self) -> impl Iterator<Item = HostView> + '_ {
+        self.table.hosts().map(|h| HostView {
+            addr: h.addr,
+            entries: h.entries,
+            unassured: h.unassured,
+            mappings: h.mappings.iter().sum(),
+            evicted: h.evicted,
+            drops: h.drops.iter().sum(),
+            drops_by_reason: [0, 1, 2].map(|i| (HOST_DROPS[i], h.drops[i])),
+        })
+    }
+
+    /// The internal endpoint (proto, address, port) holding external port
+    /// `ext` of `proto`, if mapped (tests, `vswitch trace`).
+    pub fn mapping_of(&self, proto: u8, ext: u16) -> Option<(Ipv4Addr, u16)> {
+        self.by_ext.get(&(proto, ext)).map(|k| (k.ip, k.port))
+    }
+
+    /// Check the engine's invariants (tests, fuzzing; O(entries), allocates):
+    /// the table's, and that mappings, reverse index, port bitmap and
+    /// reference counts agree, so no external port is held by two endpoints.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.table.check_invariants()?;
+        if self.maps.len() != self.by_ext.len() {
+            return Err(format!(
+                "{} mappings, {} external ports",
+                self.maps.len(),
+                self.by_ext.len()
+            ));
+        }
+        let mut refs: HashMap<MapKey, u32> = HashMap::new();
+        for (_, e) in self.table.iter() {
+            for (k, ext) in e.mappings().into_iter().flatten() {
+                match self.maps.get(&k) {
+                    Some(m) if m.ext_port == ext => *refs.entry(k).or_insert(0) += 1,
+                    _ => return Err(format!("entry {} holds a lost mapping {k:?}", e.orig)),
+                }
+            }
+        }
+        for (k, m) in &self.maps {
+            if self.by_ext.get(&(k.proto, m.ext_port)) != Some(k) {
+                return Err(format!(
+                    "external port {} of {k:?} held by another",
+                    m.ext_port
+                ));
+            }
+            if !self.ports.get(k.proto, m.ext_port) {
+                return Err(format!("port {} not marked used", m.ext_port));
+            }
+            if refs.get(k).copied().unwrap_or(0) != m.refs {
+                return Err(format!("{k:?}: {} refs, {:?} users", m.refs, refs.get(k)));
+            }
+        }
+        Ok(())
+    }
+
     fn drop(&mut self, r: NatDrop) -> Verdict {
         self.counters.drops[r as usize] += 1;
         Verdict::Drop(r)
+    }
+
+    /// A drop for want of room, also counted on the host.
+    fn host_drop(&mut self, h: HostId, r: NatDrop) -> Verdict {
+        let rec = self.table.host_rec_mut(h);
+        if let Some(i) = HOST_DROPS.iter().position(|x| *x == r) {
+            rec.drops[i] = rec.drops[i].saturating_add(1);
+        }
+        self.gc.push(h);
+        self.drop(r)
     }
 
     fn timeout_ms(&self, e: &Entry) -> u64 {
@@ -557,7 +811,28 @@ impl Nat {
 
     /// Translate (or not) one IPv4 packet that arrived from `from`.
     /// `route` tells where a destination address leads.
+    ///
+    /// `partial`: the L4 checksum is CHECKSUM_PARTIAL. A total length of 0
+    /// in the IPv4 header is accepted only then (a GSO super-frame, which
+    /// always carries a partial checksum; the length is then the buffer's);
+    /// otherwise the total length must be at least the header and fit the buffer.
+    /// TCP and UDP packets that carry their header (not later fragments) must
+    /// carry all of it (20 bytes and a sane data offset; 8 bytes), else they
+    /// are dropped as `nat-malformed`.
     pub fn process(
+        &mut self,
+        now: u64,
+        from: Side,
+        buf: &mut [u8],
+        partial: bool,
+        route: &dyn Fn(Ipv4Addr) -> Side,
+    ) -> Verdict {
+        let v = self.process_inner(now, from, buf, partial, route);
+        self.flush_gc();
+        v
+    }
+
+    fn process_inner(
         &mut self,
         now: u64,
         from: Side,
@@ -568,6 +843,9 @@ impl Nat {
         let Ok(ip) = Ipv4Packet::new_checked(&*buf) else {
             return self.drop(NatDrop::Malformed);
         };
+        if !partial && buf.get(2..4) == Some(&[0, 0]) {
+            return self.drop(NatDrop::Malformed);
+        }
         let (src, dst, p, len) = (ip.src(), ip.dst(), ip.protocol(), ip.total_len() as u64);
         let frag_key = ip.is_fragment().then(|| FragKey {
             src,
@@ -576,12 +854,25 @@ impl Nat {
             id: ip.ident(),
         });
         if ip.frag_offset() != 0 {
-            return self.later_fragment(now, buf, frag_key.expect("fragment"));
+            return match frag_key {
+                Some(k) => self.later_fragment(now, buf, k),
+                None => self.drop(NatDrop::Malformed),
+            };
         }
-        if p == proto::ICMP && ip.payload().first().is_some_and(|t| icmp_is_error(*t)) {
+        let l4 = ip.payload();
+        let short = match p {
+            proto::TCP => l4.len() < 20 || usize::from(l4[12] >> 4) * 4 < 20,
+            proto::UDP => l4.len() < 8,
+            _ => false,
+        };
+        if short || (p == proto::TCP && usize::from(l4[12] >> 4) * 4 > l4.len() && !ip.more_frags())
+        {
+            return self.drop(NatDrop::Malformed);
+        }
+        if p == proto::ICMP && l4.first().is_some_and(|t| icmp_is_error(*t)) {
             return self.icmp_error(now, from, buf);
         }
-        let parsed = match l4_tuple(p, src, dst, ip.payload()) {
+        let parsed = match l4_tuple(p, src, dst, l4) {
             Some((t, flags)) => Parsed {
                 t,
                 flags,
@@ -628,24 +919,37 @@ impl Nat {
         let e = self.table.get_mut(id);
         let d = dir as usize;
         e.packets[d] = e.packets[d].saturating_add(1);
-        e.bytes[d] += pk.len;
-        if dir == Dir::Reply && e.orig.proto != proto::TCP {
-            e.assured = true;
+        e.bytes[d] = e.bytes[d].saturating_add(pk.len);
+        if dir == Dir::Reply {
+            e.seen_reply = true;
         }
+        let mut assured = e.assured();
         if e.orig.proto == proto::TCP {
-            let (s, f) = tcp_next(e.tcp, dir, TcpEvent::of(pk.flags), e.fin_dir);
+            let ev = TcpEvent::of(pk.flags);
+            let (s, f) = tcp_next(e.tcp, dir, ev, e.fin_dir);
+            if s == TcpState::SynSent && e.tcp != TcpState::SynSent {
+                // Reopened after TIME_WAIT/CLOSE: a new connection on the same tuple.
+                e.seen_reply = false;
+                e.pickup = false;
+                assured = false;
+            }
             e.tcp = s;
             e.fin_dir = f;
-            if s == TcpState::Established {
-                e.assured = true;
+            if ev == TcpEvent::Rst {
+                assured = false; // evictable again, and short-lived (tcp_close)
+            } else if s == TcpState::Established && e.seen_reply {
+                assured = true; // SEEN_REPLY and ESTABLISHED, as netfilter
             }
+        } else if e.seen_reply {
+            assured = true;
         }
         let target = match dir {
             Dir::Original => e.reply.inv(),
             Dir::Reply => e.orig.inv(),
         };
         let ttl = timeout_ms(&self.cfg.timeouts, e);
-        self.table.set_expires(id, now + ttl);
+        self.table.set_assured(id, assured);
+        self.table.set_expires(id, now.saturating_add(ttl));
         rewrite(buf, &pk.t, &target, partial, pk.has_l4);
         self.counters.translated += 1;
         Verdict::Translated
@@ -662,66 +966,153 @@ impl Nat {
             .map(|r| (r.to_addr, r.to_port.wrapping_add(t.dport - r.ports.0)))
     }
 
+    /// Whether external `port` of `p` is taken (mapped, or published by DNAT).
     fn reserved(&self, p: u8, port: u16) -> bool {
-        port == 0
-            || self
-                .cfg
-                .dnat
-                .iter()
-                .any(|r| r.proto == p && (r.ports.0..=r.ports.1).contains(&port))
-            || self.by_ext.contains_key(&(p, port))
+        port == 0 || self.ports.get(p, port)
     }
 
-    /// The external port of the EIM mapping of (proto, ip, port), made if needed.
-    fn map(&mut self, key: MapKey) -> Option<u16> {
-        if let Some(m) = self.maps.get(&key) {
-            return Some(m.ext_port);
-        }
-        let (lo, hi) = if key.proto == proto::ICMP {
+    /// The port range a mapping of `key` draws from.
+    fn range_of(&self, key: &MapKey) -> (u16, u16) {
+        if key.proto == proto::ICMP {
             (1, 65535)
         } else if key.port < 1024 {
             (1, 1023)
         } else {
-            (
+            let (a, b) = (
                 self.cfg.port_range.0.max(1024),
                 self.cfg.port_range.1.max(1024),
-            )
-        };
-        let pick = if (lo..=hi).contains(&key.port) && !self.reserved(key.proto, key.port) {
-            Some(key.port) // port preservation
+            );
+            (a.min(b), a.max(b))
+        }
+    }
+
+    /// A free external port for `key`: its own if free and in range (port
+    /// preservation), else one of the same class from a random (RFC 6056) or
+    /// sequential start. Cost: at most one pass over the range's bitmap words.
+    fn alloc_port(&mut self, key: &MapKey) -> Option<u16> {
+        let (lo, hi) = self.range_of(key);
+        if (lo..=hi).contains(&key.port) && !self.reserved(key.proto, key.port) {
+            return Some(key.port);
+        }
+        let n = u32::from(hi - lo) + 1;
+        let class = if key.proto == proto::ICMP {
+            2
         } else {
-            let n = u32::from(hi - lo) + 1;
-            let class = if key.proto == proto::ICMP {
-                2
-            } else {
-                usize::from(key.port >= 1024)
-            };
-            let start = match self.cfg.alloc {
-                PortAlloc::Random(_) => (splitmix(&mut self.rng) % u64::from(n)) as u32,
-                PortAlloc::Sequential => u32::from(self.seq[class]) % n,
-            };
-            let mut found = None;
-            for k in 0..n {
-                let port = lo + ((start + k) % n) as u16;
-                if !self.reserved(key.proto, port) {
-                    found = Some(port);
-                    if self.cfg.alloc == PortAlloc::Sequential {
-                        self.seq[class] = ((start + k + 1) % n) as u16;
+            usize::from(key.port >= 1024)
+        };
+        let off = match self.cfg.alloc {
+            PortAlloc::Random(_) => (splitmix(&mut self.rng) % u64::from(n)) as u32,
+            PortAlloc::Sequential => u32::from(self.seq[class]) % n,
+        };
+        let start = lo + off as u16;
+        let found = self
+            .ports
+            .first_free(key.proto, start, hi)
+            .or_else(|| {
+                (start > lo)
+                    .then(|| self.ports.first_free(key.proto, lo, start - 1))
+                    .flatten()
+            })
+            .filter(|&p| p != 0)?;
+        if self.cfg.alloc == PortAlloc::Sequential {
+            self.seq[class] = ((u32::from(found - lo) + 1) % n) as u16;
+        }
+        Some(found)
+    }
+
+    /// Evict up to `budget` oldest unassured entries of `proto` that hold an
+    /// outbound mapping, from host `h`'s FIFO (or the whole table's), until
+    /// one mapping of `proto` is freed. Returns whether one was.
+    fn reclaim(&mut self, h: Option<HostId>, proto_: u8, budget: usize) -> bool {
+        let before = self.maps.len();
+        let mut cur = self.table.oldest_unassured(h);
+        let mut steps = 0;
+        while let Some(id) = cur {
+            if steps >= budget || self.maps.len() < before {
+                break;
+            }
+            steps += 1;
+            cur = self.table.next_unassured(id, h);
+            let e = self.table.get(id);
+            if e.orig.proto == proto_
+                && matches!(e.map, MapRef::Outbound | MapRef::Hairpin)
+                && let Some(old) = self.table.remove(id)
+            {
+                {
+                    if let Some(oh) = old.host() {
+                        let r = self.table.host_rec_mut(oh);
+                        r.evicted = r.evicted.saturating_add(1);
                     }
-                    break;
+                    self.counters.early_dropped += 1;
+                    self.release(&old);
                 }
             }
-            found
-        }?;
+        }
+        self.maps.len() < before
+    }
+
+    /// The external port of the EIM mapping of `key` (owned by host `h`),
+    /// made if needed, with one more reference taken (so no eviction can
+    /// delete it before the entry that needs it is in the table).
+    fn map_ref(&mut self, key: MapKey, h: HostId) -> Result<u16, NatDrop> {
+        if let Some(m) = self.maps.get_mut(&key) {
+            m.refs += 1;
+            return Ok(m.ext_port);
+        }
+        let pi = pidx(key.proto);
+        if self.table.host_rec(h).mappings[pi] >= self.cfg.max_ports_per_host
+            && !self.reclaim(Some(h), key.proto, 8)
+        {
+            return Err(NatDrop::HostLimit);
+        }
+        let pick = match self.alloc_port(&key) {
+            Some(p) => p,
+            None => {
+                // Out of ports: give up the oldest unassured mappings first.
+                self.reclaim(None, key.proto, 16);
+                self.alloc_port(&key).ok_or(NatDrop::PortsExhausted)?
+            }
+        };
         self.maps.insert(
             key,
             MapEntry {
                 ext_port: pick,
-                refs: 0,
+                refs: 1,
             },
         );
         self.by_ext.insert((key.proto, pick), key);
-        Some(pick)
+        self.ports.set(key.proto, pick, true);
+        self.table.host_rec_mut(h).mappings[pi] += 1;
+        Ok(pick)
+    }
+
+    /// Drop one reference on mapping `key`; remove it when unused.
+    fn unref(&mut self, key: MapKey, ext: u16) {
+        let Some(m) = self.maps.get_mut(&key) else {
+            return;
+        };
+        m.refs = m.refs.saturating_sub(1);
+        if m.refs > 0 {
+            return;
+        }
+        self.maps.remove(&key);
+        if self.by_ext.get(&(key.proto, ext)) == Some(&key) {
+            self.by_ext.remove(&(key.proto, ext));
+            self.ports.set(key.proto, ext, false);
+        }
+        if let Some(h) = self.table.find_host(key.ip) {
+            let r = self.table.host_rec_mut(h);
+            let pi = pidx(key.proto);
+            r.mappings[pi] = r.mappings[pi].saturating_sub(1);
+            self.gc.push(h);
+        }
+    }
+
+    /// Forget host records left without entries or mappings.
+    fn flush_gc(&mut self) {
+        while let Some(h) = self.gc.pop() {
+            self.table.host_gc(h);
+        }
     }
 
     fn new_flow(
@@ -734,57 +1125,116 @@ impl Nat {
         route: &dyn Fn(Ipv4Addr) -> Side,
     ) -> Verdict {
         let t = pk.t;
+        // Whether a packet that cannot open a connection was meant for the NAT
+        // (ours to drop) or is LAN-internal (not ours to judge).
+        let meant_for_nat = |s: &Self| match from {
+            Side::Wan => t.dst == s.cfg.external,
+            _ => {
+                (route(t.dst) == Side::Wan && s.masqueraded(t.src))
+                    || s.dnat_match(&t).is_some()
+                    || (t.dst == s.cfg.external
+                        && t.proto != proto::ICMP
+                        && s.by_ext.contains_key(&(t.proto, t.dport)))
+            }
+        };
+        let mut tcp_state = TcpState::SynSent;
         if t.proto == proto::TCP {
             let ev = TcpEvent::of(pk.flags);
-            if ev == TcpEvent::Rst || (from == Side::Wan && ev != TcpEvent::Syn) {
-                // Not a connection opening: only ours to drop if it was meant for NAT.
-                let meant_for_nat = match from {
-                    Side::Wan => t.dst == self.cfg.external,
-                    _ => route(t.dst) == Side::Wan || self.dnat_match(&t).is_some(),
-                };
-                return if meant_for_nat {
-                    self.drop(NatDrop::InvalidTcp)
-                } else {
-                    Verdict::NotNatted
-                };
+            let open = match from {
+                Side::Wan if ev != TcpEvent::Syn => None,
+                _ => tcp_open(ev),
+            };
+            match open {
+                Some(s) => tcp_state = s,
+                None if meant_for_nat(self) => return self.drop(NatDrop::InvalidTcp),
+                None => return Verdict::NotNatted,
             }
         }
+        // An echo reply never opens a connection.
+        if t.proto == proto::ICMP && pk.flags == icmp_type::ECHO_REPLY {
+            return match from {
+                Side::Lan | Side::Local if meant_for_nat(self) => self.drop(NatDrop::InvalidIcmp),
+                _ => Verdict::NotNatted,
+            };
+        }
         let mut target = t;
-        let mut mapping = None;
+        let mut out_key = None; // the sender's mapping (source translation)
+        let mut in_map = None; // a mapping the packet enters through
         let mut adf_remote = None;
+        let mut via_map = false; // hairpinned through a mapping
+        let host_addr;
         match from {
             Side::Lan | Side::Local => {
                 let dnat = self.dnat_match(&t);
                 if let Some((a, p)) = dnat {
                     target.dst = a;
                     target.dport = p;
+                } else if t.dst == self.cfg.external && from == Side::Lan {
+                    // Hairpin through another host's mapping (RFC 4787 REQ-9).
+                    let ext = if t.proto == proto::ICMP {
+                        t.sport
+                    } else {
+                        t.dport
+                    };
+                    if let Some(&k) = self.by_ext.get(&(t.proto, ext)) {
+                        in_map = Some((k, ext));
+                        target.dst = k.ip;
+                        target.dport = if t.proto == proto::ICMP { 0 } else { k.port };
+                    }
                 }
                 let egress = route(target.dst);
                 if egress == Side::Local {
                     return Verdict::NotNatted;
                 }
-                let hairpin = dnat.is_some() && egress == Side::Lan;
+                let hairpin = (dnat.is_some() || in_map.is_some()) && egress == Side::Lan;
                 let snat = (egress == Side::Wan && self.masqueraded(t.src)) || hairpin;
                 if dnat.is_none() && !snat {
                     return Verdict::NotNatted;
                 }
+                host_addr = t.src;
                 if snat {
-                    let id_port = t.sport;
                     let key = MapKey {
                         proto: t.proto,
                         ip: t.src,
-                        port: id_port,
+                        port: t.sport,
                     };
-                    let Some(ext) = self.map(key) else {
-                        return self.drop(NatDrop::PortsExhausted);
-                    };
-                    target.src = self.cfg.external;
-                    target.sport = ext;
-                    mapping = Some((key, ext));
-                    adf_remote = Some(target.dst);
-                    if hairpin {
-                        self.counters.hairpins += 1;
+                    if let Some((k, ext)) = in_map {
+                        if k == key {
+                            // To its own mapping (the RFC 5780 hairpin test):
+                            // reflected without state, source = its mapping.
+                            let mut to = t;
+                            to.src = self.cfg.external;
+                            to.sport = ext;
+                            to.dst = t.src;
+                            to.dport = t.sport;
+                            self.counters.self_hairpins += 1;
+                            self.counters.translated += 1;
+                            rewrite(buf, &t, &to, partial, pk.has_l4);
+                            return Verdict::Translated;
+                        }
+                        // Filtering of hairpinned packets: the sender is a LAN
+                        // host, which reaches the target directly anyway, so
+                        // endpoint-independent and address-dependent filtering
+                        // admit it (the external address counts as one every
+                        // mapping has sent to); address-and-port-dependent
+                        // filtering admits only existing sessions (above).
+                        if self.cfg.filtering == Filtering::AddressAndPortDependent {
+                            return self.drop(NatDrop::Filtered);
+                        }
                     }
+                    out_key = Some(key);
+                    if t.proto == proto::ICMP && in_map.is_some() {
+                        // One identifier field: the target's own id cannot be
+                        // recovered from the tuples, so the entry holds the
+                        // sender's mapping only (it still reaches the target).
+                        in_map = None;
+                        via_map = true;
+                    }
+                    adf_remote = Some(if hairpin {
+                        self.cfg.external
+                    } else {
+                        target.dst
+                    });
                 }
             }
             Side::Wan => {
@@ -795,14 +1245,10 @@ impl Nat {
                     target.dst = a;
                     target.dport = p;
                 } else {
-                    let ext_port = if t.proto == proto::ICMP {
-                        t.sport
-                    } else {
-                        t.dport
-                    };
                     if t.proto == proto::ICMP {
                         return Verdict::NotNatted; // echo to the gateway: answered locally
                     }
+                    let ext_port = t.dport;
                     let Some(&key) = self.by_ext.get(&(t.proto, ext_port)) else {
                         return self.drop(NatDrop::NoMapping);
                     };
@@ -818,52 +1264,95 @@ impl Nat {
                     }
                     target.dst = key.ip;
                     target.dport = key.port;
-                    mapping = Some((key, ext_port));
+                    in_map = Some((key, ext_port));
+                }
+                // Connections opened from outside are charged to one pseudo-host,
+                // the outside (0.0.0.0): an inbound flood gets one host's share
+                // and evicts its own entries, not the LAN hosts' own.
+                host_addr = OUTSIDE;
+            }
+        }
+        let Some(h) = self.table.host(host_addr) else {
+            return self.drop(NatDrop::TableFull);
+        };
+        self.gc.push(h); // collected after the packet if it ends up with nothing
+        // Take the references first: evictions below (making room for the
+        // sender's mapping or for the entry) cannot free these mappings.
+        if let Some((k, _)) = in_map {
+            match self.maps.get_mut(&k) {
+                Some(m) => m.refs += 1,
+                None => return self.drop(NatDrop::NoMapping),
+            }
+        }
+        let mut out_map = None;
+        if let Some(key) = out_key {
+            match self.map_ref(key, h) {
+                Ok(ext) => {
+                    target.src = self.cfg.external;
+                    target.sport = ext;
+                    out_map = Some((key, ext));
+                }
+                Err(r) => {
+                    if let Some((k, ext)) = in_map {
+                        self.unref(k, ext);
+                    }
+                    return self.host_drop(h, r);
                 }
             }
         }
         let mut e = Entry::new(t, target.inv(), 0);
-        e.map = match (mapping.is_some(), from) {
-            (false, _) => MapRef::None,
-            (true, Side::Wan) => MapRef::Inbound,
-            (true, _) => MapRef::Outbound,
+        e.map = match (out_map.is_some(), in_map.is_some()) {
+            (false, false) => MapRef::None,
+            (true, false) => MapRef::Outbound,
+            (false, true) => MapRef::Inbound,
+            (true, true) => MapRef::Hairpin,
         };
-        debug_assert_eq!(e.mapping(), mapping);
+        debug_assert_eq!(e.mappings(), {
+            let m: [Option<(MapKey, u16)>; 2] = match (out_map, in_map) {
+                (Some(o), i) => [Some(o), i],
+                (None, i) => [i, None],
+            };
+            m
+        });
         e.packets[0] = 1;
         e.bytes[0] = pk.len;
         if t.proto == proto::TCP {
-            e.tcp = if TcpEvent::of(pk.flags) == TcpEvent::Syn {
-                TcpState::SynSent
-            } else {
-                TcpState::Established
-            };
+            e.tcp = tcp_state;
+            e.pickup = tcp_state != TcpState::SynSent;
         }
-        e.expires = now + self.timeout_ms(&e);
-        match self.table.insert(e, now) {
-            Insert::Ok(_) => {}
+        e.expires = now.saturating_add(self.timeout_ms(&e));
+        let failed = match self.table.insert_for(e.clone(), Some(h), now) {
+            Insert::Ok(_) => None,
             Insert::Evicted(_, old) => {
                 self.counters.early_dropped += 1;
                 self.release(&old);
+                None
             }
-            Insert::Full => {
-                self.unmap_if_unused(mapping);
-                return self.drop(NatDrop::TableFull);
+            Insert::Full => Some(NatDrop::TableFull),
+            Insert::HostFull => Some(NatDrop::HostLimit),
+            Insert::Clash => Some(NatDrop::Clash),
+        };
+        if let Some(r) = failed {
+            for (k, ext) in e.mappings().into_iter().flatten() {
+                self.unref(k, ext);
             }
-            Insert::Clash => {
-                self.unmap_if_unused(mapping);
-                return self.drop(NatDrop::Clash);
-            }
+            return if r == NatDrop::Clash {
+                self.drop(r)
+            } else {
+                self.host_drop(h, r)
+            };
         }
-        if let Some((key, ext)) = mapping {
-            if let Some(m) = self.maps.get_mut(&key) {
-                m.refs += 1;
-            }
+        if let (Some((key, ext)), Some(r)) = (out_map, adf_remote)
+            && self.cfg.filtering == Filtering::AddressDependent
+        {
             // Only address-dependent filtering needs to know whom each mapping has talked to.
-            if let Some(r) = adf_remote
-                && self.cfg.filtering == Filtering::AddressDependent
-            {
-                *self.adf.entry((key.proto, ext, r)).or_insert(0) += 1;
-            }
+            *self.adf.entry((key.proto, ext, r)).or_insert(0) += 1;
+        }
+        if via_map
+            || (in_map.is_some() && from != Side::Wan)
+            || (out_map.is_some() && self.dnat_match(&t).is_some())
+        {
+            self.counters.hairpins += 1;
         }
         self.counters.created += 1;
         self.counters.translated += 1;
@@ -871,23 +1360,27 @@ impl Nat {
         Verdict::Translated
     }
 
-    fn unmap_if_unused(&mut self, mapping: Option<(MapKey, u16)>) {
-        if let Some((key, ext)) = mapping
-            && self.maps.get(&key).is_some_and(|m| m.refs == 0)
-        {
-            self.maps.remove(&key);
-            self.by_ext.remove(&(key.proto, ext));
-        }
-    }
-
-    /// Drop the mapping and filter references an entry held.
+    /// Drop the mapping and filter references a removed entry held.
     fn release(&mut self, e: &Entry) {
-        let Some((key, ext)) = e.mapping() else {
+        if let Some(h) = e.host() {
+            self.gc.push(h);
+        }
+        let [first, second] = e.mappings();
+        let Some((key, ext)) = first else {
             return;
         };
-        // An outbound entry recorded its remote (the reply's source) for address-dependent filtering.
-        if e.map == MapRef::Outbound && self.cfg.filtering == Filtering::AddressDependent {
-            let k = (key.proto, ext, e.reply.src);
+        // An outbound entry recorded its remote for address-dependent filtering:
+        // the reply's source, or the external address for a hairpin through a mapping.
+        if matches!(e.map, MapRef::Outbound | MapRef::Hairpin)
+            && self.cfg.filtering == Filtering::AddressDependent
+        {
+            // (Hairpinned entries were sent to the external address.)
+            let remote = if e.orig.dst == self.cfg.external {
+                self.cfg.external
+            } else {
+                e.reply.src
+            };
+            let k = (key.proto, ext, remote);
             if let Some(n) = self.adf.get_mut(&k) {
                 *n -= 1;
                 if *n == 0 {
@@ -895,16 +1388,14 @@ impl Nat {
                 }
             }
         }
-        if let Some(m) = self.maps.get_mut(&key) {
-            m.refs = m.refs.saturating_sub(1);
-            if m.refs == 0 {
-                self.maps.remove(&key);
-                self.by_ext.remove(&(key.proto, ext));
-            }
+        self.unref(key, ext);
+        if let Some((k2, ext2)) = second {
+            self.unref(k2, ext2);
         }
     }
 
-    /// Remove expired entries and stale fragment state (no full-table scan).
+    /// Remove expired entries and stale fragment state (no full-table scan;
+    /// at most one lap of the timer wheel whatever the time since the last call).
     pub fn expire(&mut self, now: u64) {
         let mut removed = Vec::new();
         self.table.expire(now, |e| removed.push(e));
@@ -912,6 +1403,7 @@ impl Nat {
         for e in &removed {
             self.release(e);
         }
+        self.flush_gc();
         self.frags.retain(|_, x| x.expires > now);
         for s in &mut self.pool {
             if s.key.is_some() && !s.released && now.saturating_sub(s.since) >= FRAG_WAIT_MS {
@@ -1036,7 +1528,7 @@ impl Nat {
                 FragXlate {
                     src,
                     dst,
-                    expires: now + FRAG_MEMORY_MS,
+                    expires: now.saturating_add(FRAG_MEMORY_MS),
                 },
             );
         }
@@ -1114,7 +1606,7 @@ impl Nat {
                 reply: e.reply,
                 packets: [u64::from(e.packets[0]), u64::from(e.packets[1])],
                 bytes: e.bytes,
-                assured: e.assured,
+                assured: e.assured(),
             })
             .collect()
     }
@@ -1212,7 +1704,14 @@ impl Nat {
                 }
             }
             _ => {
+                if t.proto == proto::TCP && tcp_open(TcpEvent::of(flags)).is_none() {
+                    return vec!["nat: no connection and this segment cannot open one (only a SYN, or an ACK picked up mid-stream): drop (nat-invalid-tcp) if meant for the NAT".into()];
+                }
+                if t.proto == proto::ICMP && flags == icmp_type::ECHO_REPLY {
+                    return vec!["nat: an echo reply without a request: drop (nat-invalid-icmp) if meant for the WAN".into()];
+                }
                 let dnat = self.dnat_match(&t);
+                let mut via_map = false;
                 if let Some((a, p)) = dnat {
                     target.dst = a;
                     target.dport = p;
@@ -1220,12 +1719,35 @@ impl Nat {
                         "nat: DNAT rule: destination {}:{} => {}:{}",
                         t.dst, t.dport, a, p
                     ));
+                } else if t.dst == self.cfg.external && from == Side::Lan {
+                    let ext = if t.proto == proto::ICMP {
+                        t.sport
+                    } else {
+                        t.dport
+                    };
+                    if let Some(k) = self.by_ext.get(&(t.proto, ext)) {
+                        via_map = true;
+                        target.dst = k.ip;
+                        target.dport = if t.proto == proto::ICMP { 0 } else { k.port };
+                        out.push(format!(
+                            "nat: hairpin through the mapping of {}:{} (external port {ext}){}",
+                            k.ip,
+                            k.port,
+                            if k.ip == t.src && k.port == t.sport {
+                                ": its own, reflected without state"
+                            } else if self.cfg.filtering == Filtering::AddressAndPortDependent {
+                                ": refused by address-and-port-dependent filtering (nat-filtered)"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
                 }
                 let egress = route(target.dst);
                 if egress == Side::Local {
                     return vec!["nat: for the gateway itself: not translated".into()];
                 }
-                let hairpin = dnat.is_some() && egress == Side::Lan;
+                let hairpin = (dnat.is_some() || via_map) && egress == Side::Lan;
                 let snat = (egress == Side::Wan && self.masqueraded(t.src)) || hairpin;
                 if snat {
                     let key = MapKey {

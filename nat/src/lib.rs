@@ -18,6 +18,6 @@ pub mod wire;
 
 pub use conntrack::{Dir, TcpState, Tuple};
 pub use engine::{
-    DnatRule, EntryView, Filtering, Ipv4Net, Nat, NatConfig, NatCounters, NatDrop, PortAlloc, Side,
-    Timeouts, Verdict,
+    DEFAULT_PORTS_PER_HOST, DnatRule, EntryView, Filtering, HostView, Ipv4Net, MAX_TIMEOUT_SECS,
+    Nat, NatConfig, NatCounters, NatDrop, OUTSIDE, PortAlloc, Side, Timeouts, Verdict,
 };

@@ -513,6 +513,11 @@ fn udp_expiry_and_refresh_with_explicit_time() {
     let mut n = Nat::new(cfg());
     let mut p = udp(RED, 1, WAN, 2, b"x");
     n.process(0, Side::Lan, &mut p, false, &route);
+    // Never answered: the short timeout (120 s, the RFC 4787 REQ-5 floor).
+    assert_eq!(n.entries(0)[0].secs_left, 120);
+    let mut r = udp(WAN, 2, EXT, 1, b"y");
+    n.process(0, Side::Wan, &mut r, false, &route);
+    assert_eq!(n.entries(0)[0].secs_left, 300);
     let mut p = udp(RED, 1, WAN, 2, b"x");
     n.process(200_000, Side::Lan, &mut p, false, &route); // outbound refresh (REQ-6)
     n.expire(499_999);
@@ -553,12 +558,27 @@ fn full_table_evicts_unassured_and_never_assured() {
         let mut r = udp(WAN, 53, EXT, port, b"a");
         n.process(2, Side::Wan, &mut r, false, &route);
     }
+    // Red is at its own limit (tables under 64 entries: the whole table)
+    // with nothing unassured: host limit. Blue finds the table full.
     let mut s = tcp(RED, 3000, WAN, 80, "S", b"");
+    assert_eq!(
+        n.process(3, Side::Lan, &mut s, false, &route),
+        Verdict::Drop(NatDrop::HostLimit)
+    );
+    let mut s = tcp(BLUE, 3000, WAN, 80, "S", b"");
     assert_eq!(
         n.process(3, Side::Lan, &mut s, false, &route),
         Verdict::Drop(NatDrop::TableFull)
     );
     assert_eq!(n.counters.drops[NatDrop::TableFull as usize], 1);
+    let red = n.hosts().find(|h| h.addr == RED).unwrap();
+    assert_eq!((red.entries, red.drops, red.evicted), (4, 1, 100));
+    assert_eq!(red.drops_by_reason[0], (NatDrop::HostLimit, 1));
+    assert!(
+        n.hosts().all(|h| h.addr != BLUE),
+        "no record for a host without state"
+    );
+    n.check_invariants().unwrap();
 }
 
 #[test]
@@ -825,4 +845,745 @@ fn mappings_and_filter_state_are_released_with_their_entries() {
         n.process(400_000, Side::Wan, &mut late, false, &route),
         Verdict::Drop(NatDrop::NoMapping)
     );
+}
+
+// ---- issue 8: conntrack semantics, fairness, hairpinning, fuzz findings ----
+
+/// A NAT with endpoint-independent filtering.
+fn eif() -> Nat {
+    let mut c = cfg();
+    c.filtering = Filtering::EndpointIndependent;
+    Nat::new(c)
+}
+
+fn lan(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 15, i)
+}
+
+/// Fuzz finding (reproducer as found): with a full table, evicting the last
+/// user of the mapping the new entry needs deleted that mapping, and the
+/// next host got the same external port.
+#[test]
+fn eviction_never_loses_the_mapping_the_new_entry_needs() {
+    let mut c = cfg();
+    c.max_entries = 2;
+    c.filtering = Filtering::EndpointIndependent;
+    let mut n = Nat::new(c);
+    let x = Ipv4Addr::new(203, 0, 113, 10);
+    let y = Ipv4Addr::new(203, 0, 113, 11);
+    let flows = [
+        (lan(1), 5000, x),
+        (lan(2), 6000, x),
+        (lan(1), 5000, y),
+        (lan(3), 5000, x),
+    ];
+    let mut ext = Vec::new();
+    for (i, (src, sp, dst)) in flows.into_iter().enumerate() {
+        let mut p = udp(src, sp, dst, 53, b"q");
+        assert_eq!(
+            n.process(i as u64 * 1000, Side::Lan, &mut p, false, &route),
+            Verdict::Translated
+        );
+        ext.push((src, tuple_of(&p).1));
+        n.check_invariants().unwrap();
+    }
+    assert_eq!(ext[0].1, ext[2].1, "EIM: one port for .1:5000");
+    assert_ne!(ext[3].1, ext[2].1, ".3 must not share .1's external port");
+    // Unsolicited inbound to .1's port reaches .1, not .3.
+    let mut inb = udp(WAN2, 9, EXT, ext[2].1, b"i");
+    assert_eq!(
+        n.process(4000, Side::Wan, &mut inb, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&inb).2, lan(1));
+}
+
+/// Fuzz finding: an outbound echo reply without state created a mapping for
+/// id 0 and went out untranslated. It is INVALID (as netfilter): dropped, counted.
+#[test]
+fn outbound_echo_reply_without_state_is_dropped() {
+    let mut n = Nat::new(cfg());
+    let mut r = echo(RED, WAN, 77, true);
+    assert_eq!(
+        n.process(0, Side::Lan, &mut r, false, &route),
+        Verdict::Drop(NatDrop::InvalidIcmp)
+    );
+    assert_eq!((n.len(), n.mappings()), (0, 0));
+    assert_eq!(n.counters.drops[NatDrop::InvalidIcmp as usize], 1);
+    // Inside the LAN it is not the NAT's business.
+    let mut r = echo(RED, BLUE, 77, true);
+    assert_eq!(
+        n.process(0, Side::Lan, &mut r, false, &route),
+        Verdict::NotNatted
+    );
+    // An echo *request* with identifier 0 is fine: it gets a non-zero one.
+    let mut q = echo(RED, WAN, 0, false);
+    assert_eq!(
+        n.process(0, Side::Lan, &mut q, false, &route),
+        Verdict::Translated
+    );
+    let id = tuple_of(&q).1;
+    assert_ne!(id, 0);
+    assert_checksums(&q);
+    let mut a = echo(WAN, EXT, id, true);
+    assert_eq!(
+        n.process(0, Side::Wan, &mut a, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&a), (WAN, 0, RED, 0));
+}
+
+/// Fuzz finding: TCP headers of 14-17 bytes and UDP headers of 4-7 bytes got
+/// their addresses rewritten but not their ports or checksum.
+#[test]
+fn short_transport_headers_are_malformed() {
+    let mut n = Nat::new(cfg());
+    let full_tcp = tcp(RED, 1000, WAN, 80, "S", b"");
+    for cut in 14..20 {
+        let mut p = full_tcp[..20 + cut].to_vec();
+        p[2..4].copy_from_slice(&((20 + cut) as u16).to_be_bytes());
+        fix_ip_checksum(&mut p);
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Drop(NatDrop::Malformed),
+            "TCP header of {cut} bytes"
+        );
+    }
+    // A data offset below 5 words, or beyond the segment.
+    for doff in [0u8, 4, 6] {
+        let mut p = full_tcp.clone();
+        p[32] = doff << 4;
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Drop(NatDrop::Malformed),
+            "data offset {doff}"
+        );
+    }
+    let full_udp = udp(RED, 1000, WAN, 53, b"");
+    for cut in 4..8 {
+        let mut p = full_udp[..20 + cut].to_vec();
+        p[2..4].copy_from_slice(&((20 + cut) as u16).to_be_bytes());
+        fix_ip_checksum(&mut p);
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Drop(NatDrop::Malformed),
+            "UDP header of {cut} bytes"
+        );
+    }
+    // A tiny first fragment (MF set, 16 bytes of TCP): also refused (RFC 1858).
+    let mut p = full_tcp[..36].to_vec();
+    p[2..4].copy_from_slice(&36u16.to_be_bytes());
+    p[6] = 0x20;
+    fix_ip_checksum(&mut p);
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p, false, &route),
+        Verdict::Drop(NatDrop::Malformed)
+    );
+    assert!(n.is_empty());
+}
+
+fn fix_ip_checksum(p: &mut [u8]) {
+    let mut ip = Ipv4Packet::new_checked(&mut *p).unwrap();
+    ip.fill_checksum();
+}
+
+/// `total_len == 0` is a GSO super-frame's convention only (partial checksum).
+#[test]
+fn zero_total_length_only_with_partial_checksum() {
+    let mut n = Nat::new(cfg());
+    let mut p = udp(RED, 1000, WAN, 53, b"q");
+    p[2] = 0;
+    p[3] = 0;
+    fix_ip_checksum(&mut p);
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p.clone(), false, &route),
+        Verdict::Drop(NatDrop::Malformed)
+    );
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p, true, &route),
+        Verdict::Translated
+    );
+}
+
+/// A FIN (or SYN+ACK, RST, no flag) as first segment opens nothing; a pickup
+/// (ACK first) is ESTABLISHED but unassured and short-lived until answered:
+/// three ACKs of one tuple no longer make an assured 7,440 s entry.
+#[test]
+fn first_segments_and_mid_stream_pickup() {
+    let mut n = Nat::new(cfg());
+    for f in ["F", "FA", "SA", "R", ""] {
+        let mut p = tcp(RED, 2000, WAN, 80, f, b"");
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Drop(NatDrop::InvalidTcp),
+            "first segment {f:?}"
+        );
+    }
+    assert!(n.is_empty());
+    for _ in 0..3 {
+        let mut p = tcp(RED, 2001, WAN, 80, "A", b"");
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Translated
+        );
+    }
+    let e = &n.entries(0)[0];
+    assert_eq!(
+        (e.state, e.secs_left, e.assured),
+        ("ESTABLISHED", 60, false)
+    );
+    // The far side answers: now assured, with the established timeout.
+    let mut r = tcp(WAN, 80, EXT, 2001, "A", b"");
+    assert_eq!(
+        n.process(1000, Side::Wan, &mut r, false, &route),
+        Verdict::Translated
+    );
+    let e = &n.entries(1000)[0];
+    assert_eq!(
+        (e.state, e.secs_left, e.assured),
+        ("ESTABLISHED", 7440, true)
+    );
+    // An unanswered pickup is gone after 60 s, even if it sends a FIN.
+    let mut p = tcp(RED, 2002, WAN, 80, "A", b"");
+    n.process(0, Side::Lan, &mut p, false, &route);
+    let mut p = tcp(RED, 2002, WAN, 80, "FA", b"");
+    n.process(0, Side::Lan, &mut p, false, &route);
+    let e = n
+        .entries(0)
+        .into_iter()
+        .find(|e| e.orig.sport == 2002)
+        .unwrap();
+    assert_eq!((e.state, e.secs_left, e.assured), ("FIN_WAIT", 60, false));
+    n.expire(61_000);
+    assert_eq!(n.len(), 1);
+}
+
+/// A RST makes an assured connection unassured and short-lived (10 s).
+#[test]
+fn rst_unassures_and_shortens() {
+    let mut n = Nat::new(cfg());
+    let mut go = |now, from_red: bool, f: &str| {
+        let mut p = if from_red {
+            tcp(RED, 2100, WAN, 443, f, b"")
+        } else {
+            tcp(WAN, 443, EXT, 2100, f, b"")
+        };
+        let side = if from_red { Side::Lan } else { Side::Wan };
+        assert_eq!(
+            n.process(now, side, &mut p, false, &route),
+            Verdict::Translated
+        );
+        let e = n.entries(now)[0].clone();
+        (e.state, e.secs_left, e.assured)
+    };
+    go(0, true, "S");
+    go(0, false, "SA");
+    assert_eq!(go(0, true, "A"), ("ESTABLISHED", 7440, true));
+    assert_eq!(go(0, false, "R"), ("CLOSE", 10, false));
+    assert_eq!(
+        go(0, true, "A"),
+        ("CLOSE", 10, false),
+        "no resurrection by ACK"
+    );
+}
+
+/// The issue's ACK flood: one host sends ACK-only segments on many tuples to
+/// a silent remote and fills its share; another host's SYN still gets an
+/// entry, its connection becomes assured, and only the flooder's entries go.
+#[test]
+fn ack_flood_cannot_starve_another_host() {
+    let mut c = cfg();
+    c.max_entries = 256; // per host: 64
+    let mut n = Nat::new(c);
+    let mut now = 0;
+    for i in 0..5000u32 {
+        let mut p = tcp(RED, 10_000 + (i % 50_000) as u16, WAN, 80, "A", b"");
+        assert_eq!(
+            n.process(now, Side::Lan, &mut p, false, &route),
+            Verdict::Translated
+        );
+        now += 1;
+    }
+    let red = n.hosts().find(|h| h.addr == RED).unwrap();
+    assert_eq!(red.entries, 64, "red holds its share, not the table");
+    assert!(red.evicted >= 5000 - 64);
+    // Three more hosts flood too: the table is full.
+    for h in 20..23 {
+        for i in 0..100u16 {
+            let mut p = tcp(lan(h), 10_000 + i, WAN, 80, "A", b"");
+            n.process(now, Side::Lan, &mut p, false, &route);
+        }
+    }
+    assert_eq!(n.len(), 256);
+    let mut syn = tcp(BLUE, 5555, WAN2, 443, "S", b"");
+    assert_eq!(
+        n.process(now, Side::Lan, &mut syn, false, &route),
+        Verdict::Translated
+    );
+    let mut sa = tcp(WAN2, 443, EXT, tuple_of(&syn).1, "SA", b"");
+    assert_eq!(
+        n.process(now, Side::Wan, &mut sa, false, &route),
+        Verdict::Translated
+    );
+    let mut a = tcp(BLUE, 5555, WAN2, 443, "A", b"");
+    assert_eq!(
+        n.process(now, Side::Lan, &mut a, false, &route),
+        Verdict::Translated
+    );
+    let blue = n
+        .entries(now)
+        .into_iter()
+        .find(|e| e.orig.src == BLUE)
+        .unwrap();
+    assert!(blue.assured);
+    // The flood goes on; blue's connection stays.
+    for i in 0..2000u16 {
+        let mut p = tcp(RED, 100 + i, WAN, 80, "A", b"");
+        n.process(now, Side::Lan, &mut p, false, &route);
+    }
+    assert!(
+        n.entries(now)
+            .iter()
+            .any(|e| e.orig.src == BLUE && e.assured)
+    );
+    let blue = n.hosts().find(|h| h.addr == BLUE).unwrap();
+    assert_eq!((blue.evicted, blue.drops), (0, 0));
+    n.check_invariants().unwrap();
+}
+
+/// The issue's SYN flood with a new source port per packet: the flooder runs
+/// out of its own ports (or, with no per-host limit, the port space), and
+/// another host still gets a mapping.
+#[test]
+fn syn_flood_exhausting_ports_leaves_room_for_others() {
+    // Per-host port limit: red recycles its own oldest mappings.
+    let mut c = cfg();
+    c.max_ports_per_host = 100;
+    let mut n = Nat::new(c);
+    for i in 0..3000u16 {
+        let mut p = tcp(RED, 20_000 + i, WAN, 80, "S", b"");
+        // Source ports collide with nothing: each is a new mapping.
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Translated
+        );
+    }
+    assert_eq!(n.mappings(), 100);
+    // No per-host limit but a small port range: red takes every port, then
+    // the oldest unassured mappings are reclaimed for blue.
+    let mut c = cfg();
+    c.port_range = (1024, 1087);
+    let mut n = Nat::new(c);
+    for i in 0..64u16 {
+        let mut p = tcp(RED, 1024 + i, WAN, 80, "S", b"");
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Translated
+        );
+    }
+    let mut p = tcp(RED, 2000, WAN, 80, "S", b"");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p, false, &route),
+        Verdict::Translated
+    );
+    let mut b = tcp(BLUE, 3000, WAN, 80, "S", b"");
+    assert_eq!(
+        n.process(1, Side::Lan, &mut b, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(n.mappings(), 64);
+    assert!(n.counters.early_dropped >= 2);
+    n.check_invariants().unwrap();
+}
+
+/// Regression (timer wheel): no expire() for more than one lap (4096 s),
+/// then one call: every expired entry goes, mappings are released and the
+/// tuple can be tracked again.
+#[test]
+fn expiry_after_a_gap_of_several_wheel_laps() {
+    let mut n = Nat::new(cfg());
+    for i in 0..50u16 {
+        let mut p = udp(RED, 7000 + i, WAN, 53, b"q");
+        n.process(u64::from(i) * 1000, Side::Lan, &mut p, false, &route);
+    }
+    n.expire(60_000);
+    assert_eq!(n.len(), 50);
+    n.expire(60_000 + 3 * 4096 * 1000);
+    assert_eq!((n.len(), n.mappings()), (0, 0));
+    assert_eq!(n.hosts().count(), 0);
+    let mut p = udp(RED, 7000, WAN, 53, b"q");
+    assert_eq!(
+        n.process(60_000 + 3 * 4096 * 1000, Side::Lan, &mut p, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(n.len(), 1);
+}
+
+/// RFC 4787 REQ-9: a LAN host reaches another LAN host through its
+/// endpoint-independent mapping (UDP, TCP, ICMP), and sees the sender's
+/// own external mapping as the source.
+#[test]
+fn hairpin_through_every_mapping() {
+    for proto_ in ["udp", "tcp", "icmp"] {
+        let mut n = eif();
+        // Blue talks to the outside: its mapping.
+        let mut out = match proto_ {
+            "udp" => udp(BLUE, 6000, WAN, 3478, b"x"),
+            "tcp" => tcp(BLUE, 6000, WAN, 443, "S", b""),
+            _ => echo(BLUE, WAN, 6000, false),
+        };
+        n.process(0, Side::Lan, &mut out, false, &route);
+        let blue_ext = tuple_of(&out).1;
+        // Red talks to the outside too (its own mapping), from port 7000.
+        let mut r = udp(RED, 7000, WAN, 3478, b"x");
+        n.process(0, Side::Lan, &mut r, false, &route);
+        // Red sends to external:blue_ext.
+        let mut hp = match proto_ {
+            "udp" => udp(RED, 7000, EXT, blue_ext, b"hello"),
+            "tcp" => tcp(RED, 7000, EXT, blue_ext, "S", b""),
+            _ => echo(RED, EXT, blue_ext, false),
+        };
+        assert_eq!(
+            n.process(1, Side::Lan, &mut hp, false, &route),
+            Verdict::Translated,
+            "{proto_}"
+        );
+        assert_checksums(&hp);
+        let (s, sp, d, dp) = tuple_of(&hp);
+        assert_eq!((s, d), (EXT, BLUE), "{proto_}");
+        let red_ext = sp;
+        if proto_ != "icmp" {
+            assert_eq!(dp, 6000);
+            assert_eq!(
+                Some((RED, 7000)),
+                n.mapping_of(hp[9], red_ext),
+                "{proto_}: red's own mapping"
+            );
+        }
+        // Blue answers to what it saw; red gets it from external:blue_ext.
+        let mut back = match proto_ {
+            "udp" => udp(BLUE, 6000, EXT, red_ext, b"hi"),
+            "tcp" => tcp(BLUE, 6000, EXT, red_ext, "SA", b""),
+            _ => echo(BLUE, EXT, red_ext, true),
+        };
+        assert_eq!(
+            n.process(2, Side::Lan, &mut back, false, &route),
+            Verdict::Translated,
+            "{proto_} back"
+        );
+        assert_checksums(&back);
+        let (s, sp, d, dp) = tuple_of(&back);
+        assert_eq!((s, sp, d), (EXT, blue_ext, RED), "{proto_} back");
+        if proto_ != "icmp" {
+            assert_eq!(dp, 7000);
+        }
+        n.check_invariants().unwrap();
+        n.expire(10_000_000);
+        assert_eq!((n.len(), n.mappings()), (0, 0), "{proto_}: all released");
+    }
+}
+
+/// Hairpinning and filtering. Address-dependent (the default) admits
+/// hairpinned packets (the sender, a LAN host, reaches the target directly
+/// anyway), including the RFC 5780 test: a client sending from its mapping
+/// to its own mapping gets its packet back, from its mapping, without state.
+/// Address-and-port-dependent filtering admits only the self-hairpin.
+#[test]
+fn hairpin_filtering() {
+    for f in [
+        Filtering::AddressDependent,
+        Filtering::AddressAndPortDependent,
+    ] {
+        let mut c = cfg();
+        c.filtering = f;
+        let mut n = Nat::new(c);
+        let mut stun = udp(RED, 40000, WAN, 3478, b"binding");
+        n.process(0, Side::Lan, &mut stun, false, &route);
+        let mapped = tuple_of(&stun).1;
+        // turnutils_natdiscovery -H: the same socket sends to its own mapped address.
+        let mut me = udp(RED, 40000, EXT, mapped, b"binding");
+        assert_eq!(
+            n.process(1, Side::Lan, &mut me, false, &route),
+            Verdict::Translated
+        );
+        assert_eq!(tuple_of(&me), (EXT, mapped, RED, 40000));
+        assert_checksums(&me);
+        assert_eq!((n.counters.self_hairpins, n.len()), (1, 1));
+        // Blue to red's mapping.
+        let mut b = udp(BLUE, 5000, WAN, 1, b"x");
+        n.process(0, Side::Lan, &mut b, false, &route);
+        let mut b2r = udp(BLUE, 5000, EXT, mapped, b"x");
+        let v = n.process(2, Side::Lan, &mut b2r, false, &route);
+        if f == Filtering::AddressDependent {
+            assert_eq!(v, Verdict::Translated);
+            let (s, sp, d, dp) = tuple_of(&b2r);
+            assert_eq!((s, d, dp), (EXT, RED, 40000));
+            assert_eq!(n.mapping_of(proto::UDP, sp), Some((BLUE, 5000)));
+        } else {
+            assert_eq!(v, Verdict::Drop(NatDrop::Filtered));
+        }
+        n.check_invariants().unwrap();
+    }
+}
+
+/// After every packet of random small-table traffic (few hosts and ports,
+/// random time steps including jumps beyond a wheel lap): no external
+/// (proto, port) is held by two internal endpoints, the table is within its
+/// bound, mappings and references agree, and what goes out comes back to the
+/// sender (translate-then-reverse identity).
+mod small_tables {
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    struct Step {
+        host: u8,
+        sport: u16,
+        remote: u8,
+        dport: u16,
+        proto_: u8,
+        flags: u8,
+        dt: u64,
+        answer: bool,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            1u8..5,
+            prop_oneof![
+                Just(1000u16),
+                Just(1001),
+                Just(500),
+                Just(40000),
+                1024u16..1040
+            ],
+            0u8..4, // 3: hairpin to the external address
+            prop_oneof![Just(53u16), Just(80), Just(443)],
+            0u8..3,
+            0u8..4,
+            prop_oneof![
+                4 => 0u64..2_000,
+                2 => 0u64..400_000,
+                1 => 4_000_000u64..20_000_000,
+            ],
+            any::<bool>(),
+        )
+            .prop_map(
+                |(host, sport, remote, dport, proto_, flags, dt, answer)| Step {
+                    host,
+                    sport,
+                    remote,
+                    dport,
+                    proto_,
+                    flags,
+                    dt,
+                    answer,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn no_shared_mappings(
+            max in 2usize..16,
+            per_host in prop_oneof![Just(None), (1usize..8).prop_map(Some)],
+            ports in prop_oneof![Just(u32::MAX), 1u32..4],
+            filtering in prop_oneof![Just(Filtering::EndpointIndependent), Just(Filtering::AddressDependent)],
+            steps in proptest::collection::vec(step(), 1..120),
+        ) {
+            let mut c = cfg();
+            c.max_entries = max;
+            c.max_entries_per_host = per_host;
+            c.max_ports_per_host = ports;
+            c.filtering = filtering;
+            c.port_range = (1024, 1087);
+            let mut n = Nat::new(c);
+            let mut now = 0u64;
+            for s in steps {
+                now += s.dt;
+                if s.dt > 1000 {
+                    n.expire(now);
+                }
+                let src = lan(s.host);
+                if s.remote == 3 {
+                    // To external:P, P = a port that may be someone's mapping.
+                    let pn = [proto::UDP, proto::TCP, proto::ICMP][usize::from(s.proto_)];
+                    let port = 1024 + s.sport % 16;
+                    let owner = n.mapping_of(pn, port);
+                    let mut p = match s.proto_ {
+                        0 => udp(src, s.sport, EXT, port, b"h"),
+                        1 => tcp(src, s.sport, EXT, port, "S", b""),
+                        _ => echo(src, EXT, port, false),
+                    };
+                    let v = n.process(now, Side::Lan, &mut p, false, &route);
+                    n.check_invariants().map_err(TestCaseError::fail)?;
+                    prop_assert!(n.len() <= max);
+                    if v == Verdict::Translated {
+                        assert_checksums(&p);
+                        let (hs, _, hd, _) = tuple_of(&p);
+                        prop_assert_eq!(hs, EXT);
+                        prop_assert_eq!(Some(hd), owner.map(|o| o.0), "reaches the mapping's owner");
+                    }
+                    continue;
+                }
+                let dst = Ipv4Addr::new(203, 0, 113, 10 + s.remote);
+                let mut p = match s.proto_ {
+                    0 => udp(src, s.sport, dst, s.dport, b"q"),
+                    1 => tcp(src, s.sport, dst, s.dport, ["S", "A", "SA", "F"][usize::from(s.flags)], b""),
+                    _ => echo(src, dst, s.sport, false),
+                };
+                let v = n.process(now, Side::Lan, &mut p, false, &route);
+                n.check_invariants().map_err(TestCaseError::fail)?;
+                prop_assert!(n.len() <= max);
+                if v != Verdict::Translated {
+                    continue;
+                }
+                assert_checksums(&p);
+                let (es, ep, ed, edp) = tuple_of(&p);
+                prop_assert_eq!(es, EXT);
+                if s.proto_ != 2 {
+                    prop_assert_eq!(n.mapping_of(p[9], ep), Some((src, s.sport)));
+                }
+                if s.answer {
+                    let mut r = match s.proto_ {
+                        0 => udp(ed, edp, EXT, ep, b"a"),
+                        1 => tcp(ed, edp, EXT, ep, "SA", b""),
+                        _ => echo(ed, EXT, ep, true),
+                    };
+                    let v = n.process(now, Side::Wan, &mut r, false, &route);
+                    n.check_invariants().map_err(TestCaseError::fail)?;
+                    if s.proto_ == 1 && s.flags == 2 {
+                        continue; // a SYN+ACK first opens nothing
+                    }
+                    prop_assert_eq!(v, Verdict::Translated);
+                    assert_checksums(&r);
+                    let (rs, _, rd, rdp) = tuple_of(&r);
+                    prop_assert_eq!((rs, rd), (dst, src));
+                    if s.proto_ != 2 {
+                        prop_assert_eq!(rdp, s.sport);
+                    } else {
+                        prop_assert_eq!(rdp, s.sport, "echo id restored");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A SYN flood from outside to a published port is charged to the outside
+/// pseudo-host: it evicts its own entries, and a LAN host's connections
+/// (outbound, or earlier inbound ones that were answered) stay.
+#[test]
+fn inbound_flood_is_charged_to_the_outside() {
+    let mut c = cfg();
+    c.max_entries = 256; // a quarter each
+    let mut n = Nat::new(c);
+    let mut s = tcp(BLUE, 7000, WAN, 443, "S", b"");
+    n.process(0, Side::Lan, &mut s, false, &route);
+    for i in 0..5000u32 {
+        let src = Ipv4Addr::from(0xc633_6400 | i);
+        let mut p = tcp(src, 1024 + (i % 60_000) as u16, EXT, 80, "S", b"");
+        assert_eq!(
+            n.process(1, Side::Wan, &mut p, false, &route),
+            Verdict::Translated
+        );
+    }
+    let out = n.hosts().find(|h| h.addr == OUTSIDE).unwrap();
+    assert_eq!(out.entries, 64);
+    let blue = n.hosts().find(|h| h.addr == BLUE).unwrap();
+    assert_eq!(
+        (blue.entries, blue.evicted),
+        (1, 0),
+        "blue's own SYN_SENT stays"
+    );
+    n.check_invariants().unwrap();
+}
+
+/// Fuzz finding: a timeout near `u64::MAX` overflowed on the first packet.
+/// Timeouts are capped (one week) and time arithmetic saturates, at any `now`.
+#[test]
+fn huge_timeouts_and_times_do_not_overflow() {
+    let mut c = cfg();
+    c.timeouts = Timeouts {
+        udp: u64::MAX,
+        udp_unreplied: u64::MAX,
+        tcp_established: u64::MAX,
+        tcp_transitory: u64::MAX,
+        tcp_unreplied: u64::MAX,
+        tcp_close: u64::MAX,
+        icmp: u64::MAX,
+    };
+    let mut n = Nat::new(c);
+    for now in [0, 1 << 40, u64::MAX - 1000, u64::MAX] {
+        let mut p = udp(RED, 1, WAN, 2, b"x");
+        n.process(now, Side::Lan, &mut p, false, &route);
+        let mut s = tcp(RED, 2, WAN, 2, "S", b"");
+        n.process(now, Side::Lan, &mut s, false, &route);
+        let frags = fragment(&udp(RED, 3, WAN, 2, &[7u8; 3000]), 1480);
+        for f in &frags {
+            n.process(now, Side::Lan, &mut f.clone(), false, &route);
+        }
+        n.expire(now);
+        n.check_invariants().unwrap();
+    }
+    assert!(n.entries(0).iter().all(|e| e.secs_left <= MAX_TIMEOUT_SECS));
+}
+
+/// Making room for the sender's mapping of a hairpinned packet must not free
+/// the target's mapping the packet goes through (its last user may be the
+/// oldest unassured entry that is reclaimed).
+#[test]
+fn hairpin_keeps_the_target_mapping_while_making_room() {
+    let mut c = cfg();
+    c.filtering = Filtering::EndpointIndependent;
+    c.port_range = (1024, 1087); // 64 ports
+    let mut n = Nat::new(c);
+    // Blue's mapping first (the oldest unassured entry), then red takes every other port.
+    let mut b = udp(BLUE, 3000, WAN, 53, b"q");
+    n.process(0, Side::Lan, &mut b, false, &route);
+    let blue_ext = tuple_of(&b).1;
+    for i in 0..63u16 {
+        let mut p = udp(RED, 1024 + i, WAN, 53, b"q");
+        n.process(0, Side::Lan, &mut p, false, &route);
+    }
+    assert_eq!(n.mappings(), 64);
+    // A third host hairpins to blue's mapping: its own mapping needs a port.
+    let mut h = udp(lan(9), 5000, EXT, blue_ext, b"hi");
+    assert_eq!(
+        n.process(1, Side::Lan, &mut h, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&h).2, BLUE);
+    assert_eq!(n.mapping_of(proto::UDP, blue_ext), Some((BLUE, 3000)));
+    n.check_invariants().unwrap();
+}
+
+/// Segments that cannot open a connection are the NAT's to drop only when
+/// meant for it: towards the WAN from a masqueraded source, or to a
+/// published or mapped external port. To the gateway's own address they pass
+/// (the gateway answers), and inside the LAN they are not the NAT's business.
+#[test]
+fn invalid_first_segments_are_dropped_only_when_meant_for_the_nat() {
+    let mut n = Nat::new(cfg());
+    let mut to_gw = tcp(RED, 2000, EXT, 22, "A", b"");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut to_gw, false, &route),
+        Verdict::NotNatted
+    );
+    let mut lan_fin = tcp(RED, 2000, BLUE, 22, "F", b"");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut lan_fin, false, &route),
+        Verdict::NotNatted
+    );
+    let mut to_dnat = tcp(RED, 2000, EXT, 80, "F", b"");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut to_dnat, false, &route),
+        Verdict::Drop(NatDrop::InvalidTcp)
+    );
+    let mut out = tcp(RED, 2000, WAN, 80, "F", b"");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut out, false, &route),
+        Verdict::Drop(NatDrop::InvalidTcp)
+    );
+    assert!(n.is_empty());
 }

@@ -342,6 +342,9 @@ pub struct DnatSpec {
     pub to_port: u16,
 }
 
+/// Largest `[nat]` timeout (s): one week (the NAT engine caps at the same value).
+pub const MAX_NAT_TIMEOUT: u64 = 7 * 24 * 3600;
+
 /// NAT behaviour and rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatSpec {
@@ -355,6 +358,10 @@ pub struct NatSpec {
     pub port_range: (u16, u16),
     /// Connection table bound.
     pub max_entries: usize,
+    /// Entries per internal host (`None`: a quarter of `max_entries`).
+    pub max_entries_per_host: Option<usize>,
+    /// Mappings (external ports) per internal host and protocol.
+    pub max_ports_per_host: u32,
     /// `random` (default) or `sequential`.
     pub port_allocation: String,
     /// UDP timeout, s.
@@ -375,6 +382,8 @@ impl Default for NatSpec {
             filtering: "address-dependent".into(),
             port_range: (1024, 65535),
             max_entries: 262_144,
+            max_entries_per_host: None,
+            max_ports_per_host: 16_384,
             port_allocation: "random".into(),
             udp_timeout: 300,
             tcp_established_timeout: 7440,
@@ -723,6 +732,8 @@ struct NatFile {
     filtering: Option<String>,
     port_range: Option<String>,
     max_entries: Option<usize>,
+    max_entries_per_host: Option<usize>,
+    max_ports_per_host: Option<u32>,
     port_allocation: Option<String>,
     udp_timeout: Option<u64>,
     tcp_established_timeout: Option<u64>,
@@ -1429,6 +1440,21 @@ fn validate_routing(
             }
             t.nat.max_entries = m;
         }
+        if let Some(m) = n.max_entries_per_host {
+            if !(1..=t.nat.max_entries).contains(&m) {
+                return Err(err(
+                    "nat.max_entries_per_host",
+                    format!("must be in 1..={} (nat.max_entries)", t.nat.max_entries),
+                ));
+            }
+            t.nat.max_entries_per_host = Some(m);
+        }
+        if let Some(m) = n.max_ports_per_host {
+            if !(1..=65_535).contains(&m) {
+                return Err(err("nat.max_ports_per_host", "must be in 1..=65535"));
+            }
+            t.nat.max_ports_per_host = m;
+        }
         if let Some(a) = n.port_allocation {
             if a != "random" && a != "sequential" {
                 return Err(err(
@@ -1445,6 +1471,12 @@ fn validate_routing(
                         return Err(err(
                             k,
                             format!("{v} s is below the RFC minimum of {floor} s"),
+                        ));
+                    }
+                    if v > MAX_NAT_TIMEOUT {
+                        return Err(err(
+                            k,
+                            format!("{v} s is above the maximum of {MAX_NAT_TIMEOUT} s (one week)"),
                         ));
                     }
                     *into = v;
@@ -1553,6 +1585,17 @@ mod tests {
         assert_eq!(e.key, "dnat[0].to");
         let e = parse_err(&format!("{base}{gw}{up}[nat]\nudp_timeout=30\n"));
         assert_eq!(e.key, "nat.udp_timeout");
+        let e = parse_err(&format!(
+            "{base}{gw}{up}[nat]\ntcp_established_timeout=18446744073709551615\n"
+        ));
+        assert_eq!(e.key, "nat.tcp_established_timeout");
+        assert!(e.message.contains("maximum"), "{}", e.message);
+        let e = parse_err(&format!(
+            "{base}{gw}{up}[nat]\nmax_entries=64\nmax_entries_per_host=65\n"
+        ));
+        assert_eq!(e.key, "nat.max_entries_per_host");
+        let e = parse_err(&format!("{base}{gw}{up}[nat]\nmax_ports_per_host=0\n"));
+        assert_eq!(e.key, "nat.max_ports_per_host");
         let e = parse_err(&format!("{base}{gw}{up}[nat]\nfiltering='full-cone'\n"));
         assert_eq!(e.key, "nat.filtering");
         let e = parse_err(&format!("{base}[[masquerade]]\nsource='10.0.0.0/24'\n"));

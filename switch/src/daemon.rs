@@ -312,11 +312,14 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
             _ => Filtering::AddressDependent,
         };
         c.max_entries = n.max_entries;
+        c.max_entries_per_host = n.max_entries_per_host;
+        c.max_ports_per_host = n.max_ports_per_host;
         c.timeouts = Timeouts {
             udp: n.udp_timeout,
             tcp_established: n.tcp_established_timeout,
             tcp_transitory: n.tcp_transitory_timeout,
             icmp: n.icmp_timeout,
+            ..Timeouts::default()
         };
         let seed = seed_from_clock();
         c.alloc = if n.port_allocation == "sequential" {
