@@ -248,6 +248,9 @@ impl<P: Policy> Pipeline<P> {
         }
         self.fdb.learn_in(vlan, src, in_port, now);
         match action {
+            Action::Redirect(p) if p >= self.isolated.len() => {
+                return Verdict::Drop(DropReason::PolicyBadPort);
+            }
             Action::Redirect(p) => return Verdict::Unicast(p),
             Action::Mirror(p) => self.mirror = Some(p),
             // Tag edits change the frame's length: the worker applies them to the slot.
