@@ -55,7 +55,30 @@ pub struct Request {
     pub tap: Option<SyncSender<Vec<u8>>>,
     /// Where the JSON answer goes.
     pub reply: SyncSender<Value>,
+    /// For `conntrack-page`: where the page goes (plain structs, formatted by
+    /// the caller off the forwarding thread). `reply` then gets nothing.
+    pub page: Option<SyncSender<ConntrackPage>>,
 }
+
+/// One page of the NAT's connection table (`conntrack-page` request, args
+/// `cursor` and `max`), as plain structs: the worker only copies entries, the
+/// control thread filters and formats them.
+#[derive(Debug, Default)]
+pub struct ConntrackPage {
+    /// Switch name.
+    pub switch: String,
+    /// Whether the switch has a NAT at all.
+    pub nat: bool,
+    /// Live entries, in slot order from the cursor.
+    pub entries: Vec<nat::EntryView>,
+    /// Cursor of the next page; `None` after the last.
+    pub next: Option<usize>,
+    /// Entries in the table when the page was taken.
+    pub total: usize,
+}
+
+/// Largest page the worker copies in one go (its cost bounds the pause in forwarding).
+pub const MAX_PAGE: usize = 2048;
 
 /// Copy a received slot (`vnet + frame`) into `b` with an 802.1Q tag for `vid`
 /// added (`tag`) or removed, fixing the offsets of partial checksums and GSO.
@@ -317,6 +340,12 @@ impl<P: Policy + Reload> Worker<P> {
                         let _ = wake.read();
                         while let Ok(req) = control.try_recv() {
                             let v = match req.cmd.as_str() {
+                                "conntrack-page" => {
+                                    if let Some(tx) = &req.page {
+                                        let _ = tx.send(self.conntrack_page(&req.args, now));
+                                    }
+                                    continue;
+                                }
                                 "reload" => self.reload(),
                                 "capture" => match (
                                     req.tap,
@@ -666,6 +695,32 @@ impl<P: Policy + Reload> Worker<P> {
         }
     }
 
+    /// Copy one page of the NAT's connection table (`args`: `cursor`, `max`
+    /// capped at [`MAX_PAGE`]).
+    pub fn conntrack_page(&self, args: &Value, now: u64) -> ConntrackPage {
+        let nat = self.pipeline.gateway.as_ref().and_then(|g| g.nat.as_ref());
+        let cursor = args["cursor"].as_u64().unwrap_or(0);
+        let max = args["max"]
+            .as_u64()
+            .unwrap_or(MAX_PAGE as u64)
+            .clamp(1, MAX_PAGE as u64);
+        let (entries, next) = match nat {
+            Some(n) => n.entries_from(
+                now,
+                usize::try_from(cursor).unwrap_or(usize::MAX),
+                max as usize,
+            ),
+            None => (Vec::new(), None),
+        };
+        ConntrackPage {
+            switch: self.name.clone(),
+            nat: nat.is_some(),
+            entries,
+            next,
+            total: nat.map_or(0, |n| n.len()),
+        }
+    }
+
     /// Answer a control request.
     pub fn answer(&self, cmd: &str, now: u64) -> Value {
         match cmd {
@@ -770,32 +825,18 @@ impl<P: Policy + Reload> Worker<P> {
                 }
                 v
             }
-            "conntrack" => {
-                let entries: Vec<Value> = match self.pipeline.gateway.as_ref().and_then(|g| g.nat.as_ref()) {
-                    None => Vec::new(),
-                    Some(nat) => nat
-                        .entries(now)
-                        .into_iter()
-                        .map(|e| {
-                            let t = |t: &nat::Tuple| json!({"src": t.src.to_string(), "dst": t.dst.to_string(), "sport": t.sport, "dport": t.dport});
-                            json!({
-                                "proto": match e.proto { 6 => "tcp", 17 => "udp", 1 => "icmp", _ => "other" },
-                                "proto_num": e.proto,
-                                "state": e.state,
-                                "timeout": e.secs_left,
-                                "original": t(&e.orig),
-                                "reply": t(&e.reply),
-                                "packets": e.packets,
-                                "bytes": e.bytes,
-                                "assured": e.assured,
-                            })
-                        })
-                        .collect(),
-                };
-                json!({"ok": true, "switch": self.name, "entries": entries})
+            "conntrack-count" => {
+                let nat = self.pipeline.gateway.as_ref().and_then(|g| g.nat.as_ref());
+                json!({
+                    "ok": true,
+                    "switch": self.name,
+                    "nat": nat.is_some(),
+                    "entries": nat.map_or(0, |n| n.len()),
+                    "max_entries": nat.map_or(0, |n| n.config().max_entries),
+                })
             }
             other => {
-                json!({"ok": false, "error": format!("unknown request {other:?} (fdb, arp, stats)")})
+                json!({"ok": false, "error": format!("unknown request {other:?} (fdb, arp, stats, conntrack, conntrack-count, reload, trace, capture)")})
             }
         }
     }
