@@ -308,10 +308,11 @@ impl<P: Policy> Pipeline<P> {
         }
     }
 
-    /// Periodic work: age tables, expire NAT state.
+    /// Periodic work: age tables, expire the policy's and the NAT's state.
     pub fn expire(&mut self, now: u64) {
         self.fdb.sweep(now);
         self.arp.sweep(now);
+        self.policy.expire(now);
         if let Some(gw) = &mut self.gateway {
             gw.expire(now);
         }
