@@ -118,11 +118,66 @@ fn ask_page(
             tap: None,
             reply: tx,
             page: Some(ptx),
+            snapshot: None,
         })
         .map_err(|_| "the switch is shutting down".to_string())?;
     let _ = wake.write(1);
     prx.recv_timeout(Duration::from_secs(5))
         .map_err(|_| "the worker did not answer within 5 s".to_string())
+}
+
+/// Answer `fdb` or `arp`: the worker copies the table in plain structs, this
+/// (control) thread formats it.
+fn table_listing(to_worker: &Sender<Request>, wake: &EventFd, fdb: bool) -> Value {
+    let (tx, _rx) = sync_channel(1);
+    let (stx, srx) = sync_channel(1);
+    let sent = to_worker.send(Request {
+        cmd: if fdb { "fdb-snapshot" } else { "arp-snapshot" }.into(),
+        args: json!({}),
+        tap: None,
+        reply: tx,
+        page: None,
+        snapshot: Some(stx),
+    });
+    if sent.is_err() {
+        return json!({"ok": false, "error": "the switch is shutting down"});
+    }
+    let _ = wake.write(1);
+    let Ok(s) = srx.recv_timeout(Duration::from_secs(5)) else {
+        return json!({"ok": false, "error": "the worker did not answer within 5 s"});
+    };
+    let port = |i: usize| s.ports.get(i).cloned().unwrap_or_default();
+    if fdb {
+        let entries: Vec<Value> = s
+            .fdb
+            .iter()
+            .map(|(mac, e)| {
+                let (name, netns) = port(e.port);
+                json!({
+                    "mac": mac.to_string(),
+                    "vlan": e.vlan,
+                    "port": name,
+                    "netns": netns,
+                    "age_ms": s.now.saturating_sub(e.last_seen),
+                })
+            })
+            .collect();
+        json!({"ok": true, "switch": s.switch, "ageing_ms": s.ageing_ms, "entries": entries, "counters": s.fdb_counters})
+    } else {
+        let entries: Vec<Value> = s
+            .arp
+            .iter()
+            .map(|(ip, e)| {
+                json!({
+                    "ip": ip.to_string(),
+                    "mac": e.mac.to_string(),
+                    "port": port(e.port).0,
+                    "age_ms": s.now.saturating_sub(e.last_seen),
+                })
+            })
+            .collect();
+        json!({"ok": true, "switch": s.switch, "entries": entries, "counters": s.arp_counters})
+    }
 }
 
 /// Filters of a `conntrack` request (all optional): `proto` (name or number),
@@ -276,6 +331,7 @@ fn ask(
             tap,
             reply: tx,
             page: None,
+            snapshot: None,
         })
         .is_err()
     {
@@ -355,6 +411,12 @@ fn handle(
             json!({"ok": false, "error": "request lacks \"cmd\""})
         );
     };
+    if cmd == "fdb" || cmd == "arp" {
+        let answer = table_listing(to_worker, wake, cmd == "fdb");
+        let mut w = std::io::BufWriter::new(&conn);
+        writeln!(w, "{answer}")?;
+        return w.flush();
+    }
     if cmd == "conntrack" {
         let answer = conntrack_listing(to_worker, wake, &req);
         let mut w = std::io::BufWriter::new(&conn);
@@ -514,6 +576,22 @@ mod tests {
                             total: nat.len(),
                         });
                     }
+                    "fdb-snapshot" => {
+                        let _ = r.snapshot.unwrap().send(crate::worker::TableSnapshot {
+                            switch: "sw".into(),
+                            ports: vec![("p0".into(), "red".into())],
+                            now: 5000,
+                            fdb: vec![(
+                                crate::wire::MacAddr([2, 0, 0, 0, 0, 1]),
+                                crate::fdb::FdbEntry {
+                                    port: 0,
+                                    vlan: 0,
+                                    last_seen: 1000,
+                                },
+                            )],
+                            ..Default::default()
+                        });
+                    }
                     "conntrack-count" => {
                         let _ = r.reply.send(json!({"ok": true, "entries": nat.len()}));
                     }
@@ -564,6 +642,15 @@ mod tests {
         let v = conntrack_listing(&tx, &wake, &json!({"count": true}));
         assert_eq!(v["entries"], 5000);
         assert_eq!(asked.load(Ordering::SeqCst), before + 1, "one O(1) request");
+    }
+
+    #[test]
+    fn fdb_is_copied_by_the_worker_and_formatted_here() {
+        let (tx, wake, _) = fake_worker(nat_with(1));
+        let v = table_listing(&tx, &wake, true);
+        assert_eq!(v["entries"][0]["mac"], "02:00:00:00:00:01");
+        assert_eq!(v["entries"][0]["netns"], "red");
+        assert_eq!(v["entries"][0]["age_ms"], 4000);
     }
 
     #[test]

@@ -297,6 +297,7 @@ fn scrape(mut conn: TcpStream, to_worker: &Sender<Request>, wake: &EventFd) {
                 tap: None,
                 reply: tx,
                 page: None,
+                snapshot: None,
             })
             .is_ok();
         let _ = wake.write(1);

@@ -58,6 +58,31 @@ pub struct Request {
     /// For `conntrack-page`: where the page goes (plain structs, formatted by
     /// the caller off the forwarding thread). `reply` then gets nothing.
     pub page: Option<SyncSender<ConntrackPage>>,
+    /// For `fdb-snapshot` and `arp-snapshot`: where the copy goes (plain
+    /// structs, formatted by the caller). `reply` then gets nothing.
+    pub snapshot: Option<SyncSender<TableSnapshot>>,
+}
+
+/// A copy of the MAC table (`fdb-snapshot`) or the ARP table (`arp-snapshot`)
+/// in plain structs; the other table's list is left empty.
+#[derive(Debug, Default)]
+pub struct TableSnapshot {
+    /// Switch name.
+    pub switch: String,
+    /// Name and namespace of each port.
+    pub ports: Vec<(String, String)>,
+    /// When the copy was taken (ms).
+    pub now: u64,
+    /// MAC table ageing time (ms).
+    pub ageing_ms: u64,
+    /// MAC table entries.
+    pub fdb: Vec<(crate::wire::MacAddr, crate::fdb::FdbEntry)>,
+    /// MAC table counters.
+    pub fdb_counters: crate::fdb::FdbCounters,
+    /// ARP table entries.
+    pub arp: Vec<(std::net::Ipv4Addr, crate::arp::ArpEntry)>,
+    /// ARP table counters.
+    pub arp_counters: crate::arp::ArpCounters,
 }
 
 /// One page of the NAT's connection table (`conntrack-page` request, args
@@ -340,6 +365,13 @@ impl<P: Policy + Reload> Worker<P> {
                         let _ = wake.read();
                         while let Ok(req) = control.try_recv() {
                             let v = match req.cmd.as_str() {
+                                "fdb-snapshot" | "arp-snapshot" => {
+                                    if let Some(tx) = &req.snapshot {
+                                        let _ =
+                                            tx.send(self.snapshot(req.cmd == "fdb-snapshot", now));
+                                    }
+                                    continue;
+                                }
                                 "conntrack-page" => {
                                     if let Some(tx) = &req.page {
                                         let _ = tx.send(self.conntrack_page(&req.args, now));
@@ -448,9 +480,12 @@ impl<P: Policy + Reload> Worker<P> {
             // for a malformed vnet header drops the frame: it must not leave untagged.
             match self.pipeline.retag.take() {
                 Some(Some(vid)) if self.batch.has_headroom(k) => {
-                    if !self.batch.insert_vlan_tag(k, 0x8100, vid) {
-                        verdict = Verdict::Drop(DropReason::VlanRetag);
-                    }
+                    let pushed = self.batch.insert_vlan_tag(k, 0x8100, vid);
+                    verdict = if pushed {
+                        verdict
+                    } else {
+                        Verdict::Drop(DropReason::VlanRetag)
+                    };
                 }
                 Some(None) => self.batch.remove_vlan_tag(k),
                 _ => {}
@@ -695,6 +730,25 @@ impl<P: Policy + Reload> Worker<P> {
         }
     }
 
+    /// Copy the MAC table (`fdb`) or the ARP table.
+    pub fn snapshot(&self, fdb: bool, now: u64) -> TableSnapshot {
+        let p = &self.pipeline;
+        TableSnapshot {
+            switch: self.name.clone(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| (p.name.clone(), p.netns.clone()))
+                .collect(),
+            now,
+            ageing_ms: p.fdb.ageing_ms(),
+            fdb: if fdb { p.fdb.entries(now) } else { Vec::new() },
+            fdb_counters: p.fdb.counters,
+            arp: if fdb { Vec::new() } else { p.arp.entries(now) },
+            arp_counters: p.arp.counters,
+        }
+    }
+
     /// Copy one page of the NAT's connection table (`args`: `cursor`, `max`
     /// capped at [`MAX_PAGE`]).
     pub fn conntrack_page(&self, args: &Value, now: u64) -> ConntrackPage {
@@ -724,41 +778,6 @@ impl<P: Policy + Reload> Worker<P> {
     /// Answer a control request.
     pub fn answer(&self, cmd: &str, now: u64) -> Value {
         match cmd {
-            "fdb" => {
-                let entries: Vec<Value> = self
-                    .pipeline
-                    .fdb
-                    .entries(now)
-                    .into_iter()
-                    .map(|(mac, e)| {
-                        json!({
-                            "mac": mac.to_string(),
-                            "vlan": e.vlan,
-                            "port": self.ports[e.port].name,
-                            "netns": self.ports[e.port].netns,
-                            "age_ms": now.saturating_sub(e.last_seen),
-                        })
-                    })
-                    .collect();
-                json!({"ok": true, "switch": self.name, "ageing_ms": self.pipeline.fdb.ageing_ms(), "entries": entries, "counters": self.pipeline.fdb.counters})
-            }
-            "arp" => {
-                let entries: Vec<Value> = self
-                    .pipeline
-                    .arp
-                    .entries(now)
-                    .into_iter()
-                    .map(|(ip, e)| {
-                        json!({
-                            "ip": ip.to_string(),
-                            "mac": e.mac.to_string(),
-                            "port": self.ports[e.port].name,
-                            "age_ms": now.saturating_sub(e.last_seen),
-                        })
-                    })
-                    .collect();
-                json!({"ok": true, "switch": self.name, "entries": entries, "counters": self.pipeline.arp.counters})
-            }
             "stats" => {
                 let ports: Vec<Value> = self
                     .ports
