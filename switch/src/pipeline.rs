@@ -292,7 +292,10 @@ impl<P: Policy> Pipeline<P> {
         }
         match self.fdb.lookup_in(vlan, &dst, now) {
             Some(p) if p == in_port => Verdict::Drop(DropReason::SamePort),
-            Some(p) if self.isolated[in_port] && self.isolated.get(p).copied().unwrap_or(false) => {
+            Some(p)
+                if self.isolated.get(in_port).copied().unwrap_or(false)
+                    && self.isolated.get(p).copied().unwrap_or(false) =>
+            {
                 Verdict::Drop(DropReason::Isolated)
             }
             Some(p) => Verdict::Unicast(p),

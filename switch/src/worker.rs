@@ -676,7 +676,9 @@ impl<P: Policy + Reload> Worker<P> {
             return;
         }
         for x in 0..self.ports.len() {
-            let Some(y) = self.mirrors[x] else { continue };
+            let Some(y) = self.mirrors.get(x).copied().flatten() else {
+                continue;
+            };
             if y >= self.ports.len() || !self.ports[y].up {
                 continue;
             }
