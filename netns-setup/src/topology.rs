@@ -1653,6 +1653,28 @@ mod tests {
     }
 
     #[test]
+    fn acl_cidrs_take_both_families() {
+        let ns = "[[namespace]]\nname='a'\naddress='10.0.0.1/24'\n";
+        let t = Topology::parse(
+            &format!(
+                "{SW}{ns}[[acl]]\naction='drop'\nsrc='fe80::/10'\ndst='192.168.15.0/24'\nprotocol='icmpv6'\n[[acl]]\naction='allow'\nsrc='2001:db8::1'\ndst='10.0.0.2'\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        let a = &t.policy.acl;
+        assert_eq!(a[0].src, Some(IpCidr::V6("fe80::".parse().unwrap(), 10)));
+        assert_eq!(a[0].dst.unwrap().to_string(), "192.168.15.0/24");
+        assert_eq!(a[0].protocol, Some(58));
+        assert_eq!(a[1].src, Some(IpCidr::V6("2001:db8::1".parse().unwrap(), 128)));
+        assert_eq!(a[1].dst.unwrap().to_string(), "10.0.0.2/32");
+        for bad in ["fe80::/129", "10.0.0.0/33", "fe80::x/64", "nonsense"] {
+            let e = parse_err(&format!("{SW}{ns}[[acl]]\naction='drop'\nsrc='{bad}'\n"));
+            assert_eq!(e.key, "acl[0].src", "{bad}");
+        }
+    }
+
+    #[test]
     fn duplicates_are_named() {
         let e = parse_err(&format!(
             "{SW}[[namespace]]\nname='a'\naddress='10.0.0.1/24'\n[[namespace]]\nname='a'\naddress='10.0.0.2/24'\n"
