@@ -1666,7 +1666,10 @@ mod tests {
         assert_eq!(a[0].src, Some(IpCidr::V6("fe80::".parse().unwrap(), 10)));
         assert_eq!(a[0].dst.unwrap().to_string(), "192.168.15.0/24");
         assert_eq!(a[0].protocol, Some(58));
-        assert_eq!(a[1].src, Some(IpCidr::V6("2001:db8::1".parse().unwrap(), 128)));
+        assert_eq!(
+            a[1].src,
+            Some(IpCidr::V6("2001:db8::1".parse().unwrap(), 128))
+        );
         assert_eq!(a[1].dst.unwrap().to_string(), "10.0.0.2/32");
         for bad in ["fe80::/129", "10.0.0.0/33", "fe80::x/64", "nonsense"] {
             let e = parse_err(&format!("{SW}{ns}[[acl]]\naction='drop'\nsrc='{bad}'\n"));
