@@ -496,11 +496,17 @@ pub fn request(path: &Path, req: Value) -> Result<(Value, BufReader<UnixStream>)
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     let mut w = &conn;
-    writeln!(w, "{req}").map_err(|e| e.to_string())?;
+    // A switch that refuses the connection (too many clients) answers and
+    // closes at once: the write may then fail, but its answer is still there.
+    let sent = writeln!(w, "{req}");
     let mut r = BufReader::new(conn);
     let mut line = String::new();
-    r.read_line(&mut line)
-        .map_err(|e| format!("reading the answer: {e}"))?;
+    match (r.read_line(&mut line), sent) {
+        (Ok(n), _) if n > 0 => {}
+        (_, Err(e)) => return Err(e.to_string()),
+        (Err(e), _) => return Err(format!("reading the answer: {e}")),
+        (Ok(_), Ok(())) => return Err("the switch closed the connection".into()),
+    }
     let v: Value =
         serde_json::from_str(&line).map_err(|e| format!("bad answer from the switch: {e}"))?;
     if v.get("ok") != Some(&Value::Bool(true)) {
