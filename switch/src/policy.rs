@@ -616,7 +616,7 @@ impl FlowState {
 
     /// Track `k` (or refresh it) until `now` plus the idle lifetime.
     fn track(&mut self, k: &FlowKey, now: u64) {
-        let exp = now + FLOW_IDLE_MS;
+        let exp = now.saturating_add(FLOW_IDLE_MS);
         match k {
             FlowKey::V4(t) => match self.table.lookup(t, now) {
                 Some((id, _)) => self.table.set_expires(id, exp),
@@ -843,7 +843,7 @@ impl FragTable {
         set[i] = Some(FragSlot {
             key: k,
             allow,
-            expires: now + FRAG_TIMEOUT_MS,
+            expires: now.saturating_add(FRAG_TIMEOUT_MS),
         });
     }
     fn expire(&mut self, now: u64) {
@@ -1675,5 +1675,53 @@ mod tests {
             c.expire(s * 1000);
         }
         assert_eq!(c.flows.as_ref().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn no_header_value_panics_the_classifier() {
+        // Seeded xorshift: IPv4/IPv6 frames with random header bytes and lengths
+        // (extension-header chains, fragments, ICMP errors quoting junk).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut c = chain(vec![
+            AclRule {
+                state: Some(true),
+                ..Default::default()
+            },
+            no_ssh(),
+            AclRule {
+                name: "v6".into(),
+                drop: true,
+                src: Some(IpNet::V6(LL_RED, 64)),
+                tcp_flags: Some((2, 2)),
+                ..Default::default()
+            },
+        ]);
+        for i in 0..200_000u64 {
+            let len = (rnd() % 140) as usize;
+            let mut body: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            let et = if i % 2 == 0 { 0x86dd } else { 0x0800 };
+            if let Some(b) = body.first_mut() {
+                *b = if et == 0x86dd { 0x60 } else { 0x45 } | (*b & 0x0f) * u8::from(i % 7 == 0);
+            }
+            if et == 0x86dd && body.len() > 6 {
+                body[6] = [0, 43, 44, 60, 51, 58, 6, 17][(rnd() % 8) as usize];
+            }
+            if et == 0x0800 && body.len() > 9 {
+                body[9] = [1, 6, 17][(rnd() % 3) as usize];
+                body[2] = 0;
+                body[3] = body.len() as u8;
+            }
+            let f = eth(et, &body);
+            let port = (rnd() % 2) as usize;
+            let _ = c.classify(&at(port, i / 100), &Frame::new(&f));
+            let _ = c.explain(&at(port, i / 100), &Frame::new(&f));
+        }
+        c.expire(u64::MAX / 2);
     }
 }
