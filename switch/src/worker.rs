@@ -1095,4 +1095,73 @@ mod tests {
         w.forward(0, 1);
         assert_eq!(&sent[1].borrow()[0][22..26], &[0x81, 0, 0, 5]);
     }
+
+    /// A policy answering from a seeded sequence of actions, ports included.
+    struct Random(u64);
+    impl Policy for Random {
+        fn classify(&mut self, _: &FrameMeta, _: &Frame) -> Action {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            let p = (self.0 >> 8) as usize % 6;
+            match self.0 % 6 {
+                0 => Action::Redirect(p),
+                1 => Action::Mirror(p),
+                2 => Action::PushVlan((self.0 >> 20) as u16 & 0xfff),
+                3 => Action::PopVlan,
+                4 => Action::Drop("x"),
+                _ => Action::Continue,
+            }
+        }
+    }
+    impl Reload for Random {}
+
+    #[test]
+    fn no_vnet_header_or_frame_length_panics_forwarding() {
+        // Seeded: random vnet headers (offsets up to 65535), frames from 0 bytes
+        // to the largest slot, tagged or not, through VLAN and plain switches.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let sizes = [
+            0usize, 10, 13, 14, 17, 18, 60, 1514, 65_530, 65_596, 65_597, 65_600,
+        ];
+        for vlan_aware in [true, false] {
+            let (mut w, _) = if vlan_aware {
+                vlan_worker(Random(7))
+            } else {
+                worker(4, Random(7))
+            };
+            for i in 0..3000u64 {
+                let n = 1 + (rnd() % 4) as usize;
+                w.batch.clear();
+                for k in 0..n {
+                    let len = if i % 3 == 0 {
+                        sizes[(rnd() % sizes.len() as u64) as usize]
+                    } else {
+                        (rnd() % 200) as usize
+                    };
+                    let mut wire: Vec<u8> = (0..10).map(|_| rnd() as u8).collect();
+                    let mut f = vec![0u8; len];
+                    for b in f.iter_mut().take(64) {
+                        *b = rnd() as u8;
+                    }
+                    if f.len() >= 16 {
+                        f[..6].copy_from_slice(&B.0);
+                        f[6..12].copy_from_slice(&A.0);
+                        if rnd() % 2 == 0 {
+                            f[12..16].copy_from_slice(&[0x81, 0, 0, 10]);
+                        }
+                    }
+                    wire.extend(f);
+                    load(&mut w, k, &wire);
+                }
+                w.forward((rnd() % 4) as usize, i);
+            }
+        }
+    }
 }
