@@ -1707,7 +1707,8 @@ mod tests {
             let mut body: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
             let et = if i % 2 == 0 { 0x86dd } else { 0x0800 };
             if let Some(b) = body.first_mut() {
-                *b = if et == 0x86dd { 0x60 } else { 0x45 } | (*b & 0x0f) * u8::from(i % 7 == 0);
+                let version = if et == 0x86dd { 0x60 } else { 0x45 };
+                *b = version | ((*b & 0x0f) * u8::from(i % 7 == 0));
             }
             if et == 0x86dd && body.len() > 6 {
                 body[6] = [0, 43, 44, 60, 51, 58, 6, 17][(rnd() % 8) as usize];
