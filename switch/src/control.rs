@@ -238,55 +238,81 @@ impl CtFilter {
     }
 }
 
-/// The JSON of one connection-table entry.
-pub fn conntrack_entry_json(e: &nat::EntryView) -> Value {
-    let t = |t: &nat::Tuple| json!({"src": t.src.to_string(), "dst": t.dst.to_string(), "sport": t.sport, "dport": t.dport});
-    json!({
-        "proto": match e.proto { 6 => "tcp", 17 => "udp", 1 => "icmp", _ => "other" },
-        "proto_num": e.proto,
-        "state": e.state,
-        "timeout": e.secs_left,
-        "original": t(&e.orig),
-        "reply": t(&e.reply),
-        "packets": e.packets,
-        "bytes": e.bytes,
-        "assured": e.assured,
-    })
+/// Append the JSON object of one connection-table entry to `o`. Written as
+/// text directly: a listing of 262k entries builds no tree of values.
+pub fn write_conntrack_entry(o: &mut String, e: &nat::EntryView) {
+    use std::fmt::Write as _;
+    let name = match e.proto {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        _ => "other",
+    };
+    let tuple = |o: &mut String, t: &nat::Tuple| {
+        let _ = write!(
+            o,
+            r#"{{"src":"{}","dst":"{}","sport":{},"dport":{}}}"#,
+            t.src, t.dst, t.sport, t.dport
+        );
+    };
+    let _ = write!(
+        o,
+        r#"{{"proto":"{name}","proto_num":{},"state":{},"timeout":{},"original":"#,
+        e.proto,
+        Value::from(e.state),
+        e.secs_left
+    );
+    tuple(o, &e.orig);
+    o.push_str(r#","reply":"#);
+    tuple(o, &e.reply);
+    let _ = write!(
+        o,
+        r#","packets":[{},{}],"bytes":[{},{}],"assured":{}}}"#,
+        e.packets[0], e.packets[1], e.bytes[0], e.bytes[1], e.assured
+    );
 }
 
-/// Answer `conntrack`: the worker hands over the table in pages of
-/// [`crate::worker::MAX_PAGE`] plain entries, answered between batches; this
-/// (control) thread filters and formats them. With `"count": true`, only the
-/// number of (matching) entries: O(1) for the worker without filters.
-fn conntrack_listing(to_worker: &Sender<Request>, wake: &EventFd, req: &Value) -> Value {
+/// Answer `conntrack` (one JSON line): the worker hands over the table in
+/// pages of [`crate::worker::MAX_PAGE`] plain entries, answered between
+/// batches; this (control) thread filters and formats them. With
+/// `"count": true`, only the number of (matching) entries: one O(1) request
+/// to the worker without filters.
+fn conntrack_listing(to_worker: &Sender<Request>, wake: &EventFd, req: &Value) -> String {
     let filter = CtFilter::of(req);
     let count_only = req["count"].as_bool() == Some(true);
     if count_only && filter.is_empty() {
-        return ask(to_worker, wake, "conntrack-count", json!({}), None);
+        return ask(to_worker, wake, "conntrack-count", json!({}), None).to_string();
     }
-    let mut entries = Vec::new();
+    let mut entries = String::from("[");
     let mut matched = 0usize;
     let mut cursor = 0;
     let (switch, total) = loop {
         let page = match ask_page(to_worker, wake, cursor, crate::worker::MAX_PAGE) {
             Ok(p) => p,
-            Err(e) => return json!({"ok": false, "error": e}),
+            Err(e) => return json!({"ok": false, "error": e}).to_string(),
         };
         for e in page.entries.iter().filter(|e| filter.keep(e)) {
-            matched += 1;
             if !count_only {
-                entries.push(conntrack_entry_json(e));
+                if matched > 0 {
+                    entries.push(',');
+                }
+                write_conntrack_entry(&mut entries, e);
             }
+            matched += 1;
         }
         match page.next {
             Some(c) => cursor = c,
             None => break (page.switch, page.total),
         }
     };
+    entries.push(']');
     if count_only {
-        json!({"ok": true, "switch": switch, "entries": matched, "total": total})
+        json!({"ok": true, "switch": switch, "entries": matched, "total": total}).to_string()
     } else {
-        json!({"ok": true, "switch": switch, "entries": entries, "total": total})
+        format!(
+            r#"{{"ok":true,"switch":{},"total":{total},"entries":{entries}}}"#,
+            Value::from(switch)
+        )
     }
 }
 
@@ -617,7 +643,10 @@ mod tests {
     #[test]
     fn conntrack_is_listed_in_pages_and_filtered_off_the_worker() {
         let (tx, wake, asked) = fake_worker(nat_with(5000));
-        let v = conntrack_listing(&tx, &wake, &json!({"cmd": "conntrack"}));
+        let listing = |req: Value| -> Value {
+            serde_json::from_str(&conntrack_listing(&tx, &wake, &req)).unwrap()
+        };
+        let v = listing(json!({"cmd": "conntrack"}));
         let entries = v["entries"].as_array().unwrap();
         assert_eq!(entries.len(), 5000);
         assert_eq!(v["total"], 5000);
@@ -628,24 +657,36 @@ mod tests {
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), 5000, "every entry exactly once");
+        let e = &entries[0];
+        assert_eq!(
+            (e["proto"].as_str(), e["proto_num"].as_u64()),
+            (Some("udp"), Some(17))
+        );
+        assert_eq!(e["original"]["dst"], "203.0.113.0");
+        assert_eq!(e["reply"]["src"], "203.0.113.0");
+        assert_eq!(e["reply"]["dst"], "203.0.113.1");
+        assert_eq!(e["packets"], json!([1, 0]));
+        assert_eq!(
+            (e["assured"].as_bool(), e["state"].as_str()),
+            (Some(false), Some(""))
+        );
+        assert!(e["timeout"].as_u64().unwrap() > 0);
         // 5000 entries in pages of MAX_PAGE: the worker answered three bounded requests.
         assert_eq!(
             asked.load(Ordering::SeqCst),
             5000_usize.div_ceil(crate::worker::MAX_PAGE)
         );
-        let v = conntrack_listing(
-            &tx,
-            &wake,
-            &json!({"cmd": "conntrack", "proto": "udp", "src": "192.168.15.3", "dport": 53}),
+        let v = listing(
+            json!({"cmd": "conntrack", "proto": "udp", "src": "192.168.15.3", "dport": 53}),
         );
         let n = (0..5000).filter(|i| i % 7 == 1).count();
         assert_eq!(v["entries"].as_array().unwrap().len(), n);
-        let v = conntrack_listing(&tx, &wake, &json!({"proto": "tcp"}));
+        let v = listing(json!({"proto": "tcp"}));
         assert_eq!(v["entries"].as_array().unwrap().len(), 0);
-        let v = conntrack_listing(&tx, &wake, &json!({"count": true, "src": "192.168.15.3"}));
+        let v = listing(json!({"count": true, "src": "192.168.15.3"}));
         assert_eq!(v["entries"], n);
         let before = asked.load(Ordering::SeqCst);
-        let v = conntrack_listing(&tx, &wake, &json!({"count": true}));
+        let v = listing(json!({"count": true}));
         assert_eq!(v["entries"], 5000);
         assert_eq!(asked.load(Ordering::SeqCst), before + 1, "one O(1) request");
     }
