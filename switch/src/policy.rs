@@ -567,15 +567,15 @@ enum FlowKey {
 
 /// Connections the ACL let through, for `state` rules: IPv4 ones in the NAT's
 /// connection table (bounded, aged by a timer wheel), IPv6 ones in a bounded
-/// map. Both expire from the worker's once-a-second sweep ([`Policy::expire`]),
+/// map (when full, a new connection evicts an arbitrary one). Both expire from the worker's once-a-second sweep ([`Policy::expire`]),
 /// and lookups ignore entries past their time, so an idle period never leaves
 /// stale state behind.
 pub struct FlowState {
     table: nat::conntrack::Table,
     v6: HashMap<Tuple6, u64>,
     max: usize,
-    /// IPv6 connections not tracked because their table was full.
-    refused: u64,
+    /// IPv6 connections forgotten early to make room for a new one.
+    evicted: u64,
 }
 
 /// Idle lifetime of a tracked connection (ms).
@@ -588,7 +588,7 @@ impl FlowState {
             table: nat::conntrack::Table::new(max, 0x05ee_dac1),
             v6: HashMap::new(),
             max,
-            refused: 0,
+            evicted: 0,
         }
     }
     /// Number of tracked connections.
@@ -631,10 +631,16 @@ impl FlowState {
                     *e = exp;
                 } else if let Some(e) = self.v6.get_mut(&t.inv()) {
                     *e = exp;
-                } else if self.v6.len() < self.max {
-                    self.v6.insert(*t, exp);
                 } else {
-                    self.refused += 1;
+                    if self.v6.len() >= self.max {
+                        // Full: give up an arbitrary connection (the hash order is
+                        // keyed at random, so a flooding host mostly evicts its own).
+                        if let Some(old) = self.v6.keys().next().copied() {
+                            self.v6.remove(&old);
+                        }
+                        self.evicted += 1;
+                    }
+                    self.v6.insert(*t, exp);
                 }
             }
         }
@@ -1038,12 +1044,11 @@ impl Policy for Chain {
                 ("fragment-unknown", d.fragment_unknown),
                 ("fragment-follows-drop", d.fragment_follows_drop),
                 ("bad-header", d.bad_header),
-                (
-                    "state-table-full",
-                    self.flows.as_ref().map_or(0, |f| f.refused),
-                ),
             ] {
                 v.push((format!("acl-drop:{name}"), n));
+            }
+            if let Some(f) = &self.flows {
+                v.push(("acl-state:evicted-v6".to_string(), f.evicted));
             }
         }
         for l in &self.limits {
@@ -1724,5 +1729,25 @@ mod tests {
             let _ = c.explain(&at(port, i / 100), &Frame::new(&f));
         }
         c.expire(u64::MAX / 2);
+    }
+
+    #[test]
+    fn a_full_ipv6_state_table_evicts_instead_of_refusing() {
+        let mut f = FlowState::new(4);
+        let key = |sport| {
+            FlowKey::V6(Tuple6 {
+                proto: 17,
+                src: LL_RED,
+                dst: LL_BLUE,
+                sport,
+                dport: 53,
+            })
+        };
+        for sp in 0..10 {
+            f.track(&key(sp), 0);
+        }
+        assert_eq!(f.len(), 4);
+        assert_eq!(f.evicted, 6);
+        assert!(f.known(&key(9), 1), "the newest connection is tracked");
     }
 }
