@@ -1610,6 +1610,46 @@ impl Nat {
             })
             .collect()
     }
+
+    /// One page of [`Nat::entries`]: up to `max` entries live at `now` whose
+    /// slot id is `cursor` or more, in slot order, and the cursor of the next
+    /// page (`None` after the last). For listing a large table in pages between
+    /// batches; an entry created or removed between two pages may be missed or
+    /// shown as it was. Cost: the slots scanned up to the last entry returned.
+    pub fn entries_from(
+        &self,
+        now: u64,
+        cursor: usize,
+        max: usize,
+    ) -> (Vec<EntryView>, Option<usize>) {
+        let max = max.max(1);
+        let mut out = Vec::with_capacity(max.min(4096));
+        let mut live = self
+            .table
+            .iter()
+            .skip_while(|(id, _)| (*id as usize) < cursor)
+            .filter(|(_, e)| e.expires > now);
+        for (id, e) in live.by_ref() {
+            if out.len() == max {
+                return (out, Some(id as usize));
+            }
+            out.push(EntryView {
+                proto: e.orig.proto,
+                state: if e.orig.proto == proto::TCP {
+                    e.tcp.name()
+                } else {
+                    ""
+                },
+                secs_left: (e.expires - now) / 1000,
+                orig: e.orig,
+                reply: e.reply,
+                packets: [u64::from(e.packets[0]), u64::from(e.packets[1])],
+                bytes: e.bytes,
+                assured: e.assured,
+            });
+        }
+        (out, None)
+    }
 }
 
 impl Nat {

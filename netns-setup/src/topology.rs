@@ -90,6 +90,50 @@ impl fmt::Display for Ipv4Cidr {
     }
 }
 
+/// An IPv4 or IPv6 network with a prefix length (ACL `src`/`dst`):
+/// `192.168.15.0/24`, `fe80::/10`; a bare address means a host (/32, /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpCidr {
+    /// IPv4.
+    V4(Ipv4Cidr),
+    /// IPv6 address and prefix length 0..=128.
+    V6(std::net::Ipv6Addr, u8),
+}
+
+impl fmt::Display for IpCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpCidr::V4(c) => c.fmt(f),
+            IpCidr::V6(a, p) => write!(f, "{a}/{p}"),
+        }
+    }
+}
+
+impl FromStr for IpCidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        if let Ok(addr) = a.parse::<std::net::Ipv6Addr>() {
+            let prefix = if p.is_empty() {
+                128
+            } else {
+                p.parse()
+                    .ok()
+                    .filter(|p| *p <= 128)
+                    .ok_or_else(|| format!("prefix length {p:?} is not in 0..=128"))?
+            };
+            return Ok(IpCidr::V6(addr, prefix));
+        }
+        if p.is_empty() {
+            let addr: Ipv4Addr = a.parse().map_err(|_| {
+                format!("{s:?} is not a CIDR (expected a.b.c.d/len or an IPv6 prefix)")
+            })?;
+            return Ok(IpCidr::V4(Ipv4Cidr { addr, prefix: 32 }));
+        }
+        s.parse::<Ipv4Cidr>().map(IpCidr::V4)
+    }
+}
+
 impl FromStr for Ipv4Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -218,10 +262,10 @@ pub struct AclSpec {
     pub vlan: Option<u16>,
     /// EtherType.
     pub ethertype: Option<u16>,
-    /// IPv4 source network.
-    pub src: Option<Ipv4Cidr>,
-    /// IPv4 destination network.
-    pub dst: Option<Ipv4Cidr>,
+    /// Source network (IPv4 or IPv6).
+    pub src: Option<IpCidr>,
+    /// Destination network (IPv4 or IPv6).
+    pub dst: Option<IpCidr>,
     /// IP protocol number.
     pub protocol: Option<u8>,
     /// Source ports.
@@ -571,7 +615,7 @@ fn validate_policy(
         let protocol = num(
             &k("protocol"),
             a.protocol,
-            &[("icmp", 1), ("tcp", 6), ("udp", 17)],
+            &[("icmp", 1), ("tcp", 6), ("udp", 17), ("icmpv6", 58)],
         )?;
         if protocol.is_some_and(|p| p > 255) {
             return Err(err(k("protocol"), "must be 0..=255"));
@@ -607,12 +651,12 @@ fn validate_policy(
             src: a
                 .src
                 .as_deref()
-                .map(|c| c.parse::<Ipv4Cidr>().map_err(|e| err(k("src"), e)))
+                .map(|c| c.parse::<IpCidr>().map_err(|e| err(k("src"), e)))
                 .transpose()?,
             dst: a
                 .dst
                 .as_deref()
-                .map(|c| c.parse::<Ipv4Cidr>().map_err(|e| err(k("dst"), e)))
+                .map(|c| c.parse::<IpCidr>().map_err(|e| err(k("dst"), e)))
                 .transpose()?,
             protocol: protocol.map(|p| p as u8),
             sport: range(&k("sport"), a.sport)?,
@@ -1649,6 +1693,31 @@ mod tests {
             "{SW}[[namespace]]\nname='a'\naddress='10.0.0.3'\n"
         ));
         assert_eq!(e.key, "namespace[0].address");
+    }
+
+    #[test]
+    fn acl_cidrs_take_both_families() {
+        let ns = "[[namespace]]\nname='a'\naddress='10.0.0.1/24'\n";
+        let t = Topology::parse(
+            &format!(
+                "{SW}{ns}[[acl]]\naction='drop'\nsrc='fe80::/10'\ndst='192.168.15.0/24'\nprotocol='icmpv6'\n[[acl]]\naction='allow'\nsrc='2001:db8::1'\ndst='10.0.0.2'\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        let a = &t.policy.acl;
+        assert_eq!(a[0].src, Some(IpCidr::V6("fe80::".parse().unwrap(), 10)));
+        assert_eq!(a[0].dst.unwrap().to_string(), "192.168.15.0/24");
+        assert_eq!(a[0].protocol, Some(58));
+        assert_eq!(
+            a[1].src,
+            Some(IpCidr::V6("2001:db8::1".parse().unwrap(), 128))
+        );
+        assert_eq!(a[1].dst.unwrap().to_string(), "10.0.0.2/32");
+        for bad in ["fe80::/129", "10.0.0.0/33", "fe80::x/64", "nonsense"] {
+            let e = parse_err(&format!("{SW}{ns}[[acl]]\naction='drop'\nsrc='{bad}'\n"));
+            assert_eq!(e.key, "acl[0].src", "{bad}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! request to the worker ([`crate::worker::Request`]) and waits (bounded) for
 //! the answer. Clients ([`query`]) get a clear error when no switch runs.
 
-use crate::worker::Request;
+use crate::worker::{ConntrackPage, Request};
 use nix::sys::eventfd::EventFd;
 use serde_json::{Value, json};
 use std::io::{self, BufRead, BufReader, Write};
@@ -13,6 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, sync_channel};
 use std::time::Duration;
 
@@ -46,21 +47,273 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(l)
 }
 
+/// Clients served at once; the next one gets a one-line JSON error and is closed.
+pub const MAX_CLIENTS: usize = 16;
+/// Time a client has to send its request line, and the bound of each write.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of each write of a capture stream (a client that stops reading is dropped).
+pub const CAPTURE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serve `listener` on a background thread, forwarding requests to the worker.
+/// At most [`MAX_CLIENTS`] clients are served at once, each on its own thread
+/// with bounded reads and writes, so no client can pin a thread forever.
 pub fn serve(listener: UnixListener, to_worker: Sender<Request>, wake: Arc<EventFd>) {
+    serve_limited(listener, to_worker, wake, MAX_CLIENTS, CLIENT_TIMEOUT);
+}
+
+fn serve_limited(
+    listener: UnixListener,
+    to_worker: Sender<Request>,
+    wake: Arc<EventFd>,
+    max_clients: usize,
+    timeout: Duration,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("vswitch-control".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (to_worker, wake) = (to_worker.clone(), wake.clone());
+                if active.fetch_add(1, Ordering::AcqRel) >= max_clients {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    // One short line into an empty socket buffer: never blocks for long.
+                    let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+                    let mut w = &conn;
+                    let _ = writeln!(
+                        w,
+                        "{}",
+                        json!({"ok": false, "error": format!("too many control clients (at most {max_clients}); try again")})
+                    );
+                    continue;
+                }
+                let (to_worker, wake, active2) = (to_worker.clone(), wake.clone(), active.clone());
                 // One thread per client: a capture streams for as long as it runs.
-                let _ = std::thread::Builder::new()
+                let spawned = std::thread::Builder::new()
                     .name("vswitch-client".into())
-                    .spawn(move || handle(conn, &to_worker, &wake));
+                    .spawn(move || {
+                        let _ = handle(conn, &to_worker, &wake, timeout);
+                        active2.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         })
         .expect("spawn control thread");
+}
+
+/// Ask the worker for one page of the connection table.
+fn ask_page(
+    to_worker: &Sender<Request>,
+    wake: &EventFd,
+    cursor: usize,
+    max: usize,
+) -> Result<ConntrackPage, String> {
+    let (tx, _rx) = sync_channel(1);
+    let (ptx, prx) = sync_channel(1);
+    to_worker
+        .send(Request {
+            cmd: "conntrack-page".into(),
+            args: json!({"cursor": cursor, "max": max}),
+            tap: None,
+            reply: tx,
+            page: Some(ptx),
+            snapshot: None,
+        })
+        .map_err(|_| "the switch is shutting down".to_string())?;
+    let _ = wake.write(1);
+    prx.recv_timeout(Duration::from_secs(5))
+        .map_err(|_| "the worker did not answer within 5 s".to_string())
+}
+
+/// Answer `fdb` or `arp`: the worker copies the table in plain structs, this
+/// (control) thread formats it.
+fn table_listing(to_worker: &Sender<Request>, wake: &EventFd, fdb: bool) -> Value {
+    let (tx, _rx) = sync_channel(1);
+    let (stx, srx) = sync_channel(1);
+    let sent = to_worker.send(Request {
+        cmd: if fdb { "fdb-snapshot" } else { "arp-snapshot" }.into(),
+        args: json!({}),
+        tap: None,
+        reply: tx,
+        page: None,
+        snapshot: Some(stx),
+    });
+    if sent.is_err() {
+        return json!({"ok": false, "error": "the switch is shutting down"});
+    }
+    let _ = wake.write(1);
+    let Ok(s) = srx.recv_timeout(Duration::from_secs(5)) else {
+        return json!({"ok": false, "error": "the worker did not answer within 5 s"});
+    };
+    let port = |i: usize| s.ports.get(i).cloned().unwrap_or_default();
+    if fdb {
+        let entries: Vec<Value> = s
+            .fdb
+            .iter()
+            .map(|(mac, e)| {
+                let (name, netns) = port(e.port);
+                json!({
+                    "mac": mac.to_string(),
+                    "vlan": e.vlan,
+                    "port": name,
+                    "netns": netns,
+                    "age_ms": s.now.saturating_sub(e.last_seen),
+                })
+            })
+            .collect();
+        json!({"ok": true, "switch": s.switch, "ageing_ms": s.ageing_ms, "entries": entries, "counters": s.fdb_counters})
+    } else {
+        let entries: Vec<Value> = s
+            .arp
+            .iter()
+            .map(|(ip, e)| {
+                json!({
+                    "ip": ip.to_string(),
+                    "mac": e.mac.to_string(),
+                    "port": port(e.port).0,
+                    "age_ms": s.now.saturating_sub(e.last_seen),
+                })
+            })
+            .collect();
+        json!({"ok": true, "switch": s.switch, "entries": entries, "counters": s.arp_counters})
+    }
+}
+
+/// Filters of a `conntrack` request (all optional): `proto` (name or number),
+/// `src`, `dst`, `sport`, `dport` (of the original direction), `state` (TCP).
+struct CtFilter {
+    proto: Option<String>,
+    src: Option<String>,
+    dst: Option<String>,
+    sport: Option<u64>,
+    dport: Option<u64>,
+    state: Option<String>,
+}
+
+impl CtFilter {
+    fn of(req: &Value) -> CtFilter {
+        let s = |k: &str| req[k].as_str().map(str::to_string);
+        CtFilter {
+            proto: s("proto").or_else(|| req["proto"].as_u64().map(|n| n.to_string())),
+            src: s("src"),
+            dst: s("dst"),
+            sport: req["sport"].as_u64(),
+            dport: req["dport"].as_u64(),
+            state: s("state"),
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.proto.is_none()
+            && self.src.is_none()
+            && self.dst.is_none()
+            && self.sport.is_none()
+            && self.dport.is_none()
+            && self.state.is_none()
+    }
+    fn keep(&self, e: &nat::EntryView) -> bool {
+        let name = match e.proto {
+            6 => "tcp",
+            17 => "udp",
+            1 => "icmp",
+            _ => "other",
+        };
+        self.proto
+            .as_deref()
+            .is_none_or(|p| p.eq_ignore_ascii_case(name) || p == e.proto.to_string())
+            && self
+                .src
+                .as_deref()
+                .is_none_or(|a| a == e.orig.src.to_string())
+            && self
+                .dst
+                .as_deref()
+                .is_none_or(|a| a == e.orig.dst.to_string())
+            && self.sport.is_none_or(|p| p == u64::from(e.orig.sport))
+            && self.dport.is_none_or(|p| p == u64::from(e.orig.dport))
+            && self
+                .state
+                .as_deref()
+                .is_none_or(|st| e.state.eq_ignore_ascii_case(st))
+    }
+}
+
+/// Append the JSON object of one connection-table entry to `o`. Written as
+/// text directly: a listing of 262k entries builds no tree of values.
+pub fn write_conntrack_entry(o: &mut String, e: &nat::EntryView) {
+    use std::fmt::Write as _;
+    let name = match e.proto {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        _ => "other",
+    };
+    let tuple = |o: &mut String, t: &nat::Tuple| {
+        let _ = write!(
+            o,
+            r#"{{"src":"{}","dst":"{}","sport":{},"dport":{}}}"#,
+            t.src, t.dst, t.sport, t.dport
+        );
+    };
+    let _ = write!(
+        o,
+        r#"{{"proto":"{name}","proto_num":{},"state":{},"timeout":{},"original":"#,
+        e.proto,
+        Value::from(e.state),
+        e.secs_left
+    );
+    tuple(o, &e.orig);
+    o.push_str(r#","reply":"#);
+    tuple(o, &e.reply);
+    let _ = write!(
+        o,
+        r#","packets":[{},{}],"bytes":[{},{}],"assured":{}}}"#,
+        e.packets[0], e.packets[1], e.bytes[0], e.bytes[1], e.assured
+    );
+}
+
+/// Answer `conntrack` (one JSON line): the worker hands over the table in
+/// pages of [`crate::worker::MAX_PAGE`] plain entries, answered between
+/// batches; this (control) thread filters and formats them. With
+/// `"count": true`, only the number of (matching) entries: one O(1) request
+/// to the worker without filters.
+fn conntrack_listing(to_worker: &Sender<Request>, wake: &EventFd, req: &Value) -> String {
+    let filter = CtFilter::of(req);
+    let count_only = req["count"].as_bool() == Some(true);
+    if count_only && filter.is_empty() {
+        return ask(to_worker, wake, "conntrack-count", json!({}), None).to_string();
+    }
+    let mut entries = String::from("[");
+    let mut matched = 0usize;
+    let mut cursor = 0;
+    let (switch, total) = loop {
+        let page = match ask_page(to_worker, wake, cursor, crate::worker::MAX_PAGE) {
+            Ok(p) => p,
+            Err(e) => return json!({"ok": false, "error": e}).to_string(),
+        };
+        for e in page.entries.iter().filter(|e| filter.keep(e)) {
+            if !count_only {
+                if matched > 0 {
+                    entries.push(',');
+                }
+                write_conntrack_entry(&mut entries, e);
+            }
+            matched += 1;
+        }
+        match page.next {
+            Some(c) => cursor = c,
+            None => break (page.switch, page.total),
+        }
+    };
+    entries.push(']');
+    if count_only {
+        json!({"ok": true, "switch": switch, "entries": matched, "total": total}).to_string()
+    } else {
+        format!(
+            r#"{{"ok":true,"switch":{},"total":{total},"entries":{entries}}}"#,
+            Value::from(switch)
+        )
+    }
 }
 
 /// Write the pcap global header (microsecond timestamps, Ethernet).
@@ -103,6 +356,8 @@ fn ask(
             args,
             tap,
             reply: tx,
+            page: None,
+            snapshot: None,
         })
         .is_err()
     {
@@ -113,11 +368,56 @@ fn ask(
         .unwrap_or_else(|_| json!({"ok": false, "error": "the worker did not answer within 5 s"}))
 }
 
-fn handle(conn: UnixStream, to_worker: &Sender<Request>, wake: &EventFd) -> io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(&conn).take_line(&mut line)?;
+/// Read one request line (at most 64 KiB) within `timeout` in total, however
+/// slowly the client trickles it.
+fn read_request(conn: &UnixStream, timeout: Duration) -> io::Result<String> {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "request line too slow"))?;
+        conn.set_read_timeout(Some(left))?;
+        let n = (&*conn).read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            buf.truncate(i);
+            break;
+        }
+        if buf.len() > 65_536 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request line over 64 KiB",
+            ));
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn handle(
+    conn: UnixStream,
+    to_worker: &Sender<Request>,
+    wake: &EventFd,
+    timeout: Duration,
+) -> io::Result<()> {
+    conn.set_write_timeout(Some(timeout))?;
+    let line = match read_request(&conn, timeout) {
+        Ok(l) => l,
+        Err(e) => {
+            let mut w = &conn;
+            return writeln!(
+                w,
+                "{}",
+                json!({"ok": false, "error": format!("reading the request: {e}")})
+            );
+        }
+    };
     let req = match serde_json::from_str::<Value>(&line) {
         Ok(v) => v,
         Err(e) => {
@@ -137,6 +437,18 @@ fn handle(conn: UnixStream, to_worker: &Sender<Request>, wake: &EventFd) -> io::
             json!({"ok": false, "error": "request lacks \"cmd\""})
         );
     };
+    if cmd == "fdb" || cmd == "arp" {
+        let answer = table_listing(to_worker, wake, cmd == "fdb");
+        let mut w = std::io::BufWriter::new(&conn);
+        writeln!(w, "{answer}")?;
+        return w.flush();
+    }
+    if cmd == "conntrack" {
+        let answer = conntrack_listing(to_worker, wake, &req);
+        let mut w = std::io::BufWriter::new(&conn);
+        writeln!(w, "{answer}")?;
+        return w.flush();
+    }
     if cmd != "capture" {
         let answer = ask(to_worker, wake, &cmd, req, None);
         let mut w = &conn;
@@ -154,7 +466,7 @@ fn handle(conn: UnixStream, to_worker: &Sender<Request>, wake: &EventFd) -> io::
     if answer["ok"] != true {
         return w.flush();
     }
-    conn.set_write_timeout(None)?;
+    conn.set_write_timeout(Some(CAPTURE_WRITE_TIMEOUT))?;
     pcap_header(&mut w)?;
     w.flush()?;
     let mut n = 0;
@@ -187,18 +499,6 @@ fn handle(conn: UnixStream, to_worker: &Sender<Request>, wake: &EventFd) -> io::
     w.flush()
 }
 
-trait TakeLine {
-    fn take_line(&mut self, s: &mut String) -> io::Result<usize>;
-}
-
-impl<R: io::Read> TakeLine for BufReader<R> {
-    /// Read one line of at most 64 KiB.
-    fn take_line(&mut self, s: &mut String) -> io::Result<usize> {
-        use std::io::Read;
-        self.by_ref().take(65_536).read_line(s)
-    }
-}
-
 /// Send `cmd` to the switch serving `path` and return its JSON answer.
 pub fn query(path: &Path, cmd: &str) -> Result<Value, String> {
     request(path, json!({"cmd": cmd})).map(|(v, _)| v)
@@ -222,11 +522,17 @@ pub fn request(path: &Path, req: Value) -> Result<(Value, BufReader<UnixStream>)
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     let mut w = &conn;
-    writeln!(w, "{req}").map_err(|e| e.to_string())?;
+    // A switch that refuses the connection (too many clients) answers and
+    // closes at once: the write may then fail, but its answer is still there.
+    let sent = writeln!(w, "{req}");
     let mut r = BufReader::new(conn);
     let mut line = String::new();
-    r.read_line(&mut line)
-        .map_err(|e| format!("reading the answer: {e}"))?;
+    match (r.read_line(&mut line), sent) {
+        (Ok(n), _) if n > 0 => {}
+        (_, Err(e)) => return Err(e.to_string()),
+        (Err(e), _) => return Err(format!("reading the answer: {e}")),
+        (Ok(_), Ok(())) => return Err("the switch closed the connection".into()),
+    }
     let v: Value =
         serde_json::from_str(&line).map_err(|e| format!("bad answer from the switch: {e}"))?;
     if v.get("ok") != Some(&Value::Bool(true)) {
@@ -237,4 +543,193 @@ pub fn request(path: &Path, req: Value) -> Result<(Value, BufReader<UnixStream>)
             .to_string());
     }
     Ok((v, r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::Ipv4Addr;
+    use std::time::Instant;
+
+    /// A NAT holding `n` UDP flows 192.168.15.x:(1000+i) -> 203.0.113.10:53.
+    fn nat_with(n: usize) -> nat::Nat {
+        let mut c = nat::NatConfig::new(Ipv4Addr::new(203, 0, 113, 1));
+        c.masquerade = vec![nat::engine::Ipv4Net {
+            addr: Ipv4Addr::new(192, 168, 15, 0),
+            prefix: 24,
+        }];
+        let mut nat = nat::Nat::new(c);
+        let route = |ip: Ipv4Addr| {
+            if ip.octets()[..3] == [192, 168, 15] {
+                nat::engine::Side::Lan
+            } else {
+                nat::engine::Side::Wan
+            }
+        };
+        for i in 0..n {
+            // IPv4 + UDP (checksum 0: none), built by hand.
+            let mut p = vec![
+                0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 192, 168, 15, 0, 203, 0, 113, 10,
+            ];
+            p[15] = 2 + (i % 7) as u8;
+            let sp = 1000 + (i % 5000) as u16;
+            p[19] = (i / 5000) as u8;
+            p.extend(sp.to_be_bytes());
+            p.extend([0, 53, 0, 8, 0, 0]);
+            let c = nat::checksum::checksum(&p[..20]);
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+            nat.process(0, nat::engine::Side::Lan, &mut p, false, &route);
+        }
+        assert_eq!(nat.len(), n);
+        nat
+    }
+
+    /// A stand-in worker serving pages of `nat` like [`crate::worker::Worker`] does,
+    /// counting the requests it answered.
+    fn fake_worker(nat: nat::Nat) -> (Sender<Request>, Arc<EventFd>, Arc<AtomicUsize>) {
+        let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let a = asked.clone();
+        std::thread::spawn(move || {
+            for r in rx {
+                a.fetch_add(1, Ordering::SeqCst);
+                match r.cmd.as_str() {
+                    "conntrack-page" => {
+                        let max = r.args["max"].as_u64().unwrap() as usize;
+                        assert!(max <= crate::worker::MAX_PAGE);
+                        let (entries, next) =
+                            nat.entries_from(1, r.args["cursor"].as_u64().unwrap() as usize, max);
+                        let _ = r.page.unwrap().send(ConntrackPage {
+                            switch: "sw".into(),
+                            nat: true,
+                            entries,
+                            next,
+                            total: nat.len(),
+                        });
+                    }
+                    "fdb-snapshot" => {
+                        let _ = r.snapshot.unwrap().send(crate::worker::TableSnapshot {
+                            switch: "sw".into(),
+                            ports: vec![("p0".into(), "red".into())],
+                            now: 5000,
+                            fdb: vec![(
+                                crate::wire::MacAddr([2, 0, 0, 0, 0, 1]),
+                                crate::fdb::FdbEntry {
+                                    port: 0,
+                                    vlan: 0,
+                                    last_seen: 1000,
+                                },
+                            )],
+                            ..Default::default()
+                        });
+                    }
+                    "conntrack-count" => {
+                        let _ = r.reply.send(json!({"ok": true, "entries": nat.len()}));
+                    }
+                    _ => {
+                        let _ = r.reply.send(json!({"ok": true, "cmd": r.cmd}));
+                    }
+                }
+            }
+        });
+        (tx, Arc::new(EventFd::new().unwrap()), asked)
+    }
+
+    fn socket(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("vswitch-test-{}-{name}.sock", std::process::id()))
+    }
+
+    #[test]
+    fn conntrack_is_listed_in_pages_and_filtered_off_the_worker() {
+        let (tx, wake, asked) = fake_worker(nat_with(5000));
+        let listing = |req: Value| -> Value {
+            serde_json::from_str(&conntrack_listing(&tx, &wake, &req)).unwrap()
+        };
+        let v = listing(json!({"cmd": "conntrack"}));
+        let entries = v["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 5000);
+        assert_eq!(v["total"], 5000);
+        let mut ports: Vec<u64> = entries
+            .iter()
+            .map(|e| e["original"]["sport"].as_u64().unwrap())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 5000, "every entry exactly once");
+        let e = &entries[0];
+        assert_eq!(
+            (e["proto"].as_str(), e["proto_num"].as_u64()),
+            (Some("udp"), Some(17))
+        );
+        assert_eq!(e["original"]["dst"], "203.0.113.0");
+        assert_eq!(e["reply"]["src"], "203.0.113.0");
+        assert_eq!(e["reply"]["dst"], "203.0.113.1");
+        assert_eq!(e["packets"], json!([1, 0]));
+        assert_eq!(
+            (e["assured"].as_bool(), e["state"].as_str()),
+            (Some(false), Some(""))
+        );
+        assert!(e["timeout"].as_u64().unwrap() > 0);
+        // 5000 entries in pages of MAX_PAGE: the worker answered three bounded requests.
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            5000_usize.div_ceil(crate::worker::MAX_PAGE)
+        );
+        let v = listing(
+            json!({"cmd": "conntrack", "proto": "udp", "src": "192.168.15.3", "dport": 53}),
+        );
+        let n = (0..5000).filter(|i| i % 7 == 1).count();
+        assert_eq!(v["entries"].as_array().unwrap().len(), n);
+        let v = listing(json!({"proto": "tcp"}));
+        assert_eq!(v["entries"].as_array().unwrap().len(), 0);
+        let v = listing(json!({"count": true, "src": "192.168.15.3"}));
+        assert_eq!(v["entries"], n);
+        let before = asked.load(Ordering::SeqCst);
+        let v = listing(json!({"count": true}));
+        assert_eq!(v["entries"], 5000);
+        assert_eq!(asked.load(Ordering::SeqCst), before + 1, "one O(1) request");
+    }
+
+    #[test]
+    fn fdb_is_copied_by_the_worker_and_formatted_here() {
+        let (tx, wake, _) = fake_worker(nat_with(1));
+        let v = table_listing(&tx, &wake, true);
+        assert_eq!(v["entries"][0]["mac"], "02:00:00:00:00:01");
+        assert_eq!(v["entries"][0]["netns"], "red");
+        assert_eq!(v["entries"][0]["age_ms"], 4000);
+    }
+
+    #[test]
+    fn clients_are_bounded_and_silent_ones_time_out() {
+        let path = socket("bound");
+        let _ = std::fs::remove_file(&path);
+        let l = bind(&path).unwrap();
+        let (tx, wake, _) = fake_worker(nat_with(1));
+        serve_limited(l, tx, wake, 2, Duration::from_millis(400));
+        let silent: Vec<UnixStream> = (0..2)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        let err = query(&path, "stats").unwrap_err();
+        assert!(err.contains("too many control clients"), "{err}");
+        assert!(t.elapsed() < Duration::from_millis(300));
+        // A silent client is answered with an error and closed at the deadline.
+        let mut s = String::new();
+        (&silent[0]).read_to_string(&mut s).unwrap();
+        assert!(s.contains("reading the request"), "{s}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(query(&path, "stats").unwrap()["cmd"], "stats");
+        // A client trickling its request byte by byte is cut off at the same deadline.
+        let c = UnixStream::connect(&path).unwrap();
+        let t = Instant::now();
+        let mut w = &c;
+        while t.elapsed() < Duration::from_secs(2) && w.write_all(b" ").is_ok() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -7,7 +7,7 @@
 use crate::control;
 use crate::gateway::{GatewayConfig, UplinkConfig};
 use crate::pipeline::{Pipeline, PipelineConfig, VlanPorts};
-use crate::policy::{AclRule, Chain, NoPolicy, Policy, Range, RateLimit, Reloaded};
+use crate::policy::{AclRule, Chain, IpNet, NoPolicy, Policy, Range, RateLimit, Reloaded};
 use crate::port::{PortIo, TapPort};
 use crate::stats::PortStats;
 use crate::sys::PacketPort;
@@ -94,6 +94,13 @@ pub struct PortInfo {
     pub lan: bool,
 }
 
+fn ip_net(c: netns_setup::topology::IpCidr) -> IpNet {
+    match c {
+        netns_setup::topology::IpCidr::V4(c) => IpNet::V4(c.addr, c.prefix),
+        netns_setup::topology::IpCidr::V6(a, p) => IpNet::V6(a, p),
+    }
+}
+
 /// The built-in policy of `t` for ports named `ports` (the switch's port order).
 pub fn build_policy(t: &Topology, ports: &[PortInfo]) -> Result<Reloaded, String> {
     let names: Vec<String> = ports.iter().map(|p| p.name.clone()).collect();
@@ -117,8 +124,8 @@ pub fn build_policy(t: &Topology, ports: &[PortInfo]) -> Result<Reloaded, String
             dst_mac: a.dst_mac.map(MacAddr),
             vlan: a.vlan,
             ethertype: a.ethertype,
-            src: a.src.map(|c| (c.addr, c.prefix)),
-            dst: a.dst.map(|c| (c.addr, c.prefix)),
+            src: a.src.map(ip_net),
+            dst: a.dst.map(ip_net),
             protocol: a.protocol,
             sport: a.sport.map(|(x, y)| Range(x, y)),
             dport: a.dport.map(|(x, y)| Range(x, y)),

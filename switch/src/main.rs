@@ -88,6 +88,9 @@ enum Cmd {
         /// Only this TCP state (e.g. ESTABLISHED).
         #[arg(long)]
         state: Option<String>,
+        /// Print only the number of (matching) entries.
+        #[arg(long)]
+        count: bool,
     },
     /// Capture a port's frames (both directions) as pcap: `-w FILE`, or `-w -` for stdout
     /// (`vswitch capture red -w - | tcpdump -r -`).
@@ -552,33 +555,25 @@ fn main() -> ExitCode {
             sport,
             dport,
             state,
+            count,
         } => {
-            let keep = |e: &Value| {
-                let o = &e["original"];
-                proto
-                    .as_ref()
-                    .is_none_or(|p| e["proto"].as_str() == Some(p.as_str()))
-                    && src
-                        .as_ref()
-                        .is_none_or(|a| o["src"].as_str() == Some(a.as_str()))
-                    && dst
-                        .as_ref()
-                        .is_none_or(|a| o["dst"].as_str() == Some(a.as_str()))
-                    && sport.is_none_or(|p| o["sport"].as_u64() == Some(u64::from(p)))
-                    && dport.is_none_or(|p| o["dport"].as_u64() == Some(u64::from(p)))
-                    && state.as_ref().is_none_or(|st| {
-                        e["state"]
-                            .as_str()
-                            .is_some_and(|x| x.eq_ignore_ascii_case(st))
-                    })
-            };
-            match control::query(&target.path(), "conntrack") {
-                Ok(mut v) => {
-                    if let Some(a) = v["entries"].as_array_mut() {
-                        a.retain(keep);
-                    }
+            // Filtered by the control thread as the worker hands over pages.
+            let req = serde_json::json!({
+                "cmd": "conntrack",
+                "proto": proto,
+                "src": src,
+                "dst": dst,
+                "sport": sport,
+                "dport": dport,
+                "state": state,
+                "count": count,
+            });
+            match control::request(&target.path(), req).map(|(v, _)| v) {
+                Ok(v) => {
                     if target.json {
                         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                    } else if count {
+                        println!("{}", v["entries"]);
                     } else {
                         print_conntrack(&v);
                     }

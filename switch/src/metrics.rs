@@ -10,10 +10,11 @@ use nix::sys::eventfd::EventFd;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, sync_channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -226,34 +227,95 @@ pub fn render(v: &Value) -> String {
     o
 }
 
-/// Serve `listener` on a thread: `GET /metrics` (or `/`) returns the current counters.
+/// Scrapes served at once; more get `503` at once and are closed.
+pub const MAX_SCRAPERS: usize = 8;
+/// Time a scraper has to send its request, and the bound of each write.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serve `listener` on a thread: `GET /metrics` (or `/`) returns the current
+/// counters. Each connection is served on its own thread (at most
+/// [`MAX_SCRAPERS`] at once) with bounded reads and writes, so a silent or
+/// slow client never holds up another scrape.
 pub fn serve(listener: TcpListener, to_worker: Sender<Request>, wake: Arc<EventFd>) {
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("vswitch-metrics".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-                let mut buf = [0u8; 2048];
-                let n = conn.read(&mut buf).unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let path = req.split_whitespace().nth(1).unwrap_or("/");
-                let (status, body) = if path == "/metrics" || path == "/" {
-                    let (tx, rx) = sync_channel(1);
-                    let ok = to_worker.send(Request { cmd: "stats".into(), args: json!({}), tap: None, reply: tx }).is_ok();
-                    let _ = wake.write(1);
-                    match rx.recv_timeout(Duration::from_secs(5)) {
-                        Ok(v) if ok => ("200 OK", render(&v)),
-                        _ => ("503 Service Unavailable", "the switch did not answer\n".to_string()),
-                    }
-                } else {
-                    ("404 Not Found", "try /metrics\n".to_string())
-                };
-                let _ = write!(conn, "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                if active.fetch_add(1, Ordering::AcqRel) >= MAX_SCRAPERS {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+                    let body = "too many concurrent scrapes\n";
+                    let _ = write!(conn, "HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    continue;
+                }
+                let (to_worker, wake, active2) = (to_worker.clone(), wake.clone(), active.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("vswitch-scrape".into())
+                    .spawn(move || {
+                        scrape(conn, &to_worker, &wake);
+                        active2.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         })
         .expect("spawn metrics thread");
+}
+
+/// Read the request line (within [`SCRAPE_TIMEOUT`] in total) and answer it.
+fn scrape(mut conn: TcpStream, to_worker: &Sender<Request>, wake: &EventFd) {
+    let _ = conn.set_write_timeout(Some(SCRAPE_TIMEOUT));
+    let deadline = Instant::now() + SCRAPE_TIMEOUT;
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while n < buf.len() && !buf[..n].contains(&b'\n') {
+        let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            return;
+        };
+        let _ = conn.set_read_timeout(Some(left));
+        match conn.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let path = req.split_whitespace().nth(1).unwrap_or("/");
+    let (status, body) = if path == "/metrics" || path == "/" {
+        let (tx, rx) = sync_channel(1);
+        let ok = to_worker
+            .send(Request {
+                cmd: "stats".into(),
+                args: json!({}),
+                tap: None,
+                reply: tx,
+                page: None,
+                snapshot: None,
+            })
+            .is_ok();
+        let _ = wake.write(1);
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(v) if ok => ("200 OK", render(&v)),
+            _ => (
+                "503 Service Unavailable",
+                "the switch did not answer\n".to_string(),
+            ),
+        }
+    } else {
+        ("404 Not Found", "try /metrics\n".to_string())
+    };
+    let _ = write!(
+        conn,
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
 }
 
 #[cfg(test)]
@@ -280,6 +342,68 @@ mod tests {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
             assert!(name.starts_with("vswitch_"), "{line}");
+        }
+    }
+
+    /// A stand-in worker: answers `stats` requests with a fixed snapshot.
+    fn fake_worker() -> (Sender<Request>, Arc<EventFd>) {
+        let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        std::thread::spawn(move || {
+            for r in rx {
+                let _ = r.reply.send(json!({"ports": [], "reloads": 3}));
+            }
+        });
+        (tx, Arc::new(EventFd::new().unwrap()))
+    }
+
+    fn get(addr: std::net::SocketAddr) -> String {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        write!(c, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut s = String::new();
+        let _ = c.read_to_string(&mut s);
+        s
+    }
+
+    #[test]
+    fn a_silent_client_does_not_block_scrapes() {
+        // Issue 8: the server was single-threaded; one silent client stalled every scrape.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, wake) = fake_worker();
+        serve(l, tx, wake);
+        let _silent = TcpStream::connect(addr).unwrap();
+        let _silent2 = TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        let body = get(addr);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+        assert!(body.contains("vswitch_policy_reloads_total 3"), "{body}");
+    }
+
+    #[test]
+    fn scrapers_over_the_bound_get_503_at_once() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, wake) = fake_worker();
+        serve(l, tx, wake);
+        let silent: Vec<TcpStream> = (0..MAX_SCRAPERS)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        assert!(get(addr).starts_with("HTTP/1.0 503"));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        drop(silent);
+        // The silent ones time out or close; then scrapes are served again.
+        let deadline = Instant::now() + SCRAPE_TIMEOUT + Duration::from_secs(2);
+        loop {
+            if get(addr).starts_with("HTTP/1.0 200") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never recovered");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -255,6 +255,9 @@ impl<P: Policy> Pipeline<P> {
         }
         self.fdb.learn_in(vlan, src, in_port, now);
         match action {
+            Action::Redirect(p) if p >= self.isolated.len() => {
+                return Verdict::Drop(DropReason::PolicyBadPort);
+            }
             Action::Redirect(p) => return Verdict::Unicast(p),
             Action::Mirror(p) => self.mirror = Some(p),
             // Tag edits change the frame's length: the worker applies them to the slot.
@@ -296,7 +299,10 @@ impl<P: Policy> Pipeline<P> {
         }
         match self.fdb.lookup_in(vlan, &dst, now) {
             Some(p) if p == in_port => Verdict::Drop(DropReason::SamePort),
-            Some(p) if self.isolated[in_port] && self.isolated.get(p).copied().unwrap_or(false) => {
+            Some(p)
+                if self.isolated.get(in_port).copied().unwrap_or(false)
+                    && self.isolated.get(p).copied().unwrap_or(false) =>
+            {
                 Verdict::Drop(DropReason::Isolated)
             }
             Some(p) => Verdict::Unicast(p),
@@ -312,10 +318,11 @@ impl<P: Policy> Pipeline<P> {
         }
     }
 
-    /// Periodic work: age tables, expire NAT state.
+    /// Periodic work: age tables, expire the policy's and the NAT's state.
     pub fn expire(&mut self, now: u64) {
         self.fdb.sweep(now);
         self.arp.sweep(now);
+        self.policy.expire(now);
         if let Some(gw) = &mut self.gateway {
             gw.expire(now);
         }

@@ -16,7 +16,8 @@
 use crate::PortId;
 use crate::wire::{ETH_HLEN, EthernetFrame, MacAddr, ethertype};
 use std::cell::OnceCell;
-use std::net::Ipv4Addr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// What a policy decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +45,23 @@ pub struct FrameMeta {
     pub now: u64,
 }
 
+/// Fragment fields of an IPv4 or IPv6 packet that is part of a fragmented datagram.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fragment {
+    /// Identification (16 bits for IPv4, 32 for IPv6).
+    pub id: u32,
+    /// Offset in 8-byte units (0: the first fragment).
+    pub offset: u16,
+    /// More fragments follow.
+    pub more: bool,
+}
+
 /// Parsed headers of a frame (the fields ACLs match on).
+///
+/// IPv4 and IPv6 are parsed; for IPv6 the extension headers (hop-by-hop,
+/// routing, fragment, destination options, AH) are walked, at most
+/// [`MAX_EXT_HEADERS`] of them, to the upper-layer protocol. Ports and TCP
+/// flags come from the first fragment (or an unfragmented packet) only.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Headers {
     /// Destination MAC.
@@ -57,11 +74,23 @@ pub struct Headers {
     pub ethertype: u16,
     /// IPv4 source, destination and protocol.
     pub ipv4: Option<(Ipv4Addr, Ipv4Addr, u8)>,
-    /// Transport ports (first fragment only).
+    /// IPv6 source, destination and upper-layer protocol (after extension headers).
+    pub ipv6: Option<(Ipv6Addr, Ipv6Addr, u8)>,
+    /// Transport ports (first fragment only; ICMP echo id as a port).
     pub ports: Option<(u16, u16)>,
     /// TCP flags.
     pub tcp_flags: Option<u8>,
+    /// Set when the packet is a fragment.
+    pub fragment: Option<Fragment>,
+    /// An IP packet (or first fragment) whose transport header is cut short of
+    /// what rules read (TCP 20 bytes, UDP 8, ICMP 8), a TCP fragment at offset
+    /// 1 or 2 (RFC 1858 overlap), or an IPv6 header chain that cannot be
+    /// walked within the bound. Such packets cannot be classified reliably.
+    pub incomplete: bool,
 }
+
+/// Most IPv6 extension headers walked before giving up (the packet is then `incomplete`).
+pub const MAX_EXT_HEADERS: usize = 8;
 
 impl Headers {
     /// Parse what is there; missing layers stay `None`.
@@ -82,32 +111,148 @@ impl Headers {
             off += 4;
         }
         h.ethertype = et;
-        if et == ethertype::IPV4
-            && let Ok(ip) = nat::wire::Ipv4Packet::new_checked(&b[off..])
-        {
-            h.ipv4 = Some((ip.src(), ip.dst(), ip.protocol()));
-            let l4 = ip.payload();
-            if ip.frag_offset() == 0
-                && ip.protocol() == 1
-                && l4.len() >= 8
-                && (l4[0] == 8 || l4[0] == 0)
-            {
-                let id = u16::from_be_bytes([l4[4], l4[5]]);
-                h.ports = Some(if l4[0] == 8 { (id, 0) } else { (0, id) });
-            }
-            if ip.frag_offset() == 0 && matches!(ip.protocol(), 6 | 17) && l4.len() >= 4 {
-                h.ports = Some((
-                    u16::from_be_bytes([l4[0], l4[1]]),
-                    u16::from_be_bytes([l4[2], l4[3]]),
-                ));
-                if ip.protocol() == 6 && l4.len() >= 14 {
-                    h.tcp_flags = Some(l4[13]);
+        let l3 = b.get(off..).unwrap_or(&[]);
+        if et == ethertype::IPV4 {
+            if let Ok(ip) = nat::wire::Ipv4Packet::new_checked(l3) {
+                let proto = ip.protocol();
+                h.ipv4 = Some((ip.src(), ip.dst(), proto));
+                if ip.is_fragment() {
+                    h.fragment = Some(Fragment {
+                        id: u32::from(ip.ident()),
+                        offset: (ip.frag_offset() / 8) as u16,
+                        more: ip.more_frags(),
+                    });
                 }
+                h.transport(proto, (ip.frag_offset() / 8) as u16, ip.payload());
+            } else {
+                h.incomplete = true;
             }
+        } else if et == ETHERTYPE_IPV6 {
+            h.parse_ipv6(l3);
         }
         h
     }
+
+    /// Walk an IPv6 header and its extension headers.
+    fn parse_ipv6(&mut self, b: &[u8]) {
+        if b.len() < 40 || b[0] >> 4 != 6 {
+            self.incomplete = true;
+            return;
+        }
+        let addr = |o: usize| {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[o..o + 16]);
+            Ipv6Addr::from(a)
+        };
+        let (src, dst) = (addr(8), addr(24));
+        // The payload ends where the payload length says (a jumbogram's 0 means the frame's end).
+        let end = match usize::from(u16::from_be_bytes([b[4], b[5]])) {
+            0 => b.len(),
+            n => (40 + n).min(b.len()),
+        };
+        let mut next = b[6];
+        let mut off = 40;
+        let mut offset = 0;
+        for _ in 0..=MAX_EXT_HEADERS {
+            let len = match next {
+                // Hop-by-hop, routing, destination options: (len + 1) * 8.
+                0 | 43 | 60 => b.get(off + 1).map(|l| (usize::from(*l) + 1) * 8),
+                // Fragment: 8 bytes.
+                44 => {
+                    let Some(f) = b.get(off..off + 8) else {
+                        break;
+                    };
+                    let fo = u16::from_be_bytes([f[2], f[3]]);
+                    offset = fo >> 3;
+                    self.fragment = Some(Fragment {
+                        id: u32::from_be_bytes([f[4], f[5], f[6], f[7]]),
+                        offset,
+                        more: fo & 1 != 0,
+                    });
+                    Some(8)
+                }
+                // Authentication header: (len + 2) * 4.
+                51 => b.get(off + 1).map(|l| (usize::from(*l) + 2) * 4),
+                // The upper-layer protocol (or ESP / no next header).
+                proto => {
+                    self.ipv6 = Some((src, dst, proto));
+                    self.transport(proto, offset, b.get(off..end).unwrap_or(&[]));
+                    return;
+                }
+            };
+            let Some(len) = len.filter(|l| off + l <= end) else {
+                break;
+            };
+            next = b[off];
+            off += len;
+            if offset != 0 {
+                // A non-first fragment: what follows is not a header.
+                self.ipv6 = Some((src, dst, next));
+                return;
+            }
+        }
+        // Too many extension headers, or one cut short: the protocol is unknown.
+        self.ipv6 = Some((src, dst, next));
+        self.incomplete = true;
+    }
+
+    /// Ports and flags of the transport header `l4` of protocol `proto` at fragment `offset`.
+    fn transport(&mut self, proto: u8, offset: u16, l4: &[u8]) {
+        if offset != 0 {
+            // RFC 1858: a TCP fragment at offset 1 or 2 overlaps (rewrites) the header.
+            self.incomplete |= proto == 6 && offset < 3;
+            return;
+        }
+        let need = match proto {
+            6 => 20,
+            17 | 1 | 58 => 8,
+            _ => 0,
+        };
+        if l4.len() < need {
+            self.incomplete = true;
+            return;
+        }
+        match proto {
+            6 | 17 => {
+                self.ports = Some((
+                    u16::from_be_bytes([l4[0], l4[1]]),
+                    u16::from_be_bytes([l4[2], l4[3]]),
+                ));
+                if proto == 6 {
+                    self.tcp_flags = Some(l4[13]);
+                }
+            }
+            // Echo request/reply (ICMP 8/0, ICMPv6 128/129): the id as a port.
+            1 | 58 => {
+                let (req, rep) = if proto == 1 { (8, 0) } else { (128, 129) };
+                let id = u16::from_be_bytes([l4[4], l4[5]]);
+                if l4[0] == req {
+                    self.ports = Some((id, 0));
+                } else if l4[0] == rep {
+                    self.ports = Some((0, id));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Source, destination and (upper-layer) protocol of an IPv4 or IPv6 packet.
+    pub fn ip(&self) -> Option<(IpAddr, IpAddr, u8)> {
+        match (self.ipv4, self.ipv6) {
+            (Some((s, d, p)), _) => Some((s.into(), d.into(), p)),
+            (None, Some((s, d, p))) => Some((s.into(), d.into(), p)),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a fragment other than the first.
+    pub fn later_fragment(&self) -> bool {
+        self.fragment.is_some_and(|f| f.offset != 0)
+    }
 }
+
+/// EtherType of IPv6.
+const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 /// A received frame: its bytes and, on demand, its parsed headers.
 pub struct Frame<'a> {
@@ -145,6 +290,8 @@ pub trait Policy {
     fn explain(&self, _meta: &FrameMeta, _frame: &Frame) -> Option<String> {
         None
     }
+    /// Periodic work from the worker's once-a-second sweep (age state at `now`).
+    fn expire(&mut self, _now: u64) {}
 }
 
 /// No policy: everything continues. Costs nothing.
@@ -177,6 +324,10 @@ impl<A: Policy, B: Policy> Policy for (A, B) {
             (a, b) => a.or(b),
         }
     }
+    fn expire(&mut self, now: u64) {
+        self.0.expire(now);
+        self.1.expire(now);
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for Box<P> {
@@ -190,6 +341,9 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
     fn explain(&self, meta: &FrameMeta, frame: &Frame) -> Option<String> {
         (**self).explain(meta, frame)
     }
+    fn expire(&mut self, now: u64) {
+        (**self).expire(now)
+    }
 }
 
 /// An inclusive range of values.
@@ -202,7 +356,47 @@ impl Range {
     }
 }
 
+/// An IPv4 or IPv6 network (address, prefix length). A network of one family
+/// never contains an address of the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpNet {
+    /// IPv4 network, prefix 0..=32.
+    V4(Ipv4Addr, u8),
+    /// IPv6 network, prefix 0..=128.
+    V6(Ipv6Addr, u8),
+}
+
+impl IpNet {
+    /// Whether `ip` lies in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (*self, ip) {
+            (IpNet::V4(net, p), IpAddr::V4(a)) => {
+                let m = u32::MAX.checked_shl(32 - u32::from(p.min(32))).unwrap_or(0);
+                u32::from(a) & m == u32::from(net) & m
+            }
+            (IpNet::V6(net, p), IpAddr::V6(a)) => {
+                let m = u128::MAX
+                    .checked_shl(128 - u32::from(p.min(128)))
+                    .unwrap_or(0);
+                u128::from(a) & m == u128::from(net) & m
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<(Ipv4Addr, u8)> for IpNet {
+    fn from((a, p): (Ipv4Addr, u8)) -> IpNet {
+        IpNet::V4(a, p)
+    }
+}
+
 /// One ACL rule: every field set must match.
+///
+/// Rules with L3/L4 fields (`src`, `dst`, `protocol`, ports, `tcp_flags`)
+/// match IPv4 and IPv6 alike (a CIDR only its own family) and never match
+/// non-IP frames; rules with only L2 fields (ports, MACs, VLAN, EtherType)
+/// match any frame. Fragments: see [`Chain`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AclRule {
     /// Shown in counters and traces.
@@ -219,11 +413,11 @@ pub struct AclRule {
     pub vlan: Option<u16>,
     /// EtherType.
     pub ethertype: Option<u16>,
-    /// IPv4 source network (address, prefix).
-    pub src: Option<(Ipv4Addr, u8)>,
-    /// IPv4 destination network.
-    pub dst: Option<(Ipv4Addr, u8)>,
-    /// IP protocol.
+    /// Source network (IPv4 or IPv6).
+    pub src: Option<IpNet>,
+    /// Destination network (IPv4 or IPv6).
+    pub dst: Option<IpNet>,
+    /// IP protocol (for IPv6: the upper-layer protocol after extension headers).
     pub protocol: Option<u8>,
     /// Source ports.
     pub sport: Option<Range>,
@@ -232,20 +426,23 @@ pub struct AclRule {
     /// TCP flags that must all be set, and the mask they are compared under.
     pub tcp_flags: Option<(u8, u8)>,
     /// Connection state: `Some(true)` only frames of connections already seen
-    /// (replies included), `Some(false)` only frames that would start one.
+    /// (replies and related ICMP errors included), `Some(false)` only frames
+    /// that would start one.
     pub state: Option<bool>,
 }
 
-fn in_net(ip: Ipv4Addr, (net, prefix): (Ipv4Addr, u8)) -> bool {
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix))
-    };
-    u32::from(ip) & mask == u32::from(net) & mask
-}
-
 impl AclRule {
+    /// Whether the rule reads IP or transport fields.
+    pub fn needs_ip(&self) -> bool {
+        self.src.is_some()
+            || self.dst.is_some()
+            || self.protocol.is_some()
+            || self.sport.is_some()
+            || self.dport.is_some()
+            || self.tcp_flags.is_some()
+            || self.state.is_some()
+    }
+
     /// Whether the rule matches.
     pub fn matches(&self, in_port: PortId, h: &Headers) -> bool {
         if self
@@ -261,11 +458,11 @@ impl AclRule {
         }
         let needs_ip = self.src.is_some() || self.dst.is_some() || self.protocol.is_some();
         if needs_ip {
-            let Some((s, d, p)) = h.ipv4 else {
+            let Some((s, d, p)) = h.ip() else {
                 return false;
             };
-            if self.src.is_some_and(|n| !in_net(s, n))
-                || self.dst.is_some_and(|n| !in_net(d, n))
+            if self.src.is_some_and(|n| !n.contains(s))
+                || self.dst.is_some_and(|n| !n.contains(d))
                 || self.protocol.is_some_and(|x| x != p)
             {
                 return false;
@@ -351,60 +548,355 @@ impl RateLimit {
     }
 }
 
-/// Connections the ACL let through, tracked with the NAT's connection table
-/// (bounded, aged by a timer wheel), for `state` rules.
+/// An IPv6 connection's tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Tuple6 {
+    proto: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+}
+
+/// A connection's tuple in either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlowKey {
+    V4(nat::Tuple),
+    V6(Tuple6),
+}
+
+/// Connections the ACL let through, for `state` rules: IPv4 ones in the NAT's
+/// connection table (bounded, aged by a timer wheel), IPv6 ones in a bounded
+/// map (when full, a new connection evicts an arbitrary one). Both expire from the worker's once-a-second sweep ([`Policy::expire`]),
+/// and lookups ignore entries past their time, so an idle period never leaves
+/// stale state behind.
 pub struct FlowState {
     table: nat::conntrack::Table,
-    last_expire: u64,
+    v6: HashMap<Tuple6, u64>,
+    max: usize,
+    /// IPv6 connections forgotten early to make room for a new one.
+    evicted: u64,
 }
 
 /// Idle lifetime of a tracked connection (ms).
 const FLOW_IDLE_MS: u64 = 300_000;
 
 impl FlowState {
-    /// An empty tracker of at most `max` connections.
+    /// An empty tracker of at most `max` connections per family.
     pub fn new(max: usize) -> FlowState {
         FlowState {
             table: nat::conntrack::Table::new(max, 0x05ee_dac1),
-            last_expire: 0,
+            v6: HashMap::new(),
+            max,
+            evicted: 0,
         }
     }
     /// Number of tracked connections.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.table.len() + self.v6.len()
     }
     /// Whether nothing is tracked.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.len() == 0
+    }
+    /// Forget connections idle past their lifetime at `now`.
+    pub fn expire(&mut self, now: u64) {
+        self.table.expire(now, |_| {});
+        self.v6.retain(|_, exp| *exp > now);
+    }
+
+    fn known(&self, k: &FlowKey, now: u64) -> bool {
+        match k {
+            FlowKey::V4(t) => self.table.lookup(t, now).is_some(),
+            FlowKey::V6(t) => [*t, t.inv()]
+                .iter()
+                .any(|t| self.v6.get(t).is_some_and(|e| *e > now)),
+        }
+    }
+
+    /// Track `k` (or refresh it) until `now` plus the idle lifetime.
+    fn track(&mut self, k: &FlowKey, now: u64) {
+        let exp = now.saturating_add(FLOW_IDLE_MS);
+        match k {
+            FlowKey::V4(t) => match self.table.lookup(t, now) {
+                Some((id, _)) => self.table.set_expires(id, exp),
+                None => {
+                    let _ = self
+                        .table
+                        .insert(nat::conntrack::Entry::new(*t, t.inv(), exp), now);
+                }
+            },
+            FlowKey::V6(t) => {
+                if let Some(e) = self.v6.get_mut(t) {
+                    *e = exp;
+                } else if let Some(e) = self.v6.get_mut(&t.inv()) {
+                    *e = exp;
+                } else {
+                    if self.v6.len() >= self.max {
+                        // Full: give up an arbitrary connection (the hash order is
+                        // keyed at random, so a flooding host mostly evicts its own).
+                        if let Some(old) = self.v6.keys().next().copied() {
+                            self.v6.remove(&old);
+                        }
+                        self.evicted += 1;
+                    }
+                    self.v6.insert(*t, exp);
+                }
+            }
+        }
+    }
+}
+
+impl Tuple6 {
+    fn inv(&self) -> Tuple6 {
+        Tuple6 {
+            proto: self.proto,
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+        }
     }
 }
 
 impl Clone for FlowState {
     /// A clone starts empty: connection state belongs to one running switch.
     fn clone(&self) -> Self {
-        FlowState::new(self.table.max())
+        FlowState::new(self.max)
     }
 }
 
 impl std::fmt::Debug for FlowState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FlowState({} connections)", self.table.len())
+        write!(f, "FlowState({} connections)", self.len())
     }
 }
 
-fn flow_tuple(h: &Headers) -> Option<nat::Tuple> {
-    let (src, dst, proto) = h.ipv4?;
+fn flow_key(h: &Headers) -> Option<FlowKey> {
     let (sport, dport) = h.ports?;
-    Some(nat::Tuple {
+    if let Some((src, dst, proto)) = h.ipv4 {
+        return Some(FlowKey::V4(nat::Tuple {
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+        }));
+    }
+    let (src, dst, proto) = h.ipv6?;
+    Some(FlowKey::V6(Tuple6 {
         proto,
         src,
         dst,
         sport,
         dport,
+    }))
+}
+
+/// For an ICMP or ICMPv6 error (destination unreachable, packet too big, time
+/// exceeded, parameter problem), the tuple of the packet it quotes.
+fn related_key(frame: &[u8], h: &Headers) -> Option<FlowKey> {
+    if h.fragment.is_some() {
+        return None;
+    }
+    let l3 = frame.get(ETH_HLEN + if h.vlan.is_some() { 4 } else { 0 }..)?;
+    if let Some((_, _, 1)) = h.ipv4 {
+        let ip = nat::wire::Ipv4Packet::new_checked(l3).ok()?;
+        let icmp = ip.payload();
+        if !matches!(icmp.first()?, 3 | 11 | 12) {
+            return None;
+        }
+        // The quoted header and at least the first 4 bytes of its transport header.
+        let inner = icmp.get(8..)?;
+        if inner.len() < 20 || inner[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = usize::from(inner[0] & 0xf) * 4;
+        let l4 = inner.get(ihl..)?;
+        let proto = inner[9];
+        let (sport, dport) = match proto {
+            6 | 17 => (
+                u16::from_be_bytes([*l4.first()?, *l4.get(1)?]),
+                u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]),
+            ),
+            1 if l4.len() >= 8 && l4[0] == 8 => (u16::from_be_bytes([l4[4], l4[5]]), 0),
+            _ => return None,
+        };
+        let a = |o: usize| Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3]);
+        return Some(FlowKey::V4(nat::Tuple {
+            proto,
+            src: a(12),
+            dst: a(16),
+            sport,
+            dport,
+        }));
+    }
+    if let Some((_, _, 58)) = h.ipv6 {
+        let icmp = icmpv6_payload(l3)?;
+        if !matches!(icmp.first()?, 1..=4) {
+            return None;
+        }
+        let mut inner = Headers::default();
+        inner.parse_ipv6(icmp.get(8..)?);
+        let (src, dst, proto) = inner.ipv6?;
+        if inner.fragment.is_some_and(|f| f.offset != 0) {
+            return None;
+        }
+        let (sport, dport) = match (proto, inner.ports) {
+            (6 | 17, Some(p)) => p,
+            (58, Some((id, 0))) => (id, 0),
+            _ => return None,
+        };
+        return Some(FlowKey::V6(Tuple6 {
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+        }));
+    }
+    None
+}
+
+/// The ICMPv6 message of an IPv6 packet (after its extension headers).
+fn icmpv6_payload(b: &[u8]) -> Option<&[u8]> {
+    let end = match usize::from(u16::from_be_bytes([*b.get(4)?, *b.get(5)?])) {
+        0 => b.len(),
+        n => (40 + n).min(b.len()),
+    };
+    let mut next = *b.get(6)?;
+    let mut off = 40;
+    for _ in 0..=MAX_EXT_HEADERS {
+        let len = match next {
+            0 | 43 | 60 => (usize::from(*b.get(off + 1)?) + 1) * 8,
+            51 => (usize::from(*b.get(off + 1)?) + 2) * 4,
+            58 => return b.get(off..end),
+            _ => return None,
+        };
+        next = *b.get(off)?;
+        off += len;
+    }
+    None
+}
+
+/// Key of a fragmented datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FragKey {
+    src: IpAddr,
+    dst: IpAddr,
+    /// The protocol for IPv4; 0 for IPv6 (the id is per address pair).
+    proto: u8,
+    id: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FragSlot {
+    key: FragKey,
+    allow: bool,
+    expires: u64,
+}
+
+/// Verdicts of first fragments, for the fragments that follow them: a
+/// set-associative table of [`FRAG_SETS`] × [`FRAG_WAYS`] slots (bounded,
+/// O(1) per lookup and insert; a full set gives up its oldest slot).
+#[derive(Debug, Clone)]
+struct FragTable {
+    slots: Vec<Option<FragSlot>>,
+    hasher: std::hash::RandomState,
+}
+
+/// Sets of the fragment table.
+pub const FRAG_SETS: usize = 256;
+/// Slots per set.
+pub const FRAG_WAYS: usize = 4;
+/// How long a first fragment's verdict is remembered (ms), like a reassembly timeout.
+pub const FRAG_TIMEOUT_MS: u64 = 30_000;
+
+impl Default for FragTable {
+    fn default() -> Self {
+        FragTable {
+            slots: vec![None; FRAG_SETS * FRAG_WAYS],
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+}
+
+impl FragTable {
+    fn set(&self, k: &FragKey) -> std::ops::Range<usize> {
+        use std::hash::BuildHasher;
+        let s = (self.hasher.hash_one(k) as usize) % FRAG_SETS * FRAG_WAYS;
+        s..s + FRAG_WAYS
+    }
+    fn lookup(&self, k: &FragKey, now: u64) -> Option<bool> {
+        self.slots[self.set(k)]
+            .iter()
+            .flatten()
+            .find(|s| s.key == *k && s.expires > now)
+            .map(|s| s.allow)
+    }
+    fn remember(&mut self, k: FragKey, allow: bool, now: u64) {
+        let r = self.set(&k);
+        let set = &mut self.slots[r];
+        let i = set
+            .iter()
+            .position(|s| s.is_some_and(|s| s.key == k))
+            .or_else(|| set.iter().position(|s| s.is_none_or(|s| s.expires <= now)))
+            .unwrap_or_else(|| {
+                (0..FRAG_WAYS)
+                    .min_by_key(|&i| set[i].map_or(0, |s| s.expires))
+                    .unwrap_or(0)
+            });
+        set[i] = Some(FragSlot {
+            key: k,
+            allow,
+            expires: now.saturating_add(FRAG_TIMEOUT_MS),
+        });
+    }
+    fn expire(&mut self, now: u64) {
+        for s in &mut self.slots {
+            if s.is_some_and(|x| x.expires <= now) {
+                *s = None;
+            }
+        }
+    }
+}
+
+fn frag_key(h: &Headers) -> Option<FragKey> {
+    let f = h.fragment?;
+    let (src, dst, proto) = h.ip()?;
+    Some(FragKey {
+        src,
+        dst,
+        proto: if h.ipv4.is_some() { proto } else { 0 },
+        id: f.id,
     })
 }
 
+/// Drops the chain makes besides rule hits (shown as `acl-drop:NAME` counters).
+#[derive(Debug, Clone, Copy, Default)]
+struct ChainDrops {
+    /// First fragments too short for the transport header, TCP fragments at offset 1 or 2.
+    tiny_fragment: u64,
+    /// Later fragments whose first fragment was not seen (or was forgotten).
+    fragment_unknown: u64,
+    /// Unfragmented IP packets with a cut-short transport header or an
+    /// IPv6 header chain too long to walk.
+    bad_header: u64,
+    /// Later fragments dropped because their first fragment was dropped.
+    fragment_follows_drop: u64,
+}
+
 /// The built-in policies, in order: rate limits, then ACL rules (first match wins, default allow).
+///
+/// Fragments (when a rule reads IP or transport fields): the first fragment
+/// is classified like any packet and its verdict remembered for
+/// [`FRAG_TIMEOUT_MS`]; later fragments get that verdict, or are dropped
+/// (`acl-drop:fragment-unknown`) when it is unknown (reordered before the
+/// first, or forgotten). A first fragment too short to hold the transport
+/// header the rules read, or a TCP fragment at offset 1 or 2 (RFC 1858), is
+/// dropped (`acl-drop:tiny-fragment`); so is an unfragmented packet with a
+/// cut-short transport header or an unwalkable IPv6 header chain
+/// (`acl-drop:bad-header`). Non-IP frames only match rules without IP fields.
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
     /// Ingress rate limits.
@@ -417,6 +909,9 @@ pub struct Chain {
     pub port_names: Vec<String>,
     /// Connection tracking for `state` rules (only when a rule uses it).
     pub flows: Option<FlowState>,
+    frags: FragTable,
+    drops: ChainDrops,
+    ip_rules: bool,
 }
 
 impl Chain {
@@ -427,13 +922,71 @@ impl Chain {
             .iter()
             .any(|r| r.state.is_some())
             .then(|| FlowState::new(65_536));
+        let ip_rules = acl.iter().any(AclRule::needs_ip);
         Chain {
             limits,
             acl,
             hits,
             port_names,
             flows,
+            frags: FragTable::default(),
+            drops: ChainDrops::default(),
+            ip_rules,
         }
+    }
+
+    /// Take over the run-time state of `old` (the chain this one replaces on a
+    /// reload): tracked connections, if this chain tracks any, and the
+    /// verdicts of first fragments in flight.
+    pub fn adopt_state(&mut self, old: &mut Chain) {
+        if self.flows.is_some()
+            && let Some(f) = old.flows.take()
+        {
+            self.flows = Some(f);
+        }
+        self.frags = std::mem::take(&mut old.frags);
+    }
+
+    /// What a fragment or a packet the rules cannot read gets before any rule:
+    /// `Some(verdict)` decides it, `None` leaves it to the rules.
+    fn pre_rules(&mut self, h: &Headers, now: u64) -> Option<Action> {
+        if !self.ip_rules || h.ip().is_none() && !h.incomplete {
+            return None;
+        }
+        if h.incomplete {
+            if h.fragment.is_some() {
+                self.drops.tiny_fragment += 1;
+                return Some(Action::Drop("acl-tiny-fragment"));
+            }
+            self.drops.bad_header += 1;
+            return Some(Action::Drop("acl-bad-header"));
+        }
+        if !h.later_fragment() {
+            return None;
+        }
+        match frag_key(h).and_then(|k| self.frags.lookup(&k, now)) {
+            Some(true) => Some(Action::Continue),
+            Some(false) => {
+                self.drops.fragment_follows_drop += 1;
+                Some(Action::Drop("acl"))
+            }
+            None => {
+                self.drops.fragment_unknown += 1;
+                Some(Action::Drop("acl-fragment-unknown"))
+            }
+        }
+    }
+
+    /// Whether the frame belongs to a tracked connection (or is an ICMP error about one).
+    fn known(&self, frame: &Frame, now: u64) -> (Option<FlowKey>, bool) {
+        let Some(f) = &self.flows else {
+            return (None, false);
+        };
+        let h = frame.headers();
+        let key = flow_key(h);
+        let known = key.as_ref().is_some_and(|k| f.known(k, now))
+            || related_key(frame.bytes(), h).is_some_and(|k| f.known(&k, now));
+        (key, known)
     }
 }
 
@@ -449,42 +1002,30 @@ impl Policy for Chain {
         }
         let h = frame.headers();
         let now = meta.now;
-        let tuple = if self.flows.is_some() {
-            flow_tuple(h)
-        } else {
-            None
-        };
-        let known = match (&mut self.flows, &tuple) {
-            (Some(f), Some(t)) => {
-                if now.saturating_sub(f.last_expire) >= 1000 {
-                    f.table.expire(now, |_| {});
-                    f.last_expire = now;
-                }
-                f.table.lookup(t, now).map(|(id, _)| id)
-            }
-            _ => None,
-        };
+        if let Some(a) = self.pre_rules(h, now) {
+            return a;
+        }
+        let (key, known) = self.known(frame, now);
+        let mut allow = true;
         for (i, r) in self.acl.iter().enumerate() {
-            if r.state.is_some_and(|est| est != known.is_some()) || !r.matches(meta.in_port, h) {
+            if r.state.is_some_and(|est| est != known) || !r.matches(meta.in_port, h) {
                 continue;
             }
             self.hits[i] += 1;
-            if r.drop {
-                return Action::Drop("acl");
-            }
+            allow = !r.drop;
             break;
         }
+        if self.ip_rules
+            && let Some(k) = frag_key(h)
+        {
+            self.frags.remember(k, allow, now);
+        }
+        if !allow {
+            return Action::Drop("acl");
+        }
         // Allowed: remember the connection (or keep it alive).
-        if let (Some(f), Some(t)) = (&mut self.flows, tuple) {
-            match known {
-                Some(id) => f.table.set_expires(id, now + FLOW_IDLE_MS),
-                None => {
-                    let _ = f.table.insert(
-                        nat::conntrack::Entry::new(t, t.inv(), now + FLOW_IDLE_MS),
-                        now,
-                    );
-                }
-            }
+        if let (Some(f), Some(k)) = (&mut self.flows, key) {
+            f.track(&k, now);
         }
         Action::Continue
     }
@@ -496,6 +1037,20 @@ impl Policy for Chain {
             .zip(&self.hits)
             .map(|(r, h)| (format!("acl:{}", r.name), *h))
             .collect();
+        if !self.acl.is_empty() {
+            let d = &self.drops;
+            for (name, n) in [
+                ("tiny-fragment", d.tiny_fragment),
+                ("fragment-unknown", d.fragment_unknown),
+                ("fragment-follows-drop", d.fragment_follows_drop),
+                ("bad-header", d.bad_header),
+            ] {
+                v.push((format!("acl-drop:{name}"), n));
+            }
+            if let Some(f) = &self.flows {
+                v.push(("acl-state:evicted-v6".to_string(), f.evicted));
+            }
+        }
         for l in &self.limits {
             v.push((
                 format!(
@@ -509,11 +1064,31 @@ impl Policy for Chain {
     }
 
     fn explain(&self, meta: &FrameMeta, frame: &Frame) -> Option<String> {
+        if self.acl.is_empty() {
+            return None;
+        }
         let h = frame.headers();
-        let known = match (&self.flows, flow_tuple(h)) {
-            (Some(f), Some(t)) => f.table.lookup(&t, meta.now).is_some(),
-            _ => false,
-        };
+        if self.ip_rules && h.incomplete {
+            return Some(format!(
+                "acl: DROP ({}: the transport header the rules read is missing or cut short)",
+                if h.fragment.is_some() {
+                    "acl-drop:tiny-fragment"
+                } else {
+                    "acl-drop:bad-header"
+                }
+            ));
+        }
+        if self.ip_rules && h.later_fragment() {
+            return Some(
+                match frag_key(h).and_then(|k| self.frags.lookup(&k, meta.now)) {
+                    Some(true) => "acl: a later fragment: allow, like its first fragment",
+                    Some(false) => "acl: a later fragment: DROP, like its first fragment",
+                    None => "acl: a later fragment whose first was not seen: DROP (acl-drop:fragment-unknown)",
+                }
+                .to_string(),
+            );
+        }
+        let (_, known) = self.known(frame, meta.now);
         for r in &self.acl {
             if r.state.is_some_and(|est| est != known) {
                 continue;
@@ -526,20 +1101,28 @@ impl Policy for Chain {
                 ));
             }
         }
-        (!self.acl.is_empty()).then(|| "no acl rule matches: allow".to_string())
+        Some("no acl rule matches: allow".to_string())
+    }
+
+    fn expire(&mut self, now: u64) {
+        if let Some(f) = &mut self.flows {
+            f.expire(now);
+        }
+        self.frags.expire(now);
     }
 }
 
 /// A policy whose built-in part can be replaced between batches (`vswitch reload`).
 pub trait Reload {
-    /// Replace the built-in chain.
+    /// Replace the built-in chain (keeping its connection and fragment state).
     fn set_chain(&mut self, _chain: Chain) {}
 }
 
 impl Reload for NoPolicy {}
 
 impl<U: Policy> Reload for (Chain, U) {
-    fn set_chain(&mut self, chain: Chain) {
+    fn set_chain(&mut self, mut chain: Chain) {
+        chain.adopt_state(&mut self.0);
         self.0 = chain;
     }
 }
@@ -612,8 +1195,8 @@ mod tests {
         let arp = eth_frame(MacAddr::BROADCAST, MacAddr([2, 0, 0, 0, 0, 1]), 0x0806, 60);
         assert_eq!(c.classify(&meta, &Frame::new(&arp)), Action::Continue);
         assert_eq!(
-            c.counters(),
-            vec![("acl:no-http".to_string(), 1), ("acl:rest".to_string(), 1)]
+            c.counters()[..2],
+            [("acl:no-http".to_string(), 1), ("acl:rest".to_string(), 1)]
         );
         assert!(
             c.explain(&meta, &Frame::new(&f))
@@ -630,8 +1213,10 @@ mod tests {
             f(&mut a);
             a.matches(0, &h)
         };
-        assert!(r(|a| a.src = Some((Ipv4Addr::new(192, 168, 15, 0), 24))));
-        assert!(!r(|a| a.dst = Some((Ipv4Addr::new(10, 0, 0, 0), 8))));
+        assert!(r(
+            |a| a.src = Some((Ipv4Addr::new(192, 168, 15, 0), 24).into())
+        ));
+        assert!(!r(|a| a.dst = Some((Ipv4Addr::new(10, 0, 0, 0), 8).into())));
         assert!(r(|a| a.tcp_flags = Some((0x02, 0x12))), "SYN without ACK");
         assert!(!r(|a| a.tcp_flags = Some((0x12, 0x12))));
         assert!(!r(|a| a.in_ports = Some(vec![1])));
@@ -728,5 +1313,441 @@ mod tests {
             (NoPolicy, NoPolicy).classify(&meta, &Frame::new(&f)),
             Action::Continue
         );
+    }
+
+    // Fixtures below are built field by field from RFC 791 (IPv4), RFC 8200
+    // (IPv6 and its extension headers), RFC 793 (TCP) and RFC 792/4443 (ICMP);
+    // checksums are left zero (the ACL does not read them).
+    const RED_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const BLUE_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+    const LL_RED: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+    const LL_BLUE: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+    const RED4: [u8; 4] = [192, 168, 15, 1];
+    const BLUE4: [u8; 4] = [192, 168, 15, 2];
+
+    fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = BLUE_MAC.0.to_vec();
+        f.extend(RED_MAC.0);
+        f.extend(ethertype.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    /// A 20-byte TCP header.
+    fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = flags;
+        t
+    }
+
+    /// IPv4 packet: `frag` is the flags/offset word (0x2000 = MF, offset in 8-byte units).
+    fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], id: u16, frag: u16, l4: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x45, 0];
+        p.extend(((20 + l4.len()) as u16).to_be_bytes());
+        p.extend(id.to_be_bytes());
+        p.extend(frag.to_be_bytes());
+        p.extend([64, proto, 0, 0]);
+        p.extend(src);
+        p.extend(dst);
+        p.extend(l4);
+        eth(0x0800, &p)
+    }
+
+    /// IPv6 packet with `next` as the first next-header and `rest` (extension headers and payload).
+    fn ipv6(next: u8, src: Ipv6Addr, dst: Ipv6Addr, rest: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend((rest.len() as u16).to_be_bytes());
+        p.extend([next, 64]);
+        p.extend(src.octets());
+        p.extend(dst.octets());
+        p.extend(rest);
+        eth(0x86dd, &p)
+    }
+
+    /// An 8-byte options extension header (hop-by-hop or destination options) with PadN.
+    fn opts(next: u8) -> Vec<u8> {
+        vec![next, 0, 1, 4, 0, 0, 0, 0]
+    }
+
+    /// An IPv6 fragment header.
+    fn frag6(next: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
+        let mut f = vec![next, 0];
+        f.extend((offset << 3 | u16::from(more)).to_be_bytes());
+        f.extend(id.to_be_bytes());
+        f
+    }
+
+    fn no_ssh() -> AclRule {
+        AclRule {
+            name: "no-ssh-to-blue".into(),
+            drop: true,
+            in_ports: Some(vec![0]),
+            protocol: Some(6),
+            dport: Some(Range(22, 22)),
+            ..Default::default()
+        }
+    }
+
+    fn chain(rules: Vec<AclRule>) -> Chain {
+        Chain::new(rules, vec![], vec!["red".into(), "blue".into()])
+    }
+
+    fn at(in_port: usize, now: u64) -> FrameMeta {
+        FrameMeta { in_port, now }
+    }
+
+    fn counter(c: &Chain, name: &str) -> u64 {
+        c.counters().into_iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    #[test]
+    fn l4_rules_match_ipv6_through_extension_headers() {
+        // Issue 8: `no-ssh-to-blue` was evaded over IPv6 link-local addresses.
+        let mut c = chain(vec![no_ssh()]);
+        let plain = ipv6(6, LL_RED, LL_BLUE, &tcp(40000, 22, 0x02));
+        let h = Headers::parse(&plain);
+        assert_eq!(h.ipv6, Some((LL_RED, LL_BLUE, 6)));
+        assert_eq!((h.ports, h.tcp_flags), (Some((40000, 22)), Some(0x02)));
+        assert_eq!(
+            c.classify(&at(0, 0), &Frame::new(&plain)),
+            Action::Drop("acl")
+        );
+        // Hop-by-hop, then destination options, then TCP.
+        let mut rest = opts(60);
+        rest.extend(opts(6));
+        rest.extend(tcp(40000, 22, 0x02));
+        let ext = ipv6(0, LL_RED, LL_BLUE, &rest);
+        assert_eq!(
+            c.classify(&at(0, 0), &Frame::new(&ext)),
+            Action::Drop("acl")
+        );
+        let web = ipv6(6, LL_RED, LL_BLUE, &tcp(40000, 80, 0x02));
+        assert_eq!(c.classify(&at(0, 0), &Frame::new(&web)), Action::Continue);
+        assert_eq!(counter(&c, "acl:no-ssh-to-blue"), 2);
+    }
+
+    #[test]
+    fn cidrs_match_only_their_own_family() {
+        let h4 = Headers::parse(&ipv4(6, RED4, BLUE4, 1, 0, &tcp(1, 22, 2)));
+        let h6 = Headers::parse(&ipv6(6, LL_RED, LL_BLUE, &tcp(1, 22, 2)));
+        let rule = |src: IpNet| AclRule {
+            src: Some(src),
+            ..Default::default()
+        };
+        let v4 = rule(IpNet::V4(Ipv4Addr::UNSPECIFIED, 0));
+        let v6 = rule(IpNet::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10));
+        assert!(v4.matches(0, &h4) && !v4.matches(0, &h6));
+        assert!(v6.matches(0, &h6) && !v6.matches(0, &h4));
+        let host = rule(IpNet::V6(LL_BLUE, 128));
+        assert!(!host.matches(0, &h6));
+        assert!(IpNet::V6(LL_BLUE, 0).contains(LL_RED.into()));
+        // No CIDR: protocol and ports match both families; non-IP frames never.
+        assert!(no_ssh().matches(0, &h4) && no_ssh().matches(0, &h6));
+        let arp = Headers::parse(&eth(0x0806, &[0u8; 28]));
+        assert!(!no_ssh().matches(0, &arp));
+        let by_type = AclRule {
+            ethertype: Some(0x0806),
+            ..Default::default()
+        };
+        assert!(by_type.matches(0, &arp));
+    }
+
+    #[test]
+    fn an_unwalkable_ipv6_header_chain_is_dropped_not_allowed() {
+        let mut c = chain(vec![no_ssh()]);
+        // MAX_EXT_HEADERS + 1 destination options headers before TCP.
+        let mut rest = Vec::new();
+        for _ in 0..MAX_EXT_HEADERS {
+            rest.extend(opts(60));
+        }
+        rest.extend(opts(6));
+        rest.extend(tcp(40000, 22, 0x02));
+        let long = ipv6(60, LL_RED, LL_BLUE, &rest);
+        assert!(Headers::parse(&long).incomplete);
+        assert_eq!(
+            c.classify(&at(0, 0), &Frame::new(&long)),
+            Action::Drop("acl-bad-header")
+        );
+        // An extension header running past the payload.
+        let cut = ipv6(0, LL_RED, LL_BLUE, &[6, 9, 0, 0]);
+        assert_eq!(
+            c.classify(&at(0, 0), &Frame::new(&cut)),
+            Action::Drop("acl-bad-header")
+        );
+        assert_eq!(counter(&c, "acl-drop:bad-header"), 2);
+        // Without IP rules, the same frame is not the ACL's business.
+        let mut l2 = chain(vec![AclRule {
+            src_mac: Some(MacAddr([2, 0, 0, 0, 0, 9])),
+            drop: true,
+            ..Default::default()
+        }]);
+        assert_eq!(l2.classify(&at(0, 0), &Frame::new(&long)), Action::Continue);
+    }
+
+    #[test]
+    fn tiny_and_overlapping_tcp_fragments_are_dropped() {
+        // RFC 1858: a first fragment holding only 8 bytes of TCP (no flags), and
+        // a TCP fragment at offset 1 (which would rewrite the flags).
+        let flags_rule = AclRule {
+            name: "no-syn-from-red".into(),
+            drop: true,
+            in_ports: Some(vec![0]),
+            tcp_flags: Some((0x02, 0x12)),
+            ..Default::default()
+        };
+        let mut c = chain(vec![flags_rule]);
+        let tiny = ipv4(6, RED4, BLUE4, 7, 0x2000, &tcp(40000, 80, 0x02)[..8]);
+        assert!(Headers::parse(&tiny).incomplete);
+        assert_eq!(
+            c.classify(&at(0, 0), &Frame::new(&tiny)),
+            Action::Drop("acl-tiny-fragment")
+        );
+        let overlap = ipv4(6, RED4, BLUE4, 7, 1, &[0u8; 16]);
+        assert_eq!(
+            c.classify(&at(0, 0), &Frame::new(&overlap)),
+            Action::Drop("acl-tiny-fragment")
+        );
+        let tiny6 = {
+            let mut r = frag6(6, 0, true, 9);
+            r.extend(&tcp(40000, 80, 0x02)[..8]);
+            ipv6(44, LL_RED, LL_BLUE, &r)
+        };
+        assert_eq!(
+            c.classify(&at(0, 0), &Frame::new(&tiny6)),
+            Action::Drop("acl-tiny-fragment")
+        );
+        assert_eq!(counter(&c, "acl-drop:tiny-fragment"), 3);
+    }
+
+    #[test]
+    fn later_fragments_follow_the_first_fragments_verdict() {
+        let mut c = chain(vec![no_ssh()]);
+        let first = |dport, id| ipv4(6, RED4, BLUE4, id, 0x2000, &tcp(40000, dport, 0x18));
+        let later = |id| ipv4(6, RED4, BLUE4, id, 3, &[0u8; 100]);
+        // Allowed datagram: its later fragment passes (no ports of its own).
+        assert_eq!(
+            c.classify(&at(0, 0), &Frame::new(&first(80, 1))),
+            Action::Continue
+        );
+        assert_eq!(
+            c.classify(&at(0, 1), &Frame::new(&later(1))),
+            Action::Continue
+        );
+        // Dropped datagram: so is its later fragment.
+        assert_eq!(
+            c.classify(&at(0, 2), &Frame::new(&first(22, 2))),
+            Action::Drop("acl")
+        );
+        assert_eq!(
+            c.classify(&at(0, 3), &Frame::new(&later(2))),
+            Action::Drop("acl")
+        );
+        // A later fragment without a first (or after the first was forgotten): dropped.
+        assert_eq!(
+            c.classify(&at(0, 4), &Frame::new(&later(3))),
+            Action::Drop("acl-fragment-unknown")
+        );
+        c.expire(FRAG_TIMEOUT_MS + 10);
+        assert_eq!(
+            c.classify(&at(0, FRAG_TIMEOUT_MS + 10), &Frame::new(&later(1))),
+            Action::Drop("acl-fragment-unknown")
+        );
+        // IPv6: the fragment header's id, through to the upper layer.
+        let f6 = |dport: u16, offset, id| {
+            let mut r = frag6(6, offset, offset == 0, id);
+            r.extend(if offset == 0 {
+                tcp(40000, dport, 0x18)
+            } else {
+                vec![0; 64]
+            });
+            ipv6(44, LL_RED, LL_BLUE, &r)
+        };
+        let t = FRAG_TIMEOUT_MS + 20;
+        assert_eq!(
+            c.classify(&at(0, t), &Frame::new(&f6(22, 0, 5))),
+            Action::Drop("acl")
+        );
+        assert_eq!(
+            c.classify(&at(0, t), &Frame::new(&f6(0, 8, 5))),
+            Action::Drop("acl")
+        );
+        assert_eq!(
+            c.classify(&at(0, t), &Frame::new(&f6(80, 0, 6))),
+            Action::Continue
+        );
+        assert_eq!(
+            c.classify(&at(0, t), &Frame::new(&f6(0, 8, 6))),
+            Action::Continue
+        );
+        assert_eq!(counter(&c, "acl-drop:fragment-follows-drop"), 2);
+        assert_eq!(counter(&c, "acl-drop:fragment-unknown"), 2);
+    }
+
+    /// Blue may answer, not start: allow established, drop the rest from blue (port 1).
+    fn replies_only() -> Chain {
+        chain(vec![
+            AclRule {
+                name: "replies".into(),
+                in_ports: Some(vec![1]),
+                state: Some(true),
+                ..Default::default()
+            },
+            AclRule {
+                name: "block-blue".into(),
+                drop: true,
+                in_ports: Some(vec![1]),
+                ..Default::default()
+            },
+        ])
+    }
+
+    #[test]
+    fn related_icmp_errors_and_reply_fragments_pass_stateful_rules() {
+        let mut c = replies_only();
+        let syn = ipv4(17, RED4, BLUE4, 1, 0, &[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+        assert_eq!(c.classify(&at(0, 0), &Frame::new(&syn)), Action::Continue);
+        // Blue's port unreachable quoting red's datagram: related, passes.
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend(&syn[14..]);
+        let err = ipv4(1, BLUE4, RED4, 2, 0, &icmp);
+        assert_eq!(c.classify(&at(1, 1), &Frame::new(&err)), Action::Continue);
+        // An error quoting a flow never seen is new: dropped.
+        let mut bogus = icmp.clone();
+        bogus[8 + 20 + 1] = 99; // another source port
+        let err2 = ipv4(1, BLUE4, RED4, 3, 0, &bogus);
+        assert_eq!(
+            c.classify(&at(1, 1), &Frame::new(&err2)),
+            Action::Drop("acl")
+        );
+        // A fragmented reply: the first fragment is established, the later follows it.
+        let first = ipv4(
+            17,
+            BLUE4,
+            RED4,
+            9,
+            0x2000,
+            &[0, 53, 0x9c, 0x40, 0x05, 0xdc, 0, 0],
+        );
+        let later = ipv4(17, BLUE4, RED4, 9, 1, &[0u8; 64]);
+        assert_eq!(c.classify(&at(1, 2), &Frame::new(&first)), Action::Continue);
+        assert_eq!(c.classify(&at(1, 2), &Frame::new(&later)), Action::Continue);
+        // IPv6: a flow from red, then blue's ICMPv6 destination unreachable about it.
+        let syn6 = ipv6(6, LL_RED, LL_BLUE, &tcp(40000, 80, 0x02));
+        assert_eq!(c.classify(&at(0, 3), &Frame::new(&syn6)), Action::Continue);
+        let mut icmp6 = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        icmp6.extend(&syn6[14..]);
+        let err6 = ipv6(58, LL_BLUE, LL_RED, &icmp6);
+        assert_eq!(c.classify(&at(1, 4), &Frame::new(&err6)), Action::Continue);
+        let reply6 = ipv6(6, LL_BLUE, LL_RED, &tcp(80, 40000, 0x12));
+        assert_eq!(
+            c.classify(&at(1, 4), &Frame::new(&reply6)),
+            Action::Continue
+        );
+        let start6 = ipv6(6, LL_BLUE, LL_RED, &tcp(80, 40001, 0x02));
+        assert_eq!(
+            c.classify(&at(1, 4), &Frame::new(&start6)),
+            Action::Drop("acl")
+        );
+    }
+
+    #[test]
+    fn reload_keeps_the_connection_table() {
+        let mut p = (replies_only(), NoPolicy);
+        let out = ipv4(17, RED4, BLUE4, 1, 0, &[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+        let back = ipv4(17, BLUE4, RED4, 1, 0, &[0, 53, 0x9c, 0x40, 0, 8, 0, 0]);
+        assert_eq!(p.classify(&at(0, 0), &Frame::new(&out)), Action::Continue);
+        p.set_chain(replies_only());
+        assert_eq!(p.0.flows.as_ref().unwrap().len(), 1);
+        assert_eq!(p.classify(&at(1, 1), &Frame::new(&back)), Action::Continue);
+        // A chain without state rules tracks nothing.
+        p.set_chain(chain(vec![no_ssh()]));
+        assert!(p.0.flows.is_none());
+    }
+
+    #[test]
+    fn the_sweep_expires_stateful_entries_without_traffic() {
+        let mut c = replies_only();
+        let out = ipv4(17, RED4, BLUE4, 1, 0, &[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+        let out6 = ipv6(17, LL_RED, LL_BLUE, &[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+        c.classify(&at(0, 0), &Frame::new(&out));
+        c.classify(&at(0, 0), &Frame::new(&out6));
+        assert_eq!(c.flows.as_ref().unwrap().len(), 2);
+        // An idle hour, swept once a second with no frame arriving.
+        for s in 1..=3600u64 {
+            c.expire(s * 1000);
+        }
+        assert_eq!(c.flows.as_ref().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn no_header_value_panics_the_classifier() {
+        // Seeded xorshift: IPv4/IPv6 frames with random header bytes and lengths
+        // (extension-header chains, fragments, ICMP errors quoting junk).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut c = chain(vec![
+            AclRule {
+                state: Some(true),
+                ..Default::default()
+            },
+            no_ssh(),
+            AclRule {
+                name: "v6".into(),
+                drop: true,
+                src: Some(IpNet::V6(LL_RED, 64)),
+                tcp_flags: Some((2, 2)),
+                ..Default::default()
+            },
+        ]);
+        for i in 0..200_000u64 {
+            let len = (rnd() % 140) as usize;
+            let mut body: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            let et = if i % 2 == 0 { 0x86dd } else { 0x0800 };
+            if let Some(b) = body.first_mut() {
+                let version = if et == 0x86dd { 0x60 } else { 0x45 };
+                *b = version | ((*b & 0x0f) * u8::from(i % 7 == 0));
+            }
+            if et == 0x86dd && body.len() > 6 {
+                body[6] = [0, 43, 44, 60, 51, 58, 6, 17][(rnd() % 8) as usize];
+            }
+            if et == 0x0800 && body.len() > 9 {
+                body[9] = [1, 6, 17][(rnd() % 3) as usize];
+                body[2] = 0;
+                body[3] = body.len() as u8;
+            }
+            let f = eth(et, &body);
+            let port = (rnd() % 2) as usize;
+            let _ = c.classify(&at(port, i / 100), &Frame::new(&f));
+            let _ = c.explain(&at(port, i / 100), &Frame::new(&f));
+        }
+        c.expire(u64::MAX / 2);
+    }
+
+    #[test]
+    fn a_full_ipv6_state_table_evicts_instead_of_refusing() {
+        let mut f = FlowState::new(4);
+        let key = |sport| {
+            FlowKey::V6(Tuple6 {
+                proto: 17,
+                src: LL_RED,
+                dst: LL_BLUE,
+                sport,
+                dport: 53,
+            })
+        };
+        for sp in 0..10 {
+            f.track(&key(sp), 0);
+        }
+        assert_eq!(f.len(), 4);
+        assert_eq!(f.evicted, 6);
+        assert!(f.known(&key(9), 1), "the newest connection is tracked");
     }
 }

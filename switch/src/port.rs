@@ -168,11 +168,34 @@ impl Batch {
     }
 
     /// Insert an 802.1Q tag (`tpid`, `tci`) after the MAC addresses of frame `i`,
-    /// using the headroom; fixes `csum_start` of a partial checksum.
-    pub fn insert_vlan_tag(&mut self, i: usize, tpid: u16, tci: u16) {
+    /// using the headroom; fixes `csum_start` of a partial checksum and the GSO
+    /// header length. Returns false, leaving the slot unchanged, when there is
+    /// no headroom, the frame is shorter than two MAC addresses, or an offset
+    /// would pass 65,535 (a malformed vnet header).
+    pub fn insert_vlan_tag(&mut self, i: usize, tpid: u16, tci: u16) -> bool {
         if self.start[i] < 4 || self.len[i] < VNET_HDR_LEN + 12 {
-            return;
+            return false;
         }
+        let (csum_start, hdr_len) = {
+            let v =
+                crate::wire::VnetHdr::new_checked(self.wire(i)).expect("slot holds a vnet header");
+            let cs = if v.flags() & crate::wire::VNET_F_NEEDS_CSUM != 0 {
+                match v.csum_start().checked_add(4) {
+                    Some(x) => Some(x),
+                    None => return false,
+                }
+            } else {
+                None
+            };
+            let hl = match v.hdr_len() {
+                0 => None,
+                x => match x.checked_add(4) {
+                    Some(y) => Some(y),
+                    None => return false,
+                },
+            };
+            (cs, hl)
+        };
         let s = i * SLOT + self.start[i];
         self.mem.copy_within(s..s + VNET_HDR_LEN + 12, s - 4);
         let t = s - 4 + VNET_HDR_LEN + 12;
@@ -180,12 +203,14 @@ impl Batch {
         self.mem[t + 2..t + 4].copy_from_slice(&tci.to_be_bytes());
         self.start[i] -= 4;
         self.len[i] += 4;
-        let mut v =
-            crate::wire::VnetHdr::new_checked(self.vnet_mut(i)).expect("slot holds a vnet header");
-        if v.flags() & crate::wire::VNET_F_NEEDS_CSUM != 0 {
-            let cs = v.csum_start();
-            v.set_csum_start(cs + 4);
+        let v = self.vnet_mut(i);
+        if let Some(h) = hdr_len {
+            v[2..4].copy_from_slice(&h.to_le_bytes());
         }
+        if let Some(cs) = csum_start {
+            v[6..8].copy_from_slice(&cs.to_le_bytes());
+        }
+        true
     }
 }
 
@@ -310,12 +335,49 @@ mod tests {
         b.set_filled(0, frame.len(), false);
         b.vnet_mut(0)[0] = crate::wire::VNET_F_NEEDS_CSUM;
         b.vnet_mut(0)[6] = 34;
-        b.insert_vlan_tag(0, 0x8100, 0x200a);
+        assert!(b.insert_vlan_tag(0, 0x8100, 0x200a));
         let f = b.frame(0);
         assert_eq!(&f[..12], &(1..=12u8).collect::<Vec<_>>()[..]);
         assert_eq!(&f[12..16], &[0x81, 0x00, 0x20, 0x0a]);
         assert_eq!(&f[16..], &(13..=20u8).collect::<Vec<_>>()[..]);
         let v = crate::wire::VnetHdr::new_checked(b.wire(0)).unwrap();
         assert_eq!(v.csum_start(), 38);
+    }
+
+    #[test]
+    fn vlan_tag_insertion_refuses_offsets_that_would_overflow() {
+        // Fuzz finding (issue 8): csum_start or hdr_len >= 65532 overflowed `cs + 4`.
+        for (flags, hdr_len, csum_start) in [
+            (crate::wire::VNET_F_NEEDS_CSUM, 0u16, 65_532u16),
+            (crate::wire::VNET_F_NEEDS_CSUM, 0, u16::MAX),
+            (0, 65_532, 0),
+            (0, u16::MAX, 0),
+        ] {
+            let mut b = Batch::new();
+            let mut frame = vec![flags, 0];
+            frame.extend(hdr_len.to_le_bytes());
+            frame.extend([0, 0]);
+            frame.extend(csum_start.to_le_bytes());
+            frame.extend([0, 0]);
+            frame.extend(1..=20u8);
+            b.rx_area(0)[..frame.len()].copy_from_slice(&frame);
+            b.set_filled(0, frame.len(), false);
+            assert!(!b.insert_vlan_tag(0, 0x8100, 10));
+            assert_eq!(b.wire(0), &frame[..], "slot unchanged");
+        }
+        // hdr_len is shifted with the tag, like csum_start.
+        let mut b = Batch::new();
+        let mut frame = vec![0u8, 1, 54, 0, 0, 0, 0, 0, 0, 0];
+        frame.extend(1..=20u8);
+        b.rx_area(0)[..frame.len()].copy_from_slice(&frame);
+        b.set_filled(0, frame.len(), false);
+        assert!(b.insert_vlan_tag(0, 0x8100, 10));
+        assert_eq!(
+            crate::wire::VnetHdr::new_checked(b.wire(0))
+                .unwrap()
+                .hdr_len(),
+            58
+        );
+        assert!(!b.insert_vlan_tag(0, 0x8100, 10), "no headroom left");
     }
 }

@@ -44,11 +44,20 @@ pub enum DropReason {
     Isolated,
     /// Not allowed on the port's VLANs (wrong tag, or untagged on a trunk).
     Vlan,
+    /// A policy redirected or mirrored the frame to a port that does not exist.
+    PolicyBadPort,
+    /// Sent to one port (unicast, redirect, mirror) that does not carry the
+    /// frame's VLAN; counted on that egress port. Flooded frames are only
+    /// scoped to their VLAN's members and are not counted here.
+    VlanEgress,
+    /// The tag could not be added or removed for the egress port (the frame
+    /// would exceed the largest slot, or a vnet header offset would overflow).
+    VlanRetag,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::Runt,
         DropReason::Truncated,
         DropReason::BadSrcMac,
@@ -68,6 +77,9 @@ impl DropReason {
         DropReason::Policy,
         DropReason::Isolated,
         DropReason::Vlan,
+        DropReason::PolicyBadPort,
+        DropReason::VlanEgress,
+        DropReason::VlanRetag,
     ];
 
     /// Stable name used in `vswitch stats` and JSON.
@@ -92,6 +104,9 @@ impl DropReason {
             DropReason::Policy => "policy",
             DropReason::Isolated => "isolated",
             DropReason::Vlan => "vlan",
+            DropReason::PolicyBadPort => "policy-bad-port",
+            DropReason::VlanEgress => "vlan-egress",
+            DropReason::VlanRetag => "vlan-retag",
         }
     }
 }
@@ -140,5 +155,29 @@ impl PortStats {
             "flooded": self.flooded,
             "drops": drops,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed_once_in_counter_order_with_a_unique_name() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} out of order");
+        }
+        let mut names: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::ALL.len());
+        let mut s = PortStats::default();
+        s.drop(DropReason::VlanRetag);
+        s.drop(DropReason::PolicyBadPort);
+        let v = s.to_json();
+        assert_eq!(v["drops"]["vlan-retag"], 1);
+        assert_eq!(v["drops"]["policy-bad-port"], 1);
+        assert_eq!(v["drops"]["vlan-egress"], 0);
+        assert_eq!(s.total_drops(), 2);
     }
 }

@@ -177,7 +177,13 @@ pub fn trace<P: Policy>(
     let l3 = match (h.ipv4, h.ports) {
         (Some((s, d, pr)), Some((sp, dp))) => format!(", IPv4 {s}:{sp} -> {d}:{dp} proto {pr}"),
         (Some((s, d, pr)), None) => format!(", IPv4 {s} -> {d} proto {pr}"),
-        _ => format!(", ethertype 0x{:04x}", h.ethertype),
+        _ => match (h.ipv6, h.ports) {
+            (Some((s, d, pr)), Some((sp, dp))) => {
+                format!(", IPv6 [{s}]:{sp} -> [{d}]:{dp} proto {pr}")
+            }
+            (Some((s, d, pr)), None) => format!(", IPv6 {s} -> {d} proto {pr}"),
+            _ => format!(", ethertype 0x{:04x}", h.ethertype),
+        },
     };
     out.push(format!(
         "frame: {} -> {}{}{l3}",
@@ -249,7 +255,10 @@ pub fn trace<P: Policy>(
         Some(q) if q == in_port => {
             out.push("verdict: DROP (same-port: the destination is behind the ingress port)".into())
         }
-        Some(q) if p.isolated[in_port] && p.isolated.get(q).copied().unwrap_or(false) => {
+        Some(q)
+            if p.isolated.get(in_port).copied().unwrap_or(false)
+                && p.isolated.get(q).copied().unwrap_or(false) =>
+        {
             out.push(format!(
                 "verdict: DROP (isolated: {} is isolated too)",
                 ports[q].name

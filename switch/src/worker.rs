@@ -55,37 +55,108 @@ pub struct Request {
     pub tap: Option<SyncSender<Vec<u8>>>,
     /// Where the JSON answer goes.
     pub reply: SyncSender<Value>,
+    /// For `conntrack-page`: where the page goes (plain structs, formatted by
+    /// the caller off the forwarding thread). `reply` then gets nothing.
+    pub page: Option<SyncSender<ConntrackPage>>,
+    /// For `fdb-snapshot` and `arp-snapshot`: where the copy goes (plain
+    /// structs, formatted by the caller). `reply` then gets nothing.
+    pub snapshot: Option<SyncSender<TableSnapshot>>,
 }
+
+/// A copy of the MAC table (`fdb-snapshot`) or the ARP table (`arp-snapshot`)
+/// in plain structs; the other table's list is left empty.
+#[derive(Debug, Default)]
+pub struct TableSnapshot {
+    /// Switch name.
+    pub switch: String,
+    /// Name and namespace of each port.
+    pub ports: Vec<(String, String)>,
+    /// When the copy was taken (ms).
+    pub now: u64,
+    /// MAC table ageing time (ms).
+    pub ageing_ms: u64,
+    /// MAC table entries.
+    pub fdb: Vec<(crate::wire::MacAddr, crate::fdb::FdbEntry)>,
+    /// MAC table counters.
+    pub fdb_counters: crate::fdb::FdbCounters,
+    /// ARP table entries.
+    pub arp: Vec<(std::net::Ipv4Addr, crate::arp::ArpEntry)>,
+    /// ARP table counters.
+    pub arp_counters: crate::arp::ArpCounters,
+}
+
+/// One page of the NAT's connection table (`conntrack-page` request, args
+/// `cursor` and `max`), as plain structs: the worker only copies entries, the
+/// control thread filters and formats them.
+#[derive(Debug, Default)]
+pub struct ConntrackPage {
+    /// Switch name.
+    pub switch: String,
+    /// Whether the switch has a NAT at all.
+    pub nat: bool,
+    /// Live entries, in slot order from the cursor.
+    pub entries: Vec<nat::EntryView>,
+    /// Cursor of the next page; `None` after the last.
+    pub next: Option<usize>,
+    /// Entries in the table when the page was taken.
+    pub total: usize,
+}
+
+/// Largest page the worker copies in one go (its cost bounds the pause in forwarding).
+pub const MAX_PAGE: usize = 2048;
 
 /// Copy a received slot (`vnet + frame`) into `b` with an 802.1Q tag for `vid`
 /// added (`tag`) or removed, fixing the offsets of partial checksums and GSO.
+/// Returns the length written, or 0 (nothing sent) when the frame is too short,
+/// the result would not fit in `b`, or an offset would pass 65,535.
 fn retag(src: &[u8], vid: u16, tag: bool, b: &mut [u8]) -> usize {
     use crate::wire::{VNET_F_NEEDS_CSUM, VNET_HDR_LEN};
-    let (vnet, f) = src.split_at(VNET_HDR_LEN);
+    let Some((vnet, f)) = src.split_at_checked(VNET_HDR_LEN) else {
+        return 0;
+    };
     if f.len() < 12 + usize::from(!tag) * 4 {
         return 0;
     }
-    b[..VNET_HDR_LEN].copy_from_slice(vnet);
-    b[VNET_HDR_LEN..VNET_HDR_LEN + 12].copy_from_slice(&f[..12]);
-    let n = if tag {
-        let o = VNET_HDR_LEN + 12;
-        b[o..o + 2].copy_from_slice(&[0x81, 0x00]);
-        b[o + 2..o + 4].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
-        b[o + 4..o + 4 + f.len() - 12].copy_from_slice(&f[12..]);
-        f.len() + 4
-    } else {
-        b[VNET_HDR_LEN + 12..VNET_HDR_LEN + f.len() - 4].copy_from_slice(&f[16..]);
-        f.len() - 4
-    };
-    let shift = |x: u16| if tag { x + 4 } else { x.saturating_sub(4) };
-    let flags = b[0];
-    let hdr_len = u16::from_le_bytes([b[2], b[3]]);
-    if hdr_len != 0 {
-        b[2..4].copy_from_slice(&shift(hdr_len).to_le_bytes());
+    let n = if tag { f.len() + 4 } else { f.len() - 4 };
+    if b.len() < VNET_HDR_LEN + n {
+        return 0;
     }
-    if flags & VNET_F_NEEDS_CSUM != 0 {
-        let cs = u16::from_le_bytes([b[6], b[7]]);
-        b[6..8].copy_from_slice(&shift(cs).to_le_bytes());
+    let shift = |x: u16| {
+        if tag {
+            x.checked_add(4)
+        } else {
+            Some(x.saturating_sub(4))
+        }
+    };
+    let hdr_len = u16::from_le_bytes([vnet[2], vnet[3]]);
+    let hdr_len = match hdr_len {
+        0 => 0,
+        h => match shift(h) {
+            Some(x) => x,
+            None => return 0,
+        },
+    };
+    let needs_csum = vnet[0] & VNET_F_NEEDS_CSUM != 0;
+    let cs = u16::from_le_bytes([vnet[6], vnet[7]]);
+    let cs = if needs_csum {
+        match shift(cs) {
+            Some(x) => x,
+            None => return 0,
+        }
+    } else {
+        cs
+    };
+    let (head, body) = b.split_at_mut(VNET_HDR_LEN);
+    head.copy_from_slice(vnet);
+    head[2..4].copy_from_slice(&hdr_len.to_le_bytes());
+    head[6..8].copy_from_slice(&cs.to_le_bytes());
+    body[..12].copy_from_slice(&f[..12]);
+    if tag {
+        body[12..14].copy_from_slice(&[0x81, 0x00]);
+        body[14..16].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
+        body[16..n].copy_from_slice(&f[12..]);
+    } else {
+        body[12..n].copy_from_slice(&f[16..]);
     }
     VNET_HDR_LEN + n
 }
@@ -122,6 +193,8 @@ fn tap_send(taps: &mut Vec<Tap>, port: usize, ts: u64, frame: &[u8]) {
 }
 
 const TOKEN_WAKE: u64 = u64::MAX;
+/// `conv_of` marker: the frame could not be converted (counted per egress port).
+const CONV_FAILED: u16 = u16::MAX - 1;
 const TOKEN_STOP: u64 = u64::MAX - 1;
 /// Batches taken from one port before looking at the others (fairness).
 const BATCHES_PER_WAKE: usize = 8;
@@ -142,6 +215,8 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     generated: Gen,
     /// VLAN and tagged-on-arrival of each frame of the batch.
     fv: [(u16, bool); BATCH],
+    /// Whether each frame of the batch was flooded (VLAN scoping is then not a drop).
+    flooded: [bool; BATCH],
     /// Frames re-tagged or untagged for ports that want the other form.
     conv: Batch,
     conv_of: [u16; BATCH],
@@ -174,6 +249,7 @@ impl<P: Policy + Reload> Worker<P> {
             batch: Batch::new(),
             generated: Gen::new(),
             fv: [(0, false); BATCH],
+            flooded: [false; BATCH],
             conv: Batch::new(),
             conv_of: [u16::MAX; BATCH],
             out_conv,
@@ -289,6 +365,19 @@ impl<P: Policy + Reload> Worker<P> {
                         let _ = wake.read();
                         while let Ok(req) = control.try_recv() {
                             let v = match req.cmd.as_str() {
+                                "fdb-snapshot" | "arp-snapshot" => {
+                                    if let Some(tx) = &req.snapshot {
+                                        let _ =
+                                            tx.send(self.snapshot(req.cmd == "fdb-snapshot", now));
+                                    }
+                                    continue;
+                                }
+                                "conntrack-page" => {
+                                    if let Some(tx) = &req.page {
+                                        let _ = tx.send(self.conntrack_page(&req.args, now));
+                                    }
+                                    continue;
+                                }
                                 "reload" => self.reload(),
                                 "capture" => match (
                                     req.tap,
@@ -381,36 +470,43 @@ impl<P: Policy + Reload> Worker<P> {
             st.rx_packets += 1;
             st.rx_bytes += len;
             let (vnet, frame) = self.batch.parts_mut(k);
-            let verdict = self
+            let mut verdict = self
                 .pipeline
                 .decide(in_port, vnet, frame, now, &mut self.generated);
             self.fv[k] = self.pipeline.frame_vlan;
+            self.flooded[k] = matches!(verdict, Verdict::Flood | Verdict::FloodAll);
             // A policy's tag edit (push needs the slot's headroom; a frame whose
-            // tag was already restored into it keeps its form).
+            // tag was already restored into it keeps its form). A push refused
+            // for a malformed vnet header drops the frame: it must not leave untagged.
             match self.pipeline.retag.take() {
                 Some(Some(vid)) if self.batch.has_headroom(k) => {
-                    self.batch.insert_vlan_tag(k, 0x8100, vid)
+                    let pushed = self.batch.insert_vlan_tag(k, 0x8100, vid);
+                    verdict = if pushed {
+                        verdict
+                    } else {
+                        Verdict::Drop(DropReason::VlanRetag)
+                    };
                 }
                 Some(None) => self.batch.remove_vlan_tag(k),
                 _ => {}
             }
             // A policy's Mirror action: a copy to that port, besides normal forwarding.
             if let Some(m) = self.pipeline.mirror.take()
-                && m < self.ports.len()
-                && m != in_port
-                && self.ports[m].up
+                && !matches!(verdict, Verdict::Drop(_))
             {
-                self.out[m].push(k as u16);
+                match self.ports.get(m) {
+                    None => self.ports[in_port].stats.drop(DropReason::PolicyBadPort),
+                    Some(p) if m != in_port && p.up => self.out[m].push(k as u16),
+                    Some(_) => {}
+                }
             }
             match verdict {
                 Verdict::Drop(r) => self.ports[in_port].stats.drop(r),
-                Verdict::Unicast(p) => {
-                    if self.ports[p].up {
-                        self.out[p].push(k as u16);
-                    } else {
-                        self.ports[p].stats.drop(DropReason::PortDown);
-                    }
-                }
+                Verdict::Unicast(p) => match self.ports.get_mut(p) {
+                    None => self.ports[in_port].stats.drop(DropReason::PolicyBadPort),
+                    Some(port) if port.up => self.out[p].push(k as u16),
+                    Some(port) => port.stats.drop(DropReason::PortDown),
+                },
                 v @ (Verdict::Flood | Verdict::FloodAll) => {
                     self.ports[in_port].stats.flooded += 1;
                     let mut any = false;
@@ -545,6 +641,11 @@ impl<P: Policy + Reload> Worker<P> {
                 let k = self.out[p][i] as usize;
                 let (vid, tagged) = self.fv[k];
                 if !v.member(p, vid) {
+                    // Flooding is scoped to the VLAN's members; a frame sent to
+                    // this port alone (unicast, redirect, mirror) is a drop.
+                    if !self.flooded[k] {
+                        self.ports[p].stats.drop(DropReason::VlanEgress);
+                    }
                     continue;
                 }
                 if tagged == want_tagged {
@@ -553,12 +654,15 @@ impl<P: Policy + Reload> Worker<P> {
                 }
                 if self.conv_of[k] == u16::MAX {
                     let src = self.batch.wire(k);
-                    if let Some(c) = self.conv.push_with(|b| retag(src, vid, want_tagged, b)) {
-                        self.conv_of[k] = c as u16;
+                    // At most one conversion per frame of the batch: `conv` never fills.
+                    match self.conv.push_with(|b| retag(src, vid, want_tagged, b)) {
+                        Some(c) => self.conv_of[k] = c as u16,
+                        None => self.conv_of[k] = CONV_FAILED,
                     }
                 }
-                if self.conv_of[k] != u16::MAX {
-                    self.out_conv[p].push(self.conv_of[k]);
+                match self.conv_of[k] {
+                    CONV_FAILED => self.ports[p].stats.drop(DropReason::VlanRetag),
+                    c => self.out_conv[p].push(c),
                 }
             }
             std::mem::swap(&mut self.out[p], &mut self.keep);
@@ -572,7 +676,9 @@ impl<P: Policy + Reload> Worker<P> {
             return;
         }
         for x in 0..self.ports.len() {
-            let Some(y) = self.mirrors[x] else { continue };
+            let Some(y) = self.mirrors.get(x).copied().flatten() else {
+                continue;
+            };
             if y >= self.ports.len() || !self.ports[y].up {
                 continue;
             }
@@ -626,44 +732,54 @@ impl<P: Policy + Reload> Worker<P> {
         }
     }
 
+    /// Copy the MAC table (`fdb`) or the ARP table.
+    pub fn snapshot(&self, fdb: bool, now: u64) -> TableSnapshot {
+        let p = &self.pipeline;
+        TableSnapshot {
+            switch: self.name.clone(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| (p.name.clone(), p.netns.clone()))
+                .collect(),
+            now,
+            ageing_ms: p.fdb.ageing_ms(),
+            fdb: if fdb { p.fdb.entries(now) } else { Vec::new() },
+            fdb_counters: p.fdb.counters,
+            arp: if fdb { Vec::new() } else { p.arp.entries(now) },
+            arp_counters: p.arp.counters,
+        }
+    }
+
+    /// Copy one page of the NAT's connection table (`args`: `cursor`, `max`
+    /// capped at [`MAX_PAGE`]).
+    pub fn conntrack_page(&self, args: &Value, now: u64) -> ConntrackPage {
+        let nat = self.pipeline.gateway.as_ref().and_then(|g| g.nat.as_ref());
+        let cursor = args["cursor"].as_u64().unwrap_or(0);
+        let max = args["max"]
+            .as_u64()
+            .unwrap_or(MAX_PAGE as u64)
+            .clamp(1, MAX_PAGE as u64);
+        let (entries, next) = match nat {
+            Some(n) => n.entries_from(
+                now,
+                usize::try_from(cursor).unwrap_or(usize::MAX),
+                max as usize,
+            ),
+            None => (Vec::new(), None),
+        };
+        ConntrackPage {
+            switch: self.name.clone(),
+            nat: nat.is_some(),
+            entries,
+            next,
+            total: nat.map_or(0, |n| n.len()),
+        }
+    }
+
     /// Answer a control request.
     pub fn answer(&self, cmd: &str, now: u64) -> Value {
         match cmd {
-            "fdb" => {
-                let entries: Vec<Value> = self
-                    .pipeline
-                    .fdb
-                    .entries(now)
-                    .into_iter()
-                    .map(|(mac, e)| {
-                        json!({
-                            "mac": mac.to_string(),
-                            "vlan": e.vlan,
-                            "port": self.ports[e.port].name,
-                            "netns": self.ports[e.port].netns,
-                            "age_ms": now.saturating_sub(e.last_seen),
-                        })
-                    })
-                    .collect();
-                json!({"ok": true, "switch": self.name, "ageing_ms": self.pipeline.fdb.ageing_ms(), "entries": entries, "counters": self.pipeline.fdb.counters})
-            }
-            "arp" => {
-                let entries: Vec<Value> = self
-                    .pipeline
-                    .arp
-                    .entries(now)
-                    .into_iter()
-                    .map(|(ip, e)| {
-                        json!({
-                            "ip": ip.to_string(),
-                            "mac": e.mac.to_string(),
-                            "port": self.ports[e.port].name,
-                            "age_ms": now.saturating_sub(e.last_seen),
-                        })
-                    })
-                    .collect();
-                json!({"ok": true, "switch": self.name, "entries": entries, "counters": self.pipeline.arp.counters})
-            }
             "stats" => {
                 let ports: Vec<Value> = self
                     .ports
@@ -730,32 +846,18 @@ impl<P: Policy + Reload> Worker<P> {
                 }
                 v
             }
-            "conntrack" => {
-                let entries: Vec<Value> = match self.pipeline.gateway.as_ref().and_then(|g| g.nat.as_ref()) {
-                    None => Vec::new(),
-                    Some(nat) => nat
-                        .entries(now)
-                        .into_iter()
-                        .map(|e| {
-                            let t = |t: &nat::Tuple| json!({"src": t.src.to_string(), "dst": t.dst.to_string(), "sport": t.sport, "dport": t.dport});
-                            json!({
-                                "proto": match e.proto { 6 => "tcp", 17 => "udp", 1 => "icmp", _ => "other" },
-                                "proto_num": e.proto,
-                                "state": e.state,
-                                "timeout": e.secs_left,
-                                "original": t(&e.orig),
-                                "reply": t(&e.reply),
-                                "packets": e.packets,
-                                "bytes": e.bytes,
-                                "assured": e.assured,
-                            })
-                        })
-                        .collect(),
-                };
-                json!({"ok": true, "switch": self.name, "entries": entries})
+            "conntrack-count" => {
+                let nat = self.pipeline.gateway.as_ref().and_then(|g| g.nat.as_ref());
+                json!({
+                    "ok": true,
+                    "switch": self.name,
+                    "nat": nat.is_some(),
+                    "entries": nat.map_or(0, |n| n.len()),
+                    "max_entries": nat.map_or(0, |n| n.config().max_entries),
+                })
             }
             other => {
-                json!({"ok": false, "error": format!("unknown request {other:?} (fdb, arp, stats)")})
+                json!({"ok": false, "error": format!("unknown request {other:?} (fdb, arp, stats, conntrack, conntrack-count, reload, trace, capture)")})
             }
         }
     }
@@ -763,7 +865,100 @@ impl<P: Policy + Reload> Worker<P> {
 
 #[cfg(test)]
 mod tests {
-    use super::retag;
+    use super::*;
+    use crate::pipeline::{PipelineConfig, VlanPorts};
+    use crate::policy::{Action, Frame, FrameMeta};
+    use crate::port::{HEADROOM, SLOT, TxOutcome};
+    use crate::wire::MacAddr;
+    use std::cell::RefCell;
+    use std::os::fd::{AsFd, BorrowedFd};
+    use std::rc::Rc;
+
+    /// A port in memory: frames sent are recorded (vnet header included).
+    struct MemPort {
+        fd: std::fs::File,
+        sent: Rc<RefCell<Vec<Vec<u8>>>>,
+    }
+
+    impl PortIo for MemPort {
+        fn rx_batch(&mut self, _: &mut Batch) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn tx_batch(&mut self, batch: &Batch, idx: &[u16]) -> io::Result<TxOutcome> {
+            for &i in idx {
+                self.sent.borrow_mut().push(batch.wire(i as usize).to_vec());
+            }
+            Ok(TxOutcome {
+                sent: idx.len(),
+                bytes: 0,
+                failed: 0,
+            })
+        }
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.fd.as_fd()
+        }
+    }
+
+    type Sent = Rc<RefCell<Vec<Vec<u8>>>>;
+
+    fn worker<P: Policy + Reload>(n: usize, policy: P) -> (Worker<P>, Vec<Sent>) {
+        let mut sent = Vec::new();
+        let ports = (0..n)
+            .map(|i| {
+                let s: Sent = Rc::default();
+                sent.push(s.clone());
+                Port {
+                    name: format!("p{i}"),
+                    netns: format!("ns{i}"),
+                    kind: "mem",
+                    io: Box::new(MemPort {
+                        fd: std::fs::File::open("/dev/null").unwrap(),
+                        sent: s,
+                    }),
+                    up: true,
+                    lan: true,
+                    isolated: false,
+                    stats: PortStats::default(),
+                }
+            })
+            .collect();
+        let cfg = PipelineConfig {
+            ports: n,
+            fdb_max: 64,
+            fdb_max_per_port: 16,
+            ageing_ms: 300_000,
+            arp_max: 16,
+            arp_suppress: false,
+            gateway: None,
+        };
+        let p = Pipeline::with_policy(&cfg, policy);
+        (Worker::new("t".into(), ports, p), sent)
+    }
+
+    /// Put `wire` (vnet header + frame) into slot `k` of the worker's batch.
+    fn load<P: Policy + Reload>(w: &mut Worker<P>, k: usize, wire: &[u8]) {
+        w.batch.rx_area(k)[..wire.len()].copy_from_slice(wire);
+        w.batch.set_filled(k, wire.len(), false);
+    }
+
+    fn frame(vnet: [u8; 10], dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
+        let mut v = vnet.to_vec();
+        v.extend(crate::wire::tests_fixtures::eth_frame(
+            dst, src, 0x0800, len,
+        ));
+        v
+    }
+
+    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+    struct Always(Action);
+    impl Policy for Always {
+        fn classify(&mut self, _: &FrameMeta, _: &Frame) -> Action {
+            self.0
+        }
+    }
+    impl Reload for Always {}
 
     #[test]
     fn retag_adds_and_removes_a_tag_and_shifts_offsets() {
@@ -780,5 +975,193 @@ mod tests {
         let mut back = vec![0u8; 100];
         let m = retag(&b[..n], 10, false, &mut back);
         assert_eq!(&back[..m], &src[..]);
+    }
+
+    #[test]
+    fn retag_refuses_overflowing_offsets_and_oversized_frames() {
+        // Fuzz findings (issue 8): `x + 4` overflowed for hdr_len or NEEDS_CSUM
+        // csum_start >= 65532, and frames of 65,597..=65,600 bytes sliced out of range.
+        let mut b = vec![0u8; SLOT - HEADROOM];
+        for vnet in [
+            [0u8, 0, 0xfc, 0xff, 0, 0, 0, 0, 0, 0],     // hdr_len 65532
+            [0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0],       // hdr_len 65535
+            [1, 0, 0, 0, 0, 0, 0xfc, 0xff, 0, 0],       // NEEDS_CSUM, csum_start 65532
+            [1, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff], // NEEDS_CSUM, csum_start 65535
+        ] {
+            let mut src = vnet.to_vec();
+            src.extend([0u8; 60]);
+            assert_eq!(retag(&src, 10, true, &mut b), 0, "{vnet:?}");
+        }
+        // Without NEEDS_CSUM, csum_start is not an offset and is left as it is.
+        let mut src = vec![0u8, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0];
+        src.extend([0u8; 60]);
+        assert_eq!(retag(&src, 10, true, &mut b), 74);
+        assert_eq!(&b[6..8], &[0xff, 0xff]);
+        for len in [65_597usize, 65_598, 65_600] {
+            let mut src = vec![0u8; 10];
+            src.extend(vec![0u8; len]);
+            assert_eq!(retag(&src, 10, true, &mut b), 0, "{len}");
+        }
+        let mut src = vec![0u8; 10];
+        src.extend(vec![7u8; 65_596]);
+        assert_eq!(retag(&src, 10, true, &mut b), 10 + 65_600);
+        // Removal never underflows on a short frame or small offsets.
+        assert_eq!(retag(&src[..25], 10, false, &mut b), 0);
+        let mut src = vec![1u8, 0, 2, 0, 0, 0, 3, 0, 0, 0];
+        src.extend([0u8; 60]);
+        assert_eq!(retag(&src, 10, false, &mut b), 66);
+        assert_eq!((b[2], b[6]), (0, 0));
+    }
+
+    #[test]
+    fn redirect_or_mirror_to_a_missing_port_is_a_counted_drop() {
+        // Fuzz finding (issue 8): `Redirect` to a port that does not exist indexed out of bounds.
+        let (mut w, sent) = worker(2, Always(Action::Redirect(7)));
+        load(&mut w, 0, &frame([0; 10], B, A, 64));
+        w.batch.set_filled(0, 74, false);
+        w.forward(0, 0);
+        assert_eq!(
+            w.ports[0].stats.drops[DropReason::PolicyBadPort as usize],
+            1
+        );
+        assert!(sent.iter().all(|s| s.borrow().is_empty()));
+
+        let (mut w, sent) = worker(2, Always(Action::Mirror(usize::MAX)));
+        load(&mut w, 0, &frame([0; 10], B, A, 64));
+        w.forward(0, 0);
+        assert_eq!(
+            w.ports[0].stats.drops[DropReason::PolicyBadPort as usize],
+            1
+        );
+        assert_eq!(
+            sent[1].borrow().len(),
+            1,
+            "the frame itself is still flooded"
+        );
+    }
+
+    /// Ports 0 and 1: access VLAN 10; port 2: trunk of VLAN 10; port 3: access VLAN 20.
+    fn vlan_worker<P: Policy + Reload>(policy: P) -> (Worker<P>, Vec<Sent>) {
+        let (mut w, sent) = worker(4, policy);
+        w.pipeline.vlans = Some(VlanPorts {
+            access: vec![Some(10), Some(10), None, Some(20)],
+            members: vec![vec![10], vec![10], vec![10], vec![20]],
+        });
+        (w, sent)
+    }
+
+    #[test]
+    fn vlan_egress_drops_are_counted_by_reason() {
+        // Access -> trunk with a csum_start that cannot be shifted: vlan-retag on the trunk,
+        // while the untagged copy still reaches the other access port.
+        let (mut w, sent) = vlan_worker(NoPolicy);
+        load(
+            &mut w,
+            0,
+            &frame([1, 0, 0, 0, 0, 0, 0xfe, 0xff, 0, 0], B, A, 64),
+        );
+        w.forward(0, 0);
+        assert_eq!(w.ports[2].stats.drops[DropReason::VlanRetag as usize], 1);
+        assert_eq!(sent[1].borrow().len(), 1);
+        assert!(sent[2].borrow().is_empty());
+        // Flooding stays within VLAN 10 and is not a drop on port 3.
+        assert_eq!(w.ports[3].stats.total_drops(), 0);
+        assert!(sent[3].borrow().is_empty());
+        // A normal frame is tagged for the trunk.
+        load(&mut w, 0, &frame([0; 10], B, A, 64));
+        w.forward(0, 1);
+        assert_eq!(&sent[2].borrow()[0][22..26], &[0x81, 0, 0, 10]);
+
+        // A redirect to a port outside the frame's VLAN: vlan-egress on that port.
+        let (mut w, sent) = vlan_worker(Always(Action::Redirect(3)));
+        load(&mut w, 0, &frame([0; 10], B, A, 64));
+        w.forward(0, 0);
+        assert_eq!(w.ports[3].stats.drops[DropReason::VlanEgress as usize], 1);
+        assert!(sent[3].borrow().is_empty());
+    }
+
+    #[test]
+    fn a_policy_tag_push_with_a_bad_vnet_header_is_dropped_not_sent_untagged() {
+        let (mut w, sent) = worker(2, Always(Action::PushVlan(5)));
+        load(
+            &mut w,
+            0,
+            &frame([1, 0, 0, 0, 0, 0, 0xfd, 0xff, 0, 0], B, A, 64),
+        );
+        w.forward(0, 0);
+        assert_eq!(w.ports[0].stats.drops[DropReason::VlanRetag as usize], 1);
+        assert!(sent[1].borrow().is_empty());
+        load(&mut w, 0, &frame([0; 10], B, A, 64));
+        w.forward(0, 1);
+        assert_eq!(&sent[1].borrow()[0][22..26], &[0x81, 0, 0, 5]);
+    }
+
+    /// A policy answering from a seeded sequence of actions, ports included.
+    struct Random(u64);
+    impl Policy for Random {
+        fn classify(&mut self, _: &FrameMeta, _: &Frame) -> Action {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            let p = (self.0 >> 8) as usize % 6;
+            match self.0 % 6 {
+                0 => Action::Redirect(p),
+                1 => Action::Mirror(p),
+                2 => Action::PushVlan((self.0 >> 20) as u16 & 0xfff),
+                3 => Action::PopVlan,
+                4 => Action::Drop("x"),
+                _ => Action::Continue,
+            }
+        }
+    }
+    impl Reload for Random {}
+
+    #[test]
+    fn no_vnet_header_or_frame_length_panics_forwarding() {
+        // Seeded: random vnet headers (offsets up to 65535), frames from 0 bytes
+        // to the largest slot, tagged or not, through VLAN and plain switches.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let sizes = [
+            0usize, 10, 13, 14, 17, 18, 60, 1514, 65_530, 65_596, 65_597, 65_600,
+        ];
+        for vlan_aware in [true, false] {
+            let (mut w, _) = if vlan_aware {
+                vlan_worker(Random(7))
+            } else {
+                worker(4, Random(7))
+            };
+            for i in 0..3000u64 {
+                let n = 1 + (rnd() % 4) as usize;
+                w.batch.clear();
+                for k in 0..n {
+                    let len = if i % 3 == 0 {
+                        sizes[(rnd() % sizes.len() as u64) as usize]
+                    } else {
+                        (rnd() % 200) as usize
+                    };
+                    let mut wire: Vec<u8> = (0..10).map(|_| rnd() as u8).collect();
+                    let mut f = vec![0u8; len];
+                    for b in f.iter_mut().take(64) {
+                        *b = rnd() as u8;
+                    }
+                    if f.len() >= 16 {
+                        f[..6].copy_from_slice(&B.0);
+                        f[6..12].copy_from_slice(&A.0);
+                        if rnd() % 2 == 0 {
+                            f[12..16].copy_from_slice(&[0x81, 0, 0, 10]);
+                        }
+                    }
+                    wire.extend(f);
+                    load(&mut w, k, &wire);
+                }
+                w.forward((rnd() % 4) as usize, i);
+            }
+        }
     }
 }
