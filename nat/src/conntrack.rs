@@ -945,9 +945,15 @@ impl Table {
 
     /// Live entries with their ids.
     pub fn iter(&self) -> impl Iterator<Item = (EntryId, &Entry)> {
+        self.iter_from(0)
+    }
+
+    /// Live entries with their ids, from slot `first` on (for paged listings).
+    pub fn iter_from(&self, first: usize) -> impl Iterator<Item = (EntryId, &Entry)> {
         self.slots
             .iter()
             .enumerate()
+            .skip(first)
             .filter(|(_, e)| e.live)
             .map(|(i, e)| (i as EntryId, e))
     }

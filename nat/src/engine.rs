@@ -1591,31 +1591,14 @@ impl Nat {
 
     /// The entries, for display.
     pub fn entries(&self, now: u64) -> Vec<EntryView> {
-        self.table
-            .iter()
-            .filter(|(_, e)| e.expires > now)
-            .map(|(_, e)| EntryView {
-                proto: e.orig.proto,
-                state: if e.orig.proto == proto::TCP {
-                    e.tcp.name()
-                } else {
-                    ""
-                },
-                secs_left: (e.expires - now) / 1000,
-                orig: e.orig,
-                reply: e.reply,
-                packets: [u64::from(e.packets[0]), u64::from(e.packets[1])],
-                bytes: e.bytes,
-                assured: e.assured(),
-            })
-            .collect()
+        self.entries_from(now, 0, usize::MAX).0
     }
 
     /// One page of [`Nat::entries`]: up to `max` entries live at `now` whose
     /// slot id is `cursor` or more, in slot order, and the cursor of the next
     /// page (`None` after the last). For listing a large table in pages between
     /// batches; an entry created or removed between two pages may be missed or
-    /// shown as it was. Cost: the slots scanned up to the last entry returned.
+    /// shown as it was. Cost: the slots from `cursor` to the last entry returned.
     pub fn entries_from(
         &self,
         now: u64,
@@ -1624,12 +1607,11 @@ impl Nat {
     ) -> (Vec<EntryView>, Option<usize>) {
         let max = max.max(1);
         let mut out = Vec::with_capacity(max.min(4096));
-        let mut live = self
+        let live = self
             .table
-            .iter()
-            .skip_while(|(id, _)| (*id as usize) < cursor)
+            .iter_from(cursor)
             .filter(|(_, e)| e.expires > now);
-        for (id, e) in live.by_ref() {
+        for (id, e) in live {
             if out.len() == max {
                 return (out, Some(id as usize));
             }
@@ -1645,7 +1627,7 @@ impl Nat {
                 reply: e.reply,
                 packets: [u64::from(e.packets[0]), u64::from(e.packets[1])],
                 bytes: e.bytes,
-                assured: e.assured,
+                assured: e.assured(),
             });
         }
         (out, None)

@@ -178,6 +178,8 @@ pub struct SwitchSpec {
     pub arp_suppress: bool,
     /// Bound on the IP→MAC table.
     pub arp_max: usize,
+    /// IP→MAC table bound per port (and for the gateway's LAN neighbour cache).
+    pub arp_max_per_port: usize,
     /// After traffic, keep polling this long before sleeping (0: never spin).
     pub busy_poll: Duration,
     /// Pin the forwarding worker to this CPU.
@@ -816,6 +818,7 @@ struct SwitchFile {
     fdb_max_per_port: Option<usize>,
     arp_suppress: Option<bool>,
     arp_max: Option<usize>,
+    arp_max_per_port: Option<usize>,
     busy_poll_us: Option<u64>,
     cpu: Option<usize>,
 }
@@ -949,6 +952,10 @@ impl Topology {
                 if arp_max == 0 || arp_max > 1 << 22 {
                     return Err(err("switch.arp_max", "must be in 1..=4194304"));
                 }
+                let arp_max_per_port = s.arp_max_per_port.unwrap_or((arp_max / 4).max(1));
+                if arp_max_per_port == 0 || arp_max_per_port > arp_max {
+                    return Err(err("switch.arp_max_per_port", "must be in 1..=arp_max"));
+                }
                 let busy = s.busy_poll_us.unwrap_or(DEFAULT_BUSY_POLL_US);
                 if busy > 1_000_000 {
                     return Err(err("switch.busy_poll_us", "must be at most 1000000 (1 s)"));
@@ -968,6 +975,7 @@ impl Topology {
                     fdb_max_per_port: per_port,
                     arp_suppress: s.arp_suppress.unwrap_or(true),
                     arp_max,
+                    arp_max_per_port,
                 })
             }
         };

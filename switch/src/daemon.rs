@@ -226,12 +226,23 @@ fn parse_mac(s: &str) -> Option<MacAddr> {
     v.try_into().ok().map(MacAddr)
 }
 
-fn seed_from_clock() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15
+/// A secret seed for port allocation and table hashing (RFC 6056: external
+/// ports must not be predictable), from the kernel's CSPRNG. Falls back to
+/// the clock only if /dev/urandom cannot be read, and says so.
+fn random_seed() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+        Ok(()) => u64::from_ne_bytes(b),
+        Err(e) => {
+            eprintln!("vswitch: /dev/urandom unreadable ({e}): NAT ports are seeded from the clock");
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            t ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15
+        }
+    }
 }
 
 /// The gateway configuration of `t` (the uplink is the last port, `ports - 1`).
@@ -328,7 +339,7 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
             icmp: n.icmp_timeout,
             ..Timeouts::default()
         };
-        let seed = seed_from_clock();
+        let seed = random_seed();
         c.alloc = if n.port_allocation == "sequential" {
             PortAlloc::Sequential
         } else {

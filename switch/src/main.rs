@@ -334,12 +334,38 @@ fn print_stats(v: &Value) {
         if !nd.is_empty() {
             println!("nat drops: {}", nd.join(" "));
         }
+        let hosts = n["hosts"].as_array().cloned().unwrap_or_default();
+        if !hosts.is_empty() {
+            println!(
+                "nat hosts ({} in all, heaviest first; {} is inbound):",
+                n["hosts_total"],
+                nat::OUTSIDE
+            );
+            println!(
+                "  {:<16} {:>8} {:>10} {:>8} {:>9} {:>8}",
+                "address", "entries", "unassured", "mappings", "evicted", "drops"
+            );
+            for h in hosts.iter().take(16) {
+                println!(
+                    "  {:<16} {:>8} {:>10} {:>8} {:>9} {:>8}",
+                    s(&h["addr"]),
+                    h["entries"],
+                    h["unassured"],
+                    h["mappings"],
+                    h["evicted"],
+                    h["drops"]
+                );
+            }
+        }
     }
 }
 
 fn print_conntrack(v: &Value) {
-    let entries = v["entries"].as_array().cloned().unwrap_or_default();
-    for e in &entries {
+    use std::io::Write;
+    let entries = v["entries"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    // One buffered writer: a listing can hold hundreds of thousands of lines.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    for e in entries {
         let t = |t: &Value, d: usize| {
             format!(
                 "src={} dst={} sport={} dport={} packets={} bytes={}",
@@ -356,7 +382,8 @@ fn print_conntrack(v: &Value) {
             .filter(|x| !x.is_empty())
             .map(|x| format!("{x} "))
             .unwrap_or_default();
-        println!(
+        let line = writeln!(
+            out,
             "{:<8} {:<2} {} {state}{} {}{}",
             s(&e["proto"]),
             e["proto_num"],
@@ -369,7 +396,12 @@ fn print_conntrack(v: &Value) {
                 ""
             }
         );
+        if line.is_err() {
+            return; // stdout closed (e.g. piped into head)
+        }
     }
+    let _ = out.flush();
+    drop(out);
     eprintln!(
         "vswitch conntrack: {} flow entries have been shown.",
         entries.len()

@@ -228,6 +228,37 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     busy_poll: std::time::Duration,
 }
 
+/// How many hosts `stats` lists in `nat.hosts` (the heaviest first).
+pub const STATS_HOSTS: usize = 64;
+
+/// The NAT's per-internal-host view: the `max` hosts with the most entries.
+/// Bounded work for the worker: one pass over the host records, which are at
+/// most as many as the table's entries (usually a handful).
+fn nat_hosts(nat: &nat::Nat, max: usize) -> Vec<Value> {
+    let mut hosts: Vec<nat::HostView> = nat.hosts().collect();
+    hosts.sort_unstable_by(|a, b| b.entries.cmp(&a.entries).then(a.addr.cmp(&b.addr)));
+    hosts.truncate(max);
+    hosts
+        .iter()
+        .map(|h| {
+            let drops: serde_json::Map<String, Value> = h
+                .drops_by_reason
+                .iter()
+                .map(|(r, n)| (r.name().to_string(), (*n).into()))
+                .collect();
+            json!({
+                "addr": h.addr.to_string(),
+                "entries": h.entries,
+                "unassured": h.unassured,
+                "mappings": h.mappings,
+                "evicted": h.evicted,
+                "drops": h.drops,
+                "drops_by_reason": drops,
+            })
+        })
+        .collect()
+}
+
 impl<P: Policy + Reload> Worker<P> {
     /// A worker for switch `name` over `ports`.
     pub fn new(name: String, ports: Vec<Port>, pipeline: Pipeline<P>) -> Worker<P> {
@@ -820,6 +851,7 @@ impl<P: Policy + Reload> Worker<P> {
                         "mac": gw.mac().to_string(),
                         "neighbours_lan": gw.neigh_lan.len(),
                         "neighbours_uplink": gw.neigh_wan.len(),
+                        "neighbour_counters": {"lan": gw.neigh_lan.counters, "uplink": gw.neigh_wan.counters},
                         "counters": gw.counters,
                     });
                     if let Some(nat) = &gw.nat {
@@ -841,6 +873,8 @@ impl<P: Policy + Reload> Worker<P> {
                             "hairpins": c.hairpins,
                             "fragments_held": c.fragments_held,
                             "drops": drops,
+                            "hosts_total": nat.hosts().count(),
+                            "hosts": nat_hosts(nat, STATS_HOSTS),
                         });
                     }
                 }

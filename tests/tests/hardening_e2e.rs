@@ -399,7 +399,7 @@ fn mapped_port(sw: &SwitchProc, proto: &str, ip: &str, port: u16) -> u16 {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["orig"]["sport"] == port)
+        .find(|e| e["original"]["sport"] == port)
         .and_then(|e| e["reply"]["dport"].as_u64())
         .unwrap_or_else(|| panic!("no {proto} mapping for {ip}:{port}: {ct}")) as u16
 }
@@ -443,24 +443,25 @@ fn hosts_reach_each_other_through_their_external_mappings() {
     // TCP: blue's port 7000 gets a mapping by connecting out; a listener on the
     // same port accepts red's connection to that mapping.
     let _srv = Acceptor::start(&t.wan.ns, &format!("{WAN_HOST}:8443"));
-    let script = format!(
-        "import socket\n\
-def sock():\n\
-    s = socket.socket()\n\
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
-    s.bind(('0.0.0.0', 7000))\n\
-    return s\n\
-l = sock(); l.listen(4)\n\
-c = sock(); c.connect(('{WAN_HOST}', 8443))\n\
-print('ready', flush=True)\n\
-l.settimeout(20)\n\
-a, peer = l.accept()\n\
-print('peer %s:%d' % peer, flush=True)\n\
-a.settimeout(10)\n\
-a.sendall(a.recv(100)[::-1])\n\
-a.close()\n"
-    );
+    let script = r#"
+import socket
+def sock():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(('0.0.0.0', 7000))
+    return s
+l = sock(); l.listen(4)
+c = sock(); c.connect(('WAN_HOST', 8443))
+print('ready', flush=True)
+l.settimeout(20)
+a, peer = l.accept()
+print('peer %s:%d' % peer, flush=True)
+a.settimeout(10)
+a.sendall(a.recv(100)[::-1])
+a.close()
+"#
+    .replace("WAN_HOST", WAN_HOST);
     let py = Bg::start(&t.blue.ns, &["python3", "-c", &script], None);
     assert!(
         py.wait_for("ready", Duration::from_secs(10)),
@@ -675,8 +676,15 @@ fn listing_200k_connections_does_not_stall_forwarding() {
     let pinger = std::thread::spawn(move || ping_max_rtt(&g, &y, 400));
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
-    let text = sw.cli_text("conntrack");
+    let o = run_timeout(
+        std::process::Command::new(bin("vswitch"))
+            .args(["conntrack", "--socket"])
+            .arg(&sw.socket),
+        Duration::from_secs(120),
+    );
     let took = started.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
     let (loss, max) = pinger.join().unwrap();
     let lines = text.lines().count();
     eprintln!("listed {lines} lines in {took:?}; ping loss {loss}%, max RTT {max} ms");
