@@ -1,0 +1,34 @@
+//! Known bugs fixed on other branches. While a constant is `true`, the
+//! targets steer clear of (or do not check) that bug, so CI stays green; the
+//! driver's `--strict` flag ignores them all. Flip each to `false` once the
+//! fix is merged: the CI test then proves the fix holds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `retag` (worker.rs) adds 4 to a vnet `hdr_len`/`csum_start` ≥ 65532
+/// (overflow), and slices out of range for frames of 65,597–65,600 bytes.
+pub const KNOWN_ISSUE_RETAG_OVERFLOW: bool = true;
+/// `Batch::insert_vlan_tag` (port.rs) adds 4 to a `csum_start` ≥ 65532.
+pub const KNOWN_ISSUE_INSERT_VLAN_OVERFLOW: bool = true;
+/// A policy `Redirect` to a port that does not exist indexes out of bounds (worker.rs).
+pub const KNOWN_ISSUE_REDIRECT_OUT_OF_RANGE: bool = true;
+/// NAT: an eviction can delete the mapping the new entry needs, so two
+/// internal endpoints end up holding one external port.
+pub const KNOWN_ISSUE_NAT_MAPPING_LOST_ON_EVICTION: bool = true;
+/// NAT: a timeout near `u64::MAX` (accepted by the `[nat]` keys) overflows `now + ttl`.
+pub const KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW: bool = true;
+
+/// NAT: an ICMP echo *reply* sent outwards gets a mapping for id 0 and is not translated.
+pub const KNOWN_ISSUE_NAT_OUTBOUND_ECHO_REPLY: bool = true;
+
+static STRICT: AtomicBool = AtomicBool::new(false);
+
+/// Ignore every `KNOWN_ISSUE_*` gate (the driver's `--strict`).
+pub fn set_strict(on: bool) {
+    STRICT.store(on, Ordering::Relaxed);
+}
+
+/// Whether the bug gated by `constant` is to be avoided now.
+pub fn avoid(constant: bool) -> bool {
+    constant && !STRICT.load(Ordering::Relaxed)
+}
