@@ -3,6 +3,7 @@
 //! driver's `--strict` flag ignores them all. Flip each to `false` once the
 //! fix is merged: the CI test then proves the fix holds.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `retag` (worker.rs) adds 4 to a vnet `hdr_len`/`csum_start` ≥ 65532
@@ -22,13 +23,25 @@ pub const KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW: bool = true;
 pub const KNOWN_ISSUE_NAT_OUTBOUND_ECHO_REPLY: bool = true;
 
 static STRICT: AtomicBool = AtomicBool::new(false);
+static STRICT_ONLY: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Ignore every `KNOWN_ISSUE_*` gate (the driver's `--strict`).
 pub fn set_strict(on: bool) {
     STRICT.store(on, Ordering::Relaxed);
 }
 
-/// Whether the bug gated by `constant` is to be avoided now.
-pub fn avoid(constant: bool) -> bool {
-    constant && !STRICT.load(Ordering::Relaxed)
+/// Ignore only the gates named (the driver's `--strict=NAME,NAME`).
+pub fn set_strict_only(names: &[&str]) {
+    let mut v = STRICT_ONLY.lock().unwrap_or_else(|e| e.into_inner());
+    v.clear();
+    v.extend(names.iter().map(|s| s.to_string()));
+}
+
+/// Whether the bug gated by `constant` (called `name`) is to be avoided now.
+pub fn avoid(constant: bool, name: &str) -> bool {
+    if !constant || STRICT.load(Ordering::Relaxed) {
+        return false;
+    }
+    let only = STRICT_ONLY.lock().unwrap_or_else(|e| e.into_inner());
+    !only.iter().any(|n| n == name)
 }

@@ -34,6 +34,7 @@ pub mod targets;
 pub use input::Input;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 /// A fuzz target: decode the bytes into a case, run it, check invariants.
@@ -62,23 +63,53 @@ pub struct Failure {
     pub message: String,
 }
 
+static LAST_PANIC: Mutex<String> = Mutex::new(String::new());
+
+/// Record panics (message and location) instead of printing them: the
+/// driver reports the first one with its input.
+fn quiet_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let t = std::thread::current();
+            let m = format!("{info} (thread {})", t.name().unwrap_or("?"));
+            *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = m;
+        }));
+    });
+}
+
+/// The last panic seen in any thread (message and location).
+pub fn last_panic() -> String {
+    LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Run `t` on `data`, turning a panic into a [`Failure`].
 pub fn run_one(t: Target, data: &[u8]) -> Result<(), Failure> {
+    quiet_panics();
+    LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).clear();
     match catch_unwind(AssertUnwindSafe(|| t(data))) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(m)) => Err(Failure {
-            input: data.to_vec(),
-            message: format!("invariant broken: {m}"),
-        }),
+        Ok(Err(m)) => {
+            let p = last_panic();
+            Err(Failure {
+                input: data.to_vec(),
+                message: if p.is_empty() {
+                    format!("invariant broken: {m}")
+                } else {
+                    format!("invariant broken: {m}; last panic: {p}")
+                },
+            })
+        }
         Err(p) => {
             let m = p
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "(non-string panic)".into());
+            let at = last_panic();
             Err(Failure {
                 input: data.to_vec(),
-                message: format!("panic: {m}"),
+                message: if at.is_empty() { format!("panic: {m}") } else { format!("panic: {at}") },
             })
         }
     }

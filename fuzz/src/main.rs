@@ -10,7 +10,7 @@ use std::time::Duration;
 fn usage() -> ExitCode {
     let names: Vec<&str> = fuzz::TARGETS.iter().map(|(n, _)| *n).collect();
     eprintln!(
-        "usage: fuzz TARGET [--secs N] [--execs N] [--seed S] [--out DIR] [--strict]\n       fuzz TARGET --replay FILE\ntargets: {}",
+        "usage: fuzz TARGET [--secs N] [--execs N] [--seed S] [--out DIR] [--strict[=KNOWN_ISSUE_X,..]]\n       fuzz TARGET --replay FILE\ntargets: {}",
         names.join(", ")
     );
     ExitCode::from(2)
@@ -48,6 +48,12 @@ fn main() -> ExitCode {
             "--replay" => replay = Some(PathBuf::from(&val)),
             "--strict" => {
                 fuzz::known::set_strict(true);
+                k += 1;
+                continue;
+            }
+            s if s.starts_with("--strict=") => {
+                let names: Vec<&str> = s["--strict=".len()..].split(',').collect();
+                fuzz::known::set_strict_only(&names);
                 k += 1;
                 continue;
             }

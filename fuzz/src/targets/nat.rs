@@ -256,11 +256,15 @@ fn config(i: &mut Input) -> NatConfig {
         Filtering::AddressDependent,
         Filtering::AddressAndPortDependent,
     ]);
-    c.max_entries = 2 + i.below(63);
+    c.max_entries = match i.below(4) {
+        0 => 2 + i.below(63),
+        1 => 8,
+        _ => 2 + i.below(3),
+    };
     let t = |floor: u64, i: &mut Input| match i.below(8) {
         0 => floor + i.below(100_000) as u64,
-        1 if !avoid(known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW) => u64::MAX - i.below(1000) as u64,
-        2 if !avoid(known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW) => i.range(floor, u64::MAX),
+        1 if !avoid(known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW, "KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW") => u64::MAX - i.below(1000) as u64,
+        2 if !avoid(known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW, "KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW") => i.range(floor, u64::MAX),
         _ => floor,
     };
     c.timeouts = Timeouts {
@@ -279,7 +283,13 @@ fn config(i: &mut Input) -> NatConfig {
     c
 }
 
-fn pick_ip(i: &mut Input, side: Side) -> Ipv4Addr {
+fn pick_ip(i: &mut Input, side: Side, narrow: bool) -> Ipv4Addr {
+    if narrow {
+        return match side {
+            Side::Lan => i.pick(&LAN[..3]),
+            _ => i.pick(&WAN[..2]),
+        };
+    }
     match i.below(16) {
         0 => Ipv4Addr::from(i.u32()),
         1 => EXT,
@@ -289,16 +299,32 @@ fn pick_ip(i: &mut Input, side: Side) -> Ipv4Addr {
     }
 }
 
-fn pick_port(i: &mut Input) -> u16 {
-    if i.below(4) == 0 { i.u16_edgy() } else { i.pick(&PORTS) }
+fn pick_port(i: &mut Input, narrow: bool) -> u16 {
+    if narrow {
+        i.pick(&[5000, 6000, 53])
+    } else if i.below(4) == 0 {
+        i.u16_edgy()
+    } else {
+        i.pick(&PORTS)
+    }
 }
 
-/// A fresh packet from `from`.
-fn fresh(i: &mut Input, from: Side) -> Pkt {
-    let proto = i.pick(&[6u8, 17, 17, 6, 1, 47]);
-    let src = pick_ip(i, from);
-    let to = if i.below(4) == 0 { from } else if from == Side::Lan { Side::Wan } else { Side::Lan };
-    let dst = if from == Side::Wan && i.bool() { EXT } else { pick_ip(i, to) };
+/// A fresh packet from `from`; `narrow`: few hosts and ports, so flows share them.
+fn fresh(i: &mut Input, from: Side, narrow: bool) -> Pkt {
+    let proto = if narrow {
+        i.pick(&[17u8, 17, 17, 6, 1])
+    } else {
+        i.pick(&[6u8, 17, 17, 6, 1, 47])
+    };
+    let src = pick_ip(i, from, narrow);
+    let to = if i.below(4) == 0 && !narrow {
+        from
+    } else if from == Side::Lan {
+        Side::Wan
+    } else {
+        Side::Lan
+    };
+    let dst = if from == Side::Wan && i.bool() { EXT } else { pick_ip(i, to, narrow) };
     let kind = match proto {
         6 => {
             let any = i.u8();
@@ -311,8 +337,8 @@ fn fresh(i: &mut Input, from: Side) -> Pkt {
         proto,
         src,
         dst,
-        sport: pick_port(i),
-        dport: pick_port(i),
+        sport: pick_port(i, narrow),
+        dport: pick_port(i, narrow),
         kind,
         payload: i.pick(&[0usize, 0, 1, 10, 100, 1400]),
         frag: i.pick(&[0u16, 0, 0, 0x4000, 0x4000, 0x2000, 0x0010, 0x2010]),
@@ -331,10 +357,11 @@ pub fn run(data: &[u8]) -> Result<(), String> {
     let mut i = Input::new(data);
     let cfg = config(&mut i);
     let max = cfg.max_entries;
-    let ext_ports_checked = !avoid(known::KNOWN_ISSUE_NAT_MAPPING_LOST_ON_EVICTION);
+    let ext_ports_checked = !avoid(known::KNOWN_ISSUE_NAT_MAPPING_LOST_ON_EVICTION, "KNOWN_ISSUE_NAT_MAPPING_LOST_ON_EVICTION");
     let mut nat = Nat::new(cfg);
     let mut now: u64 = i.pick(&[0u64, 1, 1 << 32]);
     let mut sent: Vec<Sent> = Vec::new();
+    let narrow = i.bool();
     let steps = 1 + i.below(48);
     for step in 0..steps {
         if i.is_empty() && step > 0 {
@@ -389,14 +416,18 @@ pub fn run(data: &[u8]) -> Result<(), String> {
             3 if !sent.is_empty() => {
                 let s = &sent[i.below(sent.len())];
                 let Some(t) = tuple(&s.out) else { continue };
-                let from_ip = if i.bool() { t.3 } else { pick_ip(&mut i, s.to) };
+                let from_ip = if i.bool() { t.3 } else { pick_ip(&mut i, s.to, false) };
                 let ty = i.pick(&[3u8, 11, 12, 4]);
                 let n = i.pick(&[28usize, 28, 48, 576, 27, 20]);
                 (s.to, icmp_error(from_ip, t.1, ty, &s.out, n))
             }
             _ => {
-                let from = i.pick(&[Side::Lan, Side::Lan, Side::Wan, Side::Wan, Side::Local]);
-                let p = fresh(&mut i, from);
+                let from = if narrow {
+                    i.pick(&[Side::Lan, Side::Lan, Side::Lan, Side::Wan])
+                } else {
+                    i.pick(&[Side::Lan, Side::Lan, Side::Wan, Side::Wan, Side::Local])
+                };
+                let p = fresh(&mut i, from, narrow);
                 (from, build(&p, partial))
             }
         };
@@ -474,7 +505,7 @@ fn reverse_is_identity(nat: &mut Nat, now: u64, a: Tup, b: Tup, partial: bool) -
         return Ok(());
     }
     // An echo reply sent outwards: known not to be translated (gated).
-    if a.0 == 1 && a.5 == 0 && avoid(known::KNOWN_ISSUE_NAT_OUTBOUND_ECHO_REPLY) {
+    if a.0 == 1 && a.5 == 0 && avoid(known::KNOWN_ISSUE_NAT_OUTBOUND_ECHO_REPLY, "KNOWN_ISSUE_NAT_OUTBOUND_ECHO_REPLY") {
         return Ok(());
     }
     let side = route(b.3);
@@ -514,8 +545,8 @@ fn reverse_is_identity(nat: &mut Nat, now: u64, a: Tup, b: Tup, partial: bool) -
     Ok(())
 }
 
-/// No external (proto, port) is held by two internal endpoints.
-fn shared_mappings(nat: &Nat, now: u64) -> Result<(), String> {
+/// No external (proto, port) of 203.0.113.1 is held by two internal endpoints (from `Nat::entries`).
+pub fn shared_mappings(nat: &Nat, now: u64) -> Result<(), String> {
     let mut held: HashMap<(u8, u16), (Ipv4Addr, u16)> = HashMap::new();
     for e in nat.entries(now) {
         let mut claims = Vec::new();

@@ -65,7 +65,7 @@ const UPLINK_MAC: [u8; 6] = [0x02, 0x75, 0x70, 0, 0, 1];
 const PEER_MAC: [u8; 6] = [0x02, 0x70, 0x65, 0x65, 0x72, 1];
 
 fn action(i: &mut Input, ports: usize) -> Action {
-    let p = if avoid(known::KNOWN_ISSUE_REDIRECT_OUT_OF_RANGE) {
+    let p = if avoid(known::KNOWN_ISSUE_REDIRECT_OUT_OF_RANGE, "KNOWN_ISSUE_REDIRECT_OUT_OF_RANGE") {
         i.below(ports)
     } else {
         i.below(ports + 3)
@@ -81,9 +81,15 @@ fn action(i: &mut Input, ports: usize) -> Action {
 }
 
 /// A vnet header: usually plain or a consistent NEEDS_CSUM/GSO one, sometimes anything.
-fn vnet(i: &mut Input, frame_len: usize) -> [u8; 10] {
+/// `vlan_aware`: `retag` runs (VLAN-aware switch); otherwise the policy's
+/// tag push (`insert_vlan_tag`) is what adds 4 to the offsets.
+fn vnet(i: &mut Input, frame_len: usize, vlan_aware: bool) -> [u8; 10] {
     let mut v = [0u8; 10];
-    let clamp = avoid(known::KNOWN_ISSUE_RETAG_OVERFLOW) || avoid(known::KNOWN_ISSUE_INSERT_VLAN_OVERFLOW);
+    let clamp = if vlan_aware {
+        avoid(known::KNOWN_ISSUE_RETAG_OVERFLOW, "KNOWN_ISSUE_RETAG_OVERFLOW")
+    } else {
+        avoid(known::KNOWN_ISSUE_INSERT_VLAN_OVERFLOW, "KNOWN_ISSUE_INSERT_VLAN_OVERFLOW")
+    };
     let fix = |x: u16| if clamp { x.min(65531) } else { x };
     match i.below(4) {
         0 | 1 => {}
@@ -184,6 +190,7 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         pipeline.vlans = Some(v);
         pipeline.fdb.set_default_vlan(1);
     }
+    let vlan_aware = pipeline.vlans.is_some();
     let queues: Vec<Queue> = (0..ports).map(|_| Queue::default()).collect();
     let names = ["red-p", "blue-p", "green-p", "uplink-p"];
     let nss = ["red", "blue", "green", "wan"];
@@ -225,7 +232,7 @@ pub fn run(data: &[u8]) -> Result<(), String> {
             Ipv4Addr::new(8, 8, 8, 8),
         ],
     };
-    let max_frame = if avoid(known::KNOWN_ISSUE_RETAG_OVERFLOW) {
+    let max_frame = if avoid(known::KNOWN_ISSUE_RETAG_OVERFLOW, "KNOWN_ISSUE_RETAG_OVERFLOW") {
         65_596
     } else {
         MAX_FRAME + 8
@@ -242,7 +249,7 @@ pub fn run(data: &[u8]) -> Result<(), String> {
                 let big = [1515usize, 9000, 65_535, 65_549, 65_596, 65_597, 65_600, MAX_FRAME, MAX_FRAME + 1];
                 f.resize(i.pick(&big).min(max_frame), 0);
             }
-            let mut slot = vnet(&mut i, f.len()).to_vec();
+            let mut slot = vnet(&mut i, f.len(), vlan_aware).to_vec();
             slot.extend_from_slice(&f);
             if i.below(64) == 0 {
                 slot.truncate(i.below(10));

@@ -245,7 +245,7 @@ fn nat_from(t: &Topology, external: Ipv4Addr) -> Result<(), String> {
     let huge = [timeouts.udp, timeouts.tcp_established, timeouts.tcp_transitory, timeouts.icmp]
         .iter()
         .any(|&s| s > u64::MAX / 4000);
-    if huge && avoid(known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW) {
+    if huge && avoid(known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW, "KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW") {
         return Ok(());
     }
     let mut c = NatConfig::new(external);
