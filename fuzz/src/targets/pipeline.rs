@@ -121,6 +121,56 @@ fn vnet(i: &mut Input, frame_len: usize, vlan_aware: bool) -> [u8; 10] {
     v
 }
 
+/// A frame for the gateway as a host or the uplink's peer would send it:
+/// ARP for its addresses, or IPv4 to be routed (and NATed) or answered.
+fn routed_frame(i: &mut Input, port: usize, uplink: usize, gw_mac: [u8; 6], pool: &Pool) -> Vec<u8> {
+    let on_uplink = port == uplink;
+    let host = [2, 0, 0, 0, 0, port as u8 + 1];
+    let (smac, dmac) = if on_uplink {
+        (PEER_MAC, UPLINK_MAC)
+    } else {
+        (host, gw_mac)
+    };
+    let dmac = i.mostly(dmac, |i| pool.mac(i));
+    let mut f = Vec::with_capacity(128);
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&smac);
+    let lan_ip = Ipv4Addr::new(192, 168, 15, port as u8 + 1);
+    let (me, peer) = if on_uplink {
+        (Ipv4Addr::new(203, 0, 113, 1), i.pick(&[Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 254)]))
+    } else {
+        (Ipv4Addr::new(192, 168, 15, 5), lan_ip)
+    };
+    if i.below(4) == 0 {
+        // ARP: a request for our address, or a reply telling us the peer's MAC.
+        f.extend_from_slice(&build::ET_ARP.to_be_bytes());
+        let reply = i.bool();
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, if reply { 2 } else { 1 }]);
+        f.extend_from_slice(&smac);
+        f.extend_from_slice(&peer.octets());
+        f.extend_from_slice(&if reply { dmac } else { [0; 6] });
+        f.extend_from_slice(&me.octets());
+        return f;
+    }
+    f.extend_from_slice(&build::ET_IPV4.to_be_bytes());
+    let (src, dst) = if on_uplink {
+        let d = i.pick(&[Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(192, 168, 15, 2)]);
+        (i.mostly(peer, |i| pool.ip(i)), d)
+    } else {
+        let d = i.pick(&[
+            Ipv4Addr::new(203, 0, 113, 10),
+            Ipv4Addr::new(8, 8, 8, 8),
+            Ipv4Addr::new(203, 0, 113, 1),
+            Ipv4Addr::new(192, 168, 15, 5),
+            Ipv4Addr::new(192, 168, 15, 2),
+        ]);
+        (i.mostly(lan_ip, |i| pool.ip(i)), d)
+    };
+    let proto = i.pick(&[6u8, 17, 1, 17, 6, 1, 47]);
+    f.extend_from_slice(&build::ipv4(i, build::Ip4 { src, dst, proto }, 0, pool, 9000));
+    f
+}
+
 /// Run one case.
 pub fn run(data: &[u8]) -> Result<(), String> {
     let mut i = Input::new(data);
@@ -244,7 +294,11 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         }
         let p = i.below(ports);
         for _ in 0..1 + i.below(6) {
-            let mut f = build::frame(&mut i, &pool, 9300);
+            let mut f = if i.bool() {
+                routed_frame(&mut i, p, ports - 1, gw_mac, &pool)
+            } else {
+                build::frame(&mut i, &pool, 9300)
+            };
             if i.below(32) == 0 {
                 let big = [1515usize, 9000, 65_535, 65_549, 65_596, 65_597, 65_600, MAX_FRAME, MAX_FRAME + 1];
                 f.resize(i.pick(&big).min(max_frame), 0);
