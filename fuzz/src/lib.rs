@@ -22,6 +22,12 @@
 //!   reach (every header value, lengths at every boundary); it will not solve
 //!   deep magic-value comparisons. The generators put the magic values in.
 //!
+//! Usage: `cargo run --profile fuzz -p fuzz -- TARGET --secs N [--seed S]
+//! [--execs N] [--out DIR] [--strict[=KNOWN_ISSUE_X,...]]`, and
+//! `-- TARGET --replay FILE`; targets `wire`, `nat`, `pipeline`, `topology`,
+//! `control`. `cargo test -p fuzz` runs each for a few seconds (fixed seed).
+//! The `fuzz` profile is `release` with overflow checks and debug assertions.
+//!
 //! Known bugs that other branches fix are gated by the `KNOWN_ISSUE_*`
 //! constants in [`known`]: while one is `true` the targets avoid (or do not
 //! check) that one bug so CI stays green; `--strict` ignores them.
@@ -34,6 +40,7 @@ pub mod targets;
 pub use input::Input;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::cell::Cell;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -70,12 +77,22 @@ static LAST_PANIC: Mutex<String> = Mutex::new(String::new());
 fn quiet_panics() {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
             let t = std::thread::current();
             let m = format!("{info} (thread {})", t.name().unwrap_or("?"));
             *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = m;
+            // Panics of the target on this thread are reported with their input;
+            // any other (a test's assertion, another thread) prints as usual.
+            if !IN_TARGET.with(Cell::get) {
+                default(info);
+            }
         }));
     });
+}
+
+thread_local! {
+    static IN_TARGET: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The last panic seen in any thread (message and location).
@@ -87,7 +104,10 @@ pub fn last_panic() -> String {
 pub fn run_one(t: Target, data: &[u8]) -> Result<(), Failure> {
     quiet_panics();
     LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    match catch_unwind(AssertUnwindSafe(|| t(data))) {
+    IN_TARGET.with(|f| f.set(true));
+    let r = catch_unwind(AssertUnwindSafe(|| t(data)));
+    IN_TARGET.with(|f| f.set(false));
+    match r {
         Ok(Ok(())) => Ok(()),
         Ok(Err(m)) => {
             let p = last_panic();
@@ -109,7 +129,11 @@ pub fn run_one(t: Target, data: &[u8]) -> Result<(), Failure> {
             let at = last_panic();
             Err(Failure {
                 input: data.to_vec(),
-                message: if at.is_empty() { format!("panic: {m}") } else { format!("panic: {at}") },
+                message: if at.is_empty() {
+                    format!("panic: {m}")
+                } else {
+                    format!("panic: {at}")
+                },
             })
         }
     }

@@ -104,7 +104,10 @@ fn main() -> ExitCode {
                     file.display(),
                     file.display()
                 ),
-                Err(e) => println!("{name}: FAILED: {} (could not write the input: {e})", f.message),
+                Err(e) => println!(
+                    "{name}: FAILED: {} (could not write the input: {e})",
+                    f.message
+                ),
             }
             ExitCode::FAILURE
         }

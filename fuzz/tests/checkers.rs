@@ -56,7 +56,10 @@ fn shared_mapping_checker_sees_the_eviction_bug() {
         }
     }
     if fuzz::known::KNOWN_ISSUE_NAT_MAPPING_LOST_ON_EVICTION {
-        assert!(broken.is_some(), "the bug is gated as known but did not show");
+        assert!(
+            broken.is_some(),
+            "the bug is gated as known but did not show"
+        );
     } else {
         assert_eq!(broken, None, "an external port is shared");
     }

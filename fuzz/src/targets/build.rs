@@ -95,7 +95,13 @@ pub fn partial_seed(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u16 
 
 /// A transport header and payload for `proto`, checksum left zero (the
 /// caller fills it). Returns the bytes and the checksum offset, if any.
-pub fn l4(i: &mut Input, proto: u8, depth: u8, pool: &Pool, max: usize) -> (Vec<u8>, Option<usize>) {
+pub fn l4(
+    i: &mut Input,
+    proto: u8,
+    depth: u8,
+    pool: &Pool,
+    max: usize,
+) -> (Vec<u8>, Option<usize>) {
     let plen = payload_len(i, max);
     match proto {
         6 => {
@@ -108,7 +114,9 @@ pub fn l4(i: &mut Input, proto: u8, depth: u8, pool: &Pool, max: usize) -> (Vec<
             b[4..4 + seq.len()].copy_from_slice(seq);
             b[12] = doff << 4;
             let any = i.u8();
-            b[13] = i.pick(&[0x02u8, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x01, 0x00, 0xff, any]);
+            b[13] = i.pick(&[
+                0x02u8, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x01, 0x00, 0xff, any,
+            ]);
             put16(&mut b, 14, i.u16());
             let cut = i.mostly(b.len(), |i| i.below(24));
             b.truncate(cut);
@@ -168,7 +176,11 @@ pub fn ipv4(i: &mut Input, o: Ip4, depth: u8, pool: &Pool, max: usize) -> Vec<u8
             _ if o.proto == 1 => checksum(&l4b),
             _ => l4_checksum(o.src, o.dst, o.proto, &l4b),
         };
-        let c = if o.proto == 17 && c == 0 && i.bool() { 0xffff } else { c };
+        let c = if o.proto == 17 && c == 0 && i.bool() {
+            0xffff
+        } else {
+            c
+        };
         put16(&mut l4b, at, c);
     }
     let mut h = vec![0u8; hl];
@@ -179,11 +191,11 @@ pub fn ipv4(i: &mut Input, o: Ip4, depth: u8, pool: &Pool, max: usize) -> Vec<u8
     put16(&mut h, 2, total);
     put16(&mut h, 4, i.u16());
     let frag: u16 = match i.below(8) {
-        0 => 0x2000,                          // MF, first fragment
-        1 => 0x2000 | (i.u16() & 0x1fff),     // middle
-        2 => i.u16() & 0x1fff,                // last
-        3 => i.u16(),                         // anything
-        4..=5 => 0x4000,                      // DF
+        0 => 0x2000,                      // MF, first fragment
+        1 => 0x2000 | (i.u16() & 0x1fff), // middle
+        2 => i.u16() & 0x1fff,            // last
+        3 => i.u16(),                     // anything
+        4..=5 => 0x4000,                  // DF
         _ => 0,
     };
     put16(&mut h, 6, frag);

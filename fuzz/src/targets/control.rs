@@ -202,7 +202,20 @@ fn request(i: &mut Input) -> Vec<u8> {
     if i.below(8) == 0 {
         return i.rest().to_vec();
     }
-    let cmds = ["fdb", "arp", "stats", "conntrack", "reload", "trace", "trace", "trace", "capture", "", "FDB", "nope"];
+    let cmds = [
+        "fdb",
+        "arp",
+        "stats",
+        "conntrack",
+        "reload",
+        "trace",
+        "trace",
+        "trace",
+        "capture",
+        "",
+        "FDB",
+        "nope",
+    ];
     let cmd = i.pick(&cmds);
     let mut r = json!({"cmd": cmd});
     if i.below(16) == 0 {
@@ -210,9 +223,29 @@ fn request(i: &mut Input) -> Vec<u8> {
     }
     match cmd {
         "trace" => {
-            let port = i.pick(&["red", "veth-red-br", "veth-wan-br", "wan", "blue", "nobody", ""]);
+            let port = i.pick(&[
+                "red",
+                "veth-red-br",
+                "veth-wan-br",
+                "wan",
+                "blue",
+                "nobody",
+                "",
+            ]);
             r["in_port"] = maybe(i, json!(port));
-            let ips = ["192.168.15.1", "192.168.15.2", "192.168.15.5", "203.0.113.1", "203.0.113.10", "8.8.8.8", "255.255.255.255", "0.0.0.0", "1.2.3", "::1", "x"];
+            let ips = [
+                "192.168.15.1",
+                "192.168.15.2",
+                "192.168.15.5",
+                "203.0.113.1",
+                "203.0.113.10",
+                "8.8.8.8",
+                "255.255.255.255",
+                "0.0.0.0",
+                "1.2.3",
+                "::1",
+                "x",
+            ];
             let s = i.pick(&ips);
             r["src"] = maybe(i, json!(s));
             let d = i.pick(&ips);
@@ -227,7 +260,13 @@ fn request(i: &mut Input) -> Vec<u8> {
             }
             for k in ["src_mac", "dst_mac"] {
                 if i.below(4) == 0 {
-                    let m = i.pick(&["02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00", "zz", "02:00:00:00:00"]);
+                    let m = i.pick(&[
+                        "02:00:00:00:00:01",
+                        "ff:ff:ff:ff:ff:ff",
+                        "00:00:00:00:00:00",
+                        "zz",
+                        "02:00:00:00:00",
+                    ]);
                     r[k] = maybe(i, json!(m));
                 }
             }
@@ -282,8 +321,10 @@ pub fn run(data: &[u8]) -> Result<(), String> {
     let mut i = Input::new(data);
     let line = request(&mut i);
     let mut c = UnixStream::connect(&path).map_err(|e| format!("connect: {e}"))?;
-    c.set_read_timeout(Some(Duration::from_secs(8))).map_err(|e| e.to_string())?;
-    c.set_write_timeout(Some(Duration::from_secs(8))).map_err(|e| e.to_string())?;
+    c.set_read_timeout(Some(Duration::from_secs(8)))
+        .map_err(|e| e.to_string())?;
+    c.set_write_timeout(Some(Duration::from_secs(8)))
+        .map_err(|e| e.to_string())?;
     // The server reads one line (at most 64 KiB) and may close before the rest is written.
     let _ = c.write_all(&line);
     let _ = c.shutdown(std::net::Shutdown::Write);
@@ -291,14 +332,21 @@ pub fn run(data: &[u8]) -> Result<(), String> {
     let mut answer = Vec::new();
     match r.by_ref().take(1 << 20).read_until(b'\n', &mut answer) {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut =>
+        {
             return Err("no answer and no close within 8 s".into());
         }
         Err(_) => {} // reset: closed
     }
     if !answer.is_empty() {
-        let v: Value = serde_json::from_slice(&answer)
-            .map_err(|e| format!("answer is not JSON ({e}): {:?}", String::from_utf8_lossy(&answer)))?;
+        let v: Value = serde_json::from_slice(&answer).map_err(|e| {
+            format!(
+                "answer is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&answer)
+            )
+        })?;
         if !v["ok"].is_boolean() {
             return Err(format!("answer lacks a boolean \"ok\": {v}"));
         }

@@ -159,10 +159,16 @@ fn checksums(b: &[u8], partial: bool) -> Option<(bool, Option<bool>)> {
     }
     let p = ip.payload();
     let (src, dst) = (ip.src(), ip.dst());
-    let full = |p: &[u8]| fold(pseudo_header(src.octets(), dst.octets(), ip.protocol(), p.len() as u16) + sum(p)) == 0xffff;
+    let full = |p: &[u8]| {
+        fold(pseudo_header(src.octets(), dst.octets(), ip.protocol(), p.len() as u16) + sum(p))
+            == 0xffff
+    };
     let l4 = match ip.protocol() {
         6 if p.len() >= 20 => Some(if partial {
-            csum_eq(u16::from_be_bytes([p[16], p[17]]), partial_seed(src, dst, 6, p.len()))
+            csum_eq(
+                u16::from_be_bytes([p[16], p[17]]),
+                partial_seed(src, dst, 6, p.len()),
+            )
         } else {
             full(p)
         }),
@@ -263,8 +269,20 @@ fn config(i: &mut Input) -> NatConfig {
     };
     let t = |floor: u64, i: &mut Input| match i.below(8) {
         0 => floor + i.below(100_000) as u64,
-        1 if !avoid(known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW, "KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW") => u64::MAX - i.below(1000) as u64,
-        2 if !avoid(known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW, "KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW") => i.range(floor, u64::MAX),
+        1 if !avoid(
+            known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW,
+            "KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW",
+        ) =>
+        {
+            u64::MAX - i.below(1000) as u64
+        }
+        2 if !avoid(
+            known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW,
+            "KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW",
+        ) =>
+        {
+            i.range(floor, u64::MAX)
+        }
         _ => floor,
     };
     c.timeouts = Timeouts {
@@ -324,7 +342,11 @@ fn fresh(i: &mut Input, from: Side, narrow: bool) -> Pkt {
     } else {
         Side::Lan
     };
-    let dst = if from == Side::Wan && i.bool() { EXT } else { pick_ip(i, to, narrow) };
+    let dst = if from == Side::Wan && i.bool() {
+        EXT
+    } else {
+        pick_ip(i, to, narrow)
+    };
     let kind = match proto {
         6 => {
             let any = i.u8();
@@ -357,7 +379,10 @@ pub fn run(data: &[u8]) -> Result<(), String> {
     let mut i = Input::new(data);
     let cfg = config(&mut i);
     let max = cfg.max_entries;
-    let ext_ports_checked = !avoid(known::KNOWN_ISSUE_NAT_MAPPING_LOST_ON_EVICTION, "KNOWN_ISSUE_NAT_MAPPING_LOST_ON_EVICTION");
+    let ext_ports_checked = !avoid(
+        known::KNOWN_ISSUE_NAT_MAPPING_LOST_ON_EVICTION,
+        "KNOWN_ISSUE_NAT_MAPPING_LOST_ON_EVICTION",
+    );
     let mut nat = Nat::new(cfg);
     let mut now: u64 = i.pick(&[0u64, 1, 1 << 32]);
     let mut sent: Vec<Sent> = Vec::new();
@@ -416,7 +441,11 @@ pub fn run(data: &[u8]) -> Result<(), String> {
             3 if !sent.is_empty() => {
                 let s = &sent[i.below(sent.len())];
                 let Some(t) = tuple(&s.out) else { continue };
-                let from_ip = if i.bool() { t.3 } else { pick_ip(&mut i, s.to, false) };
+                let from_ip = if i.bool() {
+                    t.3
+                } else {
+                    pick_ip(&mut i, s.to, false)
+                };
                 let ty = i.pick(&[3u8, 11, 12, 4]);
                 let n = i.pick(&[28usize, 28, 48, 576, 27, 20]);
                 (s.to, icmp_error(from_ip, t.1, ty, &s.out, n))
@@ -470,7 +499,9 @@ pub fn run(data: &[u8]) -> Result<(), String> {
                 (before, checksums(&buf, partial))
             {
                 if ip_ok && !ip_ok2 {
-                    return Err(format!("step {step}: IPv4 header checksum broken by translation"));
+                    return Err(format!(
+                        "step {step}: IPv4 header checksum broken by translation"
+                    ));
                 }
                 if l4_ok == Some(true) && l4_ok2 != Some(true) && ip_ok {
                     return Err(format!(
@@ -499,13 +530,25 @@ pub fn run(data: &[u8]) -> Result<(), String> {
 }
 
 /// The reply to translated packet `b` (the translation of `a`) comes back as the reverse of `a`.
-fn reverse_is_identity(nat: &mut Nat, now: u64, a: Tup, b: Tup, partial: bool) -> Result<(), String> {
+fn reverse_is_identity(
+    nat: &mut Nat,
+    now: u64,
+    a: Tup,
+    b: Tup,
+    partial: bool,
+) -> Result<(), String> {
     let symmetric = |t: &Tup| t.1 == t.3 && t.2 == t.4;
     if symmetric(&a) || symmetric(&b) {
         return Ok(());
     }
     // An echo reply sent outwards: known not to be translated (gated).
-    if a.0 == 1 && a.5 == 0 && avoid(known::KNOWN_ISSUE_NAT_OUTBOUND_ECHO_REPLY, "KNOWN_ISSUE_NAT_OUTBOUND_ECHO_REPLY") {
+    if a.0 == 1
+        && a.5 == 0
+        && avoid(
+            known::KNOWN_ISSUE_NAT_OUTBOUND_ECHO_REPLY,
+            "KNOWN_ISSUE_NAT_OUTBOUND_ECHO_REPLY",
+        )
+    {
         return Ok(());
     }
     let side = route(b.3);

@@ -13,8 +13,8 @@
 //! policy. Invariant: nothing panics (overflow checks on), and the worker
 //! still answers `stats` afterwards.
 
-use super::fake::{self, Queue};
 use super::build::{self, Pool};
+use super::fake::{self, Queue};
 use crate::input::Input;
 use crate::known::{self, avoid};
 use nat::{DnatRule, Filtering, Ipv4Net, NatConfig, PortAlloc};
@@ -65,7 +65,10 @@ const UPLINK_MAC: [u8; 6] = [0x02, 0x75, 0x70, 0, 0, 1];
 const PEER_MAC: [u8; 6] = [0x02, 0x70, 0x65, 0x65, 0x72, 1];
 
 fn action(i: &mut Input, ports: usize) -> Action {
-    let p = if avoid(known::KNOWN_ISSUE_REDIRECT_OUT_OF_RANGE, "KNOWN_ISSUE_REDIRECT_OUT_OF_RANGE") {
+    let p = if avoid(
+        known::KNOWN_ISSUE_REDIRECT_OUT_OF_RANGE,
+        "KNOWN_ISSUE_REDIRECT_OUT_OF_RANGE",
+    ) {
         i.below(ports)
     } else {
         i.below(ports + 3)
@@ -86,9 +89,15 @@ fn action(i: &mut Input, ports: usize) -> Action {
 fn vnet(i: &mut Input, frame_len: usize, vlan_aware: bool) -> [u8; 10] {
     let mut v = [0u8; 10];
     let clamp = if vlan_aware {
-        avoid(known::KNOWN_ISSUE_RETAG_OVERFLOW, "KNOWN_ISSUE_RETAG_OVERFLOW")
+        avoid(
+            known::KNOWN_ISSUE_RETAG_OVERFLOW,
+            "KNOWN_ISSUE_RETAG_OVERFLOW",
+        )
     } else {
-        avoid(known::KNOWN_ISSUE_INSERT_VLAN_OVERFLOW, "KNOWN_ISSUE_INSERT_VLAN_OVERFLOW")
+        avoid(
+            known::KNOWN_ISSUE_INSERT_VLAN_OVERFLOW,
+            "KNOWN_ISSUE_INSERT_VLAN_OVERFLOW",
+        )
     };
     let fix = |x: u16| if clamp { x.min(65531) } else { x };
     match i.below(4) {
@@ -123,7 +132,13 @@ fn vnet(i: &mut Input, frame_len: usize, vlan_aware: bool) -> [u8; 10] {
 
 /// A frame for the gateway as a host or the uplink's peer would send it:
 /// ARP for its addresses, or IPv4 to be routed (and NATed) or answered.
-fn routed_frame(i: &mut Input, port: usize, uplink: usize, gw_mac: [u8; 6], pool: &Pool) -> Vec<u8> {
+fn routed_frame(
+    i: &mut Input,
+    port: usize,
+    uplink: usize,
+    gw_mac: [u8; 6],
+    pool: &Pool,
+) -> Vec<u8> {
     let on_uplink = port == uplink;
     let host = [2, 0, 0, 0, 0, port as u8 + 1];
     let (smac, dmac) = if on_uplink {
@@ -137,7 +152,13 @@ fn routed_frame(i: &mut Input, port: usize, uplink: usize, gw_mac: [u8; 6], pool
     f.extend_from_slice(&smac);
     let lan_ip = Ipv4Addr::new(192, 168, 15, port as u8 + 1);
     let (me, peer) = if on_uplink {
-        (Ipv4Addr::new(203, 0, 113, 1), i.pick(&[Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 254)]))
+        (
+            Ipv4Addr::new(203, 0, 113, 1),
+            i.pick(&[
+                Ipv4Addr::new(203, 0, 113, 10),
+                Ipv4Addr::new(203, 0, 113, 254),
+            ]),
+        )
     } else {
         (Ipv4Addr::new(192, 168, 15, 5), lan_ip)
     };
@@ -154,7 +175,11 @@ fn routed_frame(i: &mut Input, port: usize, uplink: usize, gw_mac: [u8; 6], pool
     }
     f.extend_from_slice(&build::ET_IPV4.to_be_bytes());
     let (src, dst) = if on_uplink {
-        let d = i.pick(&[Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(192, 168, 15, 2)]);
+        let d = i.pick(&[
+            Ipv4Addr::new(203, 0, 113, 1),
+            Ipv4Addr::new(203, 0, 113, 1),
+            Ipv4Addr::new(192, 168, 15, 2),
+        ]);
         (i.mostly(peer, |i| pool.ip(i)), d)
     } else {
         let d = i.pick(&[
@@ -167,7 +192,13 @@ fn routed_frame(i: &mut Input, port: usize, uplink: usize, gw_mac: [u8; 6], pool
         (i.mostly(lan_ip, |i| pool.ip(i)), d)
     };
     let proto = i.pick(&[6u8, 17, 1, 17, 6, 1, 47]);
-    f.extend_from_slice(&build::ipv4(i, build::Ip4 { src, dst, proto }, 0, pool, 9000));
+    f.extend_from_slice(&build::ipv4(
+        i,
+        build::Ip4 { src, dst, proto },
+        0,
+        pool,
+        9000,
+    ));
     f
 }
 
@@ -222,7 +253,11 @@ pub fn run(data: &[u8]) -> Result<(), String> {
     };
     let script: Vec<Action> = (0..i.below(6)).map(|_| action(&mut i, ports)).collect();
     let mut pipeline = Pipeline::with_policy(&cfg, (Chain::default(), Script(script, 0)));
-    let gw_mac = pipeline.gateway.as_ref().map(|g| g.mac().0).ok_or("no gateway")?;
+    let gw_mac = pipeline
+        .gateway
+        .as_ref()
+        .map(|g| g.mac().0)
+        .ok_or("no gateway")?;
     if i.below(3) == 0 {
         let mut v = VlanPorts::default();
         for _ in 0..ports {
@@ -248,9 +283,17 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         .map(|p| fake::port(names[p], nss[p], p < lan_ports, queues[p].clone()))
         .collect();
     let mut w = Worker::new("fz0".into(), wports, pipeline);
-    let isolated: Vec<bool> = (0..ports).map(|p| p < lan_ports && i.below(4) == 0).collect();
+    let isolated: Vec<bool> = (0..ports)
+        .map(|p| p < lan_ports && i.below(4) == 0)
+        .collect();
     let mirrors: Vec<Option<usize>> = (0..ports)
-        .map(|_| if i.below(6) == 0 { Some(i.below(ports + 2)) } else { None })
+        .map(|_| {
+            if i.below(6) == 0 {
+                Some(i.below(ports + 2))
+            } else {
+                None
+            }
+        })
         .collect();
     let pnames: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     w.set_reloader(Box::new(move || {
@@ -282,7 +325,10 @@ pub fn run(data: &[u8]) -> Result<(), String> {
             Ipv4Addr::new(8, 8, 8, 8),
         ],
     };
-    let max_frame = if avoid(known::KNOWN_ISSUE_RETAG_OVERFLOW, "KNOWN_ISSUE_RETAG_OVERFLOW") {
+    let max_frame = if avoid(
+        known::KNOWN_ISSUE_RETAG_OVERFLOW,
+        "KNOWN_ISSUE_RETAG_OVERFLOW",
+    ) {
         65_596
     } else {
         MAX_FRAME + 8
@@ -300,7 +346,17 @@ pub fn run(data: &[u8]) -> Result<(), String> {
                 build::frame(&mut i, &pool, 9300)
             };
             if i.below(32) == 0 {
-                let big = [1515usize, 9000, 65_535, 65_549, 65_596, 65_597, 65_600, MAX_FRAME, MAX_FRAME + 1];
+                let big = [
+                    1515usize,
+                    9000,
+                    65_535,
+                    65_549,
+                    65_596,
+                    65_597,
+                    65_600,
+                    MAX_FRAME,
+                    MAX_FRAME + 1,
+                ];
                 f.resize(i.pick(&big).min(max_frame), 0);
             }
             let mut slot = vnet(&mut i, f.len(), vlan_aware).to_vec();

@@ -107,33 +107,142 @@ icmp_timeout = 60
 const FILES: [&str; 4] = [SEED, PAIR, FULL, NAT];
 
 const VALUES: &[&str] = &[
-    "0", "-1", "1", "15", "16", "63", "64", "4094", "4095", "4096", "65535", "65536",
-    "4294967295", "4294967296", "9223372036854775807", "18446744073709551615",
-    "18446744073709551614", "1e400", "nan", "-0", "0x10", "true", "false", "\"\"",
-    "\"aaaaaaaaaaaaaaaa\"", "\"0.0.0.0/0\"", "\"255.255.255.255/32\"", "\"10.0.0.1/33\"",
-    "\"192.168.15.5/24\"", "\"192.168.15.0/24\"", "\"192.168.15.255/24\"", "\"203.0.113.1/24\"",
-    "\"1-65535\"", "\"65535-1\"", "\"0-0\"", "\"1024-1086\"", "\"1024-1087\"", "\"65535\"",
-    "\"::1\"", "\"02:00:00:00:00:01\"", "\"ff:ff:ff:ff:ff:ff\"", "\"syn,!ack\"", "\"!\"", "\"tcp\"",
-    "\"udp\"", "\"icmp\"", "\"ipv4\"", "\"new\"", "\"established\"", "\"sequential\"",
-    "\"endpoint-independent\"", "\"address-and-port-dependent\"", "\"192.168.15.2:80\"",
-    "\"192.168.15.2:65536\"", "\"red\"", "\"blue\"", "\"wan\"", "\"tap\"", "[]", "[1, 4095]",
-    "[4096]", "[0]", "[\"red\"]", "{}", "\"x-very-long-interface-name\"",
+    "0",
+    "-1",
+    "1",
+    "15",
+    "16",
+    "63",
+    "64",
+    "4094",
+    "4095",
+    "4096",
+    "65535",
+    "65536",
+    "4294967295",
+    "4294967296",
+    "9223372036854775807",
+    "18446744073709551615",
+    "18446744073709551614",
+    "1e400",
+    "nan",
+    "-0",
+    "0x10",
+    "true",
+    "false",
+    "\"\"",
+    "\"aaaaaaaaaaaaaaaa\"",
+    "\"0.0.0.0/0\"",
+    "\"255.255.255.255/32\"",
+    "\"10.0.0.1/33\"",
+    "\"192.168.15.5/24\"",
+    "\"192.168.15.0/24\"",
+    "\"192.168.15.255/24\"",
+    "\"203.0.113.1/24\"",
+    "\"1-65535\"",
+    "\"65535-1\"",
+    "\"0-0\"",
+    "\"1024-1086\"",
+    "\"1024-1087\"",
+    "\"65535\"",
+    "\"::1\"",
+    "\"02:00:00:00:00:01\"",
+    "\"ff:ff:ff:ff:ff:ff\"",
+    "\"syn,!ack\"",
+    "\"!\"",
+    "\"tcp\"",
+    "\"udp\"",
+    "\"icmp\"",
+    "\"ipv4\"",
+    "\"new\"",
+    "\"established\"",
+    "\"sequential\"",
+    "\"endpoint-independent\"",
+    "\"address-and-port-dependent\"",
+    "\"192.168.15.2:80\"",
+    "\"192.168.15.2:65536\"",
+    "\"red\"",
+    "\"blue\"",
+    "\"wan\"",
+    "\"tap\"",
+    "[]",
+    "[1, 4095]",
+    "[4096]",
+    "[0]",
+    "[\"red\"]",
+    "{}",
+    "\"x-very-long-interface-name\"",
 ];
 
 const KEYS: &[&str] = &[
-    "name", "netns", "ageing_secs", "fdb_max", "fdb_max_per_port", "arp_suppress", "arp_max",
-    "busy_poll_us", "cpu", "address", "gateway", "kind", "ifname", "switch_ifname", "mtu", "a", "b",
-    "peer_addresses", "interface", "next_hop", "to", "via", "source", "protocol", "port",
-    "filtering", "port_allocation", "port_range", "max_entries", "udp_timeout",
-    "tcp_established_timeout", "tcp_transitory_timeout", "icmp_timeout", "isolated", "vlan",
-    "trunk", "action", "in_port", "src_mac", "dst_mac", "ethertype", "src", "dst", "sport",
-    "dport", "tcp_flags", "state", "namespace", "bits_per_sec", "packets_per_sec",
-    "burst_bytes", "from", "pcap",
+    "name",
+    "netns",
+    "ageing_secs",
+    "fdb_max",
+    "fdb_max_per_port",
+    "arp_suppress",
+    "arp_max",
+    "busy_poll_us",
+    "cpu",
+    "address",
+    "gateway",
+    "kind",
+    "ifname",
+    "switch_ifname",
+    "mtu",
+    "a",
+    "b",
+    "peer_addresses",
+    "interface",
+    "next_hop",
+    "to",
+    "via",
+    "source",
+    "protocol",
+    "port",
+    "filtering",
+    "port_allocation",
+    "port_range",
+    "max_entries",
+    "udp_timeout",
+    "tcp_established_timeout",
+    "tcp_transitory_timeout",
+    "icmp_timeout",
+    "isolated",
+    "vlan",
+    "trunk",
+    "action",
+    "in_port",
+    "src_mac",
+    "dst_mac",
+    "ethertype",
+    "src",
+    "dst",
+    "sport",
+    "dport",
+    "tcp_flags",
+    "state",
+    "namespace",
+    "bits_per_sec",
+    "packets_per_sec",
+    "burst_bytes",
+    "from",
+    "pcap",
 ];
 
 const SECTIONS: &[&str] = &[
-    "[switch]", "[[namespace]]", "[[pair]]", "[gateway]", "[uplink]", "[[route]]",
-    "[[masquerade]]", "[[dnat]]", "[nat]", "[[acl]]", "[[rate_limit]]", "[[mirror]]",
+    "[switch]",
+    "[[namespace]]",
+    "[[pair]]",
+    "[gateway]",
+    "[uplink]",
+    "[[route]]",
+    "[[masquerade]]",
+    "[[dnat]]",
+    "[nat]",
+    "[[acl]]",
+    "[[rate_limit]]",
+    "[[mirror]]",
 ];
 
 /// Valid files (as inputs: a mode byte that selects "edit file N" with no edits).
@@ -150,7 +259,7 @@ fn edited(i: &mut Input) -> String {
         let n = lines.len();
         let at = i.below(n.max(1));
         match i.below(8) {
-            0 | 1 | 2 if n > 0 => {
+            0..=2 if n > 0 => {
                 let v = i.pick(VALUES);
                 if let Some((k, _)) = lines[at].split_once('=') {
                     lines[at] = format!("{k}= {v}");
@@ -193,7 +302,7 @@ fn edited(i: &mut Input) -> String {
 /// Run one case.
 pub fn run(data: &[u8]) -> Result<(), String> {
     let mut i = Input::new(data);
-    let text = if i.u8() % 8 == 0 {
+    let text = if i.u8().is_multiple_of(8) {
         String::from_utf8_lossy(i.rest()).into_owned()
     } else {
         edited(&mut i)
@@ -242,10 +351,20 @@ fn nat_from(t: &Topology, external: Ipv4Addr) -> Result<(), String> {
         tcp_transitory: n.tcp_transitory_timeout,
         icmp: n.icmp_timeout,
     };
-    let huge = [timeouts.udp, timeouts.tcp_established, timeouts.tcp_transitory, timeouts.icmp]
-        .iter()
-        .any(|&s| s > u64::MAX / 4000);
-    if huge && avoid(known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW, "KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW") {
+    let huge = [
+        timeouts.udp,
+        timeouts.tcp_established,
+        timeouts.tcp_transitory,
+        timeouts.icmp,
+    ]
+    .iter()
+    .any(|&s| s > u64::MAX / 4000);
+    if huge
+        && avoid(
+            known::KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW,
+            "KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW",
+        )
+    {
         return Ok(());
     }
     let mut c = NatConfig::new(external);
@@ -280,9 +399,18 @@ fn nat_from(t: &Topology, external: Ipv4Addr) -> Result<(), String> {
     } else {
         PortAlloc::Random(1)
     };
-    let src = c.masquerade.first().map_or(Ipv4Addr::new(192, 168, 15, 1), |m| m.addr);
+    let src = c
+        .masquerade
+        .first()
+        .map_or(Ipv4Addr::new(192, 168, 15, 1), |m| m.addr);
     let mut nat = Nat::new(c);
-    let route = |a: Ipv4Addr| if a == external { Side::Local } else { Side::Wan };
+    let route = |a: Ipv4Addr| {
+        if a == external {
+            Side::Local
+        } else {
+            Side::Wan
+        }
+    };
     for (k, proto) in [17u8, 6, 1].into_iter().enumerate() {
         let mut p = vec![0u8; 40];
         p[0] = 0x45;

@@ -65,7 +65,13 @@ fn check_frame(f: &[u8]) -> Result<(), String> {
     if f.len() < ETH_HLEN {
         return Err(format!("EthernetFrame took {} bytes", f.len()));
     }
-    let _ = (eth.dst(), eth.src(), eth.ethertype(), eth.vlan(), eth.as_bytes());
+    let _ = (
+        eth.dst(),
+        eth.src(),
+        eth.ethertype(),
+        eth.vlan(),
+        eth.as_bytes(),
+    );
     if eth.payload().len() != f.len() - ETH_HLEN {
         return Err("Ethernet payload length".into());
     }
@@ -104,7 +110,12 @@ fn check_ipv4(b: &[u8]) -> Result<(), String> {
     if ip.payload().len() != tl - hl {
         return Err("Ipv4Packet payload length".into());
     }
-    let _ = (ip.ident(), ip.dont_frag(), ip.more_frags(), ip.frag_offset());
+    let _ = (
+        ip.ident(),
+        ip.dont_frag(),
+        ip.more_frags(),
+        ip.frag_offset(),
+    );
     let _ = (ip.is_fragment(), ip.ttl(), ip.protocol(), ip.checksum());
     let _ = nat::wire::l4_checksum_offset(ip.protocol());
     if ip.protocol() == 1 {
