@@ -39,8 +39,8 @@ pub mod targets;
 
 pub use input::Input;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::cell::Cell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 

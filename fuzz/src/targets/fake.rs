@@ -12,9 +12,14 @@ use switch::worker::Port;
 /// Frames waiting to be received (vnet header + frame each).
 pub type Queue = Rc<RefCell<VecDeque<Vec<u8>>>>;
 
+/// Frames sent, with the port they left by (vnet header + frame each).
+pub type Sent = Rc<RefCell<Vec<(usize, Vec<u8>)>>>;
+
 /// An in-memory port.
 pub struct FakePort {
     rx: Queue,
+    /// Where sent frames are recorded, if anywhere, and this port's id.
+    sent: Option<(Sent, usize)>,
     /// A descriptor that never becomes readable (for `fd()`).
     fd: io::PipeReader,
     _w: io::PipeWriter,
@@ -24,7 +29,12 @@ impl FakePort {
     /// A port receiving from `rx`.
     pub fn new(rx: Queue) -> io::Result<FakePort> {
         let (fd, w) = io::pipe()?;
-        Ok(FakePort { rx, fd, _w: w })
+        Ok(FakePort {
+            rx,
+            sent: None,
+            fd,
+            _w: w,
+        })
     }
 }
 
@@ -45,6 +55,10 @@ impl PortIo for FakePort {
     fn tx_batch(&mut self, batch: &Batch, idx: &[u16]) -> io::Result<TxOutcome> {
         let mut o = TxOutcome::default();
         for &k in idx {
+            if let Some((s, p)) = &self.sent {
+                s.borrow_mut()
+                    .push((*p, batch.wire(usize::from(k)).to_vec()));
+            }
             o.sent += 1;
             o.bytes += batch.frame(usize::from(k)).len() as u64;
         }
@@ -58,11 +72,24 @@ impl PortIo for FakePort {
 
 /// A worker port named `name` over an in-memory queue.
 pub fn port(name: &str, netns: &str, lan: bool, rx: Queue) -> Port {
+    recording_port(name, netns, lan, rx, None)
+}
+
+/// A worker port that also records what it sends into `sent` as port `id`.
+pub fn recording_port(
+    name: &str,
+    netns: &str,
+    lan: bool,
+    rx: Queue,
+    sent: Option<(Sent, usize)>,
+) -> Port {
+    let mut io = FakePort::new(rx).expect("pipe");
+    io.sent = sent;
     Port {
         name: name.to_string(),
         netns: netns.to_string(),
         kind: if lan { "veth" } else { "uplink" },
-        io: Box::new(FakePort::new(rx).expect("pipe")),
+        io: Box::new(io),
         up: true,
         lan,
         isolated: false,

@@ -202,6 +202,70 @@ fn routed_frame(
     f
 }
 
+/// A routed frame (source MAC the gateway's) that leaves port `port` fits
+/// the MTU of that side unless it is GSO, and a fragment never has DF set.
+/// `oversized_in`: some input exceeded its link's MTU (then the gateway's
+/// own answers, e.g. an echo reply as big as the request, are not checked).
+fn routed_fits(
+    port: usize,
+    wire: &[u8],
+    uplink: usize,
+    gw_mac: [u8; 6],
+    lan_mtu: usize,
+    up_mtu: usize,
+    oversized_in: bool,
+) -> Result<(), String> {
+    let (Some(v), Some(f)) = (wire.get(..10), wire.get(10..)) else {
+        return Ok(());
+    };
+    let ours = if port == uplink { UPLINK_MAC } else { gw_mac };
+    if f.len() < 34 || f[6..12] != ours || f[12..14] != [0x08, 0x00] {
+        return Ok(());
+    }
+    let Ok(ip) = nat::wire::Ipv4Packet::new_checked(&f[14..]) else {
+        return Ok(());
+    };
+    let mtu = if port == uplink { up_mtu } else { lan_mtu };
+    let generated_error = ip.protocol() == 1
+        && (ip.src() == Ipv4Addr::new(192, 168, 15, 5)
+            || ip.src() == Ipv4Addr::new(203, 0, 113, 1))
+        && ip
+            .payload()
+            .first()
+            .is_some_and(|t| nat::wire::icmp_is_error(*t));
+    let echo_reply = ip.protocol() == 1
+        && (ip.src() == Ipv4Addr::new(192, 168, 15, 5)
+            || ip.src() == Ipv4Addr::new(203, 0, 113, 1))
+        && ip.payload().first() == Some(&0);
+    if echo_reply && oversized_in {
+        return Ok(());
+    }
+    if generated_error
+        && mtu < 576
+        && avoid(
+            known::KNOWN_ISSUE_ICMP_ERROR_ABOVE_SMALL_MTU,
+            "KNOWN_ISSUE_ICMP_ERROR_ABOVE_SMALL_MTU",
+        )
+    {
+        return Ok(());
+    }
+    if v[1] == 0 && ip.total_len() > mtu {
+        return Err(format!(
+            "a routed packet of {} bytes left port {port} (MTU {mtu}) whole (DF {}, {} -> {}, proto {}, first bytes {:02x?})",
+            ip.total_len(),
+            ip.dont_frag(),
+            ip.src(),
+            ip.dst(),
+            ip.protocol(),
+            &ip.payload()[..ip.payload().len().min(8)]
+        ));
+    }
+    if ip.is_fragment() && ip.dont_frag() {
+        return Err(format!("a fragment with DF set left port {port}"));
+    }
+    Ok(())
+}
+
 /// Run one case.
 pub fn run(data: &[u8]) -> Result<(), String> {
     let mut i = Input::new(data);
@@ -212,6 +276,7 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .ok_or("no gateway")?;
     gw.lan_mtu = i.pick(&[1500u32, 1500, 1400, 9000, 576, 68]);
+    let lan_mtu = gw.lan_mtu as usize;
     gw.neigh_max = 1 + i.below(8);
     gw.queue_slots = i.below(5);
     gw.uplink = Some(UplinkConfig {
@@ -220,8 +285,9 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         prefix: i.pick(&[24u8, 24, 0, 32, 31]),
         mac: MacAddr(UPLINK_MAC),
         next_hop: i.pick(&[Some(Ipv4Addr::new(203, 0, 113, 254)), None]),
-        mtu: i.pick(&[1500u32, 1500, 1400, 576, 68, 9000, 65535]),
+        mtu: i.pick(&[1500u32, 1500, 1400, 576, 9000, 65535]), // topology: 576..=65535
     });
+    let up_mtu = gw.uplink.as_ref().map_or(1500, |u| u.mtu as usize);
     let mut n = NatConfig::new(Ipv4Addr::new(203, 0, 113, 1));
     n.masquerade = vec![Ipv4Net {
         addr: Ipv4Addr::new(192, 168, 15, 0),
@@ -279,8 +345,17 @@ pub fn run(data: &[u8]) -> Result<(), String> {
     let queues: Vec<Queue> = (0..ports).map(|_| Queue::default()).collect();
     let names = ["red-p", "blue-p", "green-p", "uplink-p"];
     let nss = ["red", "blue", "green", "wan"];
+    let sent = fake::Sent::default();
     let wports = (0..ports)
-        .map(|p| fake::port(names[p], nss[p], p < lan_ports, queues[p].clone()))
+        .map(|p| {
+            fake::recording_port(
+                names[p],
+                nss[p],
+                p < lan_ports,
+                queues[p].clone(),
+                Some((sent.clone(), p)),
+            )
+        })
         .collect();
     let mut w = Worker::new("fz0".into(), wports, pipeline);
     let isolated: Vec<bool> = (0..ports)
@@ -334,6 +409,8 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         MAX_FRAME + 8
     };
     let mut now = 0u64;
+    let mut unchecked = false;
+    let mut oversized_in = false;
     for _ in 0..1 + i.below(12) {
         if i.is_empty() {
             break;
@@ -359,6 +436,16 @@ pub fn run(data: &[u8]) -> Result<(), String> {
                 ];
                 f.resize(i.pick(&big).min(max_frame), 0);
             }
+            // Routed output is checked against the MTUs unless the input was
+            // already too big for its link or spoofed the gateway's MACs.
+            let mtu_in = if p == ports - 1 { up_mtu } else { lan_mtu };
+            let src_mac = f.get(6..12).unwrap_or(&[]);
+            if src_mac == gw_mac || src_mac == UPLINK_MAC {
+                unchecked = true;
+            }
+            if f.len() > mtu_in + 14 {
+                oversized_in = true;
+            }
             let mut slot = vnet(&mut i, f.len(), vlan_aware).to_vec();
             slot.extend_from_slice(&f);
             if i.below(64) == 0 {
@@ -367,6 +454,25 @@ pub fn run(data: &[u8]) -> Result<(), String> {
             queues[p].borrow_mut().push_back(slot);
         }
         w.poll_port(p, now);
+        if !unchecked
+            && !avoid(
+                known::KNOWN_ISSUE_GATEWAY_MTU_DF,
+                "KNOWN_ISSUE_GATEWAY_MTU_DF",
+            )
+        {
+            for (port, wire) in sent.borrow().iter() {
+                routed_fits(
+                    *port,
+                    wire,
+                    ports - 1,
+                    gw_mac,
+                    lan_mtu,
+                    up_mtu,
+                    oversized_in,
+                )?;
+            }
+        }
+        sent.borrow_mut().clear();
         now += i.pick(&[0u64, 1, 10, 1000, 3001, 300_001]);
     }
     let s = w.answer("stats", now);
