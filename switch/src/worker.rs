@@ -352,6 +352,12 @@ impl<P: Policy + Reload> Worker<P> {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Receive and forward what port `i` has waiting, at `now`: what [`Worker::run`]
+    /// does when the port is readable (for tests and the fuzz harness, without epoll).
+    pub fn poll_port(&mut self, i: usize, now: u64) {
+        self.service(i, now);
+    }
+
     /// Forward until a signal arrives on `stop`.
     pub fn run(
         &mut self,
