@@ -95,6 +95,7 @@ fn switching(c: &mut Criterion) {
         fdb_max_per_port: 1024,
         ageing_ms: 300_000,
         arp_max: 4096,
+        arp_max_per_port: switch::arp::default_per_port(4096),
         arp_suppress: true,
         gateway: None,
     });
@@ -123,6 +124,7 @@ fn switching(c: &mut Criterion) {
         fdb_max_per_port: 1024,
         ageing_ms: 300_000,
         arp_max: 4096,
+        arp_max_per_port: switch::arp::default_per_port(4096),
         arp_suppress: true,
         gateway: None,
     };

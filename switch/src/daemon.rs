@@ -235,7 +235,9 @@ fn random_seed() -> u64 {
     match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
         Ok(()) => u64::from_ne_bytes(b),
         Err(e) => {
-            eprintln!("vswitch: /dev/urandom unreadable ({e}): NAT ports are seeded from the clock");
+            eprintln!(
+                "vswitch: /dev/urandom unreadable ({e}): NAT ports are seeded from the clock"
+            );
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
@@ -442,6 +444,7 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         fdb_max_per_port: sw.fdb_max_per_port,
         ageing_ms: sw.ageing.as_millis() as u64,
         arp_max: sw.arp_max,
+        arp_max_per_port: sw.arp_max_per_port,
         arp_suppress: sw.arp_suppress,
     };
     let wake = Arc::new(

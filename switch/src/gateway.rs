@@ -1365,7 +1365,10 @@ impl Gateway {
         if !self.icmp_allowed(now, to) {
             return;
         }
-        let quote = &orig[..orig.len().min(ICMP_QUOTE)];
+        // The quote fits 576 bytes (RFC 1812 4.3.2.3) and the MTU towards the
+        // sender, which the topology may set below 576.
+        let room = self.egress_mtu(self.route(to)).saturating_sub(20 + 8);
+        let quote = &orig[..orig.len().min(ICMP_QUOTE).min(room.max(20))];
         let ok = out.push(target, |b| {
             b[..VNET_HDR_LEN].fill(0);
             let f = &mut b[VNET_HDR_LEN..];

@@ -128,6 +128,8 @@ pub struct PipelineConfig {
     pub ageing_ms: u64,
     /// ARP table bound.
     pub arp_max: usize,
+    /// ARP table bound per port (see [`crate::arp::default_per_port`]).
+    pub arp_max_per_port: usize,
     /// Answer ARP requests for known hosts.
     pub arp_suppress: bool,
     /// The gateway, if the switch routes.
@@ -197,7 +199,7 @@ impl<P: Policy> Pipeline<P> {
             fdb: Fdb::new(c.ports, c.fdb_max, c.fdb_max_per_port, c.ageing_ms),
             arp: {
                 // With a gateway, the switch knows its LAN subnet: learn only hosts on it.
-                let mut t = ArpTable::new(c.arp_max, c.ageing_ms);
+                let mut t = ArpTable::with_limits(c.arp_max, c.arp_max_per_port, c.ageing_ms);
                 if let Some(g) = &c.gateway {
                     t.set_on_link(&g.lan_on_link());
                 }
@@ -389,6 +391,7 @@ mod tests {
             fdb_max_per_port: 8,
             ageing_ms: 300_000,
             arp_max: 16,
+            arp_max_per_port: crate::arp::default_per_port(16),
             arp_suppress: suppress,
             gateway: None,
         })

@@ -968,6 +968,7 @@ mod tests {
             fdb_max_per_port: 16,
             ageing_ms: 300_000,
             arp_max: 16,
+            arp_max_per_port: crate::arp::default_per_port(16),
             arp_suppress: false,
             gateway: None,
         };

@@ -104,6 +104,7 @@ fn start() -> Result<PathBuf, String> {
                 fdb_max_per_port: 32,
                 ageing_ms: 300_000,
                 arp_max: 64,
+                arp_max_per_port: switch::arp::default_per_port(64),
                 arp_suppress: true,
                 gateway: Some(gw),
             };

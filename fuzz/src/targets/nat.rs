@@ -290,6 +290,7 @@ fn config(i: &mut Input) -> NatConfig {
         tcp_established: t(7440, i),
         tcp_transitory: t(240, i),
         icmp: t(60, i),
+        ..Timeouts::default()
     };
     c.alloc = if i.bool() {
         PortAlloc::Sequential

@@ -308,12 +308,14 @@ pub fn run(data: &[u8]) -> Result<(), String> {
     n.alloc = PortAlloc::Sequential;
     n.frag_slots = i.below(4);
     gw.nat = Some(n);
+    let arp_max = 1 + i.below(16);
     let cfg = PipelineConfig {
         ports,
         fdb_max: 16,
         fdb_max_per_port: 8,
         ageing_ms: 300_000,
-        arp_max: 1 + i.below(16),
+        arp_max,
+        arp_max_per_port: 1 + i.below(arp_max),
         arp_suppress: i.bool(),
         gateway: Some(gw),
     };

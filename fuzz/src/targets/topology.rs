@@ -350,6 +350,7 @@ fn nat_from(t: &Topology, external: Ipv4Addr) -> Result<(), String> {
         tcp_established: n.tcp_established_timeout,
         tcp_transitory: n.tcp_transitory_timeout,
         icmp: n.icmp_timeout,
+        ..Timeouts::default()
     };
     let huge = [
         timeouts.udp,
