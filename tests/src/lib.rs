@@ -663,6 +663,9 @@ impl Bg {
         if let Some(d) = cwd {
             c.current_dir(d);
         }
+        // Its own process group, so that drop ends what it started too
+        // (`timeout hping3 ...` leaves hping3 running if only `timeout` dies).
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
         Bg {
             child: c.spawn().unwrap_or_else(|e| panic!("spawn {args:?}: {e}")),
             log,
@@ -694,6 +697,11 @@ impl Bg {
 
 impl Drop for Bg {
     fn drop(&mut self) {
+        // The group this Bg created (its id is the child's PID).
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
