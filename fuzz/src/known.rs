@@ -31,6 +31,36 @@ pub const KNOWN_ISSUE_GATEWAY_MTU_DF: bool = false;
 /// (the topology allows 68..) a quote with IP options leaves above the MTU.
 pub const KNOWN_ISSUE_ICMP_ERROR_ABOVE_SMALL_MTU: bool = false;
 
+/// Every gate, by name.
+pub const ALL: &[(&str, bool)] = &[
+    ("KNOWN_ISSUE_RETAG_OVERFLOW", KNOWN_ISSUE_RETAG_OVERFLOW),
+    (
+        "KNOWN_ISSUE_INSERT_VLAN_OVERFLOW",
+        KNOWN_ISSUE_INSERT_VLAN_OVERFLOW,
+    ),
+    (
+        "KNOWN_ISSUE_REDIRECT_OUT_OF_RANGE",
+        KNOWN_ISSUE_REDIRECT_OUT_OF_RANGE,
+    ),
+    (
+        "KNOWN_ISSUE_NAT_MAPPING_LOST_ON_EVICTION",
+        KNOWN_ISSUE_NAT_MAPPING_LOST_ON_EVICTION,
+    ),
+    (
+        "KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW",
+        KNOWN_ISSUE_NAT_TIMEOUT_OVERFLOW,
+    ),
+    (
+        "KNOWN_ISSUE_NAT_OUTBOUND_ECHO_REPLY",
+        KNOWN_ISSUE_NAT_OUTBOUND_ECHO_REPLY,
+    ),
+    ("KNOWN_ISSUE_GATEWAY_MTU_DF", KNOWN_ISSUE_GATEWAY_MTU_DF),
+    (
+        "KNOWN_ISSUE_ICMP_ERROR_ABOVE_SMALL_MTU",
+        KNOWN_ISSUE_ICMP_ERROR_ABOVE_SMALL_MTU,
+    ),
+];
+
 static STRICT: AtomicBool = AtomicBool::new(false);
 static STRICT_ONLY: Mutex<Vec<String>> = Mutex::new(Vec::new());
 

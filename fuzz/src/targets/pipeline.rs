@@ -249,6 +249,14 @@ fn routed_fits(
     {
         return Ok(());
     }
+    if !generated_error
+        && avoid(
+            known::KNOWN_ISSUE_GATEWAY_MTU_DF,
+            "KNOWN_ISSUE_GATEWAY_MTU_DF",
+        )
+    {
+        return Ok(());
+    }
     if v[1] == 0 && ip.total_len() > mtu {
         return Err(format!(
             "a routed packet of {} bytes left port {port} (MTU {mtu}) whole (DF {}, {} -> {}, proto {}, first bytes {:02x?})",
@@ -456,12 +464,7 @@ pub fn run(data: &[u8]) -> Result<(), String> {
             queues[p].borrow_mut().push_back(slot);
         }
         w.poll_port(p, now);
-        if !unchecked
-            && !avoid(
-                known::KNOWN_ISSUE_GATEWAY_MTU_DF,
-                "KNOWN_ISSUE_GATEWAY_MTU_DF",
-            )
-        {
+        if !unchecked {
             for (port, wire) in sent.borrow().iter() {
                 routed_fits(
                     *port,
