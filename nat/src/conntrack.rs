@@ -414,9 +414,14 @@ pub struct Host {
     /// This host's entries evicted to make room (for itself or others).
     pub evicted: u64,
     /// This host's packets dropped for want of room, by cause: its own
-    /// limit, a full table, no free port (the engine's `nat-host-limit`,
-    /// `nat-table-full`, `nat-ports-exhausted`).
-    pub drops: [u64; 3],
+    /// limit, a full table, no free port, its new-flow rate (the engine's
+    /// `nat-host-limit`, `nat-table-full`, `nat-ports-exhausted`, `nat-host-rate`).
+    pub drops: [u64; 4],
+    /// New-flow token bucket (milli-flows) and when it was last filled (ms);
+    /// `None`: never used, full.
+    pub tokens: u64,
+    /// See `tokens`.
+    pub bucket_at: Option<u64>,
     head: u32,
     tail: u32,
     live: bool,
@@ -567,7 +572,9 @@ impl Table {
             unassured: 0,
             mappings: [0; 3],
             evicted: 0,
-            drops: [0; 3],
+            drops: [0; 4],
+            tokens: 0,
+            bucket_at: None,
             head: NIL,
             tail: NIL,
             live: true,

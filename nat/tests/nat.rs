@@ -1587,3 +1587,63 @@ fn invalid_first_segments_are_dropped_only_when_meant_for_the_nat() {
     );
     assert!(n.is_empty());
 }
+
+/// A host opening new flows faster than `new_flows_per_host` gets counted
+/// `nat-host-rate` drops before any state is made; other hosts, existing
+/// flows and connections from outside are not limited.
+#[test]
+fn new_flow_rate_is_limited_per_host() {
+    let mut c = cfg();
+    c.new_flows_per_host = 1000;
+    let mut n = Nat::new(c);
+    // A burst: one second's worth (1000) passes, the rest of 3000 in 1 ms is dropped.
+    let mut v = Vec::new();
+    for i in 0..3000u16 {
+        let mut p = udp(RED, 10_000 + i, WAN, 53, b"q");
+        v.push(n.process(0, Side::Lan, &mut p, false, &route));
+    }
+    let passed = v.iter().filter(|x| **x == Verdict::Translated).count();
+    assert_eq!(passed, 1000);
+    assert!(
+        v.iter()
+            .all(|x| matches!(x, Verdict::Translated | Verdict::Drop(NatDrop::HostRate)))
+    );
+    assert_eq!(n.len(), 1000, "dropped flows made no entries");
+    let red = n.hosts().find(|h| h.addr == RED).unwrap();
+    assert_eq!(red.drops, 2000);
+    assert!(
+        red.drops_by_reason
+            .iter()
+            .any(|(r, k)| *r == NatDrop::HostRate && *k == 2000)
+    );
+    // An existing flow still passes; blue is not affected.
+    let mut p = udp(RED, 10_000, WAN, 53, b"again");
+    assert_eq!(
+        n.process(1, Side::Lan, &mut p, false, &route),
+        Verdict::Translated
+    );
+    let mut p = udp(BLUE, 7000, WAN, 53, b"q");
+    assert_eq!(
+        n.process(1, Side::Lan, &mut p, false, &route),
+        Verdict::Translated
+    );
+    // Tokens come back at the rate: 100 ms later, 100 more new flows.
+    let passed = (0..300u16)
+        .filter(|i| {
+            let mut p = udp(RED, 20_000 + i, WAN, 53, b"q");
+            n.process(100, Side::Lan, &mut p, false, &route) == Verdict::Translated
+        })
+        .count();
+    assert_eq!(passed, 100);
+    // 0 is unlimited.
+    let mut c = cfg();
+    c.new_flows_per_host = 0;
+    let mut n = Nat::new(c);
+    for i in 0..3000u16 {
+        let mut p = udp(RED, 10_000 + i, WAN, 53, b"q");
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Translated
+        );
+    }
+}

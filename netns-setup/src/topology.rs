@@ -408,6 +408,8 @@ pub struct NatSpec {
     pub max_entries_per_host: Option<usize>,
     /// Mappings (external ports) per internal host and protocol.
     pub max_ports_per_host: u32,
+    /// New flows per second per internal host (0: unlimited).
+    pub new_flows_per_host: u32,
     /// `random` (default) or `sequential`.
     pub port_allocation: String,
     /// UDP timeout, s.
@@ -430,6 +432,7 @@ impl Default for NatSpec {
             max_entries: 262_144,
             max_entries_per_host: None,
             max_ports_per_host: 16_384,
+            new_flows_per_host: 20_000,
             port_allocation: "random".into(),
             udp_timeout: 300,
             tcp_established_timeout: 7440,
@@ -780,6 +783,7 @@ struct NatFile {
     max_entries: Option<usize>,
     max_entries_per_host: Option<usize>,
     max_ports_per_host: Option<u32>,
+    new_flows_per_host: Option<u32>,
     port_allocation: Option<String>,
     udp_timeout: Option<u64>,
     tcp_established_timeout: Option<u64>,
@@ -1506,6 +1510,15 @@ fn validate_routing(
                 return Err(err("nat.max_ports_per_host", "must be in 1..=65535"));
             }
             t.nat.max_ports_per_host = m;
+        }
+        if let Some(m) = n.new_flows_per_host {
+            if m > 10_000_000 {
+                return Err(err(
+                    "nat.new_flows_per_host",
+                    "must be in 0..=10000000 (0: unlimited)",
+                ));
+            }
+            t.nat.new_flows_per_host = m;
         }
         if let Some(a) = n.port_allocation {
             if a != "random" && a != "sequential" {

@@ -334,6 +334,7 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
         c.max_entries = n.max_entries;
         c.max_entries_per_host = n.max_entries_per_host;
         c.max_ports_per_host = n.max_ports_per_host;
+        c.new_flows_per_host = n.new_flows_per_host;
         c.timeouts = Timeouts {
             udp: n.udp_timeout,
             tcp_established: n.tcp_established_timeout,

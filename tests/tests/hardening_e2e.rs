@@ -203,6 +203,120 @@ fn iperf_bps(client: &Member, server: &Member, port: u16, secs: u32) -> f64 {
         .unwrap_or_else(|| panic!("iperf3 result: {v}"))
 }
 
+/// A SYN (`proto` 6) or UDP (17) packet from `src:sport` to `dst`, in an
+/// Ethernet frame, with valid checksums.
+fn flood_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    sport: u16,
+) -> Vec<u8> {
+    let l4_len: usize = if proto == 6 { 20 } else { 8 };
+    let mut f = Vec::with_capacity(14 + 20 + l4_len);
+    f.extend_from_slice(&macs.1);
+    f.extend_from_slice(&macs.0);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + l4_len) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[4..6].copy_from_slice(&sport.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let c = nat::checksum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut l4 = vec![0u8; l4_len];
+    l4[0..2].copy_from_slice(&sport.to_be_bytes());
+    if proto == 6 {
+        l4[2..4].copy_from_slice(&80u16.to_be_bytes());
+        l4[4..8].copy_from_slice(&u32::from(sport).wrapping_mul(2_654_435_761).to_be_bytes());
+        l4[12] = 5 << 4;
+        l4[13] = 0x02; // SYN
+        l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    } else {
+        l4[2..4].copy_from_slice(&53u16.to_be_bytes());
+        l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
+    let mut pseudo = Vec::with_capacity(12 + l4_len);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    pseudo.extend_from_slice(&l4);
+    let c = nat::checksum::checksum(&pseudo);
+    let at = if proto == 6 { 16 } else { 6 };
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// A flood from a LAN host: `pps` packets per second with a new source port
+/// on every packet, sent in batches of 32 through a packet socket on the
+/// host's own interface (so the generator, unlike hping3's one `sendto` per
+/// packet, leaves the 2-core machine's CPU to the switch and the measured
+/// traffic). Stops on drop; `sent` counts what the kernel took.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Flood {
+    fn start(t: &NatTopo, gw_mac: [u8; 6], proto: u8, pps: u64) -> Flood {
+        let (ns, ifname) = (t.red.ns.clone(), t.red.ifname.clone());
+        let macs = (mac_bytes_of(&ns, &ifname), gw_mac);
+        let src: std::net::Ipv4Addr = t.red.ip.parse().unwrap();
+        let dst: std::net::Ipv4Addr = SILENT_HOST.parse().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut port = packet_socket(&ns, &ifname);
+            let started = Instant::now();
+            let (mut sent, mut sport) = (0usize, 1024u16);
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch: Vec<Vec<u8>> = (0..32)
+                    .map(|_| {
+                        sport = if sport == u16::MAX { 1024 } else { sport + 1 };
+                        flood_frame(macs, src.octets(), dst.octets(), proto, sport)
+                    })
+                    .collect();
+                sent += send_frames(&mut port, &batch);
+                let due = Duration::from_micros(sent as u64 * 1_000_000 / pps);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(ahead);
+                }
+            }
+            sent
+        });
+        Flood {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop and return how many packets were sent.
+    fn finish(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The flood rate: about what `hping3 --flood` reaches from one namespace on
+/// this 2-core machine (100-115 k packets/s measured), each a new flow.
+const FLOOD_PPS: u64 = 100_000;
+
 #[test]
 fn syn_and_udp_floods_leave_room_for_others_and_l2_keeps_flowing() {
     if !require_root("syn_and_udp_floods_leave_room_for_others_and_l2_keeps_flowing") {
@@ -214,28 +328,39 @@ fn syn_and_udp_floods_leave_room_for_others_and_l2_keeps_flowing() {
     let _srv = Acceptor::start(&t.wan.ns, &format!("{WAN_HOST}:8443"));
     let (green, yellow) = (&t.hosts[2], &t.hosts[3]);
     assert_eq!(ping_loss(&green.ns, &yellow.ip, 1), 0.0);
-    let unloaded = iperf_bps(green, yellow, 5201, 3);
+    assert_eq!(ping_loss(&t.red.ns, GW, 1), 0.0);
+    let gw_mac = mac_bytes(
+        sw.cli_json("stats")["gateway"]["mac"]
+            .as_str()
+            .expect("gateway MAC"),
+    );
+    let unloaded = median_iperf(green, yellow, 5201);
     eprintln!("L2 unloaded: {:.2} Gbit/s", unloaded / 1e9);
-    for (what, args) in [
-        // A new source port on every packet (hping3's default), to a silent remote.
-        ("SYN", vec!["-S", "-p", "80"]),
-        ("UDP", vec!["--udp", "-p", "53"]),
-    ] {
-        let mut cmd = vec!["timeout", "12", "hping3", "--flood"];
-        cmd.extend(&args);
-        cmd.push(SILENT_HOST);
-        let mut flood = Bg::start(&t.red.ns, &cmd, None);
+    // New flows the NAT saw: created, or refused by red's own limits.
+    let activity = |st: &Value| {
+        let d = &st["nat"]["drops"];
+        nat_u64(st, "created")
+            + d["nat-host-limit"].as_u64().unwrap_or(0)
+            + d["nat-host-rate"].as_u64().unwrap_or(0)
+    };
+    for (what, proto) in [("SYN", 6u8), ("UDP", 17u8)] {
+        let before = activity(&sw.cli_json("stats"));
+        let flood = Flood::start(&t, gw_mac, proto, FLOOD_PPS);
         std::thread::sleep(Duration::from_secs(2));
-        assert!(flood.running(), "hping3: {}", flood.log());
         connects_within_a_second(&t.blue.ns, &format!("during the {what} flood"));
-        let loaded = iperf_bps(green, yellow, 5202, 3);
+        let loaded = median_iperf(green, yellow, 5202);
         let st = sw.cli_json("stats");
-        drop(flood);
+        let sent = flood.finish();
+        let flows = activity(&st) - before;
         eprintln!(
-            "L2 during the {what} flood: {:.2} Gbit/s ({:.2} of unloaded); nat: {}",
+            "L2 during the {what} flood ({sent} packets sent, {flows} new flows at the NAT): {:.2} Gbit/s ({:.2} of unloaded); nat: {}",
             loaded / 1e9,
             loaded / unloaded,
             st["nat"]
+        );
+        assert!(
+            flows > 300_000,
+            "the {what} flood reached the NAT only {flows} times"
         );
         assert!(
             loaded >= unloaded / 2.0,
@@ -244,12 +369,21 @@ fn syn_and_udp_floods_leave_room_for_others_and_l2_keeps_flowing() {
         );
         let red = host_view(&st, &t.red.ip);
         assert!(
-            nat_u64(&st, "created") > 5000,
-            "the {what} flood made few entries: {}",
-            st["nat"]
+            red["evicted"].as_u64().unwrap_or(0) + red["drops"].as_u64().unwrap_or(0) > 0,
+            "{red}"
         );
-        assert!(!red.is_null(), "no per-host view for red: {}", st["nat"]);
+        assert_eq!(
+            host_view(&st, &t.blue.ip)["evicted"].as_u64().unwrap_or(0),
+            0
+        );
     }
+}
+
+/// Median of three 2-second iperf3 runs (the 2-core machine is noisy).
+fn median_iperf(client: &Member, server: &Member, port: u16) -> f64 {
+    let mut v: Vec<f64> = (0..3).map(|_| iperf_bps(client, server, port, 2)).collect();
+    v.sort_by(f64::total_cmp);
+    v[1]
 }
 
 /// An ARP request (Ethernet + ARP) from `mac`/`ip` asking for `target`.
@@ -636,7 +770,7 @@ fn listing_200k_connections_does_not_stall_forwarding() {
     let t = nat_topo_n(
         4,
         "",
-        "max_entries_per_host = 262144\nmax_ports_per_host = 65535",
+        "max_entries_per_host = 262144\nmax_ports_per_host = 65535\nnew_flows_per_host = 0",
         "",
     );
     let sw = SwitchProc::start(&t.topo);
@@ -698,7 +832,8 @@ fn new_flow_flood_through_a_small_table_keeps_memory_flat() {
     if !require_root("new_flow_flood_through_a_small_table_keeps_memory_flat") {
         return;
     }
-    let t = nat_topo("", "max_entries = 1024");
+    // No per-host rate limit: every SYN is a new flow for the table.
+    let t = nat_topo("", "max_entries = 1024\nnew_flows_per_host = 0");
     let sw = SwitchProc::start(&t.topo);
     t.silence();
     assert_eq!(ping_loss(&t.blue.ns, WAN_HOST, 1), 0.0);
