@@ -12,6 +12,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+/// Every test here floods, measures rates or times, or fills tables: they
+/// run one at a time (the machine has 2 cores), whatever `--test-threads` says.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Connect from `ns` to `addr` over TCP, returning how long it took (bounded by `limit`).
 fn connect_time(ns: &str, addr: &str, limit: Duration) -> Result<Duration, String> {
     let addr: SocketAddr = addr.parse().unwrap();
@@ -96,6 +103,7 @@ fn ack_flood_fills_the_table_but_another_host_still_connects() {
     if !require_root("ack_flood_fills_the_table_but_another_host_still_connects") {
         return;
     }
+    let _serial = serial();
     // One host may take the whole table here, so that the flood fills it.
     let t = nat_topo("", "max_entries = 4096\nmax_entries_per_host = 4096");
     let sw = SwitchProc::start(&t.topo);
@@ -322,6 +330,7 @@ fn syn_and_udp_floods_leave_room_for_others_and_l2_keeps_flowing() {
     if !require_root("syn_and_udp_floods_leave_room_for_others_and_l2_keeps_flowing") {
         return;
     }
+    let _serial = serial();
     let t = nat_topo_n(4, "", "", "");
     let sw = SwitchProc::start(&t.topo);
     t.silence();
@@ -404,6 +413,7 @@ fn arp_flood_with_random_senders_does_not_stop_routed_traffic() {
     if !require_root("arp_flood_with_random_senders_does_not_stop_routed_traffic") {
         return;
     }
+    let _serial = serial();
     let t = nat_topo_n(3, "", "", "");
     let sw = SwitchProc::start(&t.topo);
     let green = &t.hosts[2];
@@ -486,6 +496,7 @@ fn large_udp_without_df_is_fragmented_with_valid_checksums() {
     if !require_root("large_udp_without_df_is_fragmented_with_valid_checksums") {
         return;
     }
+    let _serial = serial();
     let t = nat_topo("mtu = 1400", "");
     // red sends its datagrams whole (MTU 9000, the kernel's checksum offload
     // left to the switch: CHECKSUM_PARTIAL); blue (MTU 1500) fragments first.
@@ -543,6 +554,7 @@ fn hosts_reach_each_other_through_their_external_mappings() {
     if !require_root("hosts_reach_each_other_through_their_external_mappings") {
         return;
     }
+    let _serial = serial();
     let t = nat_topo("", "filtering = \"endpoint-independent\"");
     let sw = SwitchProc::start(&t.topo);
     // UDP: both make a mapping by talking to wan.
@@ -628,6 +640,7 @@ fn rfc5780_client_reports_hairpinning() {
     if !require_root("rfc5780_client_reports_hairpinning") {
         return;
     }
+    let _serial = serial();
     let t = nat_topo("", "");
     let _sw = SwitchProc::start(&t.topo);
     let _stun = stun_server(&t.wan.ns);
@@ -693,6 +706,7 @@ fn acl_blocking_ssh_also_blocks_it_over_ipv6_link_local() {
     if !require_root("acl_blocking_ssh_also_blocks_it_over_ipv6_link_local") {
         return;
     }
+    let _serial = serial();
     let id = uniq();
     let (mut toml, m, _sw_ns) = star(&id, &[Kind::Veth, Kind::Veth], "");
     let (red, blue) = (&m[0], &m[1]);
@@ -767,6 +781,7 @@ fn listing_200k_connections_does_not_stall_forwarding() {
     if !require_root("listing_200k_connections_does_not_stall_forwarding") {
         return;
     }
+    let _serial = serial();
     let t = nat_topo_n(
         4,
         "",
@@ -832,6 +847,7 @@ fn new_flow_flood_through_a_small_table_keeps_memory_flat() {
     if !require_root("new_flow_flood_through_a_small_table_keeps_memory_flat") {
         return;
     }
+    let _serial = serial();
     // No per-host rate limit: every SYN is a new flow for the table.
     let t = nat_topo("", "max_entries = 1024\nnew_flows_per_host = 0");
     let sw = SwitchProc::start(&t.topo);
