@@ -1241,6 +1241,12 @@ impl Nat {
                         port: t.sport,
                     };
                     if let Some((k, ext)) = in_map {
+                        if k == key && t.proto == proto::ICMP {
+                            // An echo request to the external address with
+                            // its own mapping's id: the gateway answers it
+                            // (a reflected request would never be answered).
+                            return Verdict::NotNatted;
+                        }
                         if k == key {
                             // To its own mapping (the RFC 5780 hairpin test):
                             // reflected without state, source = its mapping.

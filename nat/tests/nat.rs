@@ -1647,3 +1647,24 @@ fn new_flow_rate_is_limited_per_host() {
         );
     }
 }
+
+/// Found by the fuzzer: an echo request to the external address with the id
+/// of the sender's own ICMP mapping is the gateway's to answer, not reflected
+/// back to the sender as a request that nobody would answer.
+#[test]
+fn echo_to_the_external_address_with_own_mapping_id_is_local() {
+    let mut n = Nat::new(cfg());
+    let mut out = echo(RED, WAN, 4242, false);
+    assert_eq!(
+        n.process(0, Side::Lan, &mut out, false, &route),
+        Verdict::Translated
+    );
+    let ext_id = u16::from_be_bytes([out[24], out[25]]);
+    let mut own = echo(RED, EXT, ext_id, false);
+    let before = own.clone();
+    assert_eq!(
+        n.process(1, Side::Lan, &mut own, false, &route),
+        Verdict::NotNatted
+    );
+    assert_eq!(own, before, "left for the gateway as it was");
+}
