@@ -346,14 +346,15 @@ fn print_stats(v: &Value) {
                 "address", "entries", "unassured", "mappings", "evicted", "drops"
             );
             for h in hosts.iter().take(16) {
+                let n = |k: &str| h[k].as_u64().unwrap_or(0);
                 println!(
                     "  {:<16} {:>8} {:>10} {:>8} {:>9} {:>8}",
                     s(&h["addr"]),
-                    h["entries"],
-                    h["unassured"],
-                    h["mappings"],
-                    h["evicted"],
-                    h["drops"]
+                    n("entries"),
+                    n("unassured"),
+                    n("mappings"),
+                    n("evicted"),
+                    n("drops")
                 );
             }
         }
