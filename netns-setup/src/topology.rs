@@ -1661,6 +1661,18 @@ mod tests {
         assert_eq!(e.key, "nat.max_entries_per_host");
         let e = parse_err(&format!("{base}{gw}{up}[nat]\nmax_ports_per_host=0\n"));
         assert_eq!(e.key, "nat.max_ports_per_host");
+        let e = parse_err(&format!(
+            "{base}{gw}{up}[nat]\nnew_flows_per_host=20000000\n"
+        ));
+        assert_eq!(e.key, "nat.new_flows_per_host");
+        let t =
+            Topology::parse(&format!("{base}{gw}{up}[nat]\nnew_flows_per_host=0\n"), "t").unwrap();
+        assert_eq!(t.nat.new_flows_per_host, 0, "0 is unlimited");
+        let e = parse_err(&base.replace("[switch]\n", "[switch]\narp_max=8\narp_max_per_port=9\n"));
+        assert_eq!(e.key, "switch.arp_max_per_port");
+        let t =
+            Topology::parse(&base.replace("[switch]\n", "[switch]\narp_max=100\n"), "t").unwrap();
+        assert_eq!(t.switch.unwrap().arp_max_per_port, 25, "default: a quarter");
         let e = parse_err(&format!("{base}{gw}{up}[nat]\nfiltering='full-cone'\n"));
         assert_eq!(e.key, "nat.filtering");
         let e = parse_err(&format!("{base}[[masquerade]]\nsource='10.0.0.0/24'\n"));

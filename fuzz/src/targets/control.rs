@@ -53,7 +53,29 @@ fn udp_frame(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<
     f
 }
 
+/// Remove the socket directories of fuzz runs that have ended (the socket
+/// lives as long as its process, which cannot remove it at exit).
+fn remove_stale_dirs() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("vswitch-fuzz-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn start() -> Result<PathBuf, String> {
+    remove_stale_dirs();
     let dir = std::env::temp_dir().join(format!("vswitch-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let path = dir.join("ctl.sock");
