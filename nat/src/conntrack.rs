@@ -530,6 +530,14 @@ impl Table {
             .copied()
     }
 
+    /// The entry indexed under `t` if it has expired by `now` but was not
+    /// swept yet (it would make a new entry for `t` a clash).
+    pub fn find_expired(&self, t: &Tuple, now: u64) -> Option<EntryId> {
+        let id = self.find(t)? >> 1;
+        let e = &self.slots[id as usize];
+        (e.live && e.expires <= now).then_some(id)
+    }
+
     /// Find the entry a packet with tuple `t` belongs to, if live at `now`.
     pub fn lookup(&self, t: &Tuple, now: u64) -> Option<(EntryId, Dir)> {
         let v = self.find(t)?;

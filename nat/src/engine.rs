@@ -937,7 +937,18 @@ impl Nat {
         };
         let v = match self.table.lookup(&parsed.t, now) {
             Some((id, dir)) => self.existing(now, id, dir, &parsed, buf, partial),
-            None => self.new_flow(now, from, &parsed, buf, partial, route),
+            None => {
+                // Expired but not swept yet (the sweep runs once a second):
+                // removed now, as the sweep would, so the flow can start over.
+                if let Some(id) = self.table.find_expired(&parsed.t, now)
+                    && let Some(e) = self.table.remove(id)
+                {
+                    self.counters.expired += 1;
+                    self.release(&e);
+                    self.flush_gc();
+                }
+                self.new_flow(now, from, &parsed, buf, partial, route)
+            }
         };
         if let Some(k) = frag_key {
             self.first_fragment_done(now, k, buf, v);
@@ -1570,10 +1581,23 @@ impl Nat {
             (Verdict::NotNatted, _) => (k.src, k.dst),
             _ => return,
         };
-        if self.frags.len() >= 4 * self.pool.len().max(64) && !self.frags.contains_key(&k) {
+        let cap = 4 * self.pool.len().max(64);
+        if self.frags.len() >= cap && !self.frags.contains_key(&k) {
             self.frags.retain(|_, x| x.expires > now);
+            // Still full: the oldest translation makes room (a bounded scan),
+            // so one host's stream of first fragments cannot leave everyone
+            // else's later fragments without a translation.
+            if self.frags.len() >= cap
+                && let Some(old) = self
+                    .frags
+                    .iter()
+                    .min_by_key(|(_, x)| x.expires)
+                    .map(|(k, _)| *k)
+            {
+                self.frags.remove(&old);
+            }
         }
-        if self.frags.len() < 4 * self.pool.len().max(64) {
+        {
             self.frags.insert(
                 k,
                 FragXlate {

@@ -632,6 +632,10 @@ fn checksum_partial_frames_only_change_the_seed_for_addresses() {
 
 /// Split an IPv4 datagram into fragments of `chunk` payload bytes (multiple of 8).
 fn fragment(pkt: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    fragment_id(pkt, chunk, 4242)
+}
+
+fn fragment_id(pkt: &[u8], chunk: usize, id: u16) -> Vec<Vec<u8>> {
     let (ip, rest) = Ipv4Header::from_slice(pkt).unwrap();
     let mut out = Vec::new();
     let mut off = 0;
@@ -641,7 +645,7 @@ fn fragment(pkt: &[u8], chunk: usize) -> Vec<Vec<u8>> {
         h.more_fragments = end < rest.len();
         h.fragment_offset = etherparse::IpFragOffset::try_new((off / 8) as u16).unwrap();
         h.total_len = (20 + end - off) as u16;
-        h.identification = 4242;
+        h.identification = id;
         h.header_checksum = h.calc_header_checksum();
         let mut v = Vec::new();
         h.write(&mut v).unwrap();
@@ -1667,4 +1671,49 @@ fn echo_to_the_external_address_with_own_mapping_id_is_local() {
         Verdict::NotNatted
     );
     assert_eq!(own, before, "left for the gateway as it was");
+}
+
+/// Review finding: one host sending first fragments (and never the rest)
+/// must not leave another host's later fragments without a translation.
+#[test]
+fn first_fragments_of_one_host_cannot_crowd_out_anothers() {
+    let mut n = Nat::new(cfg());
+    for i in 0..256u16 {
+        let mut f = fragment_id(&udp(RED, 4000, WAN, 9, &[7u8; 200]), 96, i).remove(0);
+        assert_eq!(
+            n.process(10, Side::Lan, &mut f, false, &route),
+            Verdict::Translated
+        );
+    }
+    let blue = Ipv4Addr::new(192, 168, 15, 2);
+    let mut fr = fragment_id(&udp(blue, 5000, WAN, 9, &[7u8; 200]), 96, 777);
+    assert_eq!(
+        n.process(1000, Side::Lan, &mut fr[0], false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(
+        n.process(1001, Side::Lan, &mut fr[1], false, &route),
+        Verdict::Translated,
+        "blue's second fragment"
+    );
+}
+
+/// Review finding: a flow whose entry expired but was not swept yet (the
+/// sweep runs once a second) starts over instead of clashing with it.
+#[test]
+fn an_expired_unswept_entry_does_not_block_its_tuple() {
+    let mut n = Nat::new(cfg());
+    let mut p = udp(RED, 5000, WAN, 53, b"q");
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p, false, &route),
+        Verdict::Translated
+    );
+    // Unanswered UDP lives 120 s; no sweep in between.
+    let mut p = udp(RED, 5000, WAN, 53, b"q");
+    assert_eq!(
+        n.process(120_500, Side::Lan, &mut p, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(n.len(), 1);
+    assert_eq!(n.counters.drops[NatDrop::Clash as usize], 0);
 }

@@ -62,6 +62,8 @@ pub struct ArpCounters {
     pub suppressed: u64,
     /// Gratuitous ARPs seen (always passed on).
     pub gratuitous: u64,
+    /// Hints refused because they would rebind a live confirmed entry.
+    pub refused_rebind: u64,
 }
 
 /// How a binding was heard.
@@ -142,6 +144,7 @@ pub struct ArpTable {
     max: usize,
     max_per_port: usize,
     ageing_ms: u64,
+    hints_rebind: bool,
     /// Counters.
     pub counters: ArpCounters,
 }
@@ -189,8 +192,18 @@ impl ArpTable {
             max,
             max_per_port: max_per_port.clamp(1, max.max(1)),
             ageing_ms,
+            hints_rebind: true,
             counters: ArpCounters::default(),
         }
+    }
+
+    /// Whether a hint (request, gratuitous ARP) may replace a live confirmed
+    /// binding with another MAC or port. True by default (the switch's
+    /// suppression table follows hosts that move or are re-created, like a
+    /// bridge); the gateway's neighbour caches set it false, so that one
+    /// unsolicited request cannot divert a host's routed traffic.
+    pub fn set_hints_rebind(&mut self, on: bool) {
+        self.hints_rebind = on;
     }
 
     /// Learn only addresses inside `nets` from now on (empty: any unicast address).
@@ -263,6 +276,11 @@ impl ArpTable {
                 s.e.confirmed |= confirmed;
                 self.attach(i);
                 return Learned::Refreshed;
+            }
+            let live = now.saturating_sub(e.last_seen) < self.ageing_ms;
+            if !confirmed && !self.hints_rebind && e.confirmed && live {
+                self.counters.refused_rebind += 1;
+                return Learned::Refused;
             }
             // A new binding for a known address: it starts over.
             self.remove(i);

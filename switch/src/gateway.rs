@@ -576,8 +576,10 @@ impl Gateway {
             cfg.ageing_ms,
         );
         neigh_lan.set_on_link(&cfg.lan_on_link());
+        neigh_lan.set_hints_rebind(false);
         // One port: the uplink table's bound is its own.
         let mut neigh_wan = ArpTable::with_limits(cfg.neigh_max, cfg.neigh_max, cfg.ageing_ms);
+        neigh_wan.set_hints_rebind(false);
         if let Some(u) = &cfg.uplink {
             let mut nets: Vec<Ipv4Net> = up_net.into_iter().collect();
             nets.extend(u.next_hop.map(|addr| Ipv4Net { addr, prefix: 32 }));
@@ -655,6 +657,18 @@ impl Gateway {
             return false;
         }
         is_host_of(&self.lan_net, src) || self.cfg.routes.iter().any(|(n, _)| n.contains(src))
+    }
+
+    /// Whether an on-link `src` is bound, by a live confirmed neighbour entry
+    /// (an answer to the gateway's own request), to another port or MAC than
+    /// the frame's: then the frame is spoofed (a LAN host using another's
+    /// address, to have its flows charged to it). Unknown sources pass.
+    fn source_taken(&self, now: u64, src: Ipv4Addr, port: PortId, mac: MacAddr) -> bool {
+        is_host_of(&self.lan_net, src)
+            && self
+                .neigh_lan
+                .lookup(src, now)
+                .is_some_and(|e| e.confirmed && (e.port != port || e.mac != mac))
     }
 
     /// Whether the uplink may send from `src`: not martian, not ours, not a LAN address.
@@ -790,7 +804,7 @@ impl Gateway {
         let Some(h) = parse_ip(&frame[ETH_HLEN..], gso) else {
             return self.drop(GwDrop::Malformed);
         };
-        if !self.lan_source_ok(h.src) {
+        if !self.lan_source_ok(h.src) || self.source_taken(now, h.src, in_port, src_mac) {
             return self.drop(GwDrop::SpoofedSrc);
         }
         if self.martian_dst(h.dst) {
@@ -2664,6 +2678,43 @@ mod tests {
             .lookup(Ipv4Addr::new(192, 168, 15, 1), 0)
             .unwrap();
         assert!(!e.confirmed, "a request is a hint");
+    }
+
+    /// Review finding: one ARP request claiming blue's address from red's
+    /// port must not divert blue's routed traffic to red.
+    #[test]
+    fn an_unsolicited_request_cannot_rebind_a_confirmed_neighbour() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        let fdb = fdb();
+        g.neigh_lan
+            .confirm(Ipv4Addr::new(192, 168, 15, 2), BLUE, 1, 0);
+        let mut req = arp_request(RED, [192, 168, 15, 2], [192, 168, 15, 5]);
+        g.lan_arp(10, 0, &mut req, &mut out, &fdb);
+        let e = g
+            .neigh_lan
+            .lookup(Ipv4Addr::new(192, 168, 15, 2), 20)
+            .unwrap();
+        assert_eq!((e.mac, e.port), (BLUE, 1), "rebound to {e:?}");
+        assert_eq!(g.neigh_lan.counters.refused_rebind, 1);
+    }
+
+    /// Review finding: red sending with blue's (confirmed) address is
+    /// dropped as spoofed, so its flows cannot be charged to blue.
+    #[test]
+    fn a_host_cannot_send_from_another_hosts_confirmed_address() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        g.neigh_lan
+            .confirm(Ipv4Addr::new(192, 168, 15, 2), BLUE, 1, 0);
+        let mut p = ping(GW_MAC, [192, 168, 15, 2], [203, 0, 113, 10], 64, 84, false);
+        let v = run(&mut g, 0, &mut p, &mut out);
+        assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+        assert_eq!(
+            g.nat.as_ref().unwrap().hosts().count(),
+            0,
+            "nothing charged"
+        );
     }
 
     /// The attack: ARP requests to the gateway with random senders,
