@@ -236,8 +236,14 @@ pub const STATS_HOSTS: usize = 64;
 /// most as many as the table's entries (usually a handful).
 fn nat_hosts(nat: &nat::Nat, max: usize) -> Vec<Value> {
     let mut hosts: Vec<nat::HostView> = nat.hosts().collect();
-    hosts.sort_unstable_by(|a, b| b.entries.cmp(&a.entries).then(a.addr.cmp(&b.addr)));
+    let order =
+        |a: &nat::HostView, b: &nat::HostView| b.entries.cmp(&a.entries).then(a.addr.cmp(&b.addr));
+    // O(hosts) selection of the heaviest `max`, then a sort of those only.
+    if max > 0 && hosts.len() > max {
+        hosts.select_nth_unstable_by(max - 1, order);
+    }
     hosts.truncate(max);
+    hosts.sort_unstable_by(order);
     hosts
         .iter()
         .map(|h| {
