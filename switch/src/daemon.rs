@@ -247,6 +247,60 @@ fn random_seed() -> u64 {
     }
 }
 
+/// The NAT configuration of `t`'s `[nat]`, `[[masquerade]]` and `[[dnat]]`
+/// for the external address `external`; `seed` keys port allocation and
+/// hashing (the daemon passes a secret one).
+pub fn nat_config(t: &Topology, external: std::net::Ipv4Addr, seed: u64) -> NatConfig {
+    let n = &t.nat;
+    let mut c = NatConfig::new(external);
+    c.masquerade = n
+        .masquerade
+        .iter()
+        .map(|m| Ipv4Net {
+            addr: m.addr,
+            prefix: m.prefix,
+        })
+        .collect();
+    c.port_range = n.port_range;
+    c.dnat = n
+        .dnat
+        .iter()
+        .map(|d| DnatRule {
+            proto: if d.protocol == "tcp" {
+                nat::wire::proto::TCP
+            } else {
+                nat::wire::proto::UDP
+            },
+            ports: d.ports,
+            to_addr: d.to_addr,
+            to_port: d.to_port,
+        })
+        .collect();
+    c.filtering = match n.filtering.as_str() {
+        "endpoint-independent" => Filtering::EndpointIndependent,
+        "address-and-port-dependent" => Filtering::AddressAndPortDependent,
+        _ => Filtering::AddressDependent,
+    };
+    c.max_entries = n.max_entries;
+    c.max_entries_per_host = n.max_entries_per_host;
+    c.max_ports_per_host = n.max_ports_per_host;
+    c.new_flows_per_host = n.new_flows_per_host;
+    c.timeouts = Timeouts {
+        udp: n.udp_timeout,
+        tcp_established: n.tcp_established_timeout,
+        tcp_transitory: n.tcp_transitory_timeout,
+        icmp: n.icmp_timeout,
+        ..Timeouts::default()
+    };
+    c.alloc = if n.port_allocation == "sequential" {
+        PortAlloc::Sequential
+    } else {
+        PortAlloc::Random(seed)
+    };
+    c.hash_seed = seed.rotate_left(17);
+    c
+}
+
 /// The gateway configuration of `t` (the uplink is the last port, `ports - 1`).
 pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig>> {
     let Some(g) = &t.gateway else { return Ok(None) };
@@ -300,57 +354,10 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
             })
         }
     };
-    let nat = t.uplink.as_ref().map(|u| {
-        let n = &t.nat;
-        let mut c = NatConfig::new(u.address.addr);
-        c.masquerade = n
-            .masquerade
-            .iter()
-            .map(|m| Ipv4Net {
-                addr: m.addr,
-                prefix: m.prefix,
-            })
-            .collect();
-        c.port_range = n.port_range;
-        c.dnat = n
-            .dnat
-            .iter()
-            .map(|d| DnatRule {
-                proto: if d.protocol == "tcp" {
-                    nat::wire::proto::TCP
-                } else {
-                    nat::wire::proto::UDP
-                },
-                ports: d.ports,
-                to_addr: d.to_addr,
-                to_port: d.to_port,
-            })
-            .collect();
-        c.filtering = match n.filtering.as_str() {
-            "endpoint-independent" => Filtering::EndpointIndependent,
-            "address-and-port-dependent" => Filtering::AddressAndPortDependent,
-            _ => Filtering::AddressDependent,
-        };
-        c.max_entries = n.max_entries;
-        c.max_entries_per_host = n.max_entries_per_host;
-        c.max_ports_per_host = n.max_ports_per_host;
-        c.new_flows_per_host = n.new_flows_per_host;
-        c.timeouts = Timeouts {
-            udp: n.udp_timeout,
-            tcp_established: n.tcp_established_timeout,
-            tcp_transitory: n.tcp_transitory_timeout,
-            icmp: n.icmp_timeout,
-            ..Timeouts::default()
-        };
-        let seed = random_seed();
-        c.alloc = if n.port_allocation == "sequential" {
-            PortAlloc::Sequential
-        } else {
-            PortAlloc::Random(seed)
-        };
-        c.hash_seed = seed.rotate_left(17);
-        c
-    });
+    let nat = t
+        .uplink
+        .as_ref()
+        .map(|u| nat_config(t, u.address.addr, random_seed()));
     Ok(Some(GatewayConfig {
         ip: g.address.addr,
         prefix: g.address.prefix,

@@ -9,7 +9,7 @@
 
 use crate::input::Input;
 use crate::known::{self, avoid};
-use nat::{DnatRule, Filtering, Ipv4Net, Nat, NatConfig, PortAlloc, Side, Timeouts};
+use nat::{Nat, Side};
 use netns_setup::Topology;
 use std::net::Ipv4Addr;
 use switch::daemon::{PortInfo, build_policy, gateway_config, port_id, vlan_ports};
@@ -342,21 +342,14 @@ pub fn run(data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// The daemon's mapping of `[nat]` to a [`NatConfig`], then a first packet.
+/// The daemon's mapping of `[nat]` to a [`NatConfig`] ([`switch::daemon::nat_config`]), then a first packet.
 fn nat_from(t: &Topology, external: Ipv4Addr) -> Result<(), String> {
     let n = &t.nat;
-    let timeouts = Timeouts {
-        udp: n.udp_timeout,
-        tcp_established: n.tcp_established_timeout,
-        tcp_transitory: n.tcp_transitory_timeout,
-        icmp: n.icmp_timeout,
-        ..Timeouts::default()
-    };
     let huge = [
-        timeouts.udp,
-        timeouts.tcp_established,
-        timeouts.tcp_transitory,
-        timeouts.icmp,
+        n.udp_timeout,
+        n.tcp_established_timeout,
+        n.tcp_transitory_timeout,
+        n.icmp_timeout,
     ]
     .iter()
     .any(|&s| s > u64::MAX / 4000);
@@ -368,38 +361,9 @@ fn nat_from(t: &Topology, external: Ipv4Addr) -> Result<(), String> {
     {
         return Ok(());
     }
-    let mut c = NatConfig::new(external);
-    c.masquerade = n
-        .masquerade
-        .iter()
-        .map(|m| Ipv4Net {
-            addr: m.addr,
-            prefix: m.prefix,
-        })
-        .collect();
-    c.port_range = n.port_range;
-    c.dnat = n
-        .dnat
-        .iter()
-        .map(|d| DnatRule {
-            proto: if d.protocol == "tcp" { 6 } else { 17 },
-            ports: d.ports,
-            to_addr: d.to_addr,
-            to_port: d.to_port,
-        })
-        .collect();
-    c.filtering = match n.filtering.as_str() {
-        "endpoint-independent" => Filtering::EndpointIndependent,
-        "address-and-port-dependent" => Filtering::AddressAndPortDependent,
-        _ => Filtering::AddressDependent,
-    };
-    c.max_entries = n.max_entries.min(4096);
-    c.timeouts = timeouts;
-    c.alloc = if n.port_allocation == "sequential" {
-        PortAlloc::Sequential
-    } else {
-        PortAlloc::Random(1)
-    };
+    // The daemon's own mapping, with a small table to keep the run quick.
+    let mut c = switch::daemon::nat_config(t, external, 1);
+    c.max_entries = c.max_entries.min(4096);
     let src = c
         .masquerade
         .first()
