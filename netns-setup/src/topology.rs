@@ -432,7 +432,7 @@ impl Default for NatSpec {
             max_entries: 262_144,
             max_entries_per_host: None,
             max_ports_per_host: 16_384,
-            new_flows_per_host: 20_000,
+            new_flows_per_host: 5_000, // nat::DEFAULT_NEW_FLOWS_PER_HOST
             port_allocation: "random".into(),
             udp_timeout: 300,
             tcp_established_timeout: 7440,

@@ -223,6 +223,9 @@ source = "192.168.15.0/24"
 protocol = "tcp"
 port = 80
 to = "192.168.15.2:80"
+[nat]
+# The kernel's MASQUERADE has no per-host rate limit: measure on the same footing.
+new_flows_per_host = 0
 "#,
         sw = n.sw,
         red = n.red,
