@@ -946,8 +946,7 @@ impl Nat {
                     && let Some(e) = self.table.remove(id)
                 {
                     self.counters.expired += 1;
-                    self.release(&e);
-                    self.flush_gc();
+                    self.release(&e); // its host record is collected after the packet
                 }
                 self.new_flow(now, from, &parsed, buf, partial, route)
             }
