@@ -76,6 +76,7 @@ fn serve_limited(
                 let Ok(conn) = conn else { continue };
                 if active.fetch_add(1, Ordering::AcqRel) >= max_clients {
                     active.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!("control: more than {max_clients} clients at once; one refused");
                     // One short line into an empty socket buffer: never blocks for long.
                     let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
                     let mut w = &conn;
@@ -437,6 +438,7 @@ fn handle(
             json!({"ok": false, "error": "request lacks \"cmd\""})
         );
     };
+    tracing::debug!("control request: {cmd}");
     if cmd == "fdb" || cmd == "arp" {
         let answer = table_listing(to_worker, wake, cmd == "fdb");
         let mut w = std::io::BufWriter::new(&conn);

@@ -235,9 +235,7 @@ fn random_seed() -> u64 {
     match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
         Ok(()) => u64::from_ne_bytes(b),
         Err(e) => {
-            eprintln!(
-                "vswitch: /dev/urandom unreadable ({e}): NAT ports are seeded from the clock"
-            );
+            tracing::warn!("/dev/urandom unreadable ({e}): NAT ports are seeded from the clock");
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
@@ -416,7 +414,7 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         if created && !opts.keep {
             let r = netns_setup::down(t);
             for f in &r.failures {
-                eprintln!("vswitch: cleanup ({why}): {f}");
+                tracing::warn!("cleanup ({why}): {f}");
             }
         }
     };
@@ -427,8 +425,8 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
             return Err(e);
         }
     };
-    eprintln!(
-        "vswitch: {} forwarding between {} ports: {}; control socket {}; Ctrl-C to stop",
+    tracing::info!(
+        "{} forwarding between {} ports: {}; control socket {}; Ctrl-C to stop",
         sw.name,
         ports.len(),
         ports
@@ -548,7 +546,7 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
             })
             .context("spawn pcap writer")?;
         worker.add_tap(port, tx);
-        eprintln!("vswitch: mirroring {} to {}", m.from, path.display());
+        tracing::info!("mirroring {} to {}", m.from, path.display());
     }
     worker.set_busy_poll(sw.busy_poll);
     if let Some(cpu) = sw.cpu {
@@ -567,8 +565,8 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
     cleanup("exit");
     match res {
         Ok(()) => {
-            eprintln!(
-                "vswitch: stopped{}",
+            tracing::info!(
+                "stopped{}",
                 if created && !opts.keep {
                     "; topology removed"
                 } else {

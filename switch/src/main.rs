@@ -59,6 +59,13 @@ enum Cmd {
         /// Serve Prometheus metrics here, e.g. 127.0.0.1:9100 (in the switch's namespace).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Log level (error, warn, info, debug, trace, off) or RUST_LOG-style directives
+        /// (`info,switch::worker=debug`); overrides -v and RUST_LOG. Default: info.
+        #[arg(long, value_name = "LEVEL")]
+        log_level: Option<String>,
+        /// More log detail: -v debug, -vv trace.
+        #[arg(short, long, action = clap::ArgAction::Count)]
+        verbose: u8,
     },
     /// Show the MAC table, like `bridge fdb show`.
     Fdb(Target),
@@ -556,7 +563,13 @@ fn main() -> ExitCode {
             keep,
             socket,
             metrics,
+            log_level,
+            verbose,
         } => {
+            if let Err(e) = switch::log::init(log_level.as_deref(), verbose) {
+                eprintln!("vswitch run: {e}");
+                return ExitCode::from(2);
+            }
             let t = match load(&file) {
                 Ok(t) => t,
                 Err(c) => return c,
@@ -572,7 +585,7 @@ fn main() -> ExitCode {
             ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("vswitch run: {e:#}");
+                    tracing::error!("vswitch run: {e:#}");
                     ExitCode::FAILURE
                 }
             }

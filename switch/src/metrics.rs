@@ -245,6 +245,7 @@ pub fn serve(listener: TcpListener, to_worker: Sender<Request>, wake: Arc<EventF
                 let Ok(mut conn) = conn else { continue };
                 if active.fetch_add(1, Ordering::AcqRel) >= MAX_SCRAPERS {
                     active.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!("metrics: more than {MAX_SCRAPERS} scrapes at once; one refused");
                     let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
                     let body = "too many concurrent scrapes\n";
                     let _ = write!(conn, "HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
@@ -288,6 +289,7 @@ fn scrape(mut conn: TcpStream, to_worker: &Sender<Request>, wake: &EventFd) {
     }
     let req = String::from_utf8_lossy(&buf[..n]);
     let path = req.split_whitespace().nth(1).unwrap_or("/");
+    tracing::debug!("metrics scrape: {path}");
     let (status, body) = if path == "/metrics" || path == "/" {
         let (tx, rx) = sync_channel(1);
         let ok = to_worker

@@ -338,11 +338,11 @@ impl<P: Policy + Reload> Worker<P> {
                 let rules = new.chain.acl.len();
                 self.apply(new);
                 self.reloads += 1;
-                eprintln!("vswitch: policy reloaded ({rules} ACL rules); tables kept");
+                tracing::info!("policy reloaded ({rules} ACL rules); tables kept");
                 json!({"ok": true, "acl_rules": rules, "reloads": self.reloads})
             }
             Err(e) => {
-                eprintln!("vswitch: reload failed, old policy kept: {e}");
+                tracing::warn!("reload failed, old policy kept: {e}");
                 json!({"ok": false, "error": format!("reload failed, old policy kept: {e}")})
             }
         }
@@ -460,9 +460,10 @@ impl<P: Policy + Reload> Worker<P> {
         if !self.ports[i].up {
             return;
         }
-        eprintln!(
-            "vswitch: port {} ({}) is gone: {e}; forwarding continues on the other ports",
-            self.ports[i].name, self.ports[i].netns
+        tracing::warn!(
+            "port {} ({}) is gone: {e}; forwarding continues on the other ports",
+            self.ports[i].name,
+            self.ports[i].netns
         );
         self.ports[i].up = false;
         self.pipeline.fdb.flush_port(i);
@@ -483,7 +484,7 @@ impl<P: Policy + Reload> Worker<P> {
                     return;
                 }
                 Err(e) => {
-                    eprintln!("vswitch: receive on {}: {e}", self.ports[i].name);
+                    tracing::warn!("receive on {}: {e}", self.ports[i].name);
                     return;
                 }
             };
@@ -756,9 +757,10 @@ impl<P: Policy + Reload> Worker<P> {
                 Err(e) => {
                     ports[p].stats.drops[DropReason::PortDown as usize] += out[p].len() as u64;
                     if !gone.contains(&p) {
-                        eprintln!(
-                            "vswitch: port {} ({}) is gone: {e}; forwarding continues on the other ports",
-                            ports[p].name, ports[p].netns
+                        tracing::warn!(
+                            "port {} ({}) is gone: {e}; forwarding continues on the other ports",
+                            ports[p].name,
+                            ports[p].netns
                         );
                         gone.push(p);
                     }
