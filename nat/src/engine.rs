@@ -61,6 +61,7 @@ use crate::conntrack::{
     Dir, Entry, HostId, Insert, MapKey, MapRef, Table, TcpEvent, TcpState, Tuple, tcp_next,
     tcp_open,
 };
+use crate::snapshot::{ImportReport, NatSnapshot, SavedEntry, SavedHost, SnapshotError};
 use crate::wire::{Ipv4Packet, icmp_is_error, icmp_type, proto};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -1707,6 +1708,204 @@ impl Nat {
             });
         }
         (out, None)
+    }
+}
+
+impl Nat {
+    /// Copy the state live at `now` into plain structs (see [`crate::snapshot`]).
+    /// Cost: one pass over the table's slots; nothing is changed.
+    pub fn export(&self, now: u64) -> NatSnapshot {
+        let entries = self
+            .table
+            .iter()
+            .filter(|(_, e)| e.expires > now)
+            .map(|(_, e)| SavedEntry {
+                orig: e.orig,
+                reply: e.reply,
+                remaining_ms: e.expires - now,
+                bytes: e.bytes,
+                packets: e.packets,
+                map: e.map,
+                tcp: e.tcp,
+                fin_dir: e.fin_dir,
+                seen_reply: e.seen_reply,
+                pickup: e.pickup,
+                assured: e.assured(),
+                host: e.host().map(|h| self.table.host_rec(h).addr),
+            })
+            .collect();
+        let hosts = self
+            .table
+            .hosts()
+            .map(|h| SavedHost {
+                addr: h.addr,
+                evicted: h.evicted,
+                drops: h.drops,
+            })
+            .collect();
+        NatSnapshot {
+            external: self.cfg.external,
+            entries,
+            hosts,
+            rng: self.rng,
+            seq: self.seq,
+        }
+    }
+
+    /// Restore `snap` into this (empty) engine at `now`, `elapsed_ms` after
+    /// it was exported: every entry keeps `remaining_ms - elapsed_ms` of its
+    /// timeout, those with nothing left are not restored. Mappings, port
+    /// reservations and filter records are rebuilt from the entries; an
+    /// entry that contradicts another or the configuration is skipped (see
+    /// [`crate::snapshot`]). Errors leave the engine as it was.
+    pub fn import(
+        &mut self,
+        snap: &NatSnapshot,
+        now: u64,
+        elapsed_ms: u64,
+    ) -> Result<ImportReport, SnapshotError> {
+        if !self.table.is_empty() || !self.maps.is_empty() {
+            return Err(SnapshotError::NotEmpty);
+        }
+        if snap.external != self.cfg.external {
+            return Err(SnapshotError::ForeignExternal {
+                saved: snap.external,
+                configured: self.cfg.external,
+            });
+        }
+        let mut rep = ImportReport::default();
+        for s in &snap.entries {
+            if s.remaining_ms <= elapsed_ms {
+                rep.expired += 1;
+                continue;
+            }
+            let left = (s.remaining_ms - elapsed_ms).min(MAX_TIMEOUT_SECS * 1000);
+            match self.import_entry(s, now, now.saturating_add(left)) {
+                Ok(()) => rep.restored += 1,
+                Err(NatDrop::Clash | NatDrop::NoMapping) => rep.inconsistent += 1,
+                Err(_) => rep.no_room += 1,
+            }
+            self.flush_gc();
+        }
+        for h in &snap.hosts {
+            if let Some(id) = self.table.find_host(h.addr) {
+                let r = self.table.host_rec_mut(id);
+                r.evicted = h.evicted;
+                r.drops = h.drops;
+            }
+        }
+        match self.cfg.alloc {
+            PortAlloc::Random(_) => self.rng = snap.rng,
+            PortAlloc::Sequential => self.seq = snap.seq,
+        }
+        rep.mappings = self.maps.len();
+        Ok(rep)
+    }
+
+    /// Restore one entry at `now`, expiring at `expires`: `Clash`/`NoMapping`
+    /// when it contradicts the table or the configuration, `TableFull` when
+    /// it does not fit. Nothing is left behind on failure.
+    fn import_entry(&mut self, s: &SavedEntry, now: u64, expires: u64) -> Result<(), NatDrop> {
+        let ext = self.cfg.external;
+        let (o, r) = (s.orig, s.reply);
+        let sane = matches!(o.proto, proto::TCP | proto::UDP | proto::ICMP)
+            && r.proto == o.proto
+            && o != r
+            && (o.proto != proto::ICMP || (o.dport == 0 && r.sport == 0))
+            && match s.map {
+                MapRef::None => true,
+                MapRef::Outbound => r.dst == ext,
+                MapRef::Inbound => o.dst == ext,
+                MapRef::Hairpin => r.dst == ext && o.dst == ext,
+            };
+        if !sane {
+            return Err(NatDrop::NoMapping);
+        }
+        let host = match s.host {
+            Some(a) => Some(self.table.host(a).ok_or(NatDrop::TableFull)?),
+            None => None,
+        };
+        if let Some(h) = host {
+            self.gc.push(h);
+        }
+        if self.table.len() >= self.table.max()
+            || host
+                .is_some_and(|h| self.table.host_rec(h).entries as usize >= self.table.host_max())
+        {
+            return Err(NatDrop::TableFull);
+        }
+        let mut e = Entry::new(o, r, expires);
+        e.bytes = s.bytes;
+        e.packets = s.packets;
+        e.map = s.map;
+        e.tcp = s.tcp;
+        e.fin_dir = s.fin_dir;
+        e.seen_reply = s.seen_reply;
+        e.pickup = s.pickup;
+        let refs = e.mappings();
+        let mut taken = 0;
+        for (k, x) in refs.iter().flatten() {
+            if !self.import_ref(*k, *x) {
+                break;
+            }
+            taken += 1;
+        }
+        let insert = if taken == refs.iter().flatten().count() {
+            self.table.insert_for(e, host, now)
+        } else {
+            Insert::Clash
+        };
+        let id = match insert {
+            Insert::Ok(id) => id,
+            other => {
+                for (k, x) in refs.iter().flatten().take(taken) {
+                    self.unref(*k, *x);
+                }
+                // Pre-checked above: only a clash can be left.
+                debug_assert!(matches!(other, Insert::Clash), "{other:?}");
+                return Err(NatDrop::Clash);
+            }
+        };
+        self.table.set_assured(id, s.assured);
+        if matches!(s.map, MapRef::Outbound | MapRef::Hairpin)
+            && self.cfg.filtering == Filtering::AddressDependent
+            && let Some((k, x)) = refs[0]
+        {
+            // The remote `release` will give back (see `new_flow`).
+            let remote = if o.dst == ext { ext } else { r.src };
+            *self.adf.entry((k.proto, x, remote)).or_insert(0) += 1;
+        }
+        Ok(())
+    }
+
+    /// One more reference on mapping `key` → external port `ext`, made if
+    /// needed. False if that contradicts an existing mapping or reservation.
+    fn import_ref(&mut self, key: MapKey, ext: u16) -> bool {
+        if let Some(m) = self.maps.get_mut(&key) {
+            if m.ext_port != ext {
+                return false;
+            }
+            m.refs += 1;
+            return true;
+        }
+        if self.reserved(key.proto, ext) {
+            return false;
+        }
+        let Some(h) = self.table.host(key.ip) else {
+            return false;
+        };
+        self.gc.push(h);
+        self.maps.insert(
+            key,
+            MapEntry {
+                ext_port: ext,
+                refs: 1,
+            },
+        );
+        self.by_ext.insert((key.proto, ext), key);
+        self.ports.set(key.proto, ext, true);
+        self.table.host_rec_mut(h).mappings[pidx(key.proto)] += 1;
+        true
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`wire`]: IPv4/TCP/UDP/ICMP fields read and rewritten in place.
 //! - [`conntrack`]: tuples, the TCP state machine, the bounded table with a
 //!   timer wheel and early drop of unassured entries.
+//! - [`snapshot`]: the state as plain structs and versioned bytes, and its
+//!   restore (`Nat::export` / `Nat::import`), for a restart.
 //! - [`engine`]: [`Nat`], the translation itself (see its module docs for the
 //!   model, RFC 4787/5382/5508 behaviour and fragment handling).
 #![deny(unsafe_code)]
@@ -14,6 +16,7 @@
 pub mod checksum;
 pub mod conntrack;
 pub mod engine;
+pub mod snapshot;
 pub mod wire;
 
 pub use conntrack::{Dir, TcpState, Tuple};

@@ -16,6 +16,10 @@
 //!   reverse of the original tuple;
 //! - no external (protocol, port) is held by two internal endpoints (from
 //!   [`nat::Nat::entries`]).
+//!
+//! Now and then the engine is restarted through its snapshot (export,
+//! encode, sometimes corrupted, decode, import after a delay; see
+//! `restart`), and the sequence goes on with the restored engine.
 
 use super::build::{l4_checksum, partial_seed};
 use crate::input::Input;
@@ -406,6 +410,9 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         if i.below(8) == 0 {
             nat.expire(now);
         }
+        if i.below(16) == 0 {
+            nat = restart(&mut i, nat, now).map_err(|e| format!("step {step}: {e}"))?;
+        }
         let partial = i.below(4) == 0;
         let (from, mut buf) = match i.below(10) {
             // A reply to something translated earlier, from where it went.
@@ -528,6 +535,56 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A restart: export, encode, maybe corrupt, decode and import into a new
+/// engine with the same configuration, some time later. The engine's own
+/// snapshot must decode and restore every entry with time left, and the
+/// restored engine carries on; a corrupted one may be refused, must never
+/// panic, and what it restores must be consistent (then the old engine
+/// carries on: a corrupted translation is not a wrong one).
+fn restart(i: &mut Input, nat: Nat, now: u64) -> Result<Nat, String> {
+    let snap = nat.export(now);
+    let mut bytes = nat::snapshot::encode(&snap);
+    let corrupt = i.below(4) == 0;
+    if corrupt {
+        for _ in 0..1 + i.below(4) {
+            let at = i.below(bytes.len());
+            bytes[at] = i.u8();
+        }
+        if i.bool() {
+            let n = i.below(bytes.len() + 1);
+            bytes.truncate(n);
+        }
+    }
+    let elapsed = i.pick(&[0u64, 0, 999, 60_000, 120_001, 7_440_000]);
+    let s = match nat::snapshot::decode(&bytes) {
+        Ok(s) => s,
+        Err(_) if corrupt => return Ok(nat),
+        Err(e) => return Err(format!("own snapshot refused: {e}")),
+    };
+    let mut fresh = Nat::new(nat.config().clone());
+    match fresh.import(&s, now, elapsed) {
+        Ok(r) => {
+            fresh.check_invariants()?;
+            let live = snap
+                .entries
+                .iter()
+                .filter(|e| e.remaining_ms > elapsed)
+                .count();
+            if corrupt {
+                // Consistent, but not the same translations: a corrupted
+                // file is caught by the caller's checksum, not here.
+                return Ok(nat);
+            }
+            if r.restored != live || r.expired != snap.entries.len() - live {
+                return Err(format!("restored {r:?} of {live} live entries"));
+            }
+            Ok(fresh)
+        }
+        Err(_) if corrupt => Ok(nat),
+        Err(e) => Err(format!("own snapshot not imported: {e}")),
+    }
 }
 
 /// The reply to translated packet `b` (the translation of `a`) comes back as the reverse of `a`.
