@@ -348,7 +348,7 @@ fn ask(
     wake: &EventFd,
     cmd: &str,
     args: Value,
-    tap: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    tap: Option<crate::worker::TapSink>,
 ) -> Value {
     let (tx, rx) = sync_channel(1);
     if to_worker
@@ -461,17 +461,21 @@ fn handle(
     let until = req["duration_ms"]
         .as_u64()
         .map(|ms| std::time::Instant::now() + Duration::from_millis(ms));
-    let (tx, rx) = sync_channel(4096);
-    let answer = ask(to_worker, wake, &cmd, req, Some(tx));
+    let (sink, rx) = crate::worker::TapSink::new(CAPTURE_QUEUE);
+    let lost = sink.lost.clone();
+    let answer = ask(to_worker, wake, &cmd, req, Some(sink));
     let mut w = std::io::BufWriter::new(&conn);
     writeln!(w, "{answer}")?;
     if answer["ok"] != true {
         return w.flush();
     }
+    let port = answer["port"].as_str().unwrap_or("?").to_string();
+    tracing::info!("capture of {port} started");
     conn.set_write_timeout(Some(CAPTURE_WRITE_TIMEOUT))?;
     pcap_header(&mut w)?;
     w.flush()?;
     let mut n = 0;
+    let mut last_check = std::time::Instant::now();
     while n < count {
         let wait = match until {
             Some(t) => match t.checked_duration_since(std::time::Instant::now()) {
@@ -484,21 +488,127 @@ fn handle(
             Ok(msg) => {
                 pcap_record(&mut w, &msg)?;
                 n += 1;
-                if n % 32 == 0 {
+                if n % 32 == 0 || last_check.elapsed() >= Duration::from_millis(200) {
                     w.flush()?;
+                    last_check = std::time::Instant::now();
+                    if client_done(&conn) {
+                        break;
+                    }
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 w.flush()?;
-                // Notice a client that went away even when no traffic flows.
-                if conn.peer_addr().is_err() {
+                // Notice a client that is done (or gone) even when no traffic flows.
+                if client_done(&conn) {
                     break;
                 }
             }
             Err(_) => break,
         }
     }
+    let dropped = lost.load(std::sync::atomic::Ordering::Relaxed);
+    if dropped > 0 {
+        tracing::warn!(
+            "capture of {port} ended: {n} frames, {dropped} dropped (the reader lagged)"
+        );
+    } else {
+        tracing::info!("capture of {port} ended: {n} frames");
+    }
+    capture_trailer(&mut w, n, dropped)?;
     w.flush()
+}
+
+/// Frames a capture may queue for its client before the worker drops copies.
+pub const CAPTURE_QUEUE: usize = 4096;
+
+/// `incl_len` of the record header that ends a capture stream: the client
+/// stops there and reads one JSON line, `{"frames": N, "dropped": D}`.
+pub const CAPTURE_END: u32 = u32::MAX;
+
+/// End a capture stream: a record header with `incl_len` [`CAPTURE_END`],
+/// then the totals as one JSON line (not part of the pcap the client writes).
+pub fn capture_trailer(w: &mut impl Write, frames: u64, dropped: u64) -> io::Result<()> {
+    let mut h = [0u8; 16];
+    h[8..12].copy_from_slice(&CAPTURE_END.to_le_bytes());
+    w.write_all(&h)?;
+    writeln!(w, "{}", json!({"frames": frames, "dropped": dropped}))
+}
+
+/// Whether the client of a stream has shut its side down (it wants the end)
+/// or gone away: a non-blocking peek sees end-of-file or an error.
+fn client_done(conn: &UnixStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    match recv(
+        conn.as_raw_fd(),
+        &mut b,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => false,
+        Err(_) => true,
+    }
+}
+
+/// Totals at the end of a capture stream (see [`capture_trailer`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureEnd {
+    /// Frames written.
+    pub frames: u64,
+    /// Frames the switch dropped because the capture's queue was full.
+    pub dropped: u64,
+}
+
+/// Copy a capture stream (after the answer line) from `r` to `out` as a pcap
+/// file, flushing whenever the input runs dry. Returns the totals from the
+/// trailer, or `None` if the stream ended without one (switch gone).
+pub fn copy_capture(
+    r: &mut BufReader<impl io::Read>,
+    out: &mut impl Write,
+) -> io::Result<Option<CaptureEnd>> {
+    use std::io::Read;
+    let mut head = [0u8; 24];
+    r.read_exact(&mut head)?;
+    out.write_all(&head)?;
+    out.flush()?;
+    let mut buf = vec![0u8; 262_144];
+    loop {
+        let mut h = [0u8; 16];
+        match r.read_exact(&mut h) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                out.flush()?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+        if len == CAPTURE_END {
+            out.flush()?;
+            let mut line = String::new();
+            r.read_line(&mut line)?;
+            let v: Value = serde_json::from_str(&line).unwrap_or_default();
+            return Ok(Some(CaptureEnd {
+                frames: v["frames"].as_u64().unwrap_or(0),
+                dropped: v["dropped"].as_u64().unwrap_or(0),
+            }));
+        }
+        let len = len as usize;
+        if len > buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("capture record of {len} bytes"),
+            ));
+        }
+        r.read_exact(&mut buf[..len])?;
+        out.write_all(&h)?;
+        out.write_all(&buf[..len])?;
+        if r.buffer().is_empty() {
+            out.flush()?;
+        }
+    }
 }
 
 /// Send `cmd` to the switch serving `path` and return its JSON answer.

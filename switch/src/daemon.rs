@@ -516,7 +516,7 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
                 bail!("mirror: cannot create {}: {e}", path.display());
             }
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4096);
+        let (sink, rx) = crate::worker::TapSink::new(control::CAPTURE_QUEUE);
         std::thread::Builder::new()
             .name("vswitch-pcap".into())
             .spawn(move || {
@@ -545,7 +545,7 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
                 }
             })
             .context("spawn pcap writer")?;
-        worker.add_tap(port, tx);
+        worker.add_tap(port, sink, Some(path.display().to_string()));
         tracing::info!("mirroring {} to {}", m.from, path.display());
     }
     worker.set_busy_poll(sw.busy_poll);

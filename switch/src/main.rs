@@ -240,6 +240,7 @@ fn print_stats(v: &Value) {
         .to_vec(),
     ];
     let mut drops = Vec::new();
+    let mut captures = Vec::new();
     for p in v["ports"].as_array().into_iter().flatten() {
         let total: u64 = p["drops"]
             .as_object()
@@ -262,6 +263,13 @@ fn print_stats(v: &Value) {
                 drops.push(format!("  {}: {reason} {n}", s(&p["name"])));
             }
         }
+        if p["capture_dropped"].as_u64().unwrap_or(0) > 0 {
+            captures.push(format!(
+                "  {}: {} copies dropped (slow capture or mirror reader)",
+                s(&p["name"]),
+                p["capture_dropped"]
+            ));
+        }
     }
     println!("switch {} up {}", s(&v["switch"]), secs(&v["uptime_ms"]));
     print!("{}", render_table(&rows));
@@ -269,6 +277,12 @@ fn print_stats(v: &Value) {
         println!("drops by reason:");
         for d in drops {
             println!("{d}");
+        }
+    }
+    if !captures.is_empty() {
+        println!("captures:");
+        for c in captures {
+            println!("{c}");
         }
     }
     let f = &v["fdb"];
@@ -440,6 +454,13 @@ fn capture(
     count: Option<u64>,
     duration: Option<f64>,
 ) -> ExitCode {
+    use nix::sys::signal::{SigSet, Signal};
+    // Ctrl-C (or SIGTERM) asks the switch to end the stream, so that its
+    // totals (frames dropped for a slow reader) still arrive, as with tcpdump.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    let _ = mask.thread_block();
     let req = serde_json::json!({"cmd": "capture", "port": port, "count": count, "duration_ms": duration.map(|d| (d * 1000.0) as u64)});
     let (_, mut stream) = match control::request(&t.path(), req) {
         Ok(x) => x,
@@ -449,11 +470,23 @@ fn capture(
         }
     };
     let _ = stream.get_ref().set_read_timeout(None);
+    if let Ok(conn) = stream.get_ref().try_clone() {
+        let _ = std::thread::Builder::new()
+            .name("capture-signal".into())
+            .spawn(move || {
+                if mask.wait().is_ok() {
+                    let _ = conn.shutdown(std::net::Shutdown::Write);
+                    // The switch answers within its poll interval; do not wait forever.
+                    std::thread::sleep(Duration::from_secs(3));
+                    let _ = conn.shutdown(std::net::Shutdown::Both);
+                }
+            });
+    }
     let res = if write == "-" {
-        std::io::copy(&mut stream, &mut std::io::stdout().lock())
+        control::copy_capture(&mut stream, &mut std::io::stdout().lock())
     } else {
         match std::fs::File::create(write) {
-            Ok(mut f) => std::io::copy(&mut stream, &mut f),
+            Ok(f) => control::copy_capture(&mut stream, &mut std::io::BufWriter::new(f)),
             Err(e) => {
                 eprintln!("vswitch capture: cannot create {write}: {e}");
                 return ExitCode::FAILURE;
@@ -461,7 +494,15 @@ fn capture(
         }
     };
     match res {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(Some(end)) => {
+            eprintln!("{} packets captured", end.frames);
+            eprintln!("{} packets dropped by the switch", end.dropped);
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("vswitch capture: the stream ended early (the switch stopped)");
+            ExitCode::SUCCESS
+        }
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vswitch capture: {e}");

@@ -55,6 +55,11 @@ pub fn render(v: &Value) -> String {
             "flooded",
             "Frames flooded from the port.",
         ),
+        (
+            "vswitch_port_capture_dropped_total",
+            "capture_dropped",
+            "Copies for captures and pcap mirrors of the port dropped for a slow reader.",
+        ),
     ] {
         family(&mut o, metric, "counter", help);
         for p in &ports {

@@ -127,6 +127,9 @@ pub struct PortStats {
     pub drops: [u64; DropReason::ALL.len()],
     /// Frames flooded from this port (broadcast, multicast, unknown unicast).
     pub flooded: u64,
+    /// Copies for captures and pcap mirrors of this port that were dropped
+    /// because the reader lagged (the frames themselves were forwarded).
+    pub capture_dropped: u64,
 }
 
 impl PortStats {
@@ -153,6 +156,7 @@ impl PortStats {
             "tx_packets": self.tx_packets,
             "tx_bytes": self.tx_bytes,
             "flooded": self.flooded,
+            "capture_dropped": self.capture_dropped,
             "drops": drops,
         })
     }

@@ -22,6 +22,8 @@ use nix::sys::eventfd::EventFd;
 use nix::sys::signalfd::SignalFd;
 use serde_json::{Value, json};
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
 
@@ -52,7 +54,7 @@ pub struct Request {
     /// The whole request (arguments of `capture` and `trace`).
     pub args: Value,
     /// For `capture`: where copies of the port's frames go.
-    pub tap: Option<SyncSender<Vec<u8>>>,
+    pub tap: Option<TapSink>,
     /// Where the JSON answer goes.
     pub reply: SyncSender<Value>,
     /// For `conntrack-page`: where the page goes (plain structs, formatted by
@@ -161,27 +163,57 @@ fn retag(src: &[u8], vid: u16, tag: bool, b: &mut [u8]) -> usize {
     VNET_HDR_LEN + n
 }
 
-/// A capture of one port's frames (both directions). Each message is an
-/// 8-byte little-endian timestamp (µs since the Unix epoch) and the frame.
+/// Where a capture or pcap mirror of a port's frames goes: each message is
+/// an 8-byte little-endian timestamp (µs since the Unix epoch) and the frame,
+/// received frames as they arrived (before any rewrite), sent frames as sent.
+#[derive(Debug, Clone)]
+pub struct TapSink {
+    /// The receiving side (a capture client or a pcap writer).
+    pub tx: SyncSender<Vec<u8>>,
+    /// Frames not delivered because the receiver lagged (its queue was full),
+    /// shared with the receiver so that it can report them at its end.
+    pub lost: Arc<AtomicU64>,
+}
+
+impl TapSink {
+    /// A sink with a queue of `depth` frames; the receiver gets the other end.
+    pub fn new(depth: usize) -> (TapSink, Receiver<Vec<u8>>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth);
+        (
+            TapSink {
+                tx,
+                lost: Arc::new(AtomicU64::new(0)),
+            },
+            rx,
+        )
+    }
+}
+
+/// A capture of one port's frames (both directions).
 pub struct Tap {
     /// The port.
     pub port: usize,
-    /// The receiving side (a capture client or a pcap writer).
-    pub tx: SyncSender<Vec<u8>>,
-    /// Frames not delivered because the receiver lagged.
-    pub lost: u64,
+    /// Where the copies go.
+    pub sink: TapSink,
+    /// A pcap mirror's file (its losses are logged); `None` for a capture.
+    pub mirror: Option<String>,
+    /// Losses already logged.
+    pub reported: u64,
 }
 
-fn tap_send(taps: &mut Vec<Tap>, port: usize, ts: u64, frame: &[u8]) {
+fn tap_send(taps: &mut Vec<Tap>, ports: &mut [Port], port: usize, ts: u64, frame: &[u8]) {
     let mut i = 0;
     while i < taps.len() {
         if taps[i].port == port {
             let mut v = Vec::with_capacity(8 + frame.len());
             v.extend_from_slice(&ts.to_le_bytes());
             v.extend_from_slice(frame);
-            match taps[i].tx.try_send(v) {
+            match taps[i].sink.tx.try_send(v) {
                 Ok(()) => {}
-                Err(std::sync::mpsc::TrySendError::Full(_)) => taps[i].lost += 1,
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    taps[i].sink.lost.fetch_add(1, Ordering::Relaxed);
+                    ports[port].stats.capture_dropped += 1;
+                }
                 Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
                     taps.swap_remove(i);
                     continue;
@@ -190,6 +222,14 @@ fn tap_send(taps: &mut Vec<Tap>, port: usize, ts: u64, frame: &[u8]) {
         }
         i += 1;
     }
+}
+
+/// Wall-clock time in µs since the Unix epoch (pcap timestamps).
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 const TOKEN_WAKE: u64 = u64::MAX;
@@ -208,6 +248,11 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     ports: Vec<Port>,
     pipeline: Pipeline<P>,
     mirrors: Vec<Option<usize>>,
+    /// Copies of received frames of a mirrored port, taken before any rewrite
+    /// (allocated when the first mirror is configured), and where they go.
+    span_rx: Option<Box<Batch>>,
+    span_of: [u16; BATCH],
+    out_span: Vec<u16>,
     taps: Vec<Tap>,
     reloader: Option<Reloader>,
     reloads: u64,
@@ -277,6 +322,9 @@ impl<P: Policy + Reload> Worker<P> {
             .collect();
         Worker {
             mirrors,
+            span_rx: None,
+            span_of: [u16::MAX; BATCH],
+            out_span: Vec::with_capacity(BATCH),
             taps: Vec::new(),
             reloader: None,
             reloads: 0,
@@ -298,9 +346,35 @@ impl<P: Policy + Reload> Worker<P> {
         }
     }
 
-    /// Copy every frame received or sent on `port` to `tx` (a capture or pcap mirror).
-    pub fn add_tap(&mut self, port: usize, tx: SyncSender<Vec<u8>>) {
-        self.taps.push(Tap { port, tx, lost: 0 });
+    /// Copy every frame received or sent on `port` to `sink`: received frames
+    /// as they arrived, sent ones as sent. `mirror` names a pcap mirror's file
+    /// (its losses are logged once per interval); `None` for a capture (whose
+    /// client reports them).
+    pub fn add_tap(&mut self, port: usize, sink: TapSink, mirror: Option<String>) {
+        self.taps.push(Tap {
+            port,
+            sink,
+            mirror,
+            reported: 0,
+        });
+    }
+
+    /// Log the losses of pcap mirrors since the last call (at most once per
+    /// sweep interval, one line per mirror that lost frames).
+    fn report_tap_losses(&mut self) {
+        for t in &mut self.taps {
+            let lost = t.sink.lost.load(Ordering::Relaxed);
+            if let Some(file) = &t.mirror
+                && lost > t.reported
+            {
+                tracing::warn!(
+                    "pcap mirror of {} to {file}: {} frames dropped (the writer lags; {lost} in all)",
+                    self.ports[t.port].name,
+                    lost - t.reported
+                );
+                t.reported = lost;
+            }
+        }
     }
 
     /// The index of the port called `name` (or the port of namespace `name`).
@@ -326,6 +400,9 @@ impl<P: Policy + Reload> Worker<P> {
             p.isolated = *iso;
         }
         self.mirrors = r.mirrors;
+        if self.span_rx.is_none() && self.mirrors.iter().any(Option::is_some) {
+            self.span_rx = Some(Box::new(Batch::new()));
+        }
     }
 
     /// Re-read the policy and swap it in (called between batches).
@@ -402,7 +479,10 @@ impl<P: Policy + Reload> Worker<P> {
                             self.reload();
                         }
                         Ok(None) => {}
-                        _ => return Ok(()),
+                        _ => {
+                            self.report_tap_losses();
+                            return Ok(());
+                        }
                     },
                     TOKEN_WAKE => {
                         let _ = wake.read();
@@ -426,8 +506,8 @@ impl<P: Policy + Reload> Worker<P> {
                                     req.tap,
                                     req.args["port"].as_str().and_then(|n| self.port_index(n)),
                                 ) {
-                                    (Some(tx), Some(p)) => {
-                                        self.add_tap(p, tx);
+                                    (Some(sink), Some(p)) => {
+                                        self.add_tap(p, sink, None);
                                         json!({"ok": true, "port": self.ports[p].name})
                                     }
                                     _ => {
@@ -451,6 +531,7 @@ impl<P: Policy + Reload> Worker<P> {
             }
             if now.saturating_sub(last_sweep) >= 1000 {
                 self.pipeline.expire(now);
+                self.report_tap_losses();
                 last_sweep = now;
             }
         }
@@ -504,6 +585,13 @@ impl<P: Policy + Reload> Worker<P> {
             o.clear();
         }
         self.generated.clear();
+        // Captures and mirrors see received frames as they arrived, before
+        // the pipeline rewrites them (VLAN, gateway, NAT).
+        let ts = if self.taps.is_empty() { 0 } else { unix_us() };
+        let span_to = self.mirrors.get(in_port).copied().flatten();
+        if let Some(sp) = self.span_rx.as_deref_mut() {
+            sp.clear();
+        }
         for k in 0..self.batch.len() {
             if self.batch.is_truncated(k) {
                 self.ports[in_port].stats.drop(DropReason::Truncated);
@@ -513,6 +601,27 @@ impl<P: Policy + Reload> Worker<P> {
             let st = &mut self.ports[in_port].stats;
             st.rx_packets += 1;
             st.rx_bytes += len;
+            if !self.taps.is_empty() {
+                tap_send(
+                    &mut self.taps,
+                    &mut self.ports,
+                    in_port,
+                    ts,
+                    self.batch.frame(k),
+                );
+            }
+            self.span_of[k] = u16::MAX;
+            if span_to.is_some()
+                && let Some(sp) = self.span_rx.as_deref_mut()
+            {
+                let src = self.batch.wire(k);
+                if let Some(c) = sp.push_with(|b| {
+                    b[..src.len()].copy_from_slice(src);
+                    src.len()
+                }) {
+                    self.span_of[k] = c as u16;
+                }
+            }
             let (vnet, frame) = self.batch.parts_mut(k);
             let mut verdict = self
                 .pipeline
@@ -581,26 +690,38 @@ impl<P: Policy + Reload> Worker<P> {
             }
         }
         self.vlan_egress();
-        self.span(in_port);
+        self.span(in_port, span_to);
         if !self.taps.is_empty() {
-            let ts = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros() as u64)
-                .unwrap_or(0);
-            for k in 0..self.batch.len() {
-                if !self.batch.is_truncated(k) {
-                    tap_send(&mut self.taps, in_port, ts, self.batch.frame(k));
-                }
-            }
+            // The send side as sent: the rewritten frame, or its VLAN conversion.
             for p in 0..self.ports.len() {
                 for &k in &self.out[p] {
-                    tap_send(&mut self.taps, p, ts, self.batch.frame(k as usize));
+                    tap_send(
+                        &mut self.taps,
+                        &mut self.ports,
+                        p,
+                        ts,
+                        self.batch.frame(k as usize),
+                    );
+                }
+                for &c in &self.out_conv[p] {
+                    tap_send(
+                        &mut self.taps,
+                        &mut self.ports,
+                        p,
+                        ts,
+                        self.conv.frame(c as usize),
+                    );
                 }
             }
         }
         Self::send(&mut self.ports, &self.batch, &self.out, &mut self.gone);
         if !self.conv.is_empty() {
             Self::send(&mut self.ports, &self.conv, &self.out_conv, &mut self.gone);
+        }
+        if let (Some(y), Some(sp)) = (span_to, self.span_rx.as_deref())
+            && !self.out_span.is_empty()
+        {
+            Self::send_one(&mut self.ports, sp, y, &self.out_span, &mut self.gone);
         }
         // Frames the gateway generated or released, routed, then sent the same way.
         self.pipeline.finish_batch(now, &mut self.generated);
@@ -624,15 +745,28 @@ impl<P: Policy + Reload> Worker<P> {
                     _ => {}
                 }
             }
+            // A mirrored port's generated frames go to its mirror port too.
+            for x in 0..self.ports.len() {
+                if let Some(y) = self.mirrors.get(x).copied().flatten()
+                    && y != x
+                    && y < self.ports.len()
+                    && self.ports[y].up
+                {
+                    for i in 0..self.out[x].len() {
+                        let k = self.out[x][i];
+                        if !self.out[y].contains(&k) {
+                            self.out[y].push(k);
+                        }
+                    }
+                }
+            }
             if !self.taps.is_empty() {
-                let ts = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_micros() as u64)
-                    .unwrap_or(0);
+                let ts = unix_us();
                 for p in 0..self.ports.len() {
                     for &k in &self.out[p] {
                         tap_send(
                             &mut self.taps,
+                            &mut self.ports,
                             p,
                             ts,
                             self.generated.batch().frame(k as usize),
@@ -714,29 +848,74 @@ impl<P: Policy + Reload> Worker<P> {
         self.pipeline.vlans = Some(v);
     }
 
-    /// SPAN: copy what a mirrored port received and what it is about to send.
-    fn span(&mut self, in_port: usize) {
+    /// SPAN: copy what a mirrored port received (as it arrived: `span_rx`,
+    /// when `span_to` is its mirror port) and what it is about to send (as sent).
+    /// A frame the mirror port gets anyway, unchanged, is not sent twice.
+    fn span(&mut self, in_port: usize, span_to: Option<usize>) {
+        self.out_span.clear();
         if self.mirrors.iter().all(Option::is_none) {
             return;
+        }
+        if let (Some(y), Some(sp)) = (span_to, self.span_rx.as_deref())
+            && y < self.ports.len()
+            && y != in_port
+            && self.ports[y].up
+        {
+            for k in 0..self.batch.len() {
+                let c = self.span_of[k];
+                if c == u16::MAX {
+                    continue;
+                }
+                let dup =
+                    self.out[y].contains(&(k as u16)) && sp.wire(c as usize) == self.batch.wire(k);
+                if !dup {
+                    self.out_span.push(c);
+                }
+            }
         }
         for x in 0..self.ports.len() {
             let Some(y) = self.mirrors.get(x).copied().flatten() else {
                 continue;
             };
-            if y >= self.ports.len() || !self.ports[y].up {
+            if y >= self.ports.len() || !self.ports[y].up || y == x {
                 continue;
-            }
-            if x == in_port {
-                for k in 0..self.batch.len() as u16 {
-                    if !self.batch.is_truncated(k as usize) && !self.out[y].contains(&k) {
-                        self.out[y].push(k);
-                    }
-                }
             }
             for i in 0..self.out[x].len() {
                 let k = self.out[x][i];
                 if !self.out[y].contains(&k) {
                     self.out[y].push(k);
+                }
+            }
+            for i in 0..self.out_conv[x].len() {
+                let c = self.out_conv[x][i];
+                if !self.out_conv[y].contains(&c) {
+                    self.out_conv[y].push(c);
+                }
+            }
+        }
+    }
+
+    /// Send `idx` of `batch` on port `p` alone.
+    fn send_one(ports: &mut [Port], batch: &Batch, p: usize, idx: &[u16], gone: &mut Vec<usize>) {
+        if !ports[p].up {
+            return;
+        }
+        match ports[p].io.tx_batch(batch, idx) {
+            Ok(o) => {
+                let st = &mut ports[p].stats;
+                st.tx_packets += o.sent as u64;
+                st.tx_bytes += o.bytes;
+                st.drops[DropReason::TxError as usize] += o.failed as u64;
+            }
+            Err(e) => {
+                ports[p].stats.drops[DropReason::PortDown as usize] += idx.len() as u64;
+                if !gone.contains(&p) {
+                    tracing::warn!(
+                        "port {} ({}) is gone: {e}; forwarding continues on the other ports",
+                        ports[p].name,
+                        ports[p].netns
+                    );
+                    gone.push(p);
                 }
             }
         }

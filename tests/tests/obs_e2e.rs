@@ -94,3 +94,273 @@ fn bad_log_level_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("--log-level") && err.contains("loud"), "{err}");
 }
+
+/// Records of a pcap file (Ethernet frames).
+fn pcap_frames(b: &[u8]) -> Vec<Vec<u8>> {
+    assert!(b.len() >= 24, "no pcap header ({} bytes)", b.len());
+    assert_eq!(b[..4], 0xa1b2_c3d4u32.to_le_bytes(), "pcap magic");
+    let mut out = Vec::new();
+    let mut i = 24;
+    while i + 16 <= b.len() {
+        let len = u32::from_le_bytes(b[i + 8..i + 12].try_into().unwrap()) as usize;
+        assert!(i + 16 + len <= b.len(), "truncated pcap record");
+        out.push(b[i + 16..i + 16 + len].to_vec());
+        i += 16 + len;
+    }
+    assert_eq!(i, b.len(), "trailing bytes in the pcap");
+    out
+}
+
+/// An ICMP echo frame: (src MAC, dst MAC, src IP, dst IP, ICMP type).
+type Echo = ([u8; 6], [u8; 6], String, String, u8);
+
+fn echo(f: &[u8]) -> Option<Echo> {
+    if f.len() < 42 || f[12..14] != [8, 0] || f[23] != 1 {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let ty = *f.get(14 + ihl)?;
+    if ty != 0 && ty != 8 {
+        return None;
+    }
+    let ip = |o: usize| format!("{}.{}.{}.{}", f[o], f[o + 1], f[o + 2], f[o + 3]);
+    Some((
+        f[6..12].try_into().unwrap(),
+        f[0..6].try_into().unwrap(),
+        ip(26),
+        ip(30),
+        ty,
+    ))
+}
+
+/// IPv4 source and destination of every IPv4 frame.
+fn ipv4_addrs(frames: &[Vec<u8>]) -> Vec<(String, String)> {
+    frames
+        .iter()
+        .filter(|f| f.len() >= 34 && f[12..14] == [8, 0])
+        .map(|f| {
+            let ip = |o: usize| format!("{}.{}.{}.{}", f[o], f[o + 1], f[o + 2], f[o + 3]);
+            (ip(26), ip(30))
+        })
+        .collect()
+}
+
+/// Check that `frames` hold at least 4 echo requests `a -> b` from MAC `amac`
+/// and 4 replies `b -> a` to it, and that no IPv4 frame carries `never`.
+fn assert_echoes(what: &str, frames: &[Vec<u8>], amac: [u8; 6], a: &str, b: &str, never: &str) {
+    let echoes: Vec<Echo> = frames.iter().filter_map(|f| echo(f)).collect();
+    let req = echoes
+        .iter()
+        .filter(|e| e.4 == 8 && e.0 == amac && e.2 == a && e.3 == b)
+        .count();
+    let rep = echoes
+        .iter()
+        .filter(|e| e.4 == 0 && e.1 == amac && e.2 == b && e.3 == a)
+        .count();
+    assert!(
+        req >= 4 && rep >= 4,
+        "{what}: {req} requests {a} -> {b}, {rep} replies; echoes seen: {echoes:?}"
+    );
+    for (s, d) in ipv4_addrs(frames) {
+        assert!(
+            s != never && d != never,
+            "{what}: a frame {s} -> {d} carries {never}"
+        );
+    }
+}
+
+/// Run `vswitch capture PORT -w OUT -d SECS` in the background; join for (status ok, pcap, stderr).
+fn capture_bg(
+    sw: &SwitchProc,
+    port: &str,
+    secs: &str,
+) -> std::thread::JoinHandle<(bool, Vec<u8>, String)> {
+    let mut c = Command::new(bin("vswitch"));
+    c.args(["capture", port, "-w", "-", "-d", secs, "--socket"])
+        .arg(&sw.socket);
+    std::thread::spawn(move || {
+        let o = run_timeout(&mut c, Duration::from_secs(30));
+        (
+            o.status.success(),
+            o.stdout,
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    })
+}
+
+#[test]
+fn captures_and_mirrors_show_the_frames_on_the_wire() {
+    if !require_root("captures_and_mirrors_show_the_frames_on_the_wire") {
+        return;
+    }
+    let n = nat_topo("", "");
+    let pcap = std::env::temp_dir().join(format!("vswitch-e2e-obs-{}.pcap", uniq()));
+    let base = std::fs::read_to_string(&n.topo.path).unwrap();
+    std::fs::write(
+        &n.topo.path,
+        format!(
+            "{base}[[mirror]]\nfrom = \"{red}\"\nto = \"{blue}\"\n[[mirror]]\nfrom = \"{red}\"\npcap = \"{}\"\n",
+            pcap.display(),
+            red = n.red.ns,
+            blue = n.blue.ns
+        ),
+    )
+    .unwrap();
+    let sw = SwitchProc::start_with(&n.topo, &["-v"]);
+    // -v gives debug lines, timestamped.
+    let _ = sw.cli_json("stats");
+    let dbg = wait_log(&sw, &["DEBUG"], Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("-v gave no debug line: {}", sw.log_text()));
+    assert_eq!(is_log_line(&dbg), Some("DEBUG"), "{dbg}");
+    assert_eq!(ping_loss(&n.red.ns, WAN_HOST, 1), 0.0, "warm-up");
+
+    let up = capture_bg(&sw, &n.wan.port, "3");
+    let red = capture_bg(&sw, &n.red.port, "3");
+    let mut spy = packet_socket(&n.blue.ns, &n.blue.ifname);
+    std::thread::sleep(Duration::from_millis(500));
+    let r = n.red.ns.clone();
+    let pinger = std::thread::spawn(move || ping_loss(&r, WAN_HOST, 6));
+    let spied = recv_frames(&mut spy, Duration::from_millis(2000));
+    assert_eq!(pinger.join().unwrap(), 0.0);
+    let (ok_up, up_pcap, up_err) = up.join().unwrap();
+    let (ok_red, red_pcap, red_err) = red.join().unwrap();
+    assert!(ok_up && ok_red, "{up_err} {red_err}");
+    for e in [&up_err, &red_err] {
+        assert!(
+            e.contains("packets captured") && e.contains("0 packets dropped by the switch"),
+            "{e}"
+        );
+    }
+
+    let red_mac = mac_bytes_of(&n.red.ns, &n.red.ifname);
+    let up_mac = mac_bytes_of(&n.sw_ns, &n.wan.port);
+    let wan_mac = mac_bytes_of(&n.wan.ns, &n.wan.ifname);
+    // The uplink: the translated frames, from the uplink's address and MAC.
+    let up_frames = pcap_frames(&up_pcap);
+    assert_echoes(
+        "uplink capture",
+        &up_frames,
+        up_mac,
+        EXT,
+        WAN_HOST,
+        &n.red.ip,
+    );
+    assert!(
+        up_frames
+            .iter()
+            .filter_map(|f| echo(f))
+            .filter(|e| e.4 == 8)
+            .all(|e| e.1 == wan_mac),
+        "outbound echo requests are addressed to wan's MAC"
+    );
+    // red: its own addresses both ways, never the uplink's.
+    let red_frames = pcap_frames(&red_pcap);
+    assert_echoes(
+        "capture of red",
+        &red_frames,
+        red_mac,
+        &n.red.ip,
+        WAN_HOST,
+        EXT,
+    );
+    // The mirrors: the same as the capture of red.
+    assert_echoes("mirror to blue", &spied, red_mac, &n.red.ip, WAN_HOST, EXT);
+    drop(sw); // stops the switch: the pcap writer flushes and closes
+    let mirrored = std::fs::read(&pcap).unwrap_or_default();
+    let _ = std::fs::remove_file(&pcap);
+    assert_echoes(
+        "pcap mirror",
+        &pcap_frames(&mirrored),
+        red_mac,
+        &n.red.ip,
+        WAN_HOST,
+        EXT,
+    );
+}
+
+#[test]
+fn a_slow_capture_reader_is_told_its_losses() {
+    if !require_root("a_slow_capture_reader_is_told_its_losses") {
+        return;
+    }
+    use std::io::Read;
+    use std::process::Stdio;
+    let n = nat_topo("", "");
+    let sw = SwitchProc::start(&n.topo);
+    assert_eq!(ping_loss(&n.red.ns, &n.blue.ip, 1), 0.0);
+    let mut child = Command::new(bin("vswitch"))
+        .args(["capture", &n.red.port, "-w", "-", "-d", "4", "--socket"])
+        .arg(&sw.socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    // A reader that reads nothing for 2.5 s, then everything.
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(2500));
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let errs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // A flood of large echoes: far more copies than the capture's queue holds.
+    let _ = ns_exec(
+        &n.red.ns,
+        &[
+            "ping", "-f", "-q", "-c", "8000", "-s", "1200", "-w", "2", &n.blue.ip,
+        ],
+        Duration::from_secs(10),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vswitch capture did not end");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let pcap = reader.join().unwrap();
+    let err = errs.join().unwrap();
+    assert!(status.success(), "{err}");
+    let num = |suffix: &str| -> u64 {
+        err.lines()
+            .find_map(|l| l.strip_suffix(suffix).and_then(|n| n.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no '{suffix}' line: {err}"))
+    };
+    let dropped = num(" packets dropped by the switch");
+    let captured = num(" packets captured");
+    assert!(dropped > 0, "the slow reader lost nothing: {err}");
+    assert_eq!(pcap_frames(&pcap).len() as u64, captured, "{err}");
+    // The same count in the port's stats, and a line in the switch's log.
+    let st = sw.cli_json("stats");
+    let port = st["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == n.red.port.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(port["capture_dropped"].as_u64(), Some(dropped), "{port}");
+    assert!(
+        wait_log(
+            &sw,
+            &["WARN", "capture of", &format!("{dropped} dropped")],
+            Duration::from_secs(2)
+        )
+        .is_some(),
+        "{}",
+        sw.log_text()
+    );
+}
