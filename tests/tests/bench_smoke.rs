@@ -52,3 +52,35 @@ fn e2e_benchmark_runs_and_cleans_up() {
     assert!(leaked.is_empty(), "namespaces left behind: {leaked:?}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `e2e --help` prints usage and exits 0 without building anything; a bad
+/// number is a usage error (exit 2), not a silent fall back to the default.
+/// Needs no root: the options are parsed before anything else.
+#[test]
+fn e2e_help_and_bad_values_are_usage() {
+    let before = ip_netns_list();
+    let o = run_timeout(
+        Command::new(bin("e2e")).arg("--help"),
+        Duration::from_secs(10),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("Usage: e2e") && out.contains("--rounds"),
+        "{out}"
+    );
+    for bad in [
+        &["--rounds", "abc"][..],
+        &["--rounds", "0"],
+        &["--secs", "-1"],
+        &["--busy-poll-us", "x"],
+        &["--no-such-option"],
+    ] {
+        let o = run_timeout(Command::new(bin("e2e")).args(bad), Duration::from_secs(10));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("error:"), "{bad:?}: {err}");
+    }
+    let after = ip_netns_list();
+    assert_eq!(before, after, "nothing is created");
+}

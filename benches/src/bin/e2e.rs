@@ -444,10 +444,29 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+/// The harness's options (parsed with clap like the other binaries: `--help`
+/// prints usage and exits 0, a bad value exits 2 before anything is built).
+#[derive(clap::Parser)]
+#[command(
+    name = "e2e",
+    about = "End-to-end benchmark: vswitch against the kernel bridge + iptables on the seed topology, in private namespaces (needs root)"
+)]
+struct Opts {
+    /// Rounds; each measures both setups, interleaved (medians are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: u32,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    secs: u64,
+    /// Directory for e2e.json and e2e.svg.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// vswitch's busy_poll_us (0 measures the default, no busy polling).
+    #[arg(long, default_value_t = 50_000)]
+    busy_poll_us: u64,
+    /// Install missing Debian packages (iperf3, iputils-ping, iptables) with apt-get.
+    #[arg(long)]
+    install: bool,
 }
 
 fn main() {
@@ -467,24 +486,21 @@ fn main() {
         }
         return;
     }
+    let opts = <Opts as clap::Parser>::parse();
     if !nix::unistd::geteuid().is_root() {
         eprintln!("e2e: needs root (it builds namespaces); run it with sudo");
         std::process::exit(2);
     }
-    let rounds: usize = arg(&args, "--rounds")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let secs: u64 = arg(&args, "--secs")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
-    let out_dir = PathBuf::from(arg(&args, "--out").unwrap_or_else(|| "bench-results".into()));
+    let rounds = opts.rounds as usize;
+    let secs = opts.secs;
+    let out_dir = opts.out.clone();
     benches::require_tools(
         &[
             ("iperf3", "iperf3"),
             ("ping", "iputils-ping"),
             ("iptables", "iptables"),
         ],
-        args.iter().any(|a| a == "--install"),
+        opts.install,
     );
 
     let cleanup = Cleanup::install();
@@ -502,9 +518,7 @@ fn main() {
     );
     let topo_path = std::env::temp_dir().join(format!("{tag}.toml"));
     // Adaptive busy polling for 50 ms after traffic (see README); `--busy-poll-us 0` measures the default.
-    let busy: u64 = arg(&args, "--busy-poll-us")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50_000);
+    let busy = opts.busy_poll_us;
     std::fs::write(
         &topo_path,
         vswitch_toml(&vn, &format!("{tag}v"), Some(busy)),
