@@ -350,6 +350,8 @@ pub struct NatCounters {
     pub expired: u64,
     /// Unassured entries evicted to make room (table, host or port limit).
     pub early_dropped: u64,
+    /// Entries deleted on request ([`Nat::delete_from`], `vswitch conntrack -D/-F`).
+    pub deleted: u64,
     /// Packets hairpinned statelessly back to their own mapping (RFC 5780 test).
     pub self_hairpins: u64,
     /// Packets translated.
@@ -417,6 +419,24 @@ pub struct EntryView {
     pub bytes: [u64; 2],
     /// Assured.
     pub assured: bool,
+}
+
+/// The view of entry `e` at `now`.
+fn view(e: &Entry, now: u64) -> EntryView {
+    EntryView {
+        proto: e.orig.proto,
+        state: if e.orig.proto == proto::TCP {
+            e.tcp.name()
+        } else {
+            ""
+        },
+        secs_left: e.expires.saturating_sub(now) / 1000,
+        orig: e.orig,
+        reply: e.reply,
+        packets: [u64::from(e.packets[0]), u64::from(e.packets[1])],
+        bytes: e.bytes,
+        assured: e.assured(),
+    }
 }
 
 /// One internal host's share, as `vswitch conntrack`/`stats` show it.
@@ -1692,22 +1712,51 @@ impl Nat {
             if out.len() == max {
                 return (out, Some(id as usize));
             }
-            out.push(EntryView {
-                proto: e.orig.proto,
-                state: if e.orig.proto == proto::TCP {
-                    e.tcp.name()
-                } else {
-                    ""
-                },
-                secs_left: (e.expires - now) / 1000,
-                orig: e.orig,
-                reply: e.reply,
-                packets: [u64::from(e.packets[0]), u64::from(e.packets[1])],
-                bytes: e.bytes,
-                assured: e.assured(),
-            });
+            out.push(view(e, now));
         }
         (out, None)
+    }
+
+    /// Delete, like `conntrack -D`, the entries live at `now` for which
+    /// `pred` holds, among at most `max` live entries from slot `cursor` on
+    /// (the pages of [`Nat::entries_from`]); returns how many were deleted and
+    /// the cursor of the next page (`None` after the last). A deleted entry
+    /// gives back what it held, as expiry does: its reference to its EIM
+    /// mapping (the external port is free again once no entry uses it), its
+    /// address-dependent filter record and its host's share (a host left with
+    /// nothing is forgotten); the flow's next packet starts a new entry.
+    /// Counted in [`NatCounters::deleted`]. Cost: the slots visited.
+    pub fn delete_from(
+        &mut self,
+        now: u64,
+        cursor: usize,
+        max: usize,
+        mut pred: impl FnMut(&EntryView) -> bool,
+    ) -> (usize, Option<usize>) {
+        let max = max.max(1);
+        let mut victims = Vec::new();
+        let mut next = None;
+        let live = self
+            .table
+            .iter_from(cursor)
+            .filter(|(_, e)| e.expires > now);
+        for (seen, (id, e)) in live.enumerate() {
+            if seen == max {
+                next = Some(id as usize);
+                break;
+            }
+            if pred(&view(e, now)) {
+                victims.push(id);
+            }
+        }
+        for &id in &victims {
+            if let Some(e) = self.table.remove(id) {
+                self.release(&e);
+            }
+        }
+        self.flush_gc();
+        self.counters.deleted += victims.len() as u64;
+        (victims.len(), next)
     }
 }
 

@@ -1717,3 +1717,70 @@ fn an_expired_unswept_entry_does_not_block_its_tuple() {
     assert_eq!(n.len(), 1);
     assert_eq!(n.counters.drops[NatDrop::Clash as usize], 0);
 }
+
+#[test]
+fn delete_releases_mappings_filters_and_hosts_and_pages() {
+    let mut c = cfg();
+    c.filtering = Filtering::AddressDependent;
+    let mut n = Nat::new(c);
+    // RED: UDP 5000 -> WAN:53 and WAN:123 (one mapping, two entries); BLUE: 30 flows to WAN:53.
+    for dp in [53, 123] {
+        let mut p = udp(RED, 5000, WAN, dp, b"x");
+        assert_eq!(
+            n.process(0, Side::Lan, &mut p, false, &route),
+            Verdict::Translated
+        );
+    }
+    for sp in 0..30 {
+        let mut p = udp(BLUE, 6000 + sp, WAN, 53, b"x");
+        n.process(0, Side::Lan, &mut p, false, &route);
+    }
+    assert_eq!((n.len(), n.mappings()), (32, 31));
+    // Delete the dport 123 entry only: RED keeps its mapping (still used by :53).
+    let (d, next) = n.delete_from(1, 0, usize::MAX, |e| e.orig.dport == 123);
+    assert_eq!((d, next), (1, None));
+    assert_eq!((n.len(), n.mappings()), (31, 31));
+    assert_eq!(n.mapping_of(proto::UDP, 5000), Some((RED, 5000)));
+    // Address-dependent filtering forgot WAN for :123 only if no entry remains; :53 still admits.
+    let mut r = udp(WAN, 53, EXT, 5000, b"r");
+    assert_eq!(
+        n.process(2, Side::Wan, &mut r, false, &route),
+        Verdict::Translated
+    );
+    n.check_invariants().unwrap();
+    // Delete RED's last entry: its mapping and its host record go, the port is free.
+    let (d, _) = n.delete_from(3, 0, usize::MAX, |e| e.orig.src == RED);
+    assert_eq!(d, 1);
+    assert_eq!(n.mapping_of(proto::UDP, 5000), None);
+    assert!(n.hosts().all(|h| h.addr != RED));
+    let mut r = udp(WAN, 53, EXT, 5000, b"r");
+    assert_eq!(
+        n.process(4, Side::Wan, &mut r, false, &route),
+        Verdict::Drop(NatDrop::NoMapping)
+    );
+    n.check_invariants().unwrap();
+    // The flow's next packet makes a new entry.
+    let created = n.counters.created;
+    let mut p = udp(RED, 5000, WAN, 53, b"x");
+    assert_eq!(
+        n.process(5, Side::Lan, &mut p, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(n.counters.created, created + 1);
+    // Flush in pages of 7 entries: every entry visited once, all gone.
+    let (mut cursor, mut pages, mut total) = (0, 0, 0);
+    loop {
+        let (d, next) = n.delete_from(6, cursor, 7, |_| true);
+        assert!(d <= 7);
+        total += d;
+        pages += 1;
+        match next {
+            Some(c) => cursor = c,
+            None => break,
+        }
+    }
+    assert_eq!((total, pages), (31, 5));
+    assert_eq!((n.len(), n.mappings(), n.hosts().count()), (0, 0, 0));
+    assert_eq!(n.counters.deleted, 33);
+    n.check_invariants().unwrap();
+}

@@ -160,6 +160,7 @@ fn table_listing(to_worker: &Sender<Request>, wake: &EventFd, fdb: bool) -> Valu
                     "port": name,
                     "netns": netns,
                     "age_ms": s.now.saturating_sub(e.last_seen),
+                    "static": e.is_static,
                 })
             })
             .collect();
@@ -183,7 +184,7 @@ fn table_listing(to_worker: &Sender<Request>, wake: &EventFd, fdb: bool) -> Valu
 
 /// Filters of a `conntrack` request (all optional): `proto` (name or number),
 /// `src`, `dst`, `sport`, `dport` (of the original direction), `state` (TCP).
-struct CtFilter {
+pub(crate) struct CtFilter {
     proto: Option<String>,
     src: Option<String>,
     dst: Option<String>,
@@ -193,7 +194,7 @@ struct CtFilter {
 }
 
 impl CtFilter {
-    fn of(req: &Value) -> CtFilter {
+    pub(crate) fn of(req: &Value) -> CtFilter {
         let s = |k: &str| req[k].as_str().map(str::to_string);
         CtFilter {
             proto: s("proto").or_else(|| req["proto"].as_u64().map(|n| n.to_string())),
@@ -212,7 +213,7 @@ impl CtFilter {
             && self.dport.is_none()
             && self.state.is_none()
     }
-    fn keep(&self, e: &nat::EntryView) -> bool {
+    pub(crate) fn keep(&self, e: &nat::EntryView) -> bool {
         let name = match e.proto {
             6 => "tcp",
             17 => "udp",
@@ -314,6 +315,31 @@ fn conntrack_listing(to_worker: &Sender<Request>, wake: &EventFd, req: &Value) -
             r#"{{"ok":true,"switch":{},"total":{total},"entries":{entries}}}"#,
             Value::from(switch)
         )
+    }
+}
+
+/// Answer `conntrack-delete` (`conntrack -D` with the listing's filters, or
+/// `-F` without any): the worker deletes page by page, one bounded request
+/// of [`crate::worker::MAX_PAGE`] entries between batches, so a large
+/// deletion never stalls forwarding; answers the number deleted.
+fn conntrack_delete(to_worker: &Sender<Request>, wake: &EventFd, req: &Value) -> Value {
+    let mut args = req.clone();
+    let mut deleted = 0;
+    let mut cursor = 0;
+    loop {
+        args["cursor"] = cursor.into();
+        args["max"] = crate::worker::MAX_PAGE.into();
+        let v = ask(to_worker, wake, "conntrack-delete-page", args.clone(), None);
+        if v["ok"] != true {
+            return v;
+        }
+        deleted += v["deleted"].as_u64().unwrap_or(0);
+        match v["next"].as_u64() {
+            Some(c) => cursor = c,
+            None => {
+                return json!({"ok": true, "switch": v["switch"], "nat": v["nat"], "deleted": deleted});
+            }
+        }
     }
 }
 
@@ -450,6 +476,11 @@ fn handle(
         let mut w = std::io::BufWriter::new(&conn);
         writeln!(w, "{answer}")?;
         return w.flush();
+    }
+    if cmd == "conntrack-delete" {
+        let answer = conntrack_delete(to_worker, wake, &req);
+        let mut w = &conn;
+        return writeln!(w, "{answer}");
     }
     if cmd != "capture" {
         let answer = ask(to_worker, wake, &cmd, req, None);
@@ -699,7 +730,7 @@ mod tests {
 
     /// A stand-in worker serving pages of `nat` like [`crate::worker::Worker`] does,
     /// counting the requests it answered.
-    fn fake_worker(nat: nat::Nat) -> (Sender<Request>, Arc<EventFd>, Arc<AtomicUsize>) {
+    fn fake_worker(mut nat: nat::Nat) -> (Sender<Request>, Arc<EventFd>, Arc<AtomicUsize>) {
         let (tx, rx) = std::sync::mpsc::channel::<Request>();
         let asked = Arc::new(AtomicUsize::new(0));
         let a = asked.clone();
@@ -731,10 +762,19 @@ mod tests {
                                     port: 0,
                                     vlan: 0,
                                     last_seen: 1000,
+                                    is_static: false,
                                 },
                             )],
                             ..Default::default()
                         });
+                    }
+                    "conntrack-delete-page" => {
+                        let max = r.args["max"].as_u64().unwrap() as usize;
+                        assert!(max <= crate::worker::MAX_PAGE);
+                        let f = CtFilter::of(&r.args);
+                        let cursor = r.args["cursor"].as_u64().unwrap() as usize;
+                        let (d, next) = nat.delete_from(1, cursor, max, |e| f.keep(e));
+                        let _ = r.reply.send(json!({"ok": true, "switch": "sw", "nat": true, "deleted": d, "next": next}));
                     }
                     "conntrack-count" => {
                         let _ = r.reply.send(json!({"ok": true, "entries": nat.len()}));
@@ -801,6 +841,28 @@ mod tests {
         let v = listing(json!({"count": true}));
         assert_eq!(v["entries"], 5000);
         assert_eq!(asked.load(Ordering::SeqCst), before + 1, "one O(1) request");
+    }
+
+    #[test]
+    fn conntrack_is_deleted_in_bounded_pages() {
+        let (tx, wake, asked) = fake_worker(nat_with(5000));
+        let pages = 5000_usize.div_ceil(crate::worker::MAX_PAGE);
+        // Filters as for the listing: 192.168.15.3 holds every 7th flow.
+        let v = conntrack_delete(&tx, &wake, &json!({"src": "192.168.15.3", "proto": "udp"}));
+        let n = (0..5000).filter(|i| i % 7 == 1).count();
+        assert_eq!(v["deleted"], n as u64, "{v}");
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            pages,
+            "one bounded request per page"
+        );
+        let left = conntrack_listing(&tx, &wake, &json!({"count": true, "src": "192.168.15.3"}));
+        assert!(left.contains(r#""entries":0"#), "{left}");
+        // No filter: a flush.
+        let v = conntrack_delete(&tx, &wake, &json!({}));
+        assert_eq!(v["deleted"], (5000 - n) as u64, "{v}");
+        let v = conntrack_delete(&tx, &wake, &json!({}));
+        assert_eq!(v["deleted"], 0, "{v}");
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! than the ageing time is treated as absent by [`Fdb::lookup`] and removed by
 //! [`Fdb::sweep`]. When the table or the port is full, new sources are not
 //! learned ([`Learn::Refused`]); the caller still floods their frames.
+//! Static entries ([`Fdb::add_static`], `vswitch fdb add`) never age, are
+//! never moved by learning ([`Learn::Static`]) and are removed only by
+//! [`Fdb::remove`]; they count towards the bounds of the table.
 
 use crate::PortId;
 use crate::wire::MacAddr;
@@ -26,6 +29,8 @@ pub enum Learn {
     RefusedTableFull,
     /// Not learned: this port has reached its own bound.
     RefusedPortFull,
+    /// Not learned: the MAC has a static entry (on this port or another).
+    Static,
 }
 
 /// One learned MAC.
@@ -35,8 +40,10 @@ pub struct FdbEntry {
     pub port: PortId,
     /// VLAN it was learned in (0 when the switch is VLAN-unaware).
     pub vlan: u16,
-    /// When it was last seen (ms).
+    /// When it was last seen (ms); for a static entry, when it was added.
     pub last_seen: u64,
+    /// Added by the operator: never aged, never moved by learning.
+    pub is_static: bool,
 }
 
 /// Counters of the table.
@@ -52,6 +59,8 @@ pub struct FdbCounters {
     pub refused_table_full: u64,
     /// Sources not learned because their port was at its bound.
     pub refused_port_full: u64,
+    /// Frames whose source MAC has a static entry on another port (not moved).
+    pub static_moves_refused: u64,
 }
 
 /// The MAC table.
@@ -83,7 +92,7 @@ impl Fdb {
     }
 
     fn expired(&self, e: &FdbEntry, now: u64) -> bool {
-        now.saturating_sub(e.last_seen) >= self.ageing_ms
+        !e.is_static && now.saturating_sub(e.last_seen) >= self.ageing_ms
     }
 
     /// The VLAN `learn`/`lookup` use (0: VLAN-unaware; VLAN-aware switches route in VLAN 1).
@@ -104,6 +113,12 @@ impl Fdb {
     /// Learn that `mac` was seen on `port` in `vlan` at `now`.
     pub fn learn_in(&mut self, vlan: u16, mac: MacAddr, port: PortId, now: u64) -> Learn {
         if let Some(e) = self.map.get_mut(&(vlan, mac)) {
+            if e.is_static {
+                if e.port != port {
+                    self.counters.static_moves_refused += 1;
+                }
+                return Learn::Static;
+            }
             if e.port == port {
                 e.last_seen = now;
                 return Learn::Refreshed;
@@ -141,6 +156,7 @@ impl Fdb {
                 port,
                 vlan,
                 last_seen: now,
+                is_static: false,
             },
         );
         self.per_port[port] += 1;
@@ -163,7 +179,7 @@ impl Fdb {
         let per_port = &mut self.per_port;
         let before = self.map.len();
         self.map.retain(|_, e| {
-            let keep = now.saturating_sub(e.last_seen) < ageing;
+            let keep = e.is_static || now.saturating_sub(e.last_seen) < ageing;
             if !keep {
                 per_port[e.port] -= 1;
             }
@@ -174,10 +190,69 @@ impl Fdb {
         n
     }
 
-    /// Forget everything learned on `port` (it went away).
+    /// Forget everything learned on `port` (it went away), static entries included.
     pub fn flush_port(&mut self, port: PortId) {
         self.map.retain(|_, e| e.port != port);
         self.per_port[port] = 0;
+    }
+
+    /// Add (or replace) a static entry: `mac` in `vlan` is behind `port`
+    /// (`vswitch fdb add`). It replaces a learned entry of the same MAC and
+    /// VLAN; a new one needs room in the table (else `Err`), not on the port.
+    pub fn add_static(
+        &mut self,
+        vlan: u16,
+        mac: MacAddr,
+        port: PortId,
+        now: u64,
+    ) -> Result<(), &'static str> {
+        if port >= self.per_port.len() {
+            return Err("no such port");
+        }
+        let e = FdbEntry {
+            port,
+            vlan,
+            last_seen: now,
+            is_static: true,
+        };
+        match self.map.insert((vlan, mac), e) {
+            Some(old) => self.per_port[old.port] -= 1,
+            None if self.map.len() > self.max => {
+                self.map.remove(&(vlan, mac));
+                return Err("the MAC table is full");
+            }
+            None => {}
+        }
+        self.per_port[port] += 1;
+        Ok(())
+    }
+
+    /// Remove the entry of `mac` in `vlan`, static or learned (`vswitch fdb
+    /// del`); returns it.
+    pub fn remove(&mut self, vlan: u16, mac: MacAddr) -> Option<FdbEntry> {
+        let e = self.map.remove(&(vlan, mac))?;
+        self.per_port[e.port] -= 1;
+        Some(e)
+    }
+
+    /// Remove the learned (not static) entries, of `port` only if given
+    /// (`vswitch fdb flush`); returns how many.
+    pub fn flush_learned(&mut self, port: Option<PortId>) -> usize {
+        let per_port = &mut self.per_port;
+        let before = self.map.len();
+        self.map.retain(|_, e| {
+            let keep = e.is_static || port.is_some_and(|p| p != e.port);
+            if !keep {
+                per_port[e.port] -= 1;
+            }
+            keep
+        });
+        before - self.map.len()
+    }
+
+    /// The VLAN of [`Fdb::learn`] and [`Fdb::lookup`] (0 on a VLAN-unaware switch).
+    pub fn default_vlan(&self) -> u16 {
+        self.default_vlan
     }
 
     /// Number of entries (aged ones not yet swept included).
@@ -268,6 +343,47 @@ mod tests {
         assert_eq!(f.learn(mac(3), 0, 500), Learn::RefusedTableFull);
         assert_eq!(f.learn(mac(3), 0, 1_500), Learn::New);
         assert_eq!(f.len(), 1);
+    }
+
+    #[test]
+    fn static_entries_never_age_move_or_flush() {
+        let mut f = Fdb::new(3, 3, 3, 1_000);
+        f.learn(mac(1), 0, 0);
+        f.learn(mac(2), 1, 0);
+        // A static entry replaces the learned one and never ages.
+        f.add_static(0, mac(1), 2, 0).unwrap();
+        assert_eq!((f.port_len(0), f.port_len(2), f.len()), (0, 1, 2));
+        assert_eq!(f.lookup(&mac(1), 1_000_000), Some(2));
+        assert_eq!(f.sweep(1_000_000), 1, "only the learned entry aged");
+        assert_eq!(f.lookup(&mac(1), 1_000_000), Some(2));
+        // A frame from it on another port does not move it; nor on its own port does it refresh.
+        assert_eq!(f.learn(mac(1), 0, 1_000_001), Learn::Static);
+        assert_eq!(f.counters.static_moves_refused, 1);
+        assert_eq!(f.counters.moves, 0);
+        assert_eq!(f.learn(mac(1), 2, 1_000_001), Learn::Static);
+        assert_eq!(f.counters.static_moves_refused, 1);
+        assert_eq!(f.lookup(&mac(1), 1_000_002), Some(2));
+        // Flush removes learned entries only (of one port, or all).
+        f.learn(mac(3), 0, 1_000_002);
+        f.learn(mac(4), 1, 1_000_002);
+        assert_eq!(f.flush_learned(Some(0)), 1);
+        assert_eq!(f.lookup(&mac(4), 1_000_003), Some(1));
+        assert_eq!(f.flush_learned(None), 1);
+        assert_eq!((f.len(), f.port_len(1), f.port_len(2)), (1, 0, 1));
+        let e = f.entries(1_000_003);
+        assert!(e.len() == 1 && e[0].1.is_static);
+        // A new static entry needs room in the table.
+        f.learn(mac(5), 0, 1_000_003);
+        f.learn(mac(6), 1, 1_000_003);
+        assert_eq!(
+            f.add_static(0, mac(7), 0, 1_000_003),
+            Err("the MAC table is full")
+        );
+        assert_eq!(f.len(), 3);
+        // Delete.
+        assert!(f.remove(0, mac(1)).unwrap().is_static);
+        assert_eq!((f.lookup(&mac(1), 1_000_004), f.port_len(2)), (None, 0));
+        assert!(f.remove(0, mac(1)).is_none());
     }
 
     #[test]

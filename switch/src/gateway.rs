@@ -135,6 +135,8 @@ pub struct GwCounters {
     pub time_exceeded: u64,
     /// ICMP destination unreachable (no route, port) sent.
     pub unreachable: u64,
+    /// TCP resets sent for segments to the gateway's own addresses (no listener).
+    pub tcp_resets: u64,
     /// ICMP fragmentation needed sent.
     pub frag_needed: u64,
     /// Fragments made.
@@ -1229,7 +1231,8 @@ impl Gateway {
     }
 
     /// Deliver to the gateway itself: answer pings (with a fresh TTL),
-    /// refuse UDP with port unreachable.
+    /// refuse UDP with port unreachable and TCP with a reset (it listens on
+    /// nothing), both under the ICMP error rate limit.
     #[allow(clippy::too_many_arguments)]
     fn local(
         &mut self,
@@ -1290,11 +1293,113 @@ impl Gateway {
                 self.counters.unreachable += 1;
                 Verdict::Consumed
             }
+            proto::TCP if !ip.is_fragment() => {
+                let (peer, hl) = (ip.src(), ip.header_len());
+                let seg = &frame[ETH_HLEN + hl..end];
+                if self.tcp_reset(now, out, in_port, src_mac, my_mac, my_ip, peer, seg) {
+                    self.counters.tcp_resets += 1;
+                    Verdict::Consumed
+                } else {
+                    self.counters.drop_local += 1;
+                    Verdict::Drop(DropReason::GwLocal)
+                }
+            }
             _ => {
                 self.counters.drop_local += 1;
                 Verdict::Drop(DropReason::GwLocal)
             }
         }
+    }
+
+    /// Answer TCP segment `seg` from `peer` with a reset (RFC 9293 3.10.7.1:
+    /// `<SEQ=SEG.ACK><CTL=RST>` if it carried an ACK, else
+    /// `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`) out of `in_port`. Nothing
+    /// answers a reset, a malformed segment, a martian peer, or a segment over
+    /// the ICMP error rate limit (counted there); returns whether one was sent.
+    #[allow(clippy::too_many_arguments)]
+    fn tcp_reset(
+        &mut self,
+        now: u64,
+        out: &mut Gen,
+        in_port: PortId,
+        to_mac: MacAddr,
+        my_mac: MacAddr,
+        my_ip: Ipv4Addr,
+        peer: Ipv4Addr,
+        seg: &[u8],
+    ) -> bool {
+        const FIN: u8 = 0x01;
+        const SYN: u8 = 0x02;
+        const RST: u8 = 0x04;
+        const ACK: u8 = 0x10;
+        if seg.len() < 20 || seg[13] & RST != 0 || is_martian(peer) {
+            return false;
+        }
+        let doff = usize::from(seg[12] >> 4) * 4;
+        if doff < 20 || doff > seg.len() {
+            return false;
+        }
+        if !self.icmp_allowed(now, peer) {
+            return false;
+        }
+        let fl = seg[13];
+        let word = |i: usize| u32::from_be_bytes([seg[i], seg[i + 1], seg[i + 2], seg[i + 3]]);
+        let (seq, ack, flags) = if fl & ACK != 0 {
+            (word(8), 0, RST)
+        } else {
+            let len =
+                (seg.len() - doff) as u32 + u32::from(fl & SYN != 0) + u32::from(fl & FIN != 0);
+            (0, word(4).wrapping_add(len), RST | ACK)
+        };
+        let (sport, dport) = ([seg[2], seg[3]], [seg[0], seg[1]]);
+        let ok = out.push(Target::Port(in_port), |b| {
+            b[..VNET_HDR_LEN].fill(0);
+            let f = &mut b[VNET_HDR_LEN..];
+            write_eth(f, to_mac, my_mac, ethertype::IPV4);
+            let ip = &mut f[ETH_HLEN..ETH_HLEN + 40];
+            ip[..20].copy_from_slice(&[
+                0x45,
+                0,
+                0,
+                40,
+                0,
+                0,
+                0x40,
+                0,
+                OWN_TTL,
+                proto::TCP,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ]);
+            ip[12..16].copy_from_slice(&my_ip.octets());
+            ip[16..20].copy_from_slice(&peer.octets());
+            let c = checksum::checksum(&ip[..20]);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let tcp = &mut ip[20..40];
+            tcp.fill(0);
+            tcp[0..2].copy_from_slice(&sport);
+            tcp[2..4].copy_from_slice(&dport);
+            tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+            tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+            tcp[12] = 0x50;
+            tcp[13] = flags;
+            let ph = checksum::pseudo_header(my_ip.octets(), peer.octets(), proto::TCP, 20);
+            let c = !checksum::fold(ph + checksum::sum(tcp));
+            tcp[16..18].copy_from_slice(&c.to_be_bytes());
+            VNET_HDR_LEN + ETH_HLEN + 40
+        });
+        if !ok {
+            self.counters.drop_gen_full += 1;
+        }
+        ok
     }
 
     /// An ICMP error from the gateway's LAN address, back out of `in_port` to `to_mac`.
@@ -1912,6 +2017,125 @@ mod tests {
             )
         );
         assert_eq!(EthernetFrame::new_checked(&p[..]).unwrap().dst(), RED);
+    }
+
+    #[test]
+    fn tcp_to_the_gateway_gets_a_reset_and_udp_port_unreachable() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        // A SYN (seq 1000) to 192.168.15.5:80: RST+ACK with ack 1001 from port 80.
+        let mut syn = [0u8; 20];
+        syn[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        syn[2..4].copy_from_slice(&80u16.to_be_bytes());
+        syn[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        syn[12] = 0x50;
+        syn[13] = 0x02;
+        let mut f = ipv4(
+            GW_MAC,
+            [192, 168, 15, 1],
+            [192, 168, 15, 5],
+            64,
+            proto::TCP,
+            true,
+            &syn,
+        );
+        assert_eq!(run(&mut g, 0, &mut f, &mut out), Verdict::Consumed);
+        assert_eq!((out.len(), out.target(0)), (1, Target::Port(0)));
+        let (_, r) = out.parts_mut(0);
+        assert_eq!(EthernetFrame::new_checked(&r[..]).unwrap().dst(), RED);
+        let ip = Ipv4Packet::new_checked(&r[ETH_HLEN..]).unwrap();
+        assert!(ip.checksum_ok());
+        assert_eq!(
+            (ip.src(), ip.dst(), ip.protocol()),
+            (
+                Ipv4Addr::new(192, 168, 15, 5),
+                Ipv4Addr::new(192, 168, 15, 1),
+                proto::TCP
+            )
+        );
+        let t = ip.payload();
+        let ph = checksum::pseudo_header([192, 168, 15, 5], [192, 168, 15, 1], proto::TCP, 20);
+        assert_eq!(
+            checksum::fold(ph + checksum::sum(t)),
+            0xffff,
+            "TCP checksum"
+        );
+        assert_eq!(u16::from_be_bytes([t[0], t[1]]), 80);
+        assert_eq!(u16::from_be_bytes([t[2], t[3]]), 40000);
+        assert_eq!(u32::from_be_bytes([t[4], t[5], t[6], t[7]]), 0);
+        assert_eq!(u32::from_be_bytes([t[8], t[9], t[10], t[11]]), 1001);
+        assert_eq!(t[13], 0x14, "RST+ACK");
+        assert_eq!(g.counters.tcp_resets, 1);
+        // A segment with ACK (ack 7777): RST with seq 7777. A RST is never answered.
+        out.clear();
+        syn[8..12].copy_from_slice(&7777u32.to_be_bytes());
+        syn[13] = 0x10;
+        let mut f = ipv4(
+            GW_MAC,
+            [192, 168, 15, 1],
+            [192, 168, 15, 5],
+            64,
+            proto::TCP,
+            true,
+            &syn,
+        );
+        assert_eq!(run(&mut g, 0, &mut f, &mut out), Verdict::Consumed);
+        let (_, r) = out.parts_mut(0);
+        let t = &r[ETH_HLEN + 20..];
+        assert_eq!(
+            (u32::from_be_bytes([t[4], t[5], t[6], t[7]]), t[13]),
+            (7777, 0x04)
+        );
+        out.clear();
+        syn[13] = 0x04;
+        let mut f = ipv4(
+            GW_MAC,
+            [192, 168, 15, 1],
+            [192, 168, 15, 5],
+            64,
+            proto::TCP,
+            true,
+            &syn,
+        );
+        assert_eq!(
+            run(&mut g, 0, &mut f, &mut out),
+            Verdict::Drop(DropReason::GwLocal)
+        );
+        assert_eq!(out.len(), 0);
+        // UDP: port unreachable.
+        let mut f = ipv4(
+            GW_MAC,
+            [192, 168, 15, 1],
+            [192, 168, 15, 5],
+            64,
+            proto::UDP,
+            true,
+            &[0, 1, 0, 2, 0, 8, 0, 0],
+        );
+        assert_eq!(run(&mut g, 0, &mut f, &mut out), Verdict::Consumed);
+        let (_, r) = out.parts_mut(0);
+        assert_eq!(icmp_of(r).2..=icmp_of(r).3, 3..=3);
+        // Resets share the ICMP error rate limit: at most a burst per destination.
+        out.clear();
+        syn[13] = 0x02;
+        let mut sent = 0;
+        for _ in 0..100 {
+            let mut f = ipv4(
+                GW_MAC,
+                [192, 168, 15, 1],
+                [192, 168, 15, 5],
+                64,
+                proto::TCP,
+                true,
+                &syn,
+            );
+            if run(&mut g, 0, &mut f, &mut out) == Verdict::Consumed {
+                sent += 1;
+            }
+            out.clear();
+        }
+        assert!(sent < 20, "{sent} resets at one instant");
+        assert!(g.counters.icmp_rate_limited > 0);
     }
 
     #[test]

@@ -67,16 +67,32 @@ enum Cmd {
         #[arg(short, long, action = clap::ArgAction::Count)]
         verbose: u8,
     },
-    /// Show the MAC table, like `bridge fdb show`.
-    Fdb(Target),
+    /// Show the MAC table, like `bridge fdb show`; or change it, like `bridge fdb`:
+    /// `fdb add MAC dev PORT [vlan V]` (a static entry: never aged, not moved by
+    /// learning), `fdb del MAC [vlan V]`, `fdb flush [dev PORT]` (learned entries).
+    Fdb {
+        #[command(flatten)]
+        target: Target,
+        /// Nothing (show), or `add MAC dev PORT [vlan V]`, `del MAC [vlan V]`, `flush [dev PORT]`.
+        #[arg(value_name = "OPERATION")]
+        words: Vec<String>,
+    },
     /// Show the IP→MAC table learned from ARP, like `ip neigh`.
     Arp(Target),
     /// Show per-port counters and drops by reason.
     Stats(Target),
-    /// List NAT connection tracking entries, like `conntrack -L`.
+    /// List NAT connection tracking entries, like `conntrack -L`; delete the
+    /// matching ones with -D, all of them with -F.
     Conntrack {
         #[command(flatten)]
         target: Target,
+        /// Delete the entries matching the filters (like `conntrack -D`); their
+        /// NAT mappings are released.
+        #[arg(short = 'D', long, conflicts_with_all = ["count", "flush"])]
+        delete: bool,
+        /// Delete every entry (like `conntrack -F`).
+        #[arg(short = 'F', long, conflicts_with_all = ["count", "proto", "src", "dst", "sport", "dport", "state"])]
+        flush: bool,
         /// Only this protocol (tcp, udp, icmp).
         #[arg(short, long)]
         proto: Option<String>,
@@ -195,7 +211,11 @@ fn print_fdb(v: &Value) {
             vlan,
             s(&e["port"]),
             s(&e["netns"]),
-            secs(&e["age_ms"]),
+            if e["static"] == true {
+                "static".into()
+            } else {
+                secs(&e["age_ms"])
+            },
         ]);
     }
     print!("{}", render_table(&rows));
@@ -511,6 +531,73 @@ fn capture(
     }
 }
 
+const FDB_USAGE: &str =
+    "usage: vswitch fdb [add MAC dev PORT [vlan V] | del MAC [vlan V] | flush [dev PORT]]";
+
+/// The request of a `vswitch fdb` operation (`words` as `bridge fdb` takes them).
+fn fdb_request(words: &[String]) -> Result<Value, String> {
+    let (op, rest) = words.split_first().ok_or(FDB_USAGE)?;
+    let (mac, rest) = match op.as_str() {
+        "add" | "del" => {
+            let (m, r) = rest
+                .split_first()
+                .ok_or_else(|| format!("fdb {op} needs a MAC; {FDB_USAGE}"))?;
+            let mac: switch::wire::MacAddr = m.parse()?;
+            (Some(mac.to_string()), r)
+        }
+        "flush" => (None, rest),
+        other => return Err(format!("unknown operation {other:?}; {FDB_USAGE}")),
+    };
+    let mut req = serde_json::json!({"cmd": format!("fdb-{op}"), "mac": mac});
+    let mut it = rest.iter();
+    while let Some(k) = it.next() {
+        let v = it
+            .next()
+            .ok_or_else(|| format!("{k} needs a value; {FDB_USAGE}"))?;
+        match (k.as_str(), op.as_str()) {
+            ("dev", "add" | "flush") => req["port"] = v.clone().into(),
+            ("vlan", "add" | "del") => {
+                let n: u16 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=4094).contains(n))
+                    .ok_or_else(|| format!("vlan {v:?} is not a VLAN id (1-4094)"))?;
+                req["vlan"] = n.into();
+            }
+            _ => return Err(format!("unexpected {k:?} for fdb {op}; {FDB_USAGE}")),
+        }
+    }
+    if op == "add" && req["port"].is_null() {
+        return Err(format!("fdb add needs dev PORT; {FDB_USAGE}"));
+    }
+    Ok(req)
+}
+
+/// `vswitch fdb add|del|flush`: exit 2 for a usage error, 1 when the switch refuses.
+fn fdb_edit(t: &Target, words: &[String]) -> ExitCode {
+    let req = match fdb_request(words) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vswitch fdb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match control::request(&t.path(), req).map(|(v, _)| v) {
+        Ok(v) => {
+            if t.json {
+                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            } else if let Some(n) = v["flushed"].as_u64() {
+                println!("{n} learned entries flushed");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vswitch fdb: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The newcomer's demo: the seed topology through vswitch, checked with ping.
 fn demo() -> ExitCode {
     let exe = match std::env::current_exe() {
@@ -631,11 +718,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Fdb(t) => show(&t, "fdb", print_fdb),
+        Cmd::Fdb { target, words } if words.is_empty() => show(&target, "fdb", print_fdb),
+        Cmd::Fdb { target, words } => fdb_edit(&target, &words),
         Cmd::Arp(t) => show(&t, "arp", print_arp),
         Cmd::Stats(t) => show(&t, "stats", print_stats),
         Cmd::Conntrack {
             target,
+            delete,
+            flush,
             proto,
             src,
             dst,
@@ -644,9 +734,10 @@ fn main() -> ExitCode {
             state,
             count,
         } => {
-            // Filtered by the control thread as the worker hands over pages.
+            // Filtered by the control thread as the worker hands over pages
+            // (deleted by the worker, page by page, with the same filters).
             let req = serde_json::json!({
-                "cmd": "conntrack",
+                "cmd": if delete || flush { "conntrack-delete" } else { "conntrack" },
                 "proto": proto,
                 "src": src,
                 "dst": dst,
@@ -659,6 +750,18 @@ fn main() -> ExitCode {
                 Ok(v) => {
                     if target.json {
                         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                    } else if v["nat"] == false && (delete || flush) {
+                        eprintln!("vswitch conntrack: this switch has no NAT: nothing to delete");
+                    } else if flush {
+                        eprintln!(
+                            "vswitch conntrack: connection tracking table has been emptied ({} flow entries deleted).",
+                            v["deleted"]
+                        );
+                    } else if delete {
+                        eprintln!(
+                            "vswitch conntrack: {} flow entries have been deleted.",
+                            v["deleted"]
+                        );
                     } else if count {
                         println!("{}", v["entries"]);
                     } else {

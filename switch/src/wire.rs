@@ -43,6 +43,27 @@ impl MacAddr {
     }
 }
 
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+    /// Six hex bytes separated by `:` (`02:00:00:00:00:01`).
+    fn from_str(s: &str) -> Result<MacAddr, String> {
+        let bad = || format!("{s:?} is not a MAC address (like 02:00:00:00:00:01)");
+        let mut m = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut m {
+            let h = parts
+                .next()
+                .filter(|h| (1..=2).contains(&h.len()))
+                .ok_or_else(bad)?;
+            *b = u8::from_str_radix(h, 16).map_err(|_| bad())?;
+        }
+        match parts.next() {
+            None => Ok(MacAddr(m)),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;

@@ -502,6 +502,10 @@ impl<P: Policy + Reload> Worker<P> {
                                     continue;
                                 }
                                 "reload" => self.reload(),
+                                "conntrack-delete-page" => self.conntrack_delete(&req.args, now),
+                                "fdb-add" | "fdb-del" | "fdb-flush" => {
+                                    self.fdb_edit(&req.cmd, &req.args, now)
+                                }
                                 "capture" => match (
                                     req.tap,
                                     req.args["port"].as_str().and_then(|n| self.port_index(n)),
@@ -998,6 +1002,87 @@ impl<P: Policy + Reload> Worker<P> {
             entries,
             next,
             total: nat.map_or(0, |n| n.len()),
+        }
+    }
+
+    /// Delete one page of the NAT's connection table (`conntrack -D/-F`):
+    /// the entries matching the request's filters among at most `max`
+    /// ([`MAX_PAGE`]) from `cursor`; answers `deleted` and `next`.
+    pub fn conntrack_delete(&mut self, args: &Value, now: u64) -> Value {
+        let filter = crate::control::CtFilter::of(args);
+        let cursor = args["cursor"].as_u64().unwrap_or(0);
+        let max = args["max"]
+            .as_u64()
+            .unwrap_or(MAX_PAGE as u64)
+            .clamp(1, MAX_PAGE as u64) as usize;
+        let nat = self.pipeline.gateway.as_mut().and_then(|g| g.nat.as_mut());
+        let Some(nat) = nat else {
+            return json!({"ok": true, "switch": self.name, "nat": false, "deleted": 0, "next": null});
+        };
+        let cursor = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let (deleted, next) = nat.delete_from(now, cursor, max, |e| filter.keep(e));
+        json!({"ok": true, "switch": self.name, "nat": true, "deleted": deleted, "next": next})
+    }
+
+    /// `fdb-add` (`mac`, `port`, optional `vlan`): a static entry;
+    /// `fdb-del` (`mac`, optional `vlan`); `fdb-flush` (optional `port`):
+    /// the learned entries. The VLAN defaults to the switch's (none when
+    /// VLAN-unaware, where a VLAN is refused).
+    fn fdb_edit(&mut self, cmd: &str, args: &Value, now: u64) -> Value {
+        let port = match args["port"].as_str() {
+            None => None,
+            Some(n) => match self.port_index(n) {
+                Some(i) if self.ports[i].lan => Some(i),
+                Some(_) => {
+                    return json!({"ok": false, "error": format!("{n} is the routed uplink, not a switch port")});
+                }
+                None => {
+                    return json!({"ok": false, "error": format!("no port {n:?} (use a port or namespace name from `vswitch stats`)")});
+                }
+            },
+        };
+        if cmd == "fdb-flush" {
+            let n = self.pipeline.fdb.flush_learned(port);
+            return json!({"ok": true, "switch": self.name, "flushed": n});
+        }
+        let mac: crate::wire::MacAddr = match args["mac"].as_str().unwrap_or("").parse() {
+            Ok(m) => m,
+            Err(e) => return json!({"ok": false, "error": e}),
+        };
+        let vlan = match (args["vlan"].as_u64(), &self.pipeline.vlans) {
+            (None, _) => self.pipeline.fdb.default_vlan(),
+            (Some(_), None) => {
+                return json!({"ok": false, "error": "this switch is VLAN-unaware (no port has a vlan or trunk): give no vlan"});
+            }
+            (Some(v), Some(_)) if (1..=4094).contains(&v) => v as u16,
+            (Some(v), Some(_)) => {
+                return json!({"ok": false, "error": format!("vlan {v} is not in 1-4094")});
+            }
+        };
+        if cmd == "fdb-del" {
+            return match self.pipeline.fdb.remove(vlan, mac) {
+                Some(e) => {
+                    json!({"ok": true, "switch": self.name, "deleted": mac.to_string(), "static": e.is_static})
+                }
+                None => json!({"ok": false, "error": format!("no entry for {mac} in vlan {vlan}")}),
+            };
+        }
+        let Some(port) = port else {
+            return json!({"ok": false, "error": "fdb add needs a port (dev PORT)"});
+        };
+        if !mac.is_unicast() {
+            return json!({"ok": false, "error": format!("{mac} is not a unicast MAC")});
+        }
+        if let Some(v) = &self.pipeline.vlans
+            && !v.member(port, vlan)
+        {
+            return json!({"ok": false, "error": format!("port {} is not in vlan {vlan}", self.ports[port].name)});
+        }
+        match self.pipeline.fdb.add_static(vlan, mac, port, now) {
+            Ok(()) => {
+                json!({"ok": true, "switch": self.name, "added": mac.to_string(), "port": self.ports[port].name, "vlan": vlan})
+            }
+            Err(e) => json!({"ok": false, "error": e}),
         }
     }
 

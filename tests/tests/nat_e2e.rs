@@ -268,9 +268,51 @@ fn closed_ports_are_refused_fast() {
         "refusal took {:?}",
         started.elapsed()
     );
+    // The gateway's own addresses listen on nothing: TCP gets a RST from the
+    // gateway itself (a real curl and a socket connect), UDP port unreachable.
+    for dst in [GW, EXT] {
+        let started = Instant::now();
+        let o = ns_exec(
+            &t.red.ns,
+            &["curl", "-s", "-m", "5", &format!("http://{dst}:81/")],
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(7),
+            "curl {dst}:81 must be refused (exit 7): {o:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "curl {dst}: refusal took {:?}",
+            started.elapsed()
+        );
+    }
+    let started = Instant::now();
+    let addr: SocketAddr = format!("{GW}:80").parse().unwrap();
+    let e = in_ns(&t.red.ns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    })
+    .expect_err("the gateway listens on nothing");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let sock = in_ns(&t.red.ns, || UdpSocket::bind("0.0.0.0:0")).unwrap();
+    sock.connect(format!("{GW}:9")).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    sock.send(b"anyone?").unwrap();
+    let e = sock.recv(&mut buf).expect_err("no answer expected");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
     let st = sw.cli_json("stats");
     assert!(
         st["nat"]["icmp_errors_translated"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
+    assert!(
+        st["gateway"]["counters"]["tcp_resets"].as_u64().unwrap() >= 3,
         "{st}"
     );
 }
