@@ -46,8 +46,61 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// Run a command with a time limit, capturing its output.
+/// Programs the tests run and their Debian packages (`tests/programs.txt`,
+/// also read by `tests/preflight`).
+const PROGRAMS: &str = include_str!("../programs.txt");
+
+/// The Debian package of `program`, if it is one the tests need.
+pub fn package_of(program: &str) -> Option<&'static str> {
+    PROGRAMS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .find(|(p, _)| *p == program)
+        .map(|(_, pkg)| pkg.trim())
+}
+
+/// Panic with `program X missing (Debian package Y)` unless `program` (a
+/// name looked up in `PATH`, or a path) can be run.
+pub fn need_program(program: &str) {
+    let found = if program.contains('/') {
+        Path::new(program).exists()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    };
+    if !found {
+        panic!("{}", missing_message(program));
+    }
+}
+
+fn missing_message(program: &str) -> String {
+    match package_of(program) {
+        Some(pkg) => format!(
+            "program {program} missing (Debian package {pkg}); as root, `tests/preflight --install` installs what the tests need"
+        ),
+        None => format!("program {program} missing (not found in PATH)"),
+    }
+}
+
+/// [`need_program`] for what `cmd` runs: its program and, for `ip netns exec NS
+/// PROG ...`, the program run in the namespace.
+fn need_programs_of(cmd: &Command) {
+    let prog = cmd.get_program().to_string_lossy().into_owned();
+    need_program(&prog);
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if prog == "ip" && args.len() > 3 && args[0] == "netns" && args[1] == "exec" {
+        need_program(&args[3]);
+    }
+}
+
+/// Run a command with a time limit, capturing its output. A program that is
+/// not installed fails with `program X missing (Debian package Y)`.
 pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    need_programs_of(cmd);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -329,6 +382,7 @@ pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 
 /// sha256 of a byte stream, computed by `sha256sum` fed from `fill`.
 pub fn sha256_of(fill: impl FnOnce(&mut dyn Write)) -> String {
+    need_program("sha256sum");
     let mut c = Command::new("sha256sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -666,6 +720,7 @@ impl Bg {
         // Its own process group, so that drop ends what it started too
         // (`timeout hping3 ...` leaves hping3 running if only `timeout` dies).
         std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        need_programs_of(&c);
         Bg {
             child: c.spawn().unwrap_or_else(|e| panic!("spawn {args:?}: {e}")),
             log,
@@ -746,4 +801,77 @@ pub fn stun_server(ns: &str) -> Bg {
     stun.wait_for("3478", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     stun
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_is_named_with_its_package() {
+        assert_eq!(package_of("turnserver"), Some("coturn"));
+        assert_eq!(package_of("iptables-save"), Some("iptables"));
+        assert_eq!(
+            missing_message("hping3"),
+            "program hping3 missing (Debian package hping3); as root, `tests/preflight --install` installs what the tests need"
+        );
+        let e = std::panic::catch_unwind(|| {
+            run_timeout(
+                Command::new("ip").args(["netns", "exec", "x", "no-such-program-here"]),
+                Duration::from_secs(1),
+            )
+        })
+        .expect_err("a missing program panics before anything runs");
+        let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            msg.contains("program no-such-program-here missing"),
+            "{msg}"
+        );
+    }
+
+    /// The preflight lists every missing program with its package in one
+    /// message: here, with a PATH that holds only the shell tools it uses.
+    #[test]
+    fn preflight_lists_every_missing_program_at_once() {
+        let dir = std::env::temp_dir().join(format!("vswitch-preflight-{}", uniq()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for tool in ["awk", "sort", "tr", "id", "dirname", "sed"] {
+            let at = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| panic!("{tool} not found"));
+            std::os::unix::fs::symlink(at, dir.join(tool)).unwrap();
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("preflight");
+        let o = Command::new("/bin/bash")
+            .arg(&script)
+            .env("PATH", &dir)
+            .env("CI", "true")
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        for l in PROGRAMS.lines().filter(|l| !l.starts_with('#')) {
+            let (prog, pkg) = l.split_once(char::is_whitespace).unwrap();
+            assert!(
+                err.lines()
+                    .any(|x| x.contains(prog)
+                        && x.contains(&format!("(Debian package {})", pkg.trim()))),
+                "{prog}: {err}"
+            );
+        }
+        assert!(
+            err.contains("apt-get install -y --no-install-recommends coreutils coturn curl"),
+            "{err}"
+        );
+        // With the real PATH: silent success, or the same kind of message.
+        let o = Command::new(&script).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            (o.status.success() && err.is_empty()) || err.contains("(Debian package "),
+            "{err}"
+        );
+    }
 }
