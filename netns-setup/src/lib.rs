@@ -3,10 +3,14 @@
 //!
 //! - [`topology`]: the TOML format, parsed into serde types and validated once.
 //! - [`netns`]: named namespaces exactly as `ip netns add` makes them.
+//! - [`cli`]: the `netns-setup` command line.
+//! - [`lock`]: one owner per topology (`/run/vswitch/NAME.lock`).
 //! - [`netlink`]: a small synchronous rtnetlink client.
 //! - [`setup`]: idempotent `up`, crash-tolerant `down`, and `show`.
 //! - [`sys`]: TAP ioctls, the crate's only `unsafe` code.
 
+pub mod cli;
+pub mod lock;
 pub mod netlink;
 pub mod netns;
 pub mod setup;

@@ -1,8 +1,11 @@
 //! `vswitch run`: bring the topology up, attach the ports, forward until
 //! SIGINT/SIGTERM, then remove what this run created.
 //!
-//! Contract: on any start-up failure nothing this run created is left behind
-//! and the error says what failed. The worker runs on the calling thread.
+//! Contract: one `vswitch run` per topology name: the topology lock
+//! ([`netns_setup::lock`]) is taken before anything is touched, and a second
+//! run is refused naming the owner. On any start-up failure nothing this run
+//! created is left behind and the error says what failed. On exit the
+//! topology is removed (also one adopted from a crashed run) unless `--keep`. The worker runs on the calling thread.
 
 use crate::control;
 use crate::gateway::{GatewayConfig, UplinkConfig};
@@ -15,6 +18,7 @@ use crate::wire::MacAddr;
 use crate::worker::{Port, Worker};
 use anyhow::{Context, Result, anyhow, bail};
 use nat::{DnatRule, Filtering, Ipv4Net, NatConfig, PortAlloc, Timeouts};
+use netns_setup::lock::{LockError, Owner, TopologyLock};
 use netns_setup::netns::in_netns;
 use netns_setup::setup::open_netns;
 use netns_setup::topology::UplinkKind;
@@ -157,6 +161,43 @@ pub fn build_policy(t: &Topology, ports: &[PortInfo]) -> Result<Reloaded, String
         isolated,
         mirrors,
     })
+}
+
+/// `vswitch check`: what `vswitch run` would derive from a parsed `t`
+/// (policy by port, VLAN roles), checked without touching the system or
+/// needing root. Returns a one-line summary, or the first error.
+pub fn check(t: &Topology) -> Result<String, String> {
+    if t.switch.is_none() {
+        return Ok(format!(
+            "topology {:?}: {} namespaces, no [switch] (for `netns-setup up`; nothing for `vswitch run`)",
+            t.name,
+            t.namespaces.len()
+        ));
+    }
+    let mut ports: Vec<PortInfo> = t
+        .switch_ports()
+        .map(|n| PortInfo {
+            name: n.switch_ifname.clone().unwrap_or_else(|| n.ifname.clone()),
+            netns: n.name.clone(),
+            lan: true,
+        })
+        .collect();
+    if let Some(u) = &t.uplink {
+        ports.push(PortInfo {
+            name: u.port_name().to_string(),
+            netns: String::new(),
+            lan: false,
+        });
+    }
+    build_policy(t, &ports)?;
+    Ok(format!(
+        "topology {:?}: {} ports{}{}, {} ACL rules",
+        t.name,
+        ports.len(),
+        if t.gateway.is_some() { ", gateway" } else { "" },
+        if t.uplink.is_some() { ", uplink" } else { "" },
+        t.policy.acl.len()
+    ))
 }
 
 /// Open the switch's ports for `t` (namespaces and links must exist).
@@ -398,6 +439,15 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         .socket
         .clone()
         .unwrap_or_else(|| control::default_socket(&t.name));
+    // One owner per topology, whatever its socket: taken before anything is
+    // touched, held until the topology is removed (dropped last).
+    let owner = Owner::this_process(&t.name, &sock_path, opts.file.as_deref());
+    let _lock = TopologyLock::acquire(&owner).map_err(|e| match e {
+        LockError::Held(_) => {
+            anyhow!("{e}; stop it first (`vswitch list` shows the running switches)")
+        }
+        LockError::Io { .. } => anyhow!(e),
+    })?;
     let listener = control::bind(&sock_path)
         .with_context(|| format!("control socket {}", sock_path.display()))?;
 
@@ -408,11 +458,28 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
             return Err(anyhow!(e).context(format!("bring topology {:?} up", t.name)));
         }
     };
-    let created = !report.changes.is_empty();
+    // What this run found already there (a crashed run's, or `netns-setup up`'s)
+    // it adopts: on exit it is removed like what this run created, unless --keep.
+    let adopted = report.changes.is_empty();
+    if adopted {
+        tracing::info!(
+            "topology {:?} was already up: adopted{}",
+            t.name,
+            if opts.keep {
+                ""
+            } else {
+                " (removed on exit; --keep leaves it)"
+            }
+        );
+    }
     let cleanup = |why: &str| {
         let _ = std::fs::remove_file(&sock_path);
-        if created && !opts.keep {
+        // A failed start leaves what it found as it was; a clean exit removes it too.
+        if !opts.keep && (!adopted || why == "exit") {
             let r = netns_setup::down(t);
+            if !r.removed.is_empty() {
+                tracing::info!("removed ({why}): {}", r.removed.join(", "));
+            }
             for f in &r.failures {
                 tracing::warn!("cleanup ({why}): {f}");
             }
@@ -567,10 +634,10 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         Ok(()) => {
             tracing::info!(
                 "stopped{}",
-                if created && !opts.keep {
-                    "; topology removed"
+                if opts.keep {
+                    "; topology left up (--keep)"
                 } else {
-                    ""
+                    "; topology removed"
                 }
             );
             Ok(())

@@ -4,9 +4,10 @@
 
 use clap::{Args, Parser, Subcommand};
 use netns_setup::Topology;
+use netns_setup::lock;
 use netns_setup::setup::render_table;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use switch::control;
@@ -25,9 +26,10 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Target {
-    /// Topology whose switch to ask (its control socket is /run/vswitch/NAME.sock).
-    #[arg(short, long, default_value = "seed")]
-    topology: String,
+    /// Switch to ask: a topology name, or a topology file (a path with a `/` or
+    /// ending in .toml). Default: the one running switch.
+    #[arg(short, long)]
+    topology: Option<String>,
     /// Control socket path (overrides --topology).
     #[arg(short, long)]
     socket: Option<PathBuf>,
@@ -37,10 +39,128 @@ struct Target {
 }
 
 impl Target {
+    /// The control socket to ask; on failure the message is printed and the
+    /// process exits (1: no such switch or several, 2: a bad topology file).
     fn path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(|| control::default_socket(&self.topology))
+        match resolve_socket(self.topology.as_deref(), self.socket.as_deref()) {
+            Ok(p) => p,
+            Err((msg, code)) => {
+                eprintln!("vswitch: {msg}");
+                std::process::exit(code);
+            }
+        }
+    }
+}
+
+/// The socket of the switch named by `-s`, else `-t` (a name or a file: the
+/// lock's record gives its socket, whatever `--socket` it was started with),
+/// else the one running switch.
+fn resolve_socket(topology: Option<&str>, socket: Option<&Path>) -> Result<PathBuf, (String, i32)> {
+    if let Some(s) = socket {
+        return Ok(s.to_path_buf());
+    }
+    let name = match topology {
+        Some(t) if t.contains('/') || t.ends_with(".toml") => {
+            Topology::load(Path::new(t))
+                .map_err(|e| (format!("bad topology: {e}"), 2))?
+                .name
+        }
+        Some(t) => t.to_string(),
+        None => {
+            let running = lock::running().map_err(|e| {
+                (
+                    format!("cannot list running switches in {}: {e}", lock::LOCK_DIR),
+                    1,
+                )
+            })?;
+            return match running.as_slice() {
+                [one] => Ok(one.socket.clone()),
+                [] => Err((
+                    "no vswitch is running (start one with `vswitch run`, or name one with -t/-s)"
+                        .into(),
+                    1,
+                )),
+                many => Err((
+                    format!(
+                        "{} switches are running; choose one with -t NAME:\n{}",
+                        many.len(),
+                        many.iter()
+                            .map(|o| format!("  {}: {o}", o.topology))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    ),
+                    1,
+                )),
+            };
+        }
+    };
+    match lock::holder(&name) {
+        Ok(Some(o)) if o.pid != 0 => Ok(o.socket),
+        _ => Ok(control::default_socket(&name)),
+    }
+}
+
+/// `vswitch list`: the running switches, from their topology locks.
+fn list(json: bool) -> ExitCode {
+    let running = match lock::running() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vswitch list: {}: {e}", lock::LOCK_DIR);
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        let v: Vec<Value> = running
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "topology": o.topology, "pid": o.pid, "socket": o.socket,
+                    "file": o.file, "started_unix_ms": o.started_unix_ms, "uptime_ms": o.uptime_ms(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return ExitCode::SUCCESS;
+    }
+    let mut rows = vec![
+        ["TOPOLOGY", "PID", "SOCKET", "FILE", "UPTIME"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for o in &running {
+        rows.push(vec![
+            o.topology.clone(),
+            o.pid.to_string(),
+            o.socket.display().to_string(),
+            o.file
+                .as_ref()
+                .map_or("(seed)".into(), |f| f.display().to_string()),
+            secs(&Value::from(o.uptime_ms())),
+        ]);
+    }
+    print!("{}", render_table(&rows));
+    ExitCode::SUCCESS
+}
+
+/// `vswitch check FILE...`: validate without root, change nothing; 0 all valid, 2 any invalid.
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut bad = false;
+    for f in files {
+        match Topology::load(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| switch::daemon::check(&t).map_err(|e| format!("{}: {e}", f.display())))
+        {
+            Ok(summary) => println!("{}: ok, {summary}", f.display()),
+            Err(e) => {
+                eprintln!("vswitch check: {e}");
+                bad = true;
+            }
+        }
+    }
+    if bad {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -172,6 +292,18 @@ enum Cmd {
     Reload(Target),
     /// Run the seed topology, ping red<->blue through vswitch, print the tables, clean up.
     Demo,
+    /// List the running switches (topology, PID, socket, file, uptime).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate topology files without root, changing nothing (exit 0 valid, 2 invalid).
+    Check {
+        /// Topology files (TOML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn load(file: &Option<PathBuf>) -> Result<Topology, ExitCode> {
@@ -776,6 +908,8 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Demo => demo(),
+        Cmd::List { json } => list(json),
+        Cmd::Check { files } => check(&files),
         Cmd::Capture {
             port,
             write,

@@ -46,6 +46,29 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The invalid topology files of the tests (`tests/fixtures/invalid/*.toml`),
+/// each with what its error must name (its first line, `# expect: KEY`).
+pub fn invalid_fixtures() -> Vec<(PathBuf, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/invalid");
+    let mut v: Vec<(PathBuf, String)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("read_dir").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("fixture");
+            let key = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{}: first line must be `# expect: KEY`", p.display()))
+                .to_string();
+            (p, key)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Programs the tests run and their Debian packages (`tests/programs.txt`,
 /// also read by `tests/preflight`).
 const PROGRAMS: &str = include_str!("../programs.txt");

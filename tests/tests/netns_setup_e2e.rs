@@ -214,38 +214,21 @@ fn clashing_namespace_fails_without_half_built_topology() {
 #[test]
 fn bad_topologies_name_the_key_and_exit_2() {
     // Needs no root: validation happens before anything touches the system.
-    let cases = [
-        (
-            "[switch]\n[[namespace]]\nname='a'\naddress='10.0.0.1/24'\nbogus=1\n",
-            "bogus",
-        ),
-        (
-            "[switch]\n[[namespace]]\nname='a'\naddress='10.0.0.1/40'\n",
-            "namespace[0].address",
-        ),
-        (
-            "[switch]\n[[namespace]]\nname='averyveryverylongname'\naddress='10.0.0.1/24'\n",
-            "namespace[0].ifname",
-        ),
-        (
-            "[switch]\n[[namespace]]\nname='a'\naddress='10.0.0.1/24'\n[[namespace]]\nname='b'\naddress='10.0.0.1/24'\n",
-            "namespace[1].address",
-        ),
-    ];
-    for (i, (text, key)) in cases.iter().enumerate() {
-        let path =
-            std::env::temp_dir().join(format!("vswitch-bad-{}-{i}.toml", std::process::id()));
-        std::fs::write(&path, text).unwrap();
+    let cases = invalid_fixtures();
+    assert!(cases.len() >= 10, "fixtures missing: {cases:?}");
+    for (path, key) in &cases {
         for b in ["netns-setup", "vswitch"] {
             let args: &[&str] = if b == "vswitch" { &["run"] } else { &["up"] };
             let o = run_timeout(
-                Command::new(bin(b)).args(args).arg(&path),
+                Command::new(bin(b)).args(args).arg(path),
                 Duration::from_secs(20),
             );
             let err = String::from_utf8_lossy(&o.stderr);
-            assert_eq!(o.status.code(), Some(2), "{b}: {err}");
-            assert!(err.contains(key), "{b}: {err:?} does not name {key}");
+            assert_eq!(o.status.code(), Some(2), "{b} {}: {err}", path.display());
+            assert!(
+                err.contains(key.as_str()),
+                "{b}: {err:?} does not name {key}"
+            );
         }
-        let _ = std::fs::remove_file(&path);
     }
 }

@@ -1,9 +1,12 @@
-//! `netns-setup up|down|show FILE`: the topology file applied, removed or shown.
+//! The `netns-setup` command line (`up|down|show FILE`): the topology file
+//! applied, removed or shown. The binary is built from the `switch` package
+//! (`cargo install --path switch` installs both), and calls [`main`].
 //!
 //! Exit codes: 0 success, 1 operation failed, 2 bad topology or usage.
 
+use crate::Topology;
+use crate::lock;
 use clap::{Parser, Subcommand};
-use netns_setup::Topology;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,10 +28,14 @@ enum Cmd {
         /// Topology file (TOML); the built-in seed topology if omitted.
         file: Option<PathBuf>,
     },
-    /// Remove everything `up` created, reporting every failure.
+    /// Remove everything `up` created, reporting every failure. Refused while
+    /// a `vswitch run` serves the topology, unless --force.
     Down {
         /// Topology file (TOML); the built-in seed topology if omitted.
         file: Option<PathBuf>,
+        /// Remove it even while a switch serves it.
+        #[arg(long)]
+        force: bool,
     },
     /// Show the state of the topology's namespaces and interfaces.
     Show {
@@ -50,7 +57,13 @@ fn load(file: &Option<PathBuf>) -> Result<Topology, ExitCode> {
     }
 }
 
-fn main() -> ExitCode {
+/// The clap definition of the `netns-setup` command line (for completions and man pages).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// Run the `netns-setup` command line on the process arguments.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.cmd {
         Cmd::Up { file } => {
@@ -58,7 +71,7 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(c) => return c,
             };
-            match netns_setup::up(&t) {
+            match crate::up(&t) {
                 Ok(r) => {
                     if r.changes.is_empty() {
                         println!("topology {}: already up, nothing changed", t.name);
@@ -74,12 +87,31 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Down { file } => {
+        Cmd::Down { file, force } => {
             let t = match load(file) {
                 Ok(t) => t,
                 Err(c) => return c,
             };
-            let r = netns_setup::down(&t);
+            match lock::holder(&t.name) {
+                Ok(Some(owner)) if !force => {
+                    eprintln!(
+                        "netns-setup down: topology {:?} is in use by {owner}; stop the switch first, or use --force",
+                        t.name
+                    );
+                    return ExitCode::FAILURE;
+                }
+                Ok(Some(owner)) => {
+                    eprintln!("netns-setup down: --force: removing it from under {owner}")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("netns-setup down: cannot check the topology lock: {e}");
+                    if !force {
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            let r = crate::down(&t);
             for x in &r.removed {
                 println!("removed {x}");
             }
@@ -100,7 +132,7 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(c) => return c,
             };
-            match netns_setup::show(&t) {
+            match crate::show(&t) {
                 Ok(r) => {
                     if *json {
                         println!(
