@@ -161,7 +161,11 @@ pub struct GwCounters {
     pub drop_not_ipv4: u64,
     /// Dropped: malformed, bad header checksum, or total length 0 without GSO.
     pub drop_malformed: u64,
-    /// Dropped: to an address we neither own nor route (uplink).
+    /// Multicast and broadcast frames other than ARP received on the uplink
+    /// (IPv6 router solicitations, MLD, ...), ignored as a host would: not drops.
+    pub ignored_multicast: u64,
+    /// Dropped: on the uplink, to another MAC or to an address we neither own
+    /// nor route. The port's `gw-not-for-us` is this plus `drop_spoofed_src`.
     pub drop_not_for_us: u64,
     /// Dropped: for us, but no service (not echo/UDP).
     pub drop_local: u64,
@@ -1702,12 +1706,19 @@ impl Gateway {
         fdb: &Fdb,
     ) -> Verdict {
         let Some(up) = self.cfg.uplink else {
+            self.counters.drop_not_for_us += 1;
             return Verdict::Drop(DropReason::GwNotForUs);
         };
         let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
             return Verdict::Drop(DropReason::Runt);
         };
         let (dst_mac, src_mac, et) = (eth.dst(), eth.src(), eth.ethertype());
+        // Multicast and broadcast other than ARP (IPv6 router solicitations,
+        // MLD, mDNS, ...): the external network's noise, which a host ignores.
+        if dst_mac.0[0] & 1 == 1 && et != ethertype::ARP {
+            self.counters.ignored_multicast += 1;
+            return Verdict::Consumed;
+        }
         if et == ethertype::ARP {
             let Ok(a) = ArpPacket::new_checked(&frame[ETH_HLEN..]) else {
                 return self.drop(GwDrop::Malformed);
@@ -1742,6 +1753,7 @@ impl Gateway {
             return Verdict::Consumed;
         }
         if dst_mac != up.mac {
+            self.counters.drop_not_for_us += 1;
             return Verdict::Drop(DropReason::GwNotForUs);
         }
         if et != ethertype::IPV4 {
@@ -2299,6 +2311,43 @@ mod tests {
             run(&mut g, 2, &mut short, &mut out),
             Verdict::Drop(DropReason::GwNotForUs)
         );
+    }
+
+    #[test]
+    fn uplink_multicast_noise_is_ignored_not_dropped() {
+        let mut g = gw();
+        let mut out = Gen::new();
+        // An IPv6 router solicitation (to 33:33:00:00:00:02) and an IPv4 broadcast.
+        let mut rs = vec![0u8; 14 + 48];
+        rs[..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 2]);
+        rs[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        rs[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(run(&mut g, 2, &mut rs, &mut out), Verdict::Consumed);
+        let mut bc = ping(
+            MacAddr([0xff; 6]),
+            [203, 0, 113, 10],
+            [203, 0, 113, 255],
+            64,
+            84,
+            true,
+        );
+        assert_eq!(run(&mut g, 2, &mut bc, &mut out), Verdict::Consumed);
+        assert_eq!(g.counters.ignored_multicast, 2);
+        assert_eq!(g.counters.drop_not_for_us, 0);
+        // Unicast to another MAC is a drop, counted by the gateway too.
+        let mut other = ping(
+            MacAddr([2, 0, 0, 0, 0, 0x77]),
+            [203, 0, 113, 10],
+            [203, 0, 113, 1],
+            64,
+            84,
+            true,
+        );
+        assert_eq!(
+            run(&mut g, 2, &mut other, &mut out),
+            Verdict::Drop(DropReason::GwNotForUs)
+        );
+        assert_eq!(g.counters.drop_not_for_us, 1);
     }
 
     const BLUE: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);

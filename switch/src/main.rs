@@ -199,8 +199,18 @@ enum Cmd {
     },
     /// Show the IP→MAC table learned from ARP, like `ip neigh`.
     Arp(Target),
-    /// Show per-port counters and drops by reason.
-    Stats(Target),
+    /// Show per-port counters and drops by reason; with --interval, rates.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        /// Print per-second rates (per port rx/tx packets and bits, drops, NAT
+        /// new flows) every SECONDS until Ctrl-C.
+        #[arg(short, long, value_name = "SECONDS")]
+        interval: Option<f64>,
+        /// With --interval: stop after this many reports.
+        #[arg(short, long, requires = "interval")]
+        count: Option<u64>,
+    },
     /// List NAT connection tracking entries, like `conntrack -L`; delete the
     /// matching ones with -D, all of them with -F.
     Conntrack {
@@ -460,7 +470,7 @@ fn print_stats(v: &Value) {
     if let Some(g) = v.get("gateway") {
         let c = &g["counters"];
         println!(
-            "gateway {} ({}): routed {}, echo replies {}, time exceeded {}, unreachable {}, frag needed {}, fragmented {}, arp requests {}, queued {}",
+            "gateway {} ({}): routed {}, echo replies {}, time exceeded {}, unreachable {}, frag needed {}, fragmented {}, arp requests {}, queued {}, ignored multicast {}",
             s(&g["address"]),
             s(&g["mac"]),
             c["routed"],
@@ -470,7 +480,8 @@ fn print_stats(v: &Value) {
             c["frag_needed"],
             c["fragmented"],
             c["arp_requests"],
-            c["queued"]
+            c["queued"],
+            c["ignored_multicast"]
         );
         let gd: Vec<String> = c
             .as_object()
@@ -532,6 +543,141 @@ fn print_stats(v: &Value) {
             }
         }
     }
+}
+
+/// Per-second rates between two `stats` answers (`a` earlier), by port name.
+/// `None` when the switch's clock did not advance.
+fn rates(a: &Value, b: &Value) -> Option<Value> {
+    let dt = b["uptime_ms"]
+        .as_u64()?
+        .checked_sub(a["uptime_ms"].as_u64()?)
+        .filter(|d| *d > 0)? as f64
+        / 1000.0;
+    let drops = |p: &Value| -> u64 {
+        p["drops"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0)
+    };
+    let per_s = |x: u64, y: u64| y.saturating_sub(x) as f64 / dt;
+    let mut ports = Vec::new();
+    for p in b["ports"].as_array().into_iter().flatten() {
+        let Some(q) = a["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|q| q["name"] == p["name"])
+        else {
+            continue;
+        };
+        let d = |k: &str| per_s(q[k].as_u64().unwrap_or(0), p[k].as_u64().unwrap_or(0));
+        ports.push(serde_json::json!({
+            "name": p["name"],
+            "state": p["state"],
+            "rx_pps": d("rx_packets"),
+            "rx_bps": d("rx_bytes") * 8.0,
+            "tx_pps": d("tx_packets"),
+            "tx_bps": d("tx_bytes") * 8.0,
+            "drops_ps": per_s(drops(q), drops(p)),
+        }));
+    }
+    let nat_new = b.get("nat").map(|n| {
+        per_s(
+            a["nat"]["created"].as_u64().unwrap_or(0),
+            n["created"].as_u64().unwrap_or(0),
+        )
+    });
+    Some(serde_json::json!({
+        "switch": b["switch"],
+        "interval_s": dt,
+        "ports": ports,
+        "nat_new_flows_ps": nat_new,
+        "nat_entries": b["nat"]["entries"],
+    }))
+}
+
+/// A rate with a k/M/G suffix.
+fn si(x: f64) -> String {
+    match x {
+        x if x >= 1e9 => format!("{:.2}G", x / 1e9),
+        x if x >= 1e6 => format!("{:.2}M", x / 1e6),
+        x if x >= 1e3 => format!("{:.1}k", x / 1e3),
+        x => format!("{x:.0}"),
+    }
+}
+
+fn print_rates(r: &Value) {
+    let mut rows = vec![
+        [
+            "PORT", "STATE", "RX-PKT/S", "RX-BIT/S", "TX-PKT/S", "TX-BIT/S", "DROPS/S",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let f = |v: &Value| si(v.as_f64().unwrap_or(0.0));
+    for p in r["ports"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            s(&p["name"]),
+            s(&p["state"]),
+            f(&p["rx_pps"]),
+            f(&p["rx_bps"]),
+            f(&p["tx_pps"]),
+            f(&p["tx_bps"]),
+            f(&p["drops_ps"]),
+        ]);
+    }
+    println!(
+        "switch {}: rates over {:.1}s",
+        s(&r["switch"]),
+        r["interval_s"].as_f64().unwrap_or(0.0)
+    );
+    print!("{}", render_table(&rows));
+    if !r["nat_new_flows_ps"].is_null() {
+        println!(
+            "nat: {} new flows/s, {} entries",
+            f(&r["nat_new_flows_ps"]),
+            r["nat_entries"]
+        );
+    }
+}
+
+/// `vswitch stats --interval SECS [--count N]`: rates every SECS until Ctrl-C.
+fn stats_rates(t: &Target, secs: f64, count: Option<u64>) -> ExitCode {
+    if !(secs.is_finite() && secs >= 0.1) {
+        eprintln!("vswitch stats: --interval must be at least 0.1 (seconds)");
+        return ExitCode::from(2);
+    }
+    let ask = || control::query(&t.path(), "stats");
+    let mut prev = match ask() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("vswitch stats: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut shown = 0;
+    while count.is_none_or(|c| shown < c) {
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let cur = match ask() {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("vswitch stats: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(r) = rates(&prev, &cur) {
+            if t.json {
+                println!("{r}");
+            } else {
+                print_rates(&r);
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            shown += 1;
+        }
+        prev = cur;
+    }
+    ExitCode::SUCCESS
 }
 
 fn print_conntrack(v: &Value) {
@@ -853,7 +999,16 @@ fn main() -> ExitCode {
         Cmd::Fdb { target, words } if words.is_empty() => show(&target, "fdb", print_fdb),
         Cmd::Fdb { target, words } => fdb_edit(&target, &words),
         Cmd::Arp(t) => show(&t, "arp", print_arp),
-        Cmd::Stats(t) => show(&t, "stats", print_stats),
+        Cmd::Stats {
+            target,
+            interval: None,
+            ..
+        } => show(&target, "stats", print_stats),
+        Cmd::Stats {
+            target,
+            interval: Some(secs),
+            count,
+        } => stats_rates(&target, secs, count),
         Cmd::Conntrack {
             target,
             delete,

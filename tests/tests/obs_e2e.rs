@@ -364,3 +364,337 @@ fn a_slow_capture_reader_is_told_its_losses() {
         sw.log_text()
     );
 }
+
+/// `vswitch stats ARGS --socket S` (bounded), asserting success; its stdout.
+fn stats_cli(sw: &SwitchProc, args: &[&str], limit: u64) -> String {
+    let o = run_timeout(
+        Command::new(bin("vswitch"))
+            .arg("stats")
+            .args(args)
+            .arg("--socket")
+            .arg(&sw.socket),
+        Duration::from_secs(limit),
+    );
+    assert!(
+        o.status.success(),
+        "vswitch stats {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn port_rate(r: &serde_json::Value, port: &str, k: &str) -> f64 {
+    r["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == port)
+        .unwrap_or_else(|| panic!("no port {port} in {r}"))[k]
+        .as_f64()
+        .unwrap()
+}
+
+#[test]
+fn stats_interval_prints_rates_that_follow_traffic() {
+    if !require_root("stats_interval_prints_rates_that_follow_traffic") {
+        return;
+    }
+    let n = nat_topo("", "");
+    let sw = SwitchProc::start(&n.topo);
+    assert_eq!(ping_loss(&n.red.ns, &n.blue.ip, 1), 0.0);
+    // Quiet: two one-second reports, as JSON lines.
+    let quiet = stats_cli(&sw, &["--interval", "1", "--count", "2", "--json"], 15);
+    let lines: Vec<serde_json::Value> = quiet
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{quiet}");
+    for r in &lines {
+        assert!(port_rate(r, &n.red.port, "rx_pps") < 20.0, "{r}");
+        assert!(
+            (0.9..1.5).contains(&r["interval_s"].as_f64().unwrap()),
+            "{r}"
+        );
+    }
+    // Loaded: a flood of 1000-byte echoes from red to blue, and new NAT flows.
+    let red = n.red.ns.clone();
+    let blue = n.blue.ip.clone();
+    let flood = std::thread::spawn(move || {
+        ns_exec(
+            &red,
+            &["ping", "-f", "-q", "-s", "1000", "-w", "3", &blue],
+            Duration::from_secs(10),
+        )
+    });
+    let wan = WAN_HOST.to_string();
+    let red = n.red.ns.clone();
+    let flows = std::thread::spawn(move || {
+        // UDP datagrams from 100 source ports: 100 new NAT flows in about 2 s.
+        in_ns(&red, move || {
+            for i in 0..100u16 {
+                if let Ok(s) = std::net::UdpSocket::bind(("0.0.0.0", 40000 + i)) {
+                    let _ = s.send_to(b"x", (wan.as_str(), 9));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = stats_cli(&sw, &["--interval", "1", "-c", "1", "--json"], 15);
+    let text = stats_cli(&sw, &["-i", "1", "-c", "1"], 15);
+    flood.join().unwrap();
+    flows.join().unwrap();
+    let r: serde_json::Value = serde_json::from_str(busy.trim()).unwrap();
+    let rx = port_rate(&r, &n.red.port, "rx_pps");
+    let bps = port_rate(&r, &n.red.port, "rx_bps");
+    assert!(rx > 300.0, "red's receive rate under a flood: {r}");
+    assert!(bps > rx * 8.0 * 1000.0, "1000-byte payloads: {r}");
+    assert!(port_rate(&r, &n.blue.port, "tx_pps") > 300.0, "{r}");
+    assert!(
+        r["nat_new_flows_ps"].as_f64().unwrap() >= 10.0,
+        "about 50 new flows/s: {r}"
+    );
+    assert!(
+        text.contains("RX-PKT/S") && text.contains(&n.red.port) && text.contains("new flows/s"),
+        "{text}"
+    );
+}
+
+/// Prometheus text from `--metrics` in the switch's namespace.
+fn scrape(sw_ns: &str, addr: &str) -> String {
+    let addr = addr.to_string();
+    in_ns(sw_ns, move || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&addr).expect("metrics endpoint");
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s.split_once("\r\n\r\n").expect("HTTP body").1.to_string()
+    })
+}
+
+/// The value of exposition line `key` (metric name with labels).
+fn prom(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+}
+
+/// Every counter of the text `stats`, `--json` and Prometheus, compared;
+/// `Err` names the first disagreement.
+fn agree(json: &serde_json::Value, text: &str, metrics: &str) -> Result<(), String> {
+    let check = |what: String, a: u64, b: u64| {
+        if a == b {
+            Ok(())
+        } else {
+            Err(format!("{what}: {a} vs {b}"))
+        }
+    };
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    for p in json["ports"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let netns = p["netns"].as_str().unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r.len() == 10 && r[0] == name)
+            .ok_or(format!("no row for {name}"))?;
+        for (i, k) in [
+            (4, "rx_packets"),
+            (5, "rx_bytes"),
+            (6, "tx_packets"),
+            (7, "tx_bytes"),
+            (8, "flooded"),
+        ] {
+            let j = p[k].as_u64().unwrap();
+            check(format!("{name} {k} text"), j, row[i].parse().unwrap())?;
+            let key = format!("vswitch_port_{k}_total{{port=\"{name}\",netns=\"{netns}\"}}");
+            check(format!("{name} {k} prometheus"), j, prom(metrics, &key))?;
+        }
+        let key =
+            format!("vswitch_port_capture_dropped_total{{port=\"{name}\",netns=\"{netns}\"}}");
+        check(
+            format!("{name} capture_dropped"),
+            p["capture_dropped"].as_u64().unwrap(),
+            prom(metrics, &key),
+        )?;
+        let mut total = 0;
+        for (reason, c) in p["drops"].as_object().unwrap() {
+            let c = c.as_u64().unwrap();
+            total += c;
+            let key = format!("vswitch_port_drops_total{{port=\"{name}\",reason=\"{reason}\"}}");
+            check(
+                format!("{name} drop {reason} prometheus"),
+                c,
+                prom(metrics, &key),
+            )?;
+            let line = format!("{name}: {reason} {c}");
+            if c > 0 && !text.contains(&line) {
+                return Err(format!("text lacks {line:?}"));
+            }
+        }
+        check(format!("{name} drops text"), total, row[9].parse().unwrap())?;
+    }
+    let g = &json["gateway"]["counters"];
+    for (k, c) in g.as_object().unwrap() {
+        let c = c.as_u64().unwrap();
+        let key = format!("vswitch_gateway_events_total{{event=\"{k}\"}}");
+        check(format!("gateway {k} prometheus"), c, prom(metrics, &key))?;
+        if let Some(d) = k.strip_prefix("drop_")
+            && c > 0
+            && !text.contains(&format!("{d}={c}"))
+        {
+            return Err(format!("text lacks gateway drop {d}={c}"));
+        }
+    }
+    for (k, label) in [
+        ("routed", "routed"),
+        ("echo_replies", "echo replies"),
+        ("ignored_multicast", "ignored multicast"),
+    ] {
+        let c = g[k].as_u64().unwrap();
+        if !text.contains(&format!("{label} {c}")) {
+            return Err(format!("text lacks gateway {label} {c}"));
+        }
+    }
+    let nat = &json["nat"];
+    for k in ["created", "expired", "translated"] {
+        let key = format!("vswitch_nat_events_total{{event=\"{k}\"}}");
+        check(
+            format!("nat {k}"),
+            nat[k].as_u64().unwrap(),
+            prom(metrics, &key),
+        )?;
+        if !text.contains(&format!("{k} {}", nat[k])) {
+            return Err(format!("text lacks nat {k} {}", nat[k]));
+        }
+    }
+    check(
+        "conntrack entries".into(),
+        nat["entries"].as_u64().unwrap(),
+        prom(metrics, "vswitch_conntrack_entries"),
+    )?;
+    check(
+        "fdb entries".into(),
+        json["fdb"]["entries"].as_u64().unwrap(),
+        prom(metrics, "vswitch_fdb_entries"),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn counters_agree_and_ipv6_noise_is_not_a_drop() {
+    if !require_root("counters_agree_and_ipv6_noise_is_not_a_drop") {
+        return;
+    }
+    let n = nat_topo("", "");
+    let addr = "127.0.0.1:9100";
+    let sw = SwitchProc::start_with(&n.topo, &["--metrics", addr]);
+    // Traffic: switched, routed through the NAT, and IPv6 multicast noise
+    // from the external network and the LAN (echoes to all nodes, ff02::1).
+    assert_eq!(ping_loss(&n.red.ns, &n.blue.ip, 3), 0.0);
+    assert_eq!(ping_loss(&n.blue.ns, WAN_HOST, 3), 0.0);
+    let up_rx = |v: &serde_json::Value| {
+        v["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n.wan.port.as_str())
+            .unwrap()["rx_packets"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = up_rx(&sw.cli_json("stats"));
+    for (ns, ifname) in [(&n.wan.ns, &n.wan.ifname), (&n.red.ns, &n.red.ifname)] {
+        let _ = ns_exec(
+            ns,
+            &[
+                "ping",
+                "-6",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                &format!("ff02::1%{ifname}"),
+            ],
+            Duration::from_secs(10),
+        );
+    }
+    let v = sw.cli_json("stats");
+    assert!(
+        up_rx(&v) >= before + 3,
+        "the IPv6 multicast echoes did not reach the uplink port: {v}"
+    );
+    // A healthy run: no drops anywhere, the noise counted as ignored.
+    for p in v["ports"].as_array().unwrap() {
+        let total: u64 = p["drops"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 0, "drops on {}: {}", p["name"], p["drops"]);
+    }
+    let g = &v["gateway"]["counters"];
+    assert!(g["ignored_multicast"].as_u64().unwrap() >= 3, "{g}");
+    for (k, c) in g.as_object().unwrap() {
+        if k.starts_with("drop_") {
+            assert_eq!(c.as_u64(), Some(0), "gateway {k}: {g}");
+        }
+    }
+    // A frame to another MAC on the uplink is a drop, counted on the port
+    // and by the gateway alike.
+    let mut tap = packet_socket(&n.wan.ns, &n.wan.ifname);
+    let wan_mac = mac_bytes_of(&n.wan.ns, &n.wan.ifname);
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x77];
+    f.extend_from_slice(&wan_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&[
+        0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 203, 0, 113, 10, 203, 0, 113, 1,
+    ]);
+    f.resize(60, 0);
+    assert_eq!(send_frames(&mut tap, &[f]), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    // Text, JSON and Prometheus agree (read until a quiet moment: two equal JSON reads).
+    let mut last = String::new();
+    for _ in 0..10 {
+        let j1 = sw.cli_json("stats");
+        let text = sw.cli_text("stats");
+        let metrics = scrape(&n.sw_ns, addr);
+        let j2 = sw.cli_json("stats");
+        let strip = |mut j: serde_json::Value| {
+            j["uptime_ms"] = 0.into();
+            j
+        };
+        let (j1, j2) = (strip(j1), strip(j2));
+        if j1 != j2 {
+            last = "counters moved during the reads".into();
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        let up = j1["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n.wan.port.as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(up["drops"]["gw-not-for-us"], 1, "{up}");
+        assert_eq!(
+            j1["gateway"]["counters"]["drop_not_for_us"], 1,
+            "{}",
+            j1["gateway"]
+        );
+        match agree(&j1, &text, &metrics) {
+            Ok(()) => return,
+            Err(e) => panic!("text, JSON and Prometheus disagree: {e}\n{text}\n{j1}\n{metrics}"),
+        }
+    }
+    panic!("no quiet moment to compare the counters: {last}");
+}
