@@ -648,7 +648,22 @@ pub fn query(path: &Path, cmd: &str) -> Result<Value, String> {
 }
 
 /// Send a request object; returns the answer and the connection (for streams).
+/// An answer with `"ok": false` is an `Err` with the switch's message.
 pub fn request(path: &Path, req: Value) -> Result<(Value, BufReader<UnixStream>), String> {
+    let (v, r) = exchange(path, req)?;
+    if v.get("ok") != Some(&Value::Bool(true)) {
+        return Err(v
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("request failed")
+            .to_string());
+    }
+    Ok((v, r))
+}
+
+/// Send a request object and return the switch's answer as it is, `"ok":
+/// false` included; `Err` only when no answer came (no switch, permissions, I/O).
+pub fn exchange(path: &Path, req: Value) -> Result<(Value, BufReader<UnixStream>), String> {
     let conn = UnixStream::connect(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
             format!(
@@ -678,13 +693,6 @@ pub fn request(path: &Path, req: Value) -> Result<(Value, BufReader<UnixStream>)
     }
     let v: Value =
         serde_json::from_str(&line).map_err(|e| format!("bad answer from the switch: {e}"))?;
-    if v.get("ok") != Some(&Value::Bool(true)) {
-        return Err(v
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("request failed")
-            .to_string());
-    }
     Ok((v, r))
 }
 

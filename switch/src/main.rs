@@ -262,7 +262,9 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Show each stage's decision for a described frame, without sending it.
+    /// Show each stage's decision for a described frame, without sending it,
+    /// and the final verdict (`--json`: stages with stage/decision/detail and a
+    /// verdict object).
     Trace {
         /// Ingress port (port or namespace name).
         #[arg(long)]
@@ -274,25 +276,27 @@ enum Cmd {
         #[arg(long)]
         dst_mac: Option<String>,
         /// 802.1Q VLAN id.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u16).range(0..=4095))]
         vlan: Option<u16>,
-        /// Source IPv4 address.
+        /// Source IPv4 or IPv6 address (default, for IPv4: the address the
+        /// switch learned on the ingress port).
         #[arg(long)]
-        src: Option<String>,
-        /// Destination IPv4 address.
+        src: Option<std::net::IpAddr>,
+        /// Destination IPv4 or IPv6 address.
         #[arg(long)]
-        dst: Option<String>,
-        /// tcp, udp or icmp.
-        #[arg(long, default_value = "tcp")]
-        proto: String,
+        dst: Option<std::net::IpAddr>,
+        /// tcp (a SYN), udp or icmp (an echo request; ICMPv6 with IPv6 addresses).
+        #[arg(long, value_parser = ["tcp", "udp", "icmp"])]
+        proto: Option<String>,
         /// Source port (ICMP: identifier).
         #[arg(long)]
         sport: Option<u16>,
         /// Destination port.
         #[arg(long)]
         dport: Option<u16>,
-        /// EtherType for non-IP frames.
-        #[arg(long)]
+        /// EtherType: ipv4, arp, ipv6, vlan, lldp, hex (0x86dd) or a number;
+        /// for non-IP frames (IP frames take it from the addresses).
+        #[arg(long, value_parser = parse_ethertype)]
         ethertype: Option<u16>,
         #[command(flatten)]
         target: Target,
@@ -314,6 +318,37 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+fn parse_ethertype(s: &str) -> Result<u16, String> {
+    switch::trace::parse_ethertype(s)
+}
+
+/// The text form of a trace answer: `stage: detail` lines, then the verdict.
+fn print_trace(v: &Value) {
+    for st in v["stages"].as_array().into_iter().flatten() {
+        println!("{}: {}", s(&st["stage"]), s(&st["detail"]));
+    }
+    let d = &v["verdict"];
+    let ports: Vec<String> = d["out_ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
+    let to = if ports.is_empty() {
+        String::new()
+    } else {
+        format!(" to {}", ports.join(", "))
+    };
+    let why = d["reason"]
+        .as_str()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    println!(
+        "verdict: {}{to}{why}",
+        d["action"].as_str().unwrap_or("?").to_uppercase()
+    );
 }
 
 fn load(file: &Option<PathBuf>) -> Result<Topology, ExitCode> {
@@ -1089,16 +1124,20 @@ fn main() -> ExitCode {
                 "cmd": "trace", "in_port": in_port, "src_mac": src_mac, "dst_mac": dst_mac, "vlan": vlan,
                 "src": src, "dst": dst, "proto": proto, "sport": sport, "dport": dport, "ethertype": ethertype,
             });
-            match control::request(&target.path(), req) {
-                Ok((v, _)) => {
+            // The switch refusing the described frame is a usage error (2);
+            // no answer at all is a runtime failure (1).
+            match control::exchange(&target.path(), req) {
+                Ok((v, _)) if v["ok"] == true => {
                     if target.json {
                         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
                     } else {
-                        for l in v["trace"].as_array().into_iter().flatten() {
-                            println!("{}", s(l));
-                        }
+                        print_trace(&v);
                     }
                     ExitCode::SUCCESS
+                }
+                Ok((v, _)) => {
+                    eprintln!("vswitch trace: {}", s(&v["error"]));
+                    ExitCode::from(2)
                 }
                 Err(e) => {
                     eprintln!("vswitch trace: {e}");

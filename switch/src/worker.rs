@@ -955,7 +955,7 @@ impl<P: Policy + Reload> Worker<P> {
     /// Describe what the pipeline would do with a frame, without sending it.
     fn trace(&self, args: &Value, now: u64) -> Value {
         match crate::trace::trace(&self.pipeline, &self.ports, args, now) {
-            Ok(lines) => json!({"ok": true, "trace": lines}),
+            Ok(t) => json!({"ok": true, "stages": t.stages, "verdict": t.verdict}),
             Err(e) => json!({"ok": false, "error": e}),
         }
     }

@@ -364,6 +364,131 @@ fn trace_shows_dnat_and_the_dropping_rule() {
         "443",
     ]);
     assert!(t.contains("MASQUERADE") && t.contains("203.0.113.1"), "{t}");
+    assert!(t.contains("verdict: FORWARD to "), "{t}");
+    // Without --src the source is the address learned on the port: the ACL
+    // sees an IP packet and drops it (it used to trace a non-IP frame, allowed).
+    let t = trace(&["--in-port", &m[0].ns, "--dst", &m[1].ip, "--dport", "22"]);
+    assert!(
+        t.contains(&format!("IPv4 {}:", m[0].ip))
+            && t.contains("\"no-ssh\"")
+            && t.contains("verdict: DROP (policy)"),
+        "{t}"
+    );
+    // IPv6 by name or number; the same rule drops TCP/22 over IPv6.
+    for et in ["ipv6", "0x86dd"] {
+        let t = trace(&[
+            "--in-port",
+            &m[0].ns,
+            "--ethertype",
+            et,
+            "--src",
+            "fe80::1",
+            "--dst",
+            "fe80::2",
+            "--dport",
+            "22",
+        ]);
+        assert!(
+            t.contains("IPv6") && t.contains("verdict: DROP (policy)"),
+            "{et}: {t}"
+        );
+    }
+    // A forwarded frame ends with a verdict naming its out-port; JSON is structured.
+    let t = trace(&[
+        "--in-port",
+        &m[0].ns,
+        "--src",
+        &m[0].ip,
+        "--dst",
+        &m[1].ip,
+        "--dport",
+        "80",
+    ]);
+    assert!(
+        t.lines().last().unwrap() == format!("verdict: FORWARD to {}", m[1].port),
+        "{t}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&trace(&[
+        "--in-port",
+        &m[0].ns,
+        "--src",
+        &m[0].ip,
+        "--dst",
+        &m[1].ip,
+        "--dport",
+        "80",
+        "--json",
+    ]))
+    .unwrap();
+    let stages = j["stages"].as_array().unwrap();
+    assert!(
+        stages.iter().all(|s| s["stage"].is_string()
+            && s["decision"].is_string()
+            && s["detail"].is_string()),
+        "{j}"
+    );
+    assert!(
+        stages
+            .iter()
+            .any(|s| s["stage"] == "l2" && s["decision"] == "unicast"),
+        "{j}"
+    );
+    assert_eq!(j["verdict"]["action"], "forward", "{j}");
+    assert_eq!(
+        j["verdict"]["out_ports"],
+        serde_json::json!([m[1].port]),
+        "{j}"
+    );
+    // The gateway answers TCP to itself with a reset.
+    let t = trace(&[
+        "--in-port",
+        &m[0].ns,
+        "--dst",
+        "192.168.15.254",
+        "--dport",
+        "80",
+    ]);
+    assert!(
+        t.contains("verdict: ANSWER (TCP reset from the gateway)"),
+        "{t}"
+    );
+    // Usage errors exit 2, whether clap or the switch finds them.
+    for bad in [
+        &["--in-port", m[0].ns.as_str(), "--dport", "22"][..],
+        &["--in-port", m[0].ns.as_str(), "--ethertype", "ipx"],
+        &["--in-port", "nosuchport", "--dst", m[1].ip.as_str()],
+        &[
+            "--in-port",
+            m[0].ns.as_str(),
+            "--src",
+            "fe80::1",
+            "--dst",
+            m[1].ip.as_str(),
+        ],
+        &[
+            "--in-port",
+            m[0].ns.as_str(),
+            "--src",
+            "300.1.1.1",
+            "--dst",
+            m[1].ip.as_str(),
+        ],
+    ] {
+        let o = run_timeout(
+            Command::new(bin("vswitch"))
+                .arg("trace")
+                .args(bad)
+                .arg("--socket")
+                .arg(&sw.socket),
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     // Tracing sends nothing and changes no table.
     let st = sw.cli_json("stats");
     assert_eq!(st["policy"]["acl:no-ssh"], 0, "{}", st["policy"]);
