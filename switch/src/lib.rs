@@ -15,6 +15,7 @@ pub mod fdb;
 pub mod gateway;
 pub mod log;
 pub mod metrics;
+pub mod ping;
 pub mod pipeline;
 pub mod policy;
 pub mod port;

@@ -104,6 +104,25 @@ fn gateway_answers_and_both_namespaces_reach_wan_at_once() {
         "{st}"
     );
     assert_no_firewall_no_bridge_no_forwarding(&t);
+    // vswitch's own ping (what `vswitch demo` uses instead of iputils-ping):
+    // an ICMP socket opened inside the namespace, ping-like output and loss.
+    let mut out = Vec::new();
+    let dst = WAN_HOST.parse().unwrap();
+    let ms = Duration::from_millis;
+    let st = switch::ping::ping(&t.red.ns, dst, 3, ms(100), ms(2000), &mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!((st.sent, st.received), (3, 3), "{text}");
+    assert!(
+        text.contains("bytes from 203.0.113.10: icmp_seq=3 ttl=63 time=")
+            && text.contains("3 packets transmitted, 3 received, 0% packet loss"),
+        "{text}"
+    );
+    let mut out = Vec::new();
+    let nobody = "192.168.15.99".parse().unwrap();
+    let st = switch::ping::ping(&t.blue.ns, nobody, 2, ms(100), ms(300), &mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!((st.sent, st.received), (2, 0), "{text}");
+    assert!(text.contains("100% packet loss"), "{text}");
 }
 
 #[test]
