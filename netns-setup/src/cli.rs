@@ -5,7 +5,7 @@
 //! Exit codes: 0 success, 1 operation failed, 2 bad topology or usage.
 
 use crate::Topology;
-use crate::lock;
+use crate::{docgen, lock};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +37,18 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Print the shell completion script (e.g. `netns-setup completions bash > /etc/bash_completion.d/netns-setup`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: docgen::Shell,
+    },
+    /// Print the man page, or with --dir write one page per subcommand there.
+    Man {
+        /// Directory for netns-setup.1, netns-setup-up.1, ... (e.g. /usr/local/share/man/man1).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Show the state of the topology's namespaces and interfaces.
     Show {
         /// Topology file (TOML); the built-in seed topology if omitted.
@@ -62,10 +74,34 @@ pub fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
 }
 
+/// `BIN man [--dir DIR]` for `cmd`: the page on stdout, or every page written to DIR.
+pub fn man(cmd: clap::Command, dir: Option<&std::path::Path>, bin: &str) -> ExitCode {
+    let res = match dir {
+        None => docgen::man_page(cmd, &mut std::io::stdout()),
+        Some(d) => docgen::man_dir(cmd, d).map(|files| {
+            for f in files {
+                println!("{}", f.display());
+            }
+        }),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{bin} man: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Run the `netns-setup` command line on the process arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.cmd {
+        Cmd::Completions { shell } => {
+            docgen::completions(command(), *shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Cmd::Man { dir } => man(command(), dir.as_deref(), "netns-setup"),
         Cmd::Up { file } => {
             let t = match load(file) {
                 Ok(t) => t,

@@ -4,12 +4,14 @@
 //! - [`topology`]: the TOML format, parsed into serde types and validated once.
 //! - [`netns`]: named namespaces exactly as `ip netns add` makes them.
 //! - [`cli`]: the `netns-setup` command line.
+//! - [`docgen`]: shell completions and man pages from the clap definitions.
 //! - [`lock`]: one owner per topology (`/run/vswitch/NAME.lock`).
 //! - [`netlink`]: a small synchronous rtnetlink client.
 //! - [`setup`]: idempotent `up`, crash-tolerant `down`, and `show`.
 //! - [`sys`]: TAP ioctls, the crate's only `unsafe` code.
 
 pub mod cli;
+pub mod docgen;
 pub mod lock;
 pub mod netlink;
 pub mod netns;

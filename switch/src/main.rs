@@ -306,6 +306,18 @@ enum Cmd {
     Reload(Target),
     /// Run the seed topology, ping red<->blue through vswitch, print the tables, clean up.
     Demo,
+    /// Print the shell completion script (e.g. `vswitch completions bash > /etc/bash_completion.d/vswitch`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: netns_setup::docgen::Shell,
+    },
+    /// Print the man page, or with --dir write one page per subcommand there.
+    Man {
+        /// Directory for vswitch.1, vswitch-run.1, ... (e.g. /usr/local/share/man/man1).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// List the running switches (topology, PID, socket, file, uptime).
     List {
         /// Print JSON.
@@ -1108,6 +1120,15 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Demo => demo(),
+        Cmd::Completions { shell } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            netns_setup::docgen::completions(cmd, shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Cmd::Man { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            netns_setup::cli::man(cmd, dir.as_deref(), "vswitch")
+        }
         Cmd::List { json } => list(json),
         Cmd::Check { files } => check(&files),
         Cmd::Capture {
@@ -1178,5 +1199,38 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_man_pages_cover_the_subcommands() {
+        use clap::CommandFactory;
+        use netns_setup::docgen::{Shell, completions, man_dir, man_page};
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let mut out = Vec::new();
+            completions(super::Cli::command(), shell, &mut out);
+            let s = String::from_utf8(out).unwrap();
+            for w in ["vswitch", "conntrack", "capture", "socket", "list", "check"] {
+                assert!(s.contains(w), "{shell} completions lack {w}");
+            }
+        }
+        let mut out = Vec::new();
+        man_page(super::Cli::command(), &mut out).unwrap();
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains(".TH vswitch 1") && s.contains("reload"), "{s}");
+        let dir = std::env::temp_dir().join(format!("vswitch-man-{}", std::process::id()));
+        let files = man_dir(super::Cli::command(), &dir).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        for n in [
+            "vswitch.1",
+            "vswitch-run.1",
+            "vswitch-stats.1",
+            "vswitch-list.1",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} not in {names:?}");
+        }
     }
 }

@@ -284,3 +284,95 @@ fn check_validates_as_nobody_and_changes_nothing() {
         }
     }
 }
+
+#[test]
+fn packaging_both_binaries_a_unit_completions_and_man_pages() {
+    // Needs no root. `cargo install --path switch` installs the bin targets of
+    // the switch package: both binaries must be there, and no other package
+    // may build a binary of the same name.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = run_timeout(
+        Command::new(cargo)
+            .args([
+                "metadata",
+                "--no-deps",
+                "--format-version",
+                "1",
+                "--offline",
+            ])
+            .current_dir(&root),
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut bins: Vec<(String, String)> = Vec::new();
+    for p in meta["packages"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            if t["kind"].as_array().unwrap().iter().any(|k| k == "bin") {
+                bins.push((
+                    p["name"].as_str().unwrap().into(),
+                    t["name"].as_str().unwrap().into(),
+                ));
+            }
+        }
+    }
+    for b in ["vswitch", "netns-setup"] {
+        let owners: Vec<&String> = bins
+            .iter()
+            .filter(|(_, n)| n == b)
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(owners, vec!["switch"], "binary {b}: {bins:?}");
+    }
+
+    // The systemd template runs the file of its instance and reloads with SIGHUP.
+    let unit = std::fs::read_to_string(root.join("dist/vswitch@.service")).unwrap();
+    for line in [
+        "ExecStart=/usr/local/bin/vswitch run /etc/vswitch/%i.toml",
+        "ExecStartPre=/usr/local/bin/vswitch check /etc/vswitch/%i.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "unit lacks {line:?}:\n{unit}"
+        );
+    }
+
+    // Completions and man pages from both binaries.
+    let dir = std::env::temp_dir().join(format!("vswitch-e2e-man-{}", uniq()));
+    for b in ["vswitch", "netns-setup"] {
+        for shell in ["bash", "zsh", "fish"] {
+            let o = run_timeout(
+                Command::new(bin(b)).args(["completions", shell]),
+                Duration::from_secs(10),
+            );
+            assert!(
+                o.status.success(),
+                "{b} completions {shell}: {}",
+                text(&o.stderr)
+            );
+            assert!(text(&o.stdout).contains(b), "{b} completions {shell}");
+        }
+        let o = run_timeout(Command::new(bin(b)).arg("man"), Duration::from_secs(10));
+        assert!(o.status.success());
+        assert!(text(&o.stdout).contains(&format!(".TH {b} 1")), "{b} man");
+        let o = run_timeout(
+            Command::new(bin(b)).args(["man", "--dir"]).arg(&dir),
+            Duration::from_secs(10),
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert!(
+            dir.join(format!("{b}.1")).exists()
+                && dir.join(format!("{b}-up.1")).exists() == (b == "netns-setup")
+        );
+    }
+    assert!(dir.join("vswitch-run.1").exists() && dir.join("vswitch-list.1").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = run_timeout(
+        Command::new(bin("vswitch")).args(["completions", "tcsh"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(o.status.code(), Some(2), "unknown shell is a usage error");
+}
