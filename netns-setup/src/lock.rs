@@ -252,19 +252,16 @@ pub fn running_in(dir: &Path) -> io::Result<Vec<Owner>> {
 mod tests {
     use super::*;
 
-    fn dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "netns-setup-lock-{}-{}",
-            std::process::id(),
-            now_unix_ms()
-        ));
+    fn dir(test: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("netns-setup-lock-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
 
     #[test]
     fn second_owner_is_refused_with_the_first_named_and_release_frees_it() {
-        let d = dir();
+        let d = dir("second");
         let a = Owner::this_process("lab", Path::new("/tmp/a.sock"), Some(Path::new("/x.toml")));
         let l = TopologyLock::acquire_in(&d, &a).expect("first");
         let b = Owner::this_process("lab", Path::new("/tmp/b.sock"), None);
@@ -289,7 +286,7 @@ mod tests {
 
     #[test]
     fn a_stale_file_is_not_an_owner() {
-        let d = dir();
+        let d = dir("stale");
         let p = lock_path_in(&d, "old");
         std::fs::write(&p, b"{\"garbage\"").unwrap();
         assert_eq!(holder_in(&d, "old").unwrap(), None);
