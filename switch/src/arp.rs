@@ -495,6 +495,11 @@ impl ArpTable {
         self.map.len()
     }
 
+    /// The ageing time in ms.
+    pub fn ageing_ms(&self) -> u64 {
+        self.ageing_ms
+    }
+
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()

@@ -41,7 +41,15 @@ pub struct RunOptions {
     pub file: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (in the switch's namespace).
     pub metrics: Option<std::net::SocketAddr>,
+    /// The state file (default `/var/lib/vswitch/TOPOLOGY.state`, see [`crate::state`]).
+    pub state_file: Option<PathBuf>,
+    /// Periodic state save interval (`None`: [`DEFAULT_SAVE_INTERVAL`]; zero:
+    /// only on exit and `vswitch upgrade`).
+    pub save_interval: Option<std::time::Duration>,
 }
+
+/// Default periodic state save interval.
+pub const DEFAULT_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// 802.1Q roles of the ports, if any port is configured (a VLAN-aware switch).
 /// Unconfigured ports are access ports of VLAN 1; the uplink belongs to VLAN 1.
@@ -411,6 +419,46 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
     }))
 }
 
+/// Restore the tables saved in `path` into `worker`, if the topology was
+/// adopted (not `created` by this run). A file that cannot be used is
+/// refused with a message and the switch starts empty.
+fn resume_state<P: Policy + crate::policy::Reload>(
+    worker: &mut Worker<P>,
+    topology: &str,
+    path: &std::path::Path,
+    created: bool,
+) {
+    match crate::state::load(path, topology) {
+        Ok(None) => {}
+        Ok(Some(_)) if created => tracing::info!(
+            "state file {} ignored: the topology was created by this run, there is nothing to resume",
+            path.display()
+        ),
+        Ok(Some(st)) => {
+            let now = worker.now();
+            let r = crate::state::restore(worker, &st, now, crate::state::unix_ms());
+            tracing::info!("state restored from {}: {r}", path.display());
+        }
+        Err(e) => tracing::warn!(
+            "state file {} refused: {e}; starting with empty tables",
+            path.display()
+        ),
+    }
+}
+
+/// Replace this process by `bin` with the same arguments, at the same PID
+/// (`vswitch upgrade`); returns only on failure.
+fn reexec(bin: &std::path::Path) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    tracing::info!("upgrade: state saved; executing {}", bin.display());
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let e = std::process::Command::new(bin).args(args).exec();
+    anyhow!(e).context(format!(
+        "upgrade: cannot execute {} (the topology and the saved state are kept; start `vswitch run` again)",
+        bin.display()
+    ))
+}
+
 /// Run the switch for `t` until SIGINT or SIGTERM, with the topology's built-in policy.
 pub fn run(t: &Topology, opts: &RunOptions) -> Result<()> {
     run_with(t, opts, NoPolicy)
@@ -421,6 +469,9 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
     let sw = t.switch.clone().ok_or_else(|| {
         anyhow!("topology {:?} has no [switch]: nothing for vswitch to forward (a pair-only topology needs just `netns-setup up`)", t.name)
     })?;
+    // The binary `vswitch upgrade` executes again, as it was when started
+    // (the file may be replaced while we run).
+    let exe = std::env::current_exe().ok();
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "vswitch run needs root (to create namespaces and open AF_PACKET/TAP ports); run it with sudo"
@@ -627,7 +678,44 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
             bail!("cannot pin the worker to CPU {cpu}: {e}");
         }
     }
+    // State: resume what a previous run of this topology saved (only when
+    // adopting its namespaces: a topology created now has no connections to resume).
+    let state_path = opts
+        .state_file
+        .clone()
+        .unwrap_or_else(|| crate::state::default_path(&t.name));
+    resume_state(&mut worker, &t.name, &state_path, !adopted);
+    let interval = opts.save_interval.unwrap_or(DEFAULT_SAVE_INTERVAL);
+    match crate::state::Saver::new(&t.name, state_path.clone(), interval.as_millis() as u64) {
+        Ok(s) => worker.set_saver(s),
+        Err(e) => {
+            cleanup("start-up failed");
+            bail!("cannot start the state writer: {e}");
+        }
+    }
     let res = worker.run(&rx, &wake, &stop);
+    let removes = !opts.keep; // the topology goes on exit: nothing to resume
+    if res.is_ok() && worker.upgrade_request().is_none() {
+        if removes {
+            let _ = std::fs::remove_file(&state_path);
+        } else if let Some(sv) = worker.saver() {
+            // The topology stays: save for the next run.
+            match sv.save_blocking(crate::state::capture(&worker, worker.now())) {
+                Ok(n) => tracing::info!("state saved to {} ({n} entries)", state_path.display()),
+                Err(e) => tracing::warn!("state not saved: {e}"),
+            }
+        }
+    }
+    if let Some(req) = worker.upgrade_request().cloned() {
+        drop(worker);
+        let _ = std::fs::remove_file(&sock_path);
+        let bin = req["binary"]
+            .as_str()
+            .map(PathBuf::from)
+            .or(exe)
+            .ok_or_else(|| anyhow!("upgrade: the path of this binary is unknown"))?;
+        return Err(reexec(&bin));
+    }
     drop(worker); // close ports before removing the namespaces
     cleanup("exit");
     match res {

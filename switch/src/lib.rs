@@ -19,6 +19,7 @@ pub mod ping;
 pub mod pipeline;
 pub mod policy;
 pub mod port;
+pub mod state;
 pub mod stats;
 pub mod sys;
 pub mod trace;

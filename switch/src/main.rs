@@ -179,6 +179,13 @@ enum Cmd {
         /// Serve Prometheus metrics here, e.g. 127.0.0.1:9100 (in the switch's namespace).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// State file: tables saved on exit with the topology kept, periodically
+        /// and on `upgrade`; restored by the next run (default /var/lib/vswitch/TOPOLOGY.state).
+        #[arg(long, value_name = "PATH")]
+        state_file: Option<PathBuf>,
+        /// Save the state every SECS seconds (0: only on exit and upgrade).
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        save_interval: u64,
         /// Log level (error, warn, info, debug, trace, off) or RUST_LOG-style directives
         /// (`info,switch::worker=debug`); overrides -v and RUST_LOG. Default: info.
         #[arg(long, value_name = "LEVEL")]
@@ -186,6 +193,15 @@ enum Cmd {
         /// More log detail: -v debug, -vv trace.
         #[arg(short, long, action = clap::ArgAction::Count)]
         verbose: u8,
+    },
+    /// Save the tables and re-execute the switch in place (same PID, same
+    /// arguments; a new binary if given), which restores them: connections continue.
+    Upgrade {
+        #[command(flatten)]
+        target: Target,
+        /// The binary to execute (default: the running one's path, e.g. after a package update).
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Show the MAC table, like `bridge fdb show`; or change it, like `bridge fdb`:
     /// `fdb add MAC dev PORT [vlan V]` (a static entry: never aged, not moved by
@@ -371,6 +387,55 @@ fn load(file: &Option<PathBuf>) -> Result<Topology, ExitCode> {
             ExitCode::from(2)
         }),
     }
+}
+
+/// `vswitch upgrade`: the switch saves its state and re-executes; wait
+/// (at most 30 s) until the same PID answers on the socket again.
+fn upgrade(target: &Target, binary: Option<PathBuf>) -> ExitCode {
+    let path = target.path();
+    let mut req = serde_json::json!({"cmd": "upgrade"});
+    if let Some(b) = &binary {
+        let abs = std::fs::canonicalize(b).unwrap_or_else(|_| b.clone());
+        req["binary"] = abs.display().to_string().into();
+    }
+    let v = match control::request(&path, req) {
+        Ok((v, _)) if v["ok"] == true => v,
+        Ok((v, _)) => {
+            eprintln!("vswitch upgrade: {}", s(&v["error"]));
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("vswitch upgrade: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pid = v["pid"].as_u64().unwrap_or(0);
+    eprintln!(
+        "vswitch upgrade: {} entries saved to {}; pid {pid} re-executing",
+        v["entries"],
+        s(&v["file"])
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if let Ok(st) = control::query(&path, "stats") {
+            if st["pid"].as_u64() == Some(pid) {
+                println!("upgraded: pid {pid} forwards again (state restored, see its log)");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!(
+                "vswitch upgrade: another process (pid {}) answers on {}",
+                st["pid"],
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    eprintln!(
+        "vswitch upgrade: pid {pid} did not answer on {} within 30 s (see its log)",
+        path.display()
+    );
+    ExitCode::FAILURE
 }
 
 fn secs(ms: &Value) -> String {
@@ -1028,6 +1093,8 @@ fn main() -> ExitCode {
             metrics,
             log_level,
             verbose,
+            state_file,
+            save_interval,
         } => {
             if let Err(e) = switch::log::init(log_level.as_deref(), verbose) {
                 eprintln!("vswitch run: {e}");
@@ -1044,6 +1111,8 @@ fn main() -> ExitCode {
                     socket,
                     file: file.clone(),
                     metrics,
+                    state_file,
+                    save_interval: Some(std::time::Duration::from_secs(save_interval)),
                 },
             ) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -1176,6 +1245,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Upgrade { target, binary } => upgrade(&target, binary),
         Cmd::Reload(t) => match control::query(&t.path(), "reload") {
             Ok(v) => {
                 if t.json {

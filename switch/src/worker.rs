@@ -270,8 +270,16 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     out: Vec<Vec<u16>>,
     epoch: Instant,
     gone: Vec<usize>,
+    saver: Option<crate::state::Saver>,
+    last_save: u64,
+    upgrade: Option<Value>,
     busy_poll: std::time::Duration,
 }
+
+/// Origin of the worker's clock ([`Worker::now`]): about 49 days, so that
+/// a restored entry's last-seen time (up to the longest ageing, 11.6 days,
+/// in the past) is never negative.
+pub const CLOCK_BASE_MS: u64 = 1 << 32;
 
 /// How many hosts `stats` lists in `nat.hosts` (the heaviest first).
 pub const STATS_HOSTS: usize = 64;
@@ -342,6 +350,9 @@ impl<P: Policy + Reload> Worker<P> {
             out,
             epoch: Instant::now(),
             gone: Vec::new(),
+            saver: None,
+            last_save: 0,
+            upgrade: None,
             busy_poll: std::time::Duration::ZERO,
         }
     }
@@ -431,8 +442,35 @@ impl<P: Policy + Reload> Worker<P> {
         self.busy_poll = d;
     }
 
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// The worker's clock: ms since it started, plus [`CLOCK_BASE_MS`].
+    pub fn now(&self) -> u64 {
+        CLOCK_BASE_MS + self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Save the tables through `saver`: every `saver.interval_ms` from
+    /// [`Worker::run`], and on a `upgrade` request.
+    pub fn set_saver(&mut self, saver: crate::state::Saver) {
+        self.saver = Some(saver);
+    }
+
+    /// The saver, if any (the daemon's save on exit).
+    pub fn saver(&self) -> Option<&crate::state::Saver> {
+        self.saver.as_ref()
+    }
+
+    /// The `upgrade` request [`Worker::run`] returned for (the state is saved), if any.
+    pub fn upgrade_request(&self) -> Option<&Value> {
+        self.upgrade.as_ref()
+    }
+
+    /// The ports and the pipeline (state capture and restore).
+    pub fn parts(&self) -> (&[Port], &Pipeline<P>) {
+        (&self.ports, &self.pipeline)
+    }
+
+    /// The ports and the pipeline, mutable (state restore, before [`Worker::run`]).
+    pub fn parts_mut(&mut self) -> (&[Port], &mut Pipeline<P>) {
+        (&self.ports, &mut self.pipeline)
     }
 
     /// Receive and forward what port `i` has waiting, at `now`: what [`Worker::run`]
@@ -456,6 +494,7 @@ impl<P: Policy + Reload> Worker<P> {
         epoll.add(stop, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_STOP))?;
         let mut events = [EpollEvent::empty(); 64];
         let mut last_sweep = 0;
+        self.last_save = self.now();
         let mut last_busy = Instant::now() - std::time::Duration::from_secs(1);
         loop {
             // Adaptive busy polling: right after traffic, poll without sleeping
@@ -506,6 +545,16 @@ impl<P: Policy + Reload> Worker<P> {
                                 "fdb-add" | "fdb-del" | "fdb-flush" => {
                                     self.fdb_edit(&req.cmd, &req.args, now)
                                 }
+                                "upgrade" => {
+                                    let v = self.save_for_upgrade(&req.args, now);
+                                    let ok = v["ok"] == true;
+                                    let _ = req.reply.send(v);
+                                    if ok {
+                                        self.upgrade = Some(req.args);
+                                        return Ok(());
+                                    }
+                                    continue;
+                                }
                                 "capture" => match (
                                     req.tap,
                                     req.args["port"].as_str().and_then(|n| self.port_index(n)),
@@ -537,6 +586,43 @@ impl<P: Policy + Reload> Worker<P> {
                 self.pipeline.expire(now);
                 self.report_tap_losses();
                 last_sweep = now;
+            }
+            if let Some(sv) = &self.saver
+                && sv.interval_ms > 0
+                && now.saturating_sub(self.last_save) >= sv.interval_ms
+            {
+                // A copy between batches; encoding and writing happen on the saver's thread.
+                sv.offer(crate::state::capture(self, now));
+                self.last_save = now;
+            }
+        }
+    }
+
+    /// Save the tables for `vswitch upgrade` (waits for the write), after
+    /// checking that the new binary (`args.binary`, if given) is executable.
+    fn save_for_upgrade(&mut self, args: &Value, now: u64) -> Value {
+        let Some(sv) = &self.saver else {
+            return json!({"ok": false, "error": "this switch saves no state"});
+        };
+        if let Some(b) = args["binary"].as_str() {
+            use std::os::unix::fs::PermissionsExt;
+            match std::fs::metadata(b) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
+                Ok(_) => {
+                    return json!({"ok": false, "error": format!("{b} is not an executable file; nothing changed")});
+                }
+                Err(e) => {
+                    return json!({"ok": false, "error": format!("{b}: {e}; nothing changed")});
+                }
+            }
+        }
+        let st = crate::state::capture(self, now);
+        match sv.save_blocking(st) {
+            Ok(n) => {
+                json!({"ok": true, "entries": n, "file": sv.path.display().to_string(), "pid": std::process::id()})
+            }
+            Err(e) => {
+                json!({"ok": false, "error": format!("state not saved, upgrade refused: {e}")})
             }
         }
     }
@@ -1118,7 +1204,8 @@ impl<P: Policy + Reload> Worker<P> {
                     "policy": policy,
                     "reloads": self.reloads,
                     "switch": self.name,
-                    "uptime_ms": now,
+                    "uptime_ms": now.saturating_sub(CLOCK_BASE_MS),
+                    "pid": std::process::id(),
                     "ports": ports,
                     "fdb": {"entries": self.pipeline.fdb.len(), "counters": self.pipeline.fdb.counters},
                     "arp": {"entries": self.pipeline.arp.len(), "counters": self.pipeline.arp.counters},
@@ -1246,6 +1333,51 @@ mod tests {
         };
         let p = Pipeline::with_policy(&cfg, policy);
         (Worker::new("t".into(), ports, p), sent)
+    }
+
+    /// The tables go through a capture and a restore by port name (another
+    /// port order in the new run), with their ages grown by the time that
+    /// passed; what aged out meanwhile or sits on a port gone is left out.
+    #[test]
+    fn state_restores_by_port_name_and_shifts_time() {
+        use crate::state::{capture, decode, encode, restore};
+        let (a, b, c) = (
+            MacAddr([2, 0, 0, 0, 0, 0xa]),
+            MacAddr([2, 0, 0, 0, 0, 0xb]),
+            MacAddr([2, 0, 0, 0, 0, 0xc]),
+        );
+        let ip = std::net::Ipv4Addr::new(10, 0, 0, 9);
+        let (mut w1, _) = worker(3, NoPolicy);
+        let n = CLOCK_BASE_MS + 1_000_000;
+        w1.pipeline.fdb.learn(a, 1, n);
+        w1.pipeline.fdb.learn(b, 2, n - 200_000); // 200 s old
+        w1.pipeline.fdb.learn(c, 0, n);
+        w1.pipeline
+            .arp
+            .observe(ip, b, 2, n - 10_000, crate::arp::Heard::Reply, false);
+        let mut st = capture(&w1, n);
+        st.topology = "t".into();
+        let st = decode(&encode(&st), "t").unwrap();
+        // The new run: ports in another order, p0 gone.
+        let (mut w2, _) = worker(3, NoPolicy);
+        w2.ports.swap(0, 2); // p2, p1, p0
+        w2.ports[2].name = "other".into();
+        let m = CLOCK_BASE_MS + 5;
+        let r = restore(&mut w2, &st, m, st.saved_unix_ms + 50_000);
+        assert_eq!((r.fdb, r.neighbours, r.dropped), (2, 1, 1), "{r}");
+        let fdb = &w2.pipeline.fdb;
+        assert_eq!(fdb.lookup(&a, m), Some(1));
+        assert_eq!(fdb.lookup(&b, m), Some(0), "by name: p2 is index 0 now");
+        assert_eq!(fdb.lookup(&c, m), None, "its port is gone");
+        // b was 250 s old at the restore: 50 s more and it has aged out.
+        assert_eq!(fdb.lookup(&b, m + 49_999), Some(0));
+        assert_eq!(fdb.lookup(&b, m + 50_000), None);
+        let e = w2.pipeline.arp.lookup(ip, m).unwrap();
+        assert_eq!((e.port, e.confirmed, m - e.last_seen), (0, true, 60_000));
+        // Too late for b: 60 s more down and it is not restored at all.
+        let (mut w3, _) = worker(3, NoPolicy);
+        let r = restore(&mut w3, &st, m, st.saved_unix_ms + 100_000);
+        assert_eq!((r.fdb, r.dropped), (2, 1));
     }
 
     /// Put `wire` (vnet header + frame) into slot `k` of the worker's batch.

@@ -479,6 +479,9 @@ fn main() {
             socket: Some(PathBuf::from(&args[3])),
             file: Some(PathBuf::from(&args[2])),
             metrics: None,
+            // No periodic state saves during measurements.
+            save_interval: Some(std::time::Duration::ZERO),
+            ..switch::daemon::RunOptions::default()
         };
         if let Err(e) = switch::daemon::run(&t, &opts) {
             eprintln!("vswitch: {e:#}");

@@ -1,0 +1,690 @@
+//! The switch's tables saved across a restart: the state file.
+//!
+//! Contract:
+//! - [`SwitchState`] holds plain copies of the FDB, the switch's ARP table,
+//!   the gateway's neighbour caches (LAN and uplink) and the NAT's state
+//!   ([`nat::snapshot`]), taken by the worker between batches
+//!   ([`crate::worker::Worker::capture_state`]). Ages and timeouts are
+//!   relative to the capture; the wall-clock time of the capture is stored,
+//!   so a restore shifts every timer by the time that passed.
+//! - Entries refer to ports by name (an index into [`SwitchState::ports`]),
+//!   never by the port index of the run that saved them.
+//! - [`encode`] writes `magic, version, body length, CRC-32, body`;
+//!   [`decode`] refuses anything else with a [`StateError`] that says what
+//!   is wrong (not a state file, another version, truncated, corrupt, saved
+//!   for another topology), and never panics.
+//! - [`write_atomic`] writes a temporary file, fsyncs it and renames it over
+//!   the old one (then fsyncs the directory): a crash leaves the old file or
+//!   the new one, never a mix.
+
+use crate::wire::MacAddr;
+use std::fmt;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// Version of the file format.
+pub const VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"VSWSTATE";
+const HEADER: usize = 8 + 4 + 8 + 4;
+
+/// Default directory of state files.
+pub const STATE_DIR: &str = "/var/lib/vswitch";
+
+/// Default state file of topology `name`.
+pub fn default_path(topology: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{topology}.state"))
+}
+
+/// One learned MAC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedMac {
+    /// The address.
+    pub mac: MacAddr,
+    /// VLAN (0: VLAN-unaware).
+    pub vlan: u16,
+    /// Index into [`SwitchState::ports`].
+    pub port: u16,
+    /// Time since it was last seen, at capture (ms).
+    pub age_ms: u64,
+}
+
+/// One IP→MAC binding (switch ARP table or a gateway neighbour cache).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedNeigh {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// Index into [`SwitchState::ports`].
+    pub port: u16,
+    /// Time since it was last heard, at capture (ms).
+    pub age_ms: u64,
+    /// Confirmed by an ARP reply.
+    pub confirmed: bool,
+}
+
+/// Everything a restart keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SwitchState {
+    /// Topology name (a file saved for another topology is refused).
+    pub topology: String,
+    /// Wall-clock time of the capture (ms since the Unix epoch).
+    pub saved_unix_ms: u64,
+    /// Port names, in the saving run's order.
+    pub ports: Vec<String>,
+    /// MAC table.
+    pub fdb: Vec<SavedMac>,
+    /// The switch's ARP table (ARP suppression).
+    pub arp: Vec<SavedNeigh>,
+    /// The gateway's LAN neighbour cache.
+    pub neigh_lan: Vec<SavedNeigh>,
+    /// The gateway's uplink neighbour cache.
+    pub neigh_wan: Vec<SavedNeigh>,
+    /// The NAT's state.
+    pub nat: Option<nat::snapshot::NatSnapshot>,
+}
+
+impl SwitchState {
+    /// Number of entries of every table.
+    pub fn entries(&self) -> usize {
+        self.fdb.len()
+            + self.arp.len()
+            + self.neigh_lan.len()
+            + self.neigh_wan.len()
+            + self.nat.as_ref().map_or(0, |n| n.entries.len())
+    }
+}
+
+/// Why a state file was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateError {
+    /// Does not start with the magic.
+    NotAStateFile,
+    /// Written by another format version.
+    Version(u32),
+    /// Shorter than its header says.
+    Truncated {
+        /// Bytes present.
+        have: usize,
+        /// Bytes the header announces.
+        want: u64,
+    },
+    /// The checksum does not match (corrupt).
+    Checksum,
+    /// The body does not parse (corrupt, with a valid checksum: a bug).
+    Body(String),
+    /// Saved for another topology.
+    Foreign(String),
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::NotAStateFile => write!(f, "not a vswitch state file"),
+            StateError::Version(v) => write!(
+                f,
+                "written by state format version {v}; this vswitch reads version {VERSION}"
+            ),
+            StateError::Truncated { have, want } => {
+                write!(f, "truncated ({have} bytes, the header announces {want})")
+            }
+            StateError::Checksum => write!(f, "corrupt (checksum mismatch)"),
+            StateError::Body(e) => write!(f, "corrupt ({e})"),
+            StateError::Foreign(t) => write!(f, "saved for topology {t:?}"),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib), table-driven.
+pub fn crc32(data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, v) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *v = c;
+        }
+        t
+    });
+    !data
+        .iter()
+        .fold(!0u32, |c, &b| t[usize::from((c as u8) ^ b)] ^ (c >> 8))
+}
+
+fn put_neighs(out: &mut Vec<u8>, v: &[SavedNeigh]) {
+    out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    for n in v {
+        out.extend_from_slice(&n.ip.octets());
+        out.extend_from_slice(&n.mac.0);
+        out.extend_from_slice(&n.port.to_le_bytes());
+        out.extend_from_slice(&n.age_ms.to_le_bytes());
+        out.push(u8::from(n.confirmed));
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// The file's bytes for `s`.
+pub fn encode(s: &SwitchState) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_str(&mut body, &s.topology);
+    body.extend_from_slice(&s.saved_unix_ms.to_le_bytes());
+    body.extend_from_slice(&(s.ports.len() as u16).to_le_bytes());
+    for p in &s.ports {
+        put_str(&mut body, p);
+    }
+    body.extend_from_slice(&(s.fdb.len() as u32).to_le_bytes());
+    for m in &s.fdb {
+        body.extend_from_slice(&m.mac.0);
+        body.extend_from_slice(&m.vlan.to_le_bytes());
+        body.extend_from_slice(&m.port.to_le_bytes());
+        body.extend_from_slice(&m.age_ms.to_le_bytes());
+    }
+    put_neighs(&mut body, &s.arp);
+    put_neighs(&mut body, &s.neigh_lan);
+    put_neighs(&mut body, &s.neigh_wan);
+    match &s.nat {
+        None => body.push(0),
+        Some(n) => {
+            body.push(1);
+            let b = nat::snapshot::encode(n);
+            body.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            body.extend_from_slice(&b);
+        }
+    }
+    let mut out = Vec::with_capacity(HEADER + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], StateError> {
+        if self.0.len() < n {
+            return Err(StateError::Body("a record is cut short".into()));
+        }
+        let (h, t) = self.0.split_at(n);
+        self.0 = t;
+        Ok(h)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], StateError> {
+        Ok(self.bytes(N)?.try_into().expect("length checked"))
+    }
+    fn u16(&mut self) -> Result<u16, StateError> {
+        Ok(u16::from_le_bytes(self.arr()?))
+    }
+    fn u32(&mut self) -> Result<u32, StateError> {
+        Ok(u32::from_le_bytes(self.arr()?))
+    }
+    fn u64(&mut self) -> Result<u64, StateError> {
+        Ok(u64::from_le_bytes(self.arr()?))
+    }
+    fn str(&mut self) -> Result<String, StateError> {
+        let n = usize::from(self.u16()?);
+        String::from_utf8(self.bytes(n)?.to_vec())
+            .map_err(|_| StateError::Body("a name is not UTF-8".into()))
+    }
+    /// A count of records of `len` bytes, refused if the rest cannot hold them.
+    fn count(&mut self, len: usize) -> Result<usize, StateError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(len) > self.0.len() {
+            return Err(StateError::Body("a count beyond the end".into()));
+        }
+        Ok(n)
+    }
+    fn neighs(&mut self) -> Result<Vec<SavedNeigh>, StateError> {
+        let n = self.count(21)?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(SavedNeigh {
+                ip: Ipv4Addr::from(self.arr::<4>()?),
+                mac: MacAddr(self.arr()?),
+                port: self.u16()?,
+                age_ms: self.u64()?,
+                confirmed: match self.arr::<1>()?[0] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(StateError::Body("bad confirmed flag".into())),
+                },
+            });
+        }
+        Ok(v)
+    }
+}
+
+/// Parse a state file; `topology`: the running topology's name (a file
+/// saved for another one is refused).
+pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(StateError::NotAStateFile);
+    }
+    if bytes.len() < HEADER {
+        return Err(StateError::Truncated {
+            have: bytes.len(),
+            want: HEADER as u64,
+        });
+    }
+    let v = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if v != VERSION {
+        return Err(StateError::Version(v));
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
+    let body = &bytes[HEADER..];
+    if (body.len() as u64) < len {
+        return Err(StateError::Truncated {
+            have: bytes.len(),
+            want: HEADER as u64 + len,
+        });
+    }
+    if body.len() as u64 != len {
+        return Err(StateError::Body(format!(
+            "{} stray bytes at the end",
+            body.len() as u64 - len
+        )));
+    }
+    if crc32(body) != crc {
+        return Err(StateError::Checksum);
+    }
+    let mut r = Reader(body);
+    let name = r.str()?;
+    if name != topology {
+        return Err(StateError::Foreign(name));
+    }
+    let saved_unix_ms = r.u64()?;
+    let np = usize::from(r.u16()?);
+    let mut ports = Vec::with_capacity(np.min(r.0.len() / 2));
+    for _ in 0..np {
+        ports.push(r.str()?);
+    }
+    let n = r.count(18)?;
+    let mut fdb = Vec::with_capacity(n);
+    for _ in 0..n {
+        fdb.push(SavedMac {
+            mac: MacAddr(r.arr()?),
+            vlan: r.u16()?,
+            port: r.u16()?,
+            age_ms: r.u64()?,
+        });
+    }
+    let arp = r.neighs()?;
+    let neigh_lan = r.neighs()?;
+    let neigh_wan = r.neighs()?;
+    let nat = match r.arr::<1>()?[0] {
+        0 => None,
+        1 => {
+            let n = r.u64()?;
+            let b = r.bytes(usize::try_from(n).unwrap_or(usize::MAX))?;
+            Some(nat::snapshot::decode(b).map_err(|e| StateError::Body(e.to_string()))?)
+        }
+        _ => return Err(StateError::Body("bad NAT marker".into())),
+    };
+    if !r.0.is_empty() {
+        return Err(StateError::Body("stray bytes after the NAT state".into()));
+    }
+    Ok(SwitchState {
+        topology: name,
+        saved_unix_ms,
+        ports,
+        fdb,
+        arp,
+        neigh_lan,
+        neigh_wan,
+        nat,
+    })
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same
+/// directory (created if needed), fsync, rename over `path`, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Wall-clock ms since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+// ---- capture, restore and the saver thread --------------------------------
+
+use crate::arp::{ArpTable, Heard};
+use crate::policy::{Policy, Reload};
+use crate::worker::Worker;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+/// Copy the worker's tables at `now` (its clock), between batches. Cost: one
+/// pass over each table (the NAT's slots included); nothing is changed.
+pub fn capture<P: Policy + Reload>(w: &Worker<P>, now: u64) -> SwitchState {
+    let (ports, p) = w.parts();
+    let neighs = |t: &ArpTable| -> Vec<SavedNeigh> {
+        t.entries(now)
+            .into_iter()
+            .map(|(ip, e)| SavedNeigh {
+                ip,
+                mac: e.mac,
+                port: e.port as u16,
+                age_ms: now.saturating_sub(e.last_seen),
+                confirmed: e.confirmed,
+            })
+            .collect()
+    };
+    let gw = p.gateway.as_ref();
+    SwitchState {
+        topology: w.saver().map(|s| s.topology.clone()).unwrap_or_default(),
+        saved_unix_ms: unix_ms(),
+        ports: ports.iter().map(|p| p.name.clone()).collect(),
+        fdb: p
+            .fdb
+            .entries(now)
+            .into_iter()
+            .map(|(mac, e)| SavedMac {
+                mac,
+                vlan: e.vlan,
+                port: e.port as u16,
+                age_ms: now.saturating_sub(e.last_seen),
+            })
+            .collect(),
+        arp: neighs(&p.arp),
+        neigh_lan: gw.map(|g| neighs(&g.neigh_lan)).unwrap_or_default(),
+        neigh_wan: gw.map(|g| neighs(&g.neigh_wan)).unwrap_or_default(),
+        nat: gw.and_then(|g| g.nat.as_ref()).map(|n| n.export(now)),
+    }
+}
+
+/// What [`restore`] put back.
+#[derive(Debug, Default, Clone)]
+pub struct Restored {
+    /// Time between the save and the restore (ms, wall clock).
+    pub elapsed_ms: u64,
+    /// MAC table entries restored.
+    pub fdb: usize,
+    /// ARP and neighbour entries restored (switch table and gateway caches).
+    pub neighbours: usize,
+    /// Entries aged out while the switch was down, or on ports that no longer exist.
+    pub dropped: usize,
+    /// The NAT's report, or why its state was refused.
+    pub nat: Option<Result<nat::snapshot::ImportReport, String>>,
+}
+
+impl fmt::Display for Restored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "saved {:.1} s ago: {} MAC, {} ARP/neighbour entries restored, {} aged out or on missing ports",
+            self.elapsed_ms as f64 / 1000.0,
+            self.fdb,
+            self.neighbours,
+            self.dropped
+        )?;
+        match &self.nat {
+            None => Ok(()),
+            Some(Ok(r)) => write!(
+                f,
+                "; NAT: {} connections restored ({} mappings), {} expired, {} inconsistent, {} without room",
+                r.restored, r.mappings, r.expired, r.inconsistent, r.no_room
+            ),
+            Some(Err(e)) => write!(f, "; NAT state refused: {e}"),
+        }
+    }
+}
+
+/// Put `st` back into the worker's (empty) tables at `now` (its clock),
+/// `st.saved_unix_ms` → `now_unix_ms` later: ages grow and timeouts shrink
+/// by that much, what ran out is left out, and entries of ports that no
+/// longer exist (by name) are dropped.
+pub fn restore<P: Policy + Reload>(
+    w: &mut Worker<P>,
+    st: &SwitchState,
+    now: u64,
+    now_unix_ms: u64,
+) -> Restored {
+    let elapsed = now_unix_ms.saturating_sub(st.saved_unix_ms);
+    let (ports, p) = w.parts_mut();
+    let port_of = |i: u16| {
+        let name = st.ports.get(usize::from(i))?;
+        ports.iter().position(|p| &p.name == name)
+    };
+    let mut r = Restored {
+        elapsed_ms: elapsed,
+        ..Restored::default()
+    };
+    // Oldest first, so the tables' recency order is kept.
+    let mut fdb: Vec<&SavedMac> = st.fdb.iter().collect();
+    fdb.sort_by_key(|m| std::cmp::Reverse(m.age_ms));
+    let ageing = p.fdb.ageing_ms();
+    for m in fdb {
+        let age = m.age_ms.saturating_add(elapsed);
+        match port_of(m.port) {
+            Some(port) if age < ageing && now >= age => {
+                p.fdb.learn_in(m.vlan, m.mac, port, now - age);
+                r.fdb += 1;
+            }
+            _ => r.dropped += 1,
+        }
+    }
+    let mut put = |t: &mut ArpTable, v: &[SavedNeigh], on_link_only: bool| {
+        let mut v: Vec<&SavedNeigh> = v.iter().collect();
+        v.sort_by_key(|n| std::cmp::Reverse(n.age_ms));
+        for n in v {
+            let age = n.age_ms.saturating_add(elapsed);
+            match port_of(n.port) {
+                Some(port) if age < t.ageing_ms() && now >= age => {
+                    let how = if n.confirmed {
+                        Heard::Reply
+                    } else {
+                        Heard::Hint
+                    };
+                    t.observe(n.ip, n.mac, port, now - age, how, on_link_only);
+                    r.neighbours += 1;
+                }
+                _ => r.dropped += 1,
+            }
+        }
+    };
+    put(&mut p.arp, &st.arp, false);
+    if let Some(g) = p.gateway.as_mut() {
+        put(&mut g.neigh_lan, &st.neigh_lan, true);
+        put(&mut g.neigh_wan, &st.neigh_wan, true);
+        if let (Some(n), Some(snap)) = (g.nat.as_mut(), &st.nat) {
+            r.nat = Some(n.import(snap, now, elapsed).map_err(|e| e.to_string()));
+        }
+    }
+    r
+}
+
+/// Read and check the state file at `path` for `topology`.
+/// `Ok(None)`: there is none.
+pub fn load(path: &Path, topology: &str) -> Result<Option<SwitchState>, String> {
+    match std::fs::read(path) {
+        Ok(b) => decode(&b, topology).map(Some).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read it: {e}")),
+    }
+}
+
+type Job = (SwitchState, Option<SyncSender<Result<usize, String>>>);
+
+/// Writes state files on a thread of its own, so the worker only copies.
+pub struct Saver {
+    /// Topology name written into the file.
+    pub topology: String,
+    /// The state file.
+    pub path: PathBuf,
+    /// Periodic save interval (ms; 0: only on exit and upgrade).
+    pub interval_ms: u64,
+    tx: SyncSender<Job>,
+}
+
+impl Saver {
+    /// A saver of `topology`'s state to `path`, every `interval_ms` (0: never periodically).
+    pub fn new(topology: &str, path: PathBuf, interval_ms: u64) -> std::io::Result<Saver> {
+        // One job waits at most: a save that finds the writer busy is skipped
+        // (the next one is as good), a blocking save waits its turn, in order.
+        let (tx, rx) = sync_channel::<Job>(1);
+        let p = path.clone();
+        std::thread::Builder::new()
+            .name("vswitch-state".into())
+            .spawn(move || writer(&p, &rx))?;
+        Ok(Saver {
+            topology: topology.to_string(),
+            path,
+            interval_ms,
+            tx,
+        })
+    }
+
+    /// Hand `st` to the writer unless it is still busy with the previous one.
+    pub fn offer(&self, st: SwitchState) {
+        match self.tx.try_send((st, None)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::debug!("state: the previous save is still being written; this one skipped")
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::warn!("state: the writer thread is gone; no periodic saves")
+            }
+        }
+    }
+
+    /// Write `st` (after any save in progress) and wait for the result:
+    /// the number of entries saved.
+    pub fn save_blocking(&self, st: SwitchState) -> Result<usize, String> {
+        let (tx, rx) = sync_channel(1);
+        self.tx
+            .send((st, Some(tx)))
+            .map_err(|_| "the writer thread is gone".to_string())?;
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .map_err(|_| "the write did not finish within 60 s".to_string())?
+    }
+}
+
+fn writer(path: &Path, rx: &Receiver<Job>) {
+    while let Ok((st, reply)) = rx.recv() {
+        let n = st.entries();
+        let t = std::time::Instant::now();
+        let res = write_atomic(path, &encode(&st))
+            .map(|()| n)
+            .map_err(|e| format!("{}: {e}", path.display()));
+        match &res {
+            Ok(n) => tracing::debug!(
+                "state: {n} entries saved to {} in {} ms",
+                path.display(),
+                t.elapsed().as_millis()
+            ),
+            Err(e) => tracing::warn!("state not saved: {e}"),
+        }
+        if let Some(tx) = reply {
+            let _ = tx.send(res);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SwitchState {
+        let m = MacAddr([2, 0, 0, 0, 0, 1]);
+        let n = SavedNeigh {
+            ip: Ipv4Addr::new(192, 168, 15, 1),
+            mac: m,
+            port: 1,
+            age_ms: 5,
+            confirmed: true,
+        };
+        SwitchState {
+            topology: "seed".into(),
+            saved_unix_ms: 1_800_000_000_000,
+            ports: vec!["veth-red-br".into(), "veth-blue-br".into()],
+            fdb: vec![SavedMac {
+                mac: m,
+                vlan: 0,
+                port: 0,
+                age_ms: 1234,
+            }],
+            arp: vec![n.clone()],
+            neigh_lan: vec![n.clone(), n.clone()],
+            neigh_wan: vec![],
+            nat: Some(nat::Nat::new(nat::NatConfig::new(Ipv4Addr::new(203, 0, 113, 1))).export(0)),
+        }
+    }
+
+    #[test]
+    fn crc32_matches_zlib() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let s = sample();
+        let b = encode(&s);
+        assert_eq!(decode(&b, "seed"), Ok(s));
+        assert_eq!(decode(&b, "lab"), Err(StateError::Foreign("seed".into())));
+        assert_eq!(decode(b"garbage", "seed"), Err(StateError::NotAStateFile));
+        for n in 0..b.len() {
+            assert!(decode(&b[..n], "seed").is_err(), "prefix {n} accepted");
+        }
+        let mut x = b.clone();
+        x[8] = 2;
+        assert_eq!(decode(&x, "seed"), Err(StateError::Version(2)));
+        // Any flipped body byte is caught by the checksum.
+        for i in HEADER..b.len() {
+            let mut x = b.clone();
+            x[i] ^= 0x40;
+            assert_eq!(decode(&x, "seed"), Err(StateError::Checksum), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = std::env::temp_dir().join(format!("vsw-state-{}", std::process::id()));
+        let p = dir.join("t.state");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert!(!dir.join("t.state.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
