@@ -219,6 +219,8 @@ impl Drop for TopoGuard {
             eprintln!("cleanup of {}: {f}", self.topo.name);
         }
         let _ = std::fs::remove_file(&self.path);
+        // A switch run with --keep (or killed) leaves its saved state.
+        let _ = std::fs::remove_file(switch::state::default_path(&self.topo.name));
     }
 }
 
