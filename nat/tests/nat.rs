@@ -1409,6 +1409,13 @@ mod small_tables {
                     n.expire(now);
                 }
                 let src = lan(s.host);
+                if s.dt % 5 == 1 {
+                    // `conntrack -D`: one small page of this host's or this port's entries.
+                    let cursor = usize::from(s.sport % 4);
+                    let (d, _) = n.delete_from(now, cursor, 3, |e| e.orig.src == src || e.orig.dport == s.dport);
+                    n.check_invariants().map_err(TestCaseError::fail)?;
+                    prop_assert!(d <= 3);
+                }
                 if s.remote == 3 {
                     // To external:P, P = a port that may be someone's mapping.
                     let pn = [proto::UDP, proto::TCP, proto::ICMP][usize::from(s.proto_)];

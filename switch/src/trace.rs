@@ -252,7 +252,9 @@ pub fn trace<P: Policy>(
         ip_arg(&args["dst"], "destination")?,
     );
     let et = args["ethertype"].as_u64();
-    let l4_given = ["sport", "dport"].iter().any(|k| !args[k].is_null());
+    let l4_given = ["sport", "dport", "proto"]
+        .iter()
+        .any(|k| !args[k].is_null());
     let src = match (src, dst) {
         (None, Some(IpAddr::V4(_))) => Some(IpAddr::V4(learned_src(p, in_port, now).ok_or_else(
             || {
@@ -268,7 +270,7 @@ pub fn trace<P: Policy>(
     };
     let addrs = src.zip(dst);
     match (addrs, et) {
-        (None, _) if l4_given => return Err("--sport/--dport need --dst".into()),
+        (None, _) if l4_given => return Err("--proto/--sport/--dport need --dst".into()),
         (None, Some(0x0800 | 0x86dd)) => {
             return Err("an IP --ethertype needs --dst (and --src) to build the packet".into());
         }

@@ -455,6 +455,7 @@ fn trace_shows_dnat_and_the_dropping_rule() {
     // Usage errors exit 2, whether clap or the switch finds them.
     for bad in [
         &["--in-port", m[0].ns.as_str(), "--dport", "22"][..],
+        &["--in-port", m[0].ns.as_str(), "--proto", "udp"],
         &["--in-port", m[0].ns.as_str(), "--ethertype", "ipx"],
         &["--in-port", "nosuchport", "--dst", m[1].ip.as_str()],
         &[
