@@ -74,6 +74,8 @@ pub struct Fdb {
     last_sweep: u64,
     /// Counters.
     pub counters: FdbCounters,
+    /// The latest station move: MAC, from port, to port (for the log's summary).
+    pub last_move: Option<(MacAddr, PortId, PortId)>,
 }
 
 impl Fdb {
@@ -88,6 +90,7 @@ impl Fdb {
             ageing_ms,
             last_sweep: 0,
             counters: FdbCounters::default(),
+            last_move: None,
         }
     }
 
@@ -133,6 +136,7 @@ impl Fdb {
             self.per_port[from] -= 1;
             self.per_port[port] += 1;
             self.counters.moves += 1;
+            self.last_move = Some((mac, from, port));
             return Learn::Moved { from };
         }
         if self.map.len() >= self.max {

@@ -224,6 +224,32 @@ fn tap_send(taps: &mut Vec<Tap>, ports: &mut [Port], port: usize, ts: u64, frame
     }
 }
 
+/// Shortest time between two log lines about the same kind of event
+/// (station moves, a table refusing entries), ms: the first is logged within
+/// a second, later ones are summed up into one line per interval.
+pub const SUMMARY_MS: u64 = 10_000;
+
+/// Counters the log summarises, each with what was last logged.
+#[derive(Default)]
+struct Summaries {
+    /// (total at the last line, time of the last line) per kind.
+    seen: [(u64, Option<u64>); 5],
+}
+
+impl Summaries {
+    /// The increase of counter `kind` since its last line, if a line is due at `now`.
+    fn due(&mut self, kind: usize, total: u64, now: u64) -> Option<u64> {
+        let (last, at) = &mut self.seen[kind];
+        if total <= *last || at.is_some_and(|t| now.saturating_sub(t) < SUMMARY_MS) {
+            return None;
+        }
+        let d = total - *last;
+        *last = total;
+        *at = Some(now);
+        Some(d)
+    }
+}
+
 /// Wall-clock time in µs since the Unix epoch (pcap timestamps).
 fn unix_us() -> u64 {
     std::time::SystemTime::now()
@@ -269,6 +295,7 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     keep: Vec<u16>,
     out: Vec<Vec<u16>>,
     epoch: Instant,
+    summaries: Summaries,
     gone: Vec<usize>,
     saver: Option<crate::state::Saver>,
     last_save: u64,
@@ -349,6 +376,7 @@ impl<P: Policy + Reload> Worker<P> {
             keep: Vec::with_capacity(BATCH),
             out,
             epoch: Instant::now(),
+            summaries: Summaries::default(),
             gone: Vec::new(),
             saver: None,
             last_save: 0,
@@ -368,6 +396,85 @@ impl<P: Policy + Reload> Worker<P> {
             mirror,
             reported: 0,
         });
+    }
+
+    /// Log station moves and tables refusing entries: one line per kind at
+    /// most every [`SUMMARY_MS`], with the counts since the previous line.
+    fn summarise(&mut self, now: u64) {
+        fn name(ports: &[Port], i: usize) -> &str {
+            ports.get(i).map_or("?", |p| p.name.as_str())
+        }
+        let p = &self.pipeline;
+        let f = p.fdb.counters;
+        if let Some(d) = self.summaries.due(0, f.moves, now) {
+            let eg = p
+                .fdb
+                .last_move
+                .map(|(m, a, b)| {
+                    format!(
+                        ", the latest {m} from {} to {}",
+                        name(&self.ports, a),
+                        name(&self.ports, b)
+                    )
+                })
+                .unwrap_or_default();
+            tracing::info!("MAC table: {d} station moves{eg} ({} in all)", f.moves);
+        }
+        if let Some(d) = self
+            .summaries
+            .due(1, f.refused_table_full + f.refused_port_full, now)
+        {
+            tracing::warn!(
+                "MAC table refusing entries: {d} sources not learned ({} in all: {} table full, {} port at its bound); {} entries",
+                f.refused_table_full + f.refused_port_full,
+                f.refused_table_full,
+                f.refused_port_full,
+                p.fdb.len()
+            );
+        }
+        let a = p.arp.counters;
+        if let Some(d) = self
+            .summaries
+            .due(2, a.refused_table_full + a.refused_port_full, now)
+        {
+            tracing::warn!(
+                "ARP table refusing entries: {d} bindings not learned ({} table full, {} port at its bound in all)",
+                a.refused_table_full,
+                a.refused_port_full
+            );
+        }
+        if let Some(g) = &p.gateway {
+            let c = &g.counters;
+            if let Some(d) = self
+                .summaries
+                .due(3, c.drop_queue_full + c.drop_queue_share, now)
+            {
+                tracing::warn!(
+                    "gateway: {d} packets dropped, the queue awaiting ARP resolution is full ({} in all)",
+                    c.drop_queue_full + c.drop_queue_share
+                );
+            }
+            if let Some(nat) = &g.nat {
+                let c = &nat.counters;
+                let n = |r: nat::NatDrop| c.drops[r as usize];
+                let (full, ports, host) = (
+                    n(nat::NatDrop::TableFull),
+                    n(nat::NatDrop::PortsExhausted),
+                    n(nat::NatDrop::HostLimit),
+                );
+                if let Some(d) = self
+                    .summaries
+                    .due(4, full + ports + host + c.early_dropped, now)
+                {
+                    tracing::warn!(
+                        "NAT under pressure: {d} new flows refused or unassured entries evicted ({full} table full, {ports} ports exhausted, {host} per-host limit, {} evicted in all); {}/{} entries",
+                        c.early_dropped,
+                        nat.len(),
+                        nat.config().max_entries
+                    );
+                }
+            }
+        }
     }
 
     /// Log the losses of pcap mirrors since the last call (at most once per
@@ -585,6 +692,7 @@ impl<P: Policy + Reload> Worker<P> {
             if now.saturating_sub(last_sweep) >= 1000 {
                 self.pipeline.expire(now);
                 self.report_tap_losses();
+                self.summarise(now);
                 last_sweep = now;
             }
             if let Some(sv) = &self.saver
@@ -1265,6 +1373,25 @@ impl<P: Policy + Reload> Worker<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_log_the_first_event_then_one_line_per_interval() {
+        let mut s = Summaries::default();
+        assert_eq!(s.due(0, 0, 1_000), None, "nothing happened");
+        assert_eq!(s.due(0, 3, 2_000), Some(3), "the first at once");
+        assert_eq!(s.due(0, 9, 3_000), None, "then quiet within the interval");
+        assert_eq!(
+            s.due(0, 12, 2_000 + SUMMARY_MS),
+            Some(9),
+            "the sum since the last line"
+        );
+        assert_eq!(
+            s.due(0, 12, 5_000 + 2 * SUMMARY_MS),
+            None,
+            "no change, no line"
+        );
+        assert_eq!(s.due(1, 1, 3_000), Some(1), "kinds are independent");
+    }
     use crate::pipeline::{PipelineConfig, VlanPorts};
     use crate::policy::{Action, Frame, FrameMeta};
     use crate::port::{HEADROOM, SLOT, TxOutcome};

@@ -698,3 +698,49 @@ fn counters_agree_and_ipv6_noise_is_not_a_drop() {
     }
     panic!("no quiet moment to compare the counters: {last}");
 }
+
+#[test]
+fn station_moves_and_a_full_mac_table_get_summary_lines() {
+    if !require_root("station_moves_and_a_full_mac_table_get_summary_lines") {
+        return;
+    }
+    let n = nat_topo("", "");
+    let sw = SwitchProc::start(&n.topo);
+    assert_eq!(ping_loss(&n.red.ns, &n.blue.ip, 1), 0.0);
+    let red_mac = mac_bytes_of(&n.red.ns, &n.red.ifname);
+    let frame = |src: [u8; 6]| {
+        let mut f = vec![0x02, 0, 0, 0, 0x0e, 0x0e];
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x88, 0xb5]);
+        f.resize(60, 0);
+        f
+    };
+    // red's MAC seen on blue's port (a move), then 1,100 new sources there:
+    // more than the 1,024 a port may hold.
+    let mut frames = vec![frame(red_mac); 20];
+    frames.extend((0..1100u32).map(|i| {
+        let b = i.to_be_bytes();
+        frame([0x02, 0x77, b[0], b[1], b[2], b[3]])
+    }));
+    let mut tap = packet_socket(&n.blue.ns, &n.blue.ifname);
+    assert_eq!(send_frames(&mut tap, &frames), frames.len());
+    let moved = wait_log(&sw, &["INFO", "station move"], Duration::from_secs(3))
+        .unwrap_or_else(|| panic!("no line for the move: {}", sw.log_text()));
+    let red_mac_s = mac_of(&n.red.ns, &n.red.ifname);
+    assert!(
+        moved.contains(&red_mac_s) && moved.contains(&n.blue.port),
+        "{moved}"
+    );
+    let full = wait_log(&sw, &["WARN", "MAC table refusing"], Duration::from_secs(3))
+        .unwrap_or_else(|| panic!("no line for the full table: {}", sw.log_text()));
+    assert!(full.contains("port at its bound"), "{full}");
+    // One line per interval, not one per frame: more refusals now add no line.
+    send_frames(&mut tap, &frames[20..]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = sw
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("MAC table refusing"))
+        .count();
+    assert_eq!(lines, 1, "{}", sw.log_text());
+}
