@@ -704,9 +704,21 @@ fn station_moves_and_a_full_mac_table_get_summary_lines() {
     if !require_root("station_moves_and_a_full_mac_table_get_summary_lines") {
         return;
     }
-    let n = nat_topo("", "");
+    let n = nat_topo("", "max_entries = 16");
     let sw = SwitchProc::start(&n.topo);
     assert_eq!(ping_loss(&n.red.ns, &n.blue.ip, 1), 0.0);
+    // 40 UDP flows through a NAT of 16 entries: refusals or evictions.
+    let wan = WAN_HOST.to_string();
+    in_ns(&n.red.ns, move || {
+        for i in 0..40u16 {
+            if let Ok(s) = std::net::UdpSocket::bind(("0.0.0.0", 41000 + i)) {
+                let _ = s.send_to(b"x", (wan.as_str(), 9));
+            }
+        }
+    });
+    let nat = wait_log(&sw, &["WARN", "NAT under pressure"], Duration::from_secs(3))
+        .unwrap_or_else(|| panic!("no line for the full NAT: {}", sw.log_text()));
+    assert!(nat.contains("/16 entries"), "{nat}");
     let red_mac = mac_bytes_of(&n.red.ns, &n.red.ifname);
     let frame = |src: [u8; 6]| {
         let mut f = vec![0x02, 0, 0, 0, 0x0e, 0x0e];
@@ -743,4 +755,54 @@ fn station_moves_and_a_full_mac_table_get_summary_lines() {
         .filter(|l| l.contains("MAC table refusing"))
         .count();
     assert_eq!(lines, 1, "{}", sw.log_text());
+}
+
+#[test]
+fn ctrl_c_ends_a_capture_with_its_totals() {
+    if !require_root("ctrl_c_ends_a_capture_with_its_totals") {
+        return;
+    }
+    use std::process::Stdio;
+    let n = nat_topo("", "");
+    let sw = SwitchProc::start(&n.topo);
+    let out = std::env::temp_dir().join(format!("vswitch-e2e-obs-cc-{}.pcap", uniq()));
+    let mut child = Command::new(bin("vswitch"))
+        .args(["capture", &n.red.port, "-w"])
+        .arg(&out)
+        .arg("--socket")
+        .arg(&sw.socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ping_loss(&n.red.ns, &n.blue.ip, 3), 0.0);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&out);
+            panic!("vswitch capture ignored Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let pcap = std::fs::read(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    assert!(status.success(), "{err}");
+    let frames = pcap_frames(&pcap);
+    assert!(frames.len() >= 6, "{} frames: {err}", frames.len());
+    assert!(
+        err.contains(&format!("{} packets captured", frames.len()))
+            && err.contains("0 packets dropped by the switch"),
+        "{err}"
+    );
 }
