@@ -587,10 +587,21 @@ pub struct ShowLink {
 pub struct ShowReport {
     /// Topology name.
     pub topology: String,
-    /// Namespaces: (name, exists, owner).
-    pub namespaces: Vec<(String, bool, Option<String>)>,
+    /// Namespaces the topology defines.
+    pub namespaces: Vec<ShowNamespace>,
     /// Interfaces the topology defines.
     pub links: Vec<ShowLink>,
+}
+
+/// One namespace in a [`ShowReport`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShowNamespace {
+    /// Namespace name.
+    pub name: String,
+    /// Whether it exists.
+    pub exists: bool,
+    /// The topology recorded as its owner, if any.
+    pub owner: Option<String>,
 }
 
 /// Inspect the current state of `t`.
@@ -603,7 +614,11 @@ pub fn show(t: &Topology) -> Result<ShowReport, SetupError> {
         namespaces: t
             .all_netns()
             .into_iter()
-            .map(|n| (n.clone(), netns::exists(&n), owner(&n)))
+            .map(|n| ShowNamespace {
+                exists: netns::exists(&n),
+                owner: owner(&n),
+                name: n,
+            })
             .collect(),
         links: Vec::new(),
     };
@@ -624,7 +639,14 @@ pub fn show(t: &Topology) -> Result<ShowReport, SetupError> {
             None => None,
         };
         let mut nl = netlink_in(file.as_ref())?;
-        let link = nl.link(ifname)?;
+        let mut link = nl.link(ifname)?;
+        // The kernel calls both TUN and TAP devices `tun`; a TAP has an Ethernet address.
+        if let Some(l) = link.as_mut()
+            && l.kind == "tun"
+            && !l.mac.is_empty()
+        {
+            l.kind = "tap".into();
+        }
         let (addresses, default_via) = match &link {
             Some(l) => (
                 nl.addrs()?
@@ -739,11 +761,12 @@ impl ShowReport {
             ]);
         }
         let mut out = format!("topology {}\n", self.topology);
-        for (n, exists, owner) in &self.namespaces {
+        for n in &self.namespaces {
             out += &format!(
-                "namespace {n}: {}{}\n",
-                if *exists { "present" } else { "absent" },
-                owner
+                "namespace {}: {}{}\n",
+                n.name,
+                if n.exists { "present" } else { "absent" },
+                n.owner
                     .as_ref()
                     .map(|o| format!(" (owner {o})"))
                     .unwrap_or_default()

@@ -144,6 +144,37 @@ fn up_twice_is_a_no_op() {
         .map(|n| snapshot(n))
         .collect();
     assert_eq!(before, after);
+    // `show --json`: objects with named fields; the TAP endpoint is a `tap`, not `tun`.
+    let show = netns_setup(&["show", "--json"], &topo.path);
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).expect("show --json");
+    for ns in [&m[0].ns, &m[1].ns, &sw_ns] {
+        let n = v["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == ns.as_str())
+            .unwrap_or_else(|| panic!("{ns} not in {v}"));
+        assert_eq!(n["exists"], true, "{n}");
+        assert_eq!(n["owner"], topo.topo.name.as_str(), "{n}");
+    }
+    let kind_of = |ifname: &str| {
+        v["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["link"]["name"] == ifname)
+            .unwrap_or_else(|| panic!("{ifname} not in {v}"))["link"]["kind"]
+            .clone()
+    };
+    assert_eq!(kind_of(&m[1].ifname), "tap");
+    assert_eq!(kind_of(&m[0].ifname), "veth");
+    let text = String::from_utf8_lossy(&netns_setup(&["show"], &topo.path).stdout).into_owned();
+    let tap_row = text
+        .lines()
+        .find(|l| l.contains(&m[1].ifname))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(tap_row.split_whitespace().any(|w| w == "tap"), "{text}");
+    assert!(!text.split_whitespace().any(|w| w == "tun"), "{text}");
     // The switch-side end carries no address and the kernel sends nothing on it.
     let sw_links = links_in(&sw_ns);
     let br = sw_links
