@@ -998,6 +998,11 @@ fn demo() -> ExitCode {
         }
     };
     let sock = control::default_socket("seed");
+    // A seed switch already running would answer in place of the demo's own.
+    if let Ok(Some(owner)) = lock::holder("seed") {
+        eprintln!("vswitch demo: the seed topology is already served by {owner}; stop it first");
+        return ExitCode::FAILURE;
+    }
     println!(
         "== starting `vswitch run` on the built-in seed topology (red 192.168.15.1, blue 192.168.15.2, switch v-net-0)"
     );

@@ -376,3 +376,38 @@ fn packaging_both_binaries_a_unit_completions_and_man_pages() {
     );
     assert_eq!(o.status.code(), Some(2), "unknown shell is a usage error");
 }
+
+#[test]
+fn demo_refuses_while_a_seed_switch_runs() {
+    if !require_root("demo_refuses_while_a_seed_switch_runs") {
+        return;
+    }
+    let _serial = serial();
+    // This test process plays the running seed switch: it holds the seed's lock.
+    let sock = std::env::temp_dir().join(format!("vswitch-e2e-seed-{}.sock", uniq()));
+    let owner = netns_setup::lock::Owner::this_process("seed", &sock, None);
+    let lock = match netns_setup::lock::TopologyLock::acquire(&owner) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("a seed switch runs on this machine ({e}): not checked");
+            return;
+        }
+    };
+    let before = ip_netns_list();
+    let o = run_timeout(
+        Command::new(bin("vswitch")).arg("demo"),
+        Duration::from_secs(20),
+    );
+    drop(lock);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("PID {}", std::process::id())),
+        "{err}"
+    );
+    assert!(
+        !ip_netns_list()
+            .iter()
+            .any(|n| !before.contains(n) && (n == "red" || n == "blue"))
+    );
+}
