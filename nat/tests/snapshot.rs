@@ -349,6 +349,44 @@ fn contradictions_are_skipped_and_foreign_or_full_refused() {
     m.check_invariants().unwrap();
 }
 
+/// A table holding every external UDP port (64,512 mappings, one entry
+/// each) round-trips whole; prints the times the README quotes.
+#[test]
+fn a_full_port_range_round_trips() {
+    let mut c = cfg(4);
+    c.max_entries_per_host = Some(c.max_entries);
+    c.max_ports_per_host = 65_536;
+    c.new_flows_per_host = 0;
+    let mut n = Nat::new(c.clone());
+    for i in 0..64_512u32 {
+        let src = Ipv4Addr::from(0xc0a8_0f00 + 1 + i % 4);
+        let p = udp(src, 1024 + (i / 4) as u16, WAN, 53);
+        assert_eq!(
+            go(&mut n, 0, Side::Lan, p).0,
+            Verdict::Translated,
+            "flow {i}"
+        );
+    }
+    assert_eq!(n.len(), 64_512);
+    let t = std::time::Instant::now();
+    let snap = n.export(1);
+    let t_export = t.elapsed();
+    let b = snapshot::encode(&snap);
+    let t_encode = t.elapsed() - t_export;
+    let d = snapshot::decode(&b).unwrap();
+    let mut m = Nat::new(c);
+    let t = std::time::Instant::now();
+    let r = m.import(&d, 0, 0).unwrap();
+    let t_import = t.elapsed();
+    eprintln!(
+        "{} entries: export {t_export:?}, encode {t_encode:?} ({} bytes), import {t_import:?}",
+        n.len(),
+        b.len()
+    );
+    assert_eq!((r.restored, r.mappings), (64_512, 64_512));
+    m.check_invariants().unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 

@@ -393,4 +393,11 @@ fn a_corrupt_state_file_is_refused_and_the_switch_starts_empty() {
             .unwrap()
             .is_empty()
     );
+    // A run that removes the topology on exit removes the state file too.
+    drop(sw);
+    assert!(st.0.exists(), "saved again on SIGTERM with --keep");
+    let path = st.0.display().to_string();
+    let mut sw = SwitchProc::start_with(&t.topo, &["--state-file", &path]);
+    assert!(sw.stop());
+    assert!(!st.0.exists(), "state file left behind: {}", sw.log_text());
 }
