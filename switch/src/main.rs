@@ -718,7 +718,10 @@ fn si(x: f64) -> String {
     }
 }
 
-fn print_rates(r: &Value) {
+/// The text report of [`rates`].
+fn rates_text(r: &Value) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
     let mut rows = vec![
         [
             "PORT", "STATE", "RX-PKT/S", "RX-BIT/S", "TX-PKT/S", "TX-BIT/S", "DROPS/S",
@@ -738,19 +741,22 @@ fn print_rates(r: &Value) {
             f(&p["drops_ps"]),
         ]);
     }
-    println!(
+    let _ = writeln!(
+        o,
         "switch {}: rates over {:.1}s",
         s(&r["switch"]),
         r["interval_s"].as_f64().unwrap_or(0.0)
     );
-    print!("{}", render_table(&rows));
+    o += &render_table(&rows);
     if !r["nat_new_flows_ps"].is_null() {
-        println!(
+        let _ = writeln!(
+            o,
             "nat: {} new flows/s, {} entries",
             f(&r["nat_new_flows_ps"]),
             r["nat_entries"]
         );
     }
+    o
 }
 
 /// `vswitch stats --interval SECS [--count N]`: rates every SECS until Ctrl-C.
@@ -778,13 +784,20 @@ fn stats_rates(t: &Target, secs: f64, count: Option<u64>) -> ExitCode {
             }
         };
         if let Some(r) = rates(&prev, &cur) {
-            if t.json {
-                println!("{r}");
-            } else {
-                print_rates(&r);
-            }
             use std::io::Write;
-            let _ = std::io::stdout().flush();
+            let text = if t.json {
+                r.to_string() + "\n"
+            } else {
+                rates_text(&r)
+            };
+            let mut out = std::io::stdout().lock();
+            if out
+                .write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                return ExitCode::SUCCESS; // stdout closed (e.g. piped into head)
+            }
             shown += 1;
         }
         prev = cur;

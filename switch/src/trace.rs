@@ -40,7 +40,8 @@ pub struct Stage {
 pub struct Decision {
     /// `drop`, `forward` (to `out_ports`), `flood` (to `out_ports`), `answer`
     /// (the gateway answers the sender itself), `queue` (waits for ARP
-    /// resolution), `unreachable` (ICMP destination unreachable back).
+    /// resolution), `unreachable` (ICMP destination unreachable back),
+    /// `ignore` (multicast noise on the uplink; not a drop).
     pub action: &'static str,
     /// Egress ports (names), for `forward`, `flood` and `queue` (empty if unknown).
     pub out_ports: Vec<String>,
@@ -371,6 +372,13 @@ pub fn trace<P: Policy>(
             "route",
             format!("routed port, our address {} ({})", u.ip, u.mac),
         );
+        if h.dst.is_multicast() && h.ethertype != 0x0806 {
+            return Ok(out.done(Decision::to(
+                "ignore",
+                Vec::new(),
+                Some("multicast on the uplink, ignored as a host would (gateway ignored_multicast, not a drop)".into()),
+            )));
+        }
         if h.dst != u.mac {
             return Ok(out.done(Decision::drop("gw-not-for-us: not our MAC")));
         }

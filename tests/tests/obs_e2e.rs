@@ -648,6 +648,25 @@ fn counters_agree_and_ipv6_noise_is_not_a_drop() {
             assert_eq!(c.as_u64(), Some(0), "gateway {k}: {g}");
         }
     }
+    // `trace` says the same of such a frame.
+    let o = run_timeout(
+        Command::new(bin("vswitch"))
+            .args([
+                "trace",
+                "--in-port",
+                &n.wan.port,
+                "--dst-mac",
+                "33:33:00:00:00:01",
+            ])
+            .args([
+                "--src", "fe80::1", "--dst", "ff02::1", "--proto", "udp", "--json", "--socket",
+            ])
+            .arg(&sw.socket),
+        Duration::from_secs(10),
+    );
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("trace: {e}: {}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(t["verdict"]["action"], "ignore", "{t}");
     // A frame to another MAC on the uplink is a drop, counted on the port
     // and by the gateway alike.
     let mut tap = packet_socket(&n.wan.ns, &n.wan.ifname);
