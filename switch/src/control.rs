@@ -320,7 +320,7 @@ fn conntrack_listing(to_worker: &Sender<Request>, wake: &EventFd, req: &Value) -
 
 /// Answer `conntrack-delete` (`conntrack -D` with the listing's filters, or
 /// `-F` without any): the worker deletes page by page, one bounded request
-/// of [`crate::worker::MAX_PAGE`] entries between batches, so a large
+/// of [`crate::worker::DELETE_PAGE`] entries between batches, so a large
 /// deletion never stalls forwarding; answers the number deleted.
 fn conntrack_delete(to_worker: &Sender<Request>, wake: &EventFd, req: &Value) -> Value {
     let mut args = req.clone();
@@ -328,7 +328,7 @@ fn conntrack_delete(to_worker: &Sender<Request>, wake: &EventFd, req: &Value) ->
     let mut cursor = 0;
     loop {
         args["cursor"] = cursor.into();
-        args["max"] = crate::worker::MAX_PAGE.into();
+        args["max"] = crate::worker::DELETE_PAGE.into();
         let v = ask(to_worker, wake, "conntrack-delete-page", args.clone(), None);
         if v["ok"] != true {
             return v;
@@ -778,7 +778,7 @@ mod tests {
                     }
                     "conntrack-delete-page" => {
                         let max = r.args["max"].as_u64().unwrap() as usize;
-                        assert!(max <= crate::worker::MAX_PAGE);
+                        assert!(max <= crate::worker::DELETE_PAGE);
                         let f = CtFilter::of(&r.args);
                         let cursor = r.args["cursor"].as_u64().unwrap() as usize;
                         let (d, next) = nat.delete_from(1, cursor, max, |e| f.keep(e));
@@ -854,7 +854,7 @@ mod tests {
     #[test]
     fn conntrack_is_deleted_in_bounded_pages() {
         let (tx, wake, asked) = fake_worker(nat_with(5000));
-        let pages = 5000_usize.div_ceil(crate::worker::MAX_PAGE);
+        let pages = 5000_usize.div_ceil(crate::worker::DELETE_PAGE);
         // Filters as for the listing: 192.168.15.3 holds every 7th flow.
         let v = conntrack_delete(&tx, &wake, &json!({"src": "192.168.15.3", "proto": "udp"}));
         let n = (0..5000).filter(|i| i % 7 == 1).count();
