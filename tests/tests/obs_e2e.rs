@@ -400,8 +400,31 @@ fn stats_interval_prints_rates_that_follow_traffic() {
         return;
     }
     let n = nat_topo("", "");
-    let sw = SwitchProc::start(&n.topo);
+    // RUST_LOG chooses the level when neither --log-level nor -v is given.
+    let socket = std::env::temp_dir().join(format!("vswitch-e2e-{}.sock", n.topo.topo.name));
+    let mut cmd = Command::new(bin("vswitch"));
+    cmd.arg("run")
+        .arg(&n.topo.path)
+        .arg("--socket")
+        .arg(&socket)
+        .env("RUST_LOG", "warn,switch::control=debug");
+    let sw = SwitchProc::spawn(&n.topo, cmd, socket);
     assert_eq!(ping_loss(&n.red.ns, &n.blue.ip, 1), 0.0);
+    assert!(
+        wait_log(
+            &sw,
+            &["DEBUG", "control request: stats"],
+            Duration::from_secs(3)
+        )
+        .is_some(),
+        "{}",
+        sw.log_text()
+    );
+    assert!(
+        !sw.log_text().contains(" INFO "),
+        "RUST_LOG=warn,...: no info lines: {}",
+        sw.log_text()
+    );
     // Quiet: two one-second reports, as JSON lines.
     let quiet = stats_cli(&sw, &["--interval", "1", "--count", "2", "--json"], 15);
     let lines: Vec<serde_json::Value> = quiet
