@@ -796,6 +796,7 @@ impl<P: Policy + Reload> Worker<P> {
             sp.clear();
         }
         for k in 0..self.batch.len() {
+            self.span_of[k] = u16::MAX;
             if self.batch.is_truncated(k) {
                 self.ports[in_port].stats.drop(DropReason::Truncated);
                 continue;
@@ -813,7 +814,6 @@ impl<P: Policy + Reload> Worker<P> {
                     self.batch.frame(k),
                 );
             }
-            self.span_of[k] = u16::MAX;
             if span_to.is_some()
                 && let Some(sp) = self.span_rx.as_deref_mut()
             {
@@ -1615,6 +1615,53 @@ mod tests {
             1,
             "the frame itself is still flooded"
         );
+    }
+
+    /// A mirror port and a capture get a received frame as it arrived, before
+    /// the policy's rewrite; a capture of the egress port gets it as sent.
+    #[test]
+    fn mirrors_and_captures_see_received_frames_before_rewrite() {
+        let (mut w, sent) = worker(3, Always(Action::PushVlan(100)));
+        w.mirrors = vec![Some(2), None, None];
+        w.span_rx = Some(Box::new(Batch::new()));
+        let (sink0, rx0) = TapSink::new(16);
+        let (sink1, rx1) = TapSink::new(16);
+        w.add_tap(0, sink0, None);
+        w.add_tap(1, sink1, None);
+        w.pipeline.fdb.learn(B, 1, 0);
+        let orig = frame([0; 10], B, A, 64);
+        w.batch.clear();
+        load(&mut w, 0, &orig);
+        w.forward(0, 0);
+        let out1 = sent[1].borrow()[0].clone();
+        assert_eq!(out1.len(), orig.len() + 4, "tagged on its way out");
+        assert_eq!(
+            *sent[2].borrow(),
+            vec![orig.clone()],
+            "the mirror: as received"
+        );
+        assert_eq!(&rx0.try_recv().unwrap()[8..], &orig[10..]);
+        assert_eq!(&rx1.try_recv().unwrap()[8..], &out1[10..]);
+        // A truncated slot gets no stale mirror copy from an earlier batch.
+        for trunc in [false, true] {
+            sent[2].borrow_mut().clear();
+            w.batch.clear();
+            load(&mut w, 0, &orig);
+            load(&mut w, 1, &orig);
+            w.batch.set_filled(1, orig.len(), trunc);
+            w.forward(0, 1);
+            assert_eq!(sent[2].borrow().len(), if trunc { 1 } else { 2 });
+        }
+        // A full capture queue is counted on the port and for its reader.
+        let (sink, _rx) = TapSink::new(1);
+        let lost = sink.lost.clone();
+        w.add_tap(0, sink, None);
+        w.batch.clear();
+        load(&mut w, 0, &orig);
+        load(&mut w, 1, &orig);
+        w.forward(0, 2);
+        assert_eq!(lost.load(Ordering::Relaxed), 1);
+        assert_eq!(w.ports[0].stats.capture_dropped, 1);
     }
 
     /// Ports 0 and 1: access VLAN 10; port 2: trunk of VLAN 10; port 3: access VLAN 20.
