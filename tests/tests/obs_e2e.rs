@@ -848,3 +848,63 @@ fn ctrl_c_ends_a_capture_with_its_totals() {
         "{err}"
     );
 }
+
+#[test]
+fn a_lagging_pcap_mirror_logs_its_losses() {
+    if !require_root("a_lagging_pcap_mirror_logs_its_losses") {
+        return;
+    }
+    let n = nat_topo("", "");
+    // The mirror writes into a FIFO that this test reads only after a flood.
+    let fifo = std::env::temp_dir().join(format!("vswitch-e2e-obs-fifo-{}", uniq()));
+    let o = run_timeout(Command::new("mkfifo").arg(&fifo), Duration::from_secs(5));
+    assert!(o.status.success());
+    let base = std::fs::read_to_string(&n.topo.path).unwrap();
+    std::fs::write(
+        &n.topo.path,
+        format!(
+            "{base}[[mirror]]\nfrom = \"{}\"\npcap = \"{}\"\n",
+            n.red.ns,
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    let f2 = fifo.clone();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&f2).unwrap(); // meets the switch's open
+        let _ = go_rx.recv_timeout(Duration::from_secs(30));
+        let mut v = Vec::new();
+        let _ = f.read_to_end(&mut v);
+        v
+    });
+    let mut sw = SwitchProc::start(&n.topo);
+    let _ = ns_exec(
+        &n.red.ns,
+        &[
+            "ping", "-f", "-q", "-c", "8000", "-s", "1200", "-w", "2", &n.blue.ip,
+        ],
+        Duration::from_secs(10),
+    );
+    let line = wait_log(
+        &sw,
+        &["WARN", "pcap mirror of", "frames dropped"],
+        Duration::from_secs(3),
+    );
+    let st = sw.cli_json("stats");
+    go_tx.send(()).unwrap();
+    assert!(sw.stop());
+    let _ = reader.join();
+    let _ = std::fs::remove_file(&fifo);
+    let line = line.unwrap_or_else(|| panic!("no line for the mirror's losses: {}", sw.log_text()));
+    assert!(line.contains(&n.red.port), "{line}");
+    let red = st["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == n.red.port.as_str())
+        .unwrap()
+        .clone();
+    assert!(red["capture_dropped"].as_u64().unwrap() > 0, "{red}");
+}
