@@ -238,6 +238,11 @@ fn request(i: &mut Input) -> Vec<u8> {
         "",
         "FDB",
         "nope",
+        "conntrack-delete",
+        "conntrack-delete-page",
+        "fdb-add",
+        "fdb-del",
+        "fdb-flush",
     ];
     let cmd = i.pick(&cmds);
     let mut r = json!({"cmd": cmd});
@@ -267,6 +272,7 @@ fn request(i: &mut Input) -> Vec<u8> {
                 "0.0.0.0",
                 "1.2.3",
                 "::1",
+                "fe80::2",
                 "x",
             ];
             let s = i.pick(&ips);
@@ -275,7 +281,7 @@ fn request(i: &mut Input) -> Vec<u8> {
             r["dst"] = maybe(i, json!(d));
             let proto = i.pick(&["tcp", "udp", "icmp", "47", "TCP", "", "256"]);
             r["proto"] = maybe(i, json!(proto));
-            for k in ["sport", "dport", "vlan", "ttl"] {
+            for k in ["sport", "dport", "vlan", "ttl", "ethertype"] {
                 if i.bool() {
                     let v = i.pick(INTERESTING_U16);
                     r[k] = maybe(i, json!(v));
@@ -292,6 +298,39 @@ fn request(i: &mut Input) -> Vec<u8> {
                     ]);
                     r[k] = maybe(i, json!(m));
                 }
+            }
+        }
+        "fdb-add" | "fdb-del" | "fdb-flush" => {
+            let m = i.pick(&[
+                "02:00:00:00:00:09",
+                "ff:ff:ff:ff:ff:ff",
+                "zz",
+                "02:00:00:00:00",
+            ]);
+            r["mac"] = maybe(i, json!(m));
+            let port = i.pick(&["red", "veth-red-br", "wan", "veth-wan-br", "nobody"]);
+            if i.bool() {
+                r["port"] = maybe(i, json!(port));
+            }
+            if i.bool() {
+                let v = i.pick(INTERESTING_U16);
+                r["vlan"] = maybe(i, json!(v));
+            }
+        }
+        "conntrack-delete" | "conntrack-delete-page" => {
+            for k in ["cursor", "max", "sport", "dport"] {
+                if i.bool() {
+                    let v = i.pick(INTERESTING_U16);
+                    r[k] = maybe(i, json!(v));
+                }
+            }
+            if i.bool() {
+                let a = i.pick(&["192.168.15.1", "203.0.113.10", "x"]);
+                r["src"] = maybe(i, json!(a));
+            }
+            if i.bool() {
+                let p = i.pick(&["tcp", "udp", "icmp", "17", "x"]);
+                r["proto"] = maybe(i, json!(p));
             }
         }
         "capture" => {
@@ -332,7 +371,7 @@ fn request(i: &mut Input) -> Vec<u8> {
 
 /// Seed requests: one of each command.
 pub fn seeds() -> Vec<Vec<u8>> {
-    (0..12u8).map(|k| vec![1, k, 0, 0, 0, 0]).collect()
+    (0..17u8).map(|k| vec![1, k, 0, 0, 0, 0]).collect()
 }
 
 /// Run one case.
