@@ -761,6 +761,41 @@ impl Nat {
         &self.cfg
     }
 
+    /// Replace the masquerade sources and the DNAT rules (`vswitch reload`),
+    /// keeping every table: connections already tracked keep their
+    /// translation until they end or expire (as netfilter's conntrack does
+    /// when a rule is deleted); the new rules apply to new flows. Ports of
+    /// new DNAT rules are never handed out to new mappings from now on; a
+    /// mapping that already holds one keeps its established sessions, while
+    /// new inbound flows to that port follow the rule. Ports of removed
+    /// rules become free for mappings. No other setting changes.
+    pub fn set_rules(&mut self, masquerade: Vec<Ipv4Net>, dnat: Vec<DnatRule>) {
+        let old = std::mem::replace(&mut self.cfg.dnat, dnat);
+        self.cfg.masquerade = masquerade;
+        for r in &old {
+            for port in r.ports.0..=r.ports.1 {
+                if !self.is_dnat_port(r.proto, port) && !self.by_ext.contains_key(&(r.proto, port))
+                {
+                    self.ports.set(r.proto, port, false);
+                }
+            }
+        }
+        for i in 0..self.cfg.dnat.len() {
+            let r = self.cfg.dnat[i];
+            for port in r.ports.0..=r.ports.1 {
+                self.ports.set(r.proto, port, true);
+            }
+        }
+    }
+
+    /// Whether a DNAT rule publishes external `port` of protocol `p`.
+    fn is_dnat_port(&self, p: u8, port: u16) -> bool {
+        self.cfg
+            .dnat
+            .iter()
+            .any(|r| r.proto == p && (r.ports.0..=r.ports.1).contains(&port))
+    }
+
     /// Number of connection entries.
     pub fn len(&self) -> usize {
         self.table.len()
@@ -1173,7 +1208,10 @@ impl Nat {
         self.maps.remove(&key);
         if self.by_ext.get(&(key.proto, ext)) == Some(&key) {
             self.by_ext.remove(&(key.proto, ext));
-            self.ports.set(key.proto, ext, false);
+            // A port a DNAT rule published since the mapping was made stays reserved.
+            if !self.is_dnat_port(key.proto, ext) {
+                self.ports.set(key.proto, ext, false);
+            }
         }
         if let Some(h) = self.table.find_host(key.ip) {
             let r = self.table.host_rec_mut(h);

@@ -274,6 +274,95 @@ fn dnat_publishes_blue_port_80() {
 }
 
 #[test]
+fn set_rules_changes_new_flows_and_keeps_the_table() {
+    let mut n = Nat::new(cfg());
+    // An established DNAT'd connection to blue:80 and a masqueraded one from red.
+    let mut syn = tcp(WAN, 55555, EXT, 80, "S", b"");
+    assert_eq!(
+        n.process(0, Side::Wan, &mut syn, false, &route),
+        Verdict::Translated
+    );
+    let mut synack = tcp(BLUE, 80, WAN, 55555, "SA", b"");
+    assert_eq!(
+        n.process(1, Side::Lan, &mut synack, false, &route),
+        Verdict::Translated
+    );
+    let mut out = udp(RED, 7000, WAN, 53, b"q");
+    assert_eq!(
+        n.process(2, Side::Lan, &mut out, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&out).1, 7000, "port preserved");
+    let before = n.len();
+
+    // New rules: port 80 goes, 8080 -> red:8000 comes, red is no longer masqueraded.
+    n.set_rules(
+        vec![Ipv4Net {
+            addr: BLUE,
+            prefix: 32,
+        }],
+        vec![DnatRule {
+            proto: proto::TCP,
+            ports: (8080, 8080),
+            to_addr: RED,
+            to_port: 8000,
+        }],
+    );
+    assert_eq!(n.len(), before, "tables kept");
+    n.check_invariants().unwrap();
+    // Tracked connections keep their translation, both ways.
+    let mut data = tcp(WAN, 55555, EXT, 80, "A", b"more");
+    assert_eq!(
+        n.process(3, Side::Wan, &mut data, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&data), (WAN, 55555, BLUE, 80));
+    assert_checksums(&data);
+    let mut again = udp(RED, 7000, WAN, 53, b"q2");
+    assert_eq!(
+        n.process(4, Side::Lan, &mut again, false, &route),
+        Verdict::Translated
+    );
+    // New flows follow the new rules.
+    let mut syn2 = tcp(WAN2, 40000, EXT, 8080, "S", b"");
+    assert_eq!(
+        n.process(5, Side::Wan, &mut syn2, false, &route),
+        Verdict::Translated
+    );
+    assert_eq!(tuple_of(&syn2), (WAN2, 40000, RED, 8000));
+    assert_checksums(&syn2);
+    let mut syn3 = tcp(WAN2, 40001, EXT, 80, "S", b"");
+    assert_ne!(
+        n.process(6, Side::Wan, &mut syn3, false, &route),
+        Verdict::Translated,
+        "the removed rule no longer admits new connections"
+    );
+    let mut red_new = udp(RED, 7001, WAN2, 53, b"q");
+    assert_eq!(
+        n.process(7, Side::Lan, &mut red_new, false, &route),
+        Verdict::NotNatted,
+        "red is no longer masqueraded"
+    );
+    // Port 80 is free for a mapping again; 8080 is never handed out.
+    let mut blue80 = tcp(BLUE, 80, WAN2, 9, "S", b"");
+    assert_eq!(
+        n.process(8, Side::Lan, &mut blue80, false, &route),
+        Verdict::Translated
+    );
+    let mut blue8080 = tcp(BLUE, 8080, WAN2, 9, "S", b"");
+    assert_eq!(
+        n.process(9, Side::Lan, &mut blue8080, false, &route),
+        Verdict::Translated
+    );
+    assert_ne!(
+        tuple_of(&blue8080).1,
+        8080,
+        "a published port is not handed out"
+    );
+    n.check_invariants().unwrap();
+}
+
+#[test]
 fn hairpin_reaches_blue_with_external_source() {
     let mut n = Nat::new(cfg());
     let mut syn = tcp(RED, 41000, EXT, 80, "S", b"");
