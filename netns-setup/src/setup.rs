@@ -484,6 +484,18 @@ pub struct DownReport {
 
 /// Remove what `up` created for `t` (see the module contract).
 pub fn down(t: &Topology) -> DownReport {
+    down_only(t, None)
+}
+
+/// Remove what `up` created for the namespaces `names` of `t` only (their
+/// switch-side links, then the namespaces), with the same ownership checks
+/// as [`down`]: for a switch that drops namespaces from a running topology.
+pub fn down_namespaces(t: &Topology, names: &[String]) -> DownReport {
+    down_only(t, Some(names))
+}
+
+fn down_only(t: &Topology, only: Option<&[String]>) -> DownReport {
+    let picked = |n: &str| only.is_none_or(|o| o.iter().any(|x| x == n));
     let mut r = DownReport::default();
     if !is_root() {
         r.failures.push(SetupError::NotRoot.to_string());
@@ -510,12 +522,14 @@ pub fn down(t: &Topology) -> DownReport {
             Ok(mut nl) => {
                 let mut names: Vec<&str> = t
                     .switch_ports()
+                    .filter(|n| picked(&n.name))
                     .filter_map(|n| n.switch_ifname.as_deref())
                     .collect();
                 if let Some(UplinkSpec {
                     kind: UplinkKind::Veth { switch_ifname, .. },
                     ..
                 }) = &t.uplink
+                    && only.is_none()
                 {
                     names.push(switch_ifname);
                 }
@@ -537,7 +551,7 @@ pub fn down(t: &Topology) -> DownReport {
             }
         }
     }
-    for name in t.all_netns() {
+    for name in t.all_netns().into_iter().filter(|n| picked(n)) {
         let o = owner(&name);
         let ours = o.as_deref() == Some(t.name.as_str());
         if netns::path(&name).exists() {
