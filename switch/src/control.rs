@@ -58,7 +58,28 @@ pub const CAPTURE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most [`MAX_CLIENTS`] clients are served at once, each on its own thread
 /// with bounded reads and writes, so no client can pin a thread forever.
 pub fn serve(listener: UnixListener, to_worker: Sender<Request>, wake: Arc<EventFd>) {
-    serve_limited(listener, to_worker, wake, MAX_CLIENTS, CLIENT_TIMEOUT);
+    serve_limited(listener, to_worker, wake, MAX_CLIENTS, CLIENT_TIMEOUT, None);
+}
+
+/// Answers the requests it owns (`reload`, `port-add`, `port-del`) on the
+/// client's thread, `None` for the others (see [`crate::live::Live`]).
+pub type LiveHandler = Arc<dyn Fn(&str, &Value) -> Option<Value> + Send + Sync>;
+
+/// Like [`serve`], with `live` answering the live-change requests.
+pub fn serve_with(
+    listener: UnixListener,
+    to_worker: Sender<Request>,
+    wake: Arc<EventFd>,
+    live: LiveHandler,
+) {
+    serve_limited(
+        listener,
+        to_worker,
+        wake,
+        MAX_CLIENTS,
+        CLIENT_TIMEOUT,
+        Some(live),
+    );
 }
 
 fn serve_limited(
@@ -67,6 +88,7 @@ fn serve_limited(
     wake: Arc<EventFd>,
     max_clients: usize,
     timeout: Duration,
+    live: Option<LiveHandler>,
 ) {
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
@@ -88,11 +110,12 @@ fn serve_limited(
                     continue;
                 }
                 let (to_worker, wake, active2) = (to_worker.clone(), wake.clone(), active.clone());
+                let live = live.clone();
                 // One thread per client: a capture streams for as long as it runs.
                 let spawned = std::thread::Builder::new()
                     .name("vswitch-client".into())
                     .spawn(move || {
-                        let _ = handle(conn, &to_worker, &wake, timeout);
+                        let _ = handle(conn, &to_worker, &wake, timeout, live.as_ref());
                         active2.fetch_sub(1, Ordering::AcqRel);
                     });
                 if spawned.is_err() {
@@ -432,6 +455,7 @@ fn handle(
     to_worker: &Sender<Request>,
     wake: &EventFd,
     timeout: Duration,
+    live: Option<&LiveHandler>,
 ) -> io::Result<()> {
     conn.set_write_timeout(Some(timeout))?;
     let line = match read_request(&conn, timeout) {
@@ -465,6 +489,10 @@ fn handle(
         );
     };
     tracing::debug!("control request: {cmd}");
+    if let Some(answer) = live.and_then(|h| h(&cmd, &req)) {
+        let mut w = &conn;
+        return writeln!(w, "{answer}");
+    }
     if cmd == "fdb" || cmd == "arp" {
         let answer = table_listing(to_worker, wake, cmd == "fdb");
         let mut w = std::io::BufWriter::new(&conn);
@@ -677,7 +705,7 @@ pub fn exchange(path: &Path, req: Value) -> Result<(Value, BufReader<UnixStream>
         ),
         _ => format!("{}: {e}", path.display()),
     })?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
+    conn.set_read_timeout(Some(Duration::from_secs(15)))
         .map_err(|e| e.to_string())?;
     let mut w = &conn;
     // A switch that refuses the connection (too many clients) answers and
@@ -888,7 +916,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let l = bind(&path).unwrap();
         let (tx, wake, _) = fake_worker(nat_with(1));
-        serve_limited(l, tx, wake, 2, Duration::from_millis(400));
+        serve_limited(l, tx, wake, 2, Duration::from_millis(400), None);
         let silent: Vec<UnixStream> = (0..2)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();

@@ -523,11 +523,17 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
             }
         );
     }
+    // The topology as applied: `vswitch reload` changes it; exit removes what it holds.
+    let applied = Arc::new(std::sync::Mutex::new(t.clone()));
     let cleanup = |why: &str| {
         let _ = std::fs::remove_file(&sock_path);
         // A failed start leaves what it found as it was; a clean exit removes it too.
         if !opts.keep && (!adopted || why == "exit") {
-            let r = netns_setup::down(t);
+            let now = applied
+                .lock()
+                .map(|t| t.clone())
+                .unwrap_or_else(|e| e.into_inner().clone());
+            let r = netns_setup::down(&now);
             if !r.removed.is_empty() {
                 tracing::info!("removed ({why}): {}", r.removed.join(", "));
             }
@@ -588,7 +594,6 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
             }
         }
     }
-    control::serve(listener, tx, wake.clone());
     let port_snapshot: Vec<PortInfo> = ports
         .iter()
         .map(|p| PortInfo {
@@ -603,6 +608,7 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         pipeline.fdb.set_default_vlan(1);
     }
     let mut worker = Worker::<(Chain, U)>::new(sw.name.clone(), ports, pipeline);
+    let slots0 = port_snapshot.clone();
     let file = opts.file.clone();
     let mut first = Some(t.clone());
     let reloader = Box::new(move || -> Result<Reloaded, String> {
@@ -621,50 +627,86 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         bail!("policy: {e}");
     }
     // Mirrors to pcap files: a writer thread per file, fed like a capture.
+    let mut pcaps = Vec::new();
     for m in t.policy.mirrors.iter().filter(|m| m.pcap.is_some()) {
         let path = m.pcap.clone().expect("filtered");
         let Some(port) = worker.port_index(&m.from) else {
             cleanup("start-up failed");
             bail!("mirror: namespace {:?} has no port", m.from);
         };
-        let file = match std::fs::File::create(&path) {
-            Ok(f) => f,
+        let tx = match crate::live::spawn_pcap_writer(&path) {
+            Ok(tx) => tx,
             Err(e) => {
                 cleanup("start-up failed");
                 bail!("mirror: cannot create {}: {e}", path.display());
             }
         };
-        let (sink, rx) = crate::worker::TapSink::new(control::CAPTURE_QUEUE);
-        std::thread::Builder::new()
-            .name("vswitch-pcap".into())
-            .spawn(move || {
-                let mut w = std::io::BufWriter::new(file);
-                if control::pcap_header(&mut w).is_err() {
-                    return;
-                }
-                let _ = std::io::Write::flush(&mut w);
-                while let Ok(msg) = rx.recv() {
-                    if control::pcap_record(&mut w, &msg).is_err() {
-                        return;
-                    }
-                    // Flush whenever the queue runs dry, so the file is readable while it grows.
-                    let mut more = true;
-                    while more {
-                        match rx.try_recv() {
-                            Ok(msg) => {
-                                if control::pcap_record(&mut w, &msg).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(_) => more = false,
-                        }
-                    }
-                    let _ = std::io::Write::flush(&mut w);
-                }
-            })
-            .context("spawn pcap writer")?;
-        worker.add_tap(port, sink, Some(path.display().to_string()));
+        worker.add_tap(port, tx, Some(path.display().to_string()));
         tracing::info!("mirroring {} to {}", m.from, path.display());
+        pcaps.push((port, path));
+    }
+    // Live changes (reload, port add/del) are prepared off the forwarding
+    // thread and handed to the worker whole; SIGHUP starts a reload too.
+    let (ctx, crx) = channel();
+    worker.set_changes(crx);
+    let live = Arc::new(std::sync::Mutex::new(crate::live::Live::new(
+        t.clone(),
+        opts.file.clone(),
+        slots0,
+        pcaps,
+        ctx,
+        wake.clone(),
+    )));
+    {
+        let live = live.clone();
+        let applied = applied.clone();
+        let handler: control::LiveHandler = Arc::new(move |cmd: &str, req: &serde_json::Value| {
+            let mut l = live.lock().unwrap_or_else(|e| e.into_inner());
+            let v = l.handle(cmd, req);
+            if v.is_some()
+                && let Ok(mut a) = applied.lock()
+            {
+                *a = l.current.clone();
+            }
+            v
+        });
+        let h = handler.clone();
+        worker.set_on_sighup(Box::new(move || {
+            let h = h.clone();
+            let _ = std::thread::Builder::new()
+                .name("vswitch-reload".into())
+                .spawn(move || {
+                    let v = h("reload", &serde_json::Value::Null).unwrap_or_default();
+                    if v["ok"] != true {
+                        tracing::warn!("reload (SIGHUP) refused: {}", v["error"]);
+                    }
+                });
+        }));
+        control::serve_with(listener, tx, wake.clone(), handler);
+    }
+    // Ports follow the kernel: link events of the switch's namespace.
+    let sw_ns_file = match &sw.netns {
+        Some(n) => match open_netns(n) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                cleanup("start-up failed");
+                bail!("switch namespace: {e}");
+            }
+        },
+        None => None,
+    };
+    match in_netns(sw_ns_file.as_ref(), crate::sys::LinkMonitor::open).and_then(|r| r) {
+        Ok(mon) => {
+            let open: crate::live::Opener = Box::new(move |name: &str| {
+                in_netns(sw_ns_file.as_ref(), || PacketPort::open(name))
+                    .and_then(|r| r)
+                    .map(|p| Box::new(p) as Box<dyn PortIo>)
+            });
+            worker.set_link_watch(crate::live::LinkWatch::new(mon, open));
+        }
+        Err(e) => tracing::warn!(
+            "cannot watch link events ({e}); a deleted port is noticed on its next send only"
+        ),
     }
     worker.set_busy_poll(sw.busy_poll);
     if let Some(cpu) = sw.cpu {

@@ -194,6 +194,13 @@ impl Fdb {
         n
     }
 
+    /// Make room for ports `0..n` (ports added at run time).
+    pub fn ensure_ports(&mut self, n: usize) {
+        if self.per_port.len() < n {
+            self.per_port.resize(n, 0);
+        }
+    }
+
     /// Forget everything learned on `port` (it went away), static entries included.
     pub fn flush_port(&mut self, port: PortId) {
         self.map.retain(|_, e| e.port != port);

@@ -627,6 +627,30 @@ impl Gateway {
         self.cfg.uplink.as_ref().map(|u| u.port)
     }
 
+    /// Replace the static routes (`vswitch reload`); the LAN neighbour cache
+    /// then learns the new next hops. Caches, queue and NAT are kept.
+    pub fn set_routes(&mut self, routes: Vec<(Ipv4Net, Ipv4Addr)>) {
+        self.cfg.routes = routes;
+        self.neigh_lan.set_on_link(&self.cfg.lan_on_link());
+    }
+
+    /// Set the LAN MTU (the smallest of the LAN ports', after ports change).
+    pub fn set_lan_mtu(&mut self, mtu: u32) {
+        self.cfg.lan_mtu = mtu;
+    }
+
+    /// The uplink's MAC changed (its link was re-created): answer with the new one.
+    pub fn set_uplink_mac(&mut self, mac: MacAddr) {
+        if let Some(u) = &mut self.cfg.uplink {
+            u.mac = mac;
+        }
+    }
+
+    /// The configuration (routes, uplink, NAT as configured).
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
     /// Where `dst` leads.
     pub fn route(&self, dst: Ipv4Addr) -> Egress {
         route_in(&self.cfg, &self.lan_net, &self.up_net, dst)

@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod fdb;
 pub mod gateway;
+pub mod live;
 pub mod log;
 pub mod metrics;
 pub mod ping;

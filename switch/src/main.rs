@@ -317,9 +317,13 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Re-read the topology's policy (ACL, rate limits, isolation, mirrors) and swap it in
-    /// between batches; tables are kept. SIGHUP does the same.
+    /// Re-read the topology file and apply what changed live (namespaces, routes, NAT and DNAT
+    /// rules, ACLs, rate limits, mirrors, isolation); tables are kept. A change that cannot be
+    /// made live is refused (exit 2) and nothing changes. SIGHUP does the same.
     Reload(Target),
+    /// Plug a link into the running switch, or unplug it.
+    #[command(subcommand)]
+    Port(PortCmd),
     /// Run the seed topology, ping red<->blue through vswitch, print the tables, clean up.
     Demo,
     /// Print the shell completion script (e.g. `vswitch completions bash > /etc/bash_completion.d/vswitch`).
@@ -377,6 +381,61 @@ fn print_trace(v: &Value) {
         "verdict: {}{to}{why}",
         d["action"].as_str().unwrap_or("?").to_uppercase()
     );
+}
+
+#[derive(Subcommand)]
+enum PortCmd {
+    /// Attach IFNAME, an existing link in the switch's namespace (`[switch] netns`), e.g. the
+    /// switch end of a veth pair whose other end is in a container's namespace.
+    Add {
+        /// The link (at most 15 bytes).
+        ifname: String,
+        /// Name of the namespace behind it (shown in stats; default: IFNAME).
+        #[arg(long)]
+        netns: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Detach a port attached with `port add` (by link or namespace name); the link is kept.
+    Del {
+        /// Link or namespace name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Print the answer of a live change (`reload`, `port add|del`) and turn it into an exit code.
+fn live_answer(what: &str, t: &Target, r: Result<Value, String>) -> ExitCode {
+    match r {
+        Ok(v) => {
+            if t.json {
+                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            } else if v["ok"] == true {
+                let changes = v["changes"].as_array().cloned().unwrap_or_default();
+                if changes.is_empty() {
+                    println!("nothing changed");
+                }
+                for c in changes {
+                    println!("{}", s(&c));
+                }
+                for n in v["notes"].as_array().into_iter().flatten() {
+                    println!("  {}", s(n));
+                }
+            } else {
+                eprintln!("vswitch {what}: {}", s(&v["error"]));
+            }
+            if v["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(v["exit"].as_u64().map_or(1, |c| c as u8))
+            }
+        }
+        Err(e) => {
+            eprintln!("vswitch {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(file: &Option<PathBuf>) -> Result<Topology, ExitCode> {
@@ -1264,20 +1323,24 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Upgrade { target, binary } => upgrade(&target, binary),
-        Cmd::Reload(t) => match control::query(&t.path(), "reload") {
-            Ok(v) => {
-                if t.json {
-                    println!("{v}");
-                } else {
-                    println!("policy reloaded: {} ACL rules", v["acl_rules"]);
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("vswitch reload: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Cmd::Reload(t) => {
+            let r = control::exchange(&t.path(), serde_json::json!({"cmd": "reload"}));
+            live_answer("reload", &t, r.map(|(v, _)| v))
+        }
+        Cmd::Port(PortCmd::Add {
+            ifname,
+            netns,
+            target,
+        }) => {
+            let req = serde_json::json!({"cmd": "port-add", "ifname": ifname, "netns": netns});
+            let r = control::exchange(&target.path(), req);
+            live_answer("port add", &target, r.map(|(v, _)| v))
+        }
+        Cmd::Port(PortCmd::Del { name, target }) => {
+            let req = serde_json::json!({"cmd": "port-del", "name": name});
+            let r = control::exchange(&target.path(), req);
+            live_answer("port del", &target, r.map(|(v, _)| v))
+        }
     }
 }
 

@@ -157,7 +157,14 @@ pub struct Pipeline<P: Policy = NoPolicy> {
     pub frame_vlan: (u16, bool),
     /// Set by `decide` when the policy asked to push (`Some(vid)`) or pop (`None`) a tag.
     pub retag: Option<Option<u16>>,
+    /// Hosts whose port went away (see [`Pipeline::forget_port`]): their next
+    /// ARP request is flooded, not suppressed, so that peers holding their
+    /// old MAC in their caches learn the new one.
+    returning: Vec<std::net::Ipv4Addr>,
 }
+
+/// Bound of the hosts remembered by [`Pipeline::forget_port`].
+const RETURNING_MAX: usize = 1024;
 
 /// Port roles of a VLAN-aware switch.
 #[derive(Debug, Clone, Default)]
@@ -196,6 +203,7 @@ impl<P: Policy> Pipeline<P> {
             vlans: None,
             frame_vlan: (0, false),
             retag: None,
+            returning: Vec::new(),
             fdb: Fdb::new(c.ports, c.fdb_max, c.fdb_max_per_port, c.ageing_ms),
             arp: {
                 // With a gateway, the switch knows its LAN subnet: learn only hosts on it.
@@ -330,6 +338,27 @@ impl<P: Policy> Pipeline<P> {
         }
     }
 
+    /// Port `port` went out of service (its link vanished, or it was removed):
+    /// forget what was learned on it. Hosts behind it may come back with
+    /// another MAC (a re-created namespace), so their next ARP request is
+    /// flooded rather than answered, and their peers learn the new MAC
+    /// (bounded memory, oldest forgotten first).
+    pub fn forget_port(&mut self, port: PortId, now: u64) {
+        for (ip, e) in self.arp.entries(now) {
+            if e.port == port && !self.returning.contains(&ip) {
+                if self.returning.len() >= RETURNING_MAX {
+                    self.returning.remove(0);
+                }
+                self.returning.push(ip);
+            }
+        }
+        self.fdb.flush_port(port);
+        self.arp.flush_port(port);
+        if let Some(gw) = &mut self.gateway {
+            gw.neigh_lan.flush_port(port);
+        }
+    }
+
     /// Learn from an ARP packet; answer it if suppression applies.
     fn arp(
         &mut self,
@@ -356,6 +385,10 @@ impl<P: Policy> Pipeline<P> {
         }
         let broadcast = EthernetFrame::new_checked(&*frame).ok()?.dst() == MacAddr::BROADCAST;
         if !self.arp_suppress || op != arp_op::REQUEST || !broadcast || spa.is_unspecified() {
+            return None;
+        }
+        if let Some(i) = self.returning.iter().position(|&ip| ip == spa) {
+            self.returning.swap_remove(i);
             return None;
         }
         // Answer only for a host we know, that is alive in the FDB, and not
@@ -485,6 +518,30 @@ mod tests {
         assert_eq!(p.d(1, &mut g, 0), Verdict::Flood);
         assert_eq!(p.arp.counters.gratuitous, 1);
         assert_eq!(p.arp.lookup([192, 168, 15, 2].into(), 1).unwrap().mac, BLUE);
+    }
+
+    #[test]
+    fn a_host_behind_a_gone_port_is_not_suppressed_once() {
+        let mut p = pipe(true);
+        let mut r = arp_reply(BLUE, [192, 168, 15, 2], RED, [192, 168, 15, 1]);
+        p.d(1, &mut r, 0);
+        let mut req = arp_request(RED, [192, 168, 15, 1], [192, 168, 15, 2]);
+        assert_eq!(p.d(0, &mut req, 1), Verdict::Reply);
+        // Red's port goes away; red comes back with another MAC.
+        p.forget_port(0, 2);
+        let red2 = MacAddr([2, 0, 0, 0, 0, 0x99]);
+        let mut req = arp_request(red2, [192, 168, 15, 1], [192, 168, 15, 2]);
+        assert_eq!(
+            p.d(0, &mut req, 3),
+            Verdict::Flood,
+            "blue must hear red's new MAC"
+        );
+        let mut req = arp_request(red2, [192, 168, 15, 1], [192, 168, 15, 2]);
+        assert_eq!(
+            p.d(0, &mut req, 4),
+            Verdict::Reply,
+            "then suppression resumes"
+        );
     }
 
     #[test]

@@ -368,6 +368,143 @@ impl PortIo for PacketPort {
     }
 }
 
+/// A link event from the kernel (`RTM_NEWLINK` / `RTM_DELLINK`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkEvent {
+    /// True for `RTM_NEWLINK` (created or changed), false for `RTM_DELLINK`.
+    pub new: bool,
+    /// Interface index.
+    pub index: u32,
+    /// Interface name (empty if the message carried none).
+    pub name: String,
+    /// Hardware address, if the message carried a 6-byte one.
+    pub mac: Option<[u8; 6]>,
+}
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const RTMGRP_LINK: u32 = 1;
+
+/// Parse the link events in one netlink datagram `b`; other message types
+/// and malformed messages are skipped (never a panic).
+pub fn parse_link_events(mut b: &[u8], out: &mut Vec<LinkEvent>) {
+    while b.len() >= 16 {
+        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        if len < 16 || len > b.len() {
+            return;
+        }
+        let ty = u16::from_ne_bytes([b[4], b[5]]);
+        let msg = &b[16..len];
+        b = &b[len.next_multiple_of(4).min(b.len())..];
+        if (ty != RTM_NEWLINK && ty != RTM_DELLINK) || msg.len() < 16 {
+            continue;
+        }
+        let mut ev = LinkEvent {
+            new: ty == RTM_NEWLINK,
+            index: u32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]),
+            name: String::new(),
+            mac: None,
+        };
+        let mut a = &msg[16..];
+        while a.len() >= 4 {
+            let alen = usize::from(u16::from_ne_bytes([a[0], a[1]]));
+            let aty = u16::from_ne_bytes([a[2], a[3]]) & 0x3fff;
+            if alen < 4 || alen > a.len() {
+                break;
+            }
+            let v = &a[4..alen];
+            match aty {
+                IFLA_IFNAME => {
+                    let end = v.iter().position(|&c| c == 0).unwrap_or(v.len());
+                    ev.name = String::from_utf8_lossy(&v[..end]).into_owned();
+                }
+                IFLA_ADDRESS => ev.mac = v.try_into().ok(),
+                _ => {}
+            }
+            a = &a[alen.next_multiple_of(4).min(a.len())..];
+        }
+        out.push(ev);
+    }
+}
+
+/// An rtnetlink socket subscribed to link events (`RTMGRP_LINK`) of the
+/// namespace it was opened in (open it inside `in_netns` for another one).
+/// Non-blocking: the worker polls its fd with the ports.
+pub struct LinkMonitor {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl LinkMonitor {
+    /// Subscribe to link events of the calling thread's namespace.
+    pub fn open() -> io::Result<LinkMonitor> {
+        use nix::sys::socket::{
+            AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, socket,
+        };
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            SockProtocol::NetlinkRoute,
+        )?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, RTMGRP_LINK))?;
+        Ok(LinkMonitor {
+            fd,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    /// Read every pending event into `out`. `Err` with `ENOBUFS` means events
+    /// were lost (the socket overflowed): the caller must re-check its links.
+    pub fn read(&mut self, out: &mut Vec<LinkEvent>) -> io::Result<()> {
+        use nix::sys::socket::{MsgFlags, recv};
+        loop {
+            match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return Ok(()),
+                Ok(n) => parse_link_events(&self.buf[..n], out),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The fd to poll for readability.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// The port of a removed slot: never readable, refuses to send.
+pub struct Detached {
+    fd: OwnedFd,
+}
+
+impl Detached {
+    /// A detached placeholder (an eventfd that is never written).
+    pub fn new() -> io::Result<Detached> {
+        let e = nix::sys::eventfd::EventFd::from_flags(
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )?;
+        Ok(Detached { fd: e.into() })
+    }
+}
+
+impl PortIo for Detached {
+    fn rx_batch(&mut self, batch: &mut Batch) -> io::Result<usize> {
+        batch.clear();
+        Ok(0)
+    }
+    fn tx_batch(&mut self, _: &Batch, _: &[u16]) -> io::Result<TxOutcome> {
+        Err(io::Error::from_raw_os_error(libc::ENODEV))
+    }
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +524,53 @@ mod tests {
         assert_eq!(a.tp_status, TP_STATUS_VLAN_VALID);
         assert_eq!(a.tp_vlan_tci, 10);
         assert!(auxdata(&ctrl, 4).is_none());
+    }
+
+    #[test]
+    fn link_events_are_parsed_and_malformed_ones_skipped() {
+        // RTM_DELLINK, index 7, IFLA_IFNAME "veth-red-br", IFLA_ADDRESS.
+        let mut m = Vec::new();
+        let name = b"veth-red-br\0";
+        let attrs_len = (4 + name.len()).next_multiple_of(4) + 12;
+        let len = 16 + 16 + attrs_len;
+        m.extend((len as u32).to_ne_bytes());
+        m.extend(RTM_DELLINK.to_ne_bytes());
+        m.extend([0u8; 10]);
+        m.extend([0u8; 4]);
+        m.extend(7i32.to_ne_bytes());
+        m.extend([0u8; 8]);
+        m.extend(((4 + name.len()) as u16).to_ne_bytes());
+        m.extend(IFLA_IFNAME.to_ne_bytes());
+        m.extend(name);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m.extend(10u16.to_ne_bytes());
+        m.extend(IFLA_ADDRESS.to_ne_bytes());
+        m.extend([2, 0, 0, 0, 0, 9, 0, 0]);
+        assert_eq!(m.len(), len);
+        let mut out = Vec::new();
+        parse_link_events(&m, &mut out);
+        assert_eq!(
+            out,
+            vec![LinkEvent {
+                new: false,
+                index: 7,
+                name: "veth-red-br".into(),
+                mac: Some([2, 0, 0, 0, 0, 9]),
+            }]
+        );
+        // Every truncation and a lying length: no panic, nothing bogus.
+        for cut in 0..m.len() {
+            let mut o = Vec::new();
+            parse_link_events(&m[..cut], &mut o);
+            assert!(o.iter().all(|e| e.index == 7));
+        }
+        let mut bad = m.clone();
+        bad[32..34].copy_from_slice(&200u16.to_ne_bytes());
+        let mut o = Vec::new();
+        parse_link_events(&bad, &mut o);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].name, "");
     }
 }

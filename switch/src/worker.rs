@@ -10,9 +10,17 @@
 //!                                         └─► per-egress index lists ─► tx_batch per port
 //!       ─► eventfd ─► answer control requests (fdb, arp, stats)
 //!       ─► signalfd (SIGINT/SIGTERM) ─► return
+//!       ─► rtnetlink link events ─► port gone at once / re-attached when back
+//!       ─► live changes (reload, port add/del) ─► applied whole, between batches
 //!       ─► every second: age the FDB and ARP tables
 //! ```
+//!
+//! Ports live in stable slots: a port's id never changes while it exists; a
+//! removed port leaves a tombstone (kind `removed`) that the next added port
+//! reuses, so per-port tables (FDB bounds, VLAN roles, policy) stay indexed
+//! by slot.
 
+use crate::live::{Change, LinkWatch};
 use crate::pipeline::{Gen, Pipeline, Target, Verdict};
 use crate::policy::{NoPolicy, Policy, Reload, Reloaded};
 use crate::port::{BATCH, Batch, PortIo, is_gone};
@@ -25,7 +33,11 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
+
 use std::time::Instant;
+
+/// `kind` of a removed port's slot (a tombstone, reused by the next added port).
+pub const REMOVED: &str = "removed";
 
 /// One switch port.
 pub struct Port {
@@ -45,6 +57,13 @@ pub struct Port {
     pub isolated: bool,
     /// Counters.
     pub stats: PortStats,
+}
+
+impl Port {
+    /// Whether this slot is a tombstone of a removed port.
+    pub fn is_removed(&self) -> bool {
+        self.kind == REMOVED
+    }
 }
 
 /// A control-plane request, answered by the worker between batches.
@@ -263,10 +282,17 @@ fn unix_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// Kinds of ports opened by name on a link of the switch's namespace
+/// (AF_PACKET), which the link watch can re-open.
+fn reattachable(kind: &str) -> bool {
+    matches!(kind, "veth" | "uplink" | "port")
+}
+
 const TOKEN_WAKE: u64 = u64::MAX;
 /// `conv_of` marker: the frame could not be converted (counted per egress port).
 const CONV_FAILED: u16 = u16::MAX - 1;
 const TOKEN_STOP: u64 = u64::MAX - 1;
+const TOKEN_LINKS: u64 = u64::MAX - 2;
 /// Batches taken from one port before looking at the others (fairness).
 const BATCHES_PER_WAKE: usize = 8;
 
@@ -306,6 +332,9 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     last_save: u64,
     upgrade: Option<Value>,
     busy_poll: std::time::Duration,
+    links: Option<LinkWatch>,
+    changes: Option<Receiver<(Box<Change>, SyncSender<Value>)>>,
+    on_sighup: Option<Box<dyn FnMut()>>,
 }
 
 /// Origin of the worker's clock ([`Worker::now`]): about 49 days, so that
@@ -387,6 +416,9 @@ impl<P: Policy + Reload> Worker<P> {
             last_save: 0,
             upgrade: None,
             busy_poll: std::time::Duration::ZERO,
+            links: None,
+            changes: None,
+            on_sighup: None,
         }
     }
 
@@ -500,12 +532,33 @@ impl<P: Policy + Reload> Worker<P> {
         }
     }
 
+    /// Follow the kernel's link events: a port whose link is deleted is
+    /// taken out of service at once; when a link of the same name comes back,
+    /// the port is re-opened (tables are kept).
+    pub fn set_link_watch(&mut self, w: LinkWatch) {
+        self.links = Some(w);
+    }
+
+    /// Take live changes (`vswitch reload`, `port add|del`) from `rx`; each
+    /// is applied whole between batches and answered on its sender. The
+    /// sender rings the control eventfd after sending.
+    pub fn set_changes(&mut self, rx: Receiver<(Box<Change>, SyncSender<Value>)>) {
+        self.changes = Some(rx);
+    }
+
+    /// Call `f` on SIGHUP instead of re-reading the policy in place (the
+    /// daemon starts a full reload off the forwarding thread).
+    pub fn set_on_sighup(&mut self, f: Box<dyn FnMut()>) {
+        self.on_sighup = Some(f);
+    }
+
     /// The index of the port called `name` (or the port of namespace `name`).
     pub fn port_index(&self, name: &str) -> Option<usize> {
+        let live = |p: &&Port| !p.is_removed();
         self.ports
             .iter()
-            .position(|p| p.name == name)
-            .or_else(|| self.ports.iter().position(|p| p.netns == name))
+            .position(|p| live(&p) && p.name == name)
+            .or_else(|| self.ports.iter().position(|p| live(&p) && p.netns == name))
     }
 
     /// Install the policy re-reader and apply its first result.
@@ -604,6 +657,12 @@ impl<P: Policy + Reload> Worker<P> {
         }
         epoll.add(wake, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE))?;
         epoll.add(stop, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_STOP))?;
+        if let Some(l) = &self.links {
+            epoll.add(
+                l.mon.fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LINKS),
+            )?;
+        }
         let mut events = [EpollEvent::empty(); 64];
         let mut last_sweep = 0;
         self.last_save = self.now();
@@ -627,7 +686,12 @@ impl<P: Policy + Reload> Worker<P> {
                 match ev.data() {
                     TOKEN_STOP => match stop.read_signal() {
                         Ok(Some(si)) if si.ssi_signo == nix::sys::signal::Signal::SIGHUP as u32 => {
-                            self.reload();
+                            match self.on_sighup.as_mut() {
+                                Some(f) => f(),
+                                None => {
+                                    self.reload();
+                                }
+                            }
                         }
                         Ok(None) => {}
                         _ => {
@@ -635,8 +699,15 @@ impl<P: Policy + Reload> Worker<P> {
                             return Ok(());
                         }
                     },
+                    TOKEN_LINKS => self.link_events(&epoll),
                     TOKEN_WAKE => {
                         let _ = wake.read();
+                        while let Some(Ok((c, reply))) =
+                            self.changes.as_ref().map(|rx| rx.try_recv())
+                        {
+                            let v = self.apply_change(*c, &epoll);
+                            let _ = reply.send(v);
+                        }
                         while let Ok(req) = control.try_recv() {
                             let v = match req.cmd.as_str() {
                                 "fdb-snapshot" | "arp-snapshot" => {
@@ -740,7 +811,7 @@ impl<P: Policy + Reload> Worker<P> {
         }
     }
 
-    fn mark_gone(&mut self, i: usize, e: &io::Error) {
+    fn mark_gone(&mut self, i: usize, e: &dyn std::fmt::Display) {
         if !self.ports[i].up {
             return;
         }
@@ -749,10 +820,180 @@ impl<P: Policy + Reload> Worker<P> {
             self.ports[i].name,
             self.ports[i].netns
         );
-        self.ports[i].up = false;
-        self.pipeline.fdb.flush_port(i);
-        self.pipeline.arp.flush_port(i);
+        self.take_down(i);
         self.gone.push(i);
+    }
+
+    /// Out of service: forget what was learned on port `i` (its hosts may
+    /// come back with other MACs), the gateway's neighbours on it included.
+    fn take_down(&mut self, i: usize) {
+        self.ports[i].up = false;
+        let now = self.now();
+        self.pipeline.forget_port(i, now);
+    }
+
+    /// Read the kernel's link events: ports whose link was deleted go out
+    /// of service at once, gone ports whose link is back are re-opened.
+    fn link_events(&mut self, epoll: &Epoll) {
+        let Some(mut l) = self.links.take() else {
+            return;
+        };
+        let mut evs = std::mem::take(&mut l.events);
+        evs.clear();
+        let lost = match l.mon.read(&mut evs) {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!("link events lost ({e}); re-checking gone ports");
+                true
+            }
+        };
+        for ev in &evs {
+            for i in 0..self.ports.len() {
+                let p = &self.ports[i];
+                if !reattachable(p.kind) || p.name != ev.name {
+                    continue;
+                }
+                if !ev.new && p.up {
+                    self.mark_gone(i, &"link deleted");
+                } else if ev.new && !p.up {
+                    self.reattach(i, &mut l, epoll, ev.mac);
+                }
+            }
+        }
+        if lost {
+            for i in 0..self.ports.len() {
+                if reattachable(self.ports[i].kind) && !self.ports[i].up {
+                    self.reattach(i, &mut l, epoll, None);
+                }
+            }
+        }
+        l.events = evs;
+        self.links = Some(l);
+    }
+
+    /// Re-open gone port `i` on the link of the same name (tables are kept).
+    fn reattach(&mut self, i: usize, l: &mut LinkWatch, epoll: &Epoll, mac: Option<[u8; 6]>) {
+        let io = match (l.open)(&self.ports[i].name) {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::warn!(
+                    "port {} ({}) is back but cannot be re-attached: {e}",
+                    self.ports[i].name,
+                    self.ports[i].netns
+                );
+                return;
+            }
+        };
+        self.gone.retain(|&g| g != i);
+        let _ = epoll.delete(self.ports[i].io.fd());
+        self.ports[i].io = io;
+        if let Err(e) = epoll.add(
+            self.ports[i].io.fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, i as u64),
+        ) {
+            tracing::warn!("port {}: epoll: {e}", self.ports[i].name);
+            return;
+        }
+        self.ports[i].up = true;
+        if !self.ports[i].lan
+            && let (Some(gw), Some(m)) = (&mut self.pipeline.gateway, mac)
+            && gw.uplink_port() == Some(i)
+        {
+            gw.set_uplink_mac(crate::wire::MacAddr(m));
+        }
+        tracing::info!(
+            "port {} ({}) is back; forwarding resumes on it",
+            self.ports[i].name,
+            self.ports[i].netns
+        );
+    }
+
+    /// Apply a live change whole (called between batches): detach removed
+    /// ports, attach new ones in their slots, then swap in the policy, VLAN
+    /// roles, routes, NAT rules and pcap mirrors. FDB, ARP and NAT tables are
+    /// kept (entries of removed ports are flushed).
+    fn apply_change(&mut self, c: Change, epoll: &Epoll) -> Value {
+        for &i in &c.remove {
+            if i >= self.ports.len() || self.ports[i].is_removed() {
+                continue;
+            }
+            let _ = epoll.delete(self.ports[i].io.fd());
+            self.gone.retain(|&g| g != i);
+            self.take_down(i);
+            self.taps.retain(|t| t.port != i);
+            tracing::info!(
+                "port {} ({}) removed",
+                self.ports[i].name,
+                self.ports[i].netns
+            );
+            let p = &mut self.ports[i];
+            if let Ok(d) = crate::sys::Detached::new() {
+                p.io = Box::new(d); // closes the port's socket
+            }
+            p.kind = REMOVED;
+            p.name.clear();
+            p.netns.clear();
+            p.lan = false;
+            p.isolated = false;
+            p.stats = PortStats::default();
+        }
+        for np in c.add {
+            let port = Port {
+                name: np.name,
+                netns: np.netns,
+                kind: np.kind,
+                io: np.io,
+                up: true,
+                lan: true,
+                isolated: false,
+                stats: PortStats::default(),
+            };
+            let slot = np.slot.min(self.ports.len());
+            if let Err(e) = epoll.add(
+                port.io.fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, slot as u64),
+            ) {
+                tracing::warn!("port {}: epoll: {e}", port.name);
+            }
+            tracing::info!("port {} ({}) added", port.name, port.netns);
+            if slot == self.ports.len() {
+                self.ports.push(port);
+            } else {
+                self.ports[slot] = port;
+            }
+        }
+        let n = self.ports.len();
+        self.out.resize_with(n, || Vec::with_capacity(BATCH));
+        self.out_conv.resize_with(n, || Vec::with_capacity(BATCH));
+        self.mirrors.resize(n, None);
+        self.pipeline.isolated.resize(n, false);
+        self.pipeline.fdb.ensure_ports(n);
+        if let Some(v) = c.vlans {
+            self.pipeline.vlans = Some(v);
+        }
+        if let Some(r) = c.policy {
+            self.apply(r);
+        }
+        if let Some(gw) = &mut self.pipeline.gateway {
+            if let Some(r) = c.routes {
+                gw.set_routes(r);
+                let on_link = gw.config().lan_on_link();
+                self.pipeline.arp.set_on_link(&on_link);
+            }
+            if let Some(m) = c.lan_mtu {
+                gw.set_lan_mtu(m);
+            }
+            if let (Some((m, d)), Some(nat)) = (c.nat_rules, gw.nat.as_mut()) {
+                nat.set_rules(m, d);
+            }
+        }
+        self.taps
+            .retain(|t| t.mirror.as_ref().is_none_or(|f| !c.pcap_remove.contains(f)));
+        for (port, file, sink) in c.pcap_add {
+            self.add_tap(port, sink, Some(file));
+        }
+        self.reloads += 1;
+        json!({"ok": true, "changes": c.summary, "reloads": self.reloads})
     }
 
     /// Receive and forward what port `i` has waiting.
@@ -986,9 +1227,7 @@ impl<P: Policy + Reload> Worker<P> {
         }
         for i in self.gone.clone() {
             if self.ports[i].up {
-                self.ports[i].up = false;
-                self.pipeline.fdb.flush_port(i);
-                self.pipeline.arp.flush_port(i);
+                self.take_down(i);
             }
         }
     }
@@ -1293,6 +1532,7 @@ impl<P: Policy + Reload> Worker<P> {
                     .ports
                     .iter()
                     .enumerate()
+                    .filter(|(_, p)| !p.is_removed())
                     .map(|(i, p)| {
                         let mut v = p.stats.to_json();
                         v["name"] = p.name.clone().into();
