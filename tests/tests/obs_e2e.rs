@@ -908,3 +908,38 @@ fn a_lagging_pcap_mirror_logs_its_losses() {
         .clone();
     assert!(red["capture_dropped"].as_u64().unwrap() > 0, "{red}");
 }
+
+#[test]
+fn the_demo_reports_no_drops() {
+    if !require_root("the_demo_reports_no_drops") {
+        return;
+    }
+    let o = run_timeout(
+        Command::new(bin("vswitch")).arg("demo"),
+        Duration::from_secs(120),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("already served") {
+        eprintln!("SKIPPED the_demo_reports_no_drops: a seed switch runs on this machine");
+        return;
+    }
+    assert!(o.status.success(), "{out}\n{err}");
+    let header = out
+        .lines()
+        .position(|l| l.starts_with("PORT") && l.ends_with("DROPS"))
+        .unwrap_or_else(|| panic!("no stats table: {out}"));
+    let rows: Vec<&str> = out.lines().skip(header + 1).take(3).collect();
+    for r in &rows {
+        assert_eq!(
+            r.split_whitespace().last(),
+            Some("0"),
+            "drops in {r:?}:\n{out}"
+        );
+    }
+    assert!(
+        !out.contains("drops by reason") && !out.contains("gateway drops"),
+        "{out}"
+    );
+    assert!(out.contains("ignored multicast"), "{out}");
+}
