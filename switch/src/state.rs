@@ -45,9 +45,13 @@ pub struct SavedMac {
     pub vlan: u16,
     /// Index into [`SwitchState::ports`].
     pub port: u16,
-    /// Time since it was last seen, at capture (ms).
+    /// Time since it was last seen, at capture (ms); [`STATIC_AGE`] for a
+    /// static entry (`vswitch fdb add`), restored as static whatever the time down.
     pub age_ms: u64,
 }
+
+/// [`SavedMac::age_ms`] of a static entry.
+pub const STATIC_AGE: u64 = u64::MAX;
 
 /// One IP→MAC binding (switch ARP table or a gateway neighbour cache).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -422,7 +426,11 @@ pub fn capture<P: Policy + Reload>(w: &Worker<P>, now: u64) -> SwitchState {
                 mac,
                 vlan: e.vlan,
                 port: e.port as u16,
-                age_ms: now.saturating_sub(e.last_seen),
+                age_ms: if e.is_static {
+                    STATIC_AGE
+                } else {
+                    now.saturating_sub(e.last_seen)
+                },
             })
             .collect(),
         arp: neighs(&p.arp),
@@ -494,6 +502,13 @@ pub fn restore<P: Policy + Reload>(
     fdb.sort_by_key(|m| std::cmp::Reverse(m.age_ms));
     let ageing = p.fdb.ageing_ms();
     for m in fdb {
+        if m.age_ms == STATIC_AGE {
+            match port_of(m.port).map(|port| p.fdb.add_static(m.vlan, m.mac, port, now)) {
+                Some(Ok(())) => r.fdb += 1,
+                _ => r.dropped += 1,
+            }
+            continue;
+        }
         let age = m.age_ms.saturating_add(elapsed);
         match port_of(m.port) {
             Some(port) if age < ageing && now >= age => {

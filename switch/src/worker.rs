@@ -1960,6 +1960,21 @@ mod tests {
         assert_eq!(&sent[1].borrow()[0][22..26], &[0x81, 0, 0, 5]);
     }
 
+    #[test]
+    fn static_fdb_entries_survive_a_saved_restart_and_learned_ones_age() {
+        let (mut w, _) = worker(2, NoPolicy);
+        w.pipeline.fdb.add_static(0, A, 1, 0).unwrap();
+        w.pipeline.fdb.learn(B, 0, 0);
+        let st = crate::state::capture(&w, 1_000);
+        let (mut w2, _) = worker(2, NoPolicy);
+        // Down for an hour: past the 300 s ageing time.
+        let r = crate::state::restore(&mut w2, &st, 0, st.saved_unix_ms + 3_600_000);
+        assert_eq!(r.fdb, 1);
+        let e = w2.pipeline.fdb.entries(0);
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].0, e[0].1.port, e[0].1.is_static), (A, 1, true));
+    }
+
     /// A policy answering from a seeded sequence of actions, ports included.
     struct Random(u64);
     impl Policy for Random {
