@@ -127,8 +127,9 @@ pub struct PortStats {
     pub drops: [u64; DropReason::ALL.len()],
     /// Frames flooded from this port (broadcast, multicast, unknown unicast).
     pub flooded: u64,
-    /// Copies for captures and pcap mirrors of this port that were dropped
-    /// because the reader lagged (the frames themselves were forwarded).
+    /// Copies for captures and mirrors of this port that were dropped: the
+    /// reader lagged, or a received frame grown by its restored VLAN tag did
+    /// not fit a mirror copy's slot (the frames themselves were forwarded).
     pub capture_dropped: u64,
 }
 

@@ -1059,10 +1059,19 @@ impl<P: Policy + Reload> Worker<P> {
                 && let Some(sp) = self.span_rx.as_deref_mut()
             {
                 let src = self.batch.wire(k);
-                if let Some(c) = sp.push_with(|b| {
-                    b[..src.len()].copy_from_slice(src);
-                    src.len()
-                }) {
+                // A frame whose VLAN tag was restored into the headroom may
+                // not fit a slot's receive area: it gets no copy (counted).
+                let copied = sp.push_with(|b| match b.get_mut(..src.len()) {
+                    Some(d) => {
+                        d.copy_from_slice(src);
+                        src.len()
+                    }
+                    None => 0,
+                });
+                if copied.is_none() {
+                    self.ports[in_port].stats.capture_dropped += 1;
+                }
+                if let Some(c) = copied {
                     self.span_of[k] = c as u16;
                 }
             }
