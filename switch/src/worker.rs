@@ -992,6 +992,15 @@ impl<P: Policy + Reload> Worker<P> {
         for (port, file, sink) in c.pcap_add {
             self.add_tap(port, sink, Some(file));
         }
+        // A gone port whose link exists again (an event missed) comes back now.
+        if let Some(mut l) = self.links.take() {
+            for i in 0..self.ports.len() {
+                if reattachable(self.ports[i].kind) && !self.ports[i].up {
+                    self.reattach(i, &mut l, epoll, None);
+                }
+            }
+            self.links = Some(l);
+        }
         self.reloads += 1;
         json!({"ok": true, "changes": c.summary, "reloads": self.reloads})
     }
@@ -1714,6 +1723,116 @@ mod tests {
         };
         let p = Pipeline::with_policy(&cfg, policy);
         (Worker::new("t".into(), ports, p), sent)
+    }
+
+    /// A memory port that can cross threads (a live change hands ports over).
+    struct SendPort {
+        fd: std::fs::File,
+        sent: std::sync::Arc<std::sync::Mutex<usize>>,
+    }
+
+    impl PortIo for SendPort {
+        fn rx_batch(&mut self, _: &mut Batch) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn tx_batch(&mut self, _: &Batch, idx: &[u16]) -> io::Result<TxOutcome> {
+            *self.sent.lock().unwrap() += idx.len();
+            Ok(TxOutcome {
+                sent: idx.len(),
+                bytes: 0,
+                failed: 0,
+            })
+        }
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.fd.as_fd()
+        }
+    }
+
+    fn new_port(
+        slot: usize,
+        name: &str,
+    ) -> (
+        crate::live::NewPort,
+        std::sync::Arc<std::sync::Mutex<usize>>,
+    ) {
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(0));
+        let p = crate::live::NewPort {
+            slot,
+            name: name.into(),
+            netns: name.into(),
+            kind: "port",
+            io: Box::new(SendPort {
+                fd: std::fs::File::open("/dev/null").unwrap(),
+                sent: sent.clone(),
+            }),
+        };
+        (p, sent)
+    }
+
+    #[test]
+    fn live_changes_add_ports_in_new_slots_and_reuse_tombstones() {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+        let (mut w, sent) = worker(2, NoPolicy);
+        // A third port: flooded to, and its sources learned (per-port bounds grew).
+        let (p, s2) = new_port(2, "c2");
+        let v = w.apply_change(
+            Change {
+                add: vec![p],
+                summary: vec!["port c2 added".into()],
+                ..Change::default()
+            },
+            &epoll,
+        );
+        assert_eq!(v["changes"][0], "port c2 added");
+        load(&mut w, 0, &frame([0; 10], B, A, 64));
+        w.forward(0, 0);
+        assert_eq!((sent[1].borrow().len(), *s2.lock().unwrap()), (1, 1));
+        load(&mut w, 0, &frame([0; 10], A, B, 64));
+        w.forward(2, 1);
+        assert_eq!(w.pipeline.fdb.port_len(2), 1);
+        assert_eq!(w.pipeline.fdb.lookup(&B, 2), Some(2));
+        // Port 1 removed: a tombstone, not flooded, not listed; port 2 keeps its id.
+        w.apply_change(
+            Change {
+                remove: vec![1],
+                ..Change::default()
+            },
+            &epoll,
+        );
+        assert!(w.ports[1].is_removed() && !w.ports[1].up);
+        load(
+            &mut w,
+            0,
+            &frame([0; 10], MacAddr([2, 0, 0, 0, 0, 9]), A, 64),
+        );
+        w.forward(0, 3);
+        assert_eq!((sent[1].borrow().len(), *s2.lock().unwrap()), (1, 2));
+        let st = w.answer("stats", 4);
+        let names: Vec<&str> = st["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["p0", "c2"]);
+        assert_eq!(w.port_index("c2"), Some(2));
+        // The next port reuses the tombstone.
+        let (p, s1) = new_port(1, "c1");
+        w.apply_change(
+            Change {
+                add: vec![p],
+                ..Change::default()
+            },
+            &epoll,
+        );
+        assert_eq!((w.ports.len(), w.ports[1].name.as_str()), (3, "c1"));
+        load(
+            &mut w,
+            0,
+            &frame([0; 10], MacAddr([2, 0, 0, 0, 0, 8]), A, 64),
+        );
+        w.forward(0, 5);
+        assert_eq!(*s1.lock().unwrap(), 1);
     }
 
     /// The tables go through a capture and a restore by port name (another
