@@ -2059,6 +2059,17 @@ mod tests {
     fn tcp_to_the_gateway_gets_a_reset_and_udp_port_unreachable() {
         let mut g = gw();
         let mut out = Gen::new();
+        let to_gw = |p, l4: &[u8]| {
+            ipv4(
+                GW_MAC,
+                [192, 168, 15, 1],
+                [192, 168, 15, 5],
+                64,
+                p,
+                true,
+                l4,
+            )
+        };
         // A SYN (seq 1000) to 192.168.15.5:80: RST+ACK with ack 1001 from port 80.
         let mut syn = [0u8; 20];
         syn[0..2].copy_from_slice(&40000u16.to_be_bytes());
@@ -2066,15 +2077,7 @@ mod tests {
         syn[4..8].copy_from_slice(&1000u32.to_be_bytes());
         syn[12] = 0x50;
         syn[13] = 0x02;
-        let mut f = ipv4(
-            GW_MAC,
-            [192, 168, 15, 1],
-            [192, 168, 15, 5],
-            64,
-            proto::TCP,
-            true,
-            &syn,
-        );
+        let mut f = to_gw(proto::TCP, &syn);
         assert_eq!(run(&mut g, 0, &mut f, &mut out), Verdict::Consumed);
         assert_eq!((out.len(), out.target(0)), (1, Target::Port(0)));
         let (_, r) = out.parts_mut(0);
@@ -2106,15 +2109,7 @@ mod tests {
         out.clear();
         syn[8..12].copy_from_slice(&7777u32.to_be_bytes());
         syn[13] = 0x10;
-        let mut f = ipv4(
-            GW_MAC,
-            [192, 168, 15, 1],
-            [192, 168, 15, 5],
-            64,
-            proto::TCP,
-            true,
-            &syn,
-        );
+        let mut f = to_gw(proto::TCP, &syn);
         assert_eq!(run(&mut g, 0, &mut f, &mut out), Verdict::Consumed);
         let (_, r) = out.parts_mut(0);
         let t = &r[ETH_HLEN + 20..];
@@ -2124,30 +2119,14 @@ mod tests {
         );
         out.clear();
         syn[13] = 0x04;
-        let mut f = ipv4(
-            GW_MAC,
-            [192, 168, 15, 1],
-            [192, 168, 15, 5],
-            64,
-            proto::TCP,
-            true,
-            &syn,
-        );
+        let mut f = to_gw(proto::TCP, &syn);
         assert_eq!(
             run(&mut g, 0, &mut f, &mut out),
             Verdict::Drop(DropReason::GwLocal)
         );
         assert_eq!(out.len(), 0);
         // UDP: port unreachable.
-        let mut f = ipv4(
-            GW_MAC,
-            [192, 168, 15, 1],
-            [192, 168, 15, 5],
-            64,
-            proto::UDP,
-            true,
-            &[0, 1, 0, 2, 0, 8, 0, 0],
-        );
+        let mut f = to_gw(proto::UDP, &[0, 1, 0, 2, 0, 8, 0, 0]);
         assert_eq!(run(&mut g, 0, &mut f, &mut out), Verdict::Consumed);
         let (_, r) = out.parts_mut(0);
         assert_eq!(icmp_of(r).2..=icmp_of(r).3, 3..=3);
@@ -2156,15 +2135,7 @@ mod tests {
         syn[13] = 0x02;
         let mut sent = 0;
         for _ in 0..100 {
-            let mut f = ipv4(
-                GW_MAC,
-                [192, 168, 15, 1],
-                [192, 168, 15, 5],
-                64,
-                proto::TCP,
-                true,
-                &syn,
-            );
+            let mut f = to_gw(proto::TCP, &syn);
             if run(&mut g, 0, &mut f, &mut out) == Verdict::Consumed {
                 sent += 1;
             }

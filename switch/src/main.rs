@@ -534,14 +534,15 @@ fn print_fdb(v: &Value) {
     print!("{}", render_table(&rows));
     let c = &v["counters"];
     println!(
-        "switch {} ageing {} learned {} moves {} aged {} refused(table-full) {} refused(port-full) {}",
+        "switch {} ageing {} learned {} moves {} aged {} refused(table-full) {} refused(port-full) {} static-moves-refused {}",
         s(&v["switch"]),
         secs(&v["ageing_ms"]),
         c["learned"],
         c["moves"],
         c["aged"],
         c["refused_table_full"],
-        c["refused_port_full"]
+        c["refused_port_full"],
+        c["static_moves_refused"]
     );
 }
 

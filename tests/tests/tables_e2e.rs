@@ -208,6 +208,13 @@ fn static_fdb_entries_steer_frames_and_do_not_move() {
         fdb["counters"]["static_moves_refused"].as_u64().unwrap() >= 1,
         "{fdb}"
     );
+    // The text summary shows the same counter (the entry cannot move any more).
+    let text = sw.cli_text("fdb");
+    let n = fdb["counters"]["static_moves_refused"].as_u64().unwrap();
+    assert!(
+        text.contains(&format!("static-moves-refused {n}")),
+        "{text}"
+    );
     assert_eq!(send_frames(&mut rp, std::slice::from_ref(&f)), 1);
     assert!(
         has(&recv_frames(&mut gp, Duration::from_millis(300)), &f),
