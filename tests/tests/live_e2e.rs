@@ -205,8 +205,10 @@ fn reload_applies_namespaces_and_dnat_keeps_streams_and_refuses_the_rest() {
         .to_string();
     let green = format!("vs{id}n2");
     let green_ip = "192.168.15.3";
+    let pcap = std::env::temp_dir().join(format!("vswitch-e2e-live-{id}.pcap"));
     let added = format!(
-        "{base}\n[[namespace]]\nname = \"{green}\"\naddress = \"{green_ip}/24\"\ngateway = \"{GW}\"\nifname = \"e{id}n2\"\nswitch_ifname = \"b{id}n2\"\n\n[[dnat]]\nprotocol = \"tcp\"\nport = 8080\nto = \"{green_ip}:8080\"\n"
+        "{base}\n[[namespace]]\nname = \"{green}\"\naddress = \"{green_ip}/24\"\ngateway = \"{GW}\"\nifname = \"e{id}n2\"\nswitch_ifname = \"b{id}n2\"\n\n[[dnat]]\nprotocol = \"tcp\"\nport = 8080\nto = \"{green_ip}:8080\"\n\n[[mirror]]\nfrom = \"{green}\"\npcap = \"{}\"\n",
+        pcap.display()
     );
 
     // A stream through the NAT that lasts across the reloads (~6 s).
@@ -228,6 +230,7 @@ fn reload_applies_namespaces_and_dnat_keeps_streams_and_refuses_the_rest() {
         out.contains("dnat added: tcp 8080 -> 192.168.15.3:8080"),
         "{out}"
     );
+    assert!(out.contains("pcap mirror of"), "{out}");
     let st = sw.cli_json("stats");
     assert_eq!(port(&st, &format!("b{id}n2")).unwrap()["state"], "up");
 
@@ -236,6 +239,10 @@ fn reload_applies_namespaces_and_dnat_keeps_streams_and_refuses_the_rest() {
     assert_eq!(ping_loss(&green, &blue.ip, 3), 0.0, "green -> blue");
     assert_eq!(ping_loss(&red.ns, green_ip, 3), 0.0, "red -> green");
     assert_eq!(ping_loss(&green, WAN_HOST, 3), 0.0, "green -> wan via NAT");
+    // The pcap mirror added by the reload records green's frames (header 24
+    // bytes, then at least the 12 echo requests and replies above).
+    let pcap_len = std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0);
+    assert!(pcap_len > 24 + 12 * 98, "pcap mirror: {pcap_len} bytes");
 
     // The new DNAT rule works from wan.
     let srv = in_ns(&green, || {
@@ -311,6 +318,11 @@ fn reload_applies_namespaces_and_dnat_keeps_streams_and_refuses_the_rest() {
         changes.iter().any(|c| c.starts_with("dnat removed")),
         "{changes:?}"
     );
+    assert!(
+        changes.iter().any(|c| c.starts_with("pcap mirror to")),
+        "{changes:?}"
+    );
+    let _ = std::fs::remove_file(&pcap);
     assert!(!ip_netns_list().contains(&green), "namespace removed");
     let st = sw.cli_json("stats");
     assert!(port(&st, &format!("b{id}n2")).is_none());
