@@ -647,6 +647,93 @@ impl FlowState {
     }
 }
 
+/// A connection tracked for `state` rules, as saved across a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedFlow {
+    /// IP protocol.
+    pub proto: u8,
+    /// Source address (as first seen).
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// Time left before it is forgotten, at the save (ms).
+    pub remaining_ms: u64,
+}
+
+impl FlowState {
+    /// The connections live at `now`.
+    pub fn export(&self, now: u64) -> Vec<SavedFlow> {
+        let v4 = self
+            .table
+            .iter()
+            .filter(|(_, e)| e.expires > now)
+            .map(|(_, e)| SavedFlow {
+                proto: e.orig.proto,
+                src: e.orig.src.into(),
+                dst: e.orig.dst.into(),
+                sport: e.orig.sport,
+                dport: e.orig.dport,
+                remaining_ms: e.expires - now,
+            });
+        let v6 = self
+            .v6
+            .iter()
+            .filter(|(_, exp)| **exp > now)
+            .map(|(t, exp)| SavedFlow {
+                proto: t.proto,
+                src: t.src.into(),
+                dst: t.dst.into(),
+                sport: t.sport,
+                dport: t.dport,
+                remaining_ms: exp - now,
+            });
+        v4.chain(v6).collect()
+    }
+
+    /// Track `flows` again at `now`, `elapsed_ms` after they were saved
+    /// (those whose time ran out are left out; at most the lifetime is
+    /// kept). Returns how many were restored.
+    pub fn import(&mut self, flows: &[SavedFlow], now: u64, elapsed_ms: u64) -> usize {
+        let mut n = 0;
+        for f in flows.iter().filter(|f| f.remaining_ms > elapsed_ms) {
+            let exp = now.saturating_add((f.remaining_ms - elapsed_ms).min(FLOW_IDLE_MS));
+            match (f.src, f.dst) {
+                (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                    let t = nat::Tuple {
+                        proto: f.proto,
+                        src,
+                        dst,
+                        sport: f.sport,
+                        dport: f.dport,
+                    };
+                    let e = nat::conntrack::Entry::new(t, t.inv(), exp);
+                    if matches!(self.table.insert(e, now), nat::conntrack::Insert::Ok(_)) {
+                        n += 1;
+                    }
+                }
+                (IpAddr::V6(src), IpAddr::V6(dst)) if self.v6.len() < self.max => {
+                    let t = Tuple6 {
+                        proto: f.proto,
+                        src,
+                        dst,
+                        sport: f.sport,
+                        dport: f.dport,
+                    };
+                    if self.v6.insert(t, exp).is_none() {
+                        n += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        n
+    }
+}
+
 impl Tuple6 {
     fn inv(&self) -> Tuple6 {
         Tuple6 {
@@ -1116,6 +1203,15 @@ impl Policy for Chain {
 pub trait Reload {
     /// Replace the built-in chain (keeping its connection and fragment state).
     fn set_chain(&mut self, _chain: Chain) {}
+    /// The connections the built-in chain tracks for `state` rules, live at
+    /// `now` (saved across a restart, [`crate::state`]).
+    fn saved_flows(&self, _now: u64) -> Vec<SavedFlow> {
+        Vec::new()
+    }
+    /// Track saved connections again (see [`FlowState::import`]); how many.
+    fn restore_flows(&mut self, _flows: &[SavedFlow], _now: u64, _elapsed_ms: u64) -> usize {
+        0
+    }
 }
 
 impl Reload for NoPolicy {}
@@ -1124,6 +1220,15 @@ impl<U: Policy> Reload for (Chain, U) {
     fn set_chain(&mut self, mut chain: Chain) {
         chain.adopt_state(&mut self.0);
         self.0 = chain;
+    }
+    fn saved_flows(&self, now: u64) -> Vec<SavedFlow> {
+        self.0.flows.as_ref().map_or(Vec::new(), |f| f.export(now))
+    }
+    fn restore_flows(&mut self, flows: &[SavedFlow], now: u64, elapsed_ms: u64) -> usize {
+        self.0
+            .flows
+            .as_mut()
+            .map_or(0, |f| f.import(flows, now, elapsed_ms))
     }
 }
 
@@ -1665,6 +1770,41 @@ mod tests {
         // A chain without state rules tracks nothing.
         p.set_chain(chain(vec![no_ssh()]));
         assert!(p.0.flows.is_none());
+    }
+
+    /// The tracked connections survive a restart through the state file's
+    /// export/import: replies pass afterwards, until the time left runs out.
+    #[test]
+    fn tracked_connections_survive_export_and_import() {
+        let mut p = (replies_only(), NoPolicy);
+        let out = ipv4(17, RED4, BLUE4, 1, 0, &[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+        let back = ipv4(17, BLUE4, RED4, 1, 0, &[0, 53, 0x9c, 0x40, 0, 8, 0, 0]);
+        assert_eq!(p.classify(&at(0, 0), &Frame::new(&out)), Action::Continue);
+        let saved = p.saved_flows(100_000); // 200 s left
+        assert_eq!(saved.len(), 1);
+        // The new run: nothing known until the import.
+        let mut q = (replies_only(), NoPolicy);
+        assert_ne!(q.classify(&at(1, 5), &Frame::new(&back)), Action::Continue);
+        assert_eq!(q.restore_flows(&saved, 5, 150_000), 1);
+        assert_eq!(q.classify(&at(1, 6), &Frame::new(&back)), Action::Continue);
+        // 50 s were left (refreshed by that reply, though: a fresh one is not).
+        let mut r = (replies_only(), NoPolicy);
+        r.restore_flows(&saved, 5, 150_000);
+        assert_eq!(
+            r.classify(&at(1, 50_004), &Frame::new(&back)),
+            Action::Continue
+        );
+        let mut r = (replies_only(), NoPolicy);
+        r.restore_flows(&saved, 5, 150_000);
+        assert_ne!(
+            r.classify(&at(1, 50_006), &Frame::new(&back)),
+            Action::Continue
+        );
+        // Too late: nothing restored.
+        assert_eq!(
+            (replies_only(), NoPolicy).restore_flows(&saved, 5, 200_000),
+            0
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Contract:
 //! - [`SwitchState`] holds plain copies of the FDB, the switch's ARP table,
-//!   the gateway's neighbour caches (LAN and uplink) and the NAT's state
-//!   ([`nat::snapshot`]), taken by the worker between batches
+//!   the gateway's neighbour caches (LAN and uplink), the NAT's state
+//!   ([`nat::snapshot`]) and the connections the ACL tracks for `state`
+//!   rules, taken by the worker between batches
 //!   ([`crate::worker::Worker::capture_state`]). Ages and timeouts are
 //!   relative to the capture; the wall-clock time of the capture is stored,
 //!   so a restore shifts every timer by the time that passed.
@@ -87,6 +88,8 @@ pub struct SwitchState {
     pub neigh_wan: Vec<SavedNeigh>,
     /// The NAT's state.
     pub nat: Option<nat::snapshot::NatSnapshot>,
+    /// Connections the ACL tracks for `state` rules.
+    pub flows: Vec<crate::policy::SavedFlow>,
 }
 
 impl SwitchState {
@@ -97,6 +100,7 @@ impl SwitchState {
             + self.neigh_lan.len()
             + self.neigh_wan.len()
             + self.nat.as_ref().map_or(0, |n| n.entries.len())
+            + self.flows.len()
     }
 }
 
@@ -209,6 +213,21 @@ pub fn encode(s: &SwitchState) -> Vec<u8> {
             body.extend_from_slice(&(b.len() as u64).to_le_bytes());
             body.extend_from_slice(&b);
         }
+    }
+    body.extend_from_slice(&(s.flows.len() as u32).to_le_bytes());
+    for f in &s.flows {
+        body.push(f.proto);
+        for a in [f.src, f.dst] {
+            let (fam, b) = match a {
+                std::net::IpAddr::V4(a) => (4u8, a.to_ipv6_mapped().octets()),
+                std::net::IpAddr::V6(a) => (6u8, a.octets()),
+            };
+            body.push(fam);
+            body.extend_from_slice(&b);
+        }
+        body.extend_from_slice(&f.sport.to_le_bytes());
+        body.extend_from_slice(&f.dport.to_le_bytes());
+        body.extend_from_slice(&f.remaining_ms.to_le_bytes());
     }
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(MAGIC);
@@ -342,8 +361,31 @@ pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
         }
         _ => return Err(StateError::Body("bad NAT marker".into())),
     };
+    let n = r.count(47)?;
+    let mut flows = Vec::with_capacity(n);
+    for _ in 0..n {
+        let proto = r.arr::<1>()?[0];
+        let mut addr = || -> Result<std::net::IpAddr, StateError> {
+            let fam = r.arr::<1>()?[0];
+            let a = std::net::Ipv6Addr::from(r.arr::<16>()?);
+            match (fam, a.to_ipv4_mapped()) {
+                (4, Some(v4)) => Ok(v4.into()),
+                (6, _) => Ok(a.into()),
+                _ => Err(StateError::Body("bad address family".into())),
+            }
+        };
+        let (src, dst) = (addr()?, addr()?);
+        flows.push(crate::policy::SavedFlow {
+            proto,
+            src,
+            dst,
+            sport: r.u16()?,
+            dport: r.u16()?,
+            remaining_ms: r.u64()?,
+        });
+    }
     if !r.0.is_empty() {
-        return Err(StateError::Body("stray bytes after the NAT state".into()));
+        return Err(StateError::Body("stray bytes after the last table".into()));
     }
     Ok(SwitchState {
         topology: name,
@@ -354,6 +396,7 @@ pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
         neigh_lan,
         neigh_wan,
         nat,
+        flows,
     })
 }
 
@@ -437,6 +480,7 @@ pub fn capture<P: Policy + Reload>(w: &Worker<P>, now: u64) -> SwitchState {
         neigh_lan: gw.map(|g| neighs(&g.neigh_lan)).unwrap_or_default(),
         neigh_wan: gw.map(|g| neighs(&g.neigh_wan)).unwrap_or_default(),
         nat: gw.and_then(|g| g.nat.as_ref()).map(|n| n.export(now)),
+        flows: p.policy.saved_flows(now),
     }
 }
 
@@ -453,6 +497,8 @@ pub struct Restored {
     pub dropped: usize,
     /// The NAT's report, or why its state was refused.
     pub nat: Option<Result<nat::snapshot::ImportReport, String>>,
+    /// Connections tracked again for the ACL's `state` rules.
+    pub flows: usize,
 }
 
 impl fmt::Display for Restored {
@@ -465,6 +511,9 @@ impl fmt::Display for Restored {
             self.neighbours,
             self.dropped
         )?;
+        if self.flows > 0 {
+            write!(f, "; {} ACL-tracked connections", self.flows)?;
+        }
         match &self.nat {
             None => Ok(()),
             Some(Ok(r)) => write!(
@@ -537,6 +586,7 @@ pub fn restore<P: Policy + Reload>(
             }
         }
     };
+    r.flows = p.policy.restore_flows(&st.flows, now, elapsed);
     put(&mut p.arp, &st.arp, false);
     if let Some(g) = p.gateway.as_mut() {
         put(&mut g.neigh_lan, &st.neigh_lan, true);
@@ -662,6 +712,24 @@ mod tests {
             neigh_lan: vec![n.clone(), n.clone()],
             neigh_wan: vec![],
             nat: Some(nat::Nat::new(nat::NatConfig::new(Ipv4Addr::new(203, 0, 113, 1))).export(0)),
+            flows: vec![
+                crate::policy::SavedFlow {
+                    proto: 6,
+                    src: Ipv4Addr::new(10, 0, 0, 1).into(),
+                    dst: Ipv4Addr::new(10, 0, 0, 2).into(),
+                    sport: 1,
+                    dport: 2,
+                    remaining_ms: 3,
+                },
+                crate::policy::SavedFlow {
+                    proto: 17,
+                    src: "fe80::1".parse().unwrap(),
+                    dst: "fe80::2".parse().unwrap(),
+                    sport: 1,
+                    dport: 2,
+                    remaining_ms: 3,
+                },
+            ],
         }
     }
 

@@ -5,7 +5,7 @@
 //! `kill -9` followed by a new run (from the last periodic save); `vswitch
 //! upgrade` re-executes in place at the same PID with the connections kept;
 //! a corrupt state file is refused with a message and the switch starts
-//! empty and works.
+//! empty and works; the ACL's tracked connections survive too.
 
 use e2e::*;
 use serde_json::Value;
@@ -400,4 +400,64 @@ fn a_corrupt_state_file_is_refused_and_the_switch_starts_empty() {
     let mut sw = SwitchProc::start_with(&t.topo, &["--state-file", &path]);
     assert!(sw.stop());
     assert!(!st.0.exists(), "state file left behind: {}", sw.log_text());
+}
+
+/// The ACL's connection table for `state` rules survives a restart too:
+/// blue may only answer (its new IPv4 flows are dropped); after the restart
+/// blue speaks first on a connection red opened before it, which passes only
+/// if the switch still knows the connection.
+#[test]
+fn acl_tracked_connections_survive_a_restart() {
+    if !require_root("acl_tracked_connections_survive_a_restart") {
+        return;
+    }
+    let t = nat_topo("", "");
+    let acl = format!(
+        "[[acl]]\nname = \"blue-answers\"\nin_port = \"{b}\"\nstate = \"established\"\naction = \"allow\"\n[[acl]]\nname = \"blue-opens-nothing\"\nin_port = \"{b}\"\nethertype = \"ipv4\"\naction = \"drop\"\n",
+        b = t.blue.ns
+    );
+    // Appended to the test's own topology file before the switch reads it.
+    let toml = std::fs::read_to_string(&t.topo.path).unwrap() + &acl;
+    std::fs::write(&t.topo.path, toml).unwrap();
+    let st = StateFile::new(&t);
+    let sw = start(&t, &st);
+    // Blue cannot open anything.
+    assert_eq!(ping_loss(&t.blue.ns, &t.red.ip, 1), 100.0, "the ACL is on");
+    let l = listen(&t.blue.ns, &format!("{}:7000", t.blue.ip));
+    let (to_blue, rx) = std::sync::mpsc::channel::<String>();
+    let server = std::thread::spawn(move || {
+        let c = accept(&l);
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut w = c;
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        w.write_all(line.to_uppercase().as_bytes()).unwrap();
+        // After the restart: blue speaks first.
+        let msg = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        w.write_all(msg.as_bytes()).unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        w.write_all(line.to_uppercase().as_bytes()).unwrap();
+    });
+    let c = connect(&t.red.ns, &format!("{}:7000", t.blue.ip), None);
+    let mut c = BufReader::new(c);
+    let mut line = String::new();
+    c.get_mut().write_all(b"before\n").unwrap();
+    c.read_line(&mut line).unwrap();
+    assert_eq!(line, "BEFORE\n");
+    let mut sw = sw;
+    assert!(sw.stop());
+    let sw2 = start(&t, &st);
+    let log = sw2.log_text();
+    assert!(log.contains("ACL-tracked connections"), "{log}");
+    to_blue.send("blue first\n".into()).unwrap();
+    line.clear();
+    c.read_line(&mut line)
+        .expect("blue's first words after the restart (60 s timeout)");
+    assert_eq!(line, "blue first\n");
+    c.get_mut().write_all(b"after\n").unwrap();
+    line.clear();
+    c.read_line(&mut line).unwrap();
+    assert_eq!(line, "AFTER\n");
+    server.join().unwrap();
 }
