@@ -539,8 +539,11 @@ pub fn restore<P: Policy + Reload>(
     let elapsed = now_unix_ms.saturating_sub(st.saved_unix_ms);
     let (ports, p) = w.parts_mut();
     let port_of = |i: u16| {
-        let name = st.ports.get(usize::from(i))?;
-        ports.iter().position(|p| &p.name == name)
+        // (A removed port's slot has no name: nothing maps to it.)
+        let name = st.ports.get(usize::from(i)).filter(|n| !n.is_empty())?;
+        ports
+            .iter()
+            .position(|p| &p.name == name && !p.is_removed())
     };
     let mut r = Restored {
         elapsed_ms: elapsed,
