@@ -184,6 +184,9 @@ pub struct SwitchSpec {
     pub busy_poll: Duration,
     /// Pin the forwarding worker to this CPU.
     pub cpu: Option<usize>,
+    /// Periodic state save interval of `vswitch run` (`None`: its default;
+    /// zero: only on exit and upgrade).
+    pub state_save_interval: Option<Duration>,
 }
 
 /// Validated namespace.
@@ -825,6 +828,7 @@ struct SwitchFile {
     arp_max_per_port: Option<usize>,
     busy_poll_us: Option<u64>,
     cpu: Option<usize>,
+    state_save_interval: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -969,8 +973,15 @@ impl Topology {
                 {
                     return Err(err("switch.cpu", "must be a CPU number below 1024"));
                 }
+                if s.state_save_interval.is_some_and(|v| v > 86_400) {
+                    return Err(err(
+                        "switch.state_save_interval",
+                        "must be at most 86400 seconds (0: save only on exit and upgrade)",
+                    ));
+                }
                 Some(SwitchSpec {
                     cpu: s.cpu,
+                    state_save_interval: s.state_save_interval.map(Duration::from_secs),
                     busy_poll: Duration::from_micros(busy),
                     name: sname,
                     netns: s.netns,
@@ -1618,6 +1629,19 @@ mod tests {
             }
         );
         assert_eq!(t.all_netns(), vec!["red", "blue", "wan"]);
+    }
+
+    #[test]
+    fn state_save_interval_is_a_bounded_switch_key() {
+        let base = "[[namespace]]\nname='a'\naddress='10.0.0.1/24'\n";
+        let t =
+            Topology::parse(&format!("[switch]\nstate_save_interval = 1\n{base}"), "t").unwrap();
+        let s = t.switch.unwrap();
+        assert_eq!(s.state_save_interval, Some(Duration::from_secs(1)));
+        let t = Topology::parse(&format!("[switch]\n{base}"), "t").unwrap();
+        assert_eq!(t.switch.unwrap().state_save_interval, None);
+        let e = parse_err(&format!("[switch]\nstate_save_interval = 90000\n{base}"));
+        assert!(e.to_string().contains("switch.state_save_interval"), "{e}");
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub struct RunOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// The state file (default `/var/lib/vswitch/TOPOLOGY.state`, see [`crate::state`]).
     pub state_file: Option<PathBuf>,
-    /// Periodic state save interval (`None`: [`DEFAULT_SAVE_INTERVAL`]; zero:
+    /// Periodic state save interval (`None`: the topology's
+    /// `[switch] state_save_interval`, else [`DEFAULT_SAVE_INTERVAL`]; zero:
     /// only on exit and `vswitch upgrade`).
     pub save_interval: Option<std::time::Duration>,
 }
@@ -727,7 +728,10 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         .clone()
         .unwrap_or_else(|| crate::state::default_path(&t.name));
     resume_state(&mut worker, &t.name, &state_path, !adopted);
-    let interval = opts.save_interval.unwrap_or(DEFAULT_SAVE_INTERVAL);
+    let interval = opts
+        .save_interval
+        .or(sw.state_save_interval)
+        .unwrap_or(DEFAULT_SAVE_INTERVAL);
     match crate::state::Saver::new(&t.name, state_path.clone(), interval.as_millis() as u64) {
         Ok(s) => worker.set_saver(s),
         Err(e) => {

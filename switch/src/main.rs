@@ -183,9 +183,10 @@ enum Cmd {
         /// and on `upgrade`; restored by the next run (default /var/lib/vswitch/TOPOLOGY.state).
         #[arg(long, value_name = "PATH")]
         state_file: Option<PathBuf>,
-        /// Save the state every SECS seconds (0: only on exit and upgrade).
-        #[arg(long, value_name = "SECS", default_value_t = 10)]
-        save_interval: u64,
+        /// Save the state every SECS seconds (0: only on exit and upgrade;
+        /// default: the topology's [switch] state_save_interval, else 10).
+        #[arg(long, value_name = "SECS")]
+        save_interval: Option<u64>,
         /// Log level (error, warn, info, debug, trace, off) or RUST_LOG-style directives
         /// (`info,switch::worker=debug`); overrides -v and RUST_LOG. Default: info.
         #[arg(long, value_name = "LEVEL")]
@@ -1190,7 +1191,7 @@ fn main() -> ExitCode {
                     file: file.clone(),
                     metrics,
                     state_file,
-                    save_interval: Some(std::time::Duration::from_secs(save_interval)),
+                    save_interval: save_interval.map(std::time::Duration::from_secs),
                 },
             ) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -45,6 +45,20 @@ fn start(t: &NatTopo, st: &StateFile) -> SwitchProc {
     SwitchProc::start_with(&t.topo, &a)
 }
 
+/// Save every second through the topology's `[switch] state_save_interval`
+/// instead of `--save-interval`.
+fn start_keyed(t: &NatTopo, st: &StateFile) -> SwitchProc {
+    let toml = std::fs::read_to_string(&t.topo.path).unwrap();
+    if !toml.contains("state_save_interval") {
+        let toml = toml.replacen("[switch]\n", "[switch]\nstate_save_interval = 1\n", 1);
+        assert!(toml.contains("state_save_interval"), "{toml}");
+        std::fs::write(&t.topo.path, toml).unwrap();
+    }
+    let args = st.args();
+    let a: Vec<&str> = args[..args.len() - 2].iter().map(String::as_str).collect();
+    SwitchProc::start_with(&t.topo, &a)
+}
+
 fn listen(ns: &str, addr: &str) -> TcpListener {
     let a: SocketAddr = addr.parse().unwrap();
     let l = in_ns(ns, || TcpListener::bind(a)).expect("listen in namespace");
@@ -255,12 +269,13 @@ fn stream_entry(sw: &SwitchProc, sport: u16) -> Value {
 }
 
 /// Run the stream and the DNAT'd connection across one restart done by `restart`.
-fn survive(test: &str, restart: impl FnOnce(&mut SwitchProc)) {
+fn survive(test: &str, keyed: bool, restart: impl FnOnce(&mut SwitchProc)) {
     if !require_root(test) {
         return;
     }
     let t = nat_topo("", "");
     let st = StateFile::new(&t);
+    let start = if keyed { start_keyed } else { start };
     let mut sw = start(&t, &st);
     const SPORT: u16 = 40123;
     let _held = hold_port(&t, SPORT);
@@ -291,7 +306,7 @@ fn survive(test: &str, restart: impl FnOnce(&mut SwitchProc)) {
 
 #[test]
 fn connections_survive_sigterm_and_a_new_run() {
-    survive("connections_survive_sigterm_and_a_new_run", |sw| {
+    survive("connections_survive_sigterm_and_a_new_run", false, |sw| {
         assert!(sw.stop(), "SIGTERM: clean exit");
         let log = sw.log_text();
         assert!(log.contains("state saved to"), "{log}");
@@ -302,8 +317,10 @@ fn connections_survive_sigterm_and_a_new_run() {
 fn connections_survive_kill9_from_the_last_periodic_save() {
     survive(
         "connections_survive_kill9_from_the_last_periodic_save",
+        true,
         |sw| {
-            // Past at least one save (every second) since the connections were set up.
+            // Past at least one save (every second, set by the topology's
+            // `state_save_interval`) since the connections were set up.
             std::thread::sleep(Duration::from_millis(1500));
             sw.kill9();
         },
