@@ -755,6 +755,9 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
     if let Some(req) = worker.upgrade_request().cloned() {
         drop(worker);
         let _ = std::fs::remove_file(&sock_path);
+        // The control thread writes the answer to `vswitch upgrade` (already
+        // handed over): give it a moment before exec ends every thread.
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let bin = req["binary"]
             .as_str()
             .map(PathBuf::from)
