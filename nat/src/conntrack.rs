@@ -909,16 +909,31 @@ impl Table {
     /// Remove entries that expired by `now`, walking only the wheel slots that
     /// came due (at most one lap, whatever the gap since the last call);
     /// `on_removed` sees each removed entry.
-    pub fn expire(&mut self, now: u64, mut on_removed: impl FnMut(Entry)) {
+    pub fn expire(&mut self, now: u64, on_removed: impl FnMut(Entry)) {
+        self.expire_some(now, usize::MAX, on_removed);
+    }
+
+    /// [`Table::expire`] visiting at most `budget` entries (at least one):
+    /// returns true when everything due by `now` was walked, false when work
+    /// is left for the next call (the partly walked slot is walked again, so
+    /// nothing is skipped). Bounds the pause when many entries fall due in
+    /// the same tick (a flood's entries all time out together).
+    pub fn expire_some(
+        &mut self,
+        now: u64,
+        budget: usize,
+        mut on_removed: impl FnMut(Entry),
+    ) -> bool {
         let target = Self::tick_of(now);
         if !self.started {
             self.started = true;
             self.tick = target;
-            return;
+            return true;
         }
         if target <= self.tick {
-            return;
+            return true;
         }
+        let mut budget = budget.max(1);
         // After a pause of a lap or more, one lap visits every slot once:
         // every entry is checked, and rescheduled relative to the tick walked.
         let mut t = if target - self.tick > WHEEL_SLOTS as u64 {
@@ -932,6 +947,17 @@ impl Table {
             // Detach the slot's list, then re-home or remove each entry.
             let mut id = std::mem::replace(&mut self.wheel[slot], NIL);
             while id != NIL {
+                if budget == 0 {
+                    // Out of budget: the rest of the list goes back to its
+                    // slot (walked entries were removed or re-homed to other
+                    // slots, so the slot is empty) and the tick stays before
+                    // it, so the next call walks it again.
+                    self.slots[id as usize].wheel.prev = NIL;
+                    self.wheel[slot] = id;
+                    self.tick = t - 1;
+                    return false;
+                }
+                budget -= 1;
                 let next = self.slots[id as usize].wheel.next;
                 self.slots[id as usize].wheel = UNLINKED;
                 if self.slots[id as usize].expires <= now {
@@ -956,6 +982,7 @@ impl Table {
             }
         }
         self.tick = target;
+        true
     }
 
     /// Live entries with their ids.
@@ -1062,6 +1089,39 @@ mod tests {
         assert_eq!((removed, tb.len()), (0, 1));
         tb.expire(6_000, |_| removed += 1);
         assert_eq!((removed, tb.len()), (1, 0));
+    }
+
+    /// Many entries due in the same tick (a flood timing out together) are
+    /// removed a budget at a time; nothing due is skipped, nothing early is
+    /// removed, and the wheel stays consistent between the steps.
+    #[test]
+    fn bounded_expiry_removes_a_tick_in_steps() {
+        let mut tb = Table::new(1000, 1);
+        tb.expire(0, |_| {}); // start the wheel at tick 0
+        for p in 0..300 {
+            assert!(matches!(tb.insert(entry(p, 5_500), 0), Insert::Ok(_)));
+        }
+        for p in 300..310 {
+            assert!(matches!(tb.insert(entry(p, 9_500), 0), Insert::Ok(_)));
+        }
+        let (mut removed, mut calls) = (0, 0);
+        loop {
+            let mut now_removed = 0;
+            let done = tb.expire_some(6_000, 64, |_| now_removed += 1);
+            assert!(now_removed <= 64);
+            removed += now_removed;
+            calls += 1;
+            tb.check_invariants().unwrap();
+            if done {
+                break;
+            }
+            assert!(calls < 100, "no progress");
+        }
+        assert_eq!((removed, tb.len()), (300, 10));
+        assert!(calls >= 300 / 64, "{calls} calls");
+        let mut late = 0;
+        assert!(tb.expire_some(10_000, 64, |_| late += 1));
+        assert_eq!((late, tb.len()), (10, 0));
     }
 
     #[test]

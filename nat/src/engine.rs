@@ -1519,8 +1519,16 @@ impl Nat {
     /// Remove expired entries and stale fragment state (no full-table scan;
     /// at most one lap of the timer wheel whatever the time since the last call).
     pub fn expire(&mut self, now: u64) {
+        while !self.expire_some(now, usize::MAX) {}
+    }
+
+    /// [`Nat::expire`] visiting at most `budget` entries of the timer wheel:
+    /// true when everything due by `now` is done, false when work is left
+    /// (call again soon; a datapath calls it between batches so that a
+    /// flood's entries timing out together never pause forwarding long).
+    pub fn expire_some(&mut self, now: u64, budget: usize) -> bool {
         let mut removed = Vec::new();
-        self.table.expire(now, |e| removed.push(e));
+        let done = self.table.expire_some(now, budget, |e| removed.push(e));
         self.counters.expired += removed.len() as u64;
         for e in &removed {
             self.release(e);
@@ -1533,6 +1541,7 @@ impl Nat {
                 self.counters.drops[NatDrop::FragmentTimeout as usize] += 1;
             }
         }
+        done
     }
 
     fn icmp_error(&mut self, now: u64, from: Side, buf: &mut [u8]) -> Verdict {
@@ -1800,27 +1809,18 @@ impl Nat {
 
 impl Nat {
     /// Copy the state live at `now` into plain structs (see [`crate::snapshot`]).
-    /// Cost: one pass over the table's slots; nothing is changed.
+    /// Cost: one pass over the table's slots; nothing is changed. For a copy
+    /// that must not pause a datapath, see [`Nat::export_meta`] and
+    /// [`Nat::export_page`].
     pub fn export(&self, now: u64) -> NatSnapshot {
-        let entries = self
-            .table
-            .iter()
-            .filter(|(_, e)| e.expires > now)
-            .map(|(_, e)| SavedEntry {
-                orig: e.orig,
-                reply: e.reply,
-                remaining_ms: e.expires - now,
-                bytes: e.bytes,
-                packets: e.packets,
-                map: e.map,
-                tcp: e.tcp,
-                fin_dir: e.fin_dir,
-                seen_reply: e.seen_reply,
-                pickup: e.pickup,
-                assured: e.assured(),
-                host: e.host().map(|h| self.table.host_rec(h).addr),
-            })
-            .collect();
+        let mut snap = self.export_meta();
+        self.export_page(now, now, 0, usize::MAX, &mut snap.entries);
+        snap
+    }
+
+    /// The snapshot without its entries (hosts and allocator state): the
+    /// first step of a paged copy, whose entries [`Nat::export_page`] adds.
+    pub fn export_meta(&self) -> NatSnapshot {
         let hosts = self
             .table
             .hosts()
@@ -1832,11 +1832,54 @@ impl Nat {
             .collect();
         NatSnapshot {
             external: self.cfg.external,
-            entries,
+            entries: Vec::new(),
             hosts,
             rng: self.rng,
             seq: self.seq,
         }
+    }
+
+    /// Append to `out` the entries live at `now` among at most `max` live
+    /// entries from slot `cursor` on, their remaining time counted from
+    /// `base` (the time the paged copy began, `base <= now`, so that every
+    /// page shares the snapshot's one save time); returns the cursor of the
+    /// next page (`None` after the last). An entry created or deleted
+    /// between two pages may be missing or present: each entry is whole,
+    /// and [`Nat::import`] skips one that contradicts another. Cost: the
+    /// slots visited; nothing is changed.
+    pub fn export_page(
+        &self,
+        now: u64,
+        base: u64,
+        cursor: usize,
+        max: usize,
+        out: &mut Vec<SavedEntry>,
+    ) -> Option<usize> {
+        let max = max.max(1);
+        let live = self
+            .table
+            .iter_from(cursor)
+            .filter(|(_, e)| e.expires > now);
+        for (seen, (id, e)) in live.enumerate() {
+            if seen == max {
+                return Some(id as usize);
+            }
+            out.push(SavedEntry {
+                orig: e.orig,
+                reply: e.reply,
+                remaining_ms: e.expires.saturating_sub(base.min(now)),
+                bytes: e.bytes,
+                packets: e.packets,
+                map: e.map,
+                tcp: e.tcp,
+                fin_dir: e.fin_dir,
+                seen_reply: e.seen_reply,
+                pickup: e.pickup,
+                assured: e.assured(),
+                host: e.host().map(|h| self.table.host_rec(h).addr),
+            });
+        }
+        None
     }
 
     /// Restore `snap` into this (empty) engine at `now`, `elapsed_ms` after

@@ -1875,11 +1875,10 @@ impl Gateway {
     }
 
     /// Age caches, expire NAT state, drop packets whose neighbour never
-    /// answered, forget requests older than [`RESOLVE_WAIT_MS`].
-    pub fn expire(&mut self, now: u64) {
-        if let Some(n) = &mut self.nat {
-            n.expire(now);
-        }
+    /// answered, forget requests older than [`RESOLVE_WAIT_MS`]. Returns
+    /// false when NAT expiry has work left ([`Gateway::expire_more`]).
+    pub fn expire(&mut self, now: u64) -> bool {
+        let done = self.expire_more(now);
         self.neigh_lan.sweep(now);
         self.neigh_wan.sweep(now);
         self.last_req
@@ -1890,8 +1889,22 @@ impl Gateway {
                 self.counters.drop_unresolved += 1;
             }
         }
+        done
+    }
+
+    /// Go on removing the NAT's expired entries, at most [`EXPIRE_BUDGET`]
+    /// of its timer wheel's entries per call: true when nothing due is left.
+    pub fn expire_more(&mut self, now: u64) -> bool {
+        self.nat
+            .as_mut()
+            .is_none_or(|n| n.expire_some(now, EXPIRE_BUDGET))
     }
 }
+
+/// NAT entries the expiry visits per call between batches (about a
+/// millisecond): a flood's entries that time out together are removed over
+/// several batches, not in one pause.
+pub const EXPIRE_BUDGET: usize = 2048;
 
 /// Length of the largest IP packet this frame becomes on the wire (a GSO
 /// super-frame: headers + one segment).

@@ -329,13 +329,17 @@ impl<P: Policy> Pipeline<P> {
     }
 
     /// Periodic work: age tables, expire the policy's and the NAT's state.
-    pub fn expire(&mut self, now: u64) {
+    /// Returns false when the NAT's expiry has work left ([`Pipeline::expire_more`]).
+    pub fn expire(&mut self, now: u64) -> bool {
         self.fdb.sweep(now);
         self.arp.sweep(now);
         self.policy.expire(now);
-        if let Some(gw) = &mut self.gateway {
-            gw.expire(now);
-        }
+        self.gateway.as_mut().is_none_or(|gw| gw.expire(now))
+    }
+
+    /// Go on with the NAT's expiry (bounded work per call); true when done.
+    pub fn expire_more(&mut self, now: u64) -> bool {
+        self.gateway.as_mut().is_none_or(|gw| gw.expire_more(now))
     }
 
     /// Port `port` went out of service (its link vanished, or it was removed):

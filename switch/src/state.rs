@@ -441,8 +441,63 @@ use crate::worker::Worker;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 /// Copy the worker's tables at `now` (its clock), between batches. Cost: one
-/// pass over each table (the NAT's slots included); nothing is changed.
+/// pass over each table (the NAT's slots included); nothing is changed. The
+/// periodic save uses [`PagedCapture`] instead, which does not pause
+/// forwarding for a whole pass over a large NAT table.
 pub fn capture<P: Policy + Reload>(w: &Worker<P>, now: u64) -> SwitchState {
+    capture_parts(w, now, true)
+}
+
+/// NAT entries copied per step of a [`PagedCapture`]: about the cost of one
+/// page of a `conntrack` listing, a fraction of a millisecond.
+pub const SAVE_PAGE: usize = 1024;
+
+/// A copy of the tables taken in steps between batches: everything but the
+/// NAT's entries at [`PagedCapture::begin`] (the small tables, whole), then
+/// the NAT's entries [`SAVE_PAGE`] at a time with [`PagedCapture::step`],
+/// their remaining times counted from the beginning (the file's one save
+/// time). An entry created or removed meanwhile may be in or out of the copy;
+/// each entry is whole and the restore skips contradictions.
+#[derive(Debug)]
+pub struct PagedCapture {
+    st: SwitchState,
+    base: u64,
+    cursor: Option<usize>,
+}
+
+impl PagedCapture {
+    /// Begin a copy at `now` (the worker's clock).
+    pub fn begin<P: Policy + Reload>(w: &Worker<P>, now: u64) -> PagedCapture {
+        let st = capture_parts(w, now, false);
+        let cursor = st.nat.as_ref().map(|_| 0);
+        PagedCapture {
+            st,
+            base: now,
+            cursor,
+        }
+    }
+
+    /// Copy the next page of NAT entries at `now`; true once the copy is
+    /// complete (then take it with [`PagedCapture::finish`]).
+    pub fn step<P: Policy + Reload>(&mut self, w: &Worker<P>, now: u64) -> bool {
+        let (_, p) = w.parts();
+        let nat = p.gateway.as_ref().and_then(|g| g.nat.as_ref());
+        match (self.cursor, nat, self.st.nat.as_mut()) {
+            (Some(c), Some(n), Some(snap)) => {
+                self.cursor = n.export_page(now, self.base, c, SAVE_PAGE, &mut snap.entries);
+            }
+            _ => self.cursor = None,
+        }
+        self.cursor.is_none()
+    }
+
+    /// The complete copy.
+    pub fn finish(self) -> SwitchState {
+        self.st
+    }
+}
+
+fn capture_parts<P: Policy + Reload>(w: &Worker<P>, now: u64, entries: bool) -> SwitchState {
     let (ports, p) = w.parts();
     let neighs = |t: &ArpTable| -> Vec<SavedNeigh> {
         t.entries(now)
@@ -479,7 +534,13 @@ pub fn capture<P: Policy + Reload>(w: &Worker<P>, now: u64) -> SwitchState {
         arp: neighs(&p.arp),
         neigh_lan: gw.map(|g| neighs(&g.neigh_lan)).unwrap_or_default(),
         neigh_wan: gw.map(|g| neighs(&g.neigh_wan)).unwrap_or_default(),
-        nat: gw.and_then(|g| g.nat.as_ref()).map(|n| n.export(now)),
+        nat: gw.and_then(|g| g.nat.as_ref()).map(|n| {
+            if entries {
+                n.export(now)
+            } else {
+                n.export_meta()
+            }
+        }),
         flows: p.policy.saved_flows(now),
     }
 }
@@ -668,6 +729,11 @@ impl Saver {
 }
 
 fn writer(path: &Path, rx: &Receiver<Job>) {
+    // Encoding a full NAT table takes tens of milliseconds of CPU: on a
+    // small machine it must not be taken from the forwarding thread.
+    if let Err(e) = crate::sys::set_thread_idle_priority() {
+        tracing::debug!("state: writer thread keeps normal priority: {e}");
+    }
     while let Ok((st, reply)) = rx.recv() {
         let n = st.entries();
         let t = std::time::Instant::now();

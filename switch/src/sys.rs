@@ -505,6 +505,21 @@ impl PortIo for Detached {
     }
 }
 
+/// Put the calling thread in the `SCHED_IDLE` class: it runs only when a CPU
+/// would otherwise idle, so background work (the state writer) never takes
+/// a core from the forwarding thread. Errors are returned, not fatal.
+pub fn set_thread_idle_priority() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param that
+    // outlives the call; SCHED_IDLE requires priority 0.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

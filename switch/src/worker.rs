@@ -330,6 +330,10 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     gone: Vec<usize>,
     saver: Option<crate::state::Saver>,
     last_save: u64,
+    /// A periodic save being copied, page by page between batches.
+    saving: Option<crate::state::PagedCapture>,
+    /// The NAT's expiry has work left (done in bounded steps between batches).
+    expiring: bool,
     upgrade: Option<Value>,
     busy_poll: std::time::Duration,
     links: Option<LinkWatch>,
@@ -414,6 +418,8 @@ impl<P: Policy + Reload> Worker<P> {
             gone: Vec::new(),
             saver: None,
             last_save: 0,
+            saving: None,
+            expiring: false,
             upgrade: None,
             busy_poll: std::time::Duration::ZERO,
             links: None,
@@ -671,7 +677,7 @@ impl<P: Policy + Reload> Worker<P> {
             // Adaptive busy polling: right after traffic, poll without sleeping
             // for `busy_poll` so the next frame does not pay for a wake-up.
             let spin = !self.busy_poll.is_zero() && last_busy.elapsed() < self.busy_poll;
-            let timeout = if spin {
+            let timeout = if spin || self.saving.is_some() || self.expiring {
                 EpollTimeout::ZERO
             } else {
                 EpollTimeout::from(1000u16)
@@ -765,18 +771,32 @@ impl<P: Policy + Reload> Worker<P> {
             for i in std::mem::take(&mut self.gone) {
                 let _ = epoll.delete(self.ports[i].io.fd());
             }
+            if self.expiring {
+                self.expiring = !self.pipeline.expire_more(now);
+            }
             if now.saturating_sub(last_sweep) >= 1000 {
-                self.pipeline.expire(now);
+                self.expiring = !self.pipeline.expire(now);
                 self.report_tap_losses();
                 self.summarise(now);
                 last_sweep = now;
             }
-            if let Some(sv) = &self.saver
+            // The periodic save: a copy taken in pages between batches (a
+            // whole pass over a full NAT table would pause forwarding for
+            // tens of milliseconds); encoding and writing happen on the
+            // saver's thread.
+            if let Some(mut pc) = self.saving.take() {
+                if pc.step(self, now) {
+                    if let Some(sv) = &self.saver {
+                        sv.offer(pc.finish());
+                    }
+                } else {
+                    self.saving = Some(pc);
+                }
+            } else if let Some(sv) = &self.saver
                 && sv.interval_ms > 0
                 && now.saturating_sub(self.last_save) >= sv.interval_ms
             {
-                // A copy between batches; encoding and writing happen on the saver's thread.
-                sv.offer(crate::state::capture(self, now));
+                self.saving = Some(crate::state::PagedCapture::begin(self, now));
                 self.last_save = now;
             }
         }
