@@ -754,12 +754,15 @@ fn acl_blocking_ssh_also_blocks_it_over_ipv6_link_local() {
 }
 
 /// Max RTT (ms) of `count` pings at 10 ms intervals, from ping's summary line.
-fn ping_max_rtt(ns: &str, dst: &str, count: u32) -> (f64, f64) {
+/// Loss (%) and the 99th percentile and maximum RTT (ms) of `count` pings
+/// 10 ms apart. A forwarding thread that stalls for a whole listing or flush
+/// (hundreds of ms) delays dozens of pings and shows in the 99th percentile;
+/// one scheduling hiccup of the 2-core machine shows only in the maximum.
+fn ping_rtts(ns: &str, dst: &str, count: u32) -> (f64, f64, f64) {
     let o = ns_exec(
         ns,
         &[
             "ping",
-            "-q",
             "-i",
             "0.01",
             "-W",
@@ -777,14 +780,17 @@ fn ping_max_rtt(ns: &str, dst: &str, count: u32) -> (f64, f64) {
         .and_then(|p| p.trim().split('%').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("ping output: {out}"));
-    let max = out
+    let mut rtts: Vec<f64> = out
         .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .and_then(|l| l.split('=').nth(1))
-        .and_then(|v| v.trim().split('/').nth(2))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::INFINITY);
-    (loss, max)
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect();
+    if rtts.is_empty() {
+        return (loss, f64::INFINITY, f64::INFINITY);
+    }
+    rtts.sort_by(f64::total_cmp);
+    let p99 = rtts[(rtts.len() * 99 / 100).min(rtts.len() - 1)];
+    (loss, p99, rtts[rtts.len() - 1])
 }
 
 #[test]
@@ -833,7 +839,7 @@ fn listing_200k_connections_does_not_stall_forwarding() {
     let n = nat_u64(&sw.cli_json("stats"), "entries");
     assert!(n >= 200_000, "only {n} entries");
     let (g, y) = (green.ns.clone(), yellow.ip.clone());
-    let pinger = std::thread::spawn(move || ping_max_rtt(&g, &y, 400));
+    let pinger = std::thread::spawn(move || ping_rtts(&g, &y, 400));
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let o = run_timeout(
@@ -845,33 +851,35 @@ fn listing_200k_connections_does_not_stall_forwarding() {
     let took = started.elapsed();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
-    let (loss, max) = pinger.join().unwrap();
+    let (loss, p99, max) = pinger.join().unwrap();
     let lines = text.lines().count();
-    eprintln!("listed {lines} lines in {took:?}; ping loss {loss}%, max RTT {max} ms");
+    eprintln!(
+        "listed {lines} lines in {took:?}; ping loss {loss}%, RTT p99 {p99} ms, max {max} ms"
+    );
     assert!(lines >= 200_000, "listing had {lines} lines");
     assert_eq!(loss, 0.0, "pings were lost while listing");
-    assert!(max < 10.0, "max RTT {max} ms while listing");
-    let max_listing = max;
+    assert!(p99 < 10.0, "RTT p99 {p99} ms while listing");
+    assert!(max < 100.0, "max RTT {max} ms while listing");
     // `conntrack -F` of the whole table: deleted page by page between
     // batches, so the pings between two other hosts go on as while listing.
     let (g, y) = (green.ns.clone(), yellow.ip.clone());
-    let pinger = std::thread::spawn(move || ping_max_rtt(&g, &y, 300));
+    let pinger = std::thread::spawn(move || ping_rtts(&g, &y, 300));
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let v = sw.cli_json_with("conntrack", &["-F"]);
     let took = started.elapsed();
-    let (loss, max) = pinger.join().unwrap();
+    let (loss, p99, max) = pinger.join().unwrap();
     let deleted = v["deleted"].as_u64().unwrap();
-    eprintln!("flushed {deleted} entries in {took:?}; ping loss {loss}%, max RTT {max} ms");
+    eprintln!(
+        "flushed {deleted} entries in {took:?}; ping loss {loss}%, RTT p99 {p99} ms, max {max} ms"
+    );
     assert!(deleted >= 200_000, "{v}");
     let st = sw.cli_json("stats");
     assert_eq!(nat_u64(&st, "entries"), 0, "{}", st["nat"]);
     assert_eq!(nat_u64(&st, "mappings"), 0, "{}", st["nat"]);
     assert_eq!(loss, 0.0, "pings were lost while flushing");
-    assert!(
-        max < 10.0_f64.max(2.0 * max_listing),
-        "max RTT {max} ms while flushing ({max_listing} ms while listing)"
-    );
+    assert!(p99 < 10.0, "RTT p99 {p99} ms while flushing");
+    assert!(max < 100.0, "max RTT {max} ms while flushing");
 }
 
 #[test]
