@@ -99,11 +99,32 @@ pub fn lock_path_in(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.lock"))
 }
 
+/// Environment variable naming the descriptor of a lock handed down across
+/// `exec` ([`TopologyLock::keep_across_exec`]).
+pub const INHERIT_ENV: &str = "VSWITCH_LOCK_FD";
+
+/// The lock on `path` handed down across exec, if the environment names a
+/// descriptor of that very file (same device and inode) that this process
+/// can lock (it already holds the lock through it); close-on-exec again.
+fn inherited(path: &Path) -> Option<Flock<File>> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let fd: i32 = std::env::var(INHERIT_ENV).ok()?.parse().ok()?;
+    let file = crate::sys::inherited_file(fd)?;
+    let (a, b) = (file.metadata().ok()?, std::fs::metadata(path).ok()?);
+    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+        return None;
+    }
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
+    fcntl(&*lock, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).ok()?;
+    Some(lock)
+}
+
 /// An exclusive lock on a topology, released (and its file removed) on drop.
 #[derive(Debug)]
 pub struct TopologyLock {
     _lock: Flock<File>,
     path: PathBuf,
+    inherited: bool,
 }
 
 impl TopologyLock {
@@ -120,6 +141,19 @@ impl TopologyLock {
             err,
         };
         std::fs::create_dir_all(dir).map_err(io_err)?;
+        // Handed down by `vswitch upgrade` across exec: the lock is already ours.
+        if let Some(mut lock) = inherited(&path) {
+            let json = serde_json::to_vec(owner).expect("serializable");
+            lock.set_len(0)
+                .and_then(|()| lock.rewind())
+                .and_then(|()| lock.write_all(&json))
+                .map_err(io_err)?;
+            return Ok(TopologyLock {
+                _lock: lock,
+                path,
+                inherited: true,
+            });
+        }
         // A reader (`list`, `netns-setup down`) holds a shared lock for an
         // instant: retry briefly before calling the lock taken.
         let mut tries = 0;
@@ -146,7 +180,11 @@ impl TopologyLock {
                         .and_then(|()| lock.rewind())
                         .and_then(|()| lock.write_all(&json))
                         .map_err(io_err)?;
-                    return Ok(TopologyLock { _lock: lock, path });
+                    return Ok(TopologyLock {
+                        _lock: lock,
+                        path,
+                        inherited: false,
+                    });
                 }
                 Err((file, Errno::EWOULDBLOCK)) => {
                     tries += 1;
@@ -158,6 +196,23 @@ impl TopologyLock {
                 Err((_, e)) => return Err(io_err(e.into())),
             }
         }
+    }
+
+    /// Keep the lock held across the next `exec` (`vswitch upgrade`): the
+    /// descriptor stops being close-on-exec; returns the variable and value
+    /// to put in the new program's environment, so that its
+    /// [`TopologyLock::acquire`] takes the lock over instead of finding it
+    /// taken (no moment without an owner).
+    pub fn keep_across_exec(&self) -> io::Result<(&'static str, String)> {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        use std::os::fd::AsRawFd;
+        fcntl(&*self._lock, FcntlArg::F_SETFD(FdFlag::empty()))?;
+        Ok((INHERIT_ENV, self._lock.as_raw_fd().to_string()))
+    }
+
+    /// Whether the lock was handed down across exec by the previous binary.
+    pub fn inherited(&self) -> bool {
+        self.inherited
     }
 
     /// The lock file.

@@ -102,3 +102,32 @@ pub fn tap_set_vnet_hdr_size(file: &File, size: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Take ownership of descriptor `fd` handed down across `exec` by this
+/// program's predecessor (`vswitch upgrade` keeps the topology lock that
+/// way), if it is an open descriptor of a regular file; `None` otherwise.
+/// The caller must check that the file is the one it expects (its inode).
+pub fn inherited_file(fd: i32) -> Option<File> {
+    use std::os::fd::FromRawFd;
+    if fd < 3 {
+        return None;
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags; it fails with EBADF
+    // (no undefined behaviour) when `fd` is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is open (checked above) and was handed to this process
+    // for it to own (the environment variable naming it is set only by our
+    // own `exec`, and read once); nothing else in this process uses it, so
+    // the `File` is its only owner and closes it once.
+    let f = unsafe { File::from_raw_fd(fd) };
+    match f.metadata() {
+        Ok(m) if m.is_file() => Some(f),
+        _ => {
+            // Not ours after all: give the descriptor back unclosed.
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(f);
+            None
+        }
+    }
+}

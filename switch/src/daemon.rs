@@ -449,11 +449,23 @@ fn resume_state<P: Policy + crate::policy::Reload>(
 
 /// Replace this process by `bin` with the same arguments, at the same PID
 /// (`vswitch upgrade`); returns only on failure.
-fn reexec(bin: &std::path::Path) -> anyhow::Error {
+/// The topology lock is handed down (its descriptor kept open across exec),
+/// so no other `vswitch run` can take the topology in between.
+fn reexec(bin: &std::path::Path, lock: &TopologyLock) -> anyhow::Error {
     use std::os::unix::process::CommandExt;
     tracing::info!("upgrade: state saved; executing {}", bin.display());
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let e = std::process::Command::new(bin).args(args).exec();
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(args);
+    match lock.keep_across_exec() {
+        Ok((k, v)) => {
+            cmd.env(k, v);
+        }
+        Err(e) => tracing::warn!(
+            "upgrade: the topology lock cannot be handed down ({e}); it is free until the new binary takes it"
+        ),
+    }
+    let e = cmd.exec();
     anyhow!(e).context(format!(
         "upgrade: cannot execute {} (the topology and the saved state are kept; start `vswitch run` again)",
         bin.display()
@@ -500,6 +512,9 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         }
         LockError::Io { .. } => anyhow!(e),
     })?;
+    if _lock.inherited() {
+        tracing::info!("topology lock taken over from the previous binary (upgrade)");
+    }
     let listener = control::bind(&sock_path)
         .with_context(|| format!("control socket {}", sock_path.display()))?;
 
@@ -763,7 +778,7 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
             .map(PathBuf::from)
             .or(exe)
             .ok_or_else(|| anyhow!("upgrade: the path of this binary is unknown"))?;
-        return Err(reexec(&bin));
+        return Err(reexec(&bin, &_lock));
     }
     drop(worker); // close ports before removing the namespaces
     cleanup("exit");

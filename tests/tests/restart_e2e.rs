@@ -338,11 +338,55 @@ fn upgrade_reexecutes_in_place_and_keeps_connections() {
     let pid = sw.pid();
     let mut dnat = dnat_conn(&t);
     dnat.exchange("before the upgrade");
+    // The topology has an owner at every moment of the upgrade: the lock is
+    // handed down across exec (else another `vswitch run` could take it).
+    let name = t.topo.topo.name.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut polls, mut free) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                polls += 1;
+                if !matches!(netns_setup::lock::holder(&name), Ok(Some(_))) {
+                    free += 1;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            (polls, free)
+        })
+    };
     let o = run_timeout(
         std::process::Command::new(bin("vswitch"))
             .args(["upgrade", "--socket"])
             .arg(&sw.socket),
         Duration::from_secs(40),
+    );
+    // Until the new binary answers (its lock is taken before its socket).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::process::Command::new(bin("vswitch"))
+        .args(["stats", "--socket"])
+        .arg(&sw.socket)
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "no answer after the upgrade");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (polls, free) = watcher.join().unwrap();
+    eprintln!("lock polled {polls} times during the upgrade, free {free} times");
+    assert!(polls > 10, "{polls} polls");
+    assert_eq!(
+        free, 0,
+        "the topology was without an owner during the upgrade"
+    );
+    assert!(
+        sw.log_text()
+            .contains("lock taken over from the previous binary"),
+        "{}",
+        sw.log_text()
     );
     assert!(
         o.status.success(),
