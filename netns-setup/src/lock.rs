@@ -119,6 +119,14 @@ fn inherited(path: &Path) -> Option<Flock<File>> {
     Some(lock)
 }
 
+/// Replace the owner record in the held lock file.
+fn write_owner(lock: &mut Flock<File>, owner: &Owner) -> io::Result<()> {
+    let json = serde_json::to_vec(owner).expect("serializable");
+    lock.set_len(0)?;
+    lock.rewind()?;
+    lock.write_all(&json)
+}
+
 /// An exclusive lock on a topology, released (and its file removed) on drop.
 #[derive(Debug)]
 pub struct TopologyLock {
@@ -143,11 +151,7 @@ impl TopologyLock {
         std::fs::create_dir_all(dir).map_err(io_err)?;
         // Handed down by `vswitch upgrade` across exec: the lock is already ours.
         if let Some(mut lock) = inherited(&path) {
-            let json = serde_json::to_vec(owner).expect("serializable");
-            lock.set_len(0)
-                .and_then(|()| lock.rewind())
-                .and_then(|()| lock.write_all(&json))
-                .map_err(io_err)?;
+            write_owner(&mut lock, owner).map_err(io_err)?;
             return Ok(TopologyLock {
                 _lock: lock,
                 path,
@@ -175,11 +179,7 @@ impl TopologyLock {
                         Ok(m) if m.ino() == ours => {}
                         _ => continue,
                     }
-                    let json = serde_json::to_vec(owner).expect("serializable");
-                    lock.set_len(0)
-                        .and_then(|()| lock.rewind())
-                        .and_then(|()| lock.write_all(&json))
-                        .map_err(io_err)?;
+                    write_owner(&mut lock, owner).map_err(io_err)?;
                     return Ok(TopologyLock {
                         _lock: lock,
                         path,
