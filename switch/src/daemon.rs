@@ -349,6 +349,22 @@ pub fn nat_config(t: &Topology, external: std::net::Ipv4Addr, seed: u64) -> NatC
     c
 }
 
+/// The gateway's static routes of `t`'s `[[route]]`s: (destination, next hop).
+pub fn gateway_routes(t: &Topology) -> Vec<(Ipv4Net, std::net::Ipv4Addr)> {
+    t.routes
+        .iter()
+        .map(|r| {
+            (
+                Ipv4Net {
+                    addr: r.to.addr,
+                    prefix: r.to.prefix,
+                },
+                r.via,
+            )
+        })
+        .collect()
+}
+
 /// The gateway configuration of `t` (the uplink is the last port, `ports - 1`).
 pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig>> {
     let Some(g) = &t.gateway else { return Ok(None) };
@@ -366,19 +382,7 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
         });
     let mac = MacAddr([0x02, 0x76, 0x73, (h >> 16) as u8, (h >> 8) as u8, h as u8]);
     let lan_mtu = t.switch_ports().filter_map(|n| n.mtu).min().unwrap_or(1500);
-    let routes = t
-        .routes
-        .iter()
-        .map(|r| {
-            (
-                Ipv4Net {
-                    addr: r.to.addr,
-                    prefix: r.to.prefix,
-                },
-                r.via,
-            )
-        })
-        .collect();
+    let routes = gateway_routes(t);
     let uplink = match &t.uplink {
         None => None,
         Some(u) => {

@@ -616,20 +616,7 @@ impl Live {
             change.vlans = vlan_table(&new, &slots);
         }
         if d.routes {
-            change.routes = Some(
-                new.routes
-                    .iter()
-                    .map(|r| {
-                        (
-                            Ipv4Net {
-                                addr: r.to.addr,
-                                prefix: r.to.prefix,
-                            },
-                            r.via,
-                        )
-                    })
-                    .collect(),
-            );
+            change.routes = Some(crate::daemon::gateway_routes(&new));
         }
         if d.nat_rules
             && let Some(u) = &new.uplink
