@@ -878,7 +878,11 @@ fn listing_200k_connections_does_not_stall_forwarding() {
     assert_eq!(nat_u64(&st, "entries"), 0, "{}", st["nat"]);
     assert_eq!(nat_u64(&st, "mappings"), 0, "{}", st["nat"]);
     assert_eq!(loss, 0.0, "pings were lost while flushing");
-    assert!(p99 < 10.0, "RTT p99 {p99} ms while flushing");
+    // Deleting the whole table in one step takes 200-300 ms here, so one
+    // stall would put about 20 of these 10 ms-spaced pings above 100 ms.
+    // Paged, the CI machine saw p99 12 ms and max 44 ms under load (2-3 ms
+    // idle): the client, the control thread and the worker share 2 cores.
+    assert!(p99 < 25.0, "RTT p99 {p99} ms while flushing");
     assert!(max < 100.0, "max RTT {max} ms while flushing");
 }
 
