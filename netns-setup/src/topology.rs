@@ -12,8 +12,11 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Default adaptive busy-poll window of the switch worker, µs.
+/// Default fixed busy-poll window of the switch worker, µs (0: adaptive polling).
 pub const DEFAULT_BUSY_POLL_US: u64 = 0;
+/// Default `[switch] adaptive_poll_us`: the cap of the adaptive polling
+/// window (chosen from the end-to-end benchmark; see the README).
+pub const DEFAULT_ADAPTIVE_POLL_US: u64 = 200;
 
 /// Linux limit on interface names (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
@@ -180,8 +183,13 @@ pub struct SwitchSpec {
     pub arp_max: usize,
     /// IP→MAC table bound per port (and for the gateway's LAN neighbour cache).
     pub arp_max_per_port: usize,
-    /// After traffic, keep polling this long before sleeping (0: never spin).
+    /// After traffic, keep polling this long before sleeping (0: adapt, see
+    /// `adaptive_poll`).
     pub busy_poll: Duration,
+    /// Cap of the adaptive polling window: while traffic is dense (passes
+    /// closer than this on average), poll up to this long after the last
+    /// frame before sleeping (0: always sleep between bursts).
+    pub adaptive_poll: Duration,
     /// Pin the forwarding worker to this CPU.
     pub cpu: Option<usize>,
     /// Periodic state save interval of `vswitch run` (`None`: its default;
@@ -827,6 +835,7 @@ struct SwitchFile {
     arp_max: Option<usize>,
     arp_max_per_port: Option<usize>,
     busy_poll_us: Option<u64>,
+    adaptive_poll_us: Option<u64>,
     cpu: Option<usize>,
     state_save_interval: Option<u64>,
 }
@@ -968,6 +977,13 @@ impl Topology {
                 if busy > 1_000_000 {
                     return Err(err("switch.busy_poll_us", "must be at most 1000000 (1 s)"));
                 }
+                let adaptive = s.adaptive_poll_us.unwrap_or(DEFAULT_ADAPTIVE_POLL_US);
+                if adaptive > 100_000 {
+                    return Err(err(
+                        "switch.adaptive_poll_us",
+                        "must be at most 100000 (100 ms; 0 turns adaptive polling off)",
+                    ));
+                }
                 if let Some(c) = s.cpu
                     && c >= 1024
                 {
@@ -983,6 +999,7 @@ impl Topology {
                     cpu: s.cpu,
                     state_save_interval: s.state_save_interval.map(Duration::from_secs),
                     busy_poll: Duration::from_micros(busy),
+                    adaptive_poll: Duration::from_micros(adaptive),
                     name: sname,
                     netns: s.netns,
                     ageing: Duration::from_secs(ageing),

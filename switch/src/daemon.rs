@@ -728,7 +728,7 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
             "cannot watch link events ({e}); a deleted port is noticed on its next send only"
         ),
     }
-    worker.set_busy_poll(sw.busy_poll);
+    worker.set_polling(sw.busy_poll, sw.adaptive_poll);
     if let Some(cpu) = sw.cpu {
         // The worker runs on this thread; the control thread is not pinned.
         let mut set = nix::sched::CpuSet::new();

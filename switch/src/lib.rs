@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod live;
 pub mod log;
 pub mod metrics;
+pub mod pace;
 pub mod ping;
 pub mod pipeline;
 pub mod policy;

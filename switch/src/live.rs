@@ -159,8 +159,8 @@ pub fn diff(old: &Topology, new: &Topology) -> Diff {
             {
                 keys.push("arp_*");
             }
-            if (a.busy_poll, a.cpu) != (b.busy_poll, b.cpu) {
-                keys.push("busy_poll_us/cpu");
+            if (a.busy_poll, a.adaptive_poll, a.cpu) != (b.busy_poll, b.adaptive_poll, b.cpu) {
+                keys.push("busy_poll_us/adaptive_poll_us/cpu");
             }
             d.refused.push(format!(
                 "[switch] {}: cannot change while running (restart the switch)",

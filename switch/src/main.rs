@@ -607,6 +607,17 @@ fn print_stats(v: &Value) {
         }
     }
     println!("switch {} up {}", s(&v["switch"]), secs(&v["uptime_ms"]));
+    let w = &v["worker"];
+    if w.is_object() {
+        println!(
+            "worker: polling {} (busy_poll_us {}, adaptive_poll_us {}), spun {} ms, slept {} times",
+            s(&w["polling"]),
+            w["busy_poll_us"],
+            w["adaptive_poll_us"],
+            w["spun_ms"],
+            w["sleeps"]
+        );
+    }
     print!("{}", render_table(&rows));
     if !drops.is_empty() {
         println!("drops by reason:");

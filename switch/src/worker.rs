@@ -335,7 +335,7 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     /// The NAT's expiry has work left (done in bounded steps between batches).
     expiring: bool,
     upgrade: Option<Value>,
-    busy_poll: std::time::Duration,
+    pacer: crate::pace::Pacer,
     links: Option<LinkWatch>,
     changes: Option<Receiver<(Box<Change>, SyncSender<Value>)>>,
     on_sighup: Option<Box<dyn FnMut()>>,
@@ -421,7 +421,7 @@ impl<P: Policy + Reload> Worker<P> {
             saving: None,
             expiring: false,
             upgrade: None,
-            busy_poll: std::time::Duration::ZERO,
+            pacer: crate::pace::Pacer::new(0, 0),
             links: None,
             changes: None,
             on_sighup: None,
@@ -607,10 +607,18 @@ impl<P: Policy + Reload> Worker<P> {
         }
     }
 
-    /// Keep polling without sleeping for `d` after each burst of traffic
-    /// (lower latency for the price of CPU; zero disables).
-    pub fn set_busy_poll(&mut self, d: std::time::Duration) {
-        self.busy_poll = d;
+    /// How the worker waits for traffic (see [`crate::pace`]): poll for
+    /// `busy_poll` after each burst when non-zero, else adapt with a window
+    /// of up to `adaptive_poll` (zero: always sleep between bursts).
+    pub fn set_polling(
+        &mut self,
+        busy_poll: std::time::Duration,
+        adaptive_poll: std::time::Duration,
+    ) {
+        self.pacer = crate::pace::Pacer::new(
+            busy_poll.as_micros() as u64,
+            adaptive_poll.as_micros() as u64,
+        );
     }
 
     /// The worker's clock: ms since it started, plus [`CLOCK_BASE_MS`].
@@ -647,7 +655,7 @@ impl<P: Policy + Reload> Worker<P> {
     /// Receive and forward what port `i` has waiting, at `now`: what [`Worker::run`]
     /// does when the port is readable (for tests and the fuzz harness, without epoll).
     pub fn poll_port(&mut self, i: usize, now: u64) {
-        self.service(i, now);
+        let _ = self.service(i, now);
     }
 
     /// Forward until a signal arrives on `stop`.
@@ -672,14 +680,21 @@ impl<P: Policy + Reload> Worker<P> {
         let mut events = [EpollEvent::empty(); 64];
         let mut last_sweep = 0;
         self.last_save = self.now();
-        let mut last_busy = Instant::now() - std::time::Duration::from_secs(1);
+        let clock = Instant::now();
+        let ns = || clock.elapsed().as_nanos() as u64;
+        let mut idle_pass = false;
         loop {
-            // Adaptive busy polling: right after traffic, poll without sleeping
-            // for `busy_poll` so the next frame does not pay for a wake-up.
-            let spin = !self.busy_poll.is_zero() && last_busy.elapsed() < self.busy_poll;
+            // Polling (see `crate::pace`): while traffic is dense, wait with a
+            // zero timeout so the next frame does not pay for a wake-up, and
+            // give the core to other threads on each empty pass.
+            let spin = self.pacer.spin(ns());
+            if spin && idle_pass {
+                std::thread::yield_now();
+            }
             let timeout = if spin || self.saving.is_some() || self.expiring {
                 EpollTimeout::ZERO
             } else {
+                self.pacer.sleeping();
                 EpollTimeout::from(1000u16)
             };
             let n = match epoll.wait(&mut events, timeout) {
@@ -688,6 +703,7 @@ impl<P: Policy + Reload> Worker<P> {
                 Err(e) => return Err(e.into()),
             };
             let now = self.now();
+            let mut moved = 0;
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_STOP => match stop.read_signal() {
@@ -762,11 +778,12 @@ impl<P: Policy + Reload> Worker<P> {
                             let _ = req.reply.send(v);
                         }
                     }
-                    i => {
-                        self.service(i as usize, now);
-                        last_busy = Instant::now();
-                    }
+                    i => moved += self.service(i as usize, now),
                 }
+            }
+            idle_pass = moved == 0;
+            if moved > 0 {
+                self.pacer.traffic(ns());
             }
             for i in std::mem::take(&mut self.gone) {
                 let _ = epoll.delete(self.ports[i].io.fd());
@@ -1026,30 +1043,35 @@ impl<P: Policy + Reload> Worker<P> {
     }
 
     /// Receive and forward what port `i` has waiting.
-    fn service(&mut self, i: usize, now: u64) {
+    /// Receive and forward up to [`BATCHES_PER_WAKE`] batches from port `i`;
+    /// returns the number of frames received.
+    fn service(&mut self, i: usize, now: u64) -> usize {
+        let mut got = 0;
         if !self.ports[i].up {
-            return;
+            return got;
         }
         for _ in 0..BATCHES_PER_WAKE {
             let n = match self.ports[i].io.rx_batch(&mut self.batch) {
                 Ok(n) => n,
                 Err(e) if is_gone(&e) => {
                     self.mark_gone(i, &e);
-                    return;
+                    return got;
                 }
                 Err(e) => {
                     tracing::warn!("receive on {}: {e}", self.ports[i].name);
-                    return;
+                    return got;
                 }
             };
             if n == 0 {
-                return;
+                return got;
             }
+            got += n;
             self.forward(i, now);
             if n < BATCH {
-                return;
+                return got;
             }
         }
+        got
     }
 
     /// Run the batch through the pipeline and send it out.
@@ -1597,6 +1619,7 @@ impl<P: Policy + Reload> Worker<P> {
                     "switch": self.name,
                     "uptime_ms": now.saturating_sub(CLOCK_BASE_MS),
                     "pid": std::process::id(),
+                    "worker": self.pacer.to_json(),
                     "ports": ports,
                     "fdb": {"entries": self.pipeline.fdb.len(), "counters": self.pipeline.fdb.counters},
                     "arp": {"entries": self.pipeline.arp.len(), "counters": self.pipeline.arp.counters},
