@@ -164,6 +164,26 @@ pub enum EndpointKind {
     Tap,
 }
 
+/// Frame I/O of the switch's AF_PACKET ports (`[switch] io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SwitchIo {
+    /// `"mmsg"` (default): `recvmmsg`/`sendmmsg` batches over the socket queues.
+    #[default]
+    Mmsg,
+    /// `"ring"`: TPACKET_V2 RX and TX rings mapped into the switch.
+    Ring,
+}
+
+impl SwitchIo {
+    /// The topology spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchIo::Mmsg => "mmsg",
+            SwitchIo::Ring => "ring",
+        }
+    }
+}
+
 /// Validated switch settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwitchSpec {
@@ -192,6 +212,8 @@ pub struct SwitchSpec {
     pub adaptive_poll: Duration,
     /// Pin the forwarding worker to this CPU.
     pub cpu: Option<usize>,
+    /// How the AF_PACKET ports move frames (`io`); TAP ports are unaffected.
+    pub io: SwitchIo,
     /// Periodic state save interval of `vswitch run` (`None`: its default;
     /// zero: only on exit and upgrade).
     pub state_save_interval: Option<Duration>,
@@ -838,6 +860,7 @@ struct SwitchFile {
     adaptive_poll_us: Option<u64>,
     cpu: Option<usize>,
     state_save_interval: Option<u64>,
+    io: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -995,8 +1018,19 @@ impl Topology {
                         "must be at most 86400 seconds (0: save only on exit and upgrade)",
                     ));
                 }
+                let io = match s.io.as_deref() {
+                    None | Some("mmsg") => SwitchIo::Mmsg,
+                    Some("ring") => SwitchIo::Ring,
+                    Some(o) => {
+                        return Err(err(
+                            "switch.io",
+                            format!("{o:?} is not \"mmsg\" or \"ring\""),
+                        ));
+                    }
+                };
                 Some(SwitchSpec {
                     cpu: s.cpu,
+                    io,
                     state_save_interval: s.state_save_interval.map(Duration::from_secs),
                     busy_poll: Duration::from_micros(busy),
                     adaptive_poll: Duration::from_micros(adaptive),
@@ -1659,6 +1693,19 @@ mod tests {
         assert_eq!(t.switch.unwrap().state_save_interval, None);
         let e = parse_err(&format!("[switch]\nstate_save_interval = 90000\n{base}"));
         assert!(e.to_string().contains("switch.state_save_interval"), "{e}");
+    }
+
+    #[test]
+    fn switch_io_is_mmsg_or_ring() {
+        let base = "[[namespace]]\nname='a'\naddress='10.0.0.1/24'\n";
+        let io = |v: &str| {
+            Topology::parse(&format!("[switch]\n{v}{base}"), "t").map(|t| t.switch.unwrap().io)
+        };
+        assert_eq!(io("").unwrap(), SwitchIo::Mmsg, "default");
+        assert_eq!(io("io = 'mmsg'\n").unwrap(), SwitchIo::Mmsg);
+        assert_eq!(io("io = 'ring'\n").unwrap(), SwitchIo::Ring);
+        let e = io("io = 'xdp'\n").unwrap_err().to_string();
+        assert!(e.contains("switch.io") && e.contains("\"xdp\""), "{e}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use nat::{DnatRule, Filtering, Ipv4Net, NatConfig, PortAlloc, Timeouts};
 use netns_setup::lock::{LockError, Owner, TopologyLock};
 use netns_setup::netns::in_netns;
 use netns_setup::setup::open_netns;
-use netns_setup::topology::UplinkKind;
+use netns_setup::topology::{SwitchIo, UplinkKind};
 use netns_setup::{EndpointKind, Topology};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
@@ -209,6 +209,15 @@ pub fn check(t: &Topology) -> Result<String, String> {
     ))
 }
 
+/// Open an AF_PACKET port on `name` (calling thread's namespace) with the
+/// switch's frame I/O: `recvmmsg`/`sendmmsg` or TPACKET_V2 rings.
+pub fn open_packet_port(io: SwitchIo, name: &str) -> std::io::Result<Box<dyn PortIo + Send>> {
+    Ok(match io {
+        SwitchIo::Mmsg => Box::new(PacketPort::open(name)?),
+        SwitchIo::Ring => Box::new(crate::sys::RingPort::open(name)?),
+    })
+}
+
 /// Open the switch's ports for `t` (namespaces and links must exist).
 pub fn open_ports(t: &Topology) -> Result<Vec<Port>> {
     let sw = t
@@ -224,9 +233,9 @@ pub fn open_ports(t: &Topology) -> Result<Vec<Port>> {
         let (name, kind, io): (String, &'static str, Box<dyn PortIo>) = match ns.kind {
             EndpointKind::Veth => {
                 let ifname = ns.switch_ifname.clone().expect("validated");
-                let p = in_netns(sw_ns.as_ref(), || PacketPort::open(&ifname))?
+                let p = in_netns(sw_ns.as_ref(), || open_packet_port(sw.io, &ifname))?
                     .with_context(|| format!("attach AF_PACKET port to {ifname}"))?;
-                (ifname, "veth", Box::new(p))
+                (ifname, "veth", p as Box<dyn PortIo>)
             }
             EndpointKind::Tap => {
                 let f = open_netns(&ns.name)?;
@@ -248,7 +257,7 @@ pub fn open_ports(t: &Topology) -> Result<Vec<Port>> {
     }
     if let Some(u) = &t.uplink {
         let ifname = u.port_name().to_string();
-        let p = in_netns(sw_ns.as_ref(), || PacketPort::open(&ifname))?
+        let p = in_netns(sw_ns.as_ref(), || open_packet_port(sw.io, &ifname))?
             .with_context(|| format!("attach AF_PACKET port to uplink {ifname}"))?;
         let netns = match &u.kind {
             UplinkKind::Veth { netns, .. } => netns.clone(),
@@ -258,7 +267,7 @@ pub fn open_ports(t: &Topology) -> Result<Vec<Port>> {
             name: ifname,
             netns,
             kind: "uplink",
-            io: Box::new(p),
+            io: p as Box<dyn PortIo>,
             up: true,
             lan: false,
             isolated: false,
@@ -717,10 +726,11 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
     };
     match in_netns(sw_ns_file.as_ref(), crate::sys::LinkMonitor::open).and_then(|r| r) {
         Ok(mon) => {
+            let io = sw.io;
             let open: crate::live::Opener = Box::new(move |name: &str| {
-                in_netns(sw_ns_file.as_ref(), || PacketPort::open(name))
+                in_netns(sw_ns_file.as_ref(), || open_packet_port(io, name))
                     .and_then(|r| r)
-                    .map(|p| Box::new(p) as Box<dyn PortIo>)
+                    .map(|p| p as Box<dyn PortIo>)
             });
             worker.set_link_watch(crate::live::LinkWatch::new(mon, open));
         }

@@ -162,6 +162,9 @@ pub fn diff(old: &Topology, new: &Topology) -> Diff {
             if (a.busy_poll, a.adaptive_poll, a.cpu) != (b.busy_poll, b.adaptive_poll, b.cpu) {
                 keys.push("busy_poll_us/adaptive_poll_us/cpu");
             }
+            if a.io != b.io {
+                keys.push("io");
+            }
             d.refused.push(format!(
                 "[switch] {}: cannot change while running (restart the switch)",
                 keys.join(", ")
@@ -944,6 +947,10 @@ dport = 22
             (
                 BASE.replacen("name = \"red\"", "name = \"red\"\nvlan = 10", 1),
                 "VLAN mode",
+            ),
+            (
+                BASE.replace("netns = \"lv-sw\"", "netns = \"lv-sw\"\nio = \"ring\""),
+                "[switch] io:",
             ),
         ];
         for (text, want) in cases {

@@ -233,6 +233,14 @@ pub trait PortIo {
     fn tx_batch(&mut self, batch: &Batch, idx: &[u16]) -> io::Result<TxOutcome>;
     /// The fd to poll for readability.
     fn fd(&self) -> BorrowedFd<'_>;
+    /// Frames the kernel dropped on receive for this port since the last call
+    /// (its queue or ring was full: the worker did not read in time). The
+    /// worker adds them to the port's `kernel-rx-dropped` counter at its 1 s
+    /// sweep and before answering `stats`. Default 0: a TAP queue has no such
+    /// counter (the TAP device counts its own `tx_dropped`).
+    fn take_kernel_rx_drops(&mut self) -> u64 {
+        0
+    }
 }
 
 /// Whether an I/O error means the device is gone rather than busy.

@@ -53,11 +53,15 @@ pub enum DropReason {
     /// The tag could not be added or removed for the egress port (the frame
     /// would exceed the largest slot, or a vnet header offset would overflow).
     VlanRetag,
+    /// Dropped by the kernel before the switch saw it: the port's socket
+    /// queue (`io = "mmsg"`) or RX ring (`io = "ring"`) was full because the
+    /// worker did not read in time (`PACKET_STATISTICS` `tp_drops`).
+    KernelRx,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::Runt,
         DropReason::Truncated,
         DropReason::BadSrcMac,
@@ -80,6 +84,7 @@ impl DropReason {
         DropReason::PolicyBadPort,
         DropReason::VlanEgress,
         DropReason::VlanRetag,
+        DropReason::KernelRx,
     ];
 
     /// Stable name used in `vswitch stats` and JSON.
@@ -107,6 +112,7 @@ impl DropReason {
             DropReason::PolicyBadPort => "policy-bad-port",
             DropReason::VlanEgress => "vlan-egress",
             DropReason::VlanRetag => "vlan-retag",
+            DropReason::KernelRx => "kernel-rx-dropped",
         }
     }
 }

@@ -7,16 +7,28 @@
 //! `PACKET_IGNORE_OUTGOING` (our own transmits are not received back) and
 //! `PACKET_QDISC_BYPASS`. Receive and send use `recvmmsg`/`sendmmsg` over the
 //! worker's [`Batch`], with header arrays allocated once per port.
+//!
+//! [`RingPort`] is the same port over TPACKET_V2 receive and transmit rings
+//! (`[switch] io = "ring"`): see its docs for the geometry, the memory it
+//! pins and the slot hand-over rules. Both kinds report the kernel's receive
+//! drops ([`PortIo::take_kernel_rx_drops`], from `PACKET_STATISTICS`).
 
-use crate::port::{BATCH, Batch, HEADROOM, PortIo, SLOT, TxOutcome};
+use crate::port::{BATCH, Batch, HEADROOM, MAX_FRAME, PortIo, SLOT, TxOutcome};
 use crate::wire::VNET_HDR_LEN;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 const SOL_PACKET: libc::c_int = 263;
 const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_STATISTICS: libc::c_int = 6;
 const PACKET_AUXDATA: libc::c_int = 8;
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_TX_RING: libc::c_int = 13;
+const PACKET_LOSS: libc::c_int = 14;
+const TPACKET_V2: libc::c_int = 1;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
@@ -104,95 +116,138 @@ pub struct PacketPort {
 // used by the worker) shares nothing.
 unsafe impl Send for PacketPort {}
 
+/// A non-blocking raw packet socket for interface `name`, not yet bound,
+/// with the options both port kinds share: `PACKET_IGNORE_OUTGOING`,
+/// `PACKET_QDISC_BYPASS` and 8 MiB socket buffers.
+fn packet_socket(name: &str) -> io::Result<(OwnedFd, u32)> {
+    let ifindex = if_index(name)?;
+    // Protocol 0 at creation: nothing is received until bind() names the
+    // interface, so no frame of another interface slips in.
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("AF_PACKET socket: {e}")));
+    }
+    // SAFETY: `raw` is a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    setsockopt_int(
+        &fd,
+        SOL_PACKET,
+        PACKET_IGNORE_OUTGOING,
+        1,
+        "PACKET_IGNORE_OUTGOING",
+    )?;
+    setsockopt_int(
+        &fd,
+        SOL_PACKET,
+        PACKET_QDISC_BYPASS,
+        1,
+        "PACKET_QDISC_BYPASS",
+    )?;
+    // Large buffers absorb bursts between two polls; FORCE needs CAP_NET_ADMIN,
+    // fall back to the capped variant.
+    for (force, plain, what) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF"),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF"),
+    ] {
+        if setsockopt_int(&fd, libc::SOL_SOCKET, force, 8 << 20, what).is_err() {
+            setsockopt_int(&fd, libc::SOL_SOCKET, plain, 8 << 20, what)?;
+        }
+    }
+    Ok((fd, ifindex))
+}
+
+/// Bind `fd` to `ifindex` for every protocol and join it in promiscuous mode.
+fn bind_promisc(fd: &OwnedFd, ifindex: u32, name: &str) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid before we fill it.
+    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETH_P_ALL.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: `sll` is a valid sockaddr_ll and we pass its exact size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("bind AF_PACKET to {name}: {e}"),
+        ));
+    }
+    let mreq = PacketMreq {
+        mr_ifindex: ifindex as i32,
+        mr_type: PACKET_MR_PROMISC,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    // SAFETY: `mreq` is a live packet_mreq and we pass its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            SOL_PACKET,
+            PACKET_ADD_MEMBERSHIP,
+            &mreq as *const PacketMreq as *const libc::c_void,
+            size_of::<PacketMreq>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("promiscuous mode on {name}: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `struct tpacket_stats`: what `PACKET_STATISTICS` returns for V1/V2 and
+/// sockets without a ring.
+#[repr(C)]
+#[derive(Default)]
+struct TpacketStats {
+    tp_packets: u32,
+    tp_drops: u32,
+}
+
+/// Frames the kernel dropped on receive since the last call (the socket's
+/// queue or ring was full). `getsockopt(PACKET_STATISTICS)` resets the
+/// kernel's counters, so each call returns a delta; errors count as none.
+fn packet_rx_drops(fd: &OwnedFd) -> u64 {
+    let mut st = TpacketStats::default();
+    let mut len = size_of::<TpacketStats>() as libc::socklen_t;
+    // SAFETY: `st` is a live tpacket_stats and `len` holds its exact size;
+    // the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            SOL_PACKET,
+            PACKET_STATISTICS,
+            &mut st as *mut TpacketStats as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc < 0 { 0 } else { u64::from(st.tp_drops) }
+}
+
 impl PacketPort {
     /// Open and bind a packet socket on interface `name` of the calling thread's namespace.
     pub fn open(name: &str) -> io::Result<PacketPort> {
-        let ifindex = if_index(name)?;
-        // Protocol 0 at creation: nothing is received until bind() names the
-        // interface, so no frame of another interface slips in.
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if raw < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("AF_PACKET socket: {e}")));
-        }
-        // SAFETY: `raw` is a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let (fd, ifindex) = packet_socket(name)?;
         setsockopt_int(&fd, SOL_PACKET, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")?;
         setsockopt_int(&fd, SOL_PACKET, PACKET_AUXDATA, 1, "PACKET_AUXDATA")?;
-        setsockopt_int(
-            &fd,
-            SOL_PACKET,
-            PACKET_IGNORE_OUTGOING,
-            1,
-            "PACKET_IGNORE_OUTGOING",
-        )?;
-        setsockopt_int(
-            &fd,
-            SOL_PACKET,
-            PACKET_QDISC_BYPASS,
-            1,
-            "PACKET_QDISC_BYPASS",
-        )?;
-        // Large buffers absorb bursts between two polls; FORCE needs CAP_NET_ADMIN,
-        // fall back to the capped variant.
-        for (force, plain, what) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF"),
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF"),
-        ] {
-            if setsockopt_int(&fd, libc::SOL_SOCKET, force, 8 << 20, what).is_err() {
-                setsockopt_int(&fd, libc::SOL_SOCKET, plain, 8 << 20, what)?;
-            }
-        }
-        // SAFETY: sockaddr_ll is plain data; all-zero is valid before we fill it.
-        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_ALL.to_be();
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll and we pass its exact size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("bind AF_PACKET to {name}: {e}"),
-            ));
-        }
-        let mreq = PacketMreq {
-            mr_ifindex: ifindex as i32,
-            mr_type: PACKET_MR_PROMISC,
-            mr_alen: 0,
-            mr_address: [0; 8],
-        };
-        // SAFETY: `mreq` is a live packet_mreq and we pass its exact size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                SOL_PACKET,
-                PACKET_ADD_MEMBERSHIP,
-                &mreq as *const PacketMreq as *const libc::c_void,
-                size_of::<PacketMreq>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("promiscuous mode on {name}: {e}"),
-            ));
-        }
+        bind_promisc(&fd, ifindex, name)?;
         Ok(PacketPort {
             fd,
             ifindex,
@@ -366,6 +421,540 @@ impl PortIo for PacketPort {
     fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+
+    fn take_kernel_rx_drops(&mut self) -> u64 {
+        packet_rx_drops(&self.fd)
+    }
+}
+
+// ---- TPACKET_V2 rings ----
+
+/// RX slot owned by the kernel / handed to us (`tp_status`).
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+/// TX slot free / queued by us / being sent by the kernel / refused.
+const TP_STATUS_AVAILABLE: u32 = 0;
+const TP_STATUS_SEND_REQUEST: u32 = 1;
+const TP_STATUS_SENDING: u32 = 2;
+/// `TPACKET_ALIGNMENT`: frame sizes and header offsets are multiples of it.
+const TPACKET_ALIGNMENT: usize = 16;
+/// `TPACKET_ALIGN(sizeof(struct tpacket2_hdr))`: where the `sockaddr_ll` of
+/// an RX frame starts.
+const TPACKET2_HDR_ALIGNED: usize = 32;
+/// `TPACKET2_HDRLEN`: the aligned header plus the `sockaddr_ll`.
+const TPACKET2_HDRLEN: usize = TPACKET2_HDR_ALIGNED + size_of::<libc::sockaddr_ll>();
+/// Where a TX frame's data (our vnet header) starts without
+/// `PACKET_TX_HAS_OFF`: `tp_hdrlen - sizeof(struct sockaddr_ll)`.
+const TX_DATA_OFF: usize = TPACKET2_HDRLEN - size_of::<libc::sockaddr_ll>();
+/// Where the kernel puts an Ethernet frame in an RX slot with a vnet header:
+/// `TPACKET_ALIGN(tp_hdrlen + 16) + vnet header - 14` (`tpacket_rcv`).
+const RX_MAC_OFF: usize =
+    (TPACKET2_HDRLEN + 16).next_multiple_of(TPACKET_ALIGNMENT) + VNET_HDR_LEN - 14;
+/// Smallest RX slot that holds the largest frame a [`Batch`] slot takes.
+const RX_MIN_FRAME: usize = RX_MAC_OFF + MAX_FRAME;
+/// Smallest TX slot for the largest vnet header + frame the pipeline emits
+/// (a restored or pushed VLAN tag uses the batch headroom).
+const TX_MIN_FRAME: usize = TX_DATA_OFF + SLOT;
+/// Ring block size: 1 MiB holds 15 slots of ~68 KiB (≤ 0.1 % unused).
+const RING_BLOCK: usize = 1 << 20;
+/// RX ring: 8 blocks, 120 slots (8 MiB per port).
+const RX_BLOCKS: usize = 8;
+/// TX ring: 4 blocks, 60 slots (4 MiB per port), more than one batch.
+const TX_BLOCKS: usize = 4;
+
+/// Geometry of one TPACKET_V2 ring, as passed to `PACKET_RX_RING` /
+/// `PACKET_TX_RING` (`struct tpacket_req`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingGeometry {
+    /// Bytes per block (physically contiguous kernel allocation).
+    pub block_size: u32,
+    /// Number of blocks.
+    pub block_nr: u32,
+    /// Bytes per slot; slots never span blocks.
+    pub frame_size: u32,
+    /// Number of slots: `block_nr × (block_size / frame_size)`.
+    pub frame_nr: u32,
+}
+
+impl RingGeometry {
+    /// `blocks` blocks of `block_size` bytes, each cut into as many slots
+    /// of at least `min_frame` bytes as fit, spread evenly (the slot size is
+    /// the block divided by the slot count, rounded down to 16). `None` when
+    /// the kernel would refuse it ([`RingGeometry::is_valid`]).
+    pub fn new(min_frame: usize, block_size: usize, blocks: usize, page: usize) -> Option<Self> {
+        let min = min_frame
+            .max(TPACKET2_HDRLEN)
+            .next_multiple_of(TPACKET_ALIGNMENT);
+        let per_block = block_size / min;
+        if per_block == 0 {
+            return None;
+        }
+        let frame_size = (block_size / per_block) & !(TPACKET_ALIGNMENT - 1);
+        let g = RingGeometry {
+            block_size: u32::try_from(block_size).ok()?,
+            block_nr: u32::try_from(blocks).ok()?,
+            frame_size: u32::try_from(frame_size).ok()?,
+            frame_nr: u32::try_from(per_block.checked_mul(blocks)?).ok()?,
+        };
+        g.is_valid(page).then_some(g)
+    }
+
+    /// The kernel's rules (`packet_set_ring`): a block is a positive multiple
+    /// of the page size below 2 GiB; a slot is a multiple of 16 and holds at
+    /// least the V2 header; at least one slot per block (slots never span
+    /// blocks); `frame_nr` is exactly blocks × slots per block; at least one
+    /// block, and the whole ring's size fits in 32 bits.
+    pub fn is_valid(&self, page: usize) -> bool {
+        let (bs, fs) = (self.block_size as usize, self.frame_size as usize);
+        bs > 0
+            && bs <= i32::MAX as usize
+            && page > 0
+            && bs.is_multiple_of(page)
+            && fs >= TPACKET2_HDRLEN
+            && fs.is_multiple_of(TPACKET_ALIGNMENT)
+            && fs <= bs
+            && self.block_nr > 0
+            && self.block_size.checked_mul(self.block_nr).is_some()
+            && (self.block_size / self.frame_size).checked_mul(self.block_nr) == Some(self.frame_nr)
+    }
+
+    /// Slots per block.
+    pub fn frames_per_block(&self) -> u32 {
+        self.block_size / self.frame_size
+    }
+
+    /// Bytes of the ring in the mapping.
+    pub fn bytes(&self) -> usize {
+        self.block_size as usize * self.block_nr as usize
+    }
+
+    /// Byte offset of slot `i` (`i < frame_nr`) from the start of the ring,
+    /// as the kernel's `packet_lookup_frame` finds it.
+    pub fn offset(&self, i: u32) -> usize {
+        let fpb = self.frames_per_block();
+        (i / fpb) as usize * self.block_size as usize
+            + (i % fpb) as usize * self.frame_size as usize
+    }
+}
+
+/// The fields of `struct tpacket2_hdr` that we read, from its 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tpacket2Hdr {
+    status: u32,
+    len: u32,
+    snaplen: u32,
+    mac: u16,
+    vlan_tci: u16,
+    vlan_tpid: u16,
+}
+
+impl Tpacket2Hdr {
+    fn parse(b: &[u8; TPACKET2_HDR_ALIGNED]) -> Tpacket2Hdr {
+        let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        Tpacket2Hdr {
+            status: u32_at(0),
+            len: u32_at(4),
+            snaplen: u32_at(8),
+            mac: u16_at(12),
+            vlan_tci: u16_at(24),
+            vlan_tpid: u16_at(26),
+        }
+    }
+}
+
+/// One ring inside a mapping: slot `i` starts at `base + geo.offset(i)`; its
+/// first word is `tp_status`, the hand-over word shared with the kernel.
+struct Ring {
+    base: *mut u8,
+    geo: RingGeometry,
+    /// Next slot to read (RX) or fill (TX); the kernel's own head follows
+    /// the same order.
+    head: u32,
+}
+
+impl Ring {
+    /// A view of the ring at `base`.
+    ///
+    /// # Safety
+    /// `base` must be aligned to 16 and valid for reads and writes of
+    /// `geo.bytes()` bytes for as long as the `Ring` is used, with `geo` valid.
+    unsafe fn new(base: *mut u8, geo: RingGeometry) -> Ring {
+        Ring { base, geo, head: 0 }
+    }
+
+    fn slot(&self, i: u32) -> *mut u8 {
+        debug_assert!(i < self.geo.frame_nr);
+        // SAFETY: `offset(i) + frame_size <= bytes()` for `i < frame_nr`
+        // (geometry checked), inside the region `new` was given.
+        unsafe { self.base.add(self.geo.offset(i)) }
+    }
+
+    /// The status word of slot `i`.
+    fn status(&self, i: u32) -> &AtomicU32 {
+        // SAFETY: slot starts are multiples of 16 from a 16-aligned base, so
+        // the word is aligned; it lives as long as the region (`new`'s
+        // contract). The kernel writes it with WRITE_ONCE + barriers, we only
+        // with atomics: acquire to take a slot, release to hand it back.
+        unsafe { AtomicU32::from_ptr(self.slot(i) as *mut u32) }
+    }
+
+    fn next(&self, i: u32) -> u32 {
+        if i + 1 == self.geo.frame_nr { 0 } else { i + 1 }
+    }
+
+    /// Copy up to [`BATCH`] received frames into `batch` and hand their
+    /// slots back to the kernel. Outgoing frames (`PACKET_OUTGOING`, should
+    /// `PACKET_IGNORE_OUTGOING` let one through) are skipped; frames the
+    /// kernel cut short, or larger than a batch slot, are marked truncated
+    /// (a counted drop); a stripped VLAN tag is restored from `tp_vlan_tci`.
+    fn rx_into(&mut self, batch: &mut Batch) -> usize {
+        batch.clear();
+        let mut kept = 0;
+        while kept < BATCH {
+            let i = self.head;
+            let st = self.status(i).load(Ordering::Acquire);
+            if st & TP_STATUS_USER == 0 {
+                break;
+            }
+            let p = self.slot(i);
+            let mut hb = [0u8; TPACKET2_HDR_ALIGNED];
+            // SAFETY: the slot is ours (status USER, acquired) and at least
+            // TPACKET2_HDRLEN bytes long; `hb` is a distinct local buffer.
+            unsafe { std::ptr::copy_nonoverlapping(p, hb.as_mut_ptr(), hb.len()) };
+            let h = Tpacket2Hdr::parse(&hb);
+            // SAFETY: as above; sll_pkttype is byte 10 of the sockaddr_ll
+            // that follows the aligned header.
+            let pkttype = unsafe { p.add(TPACKET2_HDR_ALIGNED + 10).read() };
+            if pkttype != PACKET_OUTGOING {
+                let (mac, snap) = (usize::from(h.mac), h.snaplen as usize);
+                let fs = self.geo.frame_size as usize;
+                if mac < TPACKET2_HDRLEN + VNET_HDR_LEN || mac + snap > fs {
+                    // Not a layout the kernel writes: a counted drop.
+                    batch.set_filled(kept, 0, true);
+                } else {
+                    let area = batch.rx_area(kept);
+                    let n = (VNET_HDR_LEN + snap).min(area.len());
+                    // SAFETY: [mac - 10, mac - 10 + n) lies inside the slot
+                    // (checked above: mac >= 10 and mac + snaplen <= frame
+                    // size); `area` is a distinct buffer of at least `n` bytes.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            p.add(mac - VNET_HDR_LEN),
+                            area.as_mut_ptr(),
+                            n,
+                        )
+                    };
+                    let truncated = h.snaplen < h.len || n < VNET_HDR_LEN + snap;
+                    batch.set_filled(kept, n, truncated);
+                    if st & TP_STATUS_VLAN_VALID != 0 && !truncated {
+                        let tpid = if st & TP_STATUS_VLAN_TPID_VALID != 0 {
+                            h.vlan_tpid
+                        } else {
+                            0x8100
+                        };
+                        batch.insert_vlan_tag(kept, tpid, h.vlan_tci);
+                    }
+                }
+                kept += 1;
+            }
+            self.status(i).store(TP_STATUS_KERNEL, Ordering::Release);
+            self.head = self.next(i);
+        }
+        kept
+    }
+
+    /// Queue the frames of `batch` at `idx` in free slots from the head on
+    /// (status `SEND_REQUEST`), recording each one's Ethernet length in
+    /// `lens`. Stops at the first slot still in use: the ring is full.
+    /// Returns how many were queued; a frame that does not fit a slot is
+    /// left out (the caller counts every frame not queued as failed).
+    fn tx_fill(&mut self, batch: &Batch, idx: &[u16], lens: &mut [u32; BATCH]) -> usize {
+        let mut queued = 0;
+        let cap = self.geo.frame_size as usize - TX_DATA_OFF;
+        for &k in idx.iter().take(BATCH) {
+            let i = self.head;
+            let st = self.status(i).load(Ordering::Acquire);
+            if st & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING) != 0 {
+                break;
+            }
+            let w = batch.wire(usize::from(k));
+            if w.len() > cap || w.len() < VNET_HDR_LEN {
+                continue;
+            }
+            let p = self.slot(i);
+            // SAFETY: the slot is free (AVAILABLE or WRONG_FORMAT, acquired):
+            // the kernel does not read it until we publish SEND_REQUEST.
+            // [TX_DATA_OFF, TX_DATA_OFF + len) fits the slot (checked); tp_len
+            // is the aligned word at byte 4.
+            unsafe {
+                std::ptr::copy_nonoverlapping(w.as_ptr(), p.add(TX_DATA_OFF), w.len());
+                (p.add(4) as *mut u32).write(w.len() as u32);
+            }
+            self.status(i)
+                .store(TP_STATUS_SEND_REQUEST, Ordering::Release);
+            lens[queued] = (w.len() - VNET_HDR_LEN) as u32;
+            queued += 1;
+            self.head = self.next(i);
+        }
+        queued
+    }
+
+    /// The slot `k` places after `start`.
+    fn nth(&self, start: u32, k: usize) -> u32 {
+        ((start as usize + k) % self.geo.frame_nr as usize) as u32
+    }
+
+    /// How many of the `queued` slots from `start` the kernel has taken (no
+    /// longer `SEND_REQUEST`). It takes them in order, so this is a prefix.
+    fn tx_taken(&self, start: u32, queued: usize) -> usize {
+        (0..queued)
+            .take_while(|&k| {
+                self.status(self.nth(start, k)).load(Ordering::Acquire) != TP_STATUS_SEND_REQUEST
+            })
+            .count()
+    }
+
+    /// Take back the slots the kernel left (`taken..queued` from `start`):
+    /// outside `sendto` the kernel does not look at the ring, so they become
+    /// free again and the head moves back to the kernel's own head.
+    fn tx_revert(&mut self, start: u32, taken: usize, queued: usize) {
+        for k in taken..queued {
+            self.status(self.nth(start, k))
+                .store(TP_STATUS_AVAILABLE, Ordering::Release);
+        }
+        self.head = self.nth(start, taken);
+    }
+}
+
+/// The shared mapping of a port's rings; unmapped on drop.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned, and the rings
+        // that point into it belong to the same port and die with it.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// An AF_PACKET port over TPACKET_V2 RX and TX rings (`[switch] io = "ring"`).
+///
+/// Set-up order (the kernel refuses it otherwise, `EBUSY`): `PACKET_VERSION`
+/// (V2: each frame is handed over at once; V3 hands over whole blocks, on a
+/// millisecond timer), `PACKET_VNET_HDR`, `PACKET_LOSS` (a malformed TX slot
+/// is skipped instead of stalling the ring), then the rings, one mmap for
+/// both (RX first), then bind and promiscuous membership.
+///
+/// Geometry: 1 MiB blocks of 15 slots of 69,904 bytes, enough for a 64 KiB
+/// GSO super-frame plus headers at the kernel's offsets. RX has 120 slots,
+/// TX 60. **Memory: 12 MiB of kernel memory per port**, allocated and pinned
+/// at open (the `mmsg` port's 8 MiB buffers are limits, not allocations).
+/// A slot holds one frame whatever its size, so the RX ring buffers 120
+/// frames between two polls, where the `mmsg` socket buffer holds ~120
+/// super-frames but thousands of small ones.
+///
+/// Receive copies each frame from its slot into the worker's [`Batch`] and
+/// hands the slot straight back: the pipeline stays as it is (VLAN tags are
+/// restored and NAT rewrites happen in place in the batch) at the cost of one
+/// user-space copy; no `recvmmsg` call. Transmit copies each frame into a
+/// free slot, then one `sendto(MSG_DONTWAIT)` kick sends the batch; a full
+/// ring (or socket buffer) is a counted drop, never a wait.
+pub struct RingPort {
+    // Declared before `fd`: unmapped before the socket closes.
+    map: Mapping,
+    fd: OwnedFd,
+    ifindex: u32,
+    rx: Ring,
+    tx: Ring,
+    lens: [u32; BATCH],
+}
+
+// SAFETY: the rings' raw pointers point into `map`, which the port owns
+// alone; moving the port to the worker thread moves that ownership with it.
+unsafe impl Send for RingPort {}
+
+fn set_ring(fd: &OwnedFd, opt: libc::c_int, g: &RingGeometry, what: &str) -> io::Result<()> {
+    // SAFETY: `g` is a live repr(C) tpacket_req and we pass its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            SOL_PACKET,
+            opt,
+            g as *const RingGeometry as *const libc::c_void,
+            size_of::<RingGeometry>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("setsockopt {what} {g:?}: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+impl RingPort {
+    /// Open a packet socket with RX and TX rings on interface `name` of the
+    /// calling thread's namespace, and bind it.
+    pub fn open(name: &str) -> io::Result<RingPort> {
+        let (fd, ifindex) = packet_socket(name)?;
+        setsockopt_int(
+            &fd,
+            SOL_PACKET,
+            PACKET_VERSION,
+            TPACKET_V2,
+            "PACKET_VERSION",
+        )?;
+        setsockopt_int(&fd, SOL_PACKET, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")?;
+        setsockopt_int(&fd, SOL_PACKET, PACKET_LOSS, 1, "PACKET_LOSS")?;
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = usize::try_from(page).unwrap_or(4096);
+        let bad = || io::Error::new(io::ErrorKind::InvalidInput, "no valid ring geometry");
+        let rg = RingGeometry::new(RX_MIN_FRAME, RING_BLOCK, RX_BLOCKS, page).ok_or_else(bad)?;
+        let tg = RingGeometry::new(TX_MIN_FRAME, RING_BLOCK, TX_BLOCKS, page).ok_or_else(bad)?;
+        set_ring(&fd, PACKET_RX_RING, &rg, "PACKET_RX_RING")?;
+        set_ring(&fd, PACKET_TX_RING, &tg, "PACKET_TX_RING")?;
+        let len = rg.bytes() + tg.bytes();
+        // SAFETY: a fresh shared mapping of the socket's rings (the kernel
+        // checks `len` against them); the result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("mmap packet rings: {e}")));
+        }
+        let map = Mapping {
+            ptr: ptr as *mut u8,
+            len,
+        };
+        // SAFETY: the mapping is page-aligned and `len` = both rings' bytes;
+        // RX takes the first `rg.bytes()`, TX the rest (the kernel's layout);
+        // both live as long as `map`, which the port owns.
+        let (rx, tx) = unsafe {
+            (
+                Ring::new(map.ptr, rg),
+                Ring::new(map.ptr.add(rg.bytes()), tg),
+            )
+        };
+        bind_promisc(&fd, ifindex, name)?;
+        Ok(RingPort {
+            map,
+            fd,
+            ifindex,
+            rx,
+            tx,
+            lens: [0; BATCH],
+        })
+    }
+
+    /// The interface index the socket is bound to.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Kernel memory pinned by the rings of one port, in bytes.
+    pub fn ring_bytes(&self) -> usize {
+        self.map.len
+    }
+
+    /// One `sendto(MSG_DONTWAIT)`: the kernel sends every `SEND_REQUEST`
+    /// slot from its head on, in order, and stops at the first error.
+    fn kick(&self) -> io::Result<()> {
+        // SAFETY: a send of zero bytes with no buffer and no address: the
+        // kernel takes the data from the TX ring.
+        let r = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl PortIo for RingPort {
+    fn rx_batch(&mut self, batch: &mut Batch) -> io::Result<usize> {
+        Ok(self.rx.rx_into(batch))
+    }
+
+    fn tx_batch(&mut self, batch: &Batch, idx: &[u16]) -> io::Result<TxOutcome> {
+        let mut o = TxOutcome::default();
+        let start = self.tx.head;
+        let queued = self.tx.tx_fill(batch, idx, &mut self.lens);
+        o.failed = idx.len() - queued;
+        if queued == 0 {
+            return Ok(o);
+        }
+        let mut taken = 0;
+        let mut dropped = [false; BATCH];
+        let mut gone = None;
+        // Each failing kick drops the one frame the kernel was sending and
+        // leaves the rest queued: kick again, at most once per frame.
+        for _ in 0..=queued {
+            let r = self.kick();
+            let before = taken;
+            taken = self.tx.tx_taken(start, queued);
+            match r {
+                Ok(()) => break,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::ENXIO) | Some(libc::ENODEV) => {
+                        gone = Some(e);
+                        break;
+                    }
+                    Some(libc::EINTR) if taken < queued => continue,
+                    _ if taken > before => {
+                        dropped[taken - 1] = true;
+                        if taken == queued {
+                            break;
+                        }
+                    }
+                    // No progress: link down, socket buffer full.
+                    _ => break,
+                },
+            }
+        }
+        self.tx.tx_revert(start, taken, queued);
+        for (len, _) in self.lens[..taken].iter().zip(dropped).filter(|&(_, d)| !d) {
+            o.sent += 1;
+            o.bytes += u64::from(*len);
+        }
+        o.failed += queued - o.sent;
+        match gone {
+            Some(e) => Err(e),
+            None => Ok(o),
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn take_kernel_rx_drops(&mut self) -> u64 {
+        packet_rx_drops(&self.fd)
+    }
 }
 
 /// A link event from the kernel (`RTM_NEWLINK` / `RTM_DELLINK`).
@@ -523,6 +1112,238 @@ pub fn set_thread_idle_priority() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ring over 16-aligned heap memory, standing in for the mapping.
+    fn test_ring(g: RingGeometry) -> (Vec<u128>, Ring) {
+        let mut mem = vec![0u128; g.bytes() / 16];
+        // SAFETY: `mem` is 16-aligned, `g.bytes()` long, and outlives the
+        // ring in every test (returned together, dropped together).
+        let r = unsafe { Ring::new(mem.as_mut_ptr() as *mut u8, g) };
+        (mem, r)
+    }
+
+    /// Play the kernel's `tpacket_rcv`: write `wire` (vnet header + frame)
+    /// into slot `i` at the kernel's offsets and publish it.
+    fn kernel_rx(r: &Ring, i: u32, wire: &[u8], st: u32, tci: u16, pkttype: u8, len: u32) {
+        let p = r.slot(i);
+        let snap = wire.len() - VNET_HDR_LEN;
+        // SAFETY: test memory; the slot is large enough for these frames.
+        unsafe {
+            (p.add(4) as *mut u32).write(len);
+            (p.add(8) as *mut u32).write(snap as u32);
+            (p.add(12) as *mut u16).write(RX_MAC_OFF as u16);
+            (p.add(24) as *mut u16).write(tci);
+            (p.add(26) as *mut u16).write(0x88a8);
+            p.add(TPACKET2_HDR_ALIGNED + 10).write(pkttype);
+            std::ptr::copy_nonoverlapping(
+                wire.as_ptr(),
+                p.add(RX_MAC_OFF - VNET_HDR_LEN),
+                wire.len(),
+            );
+        }
+        r.status(i).store(TP_STATUS_USER | st, Ordering::Release);
+    }
+
+    fn wire(n: usize, fill: u8) -> Vec<u8> {
+        let mut w = vec![0u8; VNET_HDR_LEN];
+        w.extend(std::iter::repeat_n(fill, n));
+        w
+    }
+
+    #[test]
+    fn ring_geometry_follows_the_kernel_rules_and_holds_a_super_frame() {
+        assert_eq!(size_of::<RingGeometry>(), 16, "struct tpacket_req");
+        assert_eq!(TPACKET2_HDRLEN, 52);
+        assert_eq!(TX_DATA_OFF, 32);
+        assert_eq!(RX_MAC_OFF, 76, "TPACKET_ALIGN(52 + 16) + 10 - 14");
+        let rx = RingGeometry::new(RX_MIN_FRAME, RING_BLOCK, RX_BLOCKS, 4096).unwrap();
+        assert_eq!(
+            rx,
+            RingGeometry {
+                block_size: 1 << 20,
+                block_nr: 8,
+                frame_size: 69_904,
+                frame_nr: 120
+            }
+        );
+        assert!(rx.frame_size as usize - RX_MAC_OFF >= MAX_FRAME);
+        let tx = RingGeometry::new(TX_MIN_FRAME, RING_BLOCK, TX_BLOCKS, 4096).unwrap();
+        assert_eq!(tx.frame_nr, 60);
+        assert!(tx.frame_nr as usize >= BATCH);
+        assert!(tx.frame_size as usize - TX_DATA_OFF >= SLOT);
+        assert_eq!(
+            rx.bytes() + tx.bytes(),
+            12 << 20,
+            "the documented 12 MiB per port"
+        );
+        // Slots never span blocks; the 16th slot opens the second block.
+        assert_eq!(rx.offset(14) + rx.frame_size as usize, 15 * 69_904);
+        assert!(rx.offset(14) + rx.frame_size as usize <= rx.block_size as usize);
+        assert_eq!(rx.offset(15), 1 << 20);
+        assert_eq!(
+            rx.offset(119) + rx.frame_size as usize,
+            7 * (1 << 20) + 15 * 69_904
+        );
+        for i in 0..rx.frame_nr {
+            assert!(rx.offset(i).is_multiple_of(16));
+        }
+        // What the kernel refuses, we refuse.
+        assert!(RingGeometry::new(RX_MIN_FRAME, (1 << 20) + 100, 1, 4096).is_none());
+        assert!(
+            RingGeometry::new(RX_MIN_FRAME, 65_536, 1, 4096).is_none(),
+            "frame > block"
+        );
+        assert!(RingGeometry::new(RX_MIN_FRAME, RING_BLOCK, 0, 4096).is_none());
+        assert!(
+            !RingGeometry {
+                frame_nr: 121,
+                ..rx
+            }
+            .is_valid(4096)
+        );
+        assert!(
+            !RingGeometry {
+                frame_size: 69_900,
+                ..rx
+            }
+            .is_valid(4096)
+        );
+        assert!(
+            !RingGeometry {
+                frame_size: 40,
+                frame_nr: 8 * 26_214,
+                ..rx
+            }
+            .is_valid(4096)
+        );
+        assert!(
+            !RingGeometry {
+                block_nr: 1 << 13,
+                frame_nr: 15 << 13,
+                ..rx
+            }
+            .is_valid(4096)
+        );
+        // Small frames pack a block; the slot size spreads the block evenly.
+        let small = RingGeometry::new(2048, 4096, 2, 4096).unwrap();
+        assert_eq!((small.frame_size, small.frame_nr), (2048, 4));
+        let odd = RingGeometry::new(3000, 8192, 1, 4096).unwrap();
+        assert_eq!((odd.frame_size, odd.frame_nr), (4096, 2));
+    }
+
+    #[test]
+    fn rx_ring_hands_frames_over_in_order_and_returns_slots() {
+        let g = RingGeometry::new(RX_MIN_FRAME, RING_BLOCK, 1, 4096).unwrap();
+        let (_mem, mut r) = test_ring(g);
+        let mut b = Batch::new();
+        assert_eq!(r.rx_into(&mut b), 0, "all slots are the kernel's");
+        let plain = wire(60, 0xaa);
+        kernel_rx(&r, 0, &plain, 0, 0, 0, 60);
+        // An outgoing frame is skipped, but its slot is returned.
+        kernel_rx(&r, 1, &wire(60, 0xbb), 0, 0, PACKET_OUTGOING, 60);
+        // A stripped 802.1ad tag comes back in front of the EtherType.
+        let tagged = wire(60, 0xcc);
+        kernel_rx(
+            &r,
+            2,
+            &tagged,
+            TP_STATUS_VLAN_VALID | TP_STATUS_VLAN_TPID_VALID,
+            0x2005,
+            0,
+            60,
+        );
+        // Cut short by the kernel (tp_snaplen < tp_len): truncated.
+        kernel_rx(&r, 3, &wire(100, 0xdd), 0, 0, 0, 70_000);
+        // A super-frame passes whole.
+        let big = wire(MAX_FRAME, 0xee);
+        kernel_rx(&r, 4, &big, 0, 0, 0, MAX_FRAME as u32);
+        // Slot 5 stays the kernel's: reading stops there.
+        assert_eq!(r.rx_into(&mut b), 4);
+        assert_eq!(b.wire(0), &plain[..]);
+        assert!(!b.is_truncated(0));
+        let f = b.frame(1);
+        assert_eq!(f.len(), 64);
+        assert_eq!(&f[12..16], &[0x88, 0xa8, 0x20, 0x05]);
+        assert!(b.is_truncated(2));
+        assert_eq!(b.wire(3), &big[..]);
+        assert!(!b.is_truncated(3));
+        for i in 0..5 {
+            assert_eq!(r.status(i).load(Ordering::Relaxed), TP_STATUS_KERNEL);
+        }
+        assert_eq!(r.head, 5);
+        // Headers the kernel never writes (tp_mac inside the header, or
+        // tp_snaplen past the slot) are truncated frames, not bad reads.
+        kernel_rx(&r, 5, &plain, 0, 0, 0, 60);
+        kernel_rx(&r, 6, &plain, 0, 0, 0, 60);
+        // SAFETY: test memory.
+        unsafe {
+            (r.slot(5).add(12) as *mut u16).write(20);
+            (r.slot(6).add(8) as *mut u32).write(u32::MAX);
+        }
+        assert_eq!(r.rx_into(&mut b), 2);
+        assert!(b.is_truncated(0) && b.is_truncated(1));
+        // Wrap-around: the last slot, then slot 0 again; at most BATCH per call.
+        r.head = g.frame_nr - 1;
+        kernel_rx(&r, g.frame_nr - 1, &plain, 0, 0, 0, 60);
+        kernel_rx(&r, 0, &wire(61, 1), 0, 0, 0, 61);
+        assert_eq!(r.rx_into(&mut b), 2);
+        assert_eq!(b.frame(1).len(), 61);
+        assert_eq!(r.head, 1);
+        let g2 = RingGeometry::new(2048, 1 << 20, 1, 4096).unwrap();
+        let (_m2, mut r2) = test_ring(g2);
+        for i in 0..40 {
+            kernel_rx(&r2, i, &plain, 0, 0, 0, 60);
+        }
+        assert_eq!(r2.rx_into(&mut b), BATCH);
+        assert_eq!(r2.rx_into(&mut b), 40 - BATCH);
+    }
+
+    #[test]
+    fn tx_ring_queues_in_order_stops_when_full_and_takes_back_what_was_not_sent() {
+        let g = RingGeometry::new(TX_MIN_FRAME, RING_BLOCK, 1, 4096).unwrap();
+        assert_eq!(g.frame_nr, 15);
+        let (_mem, mut r) = test_ring(g);
+        let mut b = Batch::new();
+        for k in 0..3 {
+            b.push_with(|a| {
+                let w = wire(60 + k, k as u8);
+                a[..w.len()].copy_from_slice(&w);
+                w.len()
+            })
+            .unwrap();
+        }
+        let mut lens = [0u32; BATCH];
+        assert_eq!(r.tx_fill(&b, &[0, 1, 2], &mut lens), 3);
+        assert_eq!(&lens[..3], &[60, 61, 62]);
+        for k in 0..3u32 {
+            assert_eq!(r.status(k).load(Ordering::Relaxed), TP_STATUS_SEND_REQUEST);
+            let p = r.slot(k);
+            // SAFETY: test memory.
+            let (len, data) = unsafe {
+                (
+                    (p.add(4) as *const u32).read(),
+                    std::slice::from_raw_parts(p.add(TX_DATA_OFF), 70 + k as usize),
+                )
+            };
+            assert_eq!(len, 70 + k);
+            assert_eq!(data, b.wire(k as usize));
+        }
+        // The kernel sent two (one still SENDING), then stopped.
+        r.status(0).store(TP_STATUS_AVAILABLE, Ordering::Release);
+        r.status(1).store(TP_STATUS_SENDING, Ordering::Release);
+        assert_eq!(r.tx_taken(0, 3), 2);
+        r.tx_revert(0, 2, 3);
+        assert_eq!(r.status(2).load(Ordering::Relaxed), TP_STATUS_AVAILABLE);
+        assert_eq!(r.head, 2, "back at the kernel's head");
+        // Fill the ring: 13 free slots from 2 to 14, then slot 0; slot 1 is
+        // still SENDING, so the ring is full there.
+        let idx = [0u16; 20];
+        assert_eq!(r.tx_fill(&b, &idx, &mut lens), 14);
+        assert_eq!(r.head, 1);
+        assert_eq!(r.tx_fill(&b, &idx, &mut lens), 0, "full: nothing waits");
+        r.tx_revert(2, 0, 14);
+        assert_eq!(r.head, 2);
+    }
 
     #[test]
     fn auxdata_layout_matches_the_kernel() {

@@ -773,6 +773,10 @@ impl<P: Policy + Reload> Worker<P> {
                                     }
                                 },
                                 "trace" => self.trace(&req.args, now),
+                                "stats" => {
+                                    self.collect_kernel_drops();
+                                    self.answer(&req.cmd, now)
+                                }
                                 _ => self.answer(&req.cmd, now),
                             };
                             let _ = req.reply.send(v);
@@ -792,6 +796,7 @@ impl<P: Policy + Reload> Worker<P> {
                 self.expiring = !self.pipeline.expire_more(now);
             }
             if now.saturating_sub(last_sweep) >= 1000 {
+                self.collect_kernel_drops();
                 self.expiring = !self.pipeline.expire(now);
                 self.report_tap_losses();
                 self.summarise(now);
@@ -845,6 +850,14 @@ impl<P: Policy + Reload> Worker<P> {
             Err(e) => {
                 json!({"ok": false, "error": format!("state not saved, upgrade refused: {e}")})
             }
+        }
+    }
+
+    /// Add the kernel's receive drops of every port since the last call to
+    /// its `kernel-rx-dropped` counter (at the 1 s sweep and before `stats`).
+    fn collect_kernel_drops(&mut self) {
+        for p in self.ports.iter_mut().filter(|p| p.up) {
+            p.stats.drops[DropReason::KernelRx as usize] += p.io.take_kernel_rx_drops();
         }
     }
 

@@ -673,9 +673,20 @@ pub fn nat_topo(uplink_extra: &str, nat_extra: &str) -> NatTopo {
 /// 192.168.15.0/24, DNAT tcp/80 → .2:80. `uplink_extra`, `nat_extra` and
 /// `tail` add lines to `[uplink]`, `[nat]` and the end of the file.
 pub fn nat_topo_n(n: usize, uplink_extra: &str, nat_extra: &str, tail: &str) -> NatTopo {
+    nat_topo_with(n, "", uplink_extra, nat_extra, tail)
+}
+
+/// [`nat_topo_n`] with `switch_extra` added to `[switch]` (e.g. `io = "ring"`).
+pub fn nat_topo_with(
+    n: usize,
+    switch_extra: &str,
+    uplink_extra: &str,
+    nat_extra: &str,
+    tail: &str,
+) -> NatTopo {
     assert!((2..=4).contains(&n), "2..=4 hosts");
     let id = uniq();
-    let (mut toml, m, sw_ns) = star(&id, &vec![Kind::Veth; n], "");
+    let (mut toml, m, sw_ns) = star(&id, &vec![Kind::Veth; n], switch_extra);
     toml = toml.replace("192.168.15.254", GW);
     let wan_ns = format!("vs{id}w");
     toml += &format!(

@@ -641,14 +641,25 @@ fn stateful_acl_allows_only_replies_from_blue() {
 
 #[test]
 fn vlans_separate_access_ports_and_a_trunk_carries_both() {
-    if !require_root("vlans_separate_access_ports_and_a_trunk_carries_both") {
+    vlan_case("vlans_separate_access_ports_and_a_trunk_carries_both", "");
+}
+
+/// The same with `io = "ring"`: the tags the kernel strips on receive come
+/// back from the ring's `tp_vlan_tci` instead of `PACKET_AUXDATA`.
+#[test]
+fn vlans_with_ring_io() {
+    vlan_case("vlans_with_ring_io", "io = \"ring\"\n");
+}
+
+fn vlan_case(test: &str, switch_extra: &str) {
+    if !require_root(test) {
         return;
     }
     let id = uniq();
     let (mut toml, m, _) = star(
         &id,
         &[Kind::Veth, Kind::Veth, Kind::Veth, Kind::Tap, Kind::Veth],
-        "",
+        switch_extra,
     );
     for (i, cfg) in [
         (0, "vlan = 10"),
