@@ -2,9 +2,8 @@
 //!
 //! An AF_PACKET socket on a veth has no NAPI id, so the kernel's busy-poll
 //! options do nothing for it; a worker that sleeps pays one wake-up per
-//! burst (tens of µs on a VM whose idle vCPU halts), and the jitter that
-//! adds makes TCP's loss detection (RACK) retransmit segments that were
-//! only late. Polling has to be done in user space, as OVS's PMD threads
+//! burst (tens of µs on a VM whose idle vCPU halts). Polling has to be
+//! done in user space, as OVS's PMD threads
 //! (`pmd-sleep-max`), Snabb's breathing loop and VPP's adaptive RX mode do.
 //!
 //! Contract: [`Pacer`] is pure logic over a monotonic clock in nanoseconds
