@@ -87,13 +87,7 @@ pub fn require_tools(tools: &[(&str, &str)], install: bool) {
     }
     if install {
         eprintln!("e2e: installing {}", missing.join(" "));
-        let ok = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
+        if install_no_services(&missing) {
             return;
         }
     }
@@ -102,6 +96,36 @@ pub fn require_tools(tools: &[(&str, &str)], install: bool) {
         missing.join(" ")
     );
     std::process::exit(2);
+}
+
+/// `apt-get install` the packages with every service start refused (a
+/// temporary `policy-rc.d` that answers 101, the Debian way for chroots and
+/// containers), so installing e.g. openvswitch-switch never starts the
+/// system's OVS; the harness runs its own private daemons instead. An
+/// existing `policy-rc.d` is left alone (it already decides).
+fn install_no_services(pkgs: &[&str]) -> bool {
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists()
+        && std::fs::write(
+            policy,
+            "#!/bin/sh\n# e2e benchmark: no service starts during its install\nexit 101\n",
+        )
+        .is_ok();
+    if ours {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755));
+    }
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(pkgs)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    ok
 }
 
 /// A background process, killed (SIGKILL, by PID) on drop unless it exited.
@@ -165,6 +189,7 @@ impl Drop for Bg {
 struct CleanState {
     netns: Vec<String>,
     files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
     pids: Vec<u32>,
     helpers: Vec<u32>,
 }
@@ -172,6 +197,7 @@ struct CleanState {
 static CLEAN: Mutex<CleanState> = Mutex::new(CleanState {
     netns: Vec::new(),
     files: Vec::new(),
+    dirs: Vec::new(),
     pids: Vec::new(),
     helpers: Vec::new(),
 });
@@ -180,10 +206,11 @@ static CLEAN: Mutex<CleanState> = Mutex::new(CleanState {
 pub fn cleanup_now() {
     let st = std::mem::take(&mut *CLEAN.lock().unwrap_or_else(|e| e.into_inner()));
     for pid in st.helpers {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let p = nix::unistd::Pid::from_raw(pid as i32);
+        if nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL).is_ok() {
+            // Reap it (a child of ours; ECHILD otherwise), leaving no zombie.
+            let _ = nix::sys::wait::waitpid(p, None);
+        }
     }
     for pid in st.pids {
         let p = nix::unistd::Pid::from_raw(pid as i32);
@@ -197,7 +224,9 @@ pub fn cleanup_now() {
                 let _ = nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            if nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                let _ = nix::sys::wait::waitpid(p, None);
+            }
         }
     }
     for ns in st.netns {
@@ -207,6 +236,9 @@ pub fn cleanup_now() {
     }
     for f in st.files {
         let _ = std::fs::remove_file(f);
+    }
+    for d in st.dirs {
+        let _ = std::fs::remove_dir_all(d);
     }
 }
 
@@ -244,6 +276,14 @@ impl Cleanup {
             .unwrap_or_else(|e| e.into_inner())
             .files
             .push(f.to_path_buf());
+    }
+    /// Remove directory `d` and its contents at the end (after the processes stopped).
+    pub fn add_dir(&self, d: &Path) {
+        CLEAN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dirs
+            .push(d.to_path_buf());
     }
     /// Kill helper process `pid` (SIGKILL) at the end.
     pub fn add_helper(&self, pid: u32) {
@@ -288,8 +328,30 @@ pub fn cpu_busy_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
-/// utime + stime (jiffies) of process `pid` and its threads.
-pub fn proc_cpu_jiffies(pid: u32) -> u64 {
+/// CPU time (ns) used so far by process `pid` and all its threads, from
+/// `/proc/PID/task/*/schedstat` (falls back to utime + stime at 100 Hz);
+/// 0 for PID 0 (no process: the kernel forwards).
+pub fn proc_cpu_ns(pid: u32) -> u64 {
+    if pid == 0 {
+        return 0;
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut total = 0u64;
+    let mut any = false;
+    for t in tasks {
+        if let Some(ns) = std::fs::read_to_string(t.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            total += ns;
+            any = true;
+        }
+    }
+    if any {
+        return total;
+    }
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after ") ".
     let rest = s.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
@@ -298,61 +360,94 @@ pub fn proc_cpu_jiffies(pid: u32) -> u64 {
         .filter_map(|x| x.parse().ok())
         .collect();
     // state is not numeric, so utime/stime (fields 14/15) land at 10/11 here.
-    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+    (f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)) * 10_000_000
 }
 
-/// A horizontal bar chart of the vswitch/kernel ratios (1.0 = parity), as SVG.
+/// A horizontal bar chart of each setup's ratio to the kernel (median of the
+/// per-round ratios; 1.0 = parity), one group of bars per measurement, as SVG.
+/// Reads the report written by the e2e harness (`setups`, `rows[].ratio`).
 pub fn svg_chart(report: &Value) -> String {
+    const COLORS: [&str; 6] = [
+        "#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#757575",
+    ];
+    let setups: Vec<&str> = report["setups"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .skip(1)
+                .filter_map(|s| s["name"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
     let rows: Vec<&Value> = report["rows"]
         .as_array()
-        .map(|a| a.iter().filter(|r| r["key"] != "cpusw").collect())
+        .map(|a| {
+            a.iter()
+                .filter(|r| r["ratio"].as_object().is_some_and(|o| !o.is_empty()))
+                .collect()
+        })
         .unwrap_or_default();
-    let (w, left, bar_h, gap) = (900.0, 300.0, 22.0, 10.0);
-    let h = 60.0 + rows.len() as f64 * (bar_h + gap) + 30.0;
+    let ratio = |r: &Value, s: &str| r["ratio"][s]["median"].as_f64().filter(|x| x.is_finite());
+    let (w, left, bar_h, gap) = (900.0, 300.0, 14.0, 12.0);
+    let group_h = bar_h * setups.len().max(1) as f64 + gap;
+    let top = 70.0;
+    let h = top + rows.len() as f64 * group_h + 40.0;
     let max = rows
         .iter()
-        .filter_map(|r| r["ratio"].as_f64())
-        .filter(|x| x.is_finite())
+        .flat_map(|r| setups.iter().filter_map(|s| ratio(r, s)))
         .fold(2.0f64, f64::max)
         .min(6.0);
-    let x_of = |r: f64| left + (w - left - 40.0) * (r / max);
+    let x_of = |r: f64| left + (w - left - 60.0) * (r / max);
     let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="13">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
     );
     s += &format!(
-        r#"<rect width="{w}" height="{h}" fill="white"/><text x="10" y="24" font-size="16" font-weight="bold">vswitch / kernel (median of {} rounds; higher is better for rates, lower for RTT and CPU)</text>"#,
+        r#"<rect width="{w}" height="{h}" fill="white"/><text x="10" y="22" font-size="15" font-weight="bold">Ratio to the kernel (median of {} per-round ratios; higher is better for rates, lower for RTT and CPU)</text>"#,
         report["rounds"]
     );
-    for (i, r) in rows.iter().enumerate() {
-        let y = 50.0 + i as f64 * (bar_h + gap);
-        let ratio = r["ratio"].as_f64().unwrap_or(0.0);
-        let good = if r["higher_is_better"] == true {
-            ratio >= 1.0
-        } else {
-            ratio <= 1.0
-        };
-        let color = if good { "#2e7d32" } else { "#c62828" };
-        let wbar = (x_of(ratio.min(max)) - left).max(1.0);
+    for (i, name) in setups.iter().enumerate() {
+        let x = 10.0 + i as f64 * 140.0;
         s += &format!(
-            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            r#"<rect x="{x}" y="34" width="12" height="12" fill="{}"/><text x="{}" y="45">{}</text>"#,
+            COLORS[i % COLORS.len()],
+            x + 16.0,
+            xml(name)
+        );
+    }
+    for (g, r) in rows.iter().enumerate() {
+        let y0 = top + g as f64 * group_h;
+        s += &format!(
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
             left - 8.0,
-            y + 16.0,
-            xml(r["name"].as_str().unwrap_or(""))
+            y0 + group_h / 2.0,
+            xml(r["name"].as_str().unwrap_or("").trim())
         );
-        s += &format!(
-            r#"<rect x="{left}" y="{y}" width="{wbar:.1}" height="{bar_h}" fill="{color}"/>"#
-        );
-        s += &format!(
-            r#"<text x="{:.1}" y="{}">{ratio:.2}×</text>"#,
-            left + wbar + 6.0,
-            y + 16.0
-        );
+        for (i, name) in setups.iter().enumerate() {
+            let y = y0 + i as f64 * bar_h;
+            let Some(v) = ratio(r, name) else {
+                s += &format!(
+                    r#"<text x="{}" y="{:.1}">n/a</text>"#,
+                    left + 4.0,
+                    y + bar_h - 3.0
+                );
+                continue;
+            };
+            let wbar = (x_of(v.min(max)) - left).max(1.0);
+            s += &format!(
+                r#"<rect x="{left}" y="{y:.1}" width="{wbar:.1}" height="{:.1}" fill="{}"/><text x="{:.1}" y="{:.1}">{v:.2}×</text>"#,
+                bar_h - 2.0,
+                COLORS[i % COLORS.len()],
+                left + wbar + 4.0,
+                y + bar_h - 3.0
+            );
+        }
     }
     let x1 = x_of(1.0);
     s += &format!(
-        r#"<line x1="{x1:.1}" y1="40" x2="{x1:.1}" y2="{:.1}" stroke="black" stroke-dasharray="4 3"/><text x="{x1:.1}" y="{:.1}" text-anchor="middle">1.0 = kernel</text>"#,
-        h - 25.0,
-        h - 8.0
+        r#"<line x1="{x1:.1}" y1="{}" x2="{x1:.1}" y2="{:.1}" stroke="black" stroke-dasharray="4 3"/><text x="{x1:.1}" y="{:.1}" text-anchor="middle">1.0 = kernel</text>"#,
+        top - 6.0,
+        h - 30.0,
+        h - 12.0
     );
     s + "</svg>\n"
 }
