@@ -13,7 +13,7 @@
 //! pins and the slot hand-over rules. Both kinds report the kernel's receive
 //! drops ([`PortIo::take_kernel_rx_drops`], from `PACKET_STATISTICS`).
 
-use crate::port::{BATCH, Batch, HEADROOM, MAX_FRAME, PortIo, SLOT, TxOutcome};
+use crate::port::{BATCH, Batch, HEADROOM, PortIo, SLOT, TxOutcome};
 use crate::wire::VNET_HDR_LEN;
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -24,6 +24,7 @@ const SOL_PACKET: libc::c_int = 263;
 const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
 const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_STATISTICS: libc::c_int = 6;
+const PACKET_COPY_THRESH: libc::c_int = 7;
 const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_VERSION: libc::c_int = 10;
 const PACKET_TX_RING: libc::c_int = 13;
@@ -432,6 +433,8 @@ impl PortIo for PacketPort {
 /// RX slot owned by the kernel / handed to us (`tp_status`).
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
+/// RX: the frame did not fit the slot; a whole copy waits in the socket queue.
+const TP_STATUS_COPY: u32 = 2;
 /// TX slot free / queued by us / being sent by the kernel / refused.
 const TP_STATUS_AVAILABLE: u32 = 0;
 const TP_STATUS_SEND_REQUEST: u32 = 1;
@@ -450,15 +453,18 @@ const TX_DATA_OFF: usize = TPACKET2_HDRLEN - size_of::<libc::sockaddr_ll>();
 /// `TPACKET_ALIGN(tp_hdrlen + 16) + vnet header - 14` (`tpacket_rcv`).
 const RX_MAC_OFF: usize =
     (TPACKET2_HDRLEN + 16).next_multiple_of(TPACKET_ALIGNMENT) + VNET_HDR_LEN - 14;
-/// Smallest RX slot that holds the largest frame a [`Batch`] slot takes.
-const RX_MIN_FRAME: usize = RX_MAC_OFF + MAX_FRAME;
+/// RX slot: 2 KiB holds a 1518-byte frame (a tagged MTU-size frame) at the
+/// kernel's offset; larger frames take the `TP_STATUS_COPY` path.
+const RX_SLOT: usize = 2048;
+const _: () = assert!(RX_SLOT >= RX_MAC_OFF + 1518);
 /// Smallest TX slot for the largest vnet header + frame the pipeline emits
 /// (a restored or pushed VLAN tag uses the batch headroom).
 const TX_MIN_FRAME: usize = TX_DATA_OFF + SLOT;
-/// Ring block size: 1 MiB holds 15 slots of ~68 KiB (≤ 0.1 % unused).
+/// Ring block size: 1 MiB holds 512 RX slots, or 15 TX slots of ~68 KiB
+/// (≤ 0.1 % unused).
 const RING_BLOCK: usize = 1 << 20;
-/// RX ring: 8 blocks, 120 slots (8 MiB per port).
-const RX_BLOCKS: usize = 8;
+/// RX ring: 4 blocks, 2,048 slots (4 MiB per port).
+const RX_BLOCKS: usize = 4;
 /// TX ring: 4 blocks, 60 slots (4 MiB per port), more than one batch.
 const TX_BLOCKS: usize = 4;
 
@@ -564,6 +570,15 @@ impl Tpacket2Hdr {
     }
 }
 
+/// What one [`Ring::rx_into`] pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct RxPass {
+    /// Frames put in the batch.
+    kept: usize,
+    /// Frames the kernel cut to the slot without queueing a whole copy.
+    lost: u64,
+}
+
 /// One ring inside a mapping: slot `i` starts at `base + geo.offset(i)`; its
 /// first word is `tp_status`, the hand-over word shared with the kernel.
 struct Ring {
@@ -605,19 +620,30 @@ impl Ring {
     }
 
     /// Copy up to [`BATCH`] received frames into `batch` and hand their
-    /// slots back to the kernel. Outgoing frames (`PACKET_OUTGOING`, should
-    /// `PACKET_IGNORE_OUTGOING` let one through) are skipped; frames the
-    /// kernel cut short, or larger than a batch slot, are marked truncated
-    /// (a counted drop); a stripped VLAN tag is restored from `tp_vlan_tci`.
-    fn rx_into(&mut self, batch: &mut Batch) -> usize {
+    /// slots back to the kernel. A frame larger than a slot (a GSO
+    /// super-frame) is marked `TP_STATUS_COPY`: the kernel queued it whole on
+    /// the socket, in slot order, and `fetch` receives it into the batch slot
+    /// it is given (its full length, or `None` if nothing was queued). If the
+    /// slot says the frame was cut but no copy was queued (the socket buffer
+    /// was full), it is lost: counted in the result, for `kernel-rx-dropped`.
+    /// Outgoing frames (`PACKET_OUTGOING`, should `PACKET_IGNORE_OUTGOING` let
+    /// one through) are skipped; frames larger than a batch slot, or in a
+    /// layout the kernel never writes, are marked truncated (a counted drop);
+    /// a stripped VLAN tag is restored from `tp_vlan_tci`.
+    fn rx_into(
+        &mut self,
+        batch: &mut Batch,
+        mut fetch: impl FnMut(&mut [u8]) -> Option<usize>,
+    ) -> RxPass {
         batch.clear();
-        let mut kept = 0;
-        while kept < BATCH {
+        let mut pass = RxPass::default();
+        while pass.kept < BATCH {
             let i = self.head;
             let st = self.status(i).load(Ordering::Acquire);
             if st & TP_STATUS_USER == 0 {
                 break;
             }
+            let k = pass.kept;
             let p = self.slot(i);
             let mut hb = [0u8; TPACKET2_HDR_ALIGNED];
             // SAFETY: the slot is ours (status USER, acquired) and at least
@@ -626,43 +652,60 @@ impl Ring {
             let h = Tpacket2Hdr::parse(&hb);
             // SAFETY: as above; sll_pkttype is byte 10 of the sockaddr_ll
             // that follows the aligned header.
-            let pkttype = unsafe { p.add(TPACKET2_HDR_ALIGNED + 10).read() };
-            if pkttype != PACKET_OUTGOING {
-                let (mac, snap) = (usize::from(h.mac), h.snaplen as usize);
-                let fs = self.geo.frame_size as usize;
-                if mac < TPACKET2_HDRLEN + VNET_HDR_LEN || mac + snap > fs {
-                    // Not a layout the kernel writes: a counted drop.
-                    batch.set_filled(kept, 0, true);
-                } else {
-                    let area = batch.rx_area(kept);
-                    let n = (VNET_HDR_LEN + snap).min(area.len());
-                    // SAFETY: [mac - 10, mac - 10 + n) lies inside the slot
-                    // (checked above: mac >= 10 and mac + snaplen <= frame
-                    // size); `area` is a distinct buffer of at least `n` bytes.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            p.add(mac - VNET_HDR_LEN),
-                            area.as_mut_ptr(),
-                            n,
-                        )
-                    };
-                    let truncated = h.snaplen < h.len || n < VNET_HDR_LEN + snap;
-                    batch.set_filled(kept, n, truncated);
-                    if st & TP_STATUS_VLAN_VALID != 0 && !truncated {
-                        let tpid = if st & TP_STATUS_VLAN_TPID_VALID != 0 {
-                            h.vlan_tpid
-                        } else {
-                            0x8100
-                        };
-                        batch.insert_vlan_tag(kept, tpid, h.vlan_tci);
+            let outgoing = unsafe { p.add(TPACKET2_HDR_ALIGNED + 10).read() } == PACKET_OUTGOING;
+            let (mac, snap) = (usize::from(h.mac), h.snaplen as usize);
+            let filled = if st & TP_STATUS_COPY != 0 {
+                // Dequeued even when outgoing, to keep the queue in step.
+                let area = batch.rx_area(k);
+                let cap = area.len();
+                match fetch(area) {
+                    Some(n) => {
+                        batch.set_filled(k, n.min(cap), n > cap);
+                        !outgoing
+                    }
+                    None => {
+                        pass.lost += 1;
+                        false
                     }
                 }
-                kept += 1;
+            } else if outgoing {
+                false
+            } else if h.snaplen < h.len {
+                pass.lost += 1;
+                false
+            } else if mac < TPACKET2_HDRLEN + VNET_HDR_LEN
+                || mac + snap > self.geo.frame_size as usize
+            {
+                // Not a layout the kernel writes: a counted drop.
+                batch.set_filled(k, 0, true);
+                true
+            } else {
+                let area = batch.rx_area(k);
+                let n = (VNET_HDR_LEN + snap).min(area.len());
+                // SAFETY: [mac - 10, mac - 10 + n) lies inside the slot
+                // (checked above: mac >= 10 and mac + snaplen <= frame size);
+                // `area` is a distinct buffer of at least `n` bytes.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(p.add(mac - VNET_HDR_LEN), area.as_mut_ptr(), n)
+                };
+                batch.set_filled(k, n, n < VNET_HDR_LEN + snap);
+                true
+            };
+            if filled {
+                if st & TP_STATUS_VLAN_VALID != 0 && !batch.is_truncated(k) {
+                    let tpid = if st & TP_STATUS_VLAN_TPID_VALID != 0 {
+                        h.vlan_tpid
+                    } else {
+                        0x8100
+                    };
+                    batch.insert_vlan_tag(k, tpid, h.vlan_tci);
+                }
+                pass.kept += 1;
             }
             self.status(i).store(TP_STATUS_KERNEL, Ordering::Release);
             self.head = self.next(i);
         }
-        kept
+        pass
     }
 
     /// Queue the frames of `batch` at `idx` in free slots from the head on
@@ -750,20 +793,24 @@ impl Drop for Mapping {
 /// is skipped instead of stalling the ring), then the rings, one mmap for
 /// both (RX first), then bind and promiscuous membership.
 ///
-/// Geometry: 1 MiB blocks of 15 slots of 69,904 bytes, enough for a 64 KiB
-/// GSO super-frame plus headers at the kernel's offsets. RX has 120 slots,
-/// TX 60. **Memory: 12 MiB of kernel memory per port**, allocated and pinned
-/// at open (the `mmsg` port's 8 MiB buffers are limits, not allocations).
-/// A slot holds one frame whatever its size, so the RX ring buffers 120
-/// frames between two polls, where the `mmsg` socket buffer holds ~120
-/// super-frames but thousands of small ones.
+/// Receive: 2,048 slots of 2 KiB (4 MiB) hold frames up to a tagged MTU
+/// frame; each is copied from its slot into the worker's [`Batch`] and the
+/// slot handed straight back, without a system call. A larger frame (a GSO
+/// super-frame) does not fit: with `PACKET_COPY_THRESH` the kernel marks its
+/// slot `TP_STATUS_COPY` and queues the whole frame on the socket, which one
+/// `recv` takes straight into the batch slot (one copy, as with `mmsg`). The
+/// pipeline is unchanged (VLAN tags the kernel stripped are restored from
+/// `tp_vlan_tci`, NAT rewrites happen in place in the batch).
 ///
-/// Receive copies each frame from its slot into the worker's [`Batch`] and
-/// hands the slot straight back: the pipeline stays as it is (VLAN tags are
-/// restored and NAT rewrites happen in place in the batch) at the cost of one
-/// user-space copy; no `recvmmsg` call. Transmit copies each frame into a
-/// free slot, then one `sendto(MSG_DONTWAIT)` kick sends the batch; a full
-/// ring (or socket buffer) is a counted drop, never a wait.
+/// Transmit: 60 slots of 69,904 bytes (15 per 1 MiB block, 4 MiB), each
+/// holding a whole batch slot. Frames are copied into free slots, marked
+/// `SEND_REQUEST`, and one `sendto(MSG_DONTWAIT)` kick sends the batch; a
+/// full ring (or socket buffer) is a counted drop, never a wait, and slots
+/// the kernel did not take are taken back, so nothing is sent late.
+///
+/// **Memory: 8 MiB of kernel memory per port**, allocated and pinned at open
+/// (the `mmsg` port's 8 MiB buffers are limits, not allocations), plus up to
+/// 8 MiB of queued super-frame copies (`SO_RCVBUF`).
 pub struct RingPort {
     // Declared before `fd`: unmapped before the socket closes.
     map: Mapping,
@@ -772,6 +819,8 @@ pub struct RingPort {
     rx: Ring,
     tx: Ring,
     lens: [u32; BATCH],
+    /// Super-frames cut to a slot without a whole copy (socket buffer full).
+    rx_lost: u64,
 }
 
 // SAFETY: the rings' raw pointers point into `map`, which the port owns
@@ -813,11 +862,12 @@ impl RingPort {
         )?;
         setsockopt_int(&fd, SOL_PACKET, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")?;
         setsockopt_int(&fd, SOL_PACKET, PACKET_LOSS, 1, "PACKET_LOSS")?;
+        setsockopt_int(&fd, SOL_PACKET, PACKET_COPY_THRESH, 1, "PACKET_COPY_THRESH")?;
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let page = usize::try_from(page).unwrap_or(4096);
         let bad = || io::Error::new(io::ErrorKind::InvalidInput, "no valid ring geometry");
-        let rg = RingGeometry::new(RX_MIN_FRAME, RING_BLOCK, RX_BLOCKS, page).ok_or_else(bad)?;
+        let rg = RingGeometry::new(RX_SLOT, RING_BLOCK, RX_BLOCKS, page).ok_or_else(bad)?;
         let tg = RingGeometry::new(TX_MIN_FRAME, RING_BLOCK, TX_BLOCKS, page).ok_or_else(bad)?;
         set_ring(&fd, PACKET_RX_RING, &rg, "PACKET_RX_RING")?;
         set_ring(&fd, PACKET_TX_RING, &tg, "PACKET_TX_RING")?;
@@ -859,6 +909,7 @@ impl RingPort {
             rx,
             tx,
             lens: [0; BATCH],
+            rx_lost: 0,
         })
     }
 
@@ -897,7 +948,22 @@ impl RingPort {
 
 impl PortIo for RingPort {
     fn rx_batch(&mut self, batch: &mut Batch) -> io::Result<usize> {
-        Ok(self.rx.rx_into(batch))
+        let fd = self.fd.as_raw_fd();
+        let pass = self.rx.rx_into(batch, |area| {
+            // SAFETY: `area` is a live, writable buffer of `area.len()` bytes;
+            // MSG_TRUNC makes the kernel return the frame's full length.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    area.as_mut_ptr() as *mut libc::c_void,
+                    area.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                )
+            };
+            usize::try_from(n).ok()
+        });
+        self.rx_lost += pass.lost;
+        Ok(pass.kept)
     }
 
     fn tx_batch(&mut self, batch: &Batch, idx: &[u16]) -> io::Result<TxOutcome> {
@@ -953,7 +1019,7 @@ impl PortIo for RingPort {
     }
 
     fn take_kernel_rx_drops(&mut self) -> u64 {
-        packet_rx_drops(&self.fd)
+        packet_rx_drops(&self.fd) + std::mem::take(&mut self.rx_lost)
     }
 }
 
@@ -1112,6 +1178,7 @@ pub fn set_thread_idle_priority() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::port::MAX_FRAME;
 
     /// A ring over 16-aligned heap memory, standing in for the mapping.
     fn test_ring(g: RingGeometry) -> (Vec<u128>, Ring) {
@@ -1156,55 +1223,72 @@ mod tests {
         assert_eq!(TPACKET2_HDRLEN, 52);
         assert_eq!(TX_DATA_OFF, 32);
         assert_eq!(RX_MAC_OFF, 76, "TPACKET_ALIGN(52 + 16) + 10 - 14");
-        let rx = RingGeometry::new(RX_MIN_FRAME, RING_BLOCK, RX_BLOCKS, 4096).unwrap();
+        let rx = RingGeometry::new(RX_SLOT, RING_BLOCK, RX_BLOCKS, 4096).unwrap();
         assert_eq!(
             rx,
             RingGeometry {
                 block_size: 1 << 20,
-                block_nr: 8,
-                frame_size: 69_904,
-                frame_nr: 120
+                block_nr: 4,
+                frame_size: 2048,
+                frame_nr: 2048
             }
         );
-        assert!(rx.frame_size as usize - RX_MAC_OFF >= MAX_FRAME);
+        assert!(
+            rx.frame_size as usize - RX_MAC_OFF >= 1518,
+            "a tagged MTU frame"
+        );
         let tx = RingGeometry::new(TX_MIN_FRAME, RING_BLOCK, TX_BLOCKS, 4096).unwrap();
-        assert_eq!(tx.frame_nr, 60);
+        assert_eq!(
+            tx,
+            RingGeometry {
+                block_size: 1 << 20,
+                block_nr: 4,
+                frame_size: 69_904,
+                frame_nr: 60
+            }
+        );
         assert!(tx.frame_nr as usize >= BATCH);
-        assert!(tx.frame_size as usize - TX_DATA_OFF >= SLOT);
+        assert!(
+            tx.frame_size as usize - TX_DATA_OFF >= SLOT,
+            "a whole batch slot"
+        );
+        assert!(tx.frame_size as usize - RX_MAC_OFF >= MAX_FRAME);
         assert_eq!(
             rx.bytes() + tx.bytes(),
-            12 << 20,
-            "the documented 12 MiB per port"
+            8 << 20,
+            "the documented 8 MiB per port"
         );
-        // Slots never span blocks; the 16th slot opens the second block.
-        assert_eq!(rx.offset(14) + rx.frame_size as usize, 15 * 69_904);
-        assert!(rx.offset(14) + rx.frame_size as usize <= rx.block_size as usize);
-        assert_eq!(rx.offset(15), 1 << 20);
+        // Slots never span blocks; the 16th TX slot opens the second block.
+        assert_eq!(tx.offset(14) + tx.frame_size as usize, 15 * 69_904);
+        assert!(tx.offset(14) + tx.frame_size as usize <= tx.block_size as usize);
+        assert_eq!(tx.offset(15), 1 << 20);
         assert_eq!(
-            rx.offset(119) + rx.frame_size as usize,
-            7 * (1 << 20) + 15 * 69_904
+            tx.offset(59) + tx.frame_size as usize,
+            3 * (1 << 20) + 15 * 69_904
         );
-        for i in 0..rx.frame_nr {
-            assert!(rx.offset(i).is_multiple_of(16));
+        assert_eq!(rx.offset(513), (1 << 20) + 2048);
+        for i in 0..tx.frame_nr {
+            assert!(tx.offset(i).is_multiple_of(16));
         }
+        let big = tx;
         // What the kernel refuses, we refuse.
-        assert!(RingGeometry::new(RX_MIN_FRAME, (1 << 20) + 100, 1, 4096).is_none());
+        assert!(RingGeometry::new(TX_MIN_FRAME, (1 << 20) + 100, 1, 4096).is_none());
         assert!(
-            RingGeometry::new(RX_MIN_FRAME, 65_536, 1, 4096).is_none(),
+            RingGeometry::new(TX_MIN_FRAME, 65_536, 1, 4096).is_none(),
             "frame > block"
         );
-        assert!(RingGeometry::new(RX_MIN_FRAME, RING_BLOCK, 0, 4096).is_none());
+        assert!(RingGeometry::new(TX_MIN_FRAME, RING_BLOCK, 0, 4096).is_none());
         assert!(
             !RingGeometry {
-                frame_nr: 121,
-                ..rx
+                frame_nr: 61,
+                ..big
             }
             .is_valid(4096)
         );
         assert!(
             !RingGeometry {
                 frame_size: 69_900,
-                ..rx
+                ..big
             }
             .is_valid(4096)
         );
@@ -1212,7 +1296,7 @@ mod tests {
             !RingGeometry {
                 frame_size: 40,
                 frame_nr: 8 * 26_214,
-                ..rx
+                ..big
             }
             .is_valid(4096)
         );
@@ -1220,7 +1304,7 @@ mod tests {
             !RingGeometry {
                 block_nr: 1 << 13,
                 frame_nr: 15 << 13,
-                ..rx
+                ..big
             }
             .is_valid(4096)
         );
@@ -1231,12 +1315,17 @@ mod tests {
         assert_eq!((odd.frame_size, odd.frame_nr), (4096, 2));
     }
 
+    /// `rx_into` with nothing queued on the socket.
+    fn rx(r: &mut Ring, b: &mut Batch) -> RxPass {
+        r.rx_into(b, |_| None)
+    }
+
     #[test]
     fn rx_ring_hands_frames_over_in_order_and_returns_slots() {
-        let g = RingGeometry::new(RX_MIN_FRAME, RING_BLOCK, 1, 4096).unwrap();
+        let g = RingGeometry::new(RX_SLOT, RING_BLOCK, 1, 4096).unwrap();
         let (_mem, mut r) = test_ring(g);
         let mut b = Batch::new();
-        assert_eq!(r.rx_into(&mut b), 0, "all slots are the kernel's");
+        assert_eq!(rx(&mut r, &mut b).kept, 0, "all slots are the kernel's");
         let plain = wire(60, 0xaa);
         kernel_rx(&r, 0, &plain, 0, 0, 0, 60);
         // An outgoing frame is skipped, but its slot is returned.
@@ -1252,50 +1341,81 @@ mod tests {
             0,
             60,
         );
-        // Cut short by the kernel (tp_snaplen < tp_len): truncated.
-        kernel_rx(&r, 3, &wire(100, 0xdd), 0, 0, 0, 70_000);
-        // A super-frame passes whole.
+        // A super-frame: cut to the slot, the whole copy waits on the socket.
         let big = wire(MAX_FRAME, 0xee);
-        kernel_rx(&r, 4, &big, 0, 0, 0, MAX_FRAME as u32);
-        // Slot 5 stays the kernel's: reading stops there.
-        assert_eq!(r.rx_into(&mut b), 4);
+        kernel_rx(&r, 3, &big[..1000], TP_STATUS_COPY, 0, 0, MAX_FRAME as u32);
+        // Cut without a copy (the socket buffer was full): lost, counted.
+        kernel_rx(&r, 4, &wire(100, 0xdd), 0, 0, 0, 70_000);
+        // A tagged super-frame, larger than a batch slot once whole: truncated.
+        kernel_rx(
+            &r,
+            5,
+            &big[..1000],
+            TP_STATUS_COPY | TP_STATUS_VLAN_VALID,
+            7,
+            0,
+            70_000,
+        );
+        // Slot 6 stays the kernel's: reading stops there.
+        let mut queue = vec![big.clone(), wire(70_000, 0xff)].into_iter();
+        let pass = r.rx_into(&mut b, |area| {
+            let f = queue.next()?;
+            let n = f.len().min(area.len());
+            area[..n].copy_from_slice(&f[..n]);
+            Some(f.len())
+        });
+        assert_eq!(pass, RxPass { kept: 4, lost: 1 });
+        assert_eq!(queue.next(), None, "every copy was taken, in order");
         assert_eq!(b.wire(0), &plain[..]);
         assert!(!b.is_truncated(0));
         let f = b.frame(1);
         assert_eq!(f.len(), 64);
         assert_eq!(&f[12..16], &[0x88, 0xa8, 0x20, 0x05]);
-        assert!(b.is_truncated(2));
-        assert_eq!(b.wire(3), &big[..]);
-        assert!(!b.is_truncated(3));
-        for i in 0..5 {
+        assert_eq!(b.wire(2), &big[..], "the super-frame whole");
+        assert!(!b.is_truncated(2));
+        assert!(b.is_truncated(3));
+        for i in 0..6 {
             assert_eq!(r.status(i).load(Ordering::Relaxed), TP_STATUS_KERNEL);
         }
-        assert_eq!(r.head, 5);
+        assert_eq!(r.head, 6);
+        // A copy announced but not queued is lost, not a stale frame; an
+        // outgoing copy is dequeued and dropped.
+        kernel_rx(&r, 6, &plain, TP_STATUS_COPY, 0, PACKET_OUTGOING, 3000);
+        kernel_rx(&r, 7, &plain, TP_STATUS_COPY, 0, 0, 3000);
+        let mut queue = vec![wire(2990, 1)].into_iter();
+        let pass = r.rx_into(&mut b, |area| {
+            let f = queue.next()?;
+            area[..f.len()].copy_from_slice(&f);
+            Some(f.len())
+        });
+        assert_eq!(pass, RxPass { kept: 0, lost: 1 });
+        assert_eq!(queue.next(), None, "the outgoing slot took its copy");
+        kernel_rx(&r, 8, &plain, TP_STATUS_COPY, 0, 0, 3000);
+        assert_eq!(rx(&mut r, &mut b), RxPass { kept: 0, lost: 1 });
         // Headers the kernel never writes (tp_mac inside the header, or
         // tp_snaplen past the slot) are truncated frames, not bad reads.
-        kernel_rx(&r, 5, &plain, 0, 0, 0, 60);
-        kernel_rx(&r, 6, &plain, 0, 0, 0, 60);
+        kernel_rx(&r, 9, &plain, 0, 0, 0, 60);
+        kernel_rx(&r, 10, &plain, 0, 0, 0, 60);
         // SAFETY: test memory.
         unsafe {
-            (r.slot(5).add(12) as *mut u16).write(20);
-            (r.slot(6).add(8) as *mut u32).write(u32::MAX);
+            (r.slot(9).add(12) as *mut u16).write(20);
+            (r.slot(10).add(4) as *mut u32).write(u32::MAX);
+            (r.slot(10).add(8) as *mut u32).write(u32::MAX);
         }
-        assert_eq!(r.rx_into(&mut b), 2);
+        assert_eq!(rx(&mut r, &mut b).kept, 2);
         assert!(b.is_truncated(0) && b.is_truncated(1));
         // Wrap-around: the last slot, then slot 0 again; at most BATCH per call.
         r.head = g.frame_nr - 1;
         kernel_rx(&r, g.frame_nr - 1, &plain, 0, 0, 0, 60);
         kernel_rx(&r, 0, &wire(61, 1), 0, 0, 0, 61);
-        assert_eq!(r.rx_into(&mut b), 2);
+        assert_eq!(rx(&mut r, &mut b).kept, 2);
         assert_eq!(b.frame(1).len(), 61);
         assert_eq!(r.head, 1);
-        let g2 = RingGeometry::new(2048, 1 << 20, 1, 4096).unwrap();
-        let (_m2, mut r2) = test_ring(g2);
-        for i in 0..40 {
-            kernel_rx(&r2, i, &plain, 0, 0, 0, 60);
+        for i in 1..41 {
+            kernel_rx(&r, i, &plain, 0, 0, 0, 60);
         }
-        assert_eq!(r2.rx_into(&mut b), BATCH);
-        assert_eq!(r2.rx_into(&mut b), 40 - BATCH);
+        assert_eq!(rx(&mut r, &mut b).kept, BATCH);
+        assert_eq!(rx(&mut r, &mut b).kept, 40 - BATCH);
     }
 
     #[test]
