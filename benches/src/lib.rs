@@ -134,10 +134,14 @@ pub struct Bg(Option<Child>, bool);
 impl Bg {
     /// Spawn `cmd` with its output discarded.
     pub fn spawn(cmd: &mut Command) -> Bg {
+        Bg::spawn_to(cmd, Stdio::inherit())
+    }
+    /// Spawn `cmd` with its stdout discarded and its stderr sent to `stderr`.
+    pub fn spawn_to(cmd: &mut Command, stderr: Stdio) -> Bg {
         let c = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| {
                 eprintln!("e2e: cannot start {cmd:?}: {e}");

@@ -419,6 +419,12 @@ fn start_ovs(n: &Names, tag: &str, cleanup: &Cleanup) -> Result<Ovs, String> {
             ))
         }
     };
+    // The daemons' own stderr goes to the private directory, beside their logs.
+    let log = |p: &str| {
+        std::fs::File::create(p)
+            .map(std::process::Stdio::from)
+            .unwrap_or_else(|_| std::process::Stdio::null())
+    };
     let schema = "/usr/share/openvswitch/vswitch.ovsschema";
     run(&["ovsdb-tool", "create", &d("conf.db"), schema])?;
     let db_remote = format!("punix:{}", d("db.sock"));
@@ -431,7 +437,7 @@ fn start_ovs(n: &Names, tag: &str, cleanup: &Cleanup) -> Result<Ovs, String> {
         .arg(format!("--log-file={}", d("ovsdb-server.log")))
         .args(["--no-chdir", "-vconsole:off"]);
     env(&mut c);
-    let db_proc = Bg::spawn(&mut c);
+    let db_proc = Bg::spawn_to(&mut c, log(&d("ovsdb-server.stderr")));
     cleanup.add_pid(db_proc.pid());
     let deadline = Instant::now() + Duration::from_secs(20);
     while !dir.join("db.sock").exists() {
@@ -461,7 +467,7 @@ fn start_ovs(n: &Names, tag: &str, cleanup: &Cleanup) -> Result<Ovs, String> {
         .arg(format!("--log-file={}", d("ovs-vswitchd.log")))
         .args(["--no-chdir", "-vconsole:off"]);
     env(&mut c);
-    let vswitchd = Bg::spawn(&mut c);
+    let vswitchd = Bg::spawn_to(&mut c, log(&d("ovs-vswitchd.stderr")));
     cleanup.add_pid(vswitchd.pid());
     let vsctl = |args: &[&str]| {
         let db_arg = format!("--db={db}");
