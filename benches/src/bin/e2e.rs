@@ -1170,3 +1170,61 @@ fn fmt(x: f64) -> String {
         format!("{x:.2}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_parse_and_render_as_switch_keys() {
+        let v = parse_variant("w2:workers=2,io=ring").unwrap();
+        assert_eq!(v.name, "w2");
+        assert_eq!(
+            v.keys,
+            vec![("workers".into(), "2".into()), ("io".into(), "ring".into())]
+        );
+        for bad in [
+            "busy",
+            "kernel:a=1",
+            "x:",
+            "x:Key=1",
+            "x:a",
+            "much-too-long-name:a=1",
+        ] {
+            assert!(parse_variant(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(toml_value("50000"), "50000");
+        assert_eq!(toml_value("true"), "true");
+        assert_eq!(toml_value("ring"), "\"ring\"");
+        assert_eq!(toml_value("a\"b"), "\"a\\\"b\"");
+        // The rendered topology loads, with the key in [switch].
+        let dir = std::env::temp_dir().join(format!("e2e-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        let keys = vec![("busy_poll_us".to_string(), "1234".to_string())];
+        std::fs::write(&path, vswitch_toml(&names("u1"), "u1", &keys)).unwrap();
+        let t = netns_setup::Topology::load(&path);
+        std::fs::write(
+            &path,
+            vswitch_toml(&names("u1"), "u1", &[("nokey".into(), "1".into())]),
+        )
+        .unwrap();
+        let bad = netns_setup::Topology::load(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            t.unwrap().switch.expect("switch").busy_poll,
+            Duration::from_micros(1234)
+        );
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn ratios_are_medians_of_per_round_ratios() {
+        let (m, lo, hi) = ratios(&[10.0, 20.0, 10.0], &[5.0, 30.0, 12.0]);
+        assert_eq!((m, lo, hi), (1.2, 0.5, 1.5));
+        // A round without a kernel figure (0 or NaN) does not count.
+        let (m, lo, hi) = ratios(&[0.0, 4.0], &[1.0, 2.0]);
+        assert_eq!((m, lo, hi), (0.5, 0.5, 0.5));
+        assert!(ratios(&[0.0], &[0.0]).0.is_nan());
+    }
+}
