@@ -242,6 +242,23 @@ fn packet_rx_drops(fd: &OwnedFd) -> u64 {
     if rc < 0 { 0 } else { u64::from(st.tp_drops) }
 }
 
+/// The pending error of socket `fd` (`SO_ERROR`, cleared by reading it).
+fn socket_error(fd: &OwnedFd) -> Option<libc::c_int> {
+    let mut e: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `e` is a live c_int and `len` its exact size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut e as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0 && e != 0).then_some(e)
+}
+
 impl PacketPort {
     /// Open and bind a packet socket on interface `name` of the calling thread's namespace.
     pub fn open(name: &str) -> io::Result<PacketPort> {
@@ -963,6 +980,15 @@ impl PortIo for RingPort {
             usize::try_from(n).ok()
         });
         self.rx_lost += pass.lost;
+        if pass.kept == 0 && pass.lost == 0 {
+            // Woken with nothing to read: perhaps a socket error (EPOLLERR,
+            // level-triggered). Reading SO_ERROR clears it; a removed device
+            // (ENODEV) takes the port out of service, as recvmmsg would.
+            match socket_error(&self.fd) {
+                Some(e) if e != libc::ENETDOWN => return Err(io::Error::from_raw_os_error(e)),
+                _ => {}
+            }
+        }
         Ok(pass.kept)
     }
 

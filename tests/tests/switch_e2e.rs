@@ -475,11 +475,29 @@ fn frames_pass_byte_for_byte_and_never_back_out() {
 
 #[test]
 fn vanished_ports_are_reported_and_the_rest_keep_forwarding() {
-    if !require_root("vanished_ports_are_reported_and_the_rest_keep_forwarding") {
+    vanished_ports(
+        "vanished_ports_are_reported_and_the_rest_keep_forwarding",
+        "",
+    );
+}
+
+/// The same with TPACKET rings: a removed device's socket error takes the
+/// ring port out of service (its ring alone would just stay empty).
+#[test]
+fn vanished_ports_with_ring_io() {
+    vanished_ports("vanished_ports_with_ring_io", "io = \"ring\"\n");
+}
+
+fn vanished_ports(test: &str, switch_extra: &str) {
+    if !require_root(test) {
         return;
     }
     let id = uniq();
-    let (toml, m, _) = star(&id, &[Kind::Veth, Kind::Veth, Kind::Tap, Kind::Veth], "");
+    let (toml, m, _) = star(
+        &id,
+        &[Kind::Veth, Kind::Veth, Kind::Tap, Kind::Veth],
+        switch_extra,
+    );
     let topo = TopoGuard::new(&toml);
     let sw = SwitchProc::start(&topo);
     let (red, blue, green, gray) = (&m[0], &m[1], &m[2], &m[3]);
