@@ -55,13 +55,15 @@ impl Pacer {
         }
     }
 
-    /// A pass at `now_ns` moved frames.
-    pub fn traffic(&mut self, now_ns: u64) {
+    /// A pass that started at `woke_ns` (when the wait returned) and ended
+    /// at `now_ns` moved frames. The gap is the time the worker waited for
+    /// them since the last such pass ended: a busy pass is not a gap.
+    pub fn traffic(&mut self, woke_ns: u64, now_ns: u64) {
         if let Some(last) = self.last_ns {
             // One long silence must not stop a dense flow from spinning for
             // long: a gap counts at most four caps (a request and its reply
             // a few ms later then average two caps: sparse).
-            let gap = now_ns
+            let gap = woke_ns
                 .saturating_sub(last)
                 .min(self.cap_ns.saturating_mul(4));
             // Exponential average, weight 1/8 (as TCP's SRTT).
@@ -141,9 +143,9 @@ mod tests {
         let mut p = Pacer::new(0, 200);
         let mut t = 1_000_000;
         for _ in 0..100 {
-            p.traffic(t);
+            p.traffic(t, t);
             assert!(!p.spin(t + US), "spun after a sparse frame");
-            p.traffic(t + 30 * US);
+            p.traffic(t + 30 * US, t + 30 * US);
             t += 5_000 * US;
         }
         assert_eq!(p.spun_ns(), 0);
@@ -155,11 +157,11 @@ mod tests {
         let mut t = 1_000_000;
         // A stream: a pass with frames every 20 µs.
         for _ in 0..50 {
-            p.traffic(t);
+            p.traffic(t, t);
             t += 20 * US;
         }
         assert!(p.gap_ns() < 200 * US);
-        p.traffic(t);
+        p.traffic(t, t);
         assert!(p.spin(t + 150 * US), "dense traffic spins");
         assert!(
             !p.spin(t + 201 * US),
@@ -173,30 +175,43 @@ mod tests {
         let mut p = Pacer::new(0, 200);
         let mut t = 0;
         for _ in 0..50 {
-            p.traffic(t);
+            p.traffic(t, t);
             t += 20 * US;
         }
         // A 1 s pause, then the flow resumes.
         t += 1_000_000 * US;
-        p.traffic(t);
+        p.traffic(t, t);
         let mut passes = 0;
         while !p.spin(t + 1) {
             t += 20 * US;
-            p.traffic(t);
+            p.traffic(t, t);
             passes += 1;
         }
         assert!(passes <= 8, "took {passes} passes to spin again");
     }
 
     #[test]
+    fn a_busy_pass_is_not_a_gap() {
+        // A flood: every wait returns at once, each pass works 5 ms.
+        let mut p = Pacer::new(0, 200);
+        let mut t = 0;
+        for _ in 0..20 {
+            p.traffic(t, t + 5_000 * US);
+            t += 5_000 * US;
+        }
+        assert!(p.gap_ns() < 50 * US, "gap {}", p.gap_ns());
+        assert!(p.spin(t + 1));
+    }
+
+    #[test]
     fn zero_cap_never_spins_and_fixed_mode_always_does() {
         let mut p = Pacer::new(0, 0);
         for t in 0..100 {
-            p.traffic(t * US);
+            p.traffic(t * US, t * US);
             assert!(!p.spin(t * US));
         }
         let mut f = Pacer::new(50, 0);
-        f.traffic(0);
+        f.traffic(0, 0);
         assert!(f.spin(49 * US));
         assert!(!f.spin(50 * US));
     }

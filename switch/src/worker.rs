@@ -702,6 +702,7 @@ impl<P: Policy + Reload> Worker<P> {
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => return Err(e.into()),
             };
+            let woke = ns();
             let now = self.now();
             let mut moved = 0;
             for ev in &events[..n] {
@@ -787,7 +788,7 @@ impl<P: Policy + Reload> Worker<P> {
             }
             idle_pass = moved == 0;
             if moved > 0 {
-                self.pacer.traffic(ns());
+                self.pacer.traffic(woke, ns());
             }
             for i in std::mem::take(&mut self.gone) {
                 let _ = epoll.delete(self.ports[i].io.fd());
