@@ -2,13 +2,14 @@
 """breakdown.py: stage-by-stage latency of ping round trips from path.bt events.
 
     python3 docs/latency/breakdown.py RUN.raw [RUN.ping]... [--json]
-    python3 docs/latency/breakdown.py --compare LABEL=PREFIX...
+    python3 docs/latency/breakdown.py --compare LABEL=PREFIX... [--summary]
 
 RUN.raw is what docs/latency/path.bt printed (measure.sh writes it); RUN.ping
 is ping's output, whose own RTT percentiles are printed next to the trace's.
 Several runs are pooled. --compare prints one column per LABEL (p50 per
 stage) from the files PREFIX*.raw / PREFIX*.ping, and ping's own figures from
-PREFIX-untraced*.ping.
+PREFIX-untraced*.ping; with --summary, the request's stages grouped (wake-up,
+system calls, pipeline, send) as the median (mean) of each round trip's sum.
 Each stage is the time from the previous event present in that round trip to
 this one, so the stages of one round trip add up to its total. A stage that
 did not happen (no wake-up while the worker polls) counts as absent and the
@@ -25,13 +26,13 @@ STAGES = [
     (1, "X", "woken → worker's vCPU leaves idle (IPI, HLT exit)"),
     (1, "Wr", "→ worker on CPU (scheduler)"),
     (1, "Ep", "→ epoll_wait returns"),
-    (1, "Rx", "→ recvmmsg returns"),
-    (1, "Sx", "pipeline: recvmmsg returned → sendmmsg entered (user space)"),
-    (1, "I", "switch transmits: → veth_xmit to the receiver (kernel: bridge forwarding)"),
+    (1, "Rx", "→ recvmmsg returns (rings: no call, the slot is read in the next stage)"),
+    (1, "Sx", "pipeline: → sendmmsg entered (user space; rings: read the RX slot, pipeline, fill TX slots, → sendto kick)"),
+    (1, "I", "switch transmits: send call → veth_xmit to the receiver (kernel: bridge forwarding)"),
     (1, "J", "→ receiver's netif_receive_skb"),
     (2, "A", "receiver's stack: request in → reply queued (icmp_rcv, icmp_reply)"),
     (2, "B", "receiver's veth → switch-side port receives"),
-    (2, "Sy", "→ the request's sendmmsg returns (the reply came in during it)"),
+    (2, "Sy", "→ the request's send call returns (the reply came in during it)"),
     (2, "Wk", "→ worker woken"),
     (2, "X", "woken → worker's vCPU leaves idle"),
     (2, "Wr", "→ worker on CPU"),
@@ -124,14 +125,28 @@ def analyse(raws, pings):
         totals[TOTALS[2]].append(r[(2, "J")][0])
         if (2, "E") in r:
             totals[TOTALS[3]].append(r[(2, "E")][0])
-    # The wake-up itself (sched_waking -> on CPU), split by whether the vCPU
-    # it lands on was halted (an idle exit in between) or running something else.
-    wake = {"idle": [], "busy": []}
+    # The worker's wake-up itself (sched_waking -> on CPU), split by where it
+    # runs: the waker's own vCPU (it runs once the waker blocks), the other
+    # vCPU while halted (an idle exit in between), or the other vCPU while it
+    # runs something else.
+    wake = {"same": [], "halted": [], "busy": []}
     for r in recs:
         for ph in (1, 2):
             if (ph, "Wk") in r and (ph, "Wr") in r:
                 d = r[(ph, "Wr")][0] - r[(ph, "Wk")][0]
-                wake["idle" if (ph, "X") in r else "busy"].append(d)
+                k = "same" if r[(ph, "Wk")][1] == r[(ph, "Wr")][1] else "halted" if (ph, "X") in r else "busy"
+                wake[k].append(d)
+    groups = {g: [] for g, _ in GROUPS}
+    seen = {g: 0 for g, _ in GROUPS}
+    for r in recs:
+        prev, d = 0, {}
+        for k in order:
+            if k in r:
+                d[k] = r[k][0] - prev
+                prev = r[k][0]
+        for g, ks in GROUPS:
+            groups[g].append(sum(d.get(k, 0) for k in ks))
+            seen[g] += any(k in d for k in ks)
     n = len(recs)
     pt = [t for f in pings for t in ping_times(f)]
     return {
@@ -143,9 +158,24 @@ def analyse(raws, pings):
         "totals": {k: {"p50_us": pct(v, 0.5) / 1000, "p90_us": pct(v, 0.9) / 1000}
                    for k, v in totals.items() if v},
         "ping_p50_us": pct(pt, 0.5), "ping_p99_us": pct(pt, 0.99), "pings": len(pt),
+        "groups": {g: {"p50_us": pct(v, 0.5) / 1000, "p90_us": pct(v, 0.9) / 1000,
+                       "mean_us": sum(v) / max(len(v), 1) / 1000, "share": seen[g] / max(n, 1)}
+                   for g, v in groups.items()},
         "wake": {k: {"n": len(v), "p50_us": pct(v, 0.5) / 1000, "p90_us": pct(v, 0.9) / 1000}
                  for k, v in wake.items()},
     }
+
+
+# The request's stages grouped as the issue names them (--summary).
+GROUPS = [
+    ("sender → switch-side port receives", [(1, "B")]),
+    ("wake-up: signal, idle exit, scheduler", [(1, "Wk"), (1, "X"), (1, "Wr")]),
+    ("epoll_wait returns", [(1, "Ep")]),
+    ("receive system call (recvmmsg; rings: none)", [(1, "Rx")]),
+    ("pipeline (rings: + RX slot read, TX slot fill)", [(1, "Sx")]),
+    ("send: → veth_xmit (kernel: bridge forwarding)", [(1, "I")]),
+    ("→ receiver's netif_receive_skb", [(1, "J")]),
+]
 
 
 TOTALS = ["one-way request (sender queued → receiver has it)", "one-way reply",
@@ -187,12 +217,32 @@ def compare(cols):
     print("| untraced | ping's own RTT p50 / p99 (separate run, no probes) | " + " | ".join(
         f"{a['untraced_p50']:.0f} / {a['untraced_p99']:.0f}" if a.get("untraced_p50") == a.get("untraced_p50") and "untraced_p50" in a else "—"
         for _, a in cols) + " |")
-    for k, what in [("idle", "worker wake-up, its vCPU halted: waking → on CPU, p50 / p90 (count)"),
-                    ("busy", "worker wake-up, its vCPU busy: waking → on CPU, p50 / p90 (count)")]:
+    for k, what in [("same", "worker wake-up on the waker's vCPU: waking → on CPU, p50 / p90 (count)"),
+                    ("halted", "worker wake-up on the other vCPU, halted: waking → on CPU, p50 / p90 (count)"),
+                    ("busy", "worker wake-up on the other vCPU, running another task: p50 / p90 (count)")]:
         print(f"| wake-up | {what} | " + " | ".join(
             f"{a['wake'][k]['p50_us']:.1f} / {a['wake'][k]['p90_us']:.0f} ({a['wake'][k]['n']})" if a["wake"][k]["n"] else "—"
             for _, a in cols) + " |")
     print("| | round trips traced | " + " | ".join(str(a["round_trips"]) for _, a in cols) + " |")
+
+
+def summary(cols):
+    """The request path grouped by stage: p50 (mean) µs per column; a round trip
+    without a stage counts 0 for it."""
+    print("| one-way, sender queued → receiver has it | " + " | ".join(c for c, _ in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for g, _ in GROUPS:
+        print(f"| {g} | " + " | ".join(
+            f"{a['groups'][g]['p50_us']:.1f} ({a['groups'][g]['mean_us']:.1f})" if a["groups"][g]["share"] else "—"
+            for _, a in cols) + " |")
+    k = TOTALS[0]
+    print("| **total, p50 (p90)** | " + " | ".join(
+        f"**{a['totals'][k]['p50_us']:.1f}** ({a['totals'][k]['p90_us']:.0f})" for _, a in cols) + " |")
+    k = TOTALS[2]
+    print("| network RTT (ping's figure), p50 (p90) | " + " | ".join(
+        f"{a['totals'][k]['p50_us']:.1f} ({a['totals'][k]['p90_us']:.0f})" for _, a in cols) + " |")
+    print("| untraced ping RTT p50 / p99 | " + " | ".join(
+        f"{a['untraced_p50']:.0f} / {a['untraced_p99']:.0f}" if "untraced_p50" in a else "—" for _, a in cols) + " |")
 
 
 def main():
@@ -201,7 +251,7 @@ def main():
     import glob
     if "--compare" in sys.argv:
         cols = []
-        for arg in sys.argv[sys.argv.index("--compare") + 1:]:
+        for arg in [a for a in sys.argv[sys.argv.index("--compare") + 1:] if not a.startswith("--")]:
             label, prefix = arg.split("=", 1)
             files = [f for f in sorted(glob.glob(prefix + "*")) if "-untraced" not in f]
             a = analyse([f for f in files if f.endswith(".raw")], [f for f in files if f.endswith(".ping")])
@@ -209,7 +259,7 @@ def main():
             if un:
                 a["untraced_p50"], a["untraced_p99"] = pct(un, 0.5), pct(un, 0.99)
             cols.append((label, a))
-        compare(cols)
+        (summary if "--summary" in sys.argv else compare)(cols)
         return
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     a = analyse([f for f in args if f.endswith(".raw")], [f for f in args if f.endswith(".ping")])

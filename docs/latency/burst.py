@@ -1,11 +1,10 @@
 #!/usr/bin/env python3
 """burst.py: ns per frame of the worker and the sender from burst.bt's output.
 
-    python3 docs/latency/burst.py RUN.burst [FORWARDED]
+    python3 docs/latency/burst.py RUN.burst
 
-FORWARDED: frames the switch forwarded during the window, if the worker moved
-them without recvmmsg/sendmmsg (rings); otherwise its sendmmsg returns count.
-The sender is gen.c (sendmmsg, 32 frames a call).
+The sender is gen.c (sendmmsg, 32 frames a call); the "whole run" line is
+the generator's and the receiver's counts over the generator's whole run.
 """
 import re
 import sys
@@ -27,11 +26,16 @@ for line in open(sys.argv[1]):
 wall = m["wall_ns"][()]
 sys_ns, calls, ret = m.get("sys_ns", {}), m.get("sys_calls", {}), m.get("sys_ret", {})
 sent = ret.get((1, 307), 0)
-fwd = int(sys.argv[2]) if len(sys.argv) > 2 else ret.get((0, 307), 0)
+# Frames the worker forwarded in the window: what its sendmmsg calls returned,
+# or with rings its sendto kicks' bytes / 60 (the generator's frame length, the
+# vnet header not counted); for the kernel, what the sender sent (the bridge
+# forwards all of it, see "whole run").
+fwd = ret.get((0, 307)) or ret.get((0, 44), 0) // 60 or sent
 print(f"window {wall / 1e9:.2f} s: sender {sent / wall * 1e9 / 1e3:.0f} kframes/s offered, "
-      f"{fwd / wall * 1e9 / 1e3:.0f} kframes/s forwarded by the worker")
+      f"{fwd / wall * 1e9 / 1e3:.0f} kframes/s forwarded")
+
 for role, who, per in [(0, "worker", fwd), (1, "sender", sent)]:
-    if not per:
+    if not per or not any(k[0] == role for k in sys_ns):
         continue
     ids = sorted({k[1] for k in sys_ns if k[0] == role}, key=lambda i: -sys_ns[(role, i)])
     in_sys = sum(sys_ns[(role, i)] for i in ids)

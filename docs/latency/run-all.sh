@@ -51,6 +51,8 @@ for kind in ping f64 sparse; do
 	echo "## $kind"
 	cols=()
 	for v in "${variants[@]}"; do l=$(label_of "$v"); cols+=("$l=$dir/$l-$kind"); done
+	python3 "$here/breakdown.py" --compare "${cols[@]}" --summary
+	echo
 	python3 "$here/breakdown.py" --compare "${cols[@]}"
 done
 for v in "${variants[@]}"; do
