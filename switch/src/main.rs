@@ -610,12 +610,13 @@ fn print_stats(v: &Value) {
     let w = &v["worker"];
     if w.is_object() {
         println!(
-            "worker: polling {} (busy_poll_us {}, adaptive_poll_us {}), spun {} ms, slept {} times",
+            "worker: polling {} (busy_poll_us {}, adaptive_poll_us {}), polled {} ms, {} waits, {} empty wake-ups",
             s(&w["polling"]),
             w["busy_poll_us"],
             w["adaptive_poll_us"],
             w["spun_ms"],
-            w["sleeps"]
+            w["waits"],
+            w["empty_wakeups"]
         );
     }
     print!("{}", render_table(&rows));

@@ -33,7 +33,8 @@ pub struct Pacer {
     spin_until: u64,
     spun_ns: u64,
     spin_started: Option<u64>,
-    sleeps: u64,
+    waits: u64,
+    empty: u64,
 }
 
 impl Pacer {
@@ -51,7 +52,8 @@ impl Pacer {
             spin_until: 0,
             spun_ns: 0,
             spin_started: None,
-            sleeps: 0,
+            waits: 0,
+            empty: 0,
         }
     }
 
@@ -95,14 +97,27 @@ impl Pacer {
         spin
     }
 
-    /// The worker is about to sleep until a port is readable (counted).
-    pub fn sleeping(&mut self) {
-        self.sleeps += 1;
+    /// The worker is about to wait until a port is readable (counted; the
+    /// wait sleeps unless something is already waiting).
+    pub fn waiting(&mut self) {
+        self.waits += 1;
     }
 
-    /// The pacer's state for `stats`: mode, cap, time spent spinning and
-    /// the number of sleeps (each one a wake-up when traffic comes).
-    pub fn to_json(&self) -> serde_json::Value {
+    /// A port reported readable but yielded no frame (counted: a socket that
+    /// stays readable without yielding anything would burn a core).
+    pub fn empty_wakeup(&mut self) {
+        self.empty += 1;
+    }
+
+    /// Readiness reports that yielded no frame, in all.
+    pub fn empty_wakeups(&self) -> u64 {
+        self.empty
+    }
+
+    /// The pacer's state at `now_ns` for `stats`: mode, cap, time spent in
+    /// polling periods (including the current one; forwarding done within a
+    /// period counts too), waits that could sleep, and empty wake-ups.
+    pub fn to_json(&self, now_ns: u64) -> serde_json::Value {
         let mode = if self.fixed_ns > 0 {
             "fixed"
         } else if self.cap_ns > 0 {
@@ -110,12 +125,14 @@ impl Pacer {
         } else {
             "sleep"
         };
+        let current = self.spin_started.map_or(0, |s| now_ns.saturating_sub(s));
         serde_json::json!({
             "polling": mode,
             "busy_poll_us": self.fixed_ns / 1000,
             "adaptive_poll_us": self.cap_ns / 1000,
-            "spun_ms": self.spun_ns / 1_000_000,
-            "sleeps": self.sleeps,
+            "spun_ms": (self.spun_ns + current) / 1_000_000,
+            "waits": self.waits,
+            "empty_wakeups": self.empty,
             "gap_us": self.gap_ns / 1000,
         })
     }

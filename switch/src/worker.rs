@@ -257,7 +257,7 @@ pub const SUMMARY_MS: u64 = 10_000;
 #[derive(Default)]
 struct Summaries {
     /// (total at the last line, time of the last line) per kind.
-    seen: [(u64, Option<u64>); 5],
+    seen: [(u64, Option<u64>); 6],
 }
 
 impl Summaries {
@@ -293,6 +293,9 @@ const TOKEN_WAKE: u64 = u64::MAX;
 const CONV_FAILED: u16 = u16::MAX - 1;
 const TOKEN_STOP: u64 = u64::MAX - 1;
 const TOKEN_LINKS: u64 = u64::MAX - 2;
+/// Empty wake-ups per second above which a port is logged as stuck
+/// readable (the worker would burn a core).
+const STUCK_WAKEUPS_PER_S: u64 = 10_000;
 /// Batches taken from one port before looking at the others (fairness).
 const BATCHES_PER_WAKE: usize = 8;
 
@@ -336,6 +339,11 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     expiring: bool,
     upgrade: Option<Value>,
     pacer: crate::pace::Pacer,
+    /// The last port that reported readable and yielded nothing.
+    last_empty_port: usize,
+    /// Empty wake-ups at the last sweep, and those of sweeps above
+    /// [`STUCK_WAKEUPS_PER_S`] in all (logged as a stuck port).
+    empty_seen: (u64, u64),
     links: Option<LinkWatch>,
     changes: Option<Receiver<(Box<Change>, SyncSender<Value>)>>,
     on_sighup: Option<Box<dyn FnMut()>>,
@@ -422,6 +430,8 @@ impl<P: Policy + Reload> Worker<P> {
             expiring: false,
             upgrade: None,
             pacer: crate::pace::Pacer::new(0, 0),
+            last_empty_port: 0,
+            empty_seen: (0, 0),
             links: None,
             changes: None,
             on_sighup: None,
@@ -446,6 +456,18 @@ impl<P: Policy + Reload> Worker<P> {
     fn summarise(&mut self, now: u64) {
         fn name(ports: &[Port], i: usize) -> &str {
             ports.get(i).map_or("?", |p| p.name.as_str())
+        }
+        let empty = self.pacer.empty_wakeups();
+        let d = empty.saturating_sub(self.empty_seen.0);
+        self.empty_seen.0 = empty;
+        if d > STUCK_WAKEUPS_PER_S {
+            self.empty_seen.1 += d;
+        }
+        if let Some(d) = self.summaries.due(5, self.empty_seen.1, now) {
+            tracing::warn!(
+                "the worker was woken {d} times with nothing to read (the latest by port {}): a socket stuck readable costs a core",
+                name(&self.ports, self.last_empty_port)
+            );
         }
         let p = &self.pipeline;
         let f = p.fdb.counters;
@@ -680,8 +702,9 @@ impl<P: Policy + Reload> Worker<P> {
         let mut events = [EpollEvent::empty(); 64];
         let mut last_sweep = 0;
         self.last_save = self.now();
-        let clock = Instant::now();
-        let ns = || clock.elapsed().as_nanos() as u64;
+        // The pacer's clock: the worker's epoch, as `stats` reads it.
+        let epoch = self.epoch;
+        let ns = move || epoch.elapsed().as_nanos() as u64;
         let mut idle_pass = false;
         loop {
             // Polling (see `crate::pace`): while traffic is dense, wait with a
@@ -694,7 +717,7 @@ impl<P: Policy + Reload> Worker<P> {
             let timeout = if spin || self.saving.is_some() || self.expiring {
                 EpollTimeout::ZERO
             } else {
-                self.pacer.sleeping();
+                self.pacer.waiting();
                 EpollTimeout::from(1000u16)
             };
             let n = match epoll.wait(&mut events, timeout) {
@@ -783,7 +806,14 @@ impl<P: Policy + Reload> Worker<P> {
                             let _ = req.reply.send(v);
                         }
                     }
-                    i => moved += self.service(i as usize, now),
+                    i => {
+                        let got = self.service(i as usize, now);
+                        if got == 0 {
+                            self.pacer.empty_wakeup();
+                            self.last_empty_port = i as usize;
+                        }
+                        moved += got;
+                    }
                 }
             }
             idle_pass = moved == 0;
@@ -1633,7 +1663,7 @@ impl<P: Policy + Reload> Worker<P> {
                     "switch": self.name,
                     "uptime_ms": now.saturating_sub(CLOCK_BASE_MS),
                     "pid": std::process::id(),
-                    "worker": self.pacer.to_json(),
+                    "worker": self.pacer.to_json(self.epoch.elapsed().as_nanos() as u64),
                     "ports": ports,
                     "fdb": {"entries": self.pipeline.fdb.len(), "counters": self.pipeline.fdb.counters},
                     "arp": {"entries": self.pipeline.arp.len(), "counters": self.pipeline.arp.counters},
