@@ -15,7 +15,8 @@
 #   -b SECS       burst instead: 64-byte frames from red's AF_PACKET socket (gen.c, 32 per
 #                 sendmmsg) for SECS + 1 s; burst.bt traces its first SECS (burst.py)
 #
-# Needs root, bpftrace, ping, ip, cc; VSWITCH (default target/release/vswitch).
+# Needs root, bpftrace, ping, ip, cc, python3 and tracefs mounted at
+# /sys/kernel/tracing; VSWITCH (default target/release/vswitch).
 # The machine may be shared: it first waits (QUIET_WAIT s at most, default 120)
 # for a second with both CPUs >= QUIET % idle (default 85) and records it.
 # Prints the stage breakdown (docs/latency/breakdown.py) at the end.
@@ -35,9 +36,17 @@ while getopts "ks:i:c:o:x:nb:" o; do
 	x) extra+=("$OPTARG") ;;
 	n) trace=0 ;;
 	b) burst=$OPTARG ;;
-	*) sed -n '2,21p' "$0" >&2; exit 2 ;;
+	*) sed -n '2,22p' "$0" >&2; exit 2 ;;
 	esac
 done
+[ "$(id -u)" = 0 ] || { echo "measure.sh: needs root" >&2; exit 2; }
+for p in ip ping bpftrace cc python3; do
+	command -v "$p" >/dev/null || { echo "measure.sh: $p missing (apt-get install iproute2 iputils-ping bpftrace gcc python3)" >&2; exit 2; }
+done
+if [ $trace = 1 ] || [ "$burst" != 0 ]; then
+	[ -e /sys/kernel/tracing/events/net ] ||
+		{ echo "measure.sh: tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)" >&2; exit 2; }
+fi
 id=$(printf '%04x' $((RANDOM % 65536)))
 out=${out:-/tmp/lat-$id}
 len=$((size + 42))
@@ -101,6 +110,7 @@ else
 		kill -0 "$pid" 2>/dev/null || { cat "$tmp/log" >&2; exit 1; }
 		sleep 0.1
 	done
+	"$VSWITCH" stats --socket "$tmp/sock" >/dev/null 2>&1 || { echo "measure.sh: vswitch did not answer within 30 s" >&2; cat "$tmp/log" >&2; exit 1; }
 	wtid=$pid # the worker runs on the main thread (daemon::run -> Worker::run)
 fi
 
