@@ -15,6 +15,7 @@
 #   -b SECS       burst instead: 64-byte frames from red's AF_PACKET socket (gen.c, 32 per
 #                 sendmmsg) for SECS + 1 s; burst.bt traces its first SECS (burst.py)
 #
+# PING_CPU=N pins ping to CPU N (with -x 'cpu = M' the worker is pinned too).
 # Needs root, bpftrace, ping, ip, cc, python3 and tracefs mounted at
 # /sys/kernel/tracing; VSWITCH (default target/release/vswitch).
 # The machine may be shared: it first waits (QUIET_WAIT s at most, default 120)
@@ -36,7 +37,7 @@ while getopts "ks:i:c:o:x:nb:" o; do
 	x) extra+=("$OPTARG") ;;
 	n) trace=0 ;;
 	b) burst=$OPTARG ;;
-	*) sed -n '2,22p' "$0" >&2; exit 2 ;;
+	*) sed -n '2,23p' "$0" >&2; exit 2 ;;
 	esac
 done
 [ "$(id -u)" = 0 ] || { echo "measure.sh: needs root" >&2; exit 2; }
@@ -153,7 +154,9 @@ if [ $trace = 1 ]; then
 	bpid=$!
 	for _ in $(seq 300); do grep -q '^# tracing' "$out.raw" && break; kill -0 "$bpid" 2>/dev/null || { cat "$tmp/bt.err" >&2; exit 1; }; sleep 0.1; done
 fi
-ip netns exec "$red" ping -i "$interval" -c "$count" -s "$size" -W 1 192.168.15.2 >"$out.ping"
+pin=()
+[ -n "${PING_CPU:-}" ] && pin=(taskset -c "$PING_CPU")
+ip netns exec "$red" "${pin[@]}" ping -i "$interval" -c "$count" -s "$size" -W 1 192.168.15.2 >"$out.ping"
 if [ -n "$bpid" ]; then kill -INT "$bpid"; wait "$bpid" || true; bpid=; fi
 if [ -n "$pid" ]; then
 	"$VSWITCH" stats --socket "$tmp/sock" >"$out.stats" 2>&1 || true
