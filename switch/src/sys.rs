@@ -490,7 +490,8 @@ const TX_BLOCKS: usize = 4;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingGeometry {
-    /// Bytes per block (physically contiguous kernel allocation).
+    /// Bytes per block: one kernel allocation (physically contiguous pages,
+    /// or `vzalloc` memory when no such run is free).
     pub block_size: u32,
     /// Number of blocks.
     pub block_nr: u32,
@@ -592,9 +593,47 @@ impl Tpacket2Hdr {
 struct RxPass {
     /// Frames put in the batch.
     kept: usize,
-    /// Frames the kernel cut to the slot without queueing a whole copy.
+    /// Frames lost: cut to the slot without a whole copy queued, or whose
+    /// copy could not be received.
     lost: u64,
+    /// Slots handed back to the kernel (kept, lost or skipped).
+    seen: usize,
+    /// Queued copies dropped because they belonged to no slot we know of
+    /// (not this slot's frame, nor a copy left behind by a failed `recv`).
+    stray: u64,
 }
+
+/// What receiving a super-frame's queued copy gave (the `fetch` of
+/// [`Ring::rx_into`]; [`recv_copy`] on a real socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetched {
+    /// A copy whose full length (vnet header included) is this; only the
+    /// part that fits the area was written.
+    Copy(usize),
+    /// Nothing queued (`EAGAIN`).
+    Empty,
+    /// The kernel took a copy off the queue but failed to hand it over
+    /// (`EINVAL`, `EFAULT`): that copy is gone.
+    Dropped,
+    /// Every try returned a pending socket error, which `recv` reports
+    /// before it looks at the queue: the copy is still queued.
+    Left,
+}
+
+/// Queued copies [`Ring::rx_into`] drops at most per super-frame slot while
+/// it looks for the slot's own copy.
+const MAX_STALE: usize = 8;
+/// Frame bytes (after the vnet header) compared between a slot and a queued
+/// copy to tell that the copy is the slot's frame: Ethernet, IP and TCP
+/// headers (addresses, IP ID, sequence numbers).
+const COPY_ID_BYTES: usize = 128;
+/// Consecutive empty wake-ups with something queued after which the queue
+/// is drained as stray ([`Ring::rx_idle`]). Far more than the time the kernel
+/// takes between queueing a copy and publishing its slot (a few µs), far
+/// less than a second of a spinning worker.
+const IDLE_STRIKES: u32 = 1000;
+/// Copies drained at most per [`Ring::rx_idle`] call.
+const MAX_DRAIN: usize = 1024;
 
 /// One ring inside a mapping: slot `i` starts at `base + geo.offset(i)`; its
 /// first word is `tp_status`, the hand-over word shared with the kernel.
@@ -604,6 +643,12 @@ struct Ring {
     /// Next slot to read (RX) or fill (TX); the kernel's own head follows
     /// the same order.
     head: u32,
+    /// RX: copies still queued on the socket whose slots were handed back
+    /// without them (a `recv` that kept failing: [`Fetched::Left`]). They
+    /// precede the copy of any slot not yet read.
+    orphans: u32,
+    /// RX: consecutive empty wake-ups with something queued ([`Ring::rx_idle`]).
+    idle_strikes: u32,
 }
 
 impl Ring {
@@ -613,7 +658,13 @@ impl Ring {
     /// `base` must be aligned to 16 and valid for reads and writes of
     /// `geo.bytes()` bytes for as long as the `Ring` is used, with `geo` valid.
     unsafe fn new(base: *mut u8, geo: RingGeometry) -> Ring {
-        Ring { base, geo, head: 0 }
+        Ring {
+            base,
+            geo,
+            head: 0,
+            orphans: 0,
+            idle_strikes: 0,
+        }
     }
 
     fn slot(&self, i: u32) -> *mut u8 {
@@ -627,8 +678,13 @@ impl Ring {
     fn status(&self, i: u32) -> &AtomicU32 {
         // SAFETY: slot starts are multiples of 16 from a 16-aligned base, so
         // the word is aligned; it lives as long as the region (`new`'s
-        // contract). The kernel writes it with WRITE_ONCE + barriers, we only
-        // with atomics: acquire to take a slot, release to hand it back.
+        // contract). The kernel writes it with a plain aligned 32-bit store
+        // after `smp_wmb` (and `smp_mb` after filling an RX slot), and reads
+        // it after `smp_rmb` (`__packet_set_status`/`__packet_get_status`);
+        // an aligned word store is single-copy atomic on the architectures
+        // Linux supports, so our atomics see whole values, and our acquire
+        // (taking a slot) and release (handing it back) order the slot's
+        // contents against the kernel's barriers.
         unsafe { AtomicU32::from_ptr(self.slot(i) as *mut u32) }
     }
 
@@ -639,18 +695,20 @@ impl Ring {
     /// Copy up to [`BATCH`] received frames into `batch` and hand their
     /// slots back to the kernel. A frame larger than a slot (a GSO
     /// super-frame) is marked `TP_STATUS_COPY`: the kernel queued it whole on
-    /// the socket, in slot order, and `fetch` receives it into the batch slot
-    /// it is given (its full length, or `None` if nothing was queued). If the
-    /// slot says the frame was cut but no copy was queued (the socket buffer
-    /// was full), it is lost: counted in the result, for `kernel-rx-dropped`.
-    /// Outgoing frames (`PACKET_OUTGOING`, should `PACKET_IGNORE_OUTGOING` let
-    /// one through) are skipped; frames larger than a batch slot, or in a
-    /// layout the kernel never writes, are marked truncated (a counted drop);
-    /// a stripped VLAN tag is restored from `tp_vlan_tci`.
+    /// the socket when it reserved the slot, so copies are queued in slot
+    /// order, and `fetch` receives the one at the head of the queue into the
+    /// area it is given ([`Ring::take_copy`] checks it is this slot's). If
+    /// the slot says the frame was cut but no copy was queued (the socket
+    /// buffer was full), or its copy cannot be received, the frame is lost:
+    /// counted in the result, for `kernel-rx-dropped`. Outgoing frames
+    /// (`PACKET_OUTGOING`, should `PACKET_IGNORE_OUTGOING` let one through)
+    /// are skipped; frames larger than a batch slot, or in a layout the kernel
+    /// never writes, are marked truncated (a counted drop); a stripped VLAN
+    /// tag is restored from `tp_vlan_tci`.
     fn rx_into(
         &mut self,
         batch: &mut Batch,
-        mut fetch: impl FnMut(&mut [u8]) -> Option<usize>,
+        mut fetch: impl FnMut(&mut [u8]) -> Fetched,
     ) -> RxPass {
         batch.clear();
         let mut pass = RxPass::default();
@@ -671,15 +729,20 @@ impl Ring {
             // that follows the aligned header.
             let outgoing = unsafe { p.add(TPACKET2_HDR_ALIGNED + 10).read() } == PACKET_OUTGOING;
             let (mac, snap) = (usize::from(h.mac), h.snaplen as usize);
+            // The kernel's layout: vnet header right before the frame, both
+            // inside the slot.
+            let in_slot =
+                mac >= TPACKET2_HDRLEN + VNET_HDR_LEN && mac + snap <= self.geo.frame_size as usize;
             let filled = if st & TP_STATUS_COPY != 0 {
-                // Dequeued even when outgoing, to keep the queue in step.
+                // Received even when outgoing, to keep the queue in step.
                 let area = batch.rx_area(k);
                 let cap = area.len();
-                match fetch(area) {
-                    Some(n) => {
+                match self.take_copy(p, &h, in_slot, area, &mut fetch, &mut pass) {
+                    Some(n) if !outgoing => {
                         batch.set_filled(k, n.min(cap), n > cap);
-                        !outgoing
+                        true
                     }
+                    Some(_) => false,
                     None => {
                         pass.lost += 1;
                         false
@@ -690,9 +753,7 @@ impl Ring {
             } else if h.snaplen < h.len {
                 pass.lost += 1;
                 false
-            } else if mac < TPACKET2_HDRLEN + VNET_HDR_LEN
-                || mac + snap > self.geo.frame_size as usize
-            {
+            } else if !in_slot {
                 // Not a layout the kernel writes: a counted drop.
                 batch.set_filled(k, 0, true);
                 true
@@ -721,15 +782,116 @@ impl Ring {
             }
             self.status(i).store(TP_STATUS_KERNEL, Ordering::Release);
             self.head = self.next(i);
+            pass.seen += 1;
+        }
+        if pass.seen > 0 {
+            self.idle_strikes = 0;
         }
         pass
+    }
+
+    /// Receive the queued copy of the super-frame in slot `p` (header `h`)
+    /// into `area`; its full length, or `None` if it cannot be had (counted
+    /// lost by the caller). A copy is this frame's if it has the frame's
+    /// length (`VNET_HDR_LEN + tp_len`) and starts with the vnet header and
+    /// the first [`COPY_ID_BYTES`] bytes the slot holds (length only when
+    /// the slot's layout is not the kernel's). Any other copy at the head of
+    /// the queue belongs to a slot already handed back: it is dropped
+    /// (a known orphan, or `stray`) and the next one tried, at most
+    /// [`MAX_STALE`] times. A copy a failing `recv` left queued becomes an
+    /// orphan.
+    fn take_copy(
+        &mut self,
+        p: *const u8,
+        h: &Tpacket2Hdr,
+        in_slot: bool,
+        area: &mut [u8],
+        fetch: &mut impl FnMut(&mut [u8]) -> Fetched,
+        pass: &mut RxPass,
+    ) -> Option<usize> {
+        let want = VNET_HDR_LEN + h.len as usize;
+        let id = if in_slot {
+            (VNET_HDR_LEN + (h.snaplen as usize).min(COPY_ID_BYTES)).min(area.len())
+        } else {
+            0
+        };
+        // SAFETY: the slot is ours (status USER, acquired by the caller) and
+        // the kernel does not write it until we hand it back; with `in_slot`,
+        // [mac - 10, mac + snaplen) lies inside it and `id` is at most
+        // 10 + snaplen (else `id` is 0 and nothing is read).
+        let head = unsafe {
+            std::slice::from_raw_parts(p.add(usize::from(h.mac).saturating_sub(VNET_HDR_LEN)), id)
+        };
+        for _ in 0..=MAX_STALE {
+            match fetch(area) {
+                Fetched::Copy(n) => {
+                    if n == want && area[..id] == *head {
+                        return Some(n);
+                    }
+                    if self.orphans > 0 {
+                        self.orphans -= 1;
+                    } else {
+                        pass.stray += 1;
+                    }
+                }
+                Fetched::Empty | Fetched::Dropped => return None,
+                Fetched::Left => {
+                    self.orphans += 1;
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// After a wake-up that found no slot to read, with `queued` telling
+    /// whether a copy waits on the socket (`FIONREAD`). Known orphans are
+    /// received into `scratch` and dropped at once (they precede the copy of
+    /// any slot the kernel is still filling, so this takes nothing of a
+    /// frame to come); with nothing queued there are none. Otherwise a copy
+    /// whose slot is not yet published is normal for a few µs, but after
+    /// [`IDLE_STRIKES`] such wake-ups in a row the queue holds copies of no
+    /// slot (they would keep the socket readable and the worker spinning):
+    /// up to [`MAX_DRAIN`] are dropped and their number returned (stray).
+    fn rx_idle(
+        &mut self,
+        queued: bool,
+        scratch: &mut [u8],
+        mut fetch: impl FnMut(&mut [u8]) -> Fetched,
+    ) -> u64 {
+        if !queued {
+            self.orphans = 0;
+            self.idle_strikes = 0;
+            return 0;
+        }
+        while self.orphans > 0 {
+            match fetch(scratch) {
+                Fetched::Copy(_) => self.orphans -= 1,
+                _ => self.orphans = 0,
+            }
+        }
+        self.idle_strikes += 1;
+        if self.idle_strikes < IDLE_STRIKES {
+            return 0;
+        }
+        self.idle_strikes = 0;
+        let mut stray = 0;
+        for _ in 0..MAX_DRAIN {
+            match fetch(scratch) {
+                Fetched::Copy(_) => stray += 1,
+                _ => break,
+            }
+        }
+        stray
     }
 
     /// Queue the frames of `batch` at `idx` in free slots from the head on
     /// (status `SEND_REQUEST`), recording each one's Ethernet length in
     /// `lens`. Stops at the first slot still in use: the ring is full.
-    /// Returns how many were queued; a frame that does not fit a slot is
-    /// left out (the caller counts every frame not queued as failed).
+    /// Returns how many were queued; a frame that does not fit a slot, or
+    /// lacks a vnet header and an Ethernet header (the kernel would skip its
+    /// slot), is left out (the caller counts every frame not queued as
+    /// failed).
     fn tx_fill(&mut self, batch: &Batch, idx: &[u16], lens: &mut [u32; BATCH]) -> usize {
         let mut queued = 0;
         let cap = self.geo.frame_size as usize - TX_DATA_OFF;
@@ -740,7 +902,7 @@ impl Ring {
                 break;
             }
             let w = batch.wire(usize::from(k));
-            if w.len() > cap || w.len() < VNET_HDR_LEN {
+            if w.len() > cap || w.len() < VNET_HDR_LEN + 14 {
                 continue;
             }
             let p = self.slot(i);
@@ -767,7 +929,8 @@ impl Ring {
     }
 
     /// How many of the `queued` slots from `start` the kernel has taken (no
-    /// longer `SEND_REQUEST`). It takes them in order, so this is a prefix.
+    /// longer `SEND_REQUEST`: `SENDING`, or `AVAILABLE` once sent or skipped).
+    /// It takes them in order, so this is a prefix.
     fn tx_taken(&self, start: u32, queued: usize) -> usize {
         (0..queued)
             .take_while(|&k| {
@@ -776,9 +939,70 @@ impl Ring {
             .count()
     }
 
-    /// Take back the slots the kernel left (`taken..queued` from `start`):
-    /// outside `sendto` the kernel does not look at the ring, so they become
-    /// free again and the head moves back to the kernel's own head.
+    /// Send the slots queued from `start`, whose frames have the Ethernet
+    /// lengths `lens`, with `kick` (a `sendto`; given the ring, for tests
+    /// that play the kernel); take back the slots the kernel did not take
+    /// ([`Ring::tx_revert`]). Returns what was sent (the slots taken) and
+    /// failed (the rest), with the error of a kick that found the device gone
+    /// (ENXIO, ENODEV).
+    ///
+    /// A kick sends from the kernel's head until a frame it cannot send
+    /// (`tpacket_snd`). A transmit the device refused after freeing the
+    /// packet (`NET_XMIT_DROP`, e.g. a full veth backlog) puts that slot back
+    /// to `SEND_REQUEST` and fails the kick with ENOBUFS, even after earlier
+    /// frames went out; a full socket buffer stops it with the slot still
+    /// `SEND_REQUEST` (an error if nothing went out). Either way the failed
+    /// frame is the first one not taken, and the next kick tries it again:
+    /// kick while kicks make progress. Bounded: each kick that goes on takes
+    /// at least one slot (EINTR aside, retried twice).
+    fn tx_send(
+        &mut self,
+        start: u32,
+        lens: &[u32],
+        mut kick: impl FnMut(&Ring) -> io::Result<()>,
+    ) -> (TxOutcome, Option<io::Error>) {
+        let queued = lens.len();
+        let (mut taken, mut interrupted) = (0, 0);
+        let mut gone = None;
+        loop {
+            let r = kick(self);
+            let before = taken;
+            taken = self.tx_taken(start, queued);
+            if taken == queued {
+                break;
+            }
+            match r.as_ref().map_err(|e| e.raw_os_error()) {
+                Err(Some(libc::ENXIO)) | Err(Some(libc::ENODEV)) => {
+                    gone = r.err();
+                    break;
+                }
+                Err(Some(libc::EINTR)) if interrupted < 2 => interrupted += 1,
+                _ if taken > before => {}
+                // No progress: link down, device or socket buffer full.
+                _ => break,
+            }
+        }
+        self.tx_revert(start, taken, queued);
+        // A slot the kernel skipped as malformed (`PACKET_LOSS`) also looks
+        // taken and counts as sent: `tx_fill` queues only frames with a vnet
+        // header and an Ethernet header, so only a vnet header the kernel
+        // refuses (`hdr_len` past the frame, an unknown GSO type) gets there.
+        let o = TxOutcome {
+            sent: taken,
+            failed: queued - taken,
+            bytes: lens[..taken].iter().map(|&l| u64::from(l)).sum(),
+        };
+        (o, gone)
+    }
+
+    /// Take back the slots the kernel left (`taken..queued` from `start`),
+    /// which become free again, and move the head back to the kernel's own
+    /// head. Outside `sendto` the kernel writes only slots it has taken: the
+    /// skb destructor (`tpacket_destruct_skb`) marks a `SENDING` slot
+    /// `AVAILABLE` when the device is done with it, possibly later and on
+    /// another CPU. A slot still `SEND_REQUEST` after the kick is one it
+    /// never took, or one whose transmit failed and was put back (the
+    /// destructor had already run), so nothing else writes these.
     fn tx_revert(&mut self, start: u32, taken: usize, queued: usize) {
         for k in taken..queued {
             self.status(self.nth(start, k))
@@ -815,19 +1039,28 @@ impl Drop for Mapping {
 /// slot handed straight back, without a system call. A larger frame (a GSO
 /// super-frame) does not fit: with `PACKET_COPY_THRESH` the kernel marks its
 /// slot `TP_STATUS_COPY` and queues the whole frame on the socket, which one
-/// `recv` takes straight into the batch slot (one copy, as with `mmsg`). The
-/// pipeline is unchanged (VLAN tags the kernel stripped are restored from
-/// `tp_vlan_tci`, NAT rewrites happen in place in the batch).
+/// `recv` takes straight into the batch slot (one copy, as with `mmsg`). That
+/// `recv` is retried after a pending socket error (a link that went down),
+/// and a copy is taken only if it is the slot's own frame (length and first
+/// bytes), so a copy left queued never shifts later ones onto the wrong
+/// slots; copies that belong to no slot are dropped, not left to keep the
+/// socket readable. The pipeline is unchanged (VLAN tags the kernel stripped
+/// are restored from `tp_vlan_tci`, NAT rewrites happen in place in the
+/// batch).
 ///
 /// Transmit: 60 slots of 69,904 bytes (15 per 1 MiB block, 4 MiB), each
 /// holding a whole batch slot. Frames are copied into free slots, marked
-/// `SEND_REQUEST`, and one `sendto(MSG_DONTWAIT)` kick sends the batch; a
-/// full ring (or socket buffer) is a counted drop, never a wait, and slots
-/// the kernel did not take are taken back, so nothing is sent late.
+/// `SEND_REQUEST`, and one `sendto(MSG_DONTWAIT)` kick sends the batch
+/// (kicked again while kicks make progress: a frame the device refused is
+/// retried); a full ring, device queue or socket buffer is a counted drop,
+/// never a wait, and slots the kernel did not take are taken back, so
+/// nothing is sent late.
 ///
 /// **Memory: 8 MiB of kernel memory per port**, allocated and pinned at open
-/// (the `mmsg` port's 8 MiB buffers are limits, not allocations), plus up to
-/// 8 MiB of queued super-frame copies (`SO_RCVBUF`).
+/// (the `mmsg` port's 8 MiB buffers are limits, not allocations), plus queued
+/// super-frame copies: the kernel queues one while the socket's receive
+/// memory is below `sk_rcvbuf`, which is twice the 8 MiB we set
+/// (`SO_RCVBUF`), so up to about 16 MiB (each copy counted at its truesize).
 pub struct RingPort {
     // Declared before `fd`: unmapped before the socket closes.
     map: Mapping,
@@ -836,7 +1069,9 @@ pub struct RingPort {
     rx: Ring,
     tx: Ring,
     lens: [u32; BATCH],
-    /// Super-frames cut to a slot without a whole copy (socket buffer full).
+    /// Super-frames lost since the last [`PortIo::take_kernel_rx_drops`]
+    /// (cut to a slot without a whole copy, or their copy not received) and
+    /// stray copies dropped.
     rx_lost: u64,
 }
 
@@ -939,54 +1174,101 @@ impl RingPort {
     pub fn ring_bytes(&self) -> usize {
         self.map.len
     }
+}
 
-    /// One `sendto(MSG_DONTWAIT)`: the kernel sends every `SEND_REQUEST`
-    /// slot from its head on, in order, and stops at the first error.
-    fn kick(&self) -> io::Result<()> {
-        // SAFETY: a send of zero bytes with no buffer and no address: the
-        // kernel takes the data from the TX ring.
-        let r = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                std::ptr::null(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null(),
-                0,
+/// One `sendto(MSG_DONTWAIT)` on `fd`: the kernel sends every
+/// `SEND_REQUEST` slot from its head on, in order, until one it cannot send.
+fn kick(fd: libc::c_int) -> io::Result<()> {
+    // SAFETY: a send of zero bytes with no buffer and no address: the
+    // kernel takes the data from the TX ring.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            std::ptr::null(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Receive the copy at the head of `fd`'s queue into `area` (`MSG_TRUNC`:
+/// the result is the copy's full length). `recv` reports a pending socket
+/// error (`sk_err`, ENETDOWN when the device went down or was removed) before
+/// it looks at the queue, and clears it: the copy is still there, so try
+/// again (twice at most). `EINVAL`/`EFAULT` come after the copy was taken off
+/// the queue (its vnet header could not be built, or the copy out failed).
+fn recv_copy(fd: libc::c_int, area: &mut [u8]) -> Fetched {
+    for _ in 0..3 {
+        // SAFETY: `area` is a live, writable buffer of `area.len()` bytes;
+        // MSG_TRUNC makes the kernel return the frame's full length.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                area.as_mut_ptr() as *mut libc::c_void,
+                area.len(),
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
             )
         };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
+        if let Ok(n) = usize::try_from(n) {
+            return Fetched::Copy(n);
         }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => return Fetched::Empty,
+            Some(libc::EINVAL) | Some(libc::EFAULT) => return Fetched::Dropped,
+            _ => {}
+        }
+    }
+    Fetched::Left
+}
+
+/// Length of the frame at the head of `fd`'s receive queue (`FIONREAD`,
+/// `SIOCINQ` on a packet socket); 0 when empty or on error.
+fn queued_bytes(fd: &OwnedFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the pointer, which is live.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
+    if rc < 0 {
+        0
+    } else {
+        usize::try_from(n).unwrap_or(0)
     }
 }
 
 impl PortIo for RingPort {
     fn rx_batch(&mut self, batch: &mut Batch) -> io::Result<usize> {
         let fd = self.fd.as_raw_fd();
-        let pass = self.rx.rx_into(batch, |area| {
-            // SAFETY: `area` is a live, writable buffer of `area.len()` bytes;
-            // MSG_TRUNC makes the kernel return the frame's full length.
-            let n = unsafe {
-                libc::recv(
-                    fd,
-                    area.as_mut_ptr() as *mut libc::c_void,
-                    area.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                )
-            };
-            usize::try_from(n).ok()
-        });
-        self.rx_lost += pass.lost;
-        if pass.kept == 0 && pass.lost == 0 {
-            // Woken with nothing to read: perhaps a socket error (EPOLLERR,
-            // level-triggered). Reading SO_ERROR clears it; a removed device
-            // (ENODEV) takes the port out of service, as recvmmsg would.
+        let pass = self.rx.rx_into(batch, |area| recv_copy(fd, area));
+        self.rx_lost += pass.lost + pass.stray;
+        if pass.seen == 0 {
+            // Woken with no slot to read: perhaps a socket error (EPOLLERR,
+            // level-triggered), which reading SO_ERROR clears. The kernel sets
+            // ENETDOWN when the device goes down or is removed; the port
+            // stays (as with recvmmsg), a removed device is taken out of
+            // service by the link monitor (RTM_DELLINK) or by the next send
+            // (ENXIO). Any other error is reported.
             match socket_error(&self.fd) {
                 Some(e) if e != libc::ENETDOWN => return Err(io::Error::from_raw_os_error(e)),
                 _ => {}
+            }
+            // Or a copy is queued: its slot is being filled, or it belongs to
+            // no slot any more (then it would keep the socket readable).
+            let queued = queued_bytes(&self.fd) > 0;
+            let stray = self
+                .rx
+                .rx_idle(queued, batch.rx_area(0), |area| recv_copy(fd, area));
+            if stray > 0 {
+                tracing::warn!(
+                    "ring port (ifindex {}): dropped {stray} queued frame copies that belonged to no ring slot",
+                    self.ifindex
+                );
+                self.rx_lost += stray;
             }
         }
         Ok(pass.kept)
@@ -1000,40 +1282,11 @@ impl PortIo for RingPort {
         if queued == 0 {
             return Ok(o);
         }
-        let mut taken = 0;
-        let mut dropped = [false; BATCH];
-        let mut gone = None;
-        // Each failing kick drops the one frame the kernel was sending and
-        // leaves the rest queued: kick again, at most once per frame.
-        for _ in 0..=queued {
-            let r = self.kick();
-            let before = taken;
-            taken = self.tx.tx_taken(start, queued);
-            match r {
-                Ok(()) => break,
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::ENXIO) | Some(libc::ENODEV) => {
-                        gone = Some(e);
-                        break;
-                    }
-                    Some(libc::EINTR) if taken < queued => continue,
-                    _ if taken > before => {
-                        dropped[taken - 1] = true;
-                        if taken == queued {
-                            break;
-                        }
-                    }
-                    // No progress: link down, socket buffer full.
-                    _ => break,
-                },
-            }
-        }
-        self.tx.tx_revert(start, taken, queued);
-        for (len, _) in self.lens[..taken].iter().zip(dropped).filter(|&(_, d)| !d) {
-            o.sent += 1;
-            o.bytes += u64::from(*len);
-        }
-        o.failed += queued - o.sent;
+        let fd = self.fd.as_raw_fd();
+        let (sent, gone) = self.tx.tx_send(start, &self.lens[..queued], |_| kick(fd));
+        o.sent = sent.sent;
+        o.bytes = sent.bytes;
+        o.failed += sent.failed;
         match gone {
             Some(e) => Err(e),
             None => Ok(o),
@@ -1343,7 +1596,20 @@ mod tests {
 
     /// `rx_into` with nothing queued on the socket.
     fn rx(r: &mut Ring, b: &mut Batch) -> RxPass {
-        r.rx_into(b, |_| None)
+        r.rx_into(b, |_| Fetched::Empty)
+    }
+
+    /// A socket queue of frame copies, as `recv_copy` would return them.
+    fn queue(frames: Vec<Vec<u8>>) -> impl FnMut(&mut [u8]) -> Fetched {
+        let mut q = frames.into_iter();
+        move |area| match q.next() {
+            Some(f) => {
+                let n = f.len().min(area.len());
+                area[..n].copy_from_slice(&f[..n]);
+                Fetched::Copy(f.len())
+            }
+            None => Fetched::Empty,
+        }
     }
 
     #[test]
@@ -1373,25 +1639,34 @@ mod tests {
         // Cut without a copy (the socket buffer was full): lost, counted.
         kernel_rx(&r, 4, &wire(100, 0xdd), 0, 0, 0, 70_000);
         // A tagged super-frame, larger than a batch slot once whole: truncated.
+        let huge = wire(70_000, 0xff);
         kernel_rx(
             &r,
             5,
-            &big[..1000],
+            &huge[..1000],
             TP_STATUS_COPY | TP_STATUS_VLAN_VALID,
             7,
             0,
             70_000,
         );
         // Slot 6 stays the kernel's: reading stops there.
-        let mut queue = vec![big.clone(), wire(70_000, 0xff)].into_iter();
+        let mut taken = 0;
+        let mut q = queue(vec![big.clone(), huge.clone()]);
         let pass = r.rx_into(&mut b, |area| {
-            let f = queue.next()?;
-            let n = f.len().min(area.len());
-            area[..n].copy_from_slice(&f[..n]);
-            Some(f.len())
+            let f = q(area);
+            taken += usize::from(matches!(f, Fetched::Copy(_)));
+            f
         });
-        assert_eq!(pass, RxPass { kept: 4, lost: 1 });
-        assert_eq!(queue.next(), None, "every copy was taken, in order");
+        assert_eq!(
+            pass,
+            RxPass {
+                kept: 4,
+                lost: 1,
+                seen: 6,
+                stray: 0
+            }
+        );
+        assert_eq!(taken, 2, "every copy was taken, in order");
         assert_eq!(b.wire(0), &plain[..]);
         assert!(!b.is_truncated(0));
         let f = b.frame(1);
@@ -1404,20 +1679,25 @@ mod tests {
             assert_eq!(r.status(i).load(Ordering::Relaxed), TP_STATUS_KERNEL);
         }
         assert_eq!(r.head, 6);
-        // A copy announced but not queued is lost, not a stale frame; an
-        // outgoing copy is dequeued and dropped.
-        kernel_rx(&r, 6, &plain, TP_STATUS_COPY, 0, PACKET_OUTGOING, 3000);
-        kernel_rx(&r, 7, &plain, TP_STATUS_COPY, 0, 0, 3000);
-        let mut queue = vec![wire(2990, 1)].into_iter();
+        // An outgoing copy is received and dropped, and leaves no frame in
+        // the batch; a copy announced but not queued (the kernel queues it
+        // before it publishes the slot, so only if something else took it) is
+        // lost, not a stale frame.
+        let mid = wire(3000, 0xaa);
+        kernel_rx(&r, 6, &mid[..70], TP_STATUS_COPY, 0, PACKET_OUTGOING, 3000);
+        kernel_rx(&r, 7, &mid[..70], TP_STATUS_COPY, 0, 0, 3000);
+        let mut taken = 0;
+        let mut q = queue(vec![mid.clone()]);
         let pass = r.rx_into(&mut b, |area| {
-            let f = queue.next()?;
-            area[..f.len()].copy_from_slice(&f);
-            Some(f.len())
+            let f = q(area);
+            taken += usize::from(matches!(f, Fetched::Copy(_)));
+            f
         });
-        assert_eq!(pass, RxPass { kept: 0, lost: 1 });
-        assert_eq!(queue.next(), None, "the outgoing slot took its copy");
-        kernel_rx(&r, 8, &plain, TP_STATUS_COPY, 0, 0, 3000);
-        assert_eq!(rx(&mut r, &mut b), RxPass { kept: 0, lost: 1 });
+        assert_eq!((pass.kept, pass.lost, pass.stray), (0, 1, 0));
+        assert_eq!(b.len(), 0, "the outgoing copy is not in the batch");
+        assert_eq!(taken, 1, "the outgoing slot took its copy");
+        kernel_rx(&r, 8, &mid[..70], TP_STATUS_COPY, 0, 0, 3000);
+        assert_eq!(rx(&mut r, &mut b).lost, 1);
         // Headers the kernel never writes (tp_mac inside the header, or
         // tp_snaplen past the slot) are truncated frames, not bad reads.
         kernel_rx(&r, 9, &plain, 0, 0, 0, 60);
@@ -1442,6 +1722,118 @@ mod tests {
         }
         assert_eq!(rx(&mut r, &mut b).kept, BATCH);
         assert_eq!(rx(&mut r, &mut b).kept, 40 - BATCH);
+    }
+
+    /// What the kernel does after a link went down with copies queued:
+    /// `recv` kept failing (`Left`), so the copy stayed queued. The next
+    /// super-frame slot must get its own copy, not the one left behind, and
+    /// the queue must end up empty.
+    #[test]
+    fn rx_ring_takes_each_slot_its_own_copy_after_a_failed_receive() {
+        let g = RingGeometry::new(RX_SLOT, RING_BLOCK, 1, 4096).unwrap();
+        let (_mem, mut r) = test_ring(g);
+        let mut b = Batch::new();
+        // Three super-frames of the same length, told apart by their bytes
+        // (as TCP segments are by their sequence numbers).
+        let f: Vec<Vec<u8>> = (1..=3).map(|k| wire(20_000, k)).collect();
+        for (i, w) in f.iter().enumerate() {
+            kernel_rx(&r, i as u32, &w[..1500], TP_STATUS_COPY, 0, 0, 20_000);
+        }
+        let mut q = std::collections::VecDeque::from(f.clone());
+        let mut fail_first = true;
+        let pass = r.rx_into(&mut b, |area| {
+            if std::mem::take(&mut fail_first) {
+                // A pending socket error each time: the copy stays queued.
+                return Fetched::Left;
+            }
+            let c = q.pop_front().unwrap();
+            area[..c.len()].copy_from_slice(&c);
+            Fetched::Copy(c.len())
+        });
+        assert_eq!(
+            pass,
+            RxPass {
+                kept: 2,
+                lost: 1,
+                seen: 3,
+                stray: 0
+            },
+            "the first frame lost (counted once), its copy dropped as an orphan"
+        );
+        assert_eq!(b.wire(0), &f[1][..], "slot 1 got its own copy");
+        assert_eq!(b.wire(1), &f[2][..], "slot 2 got its own copy");
+        assert!(q.is_empty(), "nothing left queued");
+        assert_eq!(r.orphans, 0);
+
+        // A queued copy of no slot we know of (same length, other bytes) is
+        // dropped and counted as stray; the slot gets the copy after it.
+        let g4 = wire(20_000, 4);
+        kernel_rx(&r, 3, &g4[..1500], TP_STATUS_COPY, 0, 0, 20_000);
+        let pass = r.rx_into(&mut b, queue(vec![f[0].clone(), g4.clone()]));
+        assert_eq!((pass.kept, pass.lost, pass.stray), (1, 0, 1));
+        assert_eq!(b.wire(0), &g4[..]);
+        // A copy of another length is not the slot's either; after
+        // MAX_STALE wrong copies the frame is lost.
+        kernel_rx(&r, 4, &g4[..1500], TP_STATUS_COPY, 0, 0, 20_000);
+        let pass = r.rx_into(&mut b, queue(vec![wire(3000, 4); MAX_STALE + 2]));
+        assert_eq!(
+            (pass.kept, pass.lost, pass.stray),
+            (0, 1, MAX_STALE as u64 + 1)
+        );
+        // A copy the kernel took off the queue but could not hand over is
+        // gone: lost, nothing left behind.
+        kernel_rx(&r, 5, &g4[..1500], TP_STATUS_COPY, 0, 0, 20_000);
+        let pass = r.rx_into(&mut b, |_| Fetched::Dropped);
+        assert_eq!((pass.kept, pass.lost, r.orphans), (0, 1, 0));
+    }
+
+    /// Wake-ups that find no slot while something is queued: known orphans
+    /// are dropped at once; anything else only after many such wake-ups in a
+    /// row (a copy whose slot is still being filled is not taken).
+    #[test]
+    fn rx_idle_drops_orphans_at_once_and_stray_copies_only_when_stuck() {
+        let g = RingGeometry::new(RX_SLOT, RING_BLOCK, 1, 4096).unwrap();
+        let (_mem, mut r) = test_ring(g);
+        let mut b = Batch::new();
+        let mut scratch = vec![0u8; SLOT];
+        // A copy left behind by a failing receive, then a copy of a slot the
+        // kernel is still filling: only the first goes.
+        kernel_rx(&r, 0, &wire(5000, 1)[..1500], TP_STATUS_COPY, 0, 0, 5000);
+        assert_eq!(r.rx_into(&mut b, |_| Fetched::Left).lost, 1);
+        assert_eq!(r.orphans, 1);
+        let mut fetch = queue(vec![wire(5000, 1), wire(5000, 2)]);
+        assert_eq!(r.rx_idle(true, &mut scratch, &mut fetch), 0);
+        assert_eq!(r.orphans, 0);
+        // The slot is published: it gets its copy, and nothing is left.
+        kernel_rx(&r, 1, &wire(5000, 2)[..1500], TP_STATUS_COPY, 0, 0, 5000);
+        let pass = r.rx_into(&mut b, &mut fetch);
+        assert_eq!((pass.kept, pass.lost, pass.stray), (1, 0, 0));
+        assert_eq!(b.wire(0), &wire(5000, 2)[..]);
+        assert_eq!(fetch(&mut scratch), Fetched::Empty);
+
+        // Something queued that belongs to no slot: left alone for
+        // IDLE_STRIKES - 1 wake-ups, dropped (and counted) at the next.
+        let stuck = vec![wire(3000, 9); 3];
+        let mut fetch = queue(stuck);
+        for _ in 0..IDLE_STRIKES - 1 {
+            assert_eq!(r.rx_idle(true, &mut scratch, &mut fetch), 0);
+        }
+        assert_eq!(r.rx_idle(true, &mut scratch, &mut fetch), 3);
+        // A wake-up that reads a slot, or finds the queue empty, starts the
+        // count again.
+        let mut never = |_: &mut [u8]| -> Fetched { panic!("nothing may be received") };
+        for _ in 0..IDLE_STRIKES - 1 {
+            assert_eq!(r.rx_idle(true, &mut scratch, &mut never), 0);
+        }
+        kernel_rx(&r, 2, &wire(60, 3), 0, 0, 0, 60);
+        assert_eq!(rx(&mut r, &mut b).kept, 1);
+        for _ in 0..IDLE_STRIKES - 1 {
+            assert_eq!(r.rx_idle(true, &mut scratch, &mut never), 0);
+        }
+        assert_eq!(r.rx_idle(false, &mut scratch, &mut never), 0);
+        for _ in 0..IDLE_STRIKES - 1 {
+            assert_eq!(r.rx_idle(true, &mut scratch, &mut never), 0);
+        }
     }
 
     #[test]
@@ -1489,6 +1881,89 @@ mod tests {
         assert_eq!(r.tx_fill(&b, &idx, &mut lens), 0, "full: nothing waits");
         r.tx_revert(2, 0, 14);
         assert_eq!(r.head, 2);
+        // Too short for an Ethernet header: not queued (the kernel would
+        // skip its slot and it would look sent).
+        let mut short = Batch::new();
+        short
+            .push_with(|a| {
+                a[..VNET_HDR_LEN + 13].fill(0);
+                VNET_HDR_LEN + 13
+            })
+            .unwrap();
+        assert_eq!(r.tx_fill(&short, &[0], &mut lens), 0);
+        assert_eq!(r.head, 2);
+    }
+
+    /// Play `tpacket_snd` for one kick: send `SEND_REQUEST` slots from
+    /// `*khead` on; the `fail`th transmit of the run (counting from 1) is
+    /// refused by the device, which freed the packet: the slot goes back to
+    /// `SEND_REQUEST`, the kernel's head stays, the kick fails (ENOBUFS).
+    fn kernel_kick(r: &Ring, khead: &mut u32, fail: &mut Vec<bool>) -> io::Result<()> {
+        loop {
+            let st = r.status(*khead);
+            if st.load(Ordering::Acquire) != TP_STATUS_SEND_REQUEST {
+                return Ok(());
+            }
+            st.store(TP_STATUS_SENDING, Ordering::Release);
+            if !fail.is_empty() && fail.remove(0) {
+                st.store(TP_STATUS_SEND_REQUEST, Ordering::Release);
+                return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
+            }
+            // Sent; the destructor frees the slot later.
+            *khead = r.next(*khead);
+        }
+    }
+
+    #[test]
+    fn tx_kicks_count_the_frame_the_device_refused_not_the_one_before() {
+        let g = RingGeometry::new(TX_MIN_FRAME, RING_BLOCK, 1, 4096).unwrap();
+        let (_mem, mut r) = test_ring(g);
+        let mut b = Batch::new();
+        for k in 0..5 {
+            b.push_with(|a| {
+                let w = wire(60 + k, k as u8);
+                a[..w.len()].copy_from_slice(&w);
+                w.len()
+            })
+            .unwrap();
+        }
+        let mut lens = [0u32; BATCH];
+        let idx = [0, 1, 2, 3, 4];
+        let mut khead = 0;
+        // The third transmit fails once, then goes out on the next kick:
+        // all five are sent.
+        assert_eq!(r.tx_fill(&b, &idx, &mut lens), 5);
+        let mut fail = vec![false, false, true];
+        let (o, gone) = r.tx_send(0, &lens[..5], |r| kernel_kick(r, &mut khead, &mut fail));
+        assert!(gone.is_none());
+        assert_eq!((o.sent, o.failed, o.bytes), (5, 0, 60 + 61 + 62 + 63 + 64));
+        assert_eq!((r.head, khead), (5, 5));
+        // The third fails for good (the device stays full): two sent, the
+        // refused frame and the two after it taken back, not sent late.
+        for i in 5..10 {
+            r.status(i).store(TP_STATUS_AVAILABLE, Ordering::Release);
+        }
+        assert_eq!(r.tx_fill(&b, &idx, &mut lens), 5);
+        let mut fail = vec![false, false, true, true, true];
+        let mut kicks = 0;
+        let (o, gone) = r.tx_send(5, &lens[..5], |r| {
+            kicks += 1;
+            kernel_kick(r, &mut khead, &mut fail)
+        });
+        assert!(gone.is_none());
+        assert_eq!((o.sent, o.failed, o.bytes, kicks), (2, 3, 60 + 61, 2));
+        assert_eq!((r.head, khead), (7, 7), "our head is back at the kernel's");
+        for i in 7..10 {
+            assert_eq!(r.status(i).load(Ordering::Relaxed), TP_STATUS_AVAILABLE);
+        }
+        // A device gone: nothing taken, the error handed on.
+        assert_eq!(r.tx_fill(&b, &idx[..1], &mut lens), 1);
+        let (o, gone) = r.tx_send(7, &lens[..1], |_| {
+            Err(io::Error::from_raw_os_error(libc::ENXIO))
+        });
+        assert_eq!((o.sent, o.failed), (0, 1));
+        assert_eq!(gone.and_then(|e| e.raw_os_error()), Some(libc::ENXIO));
+        assert_eq!(r.status(7).load(Ordering::Relaxed), TP_STATUS_AVAILABLE);
     }
 
     #[test]
