@@ -679,12 +679,12 @@ impl Ring {
         // SAFETY: slot starts are multiples of 16 from a 16-aligned base, so
         // the word is aligned; it lives as long as the region (`new`'s
         // contract). The kernel writes it with a plain aligned 32-bit store
-        // after `smp_wmb` (and `smp_mb` after filling an RX slot), and reads
-        // it after `smp_rmb` (`__packet_set_status`/`__packet_get_status`);
-        // an aligned word store is single-copy atomic on the architectures
-        // Linux supports, so our atomics see whole values, and our acquire
-        // (taking a slot) and release (handing it back) order the slot's
-        // contents against the kernel's barriers.
+        // (`__packet_set_status`, followed by `smp_wmb`; an RX slot's
+        // contents are ordered before it by `smp_mb` in `tpacket_rcv`) and
+        // reads it after `smp_rmb` (`__packet_get_status`). An aligned word
+        // store is single-copy atomic on every architecture Linux supports,
+        // so our atomics see whole values, and acquire (taking a slot) and
+        // release (handing it back) on our side pair with those barriers.
         unsafe { AtomicU32::from_ptr(self.slot(i) as *mut u32) }
     }
 
