@@ -21,17 +21,27 @@ fn e2e_benchmark_runs_and_cleans_up() {
     assert!(o.status.success(), "e2e failed: {stderr}");
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(
-        table.contains("vswitch/kernel") && table.contains("TCP red→blue, 1 stream"),
+        table.contains("median of the per-round ratios")
+            && table.contains("TCP red→blue, 1 stream")
+            && table.contains("**vswitch**: vswitch, default configuration"),
         "{table}"
     );
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("e2e.json")).expect("e2e.json"))
             .expect("JSON");
     let rows = v["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 9);
-    for r in rows.iter().filter(|r| r["key"] != "cpusw") {
-        for side in ["kernel_median", "vswitch_median"] {
-            let x = r[side].as_f64().unwrap_or(f64::NAN);
+    let keys: Vec<&str> = rows.iter().filter_map(|r| r["key"].as_str()).collect();
+    for k in ["tcp1", "rtt50", "cpusw", "idle"] {
+        assert!(keys.contains(&k), "no row {k}: {keys:?}");
+    }
+    // Every measured row has a positive figure for both setups (the kernel
+    // has no forwarding process, and an idle process may use 0).
+    for r in rows
+        .iter()
+        .filter(|r| r["key"] != "cpusw" && r["key"] != "idle")
+    {
+        for side in ["kernel", "vswitch"] {
+            let x = r["median"][side].as_f64().unwrap_or(f64::NAN);
             assert!(
                 x.is_finite() && x > 0.0,
                 "{} {side} = {x}: {stderr}",
@@ -39,6 +49,9 @@ fn e2e_benchmark_runs_and_cleans_up() {
             );
         }
     }
+    let idle = rows.iter().find(|r| r["key"] == "idle").unwrap();
+    let x = idle["median"]["vswitch"].as_f64().unwrap_or(f64::NAN);
+    assert!(x.is_finite() && x <= 1.0, "idle vswitch {x} % of a core");
     assert!(
         std::fs::read_to_string(out.join("e2e.svg"))
             .unwrap()
