@@ -167,10 +167,11 @@ pub enum EndpointKind {
 /// Frame I/O of the switch's AF_PACKET ports (`[switch] io`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SwitchIo {
-    /// `"mmsg"` (default): `recvmmsg`/`sendmmsg` batches over the socket queues.
-    #[default]
+    /// `"mmsg"`: `recvmmsg`/`sendmmsg` batches over the socket queues.
     Mmsg,
-    /// `"ring"`: TPACKET_V2 RX and TX rings mapped into the switch.
+    /// `"ring"` (default, the end-to-end benchmark's winner): TPACKET_V2 RX
+    /// and TX rings mapped into the switch.
+    #[default]
     Ring,
 }
 
@@ -1019,8 +1020,8 @@ impl Topology {
                     ));
                 }
                 let io = match s.io.as_deref() {
-                    None | Some("mmsg") => SwitchIo::Mmsg,
-                    Some("ring") => SwitchIo::Ring,
+                    Some("mmsg") => SwitchIo::Mmsg,
+                    None | Some("ring") => SwitchIo::Ring,
                     Some(o) => {
                         return Err(err(
                             "switch.io",
@@ -1701,7 +1702,7 @@ mod tests {
         let io = |v: &str| {
             Topology::parse(&format!("[switch]\n{v}{base}"), "t").map(|t| t.switch.unwrap().io)
         };
-        assert_eq!(io("").unwrap(), SwitchIo::Mmsg, "default");
+        assert_eq!(io("").unwrap(), SwitchIo::Ring, "default");
         assert_eq!(io("io = 'mmsg'\n").unwrap(), SwitchIo::Mmsg);
         assert_eq!(io("io = 'ring'\n").unwrap(), SwitchIo::Ring);
         let e = io("io = 'xdp'\n").unwrap_err().to_string();

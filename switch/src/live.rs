@@ -26,7 +26,7 @@ use crate::daemon::{PortInfo, build_policy, nat_config};
 use crate::pipeline::VlanPorts;
 use crate::policy::Reloaded;
 use crate::port::{PortIo, TapPort};
-use crate::sys::{LinkEvent, LinkMonitor, PacketPort};
+use crate::sys::{LinkEvent, LinkMonitor};
 use crate::worker::TapSink;
 use nat::{DnatRule, Ipv4Net};
 use netns_setup::netns::in_netns;
@@ -493,7 +493,8 @@ impl Live {
         match ns.kind {
             EndpointKind::Veth => {
                 let ifname = ns.switch_ifname.clone().unwrap_or_default();
-                let p = in_netns(sw_ns, || PacketPort::open(&ifname))
+                let io_kind = t.switch.as_ref().map(|s| s.io).unwrap_or_default();
+                let p = in_netns(sw_ns, || crate::daemon::open_packet_port(io_kind, &ifname))
                     .and_then(|r| r)
                     .map_err(|e| io::Error::other(format!("attach to {ifname}: {e}")))?;
                 Ok(NewPort {
@@ -501,7 +502,7 @@ impl Live {
                     name: ifname,
                     netns: ns.name.clone(),
                     kind: "veth",
-                    io: Box::new(p),
+                    io: p,
                 })
             }
             EndpointKind::Tap => {
@@ -733,7 +734,17 @@ impl Live {
             .map_or("the root namespace".to_string(), |n| {
                 format!("namespace {n}")
             });
-        let p = match in_netns(sw_ns.as_ref(), || PacketPort::open(ifname)).and_then(|r| r) {
+        let io_kind = self
+            .current
+            .switch
+            .as_ref()
+            .map(|s| s.io)
+            .unwrap_or_default();
+        let p = match in_netns(sw_ns.as_ref(), || {
+            crate::daemon::open_packet_port(io_kind, ifname)
+        })
+        .and_then(|r| r)
+        {
             Ok(p) => p,
             Err(e) => {
                 return fail(
@@ -760,7 +771,7 @@ impl Live {
                 name: ifname.to_string(),
                 netns: label,
                 kind: "port",
-                io: Box::new(p),
+                io: p,
             }],
             policy: Some(policy),
             vlans: vlan_table(&self.current, &slots),

@@ -86,6 +86,36 @@ fn ring_io_forwards_routes_and_passes_super_frames_whole() {
     }
 }
 
+/// `io = "mmsg"` (no longer the default) still switches, routes and passes
+/// super-frames whole, and maps no ring.
+#[test]
+fn mmsg_io_forwards_routes_and_passes_super_frames_whole() {
+    if !require_root("mmsg_io_forwards_routes_and_passes_super_frames_whole") {
+        return;
+    }
+    let _s = serial();
+    let nt = nat_topo_with(2, "io = \"mmsg\"\n", "", "", "");
+    let sw = SwitchProc::start(&nt.topo);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", sw.pid())).unwrap();
+    assert!(
+        !maps.lines().any(|l| l.contains("socket:")),
+        "a ring is mapped with io = mmsg: {maps}"
+    );
+    let (red, blue, wan) = (&nt.red, &nt.blue, &nt.wan);
+    assert_eq!(ping_loss(&red.ns, &blue.ip, 2), 0.0, "red -> blue");
+    assert_eq!(ping_loss(&red.ns, WAN_HOST, 2), 0.0, "red -> wan via NAT");
+    let before = sw.cli_json("stats");
+    tcp_transfer(red, blue, 5211, 16 << 20);
+    tcp_transfer(red, wan, 5212, 16 << 20);
+    let after = sw.cli_json("stats");
+    let d = |k: &str, p: &str| u(port(&after, p), k) - u(port(&before, p), k);
+    let (pkts, bytes) = (d("rx_packets", &red.port), d("rx_bytes", &red.port));
+    let mean = bytes / pkts.max(1);
+    eprintln!("mmsg: red -> switch: {pkts} frames, {bytes} bytes, mean {mean} bytes");
+    assert!(bytes >= 32 << 20, "red sent {bytes} bytes");
+    assert!(mean > 3 * 1514, "mean frame {mean} bytes");
+}
+
 /// Sends SIGCONT to the stopped switch when dropped, whatever happens.
 struct Resume(i32);
 
