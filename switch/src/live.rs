@@ -960,7 +960,7 @@ dport = 22
                 "VLAN mode",
             ),
             (
-                BASE.replace("netns = \"lv-sw\"", "netns = \"lv-sw\"\nio = \"ring\""),
+                BASE.replace("netns = \"lv-sw\"", "netns = \"lv-sw\"\nio = \"mmsg\""),
                 "[switch] io:",
             ),
         ];
