@@ -64,6 +64,33 @@ struct PacketMreq {
 
 const CTRL_LEN: usize = 64;
 
+/// `setsockopt` with a plain C value `val` (an int, `packet_mreq`,
+/// `tpacket_req`); `what` names the option in the error.
+fn setsockopt_val<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    val: &T,
+    what: &dyn std::fmt::Display,
+) -> io::Result<()> {
+    // SAFETY: `fd` is an open socket; we pass a pointer to a live `T` and
+    // its exact size, and the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            val as *const T as *const libc::c_void,
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
 fn setsockopt_int(
     fd: &OwnedFd,
     level: libc::c_int,
@@ -71,21 +98,7 @@ fn setsockopt_int(
     val: libc::c_int,
     what: &str,
 ) -> io::Result<()> {
-    // SAFETY: `fd` is an open socket; we pass a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            opt,
-            &val as *const libc::c_int as *const libc::c_void,
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("setsockopt {what}: {e}")));
-    }
-    Ok(())
+    setsockopt_val(fd, level, opt, &val, &format_args!("setsockopt {what}"))
 }
 
 /// Interface index of `name` in the calling thread's namespace.
@@ -193,24 +206,13 @@ fn bind_promisc(fd: &OwnedFd, ifindex: u32, name: &str) -> io::Result<()> {
         mr_alen: 0,
         mr_address: [0; 8],
     };
-    // SAFETY: `mreq` is a live packet_mreq and we pass its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            SOL_PACKET,
-            PACKET_ADD_MEMBERSHIP,
-            &mreq as *const PacketMreq as *const libc::c_void,
-            size_of::<PacketMreq>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("promiscuous mode on {name}: {e}"),
-        ));
-    }
-    Ok(())
+    setsockopt_val(
+        fd,
+        SOL_PACKET,
+        PACKET_ADD_MEMBERSHIP,
+        &mreq,
+        &format_args!("promiscuous mode on {name}"),
+    )
 }
 
 /// `struct tpacket_stats`: what `PACKET_STATISTICS` returns for V1/V2 and
@@ -1080,24 +1082,13 @@ pub struct RingPort {
 unsafe impl Send for RingPort {}
 
 fn set_ring(fd: &OwnedFd, opt: libc::c_int, g: &RingGeometry, what: &str) -> io::Result<()> {
-    // SAFETY: `g` is a live repr(C) tpacket_req and we pass its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            SOL_PACKET,
-            opt,
-            g as *const RingGeometry as *const libc::c_void,
-            size_of::<RingGeometry>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("setsockopt {what} {g:?}: {e}"),
-        ));
-    }
-    Ok(())
+    setsockopt_val(
+        fd,
+        SOL_PACKET,
+        opt,
+        g,
+        &format_args!("setsockopt {what} {g:?}"),
+    )
 }
 
 impl RingPort {

@@ -839,6 +839,40 @@ pub fn stun_server(ns: &str) -> Bg {
     stun
 }
 
+/// CPU time of all threads of process `pid`, in ns (the first field of each
+/// thread's `/proc/PID/task/*/schedstat`).
+pub fn cpu_ns(pid: u32) -> u64 {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
+    dir.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A one-shot iperf3 server on `ip`:`port` in `ns`, listening when this
+/// returns (bounded wait; panics with its output otherwise).
+pub fn iperf3_server(ns: &str, ip: &str, port: u16) -> Bg {
+    let srv = Bg::start(
+        ns,
+        &[
+            "iperf3",
+            "-s",
+            "-1",
+            "--forceflush",
+            "-p",
+            &port.to_string(),
+            "-B",
+            ip,
+        ],
+        None,
+    );
+    assert!(
+        srv.wait_for("listening", Duration::from_secs(10)),
+        "iperf3 server: {}",
+        srv.log()
+    );
+    srv
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

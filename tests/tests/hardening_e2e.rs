@@ -166,25 +166,7 @@ fn ack_flood_fills_the_table_but_another_host_still_connects() {
 
 /// iperf3 TCP throughput from `client` to `server` for `secs`, in bit/s.
 fn iperf_bps(client: &Member, server: &Member, port: u16, secs: u32) -> f64 {
-    let srv = Bg::start(
-        &server.ns,
-        &[
-            "iperf3",
-            "-s",
-            "-1",
-            "--forceflush",
-            "-p",
-            &port.to_string(),
-            "-B",
-            &server.ip,
-        ],
-        None,
-    );
-    assert!(
-        srv.wait_for("listening", Duration::from_secs(10)),
-        "iperf3 server: {}",
-        srv.log()
-    );
+    let _srv = iperf3_server(&server.ns, &server.ip, port);
     let o = ns_exec(
         &client.ns,
         &[

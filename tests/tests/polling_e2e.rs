@@ -6,15 +6,6 @@ use e2e::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-/// CPU time of all threads of process `pid`, in ns (the first field of
-/// each thread's `schedstat`).
-fn cpu_ns(pid: u32) -> u64 {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
-    dir.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 fn worker(sw: &SwitchProc) -> Value {
     sw.cli_json("stats")["worker"].clone()
 }
@@ -45,25 +36,7 @@ fn adaptive_polling_spins_for_streams_not_for_sparse_pings_and_idles_at_no_cpu()
     assert!(spun <= 2, "the worker spun {spun} ms for pings 20 ms apart");
 
     // A TCP stream: dense traffic, the worker polls between batches.
-    let srv = Bg::start(
-        &blue.ns,
-        &[
-            "iperf3",
-            "-s",
-            "-1",
-            "--forceflush",
-            "-p",
-            "5301",
-            "-B",
-            &blue.ip,
-        ],
-        None,
-    );
-    assert!(
-        srv.wait_for("listening", Duration::from_secs(10)),
-        "iperf3 server: {}",
-        srv.log()
-    );
+    let _srv = iperf3_server(&blue.ns, &blue.ip, 5301);
     let before = worker(&sw);
     let o = ns_exec(
         &red.ns,

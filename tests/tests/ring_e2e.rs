@@ -200,15 +200,6 @@ fn kernel_rx_drops_are_visible_per_port_ring() {
     kernel_drops_are_counted("ring");
 }
 
-/// CPU time of all threads of process `pid`, in ns (the first field of
-/// each thread's `schedstat`).
-fn cpu_ns(pid: u32) -> u64 {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
-    dir.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Bytes queued on the switch's packet sockets (`Rmem` of
 /// `/proc/net/packet` in its namespace).
 fn queued_bytes(sw_ns: &str) -> u64 {
@@ -247,25 +238,7 @@ fn ring_link_down_with_queued_super_frames_leaves_nothing_stale() {
     let (red, blue) = (&m[0], &m[1]);
     assert_eq!(ping_loss(&red.ns, &blue.ip, 2), 0.0, "red -> blue");
 
-    let srv = Bg::start(
-        &blue.ns,
-        &[
-            "iperf3",
-            "-s",
-            "-1",
-            "--forceflush",
-            "-p",
-            "5311",
-            "-B",
-            &blue.ip,
-        ],
-        None,
-    );
-    assert!(
-        srv.wait_for("listening", Duration::from_secs(10)),
-        "iperf3 server: {}",
-        srv.log()
-    );
+    let srv = iperf3_server(&blue.ns, &blue.ip, 5311);
     let mut cli = Bg::start(
         &red.ns,
         &["iperf3", "-c", &blue.ip, "-p", "5311", "-t", "3"],
