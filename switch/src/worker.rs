@@ -1086,7 +1086,6 @@ impl<P: Policy + Reload> Worker<P> {
         json!({"ok": true, "changes": c.summary, "reloads": self.reloads})
     }
 
-    /// Receive and forward what port `i` has waiting.
     /// Receive and forward up to [`BATCHES_PER_WAKE`] batches from port `i`;
     /// returns the number of frames received.
     fn service(&mut self, i: usize, now: u64) -> usize {
