@@ -224,11 +224,22 @@ fn static_fdb_entries_steer_frames_and_do_not_move() {
 
     // flush: the learned entries go, the static one stays.
     assert!(entries(&sw.cli_json("fdb")).len() >= 3);
+    let flushed_at = std::time::Instant::now();
     let v = sw.cli_json_with("fdb", &["flush"]);
     assert!(v["flushed"].as_u64().unwrap() >= 2, "{v}");
     let left = entries(&sw.cli_json("fdb"));
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert_eq!(left[0]["static"], true);
+    // The static entry stays; a learned entry may only be one that a frame
+    // sent after the flush made again (the namespaces' kernels send IPv6
+    // neighbour and multicast frames of their own at any time).
+    let since = flushed_at.elapsed().as_millis() as u64;
+    let stat: Vec<_> = left.iter().filter(|e| e["static"] == true).collect();
+    assert_eq!(stat.len(), 1, "{left:?}");
+    assert!(
+        left.iter()
+            .filter(|e| e["static"] == false)
+            .all(|e| e["age_ms"].as_u64().unwrap() <= since),
+        "learned entries older than the flush ({since} ms ago): {left:?}"
+    );
     // del: the frame to X floods again (blue gets it too).
     sw.cli_json_with("fdb", &["del", "02:ee:00:00:00:42"]);
     assert_eq!(send_frames(&mut rp, std::slice::from_ref(&f)), 1);
