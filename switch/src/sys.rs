@@ -1481,6 +1481,20 @@ mod tests {
         r.status(i).store(TP_STATUS_USER | st, Ordering::Release);
     }
 
+    /// A batch of `n` frames: frame k is `wire(60 + k, k)`.
+    fn batch_of(n: usize) -> Batch {
+        let mut b = Batch::new();
+        for k in 0..n {
+            b.push_with(|a| {
+                let w = wire(60 + k, k as u8);
+                a[..w.len()].copy_from_slice(&w);
+                w.len()
+            })
+            .unwrap();
+        }
+        b
+    }
+
     fn wire(n: usize, fill: u8) -> Vec<u8> {
         let mut w = vec![0u8; VNET_HDR_LEN];
         w.extend(std::iter::repeat_n(fill, n));
@@ -1832,15 +1846,7 @@ mod tests {
         let g = RingGeometry::new(TX_MIN_FRAME, RING_BLOCK, 1, 4096).unwrap();
         assert_eq!(g.frame_nr, 15);
         let (_mem, mut r) = test_ring(g);
-        let mut b = Batch::new();
-        for k in 0..3 {
-            b.push_with(|a| {
-                let w = wire(60 + k, k as u8);
-                a[..w.len()].copy_from_slice(&w);
-                w.len()
-            })
-            .unwrap();
-        }
+        let b = batch_of(3);
         let mut lens = [0u32; BATCH];
         assert_eq!(r.tx_fill(&b, &[0, 1, 2], &mut lens), 3);
         assert_eq!(&lens[..3], &[60, 61, 62]);
@@ -1909,15 +1915,7 @@ mod tests {
     fn tx_kicks_count_the_frame_the_device_refused_not_the_one_before() {
         let g = RingGeometry::new(TX_MIN_FRAME, RING_BLOCK, 1, 4096).unwrap();
         let (_mem, mut r) = test_ring(g);
-        let mut b = Batch::new();
-        for k in 0..5 {
-            b.push_with(|a| {
-                let w = wire(60 + k, k as u8);
-                a[..w.len()].copy_from_slice(&w);
-                w.len()
-            })
-            .unwrap();
-        }
+        let b = batch_of(5);
         let mut lens = [0u32; BATCH];
         let idx = [0, 1, 2, 3, 4];
         let mut khead = 0;

@@ -335,7 +335,8 @@ impl Drop for Ovs {
 const OVS_GW_LAN: &str = "02:00:00:00:00:05";
 const OVS_GW_WAN: &str = "02:00:00:00:01:01";
 
-fn mac_of(ns: &str, ifname: &str) -> String {
+/// The trimmed contents of `/sys/class/net/{ifname}/{file}` seen from `ns`.
+fn sysfs(ns: &str, ifname: &str, file: &str) -> String {
     sh(
         &[
             "ip",
@@ -343,12 +344,16 @@ fn mac_of(ns: &str, ifname: &str) -> String {
             "exec",
             ns,
             "cat",
-            &format!("/sys/class/net/{ifname}/address"),
+            &format!("/sys/class/net/{ifname}/{file}"),
         ],
         Duration::from_secs(10),
     )
     .trim()
     .to_string()
+}
+
+fn mac_of(ns: &str, ifname: &str) -> String {
+    sysfs(ns, ifname, "address")
 }
 
 /// OpenFlow flows doing the seed's job: L2 switching (NORMAL) between red
@@ -544,20 +549,9 @@ fn iperf(ns: &str, dst: &str, secs: u64, streams: u32) -> f64 {
 }
 
 fn counter(ns: &str, ifname: &str, name: &str) -> u64 {
-    sh(
-        &[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "cat",
-            &format!("/sys/class/net/{ifname}/statistics/{name}"),
-        ],
-        Duration::from_secs(10),
-    )
-    .trim()
-    .parse()
-    .unwrap_or(0)
+    sysfs(ns, ifname, &format!("statistics/{name}"))
+        .parse()
+        .unwrap_or(0)
 }
 
 /// 64-byte frames red → blue for `secs` from trafgen (an AF_PACKET TX ring,
