@@ -14,6 +14,9 @@ use std::time::Duration;
 
 /// Default fixed busy-poll window of the switch worker, µs (0: adaptive polling).
 pub const DEFAULT_BUSY_POLL_US: u64 = 0;
+/// Largest `[switch] workers`.
+pub const MAX_WORKERS: usize = 64;
+
 /// Default `[switch] adaptive_poll_us`: the cap of the adaptive polling
 /// window (chosen from the end-to-end benchmark; see the README).
 pub const DEFAULT_ADAPTIVE_POLL_US: u64 = 200;
@@ -215,6 +218,11 @@ pub struct SwitchSpec {
     pub cpu: Option<usize>,
     /// How the AF_PACKET ports move frames (`io`); TAP ports are unaffected.
     pub io: SwitchIo,
+    /// Forwarding threads (`workers`, default 1). Worker 0 handles the
+    /// gateway, the NAT, ARP and every frame that is not unicast IPv4
+    /// between LAN hosts; those are spread over all workers by a symmetric
+    /// flow hash. More than one needs veth ports only (TAPs are single-queue).
+    pub workers: usize,
     /// Periodic state save interval of `vswitch run` (`None`: its default;
     /// zero: only on exit and upgrade).
     pub state_save_interval: Option<Duration>,
@@ -862,6 +870,7 @@ struct SwitchFile {
     cpu: Option<usize>,
     state_save_interval: Option<u64>,
     io: Option<String>,
+    workers: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -1029,9 +1038,17 @@ impl Topology {
                         ));
                     }
                 };
+                let workers = s.workers.unwrap_or(1);
+                if !(1..=MAX_WORKERS).contains(&workers) {
+                    return Err(err(
+                        "switch.workers",
+                        format!("must be in 1..={MAX_WORKERS}"),
+                    ));
+                }
                 Some(SwitchSpec {
                     cpu: s.cpu,
                     io,
+                    workers,
                     state_save_interval: s.state_save_interval.map(Duration::from_secs),
                     busy_poll: Duration::from_micros(busy),
                     adaptive_poll: Duration::from_micros(adaptive),
@@ -1153,6 +1170,12 @@ impl Topology {
                 return Err(err(
                     k("kind"),
                     "a namespace on a direct pair must use kind = \"veth\"",
+                ));
+            }
+            if kind == EndpointKind::Tap && switch.as_ref().is_some_and(|s| s.workers > 1) {
+                return Err(err(
+                    k("kind"),
+                    "a TAP port needs [switch] workers = 1 (a TAP has one queue; use a veth to spread a port over workers)",
                 ));
             }
             let default_if = match kind {
@@ -1694,6 +1717,25 @@ mod tests {
         assert_eq!(t.switch.unwrap().state_save_interval, None);
         let e = parse_err(&format!("[switch]\nstate_save_interval = 90000\n{base}"));
         assert!(e.to_string().contains("switch.state_save_interval"), "{e}");
+    }
+
+    #[test]
+    fn switch_workers_are_bounded_and_need_veth_ports() {
+        let base = "[[namespace]]\nname='a'\naddress='10.0.0.1/24'\n";
+        let w = |v: &str, b: &str| {
+            Topology::parse(&format!("[switch]\n{v}{b}"), "t").map(|t| t.switch.unwrap().workers)
+        };
+        assert_eq!(w("", base).unwrap(), 1, "default");
+        assert_eq!(w("workers = 2\n", base).unwrap(), 2);
+        for bad in ["workers = 0\n", "workers = 65\n"] {
+            let e = w(bad, base).unwrap_err().to_string();
+            assert!(e.contains("switch.workers") && e.contains("1..=64"), "{e}");
+        }
+        let e = w("workers = 2\n", &format!("{base}kind = 'tap'\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kind") && e.contains("workers = 1"), "{e}");
+        assert_eq!(w("", &format!("{base}kind = 'tap'\n")).unwrap(), 1);
     }
 
     #[test]

@@ -58,7 +58,74 @@ pub const CAPTURE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most [`MAX_CLIENTS`] clients are served at once, each on its own thread
 /// with bounded reads and writes, so no client can pin a thread forever.
 pub fn serve(listener: UnixListener, to_worker: Sender<Request>, wake: Arc<EventFd>) {
-    serve_limited(listener, to_worker, wake, MAX_CLIENTS, CLIENT_TIMEOUT, None);
+    serve_limited(
+        listener,
+        to_worker,
+        wake,
+        MAX_CLIENTS,
+        CLIENT_TIMEOUT,
+        None,
+        Lanes::default(),
+    );
+}
+
+/// The request queues of workers 1.. (`[switch] workers > 1`; empty with
+/// one worker). Worker 0 holds the gateway, NAT, ARP and the whole MAC
+/// table, and answers everything but what the others must see too:
+/// `stats` (counters summed, [`stats_all`]), `capture` (each worker copies
+/// the frames it handles) and the MAC table edits `fdb-add|del|flush`.
+pub type Lanes = Arc<Vec<(Sender<Request>, Arc<EventFd>)>>;
+
+/// Add the counters of `b` into `a`: numbers summed, objects merged key by
+/// key (`skip` names top-level keys left as in `a`), anything else kept.
+fn add_counts(a: &mut Value, b: &Value, skip: &[&str]) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, bv) in b {
+                if skip.contains(&k.as_str()) {
+                    continue;
+                }
+                match a.get_mut(k) {
+                    Some(av) => add_counts(av, bv, &[]),
+                    None => {
+                        a.insert(k.clone(), bv.clone());
+                    }
+                }
+            }
+        }
+        (a @ Value::Number(_), Value::Number(b)) => {
+            if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
+                *a = x.saturating_add(y).into();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `stats` of the whole switch: worker 0's answer with the port and policy
+/// counters of every worker added in, and `workers`, each worker's polling
+/// and MAC sharing (`worker` stays worker 0's).
+pub fn stats_all(to_worker: &Sender<Request>, wake: &EventFd, lanes: &Lanes) -> Value {
+    let mut v = ask(to_worker, wake, "stats", json!({"cmd": "stats"}), None);
+    if lanes.is_empty() || v["ok"] != true {
+        return v;
+    }
+    let mut workers = vec![v["worker"].clone()];
+    for (k, (tx, w)) in lanes.iter().enumerate() {
+        let l = ask(tx, w, "stats", json!({"cmd": "stats"}), None);
+        if l["ok"] != true {
+            return json!({"ok": false, "error": format!("worker {}: {}", k + 1, l["error"])});
+        }
+        if let (Some(a), Some(b)) = (v["ports"].as_array_mut(), l["ports"].as_array()) {
+            for (pa, pb) in a.iter_mut().zip(b) {
+                add_counts(pa, pb, &["fdb_entries"]);
+            }
+        }
+        add_counts(&mut v["policy"], &l["policy"], &[]);
+        workers.push(l["worker"].clone());
+    }
+    v["workers"] = workers.into();
+    v
 }
 
 /// Answers the requests it owns (`reload`, `port-add`, `port-del`) on the
@@ -71,6 +138,7 @@ pub fn serve_with(
     to_worker: Sender<Request>,
     wake: Arc<EventFd>,
     live: LiveHandler,
+    lanes: Lanes,
 ) {
     serve_limited(
         listener,
@@ -79,6 +147,7 @@ pub fn serve_with(
         MAX_CLIENTS,
         CLIENT_TIMEOUT,
         Some(live),
+        lanes,
     );
 }
 
@@ -89,6 +158,7 @@ fn serve_limited(
     max_clients: usize,
     timeout: Duration,
     live: Option<LiveHandler>,
+    lanes: Lanes,
 ) {
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
@@ -111,11 +181,13 @@ fn serve_limited(
                 }
                 let (to_worker, wake, active2) = (to_worker.clone(), wake.clone(), active.clone());
                 let live = live.clone();
+                let lanes = lanes.clone();
                 // One thread per client: a capture streams for as long as it runs.
                 let spawned = std::thread::Builder::new()
                     .name("vswitch-client".into())
                     .spawn(move || {
-                        let _ = handle(conn, &to_worker, &wake, timeout, live.as_ref());
+                        let _ =
+                            handle(conn, &to_worker, &wake, timeout, live.as_ref(), &lanes);
                         active2.fetch_sub(1, Ordering::AcqRel);
                     });
                 if spawned.is_err() {
@@ -456,6 +528,7 @@ fn handle(
     wake: &EventFd,
     timeout: Duration,
     live: Option<&LiveHandler>,
+    lanes: &Lanes,
 ) -> io::Result<()> {
     conn.set_write_timeout(Some(timeout))?;
     let line = match read_request(&conn, timeout) {
@@ -510,8 +583,23 @@ fn handle(
         let mut w = &conn;
         return writeln!(w, "{answer}");
     }
+    if cmd == "stats" {
+        let answer = stats_all(to_worker, wake, lanes);
+        let mut w = std::io::BufWriter::new(&conn);
+        writeln!(w, "{answer}")?;
+        return w.flush();
+    }
     if cmd != "capture" {
-        let answer = ask(to_worker, wake, &cmd, req, None);
+        let answer = ask(to_worker, wake, &cmd, req.clone(), None);
+        // The other workers' MAC tables take the same edit.
+        if answer["ok"] == true && matches!(cmd.as_str(), "fdb-add" | "fdb-del" | "fdb-flush") {
+            for (k, (tx, w)) in lanes.iter().enumerate() {
+                let l = ask(tx, w, &cmd, req.clone(), None);
+                if l["ok"] != true {
+                    tracing::warn!("{cmd} on worker {}: {}", k + 1, l["error"]);
+                }
+            }
+        }
         let mut w = &conn;
         return writeln!(w, "{answer}");
     }
@@ -522,7 +610,14 @@ fn handle(
         .map(|ms| std::time::Instant::now() + Duration::from_millis(ms));
     let (sink, rx) = crate::worker::TapSink::new(CAPTURE_QUEUE);
     let lost = sink.lost.clone();
-    let answer = ask(to_worker, wake, &cmd, req, Some(sink));
+    let answer = ask(to_worker, wake, &cmd, req.clone(), Some(sink.clone()));
+    // Every worker copies the frames it handles into the one capture.
+    if answer["ok"] == true {
+        for (tx, w) in lanes.iter() {
+            let _ = ask(tx, w, &cmd, req.clone(), Some(sink.clone()));
+        }
+    }
+    drop(sink);
     let mut w = std::io::BufWriter::new(&conn);
     writeln!(w, "{answer}")?;
     if answer["ok"] != true {
@@ -916,7 +1011,15 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let l = bind(&path).unwrap();
         let (tx, wake, _) = fake_worker(nat_with(1));
-        serve_limited(l, tx, wake, 2, Duration::from_millis(400), None);
+        serve_limited(
+            l,
+            tx,
+            wake,
+            2,
+            Duration::from_millis(400),
+            None,
+            Lanes::default(),
+        );
         let silent: Vec<UnixStream> = (0..2)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();

@@ -13,6 +13,7 @@ use crate::pipeline::{Pipeline, PipelineConfig, VlanPorts};
 use crate::policy::{AclRule, Chain, IpNet, NoPolicy, Policy, Range, RateLimit, Reloaded};
 use crate::port::{PortIo, TapPort};
 use crate::stats::PortStats;
+use crate::steer::Insn;
 use crate::sys::PacketPort;
 use crate::wire::MacAddr;
 use crate::worker::{Port, Worker};
@@ -210,16 +211,27 @@ pub fn check(t: &Topology) -> Result<String, String> {
 }
 
 /// Open an AF_PACKET port on `name` (calling thread's namespace) with the
-/// switch's frame I/O: `recvmmsg`/`sendmmsg` or TPACKET_V2 rings.
-pub fn open_packet_port(io: SwitchIo, name: &str) -> std::io::Result<Box<dyn PortIo + Send>> {
+/// switch's frame I/O: `recvmmsg`/`sendmmsg` or TPACKET_V2 rings, with a
+/// worker's steering program if given ([`steer_for`]).
+pub fn open_packet_port(
+    io: SwitchIo,
+    name: &str,
+    steer: Option<&[Insn]>,
+) -> std::io::Result<Box<dyn PortIo + Send>> {
     Ok(match io {
-        SwitchIo::Mmsg => Box::new(PacketPort::open(name)?),
-        SwitchIo::Ring => Box::new(crate::sys::RingPort::open(name)?),
+        SwitchIo::Mmsg => Box::new(PacketPort::open_steered(name, steer)?),
+        SwitchIo::Ring => Box::new(crate::sys::RingPort::open_steered(name, steer)?),
     })
 }
 
 /// Open the switch's ports for `t` (namespaces and links must exist).
 pub fn open_ports(t: &Topology) -> Result<Vec<Port>> {
+    open_ports_for(t, 0)
+}
+
+/// Open worker `w`'s sockets on the switch's ports for `t`, each with the
+/// worker's steering program when `[switch] workers > 1`.
+pub fn open_ports_for(t: &Topology, w: usize) -> Result<Vec<Port>> {
     let sw = t
         .switch
         .as_ref()
@@ -233,8 +245,11 @@ pub fn open_ports(t: &Topology) -> Result<Vec<Port>> {
         let (name, kind, io): (String, &'static str, Box<dyn PortIo>) = match ns.kind {
             EndpointKind::Veth => {
                 let ifname = ns.switch_ifname.clone().expect("validated");
-                let p = in_netns(sw_ns.as_ref(), || open_packet_port(sw.io, &ifname))?
-                    .with_context(|| format!("attach AF_PACKET port to {ifname}"))?;
+                let steer = steer_for(t, w, &ifname);
+                let p = in_netns(sw_ns.as_ref(), || {
+                    open_packet_port(sw.io, &ifname, steer.as_deref())
+                })?
+                .with_context(|| format!("attach AF_PACKET port to {ifname}"))?;
                 (ifname, "veth", p as Box<dyn PortIo>)
             }
             EndpointKind::Tap => {
@@ -257,8 +272,11 @@ pub fn open_ports(t: &Topology) -> Result<Vec<Port>> {
     }
     if let Some(u) = &t.uplink {
         let ifname = u.port_name().to_string();
-        let p = in_netns(sw_ns.as_ref(), || open_packet_port(sw.io, &ifname))?
-            .with_context(|| format!("attach AF_PACKET port to uplink {ifname}"))?;
+        let steer = steer_for(t, w, &ifname);
+        let p = in_netns(sw_ns.as_ref(), || {
+            open_packet_port(sw.io, &ifname, steer.as_deref())
+        })?
+        .with_context(|| format!("attach AF_PACKET port to uplink {ifname}"))?;
         let netns = match &u.kind {
             UplinkKind::Veth { netns, .. } => netns.clone(),
             UplinkKind::Interface { .. } => sw.netns.clone().unwrap_or_else(|| "(root)".into()),
@@ -374,14 +392,11 @@ pub fn gateway_routes(t: &Topology) -> Vec<(Ipv4Net, std::net::Ipv4Addr)> {
         .collect()
 }
 
-/// The gateway configuration of `t` (the uplink is the last port, `ports - 1`).
-pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig>> {
-    let Some(g) = &t.gateway else { return Ok(None) };
-    let sw = t
-        .switch
-        .as_ref()
-        .expect("validated: gateway needs a switch");
-    // A stable, locally administered MAC for the LAN side ("vs" + a hash of the names).
+/// The gateway's LAN MAC, if `t` has a gateway: stable and locally
+/// administered ("vs" + a hash of the topology and switch names).
+pub fn gateway_mac(t: &Topology) -> Option<MacAddr> {
+    t.gateway.as_ref()?;
+    let sw = t.switch.as_ref()?;
     let h = t
         .name
         .bytes()
@@ -389,7 +404,44 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
-    let mac = MacAddr([0x02, 0x76, 0x73, (h >> 16) as u8, (h >> 8) as u8, h as u8]);
+    Some(MacAddr([
+        0x02,
+        0x76,
+        0x73,
+        (h >> 16) as u8,
+        (h >> 8) as u8,
+        h as u8,
+    ]))
+}
+
+/// The steering program of worker `w` for the switch's AF_PACKET port
+/// `ifname` ([`crate::steer`]); `None` with one worker. The uplink and the
+/// ports of namespaces with an ingress rate limit go whole to worker 0.
+pub fn steer_for(t: &Topology, w: usize, ifname: &str) -> Option<Vec<Insn>> {
+    let n = t.switch.as_ref()?.workers;
+    if n <= 1 {
+        return None;
+    }
+    let ns = t
+        .switch_ports()
+        .find(|ns| ns.switch_ifname.as_deref() == Some(ifname));
+    let whole = ns.is_none_or(|ns| t.policy.rate_limits.iter().any(|l| l.namespace == ns.name));
+    Some(crate::steer::program(&crate::steer::Steer {
+        worker: w,
+        workers: n,
+        gateway: gateway_mac(t),
+        whole,
+    }))
+}
+
+/// The gateway configuration of `t` (the uplink is the last port, `ports - 1`).
+pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig>> {
+    let Some(g) = &t.gateway else { return Ok(None) };
+    let sw = t
+        .switch
+        .as_ref()
+        .expect("validated: gateway needs a switch");
+    let mac = gateway_mac(t).expect("the topology has a gateway");
     let lan_mtu = t.switch_ports().filter_map(|n| n.mtu).min().unwrap_or(1500);
     let routes = gateway_routes(t);
     let uplink = match &t.uplink {
@@ -431,6 +483,162 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
         ageing_ms: sw.ageing.as_millis() as u64,
         queue_slots: 64,
     }))
+}
+
+/// Worker `w`'s link watch over the switch's namespace: re-opened ports get
+/// the worker's steering program. `Err` names what failed (the switch's
+/// namespace, or the event socket).
+fn link_watch(t: &Topology, w: usize) -> std::result::Result<crate::live::LinkWatch, String> {
+    let sw = t.switch.as_ref().ok_or("no [switch]")?;
+    let sw_ns_file = match &sw.netns {
+        Some(n) => Some(open_netns(n).map_err(|e| format!("switch namespace: {e}"))?),
+        None => None,
+    };
+    let mon = in_netns(sw_ns_file.as_ref(), crate::sys::LinkMonitor::open)
+        .and_then(|r| r)
+        .map_err(|e| {
+            format!(
+                "cannot watch link events ({e}); a deleted port is noticed on its next send only"
+            )
+        })?;
+    let io = sw.io;
+    let t = t.clone();
+    let open: crate::live::Opener = Box::new(move |name: &str| {
+        let steer = steer_for(&t, w, name);
+        in_netns(sw_ns_file.as_ref(), || {
+            open_packet_port(io, name, steer.as_deref())
+        })
+        .and_then(|r| r)
+        .map(|p| p as Box<dyn PortIo>)
+    });
+    Ok(crate::live::LinkWatch::new(mon, open))
+}
+
+/// Handles of one of workers 1.. (`[switch] workers > 1`).
+struct Lane {
+    to: std::sync::mpsc::Sender<crate::worker::Request>,
+    wake: Arc<EventFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Start worker `k` of `t` on its own thread: its own steered sockets on
+/// every port, a pipeline without gateway (routed frames are steered to
+/// worker 0), the built-in policy, and `taps` (pcap mirrors). Returns once
+/// the worker is ready, or with what failed.
+fn spawn_lane(
+    t: &Topology,
+    k: usize,
+    control: std::sync::mpsc::Receiver<crate::worker::Request>,
+    wake: Arc<EventFd>,
+    share: crate::worker::Share,
+    taps: Vec<(usize, crate::worker::TapSink, String)>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let t = t.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<()>>(1);
+    let thread = std::thread::Builder::new()
+        .name(format!("vswitch-w{k}"))
+        .spawn(move || {
+            let built = (|| -> Result<Worker<(Chain, NoPolicy)>> {
+                let sw = t.switch.clone().ok_or_else(|| anyhow!("no [switch]"))?;
+                let ports = open_ports_for(&t, k)?;
+                let infos: Vec<PortInfo> = ports
+                    .iter()
+                    .map(|p| PortInfo {
+                        name: p.name.clone(),
+                        netns: p.netns.clone(),
+                        lan: p.lan,
+                    })
+                    .collect();
+                let cfg = PipelineConfig {
+                    gateway: None,
+                    ports: ports.len(),
+                    fdb_max: sw.fdb_max,
+                    fdb_max_per_port: sw.fdb_max_per_port,
+                    ageing_ms: sw.ageing.as_millis() as u64,
+                    arp_max: sw.arp_max,
+                    arp_max_per_port: sw.arp_max_per_port,
+                    arp_suppress: sw.arp_suppress,
+                };
+                let mut pipeline = Pipeline::with_policy(&cfg, (Chain::default(), NoPolicy));
+                if let Some(v) = vlan_ports(&t, ports.len()) {
+                    pipeline.vlans = Some(v);
+                    pipeline.fdb.set_default_vlan(1);
+                }
+                let mut w = Worker::new(sw.name.clone(), ports, pipeline);
+                let t2 = t.clone();
+                w.set_reloader(Box::new(move || build_policy(&t2, &infos)))
+                    .map_err(|e| anyhow!("policy: {e}"))?;
+                for (p, sink, name) in taps {
+                    w.add_tap(p, sink, Some(name));
+                }
+                w.set_share(share);
+                w.set_polling(sw.busy_poll, sw.adaptive_poll);
+                match link_watch(&t, k) {
+                    Ok(l) => w.set_link_watch(l),
+                    Err(e) => tracing::warn!("worker {k}: {e}"),
+                }
+                if let Some(cpu) = sw.cpu {
+                    let mut set = nix::sched::CpuSet::new();
+                    set.set(cpu + k)
+                        .and_then(|()| {
+                            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                        })
+                        .map_err(|e| anyhow!("cannot pin worker {k} to CPU {}: {e}", cpu + k))?;
+                }
+                Ok(w)
+            })();
+            match built {
+                Ok(mut w) => {
+                    let _ = ready_tx.send(Ok(()));
+                    if let Err(e) = w.run(&control, &wake, None) {
+                        tracing::error!("worker {k} failed: {e}");
+                    }
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })
+        .context("spawn a worker thread")?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e.context(format!("start worker {k}")))
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(anyhow!("worker {k} ended while starting"))
+        }
+    }
+}
+
+/// Stop workers 1.. and wait (boundedly) for their threads.
+fn stop_lanes(lanes: &mut [Lane]) {
+    for l in lanes.iter() {
+        let (tx, _rx) = std::sync::mpsc::sync_channel(1);
+        let _ = l.to.send(crate::worker::Request {
+            cmd: "stop".into(),
+            args: serde_json::Value::Null,
+            tap: None,
+            reply: tx,
+            page: None,
+            snapshot: None,
+        });
+        let _ = l.wake.write(1);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for (k, l) in lanes.iter_mut().enumerate() {
+        let Some(h) = l.thread.take() else { continue };
+        while !h.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        } else {
+            tracing::warn!("worker {} did not stop within 5 s", k + 1);
+        }
+    }
 }
 
 /// Restore the tables saved in `path` into `worker`, if the topology was
@@ -498,6 +706,12 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
     // The binary `vswitch upgrade` executes again, as it was when started
     // (the file may be replaced while we run).
     let exe = std::env::current_exe().ok();
+    if sw.workers > 1 && std::any::TypeId::of::<U>() != std::any::TypeId::of::<NoPolicy>() {
+        bail!(
+            "[switch] workers = {}: a custom policy runs on one worker only; set workers = 1",
+            sw.workers
+        );
+    }
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "vswitch run needs root (to create namespaces and open AF_PACKET/TAP ports); run it with sudo"
@@ -610,13 +824,45 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).context("eventfd")?,
     );
     let (tx, rx) = channel();
+    // Workers 1.. (`[switch] workers`): their request queues and eventfds
+    // exist from here (the control thread needs them); the threads start
+    // just before worker 0 runs.
+    let mut lane_ends = Vec::new();
+    let mut lane_handles = Vec::new();
+    for _ in 1..sw.workers {
+        let (ltx, lrx) = channel();
+        let lwake = Arc::new(
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .context("eventfd")?,
+        );
+        lane_handles.push((ltx, lwake.clone()));
+        lane_ends.push((lrx, lwake));
+    }
+    let lanes_h: control::Lanes = Arc::new(lane_handles);
+    // MAC learning shared between workers: one bounded queue each.
+    let mut shares = Vec::new();
+    if sw.workers > 1 {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..sw.workers)
+            .map(|_| std::sync::mpsc::sync_channel(crate::worker::SHARE_QUEUE))
+            .unzip();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let peers = txs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, t)| t.clone())
+                .collect();
+            shares.push(crate::worker::Share::new(i, rx, peers));
+        }
+    }
+    let mut shares = shares.into_iter();
     if let Some(addr) = opts.metrics {
         let sw_ns = match &sw.netns {
             Some(n) => Some(open_netns(n)?),
             None => None,
         };
         match in_netns(sw_ns.as_ref(), || std::net::TcpListener::bind(addr)) {
-            Ok(Ok(l)) => crate::metrics::serve(l, tx.clone(), wake.clone()),
+            Ok(Ok(l)) => crate::metrics::serve(l, tx.clone(), wake.clone(), lanes_h.clone()),
             Ok(Err(e)) | Err(e) => {
                 cleanup("start-up failed");
                 bail!("metrics endpoint {addr}: {e}");
@@ -655,8 +901,10 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         cleanup("start-up failed");
         bail!("policy: {e}");
     }
-    // Mirrors to pcap files: a writer thread per file, fed like a capture.
+    // Mirrors to pcap files: a writer thread per file, fed like a capture
+    // (by every worker).
     let mut pcaps = Vec::new();
+    let mut lane_taps = Vec::new();
     for m in t.policy.mirrors.iter().filter(|m| m.pcap.is_some()) {
         let path = m.pcap.clone().expect("filtered");
         let Some(port) = worker.port_index(&m.from) else {
@@ -670,6 +918,7 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
                 bail!("mirror: cannot create {}: {e}", path.display());
             }
         };
+        lane_taps.push((port, tx.clone(), path.display().to_string()));
         worker.add_tap(port, tx, Some(path.display().to_string()));
         tracing::info!("mirroring {} to {}", m.from, path.display());
         pcaps.push((port, path));
@@ -711,32 +960,16 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
                     }
                 });
         }));
-        control::serve_with(listener, tx, wake.clone(), handler);
+        control::serve_with(listener, tx, wake.clone(), handler, lanes_h.clone());
     }
     // Ports follow the kernel: link events of the switch's namespace.
-    let sw_ns_file = match &sw.netns {
-        Some(n) => match open_netns(n) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                cleanup("start-up failed");
-                bail!("switch namespace: {e}");
-            }
-        },
-        None => None,
-    };
-    match in_netns(sw_ns_file.as_ref(), crate::sys::LinkMonitor::open).and_then(|r| r) {
-        Ok(mon) => {
-            let io = sw.io;
-            let open: crate::live::Opener = Box::new(move |name: &str| {
-                in_netns(sw_ns_file.as_ref(), || open_packet_port(io, name))
-                    .and_then(|r| r)
-                    .map(|p| p as Box<dyn PortIo>)
-            });
-            worker.set_link_watch(crate::live::LinkWatch::new(mon, open));
+    match link_watch(t, 0) {
+        Ok(l) => worker.set_link_watch(l),
+        Err(e) if e.starts_with("switch namespace") => {
+            cleanup("start-up failed");
+            bail!("{e}");
         }
-        Err(e) => tracing::warn!(
-            "cannot watch link events ({e}); a deleted port is noticed on its next send only"
-        ),
+        Err(e) => tracing::warn!("{e}"),
     }
     worker.set_polling(sw.busy_poll, sw.adaptive_poll);
     if let Some(cpu) = sw.cpu {
@@ -768,7 +1001,34 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
             bail!("cannot start the state writer: {e}");
         }
     }
-    let res = worker.run(&rx, &wake, &stop);
+    if let Some(sh) = shares.next() {
+        worker.set_share(sh);
+    }
+    let mut lanes = Vec::new();
+    for (k, ((lrx, lwake), sh)) in lane_ends.into_iter().zip(shares).enumerate() {
+        match spawn_lane(t, k + 1, lrx, lwake.clone(), sh, lane_taps.clone()) {
+            Ok(h) => lanes.push(Lane {
+                to: lanes_h[k].0.clone(),
+                wake: lwake,
+                thread: Some(h),
+            }),
+            Err(e) => {
+                stop_lanes(&mut lanes);
+                drop(worker);
+                cleanup("start-up failed");
+                return Err(e);
+            }
+        }
+    }
+    if !lanes.is_empty() {
+        tracing::info!(
+            "{} workers: unicast IPv4 between LAN hosts spread by flow, the rest on worker 0",
+            lanes.len() + 1
+        );
+    }
+    let res = worker.run(&rx, &wake, Some(&stop));
+    stop_lanes(&mut lanes);
+    drop(lanes);
     let removes = !opts.keep; // the topology goes on exit: nothing to resume
     if res.is_ok() && worker.upgrade_request().is_none() {
         if removes {

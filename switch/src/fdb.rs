@@ -63,8 +63,15 @@ pub struct FdbCounters {
     pub static_moves_refused: u64,
 }
 
+/// A learned binding told to the other workers: VLAN, MAC, port.
+pub type Learned = (u16, MacAddr, PortId);
+
 /// The MAC table.
 pub struct Fdb {
+    /// With several workers: bindings this table learned or moved, and
+    /// refreshes at most once per quarter of the ageing time per entry, for
+    /// the worker to pass on (see [`Fdb::share`]).
+    outbox: Option<Vec<Learned>>,
     map: HashMap<(u16, MacAddr), FdbEntry, foldhash::fast::RandomState>,
     default_vlan: u16,
     per_port: Vec<usize>,
@@ -82,6 +89,7 @@ impl Fdb {
     /// A table for `ports` ports with the given bounds and ageing time.
     pub fn new(ports: usize, max: usize, max_per_port: usize, ageing_ms: u64) -> Fdb {
         Fdb {
+            outbox: None,
             map: HashMap::with_capacity_and_hasher(max.min(1 << 16), Default::default()),
             per_port: vec![0; ports],
             default_vlan: 0,
@@ -123,7 +131,12 @@ impl Fdb {
                 return Learn::Static;
             }
             if e.port == port {
+                let q = (self.ageing_ms / 4).max(1);
+                let told = e.last_seen / q == now / q;
                 e.last_seen = now;
+                if !told && let Some(o) = self.outbox.as_mut() {
+                    o.push((vlan, mac, port));
+                }
                 return Learn::Refreshed;
             }
             let from = e.port;
@@ -137,6 +150,9 @@ impl Fdb {
             self.per_port[port] += 1;
             self.counters.moves += 1;
             self.last_move = Some((mac, from, port));
+            if let Some(o) = self.outbox.as_mut() {
+                o.push((vlan, mac, port));
+            }
             return Learn::Moved { from };
         }
         if self.map.len() >= self.max {
@@ -165,7 +181,37 @@ impl Fdb {
         );
         self.per_port[port] += 1;
         self.counters.learned += 1;
+        if let Some(o) = self.outbox.as_mut() {
+            o.push((vlan, mac, port));
+        }
         Learn::New
+    }
+
+    /// Keep what this table learns for other tables ([`Fdb::take_learned`]):
+    /// new entries, moves, and a refresh when an entry's last-seen time
+    /// enters a new quarter of the ageing time, so that copies stay fresh
+    /// while any worker sees the station.
+    pub fn share(&mut self) {
+        self.outbox.get_or_insert_with(Vec::new);
+    }
+
+    /// What was learned since the last call (empty unless [`Fdb::share`]).
+    pub fn take_learned(&mut self, into: &mut Vec<Learned>) {
+        if let Some(o) = self.outbox.as_mut() {
+            into.append(o);
+        }
+    }
+
+    /// Learn a binding another worker's table learned, with the same
+    /// bounds, without passing it on again.
+    pub fn learn_shared(&mut self, (vlan, mac, port): Learned, now: u64) -> Learn {
+        if port >= self.per_port.len() {
+            return Learn::RefusedPortFull;
+        }
+        let o = self.outbox.take();
+        let r = self.learn_in(vlan, mac, port, now);
+        self.outbox = o;
+        r
     }
 
     /// The port `mac` is behind in `vlan`, if learned and not aged out.
@@ -405,5 +451,37 @@ mod tests {
         f.flush_port(0);
         assert_eq!(f.lookup(&mac(1), 0), None);
         assert_eq!(f.lookup(&mac(2), 0), Some(1));
+    }
+
+    #[test]
+    fn shared_learning_passes_news_moves_and_quarterly_refreshes_once() {
+        let mac = MacAddr([2, 0, 0, 0, 0, 9]);
+        let mut a = Fdb::new(3, 16, 8, 4000);
+        let mut b = Fdb::new(3, 16, 8, 4000);
+        a.share();
+        let mut out = Vec::new();
+        a.learn(mac, 1, 10);
+        a.learn(mac, 1, 20); // same quarter: not passed on
+        a.take_learned(&mut out);
+        assert_eq!(out, vec![(0, mac, 1)]);
+        for l in out.drain(..) {
+            assert_eq!(b.learn_shared(l, 30), Learn::New);
+        }
+        assert_eq!(b.lookup(&mac, 30), Some(1), "the copy forwards");
+        a.learn(mac, 1, 1000); // a new quarter of 4 s: refreshed copies
+        a.learn(mac, 2, 1100); // moved
+        a.take_learned(&mut out);
+        assert_eq!(out, vec![(0, mac, 1), (0, mac, 2)]);
+        for l in out.drain(..) {
+            b.learn_shared(l, 1100);
+        }
+        assert_eq!(b.lookup(&mac, 1100), Some(2));
+        b.take_learned(&mut out);
+        assert!(out.is_empty(), "a table not sharing keeps nothing");
+        assert_eq!(
+            b.learn_shared((0, mac, 7), 1200),
+            Learn::RefusedPortFull,
+            "a port this table does not have"
+        );
     }
 }

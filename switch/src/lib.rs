@@ -23,6 +23,7 @@ pub mod policy;
 pub mod port;
 pub mod state;
 pub mod stats;
+pub mod steer;
 pub mod sys;
 pub mod trace;
 pub mod wire;

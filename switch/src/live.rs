@@ -11,6 +11,9 @@
 //! refused or failed reload leaves the running state exactly as it was, and
 //! the FDB, ARP and NAT tables are always kept.
 //!
+//! A switch with `[switch] workers > 1` refuses every live change (each
+//! worker has its own sockets and policy; restart it instead).
+//!
 //! What cannot change live (refused, named): the topology `name`, every
 //! `[switch]` key (its name, namespace, table bounds, polling, CPU),
 //! `[gateway]`, `[uplink]`, `[nat]` behaviour keys (filtering, port range and
@@ -494,9 +497,11 @@ impl Live {
             EndpointKind::Veth => {
                 let ifname = ns.switch_ifname.clone().unwrap_or_default();
                 let io_kind = t.switch.as_ref().map(|s| s.io).unwrap_or_default();
-                let p = in_netns(sw_ns, || crate::daemon::open_packet_port(io_kind, &ifname))
-                    .and_then(|r| r)
-                    .map_err(|e| io::Error::other(format!("attach to {ifname}: {e}")))?;
+                let p = in_netns(sw_ns, || {
+                    crate::daemon::open_packet_port(io_kind, &ifname, None)
+                })
+                .and_then(|r| r)
+                .map_err(|e| io::Error::other(format!("attach to {ifname}: {e}")))?;
                 Ok(NewPort {
                     slot: 0,
                     name: ifname,
@@ -741,7 +746,7 @@ impl Live {
             .map(|s| s.io)
             .unwrap_or_default();
         let p = match in_netns(sw_ns.as_ref(), || {
-            crate::daemon::open_packet_port(io_kind, ifname)
+            crate::daemon::open_packet_port(io_kind, ifname, None)
         })
         .and_then(|r| r)
         {
@@ -829,6 +834,15 @@ impl Live {
     /// Answer a control request this manager owns (`reload`, `port-add`,
     /// `port-del`); `None` for the others.
     pub fn handle(&mut self, cmd: &str, req: &Value) -> Option<Value> {
+        let workers = self.current.switch.as_ref().map_or(1, |s| s.workers);
+        if workers > 1 && matches!(cmd, "reload" | "port-add" | "port-del") {
+            return Some(fail(
+                2,
+                format!(
+                    "{cmd} needs [switch] workers = 1 (this switch runs {workers} workers, each with its own sockets and policy); nothing changed: restart the switch to apply the file"
+                ),
+            ));
+        }
         Some(match cmd {
             "reload" => self.reload(),
             "port-add" => {

@@ -7,13 +7,13 @@
 
 use crate::worker::Request;
 use nix::sys::eventfd::EventFd;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Sender, sync_channel};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 fn esc(s: &str) -> String {
@@ -241,7 +241,12 @@ pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// counters. Each connection is served on its own thread (at most
 /// [`MAX_SCRAPERS`] at once) with bounded reads and writes, so a silent or
 /// slow client never holds up another scrape.
-pub fn serve(listener: TcpListener, to_worker: Sender<Request>, wake: Arc<EventFd>) {
+pub fn serve(
+    listener: TcpListener,
+    to_worker: Sender<Request>,
+    wake: Arc<EventFd>,
+    lanes: crate::control::Lanes,
+) {
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("vswitch-metrics".into())
@@ -257,10 +262,11 @@ pub fn serve(listener: TcpListener, to_worker: Sender<Request>, wake: Arc<EventF
                     continue;
                 }
                 let (to_worker, wake, active2) = (to_worker.clone(), wake.clone(), active.clone());
+                let lanes = lanes.clone();
                 let spawned = std::thread::Builder::new()
                     .name("vswitch-scrape".into())
                     .spawn(move || {
-                        scrape(conn, &to_worker, &wake);
+                        scrape(conn, &to_worker, &wake, &lanes);
                         active2.fetch_sub(1, Ordering::AcqRel);
                     });
                 if spawned.is_err() {
@@ -272,7 +278,12 @@ pub fn serve(listener: TcpListener, to_worker: Sender<Request>, wake: Arc<EventF
 }
 
 /// Read the request line (within [`SCRAPE_TIMEOUT`] in total) and answer it.
-fn scrape(mut conn: TcpStream, to_worker: &Sender<Request>, wake: &EventFd) {
+fn scrape(
+    mut conn: TcpStream,
+    to_worker: &Sender<Request>,
+    wake: &EventFd,
+    lanes: &crate::control::Lanes,
+) {
     let _ = conn.set_write_timeout(Some(SCRAPE_TIMEOUT));
     let deadline = Instant::now() + SCRAPE_TIMEOUT;
     let mut buf = [0u8; 2048];
@@ -296,24 +307,14 @@ fn scrape(mut conn: TcpStream, to_worker: &Sender<Request>, wake: &EventFd) {
     let path = req.split_whitespace().nth(1).unwrap_or("/");
     tracing::debug!("metrics scrape: {path}");
     let (status, body) = if path == "/metrics" || path == "/" {
-        let (tx, rx) = sync_channel(1);
-        let ok = to_worker
-            .send(Request {
-                cmd: "stats".into(),
-                args: json!({}),
-                tap: None,
-                reply: tx,
-                page: None,
-                snapshot: None,
-            })
-            .is_ok();
-        let _ = wake.write(1);
-        match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(v) if ok => ("200 OK", render(&v)),
-            _ => (
+        let v = crate::control::stats_all(to_worker, wake, lanes);
+        if v["ok"] == true {
+            ("200 OK", render(&v))
+        } else {
+            (
                 "503 Service Unavailable",
                 "the switch did not answer\n".to_string(),
-            ),
+            )
         }
     } else {
         ("404 Not Found", "try /metrics\n".to_string())
@@ -328,6 +329,7 @@ fn scrape(mut conn: TcpStream, to_worker: &Sender<Request>, wake: &EventFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn renders_valid_exposition_lines() {
@@ -378,7 +380,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, wake) = fake_worker();
-        serve(l, tx, wake);
+        serve(l, tx, wake, Default::default());
         let _silent = TcpStream::connect(addr).unwrap();
         let _silent2 = TcpStream::connect(addr).unwrap();
         std::thread::sleep(Duration::from_millis(50));
@@ -394,7 +396,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, wake) = fake_worker();
-        serve(l, tx, wake);
+        serve(l, tx, wake, Default::default());
         let silent: Vec<TcpStream> = (0..MAX_SCRAPERS)
             .map(|_| TcpStream::connect(addr).unwrap())
             .collect();

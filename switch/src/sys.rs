@@ -14,6 +14,7 @@
 //! drops ([`PortIo::take_kernel_rx_drops`], from `PACKET_STATISTICS`).
 
 use crate::port::{BATCH, Batch, HEADROOM, PortIo, SLOT, TxOutcome};
+use crate::steer::Insn;
 use crate::wire::VNET_HDR_LEN;
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -132,8 +133,10 @@ unsafe impl Send for PacketPort {}
 
 /// A non-blocking raw packet socket for interface `name`, not yet bound,
 /// with the options both port kinds share: `PACKET_IGNORE_OUTGOING`,
-/// `PACKET_QDISC_BYPASS` and 8 MiB socket buffers.
-fn packet_socket(name: &str) -> io::Result<(OwnedFd, u32)> {
+/// `PACKET_QDISC_BYPASS`, 8 MiB socket buffers, and the steering program
+/// of its worker (`steer`, [`crate::steer`]), attached before the bind so
+/// that no frame is received unfiltered.
+fn packet_socket(name: &str, steer: Option<&[Insn]>) -> io::Result<(OwnedFd, u32)> {
     let ifindex = if_index(name)?;
     // Protocol 0 at creation: nothing is received until bind() names the
     // interface, so no frame of another interface slips in.
@@ -175,7 +178,37 @@ fn packet_socket(name: &str) -> io::Result<(OwnedFd, u32)> {
             setsockopt_int(&fd, libc::SOL_SOCKET, plain, 8 << 20, what)?;
         }
     }
+    if let Some(prog) = steer {
+        attach_filter(&fd, prog)?;
+    }
     Ok((fd, ifindex))
+}
+
+/// Attach a classic BPF program to a socket (`SO_ATTACH_FILTER`).
+fn attach_filter(fd: &OwnedFd, prog: &[Insn]) -> io::Result<()> {
+    let mut insns: Vec<libc::sock_filter> = prog
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let len = u16::try_from(insns.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: insns.as_mut_ptr(),
+    };
+    // The kernel copies the program during the call; `insns` outlives it.
+    setsockopt_val(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_FILTER,
+        &fprog,
+        &"SO_ATTACH_FILTER (worker steering)",
+    )
 }
 
 /// Bind `fd` to `ifindex` for every protocol and join it in promiscuous mode.
@@ -264,7 +297,12 @@ fn socket_error(fd: &OwnedFd) -> Option<libc::c_int> {
 impl PacketPort {
     /// Open and bind a packet socket on interface `name` of the calling thread's namespace.
     pub fn open(name: &str) -> io::Result<PacketPort> {
-        let (fd, ifindex) = packet_socket(name)?;
+        Self::open_steered(name, None)
+    }
+
+    /// [`PacketPort::open`] with a worker's steering program (`[switch] workers > 1`).
+    pub fn open_steered(name: &str, steer: Option<&[Insn]>) -> io::Result<PacketPort> {
+        let (fd, ifindex) = packet_socket(name, steer)?;
         setsockopt_int(&fd, SOL_PACKET, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")?;
         setsockopt_int(&fd, SOL_PACKET, PACKET_AUXDATA, 1, "PACKET_AUXDATA")?;
         bind_promisc(&fd, ifindex, name)?;
@@ -1095,7 +1133,12 @@ impl RingPort {
     /// Open a packet socket with RX and TX rings on interface `name` of the
     /// calling thread's namespace, and bind it.
     pub fn open(name: &str) -> io::Result<RingPort> {
-        let (fd, ifindex) = packet_socket(name)?;
+        Self::open_steered(name, None)
+    }
+
+    /// [`RingPort::open`] with a worker's steering program (`[switch] workers > 1`).
+    pub fn open_steered(name: &str, steer: Option<&[Insn]>) -> io::Result<RingPort> {
+        let (fd, ifindex) = packet_socket(name, steer)?;
         setsockopt_int(
             &fd,
             SOL_PACKET,

@@ -347,6 +347,50 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     links: Option<LinkWatch>,
     changes: Option<Receiver<(Box<Change>, SyncSender<Value>)>>,
     on_sighup: Option<Box<dyn FnMut()>>,
+    /// With several workers: this worker's index and the MAC learning it
+    /// shares with the others.
+    share: Option<Share>,
+}
+
+/// Depth of a worker's queue of MAC bindings from the other workers, in
+/// messages (one per sending batch that learned something). A full queue
+/// drops the message (counted): the receiver relearns from its own
+/// traffic, or from the sender's next refresh.
+pub const SHARE_QUEUE: usize = 1024;
+
+/// The MAC learning a worker shares with the others (`[switch] workers > 1`):
+/// what its table learns goes to every peer's queue after each pass, and
+/// what the peers learned is applied before the next frames are handled.
+pub struct Share {
+    /// This worker's index (0 handles the gateway, NAT and control state).
+    pub index: usize,
+    /// Bindings the other workers learned.
+    pub rx: Receiver<Vec<crate::fdb::Learned>>,
+    /// The other workers' queues.
+    pub peers: Vec<SyncSender<Vec<crate::fdb::Learned>>>,
+    /// Messages a full peer queue refused.
+    pub dropped: u64,
+    /// Bindings received and applied.
+    pub applied: u64,
+    buf: Vec<crate::fdb::Learned>,
+}
+
+impl Share {
+    /// This worker's side: index, own queue, the peers' queues.
+    pub fn new(
+        index: usize,
+        rx: Receiver<Vec<crate::fdb::Learned>>,
+        peers: Vec<SyncSender<Vec<crate::fdb::Learned>>>,
+    ) -> Share {
+        Share {
+            index,
+            rx,
+            peers,
+            dropped: 0,
+            applied: 0,
+            buf: Vec::new(),
+        }
+    }
 }
 
 /// Origin of the worker's clock ([`Worker::now`]): about 49 days, so that
@@ -435,7 +479,44 @@ impl<P: Policy + Reload> Worker<P> {
             links: None,
             changes: None,
             on_sighup: None,
+            share: None,
         }
+    }
+
+    /// Share MAC learning with the other workers (`[switch] workers > 1`).
+    pub fn set_share(&mut self, share: Share) {
+        self.pipeline.fdb.share();
+        self.share = Some(share);
+    }
+
+    /// Apply the bindings the other workers learned (before handling frames).
+    fn take_shared(&mut self, now: u64) {
+        let Some(sh) = self.share.as_mut() else {
+            return;
+        };
+        while let Ok(v) = sh.rx.try_recv() {
+            for l in v {
+                self.pipeline.fdb.learn_shared(l, now);
+                sh.applied += 1;
+            }
+        }
+    }
+
+    /// Pass what this worker's table learned to the other workers.
+    fn publish(&mut self) {
+        let Some(sh) = self.share.as_mut() else {
+            return;
+        };
+        self.pipeline.fdb.take_learned(&mut sh.buf);
+        if sh.buf.is_empty() {
+            return;
+        }
+        for p in &sh.peers {
+            if p.try_send(sh.buf.clone()).is_err() {
+                sh.dropped += 1;
+            }
+        }
+        sh.buf.clear();
     }
 
     /// Copy every frame received or sent on `port` to `sink`: received frames
@@ -685,14 +766,16 @@ impl<P: Policy + Reload> Worker<P> {
         &mut self,
         control: &Receiver<Request>,
         wake: &EventFd,
-        stop: &SignalFd,
+        stop: Option<&SignalFd>,
     ) -> io::Result<()> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         for (i, p) in self.ports.iter().enumerate() {
             epoll.add(p.io.fd(), EpollEvent::new(EpollFlags::EPOLLIN, i as u64))?;
         }
         epoll.add(wake, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE))?;
-        epoll.add(stop, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_STOP))?;
+        if let Some(stop) = stop {
+            epoll.add(stop, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_STOP))?;
+        }
         if let Some(l) = &self.links {
             epoll.add(
                 l.mon.fd(),
@@ -727,10 +810,11 @@ impl<P: Policy + Reload> Worker<P> {
             };
             let woke = ns();
             let now = self.now();
+            self.take_shared(now);
             let mut moved = 0;
             for ev in &events[..n] {
                 match ev.data() {
-                    TOKEN_STOP => match stop.read_signal() {
+                    TOKEN_STOP => match stop.map(SignalFd::read_signal).unwrap_or(Ok(None)) {
                         Ok(Some(si)) if si.ssi_signo == nix::sys::signal::Signal::SIGHUP as u32 => {
                             match self.on_sighup.as_mut() {
                                 Some(f) => f(),
@@ -770,6 +854,12 @@ impl<P: Policy + Reload> Worker<P> {
                                     continue;
                                 }
                                 "reload" => self.reload(),
+                                // A second worker ends when worker 0 does.
+                                "stop" => {
+                                    let _ = req.reply.send(json!({"ok": true}));
+                                    self.report_tap_losses();
+                                    return Ok(());
+                                }
                                 "conntrack-delete-page" => self.conntrack_delete(&req.args, now),
                                 "fdb-add" | "fdb-del" | "fdb-flush" => {
                                     self.fdb_edit(&req.cmd, &req.args, now)
@@ -817,6 +907,7 @@ impl<P: Policy + Reload> Worker<P> {
                 }
             }
             idle_pass = moved == 0;
+            self.publish();
             if moved > 0 {
                 self.pacer.traffic(woke, ns());
             }
@@ -1627,6 +1718,24 @@ impl<P: Policy + Reload> Worker<P> {
         }
     }
 
+    /// The `worker` object of `stats`: polling, and with several workers
+    /// its index, the frames it received and the MAC learning it shared.
+    fn worker_json(&self) -> Value {
+        let mut v = self.pacer.to_json(self.epoch.elapsed().as_nanos() as u64);
+        if let Some(sh) = &self.share {
+            v["index"] = sh.index.into();
+            v["rx_packets"] = self
+                .ports
+                .iter()
+                .map(|p| p.stats.rx_packets)
+                .sum::<u64>()
+                .into();
+            v["fdb_shared_applied"] = sh.applied.into();
+            v["fdb_shared_dropped"] = sh.dropped.into();
+        }
+        v
+    }
+
     /// Answer a control request.
     pub fn answer(&self, cmd: &str, now: u64) -> Value {
         match cmd {
@@ -1662,7 +1771,7 @@ impl<P: Policy + Reload> Worker<P> {
                     "switch": self.name,
                     "uptime_ms": now.saturating_sub(CLOCK_BASE_MS),
                     "pid": std::process::id(),
-                    "worker": self.pacer.to_json(self.epoch.elapsed().as_nanos() as u64),
+                    "worker": self.worker_json(),
                     "ports": ports,
                     "fdb": {"entries": self.pipeline.fdb.len(), "counters": self.pipeline.fdb.counters},
                     "arp": {"entries": self.pipeline.arp.len(), "counters": self.pipeline.arp.counters},

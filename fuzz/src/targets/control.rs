@@ -176,7 +176,7 @@ fn start() -> Result<PathBuf, String> {
                 return;
             };
             let _ = ready_tx.send(());
-            let _ = w.run(&rx, &wake, &stop);
+            let _ = w.run(&rx, &wake, Some(&stop));
         })
         .map_err(|e| e.to_string())?;
     ready_rx
