@@ -433,7 +433,11 @@ mod tests {
                 let b = [10, 0, (r >> 16) as u8, (r >> 24) as u8];
                 let proto = [6, 17, 1, 47][(r >> 32) as usize % 4];
                 let (sp, dp) = ((r >> 36) as u16, (r >> 52) as u16);
-                let frag = if (r >> 40).is_multiple_of(7) { 0x2000 } else { 0x4000 }; // MF / DF
+                let frag = if (r >> 40).is_multiple_of(7) {
+                    0x2000
+                } else {
+                    0x4000
+                }; // MF / DF
                 let ihl = if (r >> 44).is_multiple_of(5) { 6 } else { 5 };
                 let fwd = ipv4(BLUE, RED, (a, b), (proto, sp, dp), frag, ihl);
                 let rev = ipv4(RED, BLUE, (b, a), (proto, dp, sp), frag, ihl);
