@@ -308,7 +308,7 @@ fn scrape(
     tracing::debug!("metrics scrape: {path}");
     let (status, body) = if path == "/metrics" || path == "/" {
         let v = crate::control::stats_all(to_worker, wake, lanes);
-        if v["ok"] == true {
+        if v["ok"] != false {
             ("200 OK", render(&v))
         } else {
             (
