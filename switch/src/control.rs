@@ -589,17 +589,25 @@ fn handle(
         writeln!(w, "{answer}")?;
         return w.flush();
     }
-    if cmd != "capture" {
-        let answer = ask(to_worker, wake, &cmd, req.clone(), None);
-        // The other workers' MAC tables take the same edit.
-        if answer["ok"] == true && matches!(cmd.as_str(), "fdb-add" | "fdb-del" | "fdb-flush") {
-            for (k, (tx, w)) in lanes.iter().enumerate() {
-                let l = ask(tx, w, &cmd, req.clone(), None);
-                if l["ok"] != true {
-                    tracing::warn!("{cmd} on worker {}: {}", k + 1, l["error"]);
-                }
+    if matches!(cmd.as_str(), "fdb-add" | "fdb-del" | "fdb-flush") && !lanes.is_empty() {
+        // Every worker's MAC table takes the edit; workers 1.. first, so
+        // that nothing they learned before a flush reaches worker 0 after it.
+        let mut failed = Vec::new();
+        for (k, (tx, w)) in lanes.iter().enumerate() {
+            let l = ask(tx, w, &cmd, req.clone(), None);
+            if l["ok"] != true {
+                failed.push(format!("worker {}: {}", k + 1, l["error"]));
             }
         }
+        let mut answer = ask(to_worker, wake, &cmd, req, None);
+        if answer["ok"] == true && !failed.is_empty() {
+            answer = json!({"ok": false, "error": format!("applied on worker 0 but not on {}", failed.join("; "))});
+        }
+        let mut w = &conn;
+        return writeln!(w, "{answer}");
+    }
+    if cmd != "capture" {
+        let answer = ask(to_worker, wake, &cmd, req, None);
         let mut w = &conn;
         return writeln!(w, "{answer}");
     }

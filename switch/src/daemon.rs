@@ -431,6 +431,7 @@ pub fn steer_for(t: &Topology, w: usize, ifname: &str) -> Option<Vec<Insn>> {
         workers: n,
         gateway: gateway_mac(t),
         whole,
+        ports: !t.policy.acl.iter().any(|a| a.state.is_some()),
     }))
 }
 
@@ -532,6 +533,7 @@ fn spawn_lane(
     wake: Arc<EventFd>,
     share: crate::worker::Share,
     taps: Vec<(usize, crate::worker::TapSink, String)>,
+    statics: Vec<(u16, MacAddr, usize)>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let t = t.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<()>>(1);
@@ -572,6 +574,11 @@ fn spawn_lane(
                     w.add_tap(p, sink, Some(name));
                 }
                 w.set_share(share);
+                // Static entries restored into worker 0 (`fdb add` pins).
+                let now = w.now();
+                for (vlan, mac, port) in statics {
+                    let _ = w.parts_mut().1.fdb.add_static(vlan, mac, port, now);
+                }
                 w.set_polling(sw.busy_poll, sw.adaptive_poll);
                 match link_watch(&t, k) {
                     Ok(l) => w.set_link_watch(l),
@@ -590,8 +597,22 @@ fn spawn_lane(
             match built {
                 Ok(mut w) => {
                     let _ = ready_tx.send(Ok(()));
-                    if let Err(e) = w.run(&control, &wake, None) {
-                        tracing::error!("worker {k} failed: {e}");
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        w.run(&control, &wake, None)
+                    }));
+                    let failed = match r {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some("panicked".to_string()),
+                    };
+                    // Its share of the flows would be lost: stop the whole
+                    // switch (cleanly, as on SIGTERM) rather than run degraded.
+                    if let Some(e) = failed {
+                        tracing::error!("worker {k} failed ({e}): stopping the switch");
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::this(),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
                     }
                 }
                 Err(e) => {
@@ -706,6 +727,15 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
     // The binary `vswitch upgrade` executes again, as it was when started
     // (the file may be replaced while we run).
     let exe = std::env::current_exe().ok();
+    if sw.workers > 1
+        && !t.policy.rate_limits.is_empty()
+        && t.policy.acl.iter().any(|a| a.state.is_some())
+    {
+        bail!(
+            "[switch] workers = {}: a rate-limited port's frames all go to worker 0 while replies to it are spread, so stateful ACL rules would miss them; use workers = 1, or drop the rate limits or the `state` rules",
+            sw.workers
+        );
+    }
     if sw.workers > 1 && std::any::TypeId::of::<U>() != std::any::TypeId::of::<NoPolicy>() {
         bail!(
             "[switch] workers = {}: a custom policy runs on one worker only; set workers = 1",
@@ -1004,9 +1034,27 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
     if let Some(sh) = shares.next() {
         worker.set_share(sh);
     }
+    let statics: Vec<(u16, MacAddr, usize)> = {
+        let now = worker.now();
+        let (_, p) = worker.parts();
+        p.fdb
+            .entries(now)
+            .into_iter()
+            .filter(|(_, e)| e.is_static)
+            .map(|(m, e)| (e.vlan, m, e.port))
+            .collect()
+    };
     let mut lanes = Vec::new();
     for (k, ((lrx, lwake), sh)) in lane_ends.into_iter().zip(shares).enumerate() {
-        match spawn_lane(t, k + 1, lrx, lwake.clone(), sh, lane_taps.clone()) {
+        match spawn_lane(
+            t,
+            k + 1,
+            lrx,
+            lwake.clone(),
+            sh,
+            lane_taps.clone(),
+            statics.clone(),
+        ) {
             Ok(h) => lanes.push(Lane {
                 to: lanes_h[k].0.clone(),
                 wake: lwake,

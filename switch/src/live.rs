@@ -168,6 +168,9 @@ pub fn diff(old: &Topology, new: &Topology) -> Diff {
             if a.io != b.io {
                 keys.push("io");
             }
+            if a.workers != b.workers {
+                keys.push("workers");
+            }
             d.refused.push(format!(
                 "[switch] {}: cannot change while running (restart the switch)",
                 keys.join(", ")

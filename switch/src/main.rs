@@ -607,10 +607,27 @@ fn print_stats(v: &Value) {
         }
     }
     println!("switch {} up {}", s(&v["switch"]), secs(&v["uptime_ms"]));
-    let w = &v["worker"];
-    if w.is_object() {
+    // One line per worker (`workers` with `[switch] workers > 1`).
+    let workers = match v["workers"].as_array() {
+        Some(ws) => ws.iter().collect(),
+        None => vec![&v["worker"]],
+    };
+    for (k, w) in workers.iter().enumerate().filter(|(_, w)| w.is_object()) {
+        let shared = if w["index"].is_null() {
+            String::new()
+        } else {
+            format!(
+                ", {} frames received, {} MAC bindings from the other workers ({} updates dropped)",
+                w["rx_packets"], w["fdb_shared_applied"], w["fdb_shared_dropped"]
+            )
+        };
         println!(
-            "worker: polling {} (busy_poll_us {}, adaptive_poll_us {}), polled {} ms, {} waits, {} empty wake-ups",
+            "worker{}: polling {} (busy_poll_us {}, adaptive_poll_us {}), polled {} ms, {} waits, {} empty wake-ups{shared}",
+            if workers.len() > 1 {
+                format!(" {k}")
+            } else {
+                String::new()
+            },
             s(&w["polling"]),
             w["busy_poll_us"],
             w["adaptive_poll_us"],

@@ -9,8 +9,9 @@
 //! - Unicast IPv4 between LAN hosts (not to the gateway's MAC, not a
 //!   broadcast or multicast address) goes to worker `h % N`, where `h` is a
 //!   symmetric hash of the addresses and, for TCP and UDP, the ports (IP
-//!   fragments hash by the addresses only). Both directions of a flow meet
-//!   the same worker, so a stateful ACL sees the whole flow.
+//!   fragments hash by the addresses only; with stateful ACL rules every
+//!   frame does, so ICMP errors and fragments meet their flow's state).
+//!   Both directions of a flow meet the same worker.
 //! - Everything else goes to worker 0: ARP, IPv6, frames too short to
 //!   carry what the hash reads (the pipeline counts them as malformed),
 //!   frames to the gateway (routing and the NAT live on worker 0 only), and
@@ -88,6 +89,12 @@ pub struct Steer {
     pub gateway: Option<MacAddr>,
     /// Every frame of the port goes to worker 0 (uplink, rate-limited port).
     pub whole: bool,
+    /// Hash TCP and UDP ports too (spreads the connections of one host
+    /// pair). Off when the ACL has stateful rules: an ICMP error or a later
+    /// fragment of a flow has no ports to hash, and must meet the worker
+    /// that holds the flow's state, so then every frame hashes by its
+    /// addresses only.
+    pub ports: bool,
 }
 
 /// Instructions with symbolic jump targets, resolved by [`Asm::finish`].
@@ -214,11 +221,15 @@ pub fn program(s: &Steer) -> Vec<Insn> {
     let l7 = a.label();
     a.jmp(JSET, 0x3fff, frag, l7);
     a.bind(l7);
-    a.op(LD | B | ABS, 23);
-    let l8 = a.label();
-    a.jmp(JEQ, 6, ports, l8);
-    a.bind(l8);
-    a.jmp(JEQ, 17, ports, frag);
+    if s.ports {
+        a.op(LD | B | ABS, 23);
+        let l8 = a.label();
+        a.jmp(JEQ, 6, ports, l8);
+        a.bind(l8);
+        a.jmp(JEQ, 17, ports, frag);
+    } else {
+        a.jmp(JA, 0, frag, frag);
+    }
     // Ports: X = IHL; both ports must be in the frame.
     a.bind(ports);
     a.op(LDX | B | MSH, 14);
@@ -404,6 +415,7 @@ mod tests {
             workers,
             gateway: Some(MacAddr(GW)),
             whole,
+            ports: true,
         })
     }
 
@@ -508,8 +520,37 @@ mod tests {
             workers: 1,
             gateway: None,
             whole: false,
+            ports: true,
         });
         assert_eq!(run(&one, &[0u8; 3]), ACCEPT);
+    }
+
+    #[test]
+    fn with_stateful_rules_icmp_errors_and_fragments_meet_their_flow() {
+        let ips = ([192, 168, 15, 1], [192, 168, 15, 2]);
+        let by_addr = |w| {
+            program(&Steer {
+                worker: w,
+                workers: 2,
+                gateway: Some(MacAddr(GW)),
+                whole: false,
+                ports: false,
+            })
+        };
+        let take = |f: &[u8]| -> Vec<usize> {
+            (0..2).filter(|&w| run(&by_addr(w), f) == ACCEPT).collect()
+        };
+        let flow = take(&ipv4(BLUE, RED, ips, (17, 4000, 53), 0x4000, 5));
+        assert_eq!(flow.len(), 1);
+        for sp in 4001..4040 {
+            let other = ipv4(BLUE, RED, ips, (6, sp, 80), 0x4000, 5);
+            assert_eq!(take(&other), flow, "every flow of the pair together");
+        }
+        // An ICMP port unreachable about it, from blue, and a later fragment.
+        let icmp = ipv4(RED, BLUE, (ips.1, ips.0), (1, 0x0303, 0), 0x0000, 5);
+        assert_eq!(take(&icmp), flow);
+        let frag = ipv4(BLUE, RED, ips, (17, 0, 0), 0x00b9, 5);
+        assert_eq!(take(&frag), flow);
     }
 
     #[test]
@@ -526,6 +567,7 @@ mod tests {
                 workers: n,
                 gateway: gw.then_some(MacAddr(GW)),
                 whole,
+                ports: gw,
             });
             assert!(p.len() < 4096);
             for (i, insn) in p.iter().enumerate() {

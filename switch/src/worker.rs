@@ -854,14 +854,23 @@ impl<P: Policy + Reload> Worker<P> {
                                     continue;
                                 }
                                 "reload" => self.reload(),
-                                // A second worker ends when worker 0 does.
-                                "stop" => {
+                                // A second worker ends when worker 0 does
+                                // (worker 0 takes no "stop": it stops on a signal).
+                                "stop" if self.share.as_ref().is_some_and(|s| s.index > 0) => {
                                     let _ = req.reply.send(json!({"ok": true}));
                                     self.report_tap_losses();
                                     return Ok(());
                                 }
                                 "conntrack-delete-page" => self.conntrack_delete(&req.args, now),
                                 "fdb-add" | "fdb-del" | "fdb-flush" => {
+                                    // Bindings the other workers sent before
+                                    // they flushed (they flush first) are
+                                    // older than the flush: dropped.
+                                    if req.cmd == "fdb-flush"
+                                        && let Some(sh) = self.share.as_mut()
+                                    {
+                                        while sh.rx.try_recv().is_ok() {}
+                                    }
                                     self.fdb_edit(&req.cmd, &req.args, now)
                                 }
                                 "upgrade" => {
