@@ -108,6 +108,50 @@ pub struct PortInfo {
     pub lan: bool,
 }
 
+impl PortInfo {
+    /// What the policy needs of each of `ports`.
+    pub fn of(ports: &[Port]) -> Vec<PortInfo> {
+        ports
+            .iter()
+            .map(|p| PortInfo {
+                name: p.name.clone(),
+                netns: p.netns.clone(),
+                lan: p.lan,
+            })
+            .collect()
+    }
+}
+
+/// The pipeline of switch `t` over `ports` ports with `gateway` and
+/// `policy`: table bounds and ageing from `[switch]`, VLAN roles if any.
+fn new_pipeline<P: Policy>(
+    t: &Topology,
+    ports: usize,
+    gateway: Option<GatewayConfig>,
+    policy: P,
+) -> Result<Pipeline<P>> {
+    let sw = t
+        .switch
+        .as_ref()
+        .ok_or_else(|| anyhow!("topology {:?} has no [switch]", t.name))?;
+    let cfg = PipelineConfig {
+        gateway,
+        ports,
+        fdb_max: sw.fdb_max,
+        fdb_max_per_port: sw.fdb_max_per_port,
+        ageing_ms: sw.ageing.as_millis() as u64,
+        arp_max: sw.arp_max,
+        arp_max_per_port: sw.arp_max_per_port,
+        arp_suppress: sw.arp_suppress,
+    };
+    let mut pipeline = Pipeline::with_policy(&cfg, policy);
+    if let Some(v) = vlan_ports(t, ports) {
+        pipeline.vlans = Some(v);
+        pipeline.fdb.set_default_vlan(1);
+    }
+    Ok(pipeline)
+}
+
 fn ip_net(c: netns_setup::topology::IpCidr) -> IpNet {
     match c {
         netns_setup::topology::IpCidr::V4(c) => IpNet::V4(c.addr, c.prefix),
@@ -543,29 +587,8 @@ fn spawn_lane(
             let built = (|| -> Result<Worker<(Chain, NoPolicy)>> {
                 let sw = t.switch.clone().ok_or_else(|| anyhow!("no [switch]"))?;
                 let ports = open_ports_for(&t, k)?;
-                let infos: Vec<PortInfo> = ports
-                    .iter()
-                    .map(|p| PortInfo {
-                        name: p.name.clone(),
-                        netns: p.netns.clone(),
-                        lan: p.lan,
-                    })
-                    .collect();
-                let cfg = PipelineConfig {
-                    gateway: None,
-                    ports: ports.len(),
-                    fdb_max: sw.fdb_max,
-                    fdb_max_per_port: sw.fdb_max_per_port,
-                    ageing_ms: sw.ageing.as_millis() as u64,
-                    arp_max: sw.arp_max,
-                    arp_max_per_port: sw.arp_max_per_port,
-                    arp_suppress: sw.arp_suppress,
-                };
-                let mut pipeline = Pipeline::with_policy(&cfg, (Chain::default(), NoPolicy));
-                if let Some(v) = vlan_ports(&t, ports.len()) {
-                    pipeline.vlans = Some(v);
-                    pipeline.fdb.set_default_vlan(1);
-                }
+                let infos = PortInfo::of(&ports);
+                let pipeline = new_pipeline(&t, ports.len(), None, (Chain::default(), NoPolicy))?;
                 let mut w = Worker::new(sw.name.clone(), ports, pipeline);
                 let t2 = t.clone();
                 w.set_reloader(Box::new(move || build_policy(&t2, &infos)))
@@ -840,16 +863,6 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
             return Err(e);
         }
     };
-    let cfg = PipelineConfig {
-        gateway,
-        ports: ports.len(),
-        fdb_max: sw.fdb_max,
-        fdb_max_per_port: sw.fdb_max_per_port,
-        ageing_ms: sw.ageing.as_millis() as u64,
-        arp_max: sw.arp_max,
-        arp_max_per_port: sw.arp_max_per_port,
-        arp_suppress: sw.arp_suppress,
-    };
     let wake = Arc::new(
         EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).context("eventfd")?,
     );
@@ -899,19 +912,14 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
             }
         }
     }
-    let port_snapshot: Vec<PortInfo> = ports
-        .iter()
-        .map(|p| PortInfo {
-            name: p.name.clone(),
-            netns: p.netns.clone(),
-            lan: p.lan,
-        })
-        .collect();
-    let mut pipeline = Pipeline::<(Chain, U)>::with_policy(&cfg, (Chain::default(), policy));
-    if let Some(v) = vlan_ports(t, ports.len()) {
-        pipeline.vlans = Some(v);
-        pipeline.fdb.set_default_vlan(1);
-    }
+    let port_snapshot = PortInfo::of(&ports);
+    let pipeline = match new_pipeline(t, ports.len(), gateway, (Chain::default(), policy)) {
+        Ok(p) => p,
+        Err(e) => {
+            cleanup("start-up failed");
+            return Err(e);
+        }
+    };
     let mut worker = Worker::<(Chain, U)>::new(sw.name.clone(), ports, pipeline);
     let slots0 = port_snapshot.clone();
     let file = opts.file.clone();
