@@ -213,10 +213,28 @@ fn attach_filter(fd: &OwnedFd, prog: &[Insn]) -> io::Result<()> {
 
 /// Bind `fd` to `ifindex` for every protocol and join it in promiscuous mode.
 fn bind_promisc(fd: &OwnedFd, ifindex: u32, name: &str) -> io::Result<()> {
+    bind_to(fd, ifindex, ETH_P_ALL, name)?;
+    let mreq = PacketMreq {
+        mr_ifindex: ifindex as i32,
+        mr_type: PACKET_MR_PROMISC,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    setsockopt_val(
+        fd,
+        SOL_PACKET,
+        PACKET_ADD_MEMBERSHIP,
+        &mreq,
+        &format_args!("promiscuous mode on {name}"),
+    )
+}
+
+/// Bind `fd` to `ifindex` for `protocol` (host order; 0: receive nothing).
+fn bind_to(fd: &OwnedFd, ifindex: u32, protocol: u16, name: &str) -> io::Result<()> {
     // SAFETY: sockaddr_ll is plain data; all-zero is valid before we fill it.
     let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_ALL.to_be();
+    sll.sll_protocol = protocol.to_be();
     sll.sll_ifindex = ifindex as i32;
     // SAFETY: `sll` is a valid sockaddr_ll and we pass its exact size.
     let rc = unsafe {
@@ -233,19 +251,7 @@ fn bind_promisc(fd: &OwnedFd, ifindex: u32, name: &str) -> io::Result<()> {
             format!("bind AF_PACKET to {name}: {e}"),
         ));
     }
-    let mreq = PacketMreq {
-        mr_ifindex: ifindex as i32,
-        mr_type: PACKET_MR_PROMISC,
-        mr_alen: 0,
-        mr_address: [0; 8],
-    };
-    setsockopt_val(
-        fd,
-        SOL_PACKET,
-        PACKET_ADD_MEMBERSHIP,
-        &mreq,
-        &format_args!("promiscuous mode on {name}"),
-    )
+    Ok(())
 }
 
 /// `struct tpacket_stats`: what `PACKET_STATISTICS` returns for V1/V2 and
@@ -323,6 +329,27 @@ impl PacketPort {
     /// The interface index the socket is bound to.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// A send-only port on `name`: bound to the interface with protocol 0,
+    /// so the kernel hooks no receive handler and nothing is ever queued
+    /// on it (its `rx_batch` always finds nothing). The ring port sends
+    /// super-frames through one ([`RingPort`]).
+    pub fn open_tx_only(name: &str) -> io::Result<PacketPort> {
+        let (fd, ifindex) = packet_socket(name, None)?;
+        setsockopt_int(&fd, SOL_PACKET, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")?;
+        bind_to(&fd, ifindex, 0, name)?;
+        Ok(PacketPort {
+            fd,
+            ifindex,
+            // SAFETY: as in `open_steered`: plain C data, all-zero is valid.
+            hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            // SAFETY: as above.
+            iovs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            // SAFETY: as above.
+            names: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            ctrl: vec![[0; CTRL_LEN]; BATCH],
+        })
     }
 }
 
@@ -514,16 +541,15 @@ const RX_MAC_OFF: usize =
 /// kernel's offset; larger frames take the `TP_STATUS_COPY` path.
 const RX_SLOT: usize = 2048;
 const _: () = assert!(RX_SLOT >= RX_MAC_OFF + 1518);
-/// Smallest TX slot for the largest vnet header + frame the pipeline emits
-/// (a restored or pushed VLAN tag uses the batch headroom).
-const TX_MIN_FRAME: usize = TX_DATA_OFF + SLOT;
-/// Ring block size: 1 MiB holds 512 RX slots, or 15 TX slots of ~68 KiB
-/// (≤ 0.1 % unused).
+/// Smallest TX slot: the largest vnet header + frame the ring sends (longer
+/// ones go through the port's bulk socket, [`BULK_MIN`]).
+const TX_MIN_FRAME: usize = TX_DATA_OFF + BULK_MIN;
+/// Ring block size: 1 MiB holds 512 RX slots, or 254 TX slots of 4,128 bytes.
 const RING_BLOCK: usize = 1 << 20;
 /// RX ring: 4 blocks, 2,048 slots (4 MiB per port).
 const RX_BLOCKS: usize = 4;
-/// TX ring: 4 blocks, 60 slots (4 MiB per port), more than one batch.
-const TX_BLOCKS: usize = 4;
+/// TX ring: 1 block, 254 slots (1 MiB per port), several batches.
+const TX_BLOCKS: usize = 1;
 
 /// Geometry of one TPACKET_V2 ring, as passed to `PACKET_RX_RING` /
 /// `PACKET_TX_RING` (`struct tpacket_req`).
@@ -1088,15 +1114,22 @@ impl Drop for Mapping {
 /// are restored from `tp_vlan_tci`, NAT rewrites happen in place in the
 /// batch).
 ///
-/// Transmit: 60 slots of 69,904 bytes (15 per 1 MiB block, 4 MiB), each
-/// holding a whole batch slot. Frames are copied into free slots, marked
+/// Transmit: frames up to [`BULK_MIN`] bytes (vnet header included) go
+/// through a TX ring of 254 slots of 4,128 bytes (1 MiB); longer ones (GSO
+/// super-frames) through a second, receive-less socket with `sendmmsg`,
+/// straight from the batch: on veth the kernel copies a ring slot's pages
+/// again (`skb_orphan_frags`), so through the ring a super-frame would be
+/// copied twice, and once this way (the profile in `docs/bench/profile.txt`
+/// shows `skb_copy_ubufs` and our memmove gone). Runs of each kind are sent
+/// in batch order, each before the next starts, so nothing is reordered.
+/// Ring frames are copied into free slots, marked
 /// `SEND_REQUEST`, and one `sendto(MSG_DONTWAIT)` kick sends the batch
 /// (kicked again while kicks make progress: a frame the device refused is
 /// retried); a full ring, device queue or socket buffer is a counted drop,
 /// never a wait, and slots the kernel did not take are taken back, so
 /// nothing is sent late.
 ///
-/// **Memory: 8 MiB of kernel memory per port**, allocated and pinned at open
+/// **Memory: 5 MiB of kernel memory per port**, allocated and pinned at open
 /// (the `mmsg` port's 8 MiB buffers are limits, not allocations), plus queued
 /// super-frame copies: the kernel queues one while the socket's receive
 /// memory is below `sk_rcvbuf`, which is twice the 8 MiB we set
@@ -1109,6 +1142,11 @@ pub struct RingPort {
     rx: Ring,
     tx: Ring,
     lens: [u32; BATCH],
+    /// Sends super-frames (wire length above [`BULK_MIN`]) from the batch
+    /// with `sendmmsg`: one copy into the skb. Through the TX ring they
+    /// cost two on veth (ours into the slot, then the kernel's
+    /// `skb_copy_ubufs` of the ring's pages, `skb_orphan_frags`).
+    bulk: PacketPort,
     /// Super-frames lost since the last [`PortIo::take_kernel_rx_drops`]
     /// (cut to a slot without a whole copy, or their copy not received) and
     /// stray copies dropped.
@@ -1188,6 +1226,7 @@ impl RingPort {
             )
         };
         bind_promisc(&fd, ifindex, name)?;
+        let bulk = PacketPort::open_tx_only(name)?;
         Ok(RingPort {
             map,
             fd,
@@ -1195,6 +1234,7 @@ impl RingPort {
             rx,
             tx,
             lens: [0; BATCH],
+            bulk,
             rx_lost: 0,
         })
     }
@@ -1309,6 +1349,49 @@ impl PortIo for RingPort {
     }
 
     fn tx_batch(&mut self, batch: &Batch, idx: &[u16]) -> io::Result<TxOutcome> {
+        // Runs of small frames through the ring, runs of super-frames
+        // through the bulk socket, in order (each call sends before it
+        // returns), so no flow is reordered.
+        let mut o = TxOutcome::default();
+        let bulk = |i: &u16| batch.wire(usize::from(*i)).len() > BULK_MIN;
+        let mut rest = idx;
+        while let Some(first) = rest.first() {
+            let big = bulk(first);
+            let n = rest
+                .iter()
+                .position(|i| bulk(i) != big)
+                .unwrap_or(rest.len());
+            let (run, tail) = rest.split_at(n);
+            let r = if big {
+                self.bulk.tx_batch(batch, run)?
+            } else {
+                self.tx_ring(batch, run)?
+            };
+            o.sent += r.sent;
+            o.bytes += r.bytes;
+            o.failed += r.failed;
+            rest = tail;
+        }
+        Ok(o)
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn take_kernel_rx_drops(&mut self) -> u64 {
+        packet_rx_drops(&self.fd) + std::mem::take(&mut self.rx_lost)
+    }
+}
+
+/// Wire length (vnet header + frame) above which the ring port sends a
+/// frame with `sendmmsg` instead of its TX ring: anything longer than a
+/// tagged jumbo-less MTU frame, i.e. GSO super-frames.
+pub const BULK_MIN: usize = 4096;
+
+impl RingPort {
+    /// Send frames `idx` of `batch` through the TX ring (one kick).
+    fn tx_ring(&mut self, batch: &Batch, idx: &[u16]) -> io::Result<TxOutcome> {
         let mut o = TxOutcome::default();
         let start = self.tx.head;
         let queued = self.tx.tx_fill(batch, idx, &mut self.lens);
@@ -1325,14 +1408,6 @@ impl PortIo for RingPort {
             Some(e) => Err(e),
             None => Ok(o),
         }
-    }
-
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    fn take_kernel_rx_drops(&mut self) -> u64 {
-        packet_rx_drops(&self.fd) + std::mem::take(&mut self.rx_lost)
     }
 }
 
@@ -1569,30 +1644,23 @@ mod tests {
             tx,
             RingGeometry {
                 block_size: 1 << 20,
-                block_nr: 4,
-                frame_size: 69_904,
-                frame_nr: 60
+                block_nr: 1,
+                frame_size: 4_128,
+                frame_nr: 254
             }
         );
-        assert!(tx.frame_nr as usize >= BATCH);
+        assert!(tx.frame_nr as usize >= 4 * BATCH);
         assert!(
-            tx.frame_size as usize - TX_DATA_OFF >= SLOT,
-            "a whole batch slot"
+            tx.frame_size as usize - TX_DATA_OFF >= BULK_MIN,
+            "every frame the ring sends"
         );
-        assert!(tx.frame_size as usize - RX_MAC_OFF >= MAX_FRAME);
         assert_eq!(
             rx.bytes() + tx.bytes(),
-            8 << 20,
-            "the documented 8 MiB per port"
+            5 << 20,
+            "the documented 5 MiB per port"
         );
-        // Slots never span blocks; the 16th TX slot opens the second block.
-        assert_eq!(tx.offset(14) + tx.frame_size as usize, 15 * 69_904);
-        assert!(tx.offset(14) + tx.frame_size as usize <= tx.block_size as usize);
-        assert_eq!(tx.offset(15), 1 << 20);
-        assert_eq!(
-            tx.offset(59) + tx.frame_size as usize,
-            3 * (1 << 20) + 15 * 69_904
-        );
+        // Slots never span blocks.
+        assert!(tx.offset(253) + tx.frame_size as usize <= tx.block_size as usize);
         assert_eq!(rx.offset(513), (1 << 20) + 2048);
         for i in 0..tx.frame_nr {
             assert!(tx.offset(i).is_multiple_of(16));
@@ -1601,13 +1669,13 @@ mod tests {
         // What the kernel refuses, we refuse.
         assert!(RingGeometry::new(TX_MIN_FRAME, (1 << 20) + 100, 1, 4096).is_none());
         assert!(
-            RingGeometry::new(TX_MIN_FRAME, 65_536, 1, 4096).is_none(),
+            RingGeometry::new(70_000, 65_536, 1, 4096).is_none(),
             "frame > block"
         );
         assert!(RingGeometry::new(TX_MIN_FRAME, RING_BLOCK, 0, 4096).is_none());
         assert!(
             !RingGeometry {
-                frame_nr: 61,
+                frame_nr: 255,
                 ..big
             }
             .is_valid(4096)
@@ -1886,7 +1954,8 @@ mod tests {
 
     #[test]
     fn tx_ring_queues_in_order_stops_when_full_and_takes_back_what_was_not_sent() {
-        let g = RingGeometry::new(TX_MIN_FRAME, RING_BLOCK, 1, 4096).unwrap();
+        // 15 slots of a whole batch slot each: a small ring to fill.
+        let g = RingGeometry::new(TX_DATA_OFF + SLOT, RING_BLOCK, 1, 4096).unwrap();
         assert_eq!(g.frame_nr, 15);
         let (_mem, mut r) = test_ring(g);
         let b = batch_of(3);

@@ -34,7 +34,7 @@ fn ring_io_forwards_routes_and_passes_super_frames_whole() {
     let _s = serial();
     let nt = nat_topo_with(2, "io = \"ring\"\n", "", "", "");
     let sw = SwitchProc::start(&nt.topo);
-    // Each AF_PACKET port (red, blue, uplink) maps its 8 MiB of rings.
+    // Each AF_PACKET port (red, blue, uplink) maps its 5 MiB of rings.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", sw.pid())).unwrap();
     let rings = maps
         .lines()
@@ -43,7 +43,7 @@ fn ring_io_forwards_routes_and_passes_super_frames_whole() {
             let r = l.split_whitespace().next().unwrap();
             let (a, b) = r.split_once('-').unwrap();
             let len = u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap();
-            len == 8 << 20
+            len == 5 << 20
         })
         .count();
     assert_eq!(rings, 3, "ring mappings in {maps}");
