@@ -466,6 +466,33 @@ impl Netlink {
         }
     }
 
+    /// Add an IPv6 address without duplicate address detection
+    /// (`IFA_F_NODAD`: usable at once, as the topology owns the prefix);
+    /// `Ok(false)` if it was already there.
+    pub fn add_addr6(
+        &mut self,
+        index: u32,
+        name: &str,
+        addr: std::net::Ipv6Addr,
+        prefix: u8,
+    ) -> Result<bool, NlError> {
+        const IFA_F_NODAD: u8 = 0x02;
+        let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK);
+        let mut h = [0u8; 8];
+        h[0] = AF_INET6;
+        h[1] = prefix;
+        h[2] = IFA_F_NODAD;
+        h[4..8].copy_from_slice(&index.to_ne_bytes());
+        m.bytes(&h)
+            .attr(IFA_LOCAL, &addr.octets())
+            .attr(IFA_ADDRESS, &addr.octets());
+        match self.request(&format!("add address {addr}/{prefix} to {name}"), m) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno == Errno::EEXIST => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// IPv4 addresses of this namespace.
     pub fn addrs(&mut self) -> Result<Vec<Addr>, NlError> {
         let mut m = Msg::new(RTM_GETADDR, NLM_F_DUMP);
@@ -504,6 +531,30 @@ impl Netlink {
         h[7] = RTN_UNICAST;
         m.bytes(&h).attr(RTA_GATEWAY, &gw.octets());
         match self.request(&format!("add default route via {gw}"), m) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno == Errno::EEXIST => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Add an IPv6 default route via `gw` out of interface `oif` (a
+    /// link-local next hop needs it); `Ok(false)` if one was already there.
+    pub fn add_default_route6(
+        &mut self,
+        gw: std::net::Ipv6Addr,
+        oif: u32,
+    ) -> Result<bool, NlError> {
+        let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK);
+        let mut h = [0u8; 12];
+        h[0] = AF_INET6;
+        h[4] = RT_TABLE_MAIN;
+        h[5] = RTPROT_BOOT;
+        h[6] = 0; // RT_SCOPE_UNIVERSE
+        h[7] = RTN_UNICAST;
+        m.bytes(&h)
+            .attr(RTA_GATEWAY, &gw.octets())
+            .attr(RTA_OIF, &oif.to_ne_bytes());
+        match self.request(&format!("add IPv6 default route via {gw}"), m) {
             Ok(_) => Ok(true),
             Err(e) if e.errno == Errno::EEXIST => Ok(false),
             Err(e) => Err(e),

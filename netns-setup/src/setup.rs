@@ -467,6 +467,16 @@ fn configure_inside(
     {
         changes.push(format!("{}: default via {gw}", ns.name));
     }
+    for a in &ns.address6 {
+        if nl.add_addr6(l.index, &l.name, a.addr, a.prefix)? {
+            changes.push(format!("{}: address {a} on {}", ns.name, l.name));
+        }
+    }
+    if let Some(gw) = ns.gateway6
+        && nl.add_default_route6(gw, l.index)?
+    {
+        changes.push(format!("{}: default via {gw}", ns.name));
+    }
     report.changes.extend(changes);
     Ok(())
 }

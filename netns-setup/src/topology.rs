@@ -96,6 +96,61 @@ impl fmt::Display for Ipv4Cidr {
     }
 }
 
+/// An IPv6 address with a prefix length, `fd00:15::1/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv6Cidr {
+    /// The host address.
+    pub addr: std::net::Ipv6Addr,
+    /// Prefix length, 0..=128.
+    pub prefix: u8,
+}
+
+impl Ipv6Cidr {
+    /// Whether `ip` lies in this prefix.
+    pub fn contains(&self, ip: std::net::Ipv6Addr) -> bool {
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        u128::from(ip) & mask == u128::from(self.addr) & mask
+    }
+}
+
+impl fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Ipv6Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (expected an IPv6 address/len)"))?;
+        let addr: std::net::Ipv6Addr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IPv6 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= 128)
+            .ok_or_else(|| format!("prefix length {p:?} is not in 0..=128"))?;
+        Ok(Ipv6Cidr { addr, prefix })
+    }
+}
+
+impl OneOrMany {
+    /// The values, one or many.
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
 /// An IPv4 or IPv6 network with a prefix length (ACL `src`/`dst`):
 /// `192.168.15.0/24`, `fe80::/10`; a bare address means a host (/32, /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -233,10 +288,16 @@ pub struct SwitchSpec {
 pub struct NamespaceSpec {
     /// Namespace name, as in `ip netns list`.
     pub name: String,
-    /// Address of the namespace's interface.
+    /// IPv4 address of the namespace's interface.
     pub address: Ipv4Cidr,
+    /// IPv6 addresses of the interface (`address = ["…/24", "fd00::1/64"]`),
+    /// added without duplicate address detection (usable at once).
+    pub address6: Vec<Ipv6Cidr>,
     /// Default route via this address, if any.
     pub gateway: Option<Ipv4Addr>,
+    /// IPv6 default route via this address (on one of `address6`'s
+    /// prefixes, or link-local), if any.
+    pub gateway6: Option<std::net::Ipv6Addr>,
     /// Endpoint kind.
     pub kind: EndpointKind,
     /// Interface name inside the namespace.
@@ -529,6 +590,8 @@ struct AclFile {
     state: Option<String>,
 }
 
+/// One string or a list of them in the file (`in_port = "…"`,
+/// `address = ["…", "…"]`).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum OneOrMany {
@@ -877,8 +940,8 @@ struct SwitchFile {
 #[serde(deny_unknown_fields)]
 struct NamespaceFile {
     name: String,
-    address: String,
-    gateway: Option<String>,
+    address: OneOrMany,
+    gateway: Option<OneOrMany>,
     kind: Option<String>,
     ifname: Option<String>,
     switch_ifname: Option<String>,
@@ -1102,10 +1165,45 @@ impl Topology {
 
         let mut namespaces = Vec::new();
         let mut addrs: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut addrs6: HashMap<std::net::Ipv6Addr, usize> = HashMap::new();
         let mut switch_side: HashMap<String, usize> = HashMap::new();
         for (i, ns) in file.namespace.into_iter().enumerate() {
             let k = |f: &str| format!("namespace[{i}].{f}");
-            let address: Ipv4Cidr = ns.address.parse().map_err(|e| err(k("address"), e))?;
+            // One IPv4 address, any number of IPv6 ones.
+            let mut v4 = Vec::new();
+            let mut address6: Vec<Ipv6Cidr> = Vec::new();
+            for a in ns.address.into_vec() {
+                if a.contains(':') {
+                    let c: Ipv6Cidr = a.parse().map_err(|e| err(k("address"), e))?;
+                    let ip = c.addr;
+                    if c.prefix == 0 || ip.is_unspecified() || ip.is_loopback() || ip.is_multicast()
+                    {
+                        return Err(err(
+                            k("address"),
+                            format!("{c} is not a unicast IPv6 address with a prefix in 1..=128"),
+                        ));
+                    }
+                    if let Some(j) = addrs6.insert(ip, i) {
+                        return Err(err(
+                            k("address"),
+                            format!("{ip} is already used by namespace[{j}]"),
+                        ));
+                    }
+                    address6.push(c);
+                } else {
+                    v4.push(a);
+                }
+            }
+            let address: Ipv4Cidr = match v4.as_slice() {
+                [a] => a.parse().map_err(|e| err(k("address"), e))?,
+                [] => {
+                    return Err(err(
+                        k("address"),
+                        "needs one IPv4 address (e.g. \"192.168.15.1/24\"), IPv6 ones optional",
+                    ));
+                }
+                _ => return Err(err(k("address"), "takes one IPv4 address, not several")),
+            };
             if address.prefix == 0 || address.prefix > 30 {
                 return Err(err(k("address"), "prefix length must be in 1..=30"));
             }
@@ -1121,31 +1219,56 @@ impl Topology {
                     format!("{} is already used by namespace[{j}]", address.addr),
                 ));
             }
-            let gateway = match ns.gateway {
-                None => None,
-                Some(g) => {
-                    let g: Ipv4Addr = g
+            let mut gateway = None;
+            let mut gateway6 = None;
+            for g in ns.gateway.map(OneOrMany::into_vec).unwrap_or_default() {
+                if g.contains(':') {
+                    let g6: std::net::Ipv6Addr = g
                         .parse()
-                        .map_err(|_| err(k("gateway"), format!("{g:?} is not an IPv4 address")))?;
-                    if !address.contains(g) {
+                        .map_err(|_| err(k("gateway"), format!("{g:?} is not an IPv6 address")))?;
+                    let link_local = (g6.segments()[0] & 0xffc0) == 0xfe80;
+                    if !link_local && !address6.iter().any(|c| c.contains(g6)) {
                         return Err(err(
                             k("gateway"),
                             format!(
-                                "{g} is outside the namespace's subnet {}/{}",
-                                address.network(),
-                                address.prefix
+                                "{g6} is on none of the namespace's IPv6 prefixes (nor link-local)"
                             ),
                         ));
                     }
-                    if g == address.addr || g == address.broadcast() || g == address.network() {
+                    if address6.iter().any(|c| c.addr == g6) || gateway6.replace(g6).is_some() {
                         return Err(err(
                             k("gateway"),
-                            format!("{g} cannot be the gateway of {address}"),
+                            format!(
+                                "{g6} cannot be the IPv6 gateway (the namespace's own address, or a second one)"
+                            ),
                         ));
                     }
-                    Some(g)
+                    continue;
                 }
-            };
+                if gateway.is_some() {
+                    return Err(err(k("gateway"), "takes one IPv4 gateway, not several"));
+                }
+                let g: Ipv4Addr = g
+                    .parse()
+                    .map_err(|_| err(k("gateway"), format!("{g:?} is not an IPv4 address")))?;
+                if !address.contains(g) {
+                    return Err(err(
+                        k("gateway"),
+                        format!(
+                            "{g} is outside the namespace's subnet {}/{}",
+                            address.network(),
+                            address.prefix
+                        ),
+                    ));
+                }
+                if g == address.addr || g == address.broadcast() || g == address.network() {
+                    return Err(err(
+                        k("gateway"),
+                        format!("{g} cannot be the gateway of {address}"),
+                    ));
+                }
+                gateway = Some(g);
+            }
             let kind = match ns.kind.as_deref() {
                 None | Some("veth") => EndpointKind::Veth,
                 Some("tap") => EndpointKind::Tap,
@@ -1215,7 +1338,9 @@ impl Topology {
             namespaces.push(NamespaceSpec {
                 name: ns.name,
                 address,
+                address6,
                 gateway,
+                gateway6,
                 kind,
                 ifname,
                 switch_ifname,
@@ -1717,6 +1842,70 @@ mod tests {
         assert_eq!(t.switch.unwrap().state_save_interval, None);
         let e = parse_err(&format!("[switch]\nstate_save_interval = 90000\n{base}"));
         assert!(e.to_string().contains("switch.state_save_interval"), "{e}");
+    }
+
+    #[test]
+    fn namespaces_take_one_ipv4_and_any_ipv6_addresses() {
+        let ns = |a: &str, g: &str| {
+            Topology::parse(
+                &format!(
+                    "[switch]\n[[namespace]]\nname='a'\naddress={a}\n{g}[[namespace]]\nname='b'\naddress=['10.0.0.2/24', 'fd00::2/64']\n"
+                ),
+                "t",
+            )
+        };
+        let t = ns(
+            "['10.0.0.1/24', 'fd00::1/64', '2001:db8::1/48']",
+            "gateway=['10.0.0.254', 'fd00::5']\n",
+        )
+        .unwrap();
+        let a = &t.namespaces[0];
+        assert_eq!(a.address.to_string(), "10.0.0.1/24");
+        let v6: Vec<String> = a.address6.iter().map(ToString::to_string).collect();
+        assert_eq!(v6, ["fd00::1/64", "2001:db8::1/48"]);
+        assert_eq!(a.gateway, Some("10.0.0.254".parse().unwrap()));
+        assert_eq!(a.gateway6, Some("fd00::5".parse().unwrap()));
+        assert!(t.namespaces[1].gateway6.is_none());
+        // A plain string stays valid; a link-local IPv6 next hop needs no
+        // IPv6 prefix (every interface has a link-local address).
+        let t = ns("'10.0.0.1/24'", "gateway='fe80::1'\n").unwrap();
+        assert!(t.namespaces[0].address6.is_empty());
+        assert_eq!(t.namespaces[0].gateway6, Some("fe80::1".parse().unwrap()));
+        for (a, g, want) in [
+            ("['fd00::1/64']", "", "needs one IPv4 address"),
+            ("['10.0.0.1/24', '10.0.0.3/24']", "", "not several"),
+            (
+                "['10.0.0.1/24', 'fd00::2/64']",
+                "",
+                "fd00::2 is already used",
+            ),
+            ("['10.0.0.1/24', 'ff02::1/64']", "", "not a unicast IPv6"),
+            ("['10.0.0.1/24', 'fd00::1/0']", "", "not a unicast IPv6"),
+            ("['10.0.0.1/24', 'fd00::1']", "", "not a CIDR"),
+            (
+                "['10.0.0.1/24', 'fd00::1/64']",
+                "gateway='fd01::5'\n",
+                "none of the namespace's IPv6 prefixes",
+            ),
+            (
+                "['10.0.0.1/24', 'fd00::1/64']",
+                "gateway='fd00::1'\n",
+                "own address",
+            ),
+            (
+                "['10.0.0.1/24', 'fd00::1/64']",
+                "gateway=['fd00::5', 'fd00::6']\n",
+                "a second one",
+            ),
+            (
+                "['10.0.0.1/24', 'fd00::1/64']",
+                "gateway=['10.0.0.5', '10.0.0.6']\n",
+                "not several",
+            ),
+        ] {
+            let e = ns(a, g).unwrap_err().to_string();
+            assert!(e.contains("namespace[") && e.contains(want), "{a} {g}: {e}");
+        }
     }
 
     #[test]

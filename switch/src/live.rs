@@ -328,7 +328,9 @@ pub fn diff(old: &Topology, new: &Topology) -> Diff {
 struct NamespaceKey {
     name: String,
     address: netns_setup::Ipv4Cidr,
+    address6: Vec<netns_setup::topology::Ipv6Cidr>,
     gateway: Option<Ipv4Addr>,
+    gateway6: Option<std::net::Ipv6Addr>,
     kind: EndpointKind,
     ifname: String,
     switch_ifname: Option<String>,
@@ -340,7 +342,9 @@ impl NamespaceKey {
         NamespaceKey {
             name: n.name.clone(),
             address: n.address,
+            address6: n.address6.clone(),
             gateway: n.gateway,
+            gateway6: n.gateway6,
             kind: n.kind,
             ifname: n.ifname.clone(),
             switch_ifname: n.switch_ifname.clone(),

@@ -583,3 +583,58 @@ fn keep_leaves_the_topology_up() {
     assert_eq!(ping_loss(&m[0].ns, &m[1].ip, 1), 0.0);
     // TopoGuard removes it at the end.
 }
+
+#[test]
+fn dual_stack_namespaces_reach_each_other_over_ipv6_at_once() {
+    if !require_root("dual_stack_namespaces_reach_each_other_over_ipv6_at_once") {
+        return;
+    }
+    // The topology gives each namespace an IPv6 address too (no DAD wait)
+    // and red an IPv6 default route via a link-local next hop; the switch
+    // carries IPv6 at L2 (neighbour discovery is multicast, flooded).
+    let id = uniq();
+    let (mut toml, m, _) = star(&id, &[Kind::Veth, Kind::Veth], "");
+    toml = toml
+        .replacen(
+            "address = \"192.168.15.1/24\"\ngateway = \"192.168.15.254\"",
+            "address = [\"192.168.15.1/24\", \"fd00:15::1/64\"]\ngateway = [\"192.168.15.254\", \"fe80::5\"]",
+            1,
+        )
+        .replacen(
+            "address = \"192.168.15.2/24\"",
+            "address = [\"192.168.15.2/24\", \"fd00:15::2/64\"]",
+            1,
+        );
+    let topo = TopoGuard::new(&toml);
+    let _sw = SwitchProc::start(&topo);
+    let (red, blue) = (&m[0], &m[1]);
+    let addr = ns_exec(
+        &red.ns,
+        &["ip", "-6", "addr", "show", "dev", &red.ifname],
+        Duration::from_secs(5),
+    );
+    let addr = String::from_utf8_lossy(&addr.stdout);
+    let ours = addr
+        .lines()
+        .find(|l| l.contains("fd00:15::1/64"))
+        .unwrap_or_else(|| panic!("no fd00:15::1/64 in {addr}"));
+    assert!(!ours.contains("tentative"), "DAD was not skipped: {addr}");
+    let route = ns_exec(
+        &red.ns,
+        &["ip", "-6", "route", "show", "default"],
+        Duration::from_secs(5),
+    );
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(route.contains("via fe80::5"), "{route}");
+    assert_eq!(
+        ping_loss_with(&red.ns, &["-6"], "fd00:15::2", 3),
+        0.0,
+        "red -> blue"
+    );
+    assert_eq!(
+        ping_loss_with(&blue.ns, &["-6"], "fd00:15::1", 3),
+        0.0,
+        "blue -> red"
+    );
+    assert_eq!(ping_loss(&red.ns, &blue.ip, 2), 0.0, "IPv4 as before");
+}
