@@ -141,6 +141,17 @@ impl FromStr for Ipv6Cidr {
     }
 }
 
+/// Whether `ip` may be a namespace's own IPv6 address or a routed next
+/// hop: unicast, not unspecified, loopback, link-local, IPv4-mapped or
+/// IPv4-compatible.
+fn global_unicast6(ip: std::net::Ipv6Addr) -> bool {
+    let s = ip.segments();
+    !(ip.is_multicast()
+        || s[..6] == [0; 6]
+        || ip.to_ipv4_mapped().is_some()
+        || (s[0] & 0xffc0) == 0xfe80)
+}
+
 impl OneOrMany {
     /// The values, one or many.
     fn into_vec(self) -> Vec<String> {
@@ -1176,12 +1187,16 @@ impl Topology {
                 if a.contains(':') {
                     let c: Ipv6Cidr = a.parse().map_err(|e| err(k("address"), e))?;
                     let ip = c.addr;
-                    if c.prefix == 0 || ip.is_unspecified() || ip.is_loopback() || ip.is_multicast()
-                    {
+                    if c.prefix == 0 || !global_unicast6(ip) {
                         return Err(err(
                             k("address"),
-                            format!("{c} is not a unicast IPv6 address with a prefix in 1..=128"),
+                            format!(
+                                "{c} is not a global or unique-local unicast IPv6 address with a prefix in 1..=128 (link-local addresses are automatic)"
+                            ),
                         ));
+                    }
+                    if address6.iter().any(|o: &Ipv6Cidr| o.addr == ip) {
+                        return Err(err(k("address"), format!("{ip} is listed twice")));
                     }
                     if let Some(j) = addrs6.insert(ip, i) {
                         return Err(err(
@@ -1227,6 +1242,12 @@ impl Topology {
                         .parse()
                         .map_err(|_| err(k("gateway"), format!("{g:?} is not an IPv6 address")))?;
                     let link_local = (g6.segments()[0] & 0xffc0) == 0xfe80;
+                    if !link_local && !global_unicast6(g6) {
+                        return Err(err(
+                            k("gateway"),
+                            format!("{g6} is not a unicast IPv6 address"),
+                        ));
+                    }
                     if !link_local && !address6.iter().any(|c| c.contains(g6)) {
                         return Err(err(
                             k("gateway"),
@@ -1334,6 +1355,15 @@ impl Topology {
                 && !(68..=65535).contains(&m)
             {
                 return Err(err(k("mtu"), "must be in 68..=65535"));
+            }
+            if let Some(m) = ns.mtu
+                && m < 1280
+                && (!address6.is_empty() || gateway6.is_some())
+            {
+                return Err(err(
+                    k("mtu"),
+                    "must be at least 1280 with IPv6 addresses (IPv6's minimum link MTU)",
+                ));
             }
             namespaces.push(NamespaceSpec {
                 name: ns.name,
@@ -1879,9 +1909,25 @@ mod tests {
                 "",
                 "fd00::2 is already used",
             ),
-            ("['10.0.0.1/24', 'ff02::1/64']", "", "not a unicast IPv6"),
-            ("['10.0.0.1/24', 'fd00::1/0']", "", "not a unicast IPv6"),
+            ("['10.0.0.1/24', 'ff02::1/64']", "", "unicast IPv6 address"),
+            ("['10.0.0.1/24', 'fd00::1/0']", "", "unicast IPv6 address"),
             ("['10.0.0.1/24', 'fd00::1']", "", "not a CIDR"),
+            ("['10.0.0.1/24', '::ffff:10.0.0.9/96']", "", "not a global"),
+            (
+                "['10.0.0.1/24', 'fe80::9/64']",
+                "",
+                "link-local addresses are automatic",
+            ),
+            (
+                "['10.0.0.1/24', 'fd00::1/64', 'fd00::1/64']",
+                "",
+                "listed twice",
+            ),
+            (
+                "['10.0.0.1/24', 'fd00::1/64']",
+                "mtu=1200\n",
+                "at least 1280",
+            ),
             (
                 "['10.0.0.1/24', 'fd00::1/64']",
                 "gateway='fd01::5'\n",

@@ -342,7 +342,12 @@ impl NamespaceKey {
         NamespaceKey {
             name: n.name.clone(),
             address: n.address,
-            address6: n.address6.clone(),
+            // The order of the list does not matter.
+            address6: {
+                let mut v = n.address6.clone();
+                v.sort_by_key(|c| (c.addr, c.prefix));
+                v
+            },
             gateway: n.gateway,
             gateway6: n.gateway6,
             kind: n.kind,

@@ -1227,6 +1227,12 @@ impl RingPort {
         };
         bind_promisc(&fd, ifindex, name)?;
         let bulk = PacketPort::open_tx_only(name)?;
+        if bulk.ifindex() != ifindex {
+            return Err(io::Error::other(format!(
+                "{name} was replaced while its port opened (ifindex {ifindex}, then {})",
+                bulk.ifindex()
+            )));
+        }
         Ok(RingPort {
             map,
             fd,
@@ -1363,13 +1369,24 @@ impl PortIo for RingPort {
                 .unwrap_or(rest.len());
             let (run, tail) = rest.split_at(n);
             let r = if big {
-                self.bulk.tx_batch(batch, run)?
+                self.bulk.tx_batch(batch, run)
             } else {
-                self.tx_ring(batch, run)?
+                self.tx_ring(batch, run)
             };
-            o.sent += r.sent;
-            o.bytes += r.bytes;
-            o.failed += r.failed;
+            match r {
+                Ok(r) => {
+                    o.sent += r.sent;
+                    o.bytes += r.bytes;
+                    o.failed += r.failed;
+                }
+                // The device is gone: an error only if nothing went out,
+                // else what did is counted and the next call reports it.
+                Err(e) if o.sent == 0 => return Err(e),
+                Err(_) => {
+                    o.failed += rest.len();
+                    return Ok(o);
+                }
+            }
             rest = tail;
         }
         Ok(o)
