@@ -122,6 +122,19 @@ pub struct Addr {
     pub prefix: u8,
 }
 
+/// An IPv6 address of an interface.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Addr6 {
+    /// Interface index.
+    pub index: u32,
+    /// Address.
+    pub addr: std::net::Ipv6Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Scope (0 global, 253 link).
+    pub scope: u8,
+}
+
 /// An IPv4 route in the main table.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Route {
@@ -518,6 +531,49 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// IPv6 addresses of this namespace.
+    pub fn addrs6(&mut self) -> Result<Vec<Addr6>, NlError> {
+        let mut m = Msg::new(RTM_GETADDR, NLM_F_DUMP);
+        m.bytes(&[AF_INET6, 0, 0, 0, 0, 0, 0, 0]);
+        let mut out = Vec::new();
+        for p in self.request("dump IPv6 addresses", m)? {
+            if p.len() < 8 || p[0] != AF_INET6 {
+                continue;
+            }
+            let index = u32::from_ne_bytes(p[4..8].try_into().unwrap());
+            let addr = attrs(&p[8..])
+                .filter(|(ty, _)| *ty == IFA_ADDRESS || *ty == IFA_LOCAL)
+                .find_map(|(_, v)| <[u8; 16]>::try_from(v.get(..16)?).ok());
+            if let Some(a) = addr {
+                out.push(Addr6 {
+                    index,
+                    addr: a.into(),
+                    prefix: p[1],
+                    scope: p[3],
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next hop of the IPv6 default route of the main table, if any.
+    pub fn default_route6(&mut self) -> Result<Option<std::net::Ipv6Addr>, NlError> {
+        let mut m = Msg::new(RTM_GETROUTE, NLM_F_DUMP);
+        m.bytes(&[AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        for p in self.request("dump IPv6 routes", m)? {
+            if p.len() < 12 || p[0] != AF_INET6 || p[4] != RT_TABLE_MAIN || p[1] != 0 {
+                continue;
+            }
+            let gw = attrs(&p[12..])
+                .filter(|(ty, _)| *ty == RTA_GATEWAY)
+                .find_map(|(_, v)| <[u8; 16]>::try_from(v.get(..16)?).ok());
+            if let Some(g) = gw {
+                return Ok(Some(g.into()));
+            }
+        }
+        Ok(None)
     }
 
     /// Add a default route via `gw`; `Ok(false)` if one was already there.

@@ -600,9 +600,9 @@ pub struct ShowLink {
     pub role: String,
     /// The link, if present.
     pub link: Option<Link>,
-    /// Its IPv4 addresses in CIDR form.
+    /// Its addresses in CIDR form: IPv4, then IPv6 (not link-local).
     pub addresses: Vec<String>,
-    /// Default gateway of its namespace, if any.
+    /// Default gateways of its namespace, if any: IPv4, then IPv6, comma-separated.
     pub default_via: Option<String>,
 }
 
@@ -672,18 +672,30 @@ pub fn show(t: &Topology) -> Result<ShowReport, SetupError> {
             l.kind = "tap".into();
         }
         let (addresses, default_via) = match &link {
-            Some(l) => (
-                nl.addrs()?
+            Some(l) => {
+                // IPv4, then the IPv6 ones that are not link-local.
+                let mut addresses: Vec<String> = nl
+                    .addrs()?
                     .into_iter()
                     .filter(|a| a.index == l.index)
                     .map(|a| format!("{}/{}", a.addr, a.prefix))
-                    .collect(),
-                nl.routes()?
+                    .collect();
+                addresses.extend(
+                    nl.addrs6()?
+                        .into_iter()
+                        .filter(|a| a.index == l.index && a.scope != 253)
+                        .map(|a| format!("{}/{}", a.addr, a.prefix)),
+                );
+                let v4 = nl
+                    .routes()?
                     .into_iter()
                     .find(|r| r.dst_len == 0)
                     .and_then(|r| r.gateway)
-                    .map(|g| g.to_string()),
-            ),
+                    .map(|g| g.to_string());
+                let v6 = nl.default_route6()?.map(|g| g.to_string());
+                let via: Vec<String> = v4.into_iter().chain(v6).collect();
+                (addresses, (!via.is_empty()).then(|| via.join(",")))
+            }
             None => (vec![], None),
         };
         rep.links.push(ShowLink {

@@ -626,6 +626,29 @@ fn dual_stack_namespaces_reach_each_other_over_ipv6_at_once() {
     );
     let route = String::from_utf8_lossy(&route.stdout);
     assert!(route.contains("via fe80::5"), "{route}");
+    // `netns-setup show` lists both families.
+    let show = run_timeout(
+        std::process::Command::new(bin("netns-setup"))
+            .args(["show", "--json"])
+            .arg(&topo.path),
+        Duration::from_secs(30),
+    );
+    let v: Value = serde_json::from_slice(&show.stdout).expect("show --json");
+    let red_end = v["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["netns"] == red.ns.as_str() && l["role"] == "endpoint")
+        .unwrap_or_else(|| panic!("no endpoint of {} in {v}", red.ns));
+    assert_eq!(
+        red_end["addresses"],
+        serde_json::json!(["192.168.15.1/24", "fd00:15::1/64"]),
+        "{red_end}"
+    );
+    assert_eq!(
+        red_end["default_via"], "192.168.15.254,fe80::5",
+        "{red_end}"
+    );
     assert_eq!(
         ping_loss_with(&red.ns, &["-6"], "fd00:15::2", 3),
         0.0,
