@@ -237,6 +237,15 @@ fn u32_of(b: &[u8]) -> u32 {
         .unwrap_or(0)
 }
 
+/// A create request's answer: `Ok(true)` if made, `Ok(false)` if it already existed.
+fn created<T>(r: Result<T, NlError>) -> Result<bool, NlError> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if e.errno == Errno::EEXIST => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn ipv4_of(b: &[u8]) -> Option<Ipv4Addr> {
     b.get(..4).map(|s| Ipv4Addr::new(s[0], s[1], s[2], s[3]))
 }
@@ -464,19 +473,14 @@ impl Netlink {
         addr: Ipv4Addr,
         prefix: u8,
     ) -> Result<bool, NlError> {
-        let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK);
-        let mut h = [0u8; 8];
-        h[0] = AF_INET;
-        h[1] = prefix;
-        h[4..8].copy_from_slice(&index.to_ne_bytes());
-        m.bytes(&h)
-            .attr(IFA_LOCAL, &addr.octets())
-            .attr(IFA_ADDRESS, &addr.octets());
-        match self.request(&format!("add address {addr}/{prefix} to {name}"), m) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno == Errno::EEXIST => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.new_addr(
+            AF_INET,
+            0,
+            index,
+            &addr.octets(),
+            prefix,
+            &format!("add address {addr}/{prefix} to {name}"),
+        )
     }
 
     /// Add an IPv6 address without duplicate address detection
@@ -490,20 +494,37 @@ impl Netlink {
         prefix: u8,
     ) -> Result<bool, NlError> {
         const IFA_F_NODAD: u8 = 0x02;
+        self.new_addr(
+            AF_INET6,
+            IFA_F_NODAD,
+            index,
+            &addr.octets(),
+            prefix,
+            &format!("add address {addr}/{prefix} to {name}"),
+        )
+    }
+
+    /// `RTM_NEWADDR` of `octets` (either family) on `index`; `what` names it
+    /// in the error; `Ok(false)` on EEXIST.
+    fn new_addr(
+        &mut self,
+        family: u8,
+        flags: u8,
+        index: u32,
+        octets: &[u8],
+        prefix: u8,
+        what: &str,
+    ) -> Result<bool, NlError> {
         let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK);
         let mut h = [0u8; 8];
-        h[0] = AF_INET6;
+        h[0] = family;
         h[1] = prefix;
-        h[2] = IFA_F_NODAD;
+        h[2] = flags;
         h[4..8].copy_from_slice(&index.to_ne_bytes());
         m.bytes(&h)
-            .attr(IFA_LOCAL, &addr.octets())
-            .attr(IFA_ADDRESS, &addr.octets());
-        match self.request(&format!("add address {addr}/{prefix} to {name}"), m) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno == Errno::EEXIST => Ok(false),
-            Err(e) => Err(e),
-        }
+            .attr(IFA_LOCAL, octets)
+            .attr(IFA_ADDRESS, octets);
+        created(self.request(what, m))
     }
 
     /// IPv4 addresses of this namespace.
@@ -578,19 +599,8 @@ impl Netlink {
 
     /// Add a default route via `gw`; `Ok(false)` if one was already there.
     pub fn add_default_route(&mut self, gw: Ipv4Addr) -> Result<bool, NlError> {
-        let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK);
-        let mut h = [0u8; 12];
-        h[0] = AF_INET;
-        h[4] = RT_TABLE_MAIN;
-        h[5] = RTPROT_BOOT;
-        h[6] = 0; // RT_SCOPE_UNIVERSE
-        h[7] = RTN_UNICAST;
-        m.bytes(&h).attr(RTA_GATEWAY, &gw.octets());
-        match self.request(&format!("add default route via {gw}"), m) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno == Errno::EEXIST => Ok(false),
-            Err(e) => Err(e),
-        }
+        let m = Self::default_route_msg(AF_INET, &gw.octets());
+        created(self.request(&format!("add default route via {gw}"), m))
     }
 
     /// Add an IPv6 default route via `gw` out of interface `oif` (a
@@ -600,21 +610,22 @@ impl Netlink {
         gw: std::net::Ipv6Addr,
         oif: u32,
     ) -> Result<bool, NlError> {
+        let mut m = Self::default_route_msg(AF_INET6, &gw.octets());
+        m.attr(RTA_OIF, &oif.to_ne_bytes());
+        created(self.request(&format!("add IPv6 default route via {gw}"), m))
+    }
+
+    /// `RTM_NEWROUTE` of a main-table unicast default route via `gw`.
+    fn default_route_msg(family: u8, gw: &[u8]) -> Msg {
         let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK);
         let mut h = [0u8; 12];
-        h[0] = AF_INET6;
+        h[0] = family;
         h[4] = RT_TABLE_MAIN;
         h[5] = RTPROT_BOOT;
         h[6] = 0; // RT_SCOPE_UNIVERSE
         h[7] = RTN_UNICAST;
-        m.bytes(&h)
-            .attr(RTA_GATEWAY, &gw.octets())
-            .attr(RTA_OIF, &oif.to_ne_bytes());
-        match self.request(&format!("add IPv6 default route via {gw}"), m) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno == Errno::EEXIST => Ok(false),
-            Err(e) => Err(e),
-        }
+        m.bytes(&h).attr(RTA_GATEWAY, gw);
+        m
     }
 
     /// IPv4 routes of the main table.

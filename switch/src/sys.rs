@@ -312,7 +312,12 @@ impl PacketPort {
         setsockopt_int(&fd, SOL_PACKET, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")?;
         setsockopt_int(&fd, SOL_PACKET, PACKET_AUXDATA, 1, "PACKET_AUXDATA")?;
         bind_promisc(&fd, ifindex, name)?;
-        Ok(PacketPort {
+        Ok(Self::with_fd(fd, ifindex))
+    }
+
+    /// A port over the bound socket `fd`, with its header arrays allocated once.
+    fn with_fd(fd: OwnedFd, ifindex: u32) -> PacketPort {
+        PacketPort {
             fd,
             ifindex,
             // SAFETY: mmsghdr, iovec and sockaddr_ll are plain C data for which
@@ -323,7 +328,7 @@ impl PacketPort {
             // SAFETY: as above.
             names: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             ctrl: vec![[0; CTRL_LEN]; BATCH],
-        })
+        }
     }
 
     /// The interface index the socket is bound to.
@@ -339,17 +344,7 @@ impl PacketPort {
         let (fd, ifindex) = packet_socket(name, None)?;
         setsockopt_int(&fd, SOL_PACKET, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")?;
         bind_to(&fd, ifindex, 0, name)?;
-        Ok(PacketPort {
-            fd,
-            ifindex,
-            // SAFETY: as in `open_steered`: plain C data, all-zero is valid.
-            hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            // SAFETY: as above.
-            iovs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            // SAFETY: as above.
-            names: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            ctrl: vec![[0; CTRL_LEN]; BATCH],
-        })
+        Ok(Self::with_fd(fd, ifindex))
     }
 }
 
