@@ -68,6 +68,34 @@ pub fn pseudo_header(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
     sum(&src) + sum(&dst) + u32::from(proto) + u32::from(len)
 }
 
+/// Pseudo-header sum for IPv6 upper layers (RFC 8200 8.1: `src`, `dst`,
+/// upper-layer length, next header), unfolded.
+pub fn pseudo_header6(src: [u8; 16], dst: [u8; 16], next: u8, len: u32) -> u32 {
+    sum(&src) + sum(&dst) + (len >> 16) + (len & 0xffff) + u32::from(next)
+}
+
+/// Update a complete checksum field for a 128-bit address changing `old` → `new`.
+pub fn update128(field: u16, old: [u8; 16], new: [u8; 16]) -> u16 {
+    let mut f = field;
+    for (o, n) in old.chunks_exact(4).zip(new.chunks_exact(4)) {
+        let o = u32::from_be_bytes([o[0], o[1], o[2], o[3]]);
+        let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]);
+        f = update32(f, o, n);
+    }
+    f
+}
+
+/// Update a partial (uncomplemented seed) field for a 128-bit address changing `old` → `new`.
+pub fn update128_partial(field: u16, old: [u8; 16], new: [u8; 16]) -> u16 {
+    let mut f = field;
+    for (o, n) in old.chunks_exact(4).zip(new.chunks_exact(4)) {
+        let o = u32::from_be_bytes([o[0], o[1], o[2], o[3]]);
+        let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]);
+        f = update32_partial(f, o, n);
+    }
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,9 @@
-//! IPv4, TCP, UDP and ICMP fields, read and rewritten in place.
+//! The typed wire layer: IPv4, IPv6 (with its extension headers), TCP,
+//! UDP, ICMP, ICMPv6 and NDP fields, read and rewritten in place, and
+//! emitters for the messages vswitch generates.
+//!
+//! It lives in `nat` (sans-I/O, no `unsafe`) so that both the NAT engine and
+//! the switch use one set of views without a fourth crate.
 //!
 //! Contract: [`Ipv4Packet::new_checked`] validates version, header length and
 //! total length against the buffer, so accessors never panic afterwards.
@@ -6,6 +11,9 @@
 
 use crate::checksum::{update16, update32};
 use std::net::Ipv4Addr;
+
+pub mod icmpv6;
+pub mod ipv6;
 
 /// IP protocol numbers.
 pub mod proto {
