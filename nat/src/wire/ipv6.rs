@@ -442,10 +442,10 @@ mod tests {
             for x in [0u8, 1, 6, 17, 43, 44, 58, 60, 0xff] {
                 let mut q = p.clone();
                 q[i] = x;
-                if let Ok(v) = Ipv6Packet::new_checked(&q[..]) {
-                    if let Ok(u) = v.upper() {
-                        assert!(u.offset <= v.total_len());
-                    }
+                if let Ok(v) = Ipv6Packet::new_checked(&q[..])
+                    && let Ok(u) = v.upper()
+                {
+                    assert!(u.offset <= v.total_len());
                 }
             }
         }
