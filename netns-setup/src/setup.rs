@@ -239,6 +239,7 @@ fn up_inner(t: &Topology, report: &mut UpReport, undo: &mut Undo) -> Result<(), 
                 ifname,
                 switch_ifname,
                 peer_addresses,
+                peer_addresses6,
             },
         ..
     }) = &t.uplink
@@ -269,6 +270,11 @@ fn up_inner(t: &Topology, report: &mut UpReport, undo: &mut Undo) -> Result<(), 
             if name != "lo" {
                 for a in peer_addresses {
                     if nl.add_addr(l.index, name, a.addr, a.prefix)? {
+                        report.changes.push(format!("{un}: address {a} on {name}"));
+                    }
+                }
+                for a in peer_addresses6 {
+                    if nl.add_addr6(l.index, name, a.addr, a.prefix)? {
                         report.changes.push(format!("{un}: address {a} on {name}"));
                     }
                 }

@@ -152,6 +152,48 @@ fn global_unicast6(ip: std::net::Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80)
 }
 
+/// Split a list of addresses into the IPv4 ones (as written) and the IPv6
+/// prefixes, which must be global or unique-local unicast with a prefix in
+/// 1..=128 and listed once.
+fn split_families(
+    key: &str,
+    list: Vec<String>,
+) -> Result<(Vec<String>, Vec<Ipv6Cidr>), TopologyError> {
+    let (mut v4, mut v6) = (Vec::new(), Vec::<Ipv6Cidr>::new());
+    for a in list {
+        if !a.contains(':') {
+            v4.push(a);
+            continue;
+        }
+        let c: Ipv6Cidr = a.parse().map_err(|e| err(key, e))?;
+        if c.prefix == 0 || !global_unicast6(c.addr) {
+            return Err(err(
+                key,
+                format!(
+                    "{c} is not a global or unique-local unicast IPv6 address with a prefix in 1..=128 (link-local addresses are automatic)"
+                ),
+            ));
+        }
+        if v6.iter().any(|o| o.addr == c.addr) {
+            return Err(err(key, format!("{} is listed twice", c.addr)));
+        }
+        v6.push(c);
+    }
+    Ok((v4, v6))
+}
+
+/// The one IPv4 address of a list split by [`split_families`].
+fn one_ipv4(key: &str, v4: &[String], example: &str) -> Result<Ipv4Cidr, TopologyError> {
+    match v4 {
+        [a] => a.parse().map_err(|e| err(key, e)),
+        [] => Err(err(
+            key,
+            format!("needs one IPv4 address (e.g. \"{example}\"), IPv6 ones optional"),
+        )),
+        _ => Err(err(key, "takes one IPv4 address, not several")),
+    }
+}
+
 impl OneOrMany {
     /// The values, one or many.
     fn into_vec(self) -> Vec<String> {
@@ -434,6 +476,11 @@ pub struct PolicySpec {
 pub struct GatewaySpec {
     /// Address and LAN subnet, e.g. 192.168.15.5/24.
     pub address: Ipv4Cidr,
+    /// IPv6 addresses and LAN prefixes, e.g. fd00:15::5/64 (may be empty).
+    pub address6: Vec<Ipv6Cidr>,
+    /// Send router advertisements (the /64 prefixes of `address6` for
+    /// SLAAC, the gateway as default router).
+    pub ra: bool,
 }
 
 /// Where the uplink port is.
@@ -449,6 +496,8 @@ pub enum UplinkKind {
         switch_ifname: String,
         /// Addresses of the simulated external host(s) in that namespace.
         peer_addresses: Vec<Ipv4Cidr>,
+        /// Their IPv6 addresses (on the uplink's IPv6 prefix).
+        peer_addresses6: Vec<Ipv6Cidr>,
     },
     /// An existing interface in the switch namespace (e.g. a macvlan on a NIC); not created.
     Interface {
@@ -462,6 +511,10 @@ pub enum UplinkKind {
 pub struct UplinkSpec {
     /// Our external address (owned by the switch) and the uplink subnet.
     pub address: Ipv4Cidr,
+    /// Our external IPv6 address and the uplink's IPv6 prefix, if any.
+    pub address6: Option<Ipv6Cidr>,
+    /// IPv6 next hop for destinations outside that prefix.
+    pub next_hop6: Option<std::net::Ipv6Addr>,
     /// The port.
     pub kind: UplinkKind,
     /// Next hop for destinations outside the uplink subnet (none: unreachable).
@@ -846,20 +899,21 @@ fn validate_policy(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GatewayFile {
-    address: String,
+    address: OneOrMany,
+    ra: Option<bool>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UplinkFile {
-    address: String,
+    address: OneOrMany,
     netns: Option<String>,
     interface: Option<String>,
     #[serde(default)]
     peer_addresses: Vec<String>,
     ifname: Option<String>,
     switch_ifname: Option<String>,
-    next_hop: Option<String>,
+    next_hop: Option<OneOrMany>,
     mtu: Option<u32>,
 }
 
@@ -1181,44 +1235,16 @@ impl Topology {
         for (i, ns) in file.namespace.into_iter().enumerate() {
             let k = |f: &str| format!("namespace[{i}].{f}");
             // One IPv4 address, any number of IPv6 ones.
-            let mut v4 = Vec::new();
-            let mut address6: Vec<Ipv6Cidr> = Vec::new();
-            for a in ns.address.into_vec() {
-                if a.contains(':') {
-                    let c: Ipv6Cidr = a.parse().map_err(|e| err(k("address"), e))?;
-                    let ip = c.addr;
-                    if c.prefix == 0 || !global_unicast6(ip) {
-                        return Err(err(
-                            k("address"),
-                            format!(
-                                "{c} is not a global or unique-local unicast IPv6 address with a prefix in 1..=128 (link-local addresses are automatic)"
-                            ),
-                        ));
-                    }
-                    if address6.iter().any(|o: &Ipv6Cidr| o.addr == ip) {
-                        return Err(err(k("address"), format!("{ip} is listed twice")));
-                    }
-                    if let Some(j) = addrs6.insert(ip, i) {
-                        return Err(err(
-                            k("address"),
-                            format!("{ip} is already used by namespace[{j}]"),
-                        ));
-                    }
-                    address6.push(c);
-                } else {
-                    v4.push(a);
-                }
-            }
-            let address: Ipv4Cidr = match v4.as_slice() {
-                [a] => a.parse().map_err(|e| err(k("address"), e))?,
-                [] => {
+            let (v4, address6) = split_families(&k("address"), ns.address.into_vec())?;
+            for c in &address6 {
+                if let Some(j) = addrs6.insert(c.addr, i) {
                     return Err(err(
                         k("address"),
-                        "needs one IPv4 address (e.g. \"192.168.15.1/24\"), IPv6 ones optional",
+                        format!("{} is already used by namespace[{j}]", c.addr),
                     ));
                 }
-                _ => return Err(err(k("address"), "takes one IPv4 address, not several")),
-            };
+            }
+            let address = one_ipv4(&k("address"), &v4, "192.168.15.1/24")?;
             if address.prefix == 0 || address.prefix > 30 {
                 return Err(err(k("address"), "prefix length must be in 1..=30"));
             }
@@ -1473,7 +1499,8 @@ fn validate_routing(
         if t.switch.is_none() {
             return Err(err("gateway", "a gateway needs a [switch]"));
         }
-        let address: Ipv4Cidr = g.address.parse().map_err(|e| err("gateway.address", e))?;
+        let (v4, address6) = split_families("gateway.address", g.address.into_vec())?;
+        let address = one_ipv4("gateway.address", &v4, "192.168.15.5/24")?;
         if address.prefix == 0
             || address.prefix > 30
             || address.addr == address.network()
@@ -1492,7 +1519,28 @@ fn validate_routing(
                 ));
             }
         }
-        t.gateway = Some(GatewaySpec { address });
+        for c in &address6 {
+            for (i, ns) in t.namespaces.iter().enumerate() {
+                if ns.address6.iter().any(|o| o.addr == c.addr) {
+                    return Err(err(
+                        "gateway.address",
+                        format!("{} is already namespace[{i}]'s address", c.addr),
+                    ));
+                }
+            }
+        }
+        let ra = g.ra.unwrap_or(false);
+        if ra && !address6.iter().any(|c| c.prefix == 64) {
+            return Err(err(
+                "gateway.ra",
+                "router advertisements need an IPv6 gateway address with a /64 prefix (SLAAC works on /64 only)",
+            ));
+        }
+        t.gateway = Some(GatewaySpec {
+            address,
+            address6,
+            ra,
+        });
     }
     let taken: Vec<String> = t.all_netns();
     if let Some(u) = uplink {
@@ -1500,7 +1548,31 @@ fn validate_routing(
             .gateway
             .as_ref()
             .ok_or_else(|| err("uplink", "an uplink needs a [gateway] on the LAN"))?;
-        let address: Ipv4Cidr = u.address.parse().map_err(|e| err("uplink.address", e))?;
+        let (v4, up6) = split_families("uplink.address", u.address.into_vec())?;
+        let address = one_ipv4("uplink.address", &v4, "203.0.113.1/24")?;
+        let address6 = match up6.as_slice() {
+            [] => None,
+            [c] => Some(*c),
+            _ => return Err(err("uplink.address", "takes at most one IPv6 address")),
+        };
+        if let Some(c) = address6 {
+            if gw.address6.is_empty() {
+                return Err(err(
+                    "uplink.address",
+                    format!("{c}: an IPv6 uplink needs an IPv6 [gateway] address on the LAN"),
+                ));
+            }
+            if let Some(l) = gw
+                .address6
+                .iter()
+                .find(|l| l.contains(c.addr) || c.contains(l.addr))
+            {
+                return Err(err(
+                    "uplink.address",
+                    format!("{c} overlaps the LAN prefix {l}"),
+                ));
+            }
+        }
         if address.prefix == 0
             || address.prefix > 30
             || address.addr == address.network()
@@ -1547,8 +1619,24 @@ fn validate_routing(
                         format!("{switch_ifname:?} is already a switch-side interface"),
                     ));
                 }
+                let (peer4, peer_addresses6) =
+                    split_families("uplink.peer_addresses", u.peer_addresses)?;
+                for c in &peer_addresses6 {
+                    let up = address6.ok_or_else(|| {
+                        err(
+                            "uplink.peer_addresses",
+                            format!("{c}: IPv6 peers need an IPv6 uplink address"),
+                        )
+                    })?;
+                    if !up.contains(c.addr) || c.prefix != up.prefix || c.addr == up.addr {
+                        return Err(err(
+                            "uplink.peer_addresses",
+                            format!("{c} is not another address of the uplink prefix {up}"),
+                        ));
+                    }
+                }
                 let mut peer_addresses = Vec::new();
-                for (i, a) in u.peer_addresses.iter().enumerate() {
+                for (i, a) in peer4.iter().enumerate() {
                     let k = format!("uplink.peer_addresses[{i}]");
                     let c: Ipv4Cidr = a.parse().map_err(|e| err(&k, e))?;
                     if !address.contains(c.addr) || c.prefix != address.prefix {
@@ -1579,6 +1667,7 @@ fn validate_routing(
                     ifname,
                     switch_ifname,
                     peer_addresses,
+                    peer_addresses6,
                 }
             }
             (None, Some(name)) => {
@@ -1598,8 +1687,33 @@ fn validate_routing(
                 ));
             }
         };
-        let next_hop = match u.next_hop {
-            Some(h) => {
+        let (mut next_hop, mut next_hop6) = (None, None);
+        for h in u.next_hop.map(OneOrMany::into_vec).unwrap_or_default() {
+            if h.contains(':') {
+                let ip: std::net::Ipv6Addr = h
+                    .parse()
+                    .map_err(|_| err("uplink.next_hop", format!("{h:?} is not an IPv6 address")))?;
+                let on = address6.is_some_and(|a| a.contains(ip) && a.addr != ip);
+                if !on && (ip.segments()[0] & 0xffc0) != 0xfe80 {
+                    return Err(err(
+                        "uplink.next_hop",
+                        format!(
+                            "{ip} is not another host of the uplink's IPv6 prefix (nor link-local)"
+                        ),
+                    ));
+                }
+                if address6.is_none() || next_hop6.replace(ip).is_some() {
+                    return Err(err(
+                        "uplink.next_hop",
+                        format!("{ip}: one IPv6 next hop, with an IPv6 uplink address"),
+                    ));
+                }
+                continue;
+            }
+            if next_hop.is_some() {
+                return Err(err("uplink.next_hop", "takes one IPv4 next hop"));
+            }
+            next_hop = {
                 let ip = parse_ip("uplink.next_hop", &h)?;
                 if !address.contains(ip) || ip == address.addr {
                     return Err(err(
@@ -1608,15 +1722,22 @@ fn validate_routing(
                     ));
                 }
                 Some(ip)
-            }
-            None => None,
-        };
+            };
+        }
         let mtu = u.mtu.unwrap_or(1500);
         if !(576..=65535).contains(&mtu) {
             return Err(err("uplink.mtu", "must be in 576..=65535"));
         }
+        if address6.is_some() && mtu < 1280 {
+            return Err(err(
+                "uplink.mtu",
+                "must be at least 1280 with an IPv6 address (the IPv6 minimum MTU)",
+            ));
+        }
         t.uplink = Some(UplinkSpec {
             address,
+            address6,
+            next_hop6,
             kind,
             next_hop,
             mtu,

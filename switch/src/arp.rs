@@ -1,12 +1,13 @@
-//! IP→MAC tables learned from ARP: the switch's (ARP suppression) and the
-//! gateway's neighbour caches.
+//! IP→MAC tables learned from ARP and NDP: the switch's (ARP and ND
+//! suppression) and the gateway's neighbour caches, one type for both
+//! families ([`NeighTable`], [`ArpTable`] for IPv4, [`NdTable`] for IPv6).
 //!
 //! Contract:
 //! - Bounded in total (`max`) and per port (`max_per_port`); `now` in ms is
 //!   passed in; entries older than the ageing time are ignored by
 //!   [`ArpTable::lookup`] and removed by [`ArpTable::sweep`].
-//! - Only senders with a valid unicast MAC and a unicast IPv4 address are
-//!   learned (ARP probes, sender 0.0.0.0, teach nothing). When on-link
+//! - Only senders with a valid unicast MAC and a unicast address are
+//!   learned (ARP probes, sender 0.0.0.0, DAD from `::`, teach nothing). When on-link
 //!   networks are set ([`ArpTable::set_on_link`]), only addresses inside one
 //!   of them (not its network or broadcast address) are learned.
 //! - An entry is *unconfirmed* when it was only heard as a hint (an ARP
@@ -26,7 +27,61 @@ use crate::PortId;
 use crate::wire::MacAddr;
 use nat::Ipv4Net;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::hash::Hash;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// An address family a [`NeighTable`] can hold.
+pub trait NeighAddr: Copy + Eq + Ord + Hash + std::fmt::Debug {
+    /// A network of this family (for the on-link check).
+    type Net: Clone + std::fmt::Debug;
+    /// Whether the address may be learned at all: unicast, not unspecified,
+    /// loopback or multicast.
+    fn learnable(self) -> bool;
+    /// Whether the address is a host address of `net`.
+    fn host_of(self, net: &Self::Net) -> bool;
+}
+
+impl NeighAddr for Ipv4Addr {
+    type Net = Ipv4Net;
+    fn learnable(self) -> bool {
+        let o = self.octets()[0];
+        !(self.is_unspecified() || self.is_broadcast() || o == 0 || o == 127 || o >= 224)
+    }
+    fn host_of(self, net: &Ipv4Net) -> bool {
+        is_host_of(net, self)
+    }
+}
+
+/// An IPv6 prefix: address and length.
+pub type Ipv6Prefix = (Ipv6Addr, u8);
+
+/// Whether `a` is inside the prefix `p`.
+pub fn in_prefix6(p: &Ipv6Prefix, a: Ipv6Addr) -> bool {
+    let len = u32::from(p.1.min(128));
+    let m = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
+    u128::from(a) & m == u128::from(p.0) & m
+}
+
+impl NeighAddr for Ipv6Addr {
+    type Net = Ipv6Prefix;
+    fn learnable(self) -> bool {
+        !(self.is_unspecified() || self.is_loopback() || self.is_multicast())
+    }
+    /// Inside the prefix, and not its subnet-router anycast address (all zeros).
+    fn host_of(self, net: &Ipv6Prefix) -> bool {
+        let len = u32::from(net.1.min(128));
+        let host = if len == 128 {
+            0
+        } else {
+            u128::from(self) & (u128::MAX >> len)
+        };
+        in_prefix6(net, self) && (len >= 127 || host != 0)
+    }
+}
 
 /// One IP→MAC binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +157,8 @@ const UNLINKED: Link = Link {
 };
 
 #[derive(Clone, Copy)]
-struct Slot {
-    ip: Ipv4Addr,
+struct Slot<A> {
+    ip: A,
     e: ArpEntry,
     /// Links in the global list of its state.
     g: Link,
@@ -131,16 +186,16 @@ enum Chain {
     Port,
 }
 
-/// The IP→MAC table.
-pub struct ArpTable {
-    map: HashMap<Ipv4Addr, u32, foldhash::fast::RandomState>,
-    slots: Vec<Slot>,
+/// The IP→MAC table of one address family.
+pub struct NeighTable<A: NeighAddr> {
+    map: HashMap<A, u32, foldhash::fast::RandomState>,
+    slots: Vec<Slot<A>>,
     free: Vec<u32>,
     /// Global lists: `[unconfirmed, confirmed]`, oldest first.
     global: [List; 2],
     /// Per-port lists, indexed by port: `[unconfirmed, confirmed]`.
     ports: Vec<[List; 2]>,
-    on_link: Vec<Ipv4Net>,
+    on_link: Vec<A::Net>,
     max: usize,
     max_per_port: usize,
     ageing_ms: u64,
@@ -148,6 +203,11 @@ pub struct ArpTable {
     /// Counters.
     pub counters: ArpCounters,
 }
+
+/// The IPv4 table, learned from ARP.
+pub type ArpTable = NeighTable<Ipv4Addr>;
+/// The IPv6 table, learned from NDP.
+pub type NdTable = NeighTable<Ipv6Addr>;
 
 /// The default per-port bound for a table of `max` entries: a quarter, at least 1.
 pub fn default_per_port(max: usize) -> usize {
@@ -172,17 +232,17 @@ pub fn is_host_of(net: &Ipv4Net, ip: Ipv4Addr) -> bool {
     net.prefix > 30 || (a & !m != 0 && a & !m != !m)
 }
 
-impl ArpTable {
+impl<A: NeighAddr> NeighTable<A> {
     /// A table of at most `max` bindings (a quarter of them per port), aged after `ageing_ms`.
-    pub fn new(max: usize, ageing_ms: u64) -> ArpTable {
-        ArpTable::with_limits(max, default_per_port(max), ageing_ms)
+    pub fn new(max: usize, ageing_ms: u64) -> NeighTable<A> {
+        NeighTable::with_limits(max, default_per_port(max), ageing_ms)
     }
 
     /// A table of at most `max` bindings, `max_per_port` of them learned on
     /// any one port, aged after `ageing_ms`.
-    pub fn with_limits(max: usize, max_per_port: usize, ageing_ms: u64) -> ArpTable {
+    pub fn with_limits(max: usize, max_per_port: usize, ageing_ms: u64) -> NeighTable<A> {
         let max = max.min(NIL as usize - 1);
-        ArpTable {
+        NeighTable {
             map: HashMap::with_capacity_and_hasher(max.min(1 << 12), Default::default()),
             slots: Vec::with_capacity(max.min(1 << 12)),
             free: Vec::new(),
@@ -207,34 +267,33 @@ impl ArpTable {
     }
 
     /// Learn only addresses inside `nets` from now on (empty: any unicast address).
-    pub fn set_on_link(&mut self, nets: &[Ipv4Net]) {
+    pub fn set_on_link(&mut self, nets: &[A::Net]) {
         self.on_link = nets.to_vec();
     }
 
     /// Whether `ip` may be learned: a unicast address, on a link of ours if
     /// those are known.
-    pub fn is_on_link(&self, ip: Ipv4Addr) -> bool {
-        let o = ip.octets()[0];
-        if ip.is_unspecified() || ip.is_broadcast() || o == 0 || o == 127 || o >= 224 {
+    pub fn is_on_link(&self, ip: A) -> bool {
+        if !ip.learnable() {
             return false;
         }
-        self.on_link.is_empty() || self.on_link.iter().any(|n| is_host_of(n, ip))
+        self.on_link.is_empty() || self.on_link.iter().any(|n| ip.host_of(n))
     }
 
     /// Record a hint that `ip` is at `mac`, on `port`, at `now` (unconfirmed
     /// unless already confirmed with the same MAC and port).
-    pub fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr, port: PortId, now: u64) -> Learned {
+    pub fn learn(&mut self, ip: A, mac: MacAddr, port: PortId, now: u64) -> Learned {
         self.observe(ip, mac, port, now, Heard::Hint, true)
     }
 
     /// Record an ARP reply: `ip` is at `mac` on `port`, confirmed.
-    pub fn confirm(&mut self, ip: Ipv4Addr, mac: MacAddr, port: PortId, now: u64) -> Learned {
+    pub fn confirm(&mut self, ip: A, mac: MacAddr, port: PortId, now: u64) -> Learned {
         self.observe(ip, mac, port, now, Heard::Reply, true)
     }
 
     /// Refresh `ip`'s binding if it is exactly `mac` on `port` (heard in ARP
     /// not addressed to us: keeps it fresh, never rebinds). True if refreshed.
-    pub fn refresh(&mut self, ip: Ipv4Addr, mac: MacAddr, port: PortId, now: u64) -> bool {
+    pub fn refresh(&mut self, ip: A, mac: MacAddr, port: PortId, now: u64) -> bool {
         let Some(&i) = self.map.get(&ip) else {
             return false;
         };
@@ -252,14 +311,14 @@ impl ArpTable {
     /// networks are not checked (a VLAN whose subnets the table does not know).
     pub fn observe(
         &mut self,
-        ip: Ipv4Addr,
+        ip: A,
         mac: MacAddr,
         port: PortId,
         now: u64,
         how: Heard,
         on_link_only: bool,
     ) -> Learned {
-        if !mac.is_unicast() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+        if !mac.is_unicast() || !ip.learnable() {
             return Learned::Refused;
         }
         if on_link_only && !self.is_on_link(ip) {
@@ -292,14 +351,7 @@ impl ArpTable {
         self.insert(ip, mac, port, now, confirmed)
     }
 
-    fn insert(
-        &mut self,
-        ip: Ipv4Addr,
-        mac: MacAddr,
-        port: PortId,
-        now: u64,
-        confirmed: bool,
-    ) -> Learned {
+    fn insert(&mut self, ip: A, mac: MacAddr, port: PortId, now: u64, confirmed: bool) -> Learned {
         if self.ports.len() <= port {
             self.ports.resize(port + 1, [EMPTY; 2]);
         }
@@ -432,7 +484,7 @@ impl ArpTable {
     }
 
     /// The live binding of `ip`.
-    pub fn lookup(&self, ip: Ipv4Addr, now: u64) -> Option<ArpEntry> {
+    pub fn lookup(&self, ip: A, now: u64) -> Option<ArpEntry> {
         self.map
             .get(&ip)
             .map(|&i| self.slots[i as usize].e)
@@ -474,7 +526,7 @@ impl ArpTable {
     }
 
     /// Live bindings, sorted by IP.
-    pub fn entries(&self, now: u64) -> Vec<(Ipv4Addr, ArpEntry)> {
+    pub fn entries(&self, now: u64) -> Vec<(A, ArpEntry)> {
         let mut v: Vec<_> = self
             .map
             .iter()

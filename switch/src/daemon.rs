@@ -527,6 +527,16 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
         neigh_max: sw.arp_max,
         ageing_ms: sw.ageing.as_millis() as u64,
         queue_slots: 64,
+        v6: (!g.address6.is_empty()).then(|| crate::gateway::Gw6Config {
+            lan: g.address6.iter().map(|c| (c.addr, c.prefix)).collect(),
+            ra: g.ra,
+            uplink: t
+                .uplink
+                .as_ref()
+                .and_then(|u| u.address6)
+                .map(|c| (c.addr, c.prefix)),
+            next_hop: t.uplink.as_ref().and_then(|u| u.next_hop6),
+        }),
     }))
 }
 

@@ -238,7 +238,7 @@ impl<P: Policy> Pipeline<P> {
         let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
             return Verdict::Drop(DropReason::Runt);
         };
-        let (src, dst) = (eth.src(), eth.dst());
+        let (src, dst, et) = (eth.src(), eth.dst(), eth.ethertype());
         if !src.is_unicast() {
             return Verdict::Drop(DropReason::BadSrcMac);
         }
@@ -298,6 +298,13 @@ impl<P: Policy> Pipeline<P> {
             }
         }
 
+        if et == ethertype::IPV6
+            && to_gateway
+            && let Some(gw) = &mut self.gateway
+            && let Some(v) = gw.lan_nd(now, in_port, frame, out, &self.fdb)
+        {
+            return v;
+        }
         if let Some(gw) = &mut self.gateway
             && dst == gw.mac()
             && to_gateway
@@ -317,6 +324,14 @@ impl<P: Policy> Pipeline<P> {
             }
             Some(p) => Verdict::Unicast(p),
             None => Verdict::Flood,
+        }
+    }
+
+    /// Between batches (about once a second): frames the gateway sends on
+    /// its own (router advertisements) go to `out`.
+    pub fn periodic(&mut self, now: u64, out: &mut Gen) {
+        if let Some(gw) = &mut self.gateway {
+            gw.periodic(now, out);
         }
     }
 

@@ -929,6 +929,11 @@ impl<P: Policy + Reload> Worker<P> {
             if now.saturating_sub(last_sweep) >= 1000 {
                 self.collect_kernel_drops();
                 self.expiring = !self.pipeline.expire(now);
+                self.generated.clear();
+                self.pipeline.periodic(now, &mut self.generated);
+                if !self.generated.is_empty() {
+                    self.send_generated(now);
+                }
                 self.report_tap_losses();
                 self.summarise(now);
                 last_sweep = now;
@@ -1370,7 +1375,12 @@ impl<P: Policy + Reload> Worker<P> {
         {
             Self::send_one(&mut self.ports, sp, y, &self.out_span, &mut self.gone);
         }
-        // Frames the gateway generated or released, routed, then sent the same way.
+        self.send_generated(now);
+    }
+
+    /// Frames the gateway generated or released, routed, then sent the same
+    /// way as forwarded ones (mirrors and captures included).
+    fn send_generated(&mut self, now: u64) {
         self.pipeline.finish_batch(now, &mut self.generated);
         if !self.generated.is_empty() {
             for o in &mut self.out {

@@ -565,7 +565,8 @@ pub fn recv_frames(port: &mut switch::sys::PacketPort, window: Duration) -> Vec<
 pub fn tcp_transfer(from: &Member, to: &Member, port: u16, len: usize) {
     let seed = 0x5eed_0000 + u64::from(port);
     let expected = sha256_of(|w| write_pattern(w, seed, len).unwrap());
-    let addr: std::net::SocketAddr = format!("{}:{port}", to.ip).parse().unwrap();
+    let ip: std::net::IpAddr = to.ip.parse().expect("an IPv4 or IPv6 address");
+    let addr = std::net::SocketAddr::new(ip, port);
     let listener =
         in_ns(&to.ns, || std::net::TcpListener::bind(addr)).expect("listen in namespace");
     listener.set_nonblocking(true).unwrap();

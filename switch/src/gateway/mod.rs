@@ -58,7 +58,10 @@ use nat::checksum;
 use nat::wire::{Ipv4Packet, icmp_is_error, icmp_type, proto};
 use nat::{Ipv4Net, Nat, NatConfig, Side};
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+
+mod v6;
+pub use v6::{Egress6, Gw6, Gw6Config, RA_INTERVAL_MS};
 
 /// The uplink side of the gateway.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +104,8 @@ pub struct GatewayConfig {
     pub ageing_ms: u64,
     /// Packets that may wait for neighbour resolution.
     pub queue_slots: usize,
+    /// IPv6, if the gateway has IPv6 addresses.
+    pub v6: Option<Gw6Config>,
 }
 
 impl GatewayConfig {
@@ -147,6 +152,14 @@ pub struct GwCounters {
     pub arp_requests: u64,
     /// ARP requests answered for our addresses.
     pub arp_replies: u64,
+    /// IPv6 neighbor solicitations sent (resolving next hops).
+    pub nd_solicits: u64,
+    /// IPv6 neighbor advertisements sent for our addresses.
+    pub nd_adverts: u64,
+    /// IPv6 router advertisements sent.
+    pub ra_sent: u64,
+    /// ICMPv6 Packet Too Big sent (IPv6 routers never fragment).
+    pub packet_too_big: u64,
     /// Packets queued awaiting a neighbour.
     pub queued: u64,
     /// Neighbour bindings not learned (off-link sender, or no room for a hint).
@@ -256,7 +269,7 @@ struct Pending {
     used: bool,
     /// The ingress port it came from ([`GENERATED`] for generated frames).
     owner: PortId,
-    nh: Ipv4Addr,
+    nh: IpAddr,
     wan: bool,
     since: u64,
     data: Vec<u8>,
@@ -297,7 +310,7 @@ fn side_in(cfg: &GatewayConfig, lan: &Ipv4Net, up: &Option<Ipv4Net>, dst: Ipv4Ad
 /// What to do with a routed packet.
 enum Next {
     Out(Target),
-    Queue { nh: Ipv4Addr, wan: bool },
+    Queue { nh: IpAddr, wan: bool },
     Drop(DropReason),
 }
 
@@ -483,11 +496,13 @@ pub struct Gateway {
     pub neigh_wan: ArpTable,
     pending: Vec<Pending>,
     /// Addresses we sent an ARP request for, and when (bounded: [`MAX_OUTSTANDING`]).
-    last_req: HashMap<Ipv4Addr, u64, foldhash::fast::RandomState>,
+    last_req: HashMap<IpAddr, u64, foldhash::fast::RandomState>,
     icmp_all: Bucket,
     icmp_dst: Box<[Bucket; ICMP_DST_SLOTS]>,
     /// A packet being re-fragmented in [`Gateway::route_gen`].
     scratch: Vec<u8>,
+    /// IPv6 state, if configured.
+    v6: Option<Gw6>,
     /// Counters.
     pub counters: GwCounters,
 }
@@ -570,7 +585,7 @@ impl Gateway {
             .map(|_| Pending {
                 used: false,
                 owner: GENERATED,
-                nh: Ipv4Addr::UNSPECIFIED,
+                nh: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 wan: false,
                 since: 0,
                 data: Vec::with_capacity(2048),
@@ -592,6 +607,7 @@ impl Gateway {
             neigh_wan.set_on_link(&nets);
         }
         Gateway {
+            v6: cfg.v6.clone().map(|c| Gw6::new(c, &cfg)),
             nat: cfg.nat.clone().map(Nat::new),
             neigh_lan,
             neigh_wan,
@@ -643,6 +659,9 @@ impl Gateway {
     pub fn set_uplink_mac(&mut self, mac: MacAddr) {
         if let Some(u) = &mut self.cfg.uplink {
             u.mac = mac;
+        }
+        if let Some(v6) = &mut self.v6 {
+            v6.set_uplink_mac(mac);
         }
     }
 
@@ -762,7 +781,7 @@ impl Gateway {
     }
 
     /// Whether an ARP reply from `ip` answers a request of ours.
-    fn solicited(&self, ip: Ipv4Addr, now: u64) -> bool {
+    fn solicited(&self, ip: IpAddr, now: u64) -> bool {
         self.last_req
             .get(&ip)
             .is_some_and(|&t| now.saturating_sub(t) < RESOLVE_WAIT_MS)
@@ -788,13 +807,13 @@ impl Gateway {
             return None;
         }
         if !spa.is_unspecified() {
-            let how = if op == arp_op::REPLY && self.solicited(spa, now) {
+            let how = if op == arp_op::REPLY && self.solicited(spa.into(), now) {
                 Heard::Reply
             } else {
                 Heard::Hint
             };
             if self.learn_neigh(false, spa, sha, in_port, now, how) {
-                self.release(now, spa, false, out, fdb);
+                self.release(now, spa.into(), false, out, fdb);
             }
         }
         if op == arp_op::REQUEST {
@@ -826,6 +845,9 @@ impl Gateway {
         let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
             return Verdict::Drop(DropReason::Runt);
         };
+        if eth.ethertype() == ethertype::IPV6 {
+            return self.lan_ipv6(now, in_port, vnet, frame, out, fdb);
+        }
         if eth.ethertype() != ethertype::IPV4 {
             return self.drop(GwDrop::NotIpv4);
         }
@@ -1036,7 +1058,7 @@ impl Gateway {
             &self.neigh_lan
         };
         let Some(n) = table.lookup(nh, now) else {
-            return Next::Queue { nh, wan };
+            return Next::Queue { nh: nh.into(), wan };
         };
         match (wan, self.cfg.uplink.as_ref()) {
             (true, Some(u)) => {
@@ -1129,7 +1151,7 @@ impl Gateway {
         &mut self,
         now: u64,
         in_port: PortId,
-        nh: Ipv4Addr,
+        nh: IpAddr,
         wan: bool,
         vnet: &[u8],
         frame: &[u8],
@@ -1150,7 +1172,7 @@ impl Gateway {
         &mut self,
         now: u64,
         owner: PortId,
-        nh: Ipv4Addr,
+        nh: IpAddr,
         wan: bool,
         vnet: &[u8],
         frame: &[u8],
@@ -1185,9 +1207,10 @@ impl Gateway {
         true
     }
 
-    /// Send an ARP request for `ip` unless one went out in the last second,
-    /// or [`MAX_OUTSTANDING`] other addresses are being asked for.
-    fn request(&mut self, now: u64, ip: Ipv4Addr, wan: bool, out: &mut Gen) {
+    /// Send an ARP request (IPv4) or a neighbor solicitation (IPv6) for
+    /// `ip` unless one went out in the last second, or [`MAX_OUTSTANDING`]
+    /// other addresses are being asked for.
+    fn request(&mut self, now: u64, ip: IpAddr, wan: bool, out: &mut Gen) {
         match self.last_req.get(&ip) {
             Some(&t) if now.saturating_sub(t) < 1000 => return,
             None if self.last_req.len() >= MAX_OUTSTANDING => {
@@ -1196,6 +1219,15 @@ impl Gateway {
             }
             _ => {}
         }
+        let ip = match ip {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip6) => {
+                if self.solicit6(ip6, wan, out) {
+                    self.last_req.insert(ip, now);
+                }
+                return;
+            }
+        };
         let (mac, my_ip, target) = match (&self.cfg.uplink, wan) {
             (Some(u), true) => (u.mac, u.ip, Target::Port(u.port)),
             _ => (self.cfg.mac, self.cfg.ip, Target::Lan),
@@ -1213,7 +1245,7 @@ impl Gateway {
             VNET_HDR_LEN + 60
         });
         if ok {
-            self.last_req.insert(ip, now);
+            self.last_req.insert(ip.into(), now);
             self.counters.arp_requests += 1;
         } else {
             self.counters.drop_gen_full += 1;
@@ -1221,13 +1253,19 @@ impl Gateway {
     }
 
     /// Send packets that waited for `ip` (now resolved).
-    fn release(&mut self, now: u64, ip: Ipv4Addr, wan: bool, out: &mut Gen, fdb: &Fdb) {
-        let table = if wan {
-            &self.neigh_wan
-        } else {
-            &self.neigh_lan
+    fn release(&mut self, now: u64, ip: IpAddr, wan: bool, out: &mut Gen, fdb: &Fdb) {
+        let (n, et) = match ip {
+            IpAddr::V4(v4) => {
+                let table = if wan {
+                    &self.neigh_wan
+                } else {
+                    &self.neigh_lan
+                };
+                (table.lookup(v4, now), ethertype::IPV4)
+            }
+            IpAddr::V6(v6) => (self.neigh6(wan, v6, now), ethertype::IPV6),
         };
-        let Some(n) = table.lookup(ip, now) else {
+        let Some(n) = n else {
             return;
         };
         let src_mac = if wan {
@@ -1248,7 +1286,7 @@ impl Gateway {
             let data = &p.data;
             let ok = out.push(target, |b| {
                 b[..data.len()].copy_from_slice(data);
-                write_eth(&mut b[VNET_HDR_LEN..], n.mac, src_mac, ethertype::IPV4);
+                write_eth(&mut b[VNET_HDR_LEN..], n.mac, src_mac, et);
                 data.len()
             });
             if !ok {
@@ -1461,7 +1499,12 @@ impl Gateway {
     /// Whether an ICMP error to `to` may go out at `now`: takes a token from
     /// the total and from `to`'s bucket, or counts a suppression.
     fn icmp_allowed(&mut self, now: u64, to: Ipv4Addr) -> bool {
-        let h = (u32::from(to).wrapping_mul(0x9e37_79b1) >> 24) as usize % ICMP_DST_SLOTS;
+        self.icmp_allowed_key(now, u32::from(to))
+    }
+
+    /// [`Gateway::icmp_allowed`] for a destination hashed to `key`.
+    fn icmp_allowed_key(&mut self, now: u64, key: u32) -> bool {
+        let h = (key.wrapping_mul(0x9e37_79b1) >> 24) as usize % ICMP_DST_SLOTS;
         let all_cap = ICMP_ALL_MS_PER_TOKEN * ICMP_ALL_BURST;
         let dst_cap = ICMP_DST_MS_PER_TOKEN * ICMP_DST_BURST;
         if self.icmp_all.credit(now, all_cap) < ICMP_ALL_MS_PER_TOKEN
@@ -1737,6 +1780,9 @@ impl Gateway {
             return Verdict::Drop(DropReason::Runt);
         };
         let (dst_mac, src_mac, et) = (eth.dst(), eth.src(), eth.ethertype());
+        if et == ethertype::IPV6 {
+            return self.uplink_ipv6(now, vnet, frame, out, fdb);
+        }
         // Multicast and broadcast other than ARP (IPv6 router solicitations,
         // MLD, mDNS, ...): the external network's noise, which a host ignores.
         if dst_mac.0[0] & 1 == 1 && et != ethertype::ARP {
@@ -1752,13 +1798,13 @@ impl Gateway {
                 return Verdict::Consumed; // someone else's ARP on the external network
             }
             if !spa.is_unspecified() && spa != up.ip {
-                let how = if op == arp_op::REPLY && self.solicited(spa, now) {
+                let how = if op == arp_op::REPLY && self.solicited(spa.into(), now) {
                     Heard::Reply
                 } else {
                     Heard::Hint
                 };
                 if self.learn_neigh(true, spa, sha, up.port, now, how) {
-                    self.release(now, spa, true, out, fdb);
+                    self.release(now, spa.into(), true, out, fdb);
                 }
             }
             if op == arp_op::REQUEST && !spa.is_unspecified() {
@@ -1881,6 +1927,10 @@ impl Gateway {
         let done = self.expire_more(now);
         self.neigh_lan.sweep(now);
         self.neigh_wan.sweep(now);
+        if let Some(v6) = &mut self.v6 {
+            v6.neigh_lan.sweep(now);
+            v6.neigh_wan.sweep(now);
+        }
         self.last_req
             .retain(|_, t| now.saturating_sub(*t) < RESOLVE_WAIT_MS);
         for p in &mut self.pending {
@@ -1928,10 +1978,10 @@ mod tests {
     use super::*;
     use crate::wire::tests_fixtures::{arp_reply, arp_request};
 
-    const GW_MAC: MacAddr = MacAddr([2, 0x76, 0x73, 0, 0, 5]);
-    const UP_MAC: MacAddr = MacAddr([2, 0x76, 0x73, 0, 0, 1]);
-    const RED: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
-    const WAN: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x10]);
+    pub(super) const GW_MAC: MacAddr = MacAddr([2, 0x76, 0x73, 0, 0, 5]);
+    pub(super) const UP_MAC: MacAddr = MacAddr([2, 0x76, 0x73, 0, 0, 1]);
+    pub(super) const RED: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    pub(super) const WAN: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x10]);
     const ROUTER9: MacAddr = MacAddr([2, 0, 0, 0, 0, 9]);
 
     fn gw() -> Gateway {
@@ -1941,7 +1991,7 @@ mod tests {
     /// The seed topology's gateway (LAN 192.168.15.0/24, uplink
     /// 203.0.113.0/24 of MTU 1400, static route 10.9/16 via .9), with a LAN
     /// MTU, a neighbour cache bound, and DNAT of UDP 203.0.113.1:5353 to blue.
-    fn gw_with(lan_mtu: u32, neigh_max: usize) -> Gateway {
+    pub(super) fn gw_with(lan_mtu: u32, neigh_max: usize) -> Gateway {
         let mut nat = NatConfig::new(Ipv4Addr::new(203, 0, 113, 1));
         nat.dnat = vec![nat::DnatRule {
             proto: proto::UDP,
@@ -1978,6 +2028,12 @@ mod tests {
             neigh_max,
             ageing_ms: 300_000,
             queue_slots: 16,
+            v6: Some(Gw6Config {
+                lan: vec![("fd00:15::5".parse().unwrap(), 64)],
+                ra: true,
+                uplink: Some(("2001:db8:113::1".parse().unwrap(), 64)),
+                next_hop: None,
+            }),
         })
     }
 
