@@ -40,6 +40,7 @@
 //!  any --RST--> CLOSE --O:SYN--> SYN_SENT
 //! ```
 
+use crate::family::Family;
 use crate::wire::tcp_flags;
 use std::collections::HashMap;
 use std::fmt;
@@ -48,22 +49,22 @@ use std::net::Ipv4Addr;
 /// A connection tuple. For ICMP queries the identifier plays the port: an
 /// echo request is `(src, dst, id, 0)`, an echo reply `(src, dst, 0, id)`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct Tuple {
+pub struct Tuple<A = Ipv4Addr> {
     /// IP protocol.
     pub proto: u8,
     /// Source address.
-    pub src: Ipv4Addr,
+    pub src: A,
     /// Destination address.
-    pub dst: Ipv4Addr,
+    pub dst: A,
     /// Source port (or ICMP id of a request).
     pub sport: u16,
     /// Destination port (or ICMP id of a reply).
     pub dport: u16,
 }
 
-impl Tuple {
+impl<A: Family> Tuple<A> {
     /// The tuple of a packet going the other way.
-    pub fn inv(&self) -> Tuple {
+    pub fn inv(&self) -> Tuple<A> {
         Tuple {
             proto: self.proto,
             src: self.dst,
@@ -74,7 +75,7 @@ impl Tuple {
     }
 }
 
-impl fmt::Display for Tuple {
+impl<A: Family> fmt::Display for Tuple<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -229,11 +230,11 @@ pub fn tcp_open(ev: TcpEvent) -> Option<TcpState> {
 
 /// The EIM mapping an entry holds a reference on.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct MapKey {
+pub struct MapKey<A = Ipv4Addr> {
     /// Protocol.
     pub proto: u8,
     /// Internal address.
-    pub ip: Ipv4Addr,
+    pub ip: A,
     /// Internal port (or ICMP id).
     pub port: u16,
 }
@@ -272,11 +273,11 @@ const UNLINKED: Link = Link {
 /// 104 bytes: the two tuples, counters, expiry, and three intrusive list
 /// links (timer wheel slot, global unassured FIFO, its host's unassured FIFO).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry<A = Ipv4Addr> {
     /// Tuple of the first packet, as the initiator sent it.
-    pub orig: Tuple,
+    pub orig: Tuple<A>,
     /// Tuple of replies, as they arrive (before translation).
-    pub reply: Tuple,
+    pub reply: Tuple<A>,
     /// When it expires (ms). Change it through [`Table::set_expires`].
     pub expires: u64,
     /// Bytes per direction (saturating).
@@ -302,9 +303,9 @@ pub struct Entry {
     live: bool,
 }
 
-impl Entry {
+impl<A: Family> Entry<A> {
     /// A fresh entry.
-    pub fn new(orig: Tuple, reply: Tuple, expires: u64) -> Entry {
+    pub fn new(orig: Tuple<A>, reply: Tuple<A>, expires: u64) -> Entry<A> {
         Entry {
             orig,
             reply,
@@ -339,7 +340,7 @@ impl Entry {
     }
 
     /// The mapping keys and external ports this entry holds references on.
-    pub fn mappings(&self) -> [Option<(MapKey, u16)>; 2] {
+    pub fn mappings(&self) -> [Option<(MapKey<A>, u16)>; 2] {
         let out = (
             MapKey {
                 proto: self.orig.proto,
@@ -365,7 +366,7 @@ impl Entry {
     }
 
     /// The first mapping key and external port this entry refers to.
-    pub fn mapping(&self) -> Option<(MapKey, u16)> {
+    pub fn mapping(&self) -> Option<(MapKey<A>, u16)> {
         self.mappings()[0]
     }
 }
@@ -384,11 +385,11 @@ const TICK_MS: u64 = 1000;
 
 /// What [`Table::insert`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Insert {
+pub enum Insert<A = Ipv4Addr> {
     /// Inserted.
     Ok(EntryId),
     /// Inserted after evicting an unassured entry (returned for cleanup).
-    Evicted(EntryId, Entry),
+    Evicted(EntryId, Entry<A>),
     /// Table full of assured entries.
     Full,
     /// The host is at its entry limit and has no unassured entry to give up.
@@ -402,9 +403,9 @@ pub enum Insert {
 /// A record lives while its host has entries or mappings; its counters
 /// (`evicted`, `drops`) go with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Host {
+pub struct Host<A = Ipv4Addr> {
     /// The internal address.
-    pub addr: Ipv4Addr,
+    pub addr: A,
     /// Entries charged to this host.
     pub entries: u32,
     /// Of which unassured.
@@ -447,8 +448,8 @@ enum Fifo {
 /// (`host_max`) gives up its oldest unassured entry, else gets
 /// [`Insert::HostFull`]; a full table gives up its oldest unassured entry
 /// (which, under a flood, belongs to the flooding host), else [`Insert::Full`].
-pub struct Table {
-    slots: Vec<Entry>,
+pub struct Table<A: Family = Ipv4Addr> {
+    slots: Vec<Entry<A>>,
     free: u32,
     index: hashbrown::HashTable<u32>,
     hasher: foldhash::fast::FixedState,
@@ -457,22 +458,22 @@ pub struct Table {
     started: bool,
     fifo_head: u32,
     fifo_tail: u32,
-    hosts: Vec<Host>,
+    hosts: Vec<Host<A>>,
     hosts_free: Vec<HostId>,
-    host_index: HashMap<Ipv4Addr, HostId, foldhash::fast::FixedState>,
+    host_index: HashMap<A, HostId, foldhash::fast::FixedState>,
     len: usize,
     max: usize,
     host_max: usize,
 }
 
-impl Table {
+impl<A: Family> Table<A> {
     /// An empty table of at most `max` entries (capped at [`MAX_ENTRIES`]); `seed` keys the hash.
-    pub fn new(max: usize, seed: u64) -> Table {
+    pub fn new(max: usize, seed: u64) -> Table<A> {
         Table::with_host_limit(max, max, seed)
     }
 
     /// As [`Table::new`], with at most `host_max` entries per host.
-    pub fn with_host_limit(max: usize, host_max: usize, seed: u64) -> Table {
+    pub fn with_host_limit(max: usize, host_max: usize, seed: u64) -> Table<A> {
         let max = max.clamp(1, MAX_ENTRIES);
         Table {
             slots: Vec::new(),
@@ -513,17 +514,17 @@ impl Table {
         self.host_max
     }
 
-    fn hash(&self, t: &Tuple) -> u64 {
+    fn hash(&self, t: &Tuple<A>) -> u64 {
         use std::hash::BuildHasher;
         self.hasher.hash_one(t)
     }
 
-    fn tuple_of(slots: &[Entry], v: u32) -> &Tuple {
+    fn tuple_of(slots: &[Entry<A>], v: u32) -> &Tuple<A> {
         let e = &slots[(v >> 1) as usize];
         if v & 1 == 0 { &e.orig } else { &e.reply }
     }
 
-    fn find(&self, t: &Tuple) -> Option<u32> {
+    fn find(&self, t: &Tuple<A>) -> Option<u32> {
         let slots = &self.slots;
         self.index
             .find(self.hash(t), |&v| Self::tuple_of(slots, v) == t)
@@ -532,14 +533,14 @@ impl Table {
 
     /// The entry indexed under `t` if it has expired by `now` but was not
     /// swept yet (it would make a new entry for `t` a clash).
-    pub fn find_expired(&self, t: &Tuple, now: u64) -> Option<EntryId> {
+    pub fn find_expired(&self, t: &Tuple<A>, now: u64) -> Option<EntryId> {
         let id = self.find(t)? >> 1;
         let e = &self.slots[id as usize];
         (e.live && e.expires <= now).then_some(id)
     }
 
     /// Find the entry a packet with tuple `t` belongs to, if live at `now`.
-    pub fn lookup(&self, t: &Tuple, now: u64) -> Option<(EntryId, Dir)> {
+    pub fn lookup(&self, t: &Tuple<A>, now: u64) -> Option<(EntryId, Dir)> {
         let v = self.find(t)?;
         let id = v >> 1;
         let e = &self.slots[id as usize];
@@ -552,13 +553,13 @@ impl Table {
     }
 
     /// The entry `id` (live or not).
-    pub fn get(&self, id: EntryId) -> &Entry {
+    pub fn get(&self, id: EntryId) -> &Entry<A> {
         &self.slots[id as usize]
     }
 
     /// The entry `id`, mutable. Use [`Table::set_expires`] and
     /// [`Table::set_assured`] for the fields the table's lists depend on.
-    pub fn get_mut(&mut self, id: EntryId) -> &mut Entry {
+    pub fn get_mut(&mut self, id: EntryId) -> &mut Entry<A> {
         &mut self.slots[id as usize]
     }
 
@@ -567,7 +568,7 @@ impl Table {
     /// The record of host `addr`, created if needed. `None` if the host table
     /// is full (it holds at most `max` + 1 records: a record lives only while
     /// its host has entries or mappings).
-    pub fn host(&mut self, addr: Ipv4Addr) -> Option<HostId> {
+    pub fn host(&mut self, addr: A) -> Option<HostId> {
         if let Some(&h) = self.host_index.get(&addr) {
             return Some(h);
         }
@@ -602,17 +603,17 @@ impl Table {
     }
 
     /// The record of host `addr`, if it has one.
-    pub fn find_host(&self, addr: Ipv4Addr) -> Option<HostId> {
+    pub fn find_host(&self, addr: A) -> Option<HostId> {
         self.host_index.get(&addr).copied()
     }
 
     /// Host record `h`.
-    pub fn host_rec(&self, h: HostId) -> &Host {
+    pub fn host_rec(&self, h: HostId) -> &Host<A> {
         &self.hosts[h as usize]
     }
 
     /// Host record `h`, mutable (for its mapping and drop counters).
-    pub fn host_rec_mut(&mut self, h: HostId) -> &mut Host {
+    pub fn host_rec_mut(&mut self, h: HostId) -> &mut Host<A> {
         &mut self.hosts[h as usize]
     }
 
@@ -630,7 +631,7 @@ impl Table {
     }
 
     /// Live host records.
-    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+    pub fn hosts(&self) -> impl Iterator<Item = &Host<A>> {
         self.hosts.iter().filter(|h| h.live)
     }
 
@@ -791,14 +792,14 @@ impl Table {
     }
 
     /// Insert `e` under both tuples, charged to no host (see [`Table::insert_for`]).
-    pub fn insert(&mut self, e: Entry, now: u64) -> Insert {
+    pub fn insert(&mut self, e: Entry<A>, now: u64) -> Insert<A> {
         self.insert_for(e, None, now)
     }
 
     /// Insert `e` (unassured) under both tuples, charged to host `host`.
     /// Makes room first if needed: a host at its limit gives up its own
     /// oldest unassured entry; a full table its oldest unassured entry.
-    pub fn insert_for(&mut self, mut e: Entry, host: Option<HostId>, now: u64) -> Insert {
+    pub fn insert_for(&mut self, mut e: Entry<A>, host: Option<HostId>, now: u64) -> Insert<A> {
         if e.orig == e.reply || self.find(&e.orig).is_some() || self.find(&e.reply).is_some() {
             return Insert::Clash;
         }
@@ -866,7 +867,7 @@ impl Table {
         }
     }
 
-    fn unindex(&mut self, t: &Tuple) {
+    fn unindex(&mut self, t: &Tuple<A>) {
         let slots = &self.slots;
         if let Ok(entry) = self
             .index
@@ -877,7 +878,7 @@ impl Table {
     }
 
     /// Remove entry `id`, returning it (its host record stays until [`Table::host_gc`]).
-    pub fn remove(&mut self, id: EntryId) -> Option<Entry> {
+    pub fn remove(&mut self, id: EntryId) -> Option<Entry<A>> {
         let e = self.slots.get(id as usize)?;
         if !e.live {
             return None;
@@ -909,7 +910,7 @@ impl Table {
     /// Remove entries that expired by `now`, walking only the wheel slots that
     /// came due (at most one lap, whatever the gap since the last call);
     /// `on_removed` sees each removed entry.
-    pub fn expire(&mut self, now: u64, on_removed: impl FnMut(Entry)) {
+    pub fn expire(&mut self, now: u64, on_removed: impl FnMut(Entry<A>)) {
         self.expire_some(now, usize::MAX, on_removed);
     }
 
@@ -922,7 +923,7 @@ impl Table {
         &mut self,
         now: u64,
         budget: usize,
-        mut on_removed: impl FnMut(Entry),
+        mut on_removed: impl FnMut(Entry<A>),
     ) -> bool {
         let target = Self::tick_of(now);
         if !self.started {
@@ -986,12 +987,12 @@ impl Table {
     }
 
     /// Live entries with their ids.
-    pub fn iter(&self) -> impl Iterator<Item = (EntryId, &Entry)> {
+    pub fn iter(&self) -> impl Iterator<Item = (EntryId, &Entry<A>)> {
         self.iter_from(0)
     }
 
     /// Live entries with their ids, from slot `first` on (for paged listings).
-    pub fn iter_from(&self, first: usize) -> impl Iterator<Item = (EntryId, &Entry)> {
+    pub fn iter_from(&self, first: usize) -> impl Iterator<Item = (EntryId, &Entry<A>)> {
         self.slots
             .iter()
             .enumerate()

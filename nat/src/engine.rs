@@ -1,7 +1,8 @@
 //! The NAT engine: MASQUERADE/SNAT and DNAT over the connection table.
 //!
 //! Contract: [`Nat::process`] takes `now` (ms), the side a packet came from,
-//! the IPv4 packet bytes (rewritten in place) and whether its L4 checksum is
+//! the IP packet bytes (rewritten in place; `Nat<Ipv4Addr>` for NAT44,
+//! `Nat<Ipv6Addr>` for NAT66, the same semantics over [`Family`]) and whether its L4 checksum is
 //! partial (CHECKSUM_PARTIAL), plus a routing oracle, and returns a
 //! [`Verdict`]. It does no I/O and reads no clock.
 //!
@@ -54,15 +55,23 @@
 //! ICMP errors are translated in both directions with their embedded header
 //! (RFC 5508 REQ-4/5) and never create, refresh or remove state. IPv4
 //! fragments follow the translation of their first fragment; later fragments
-//! that arrive first wait in a bounded pool (REQ-14).
+//! that arrive first wait in a bounded pool (REQ-14); IPv6 fragments (the
+//! fragment header's identification) the same way.
+//!
+//! NAT66 differences: ICMPv6 checksums cover the pseudo-header, so echo and
+//! error translation update them for address changes too; the transport
+//! header is found after the extension headers; state snapshots
+//! ([`Nat::export`]) and `explain` are IPv4-only for now.
 
 use crate::checksum::{self, update16, update32, update32_partial};
 use crate::conntrack::{
     Dir, Entry, HostId, Insert, MapKey, MapRef, Table, TcpEvent, TcpState, Tuple, tcp_next,
     tcp_open,
 };
+use crate::family::{Family, Hdr, Net};
+pub use crate::family::{Ipv4Net, Ipv6Net};
 use crate::snapshot::{ImportReport, NatSnapshot, SavedEntry, SavedHost, SnapshotError};
-use crate::wire::{Ipv4Packet, icmp_is_error, icmp_type, proto};
+use crate::wire::{Ipv4Packet, icmp_is_error, proto};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
@@ -77,36 +86,15 @@ pub enum Side {
     Local,
 }
 
-/// An IPv4 network, `addr/prefix`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Ipv4Net {
-    /// Address.
-    pub addr: Ipv4Addr,
-    /// Prefix length.
-    pub prefix: u8,
-}
-
-impl Ipv4Net {
-    /// Whether `ip` is in this network.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix))
-        };
-        u32::from(ip) & mask == u32::from(self.addr) & mask
-    }
-}
-
 /// A DNAT (port forwarding) rule on the external address.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct DnatRule {
+pub struct DnatRule<A = Ipv4Addr> {
     /// `proto::TCP` or `proto::UDP`.
     pub proto: u8,
     /// External port range, inclusive.
     pub ports: (u16, u16),
     /// Internal address.
-    pub to_addr: Ipv4Addr,
+    pub to_addr: A,
     /// Internal port of the first external port (the range maps one to one).
     pub to_port: u16,
 }
@@ -188,15 +176,15 @@ pub const DEFAULT_PORTS_PER_HOST: u32 = 16_384;
 
 /// NAT configuration.
 #[derive(Clone, Debug)]
-pub struct NatConfig {
+pub struct NatConfig<A = Ipv4Addr> {
     /// The external (uplink) address.
-    pub external: Ipv4Addr,
+    pub external: A,
     /// Sources to masquerade behind `external`.
-    pub masquerade: Vec<Ipv4Net>,
+    pub masquerade: Vec<Net<A>>,
     /// Port range for masquerade mappings of ports ≥ 1024 (inclusive).
     pub port_range: (u16, u16),
     /// Port forwarding rules.
-    pub dnat: Vec<DnatRule>,
+    pub dnat: Vec<DnatRule<A>>,
     /// Inbound filtering.
     pub filtering: Filtering,
     /// Table bound (default 262,144).
@@ -226,9 +214,9 @@ pub struct NatConfig {
     pub frag_slots: usize,
 }
 
-impl NatConfig {
+impl<A: Family> NatConfig<A> {
     /// Defaults for `external`, masquerading nothing yet.
-    pub fn new(external: Ipv4Addr) -> NatConfig {
+    pub fn new(external: A) -> NatConfig<A> {
         NatConfig {
             external,
             masquerade: Vec::new(),
@@ -367,22 +355,22 @@ pub struct NatCounters {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct FragKey {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+struct FragKey<A> {
+    src: A,
+    dst: A,
     proto: u8,
-    id: u16,
+    id: u32,
 }
 
 #[derive(Clone, Copy)]
-struct FragXlate {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+struct FragXlate<A> {
+    src: A,
+    dst: A,
     expires: u64,
 }
 
-struct FragSlot {
-    key: Option<FragKey>,
+struct FragSlot<A> {
+    key: Option<FragKey<A>>,
     since: u64,
     released: bool,
     data: Vec<u8>,
@@ -402,7 +390,7 @@ struct MapEntry {
 
 /// One entry as `vswitch conntrack` shows it.
 #[derive(Clone, Debug)]
-pub struct EntryView {
+pub struct EntryView<A = Ipv4Addr> {
     /// Protocol number.
     pub proto: u8,
     /// TCP state name, or empty.
@@ -410,9 +398,9 @@ pub struct EntryView {
     /// Seconds left.
     pub secs_left: u64,
     /// Original tuple.
-    pub orig: Tuple,
+    pub orig: Tuple<A>,
     /// Reply tuple.
-    pub reply: Tuple,
+    pub reply: Tuple<A>,
     /// Packets per direction.
     pub packets: [u64; 2],
     /// Bytes per direction.
@@ -422,7 +410,7 @@ pub struct EntryView {
 }
 
 /// The view of entry `e` at `now`.
-fn view(e: &Entry, now: u64) -> EntryView {
+fn view<A: Family>(e: &Entry<A>, now: u64) -> EntryView<A> {
     EntryView {
         proto: e.orig.proto,
         state: if e.orig.proto == proto::TCP {
@@ -441,9 +429,9 @@ fn view(e: &Entry, now: u64) -> EntryView {
 
 /// One internal host's share, as `vswitch conntrack`/`stats` show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostView {
+pub struct HostView<A = Ipv4Addr> {
     /// The internal address.
-    pub addr: Ipv4Addr,
+    pub addr: A,
     /// Entries charged to it.
     pub entries: u32,
     /// Of which unassured (evictable).
@@ -476,7 +464,7 @@ pub const DEFAULT_NEW_FLOWS_PER_HOST: u32 = 5_000;
 /// The pseudo-host that connections opened from the WAN are charged to.
 pub const OUTSIDE: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
 
-/// Index of a mapped protocol in per-protocol arrays (TCP, UDP, ICMP).
+/// Index of a mapped protocol in per-protocol arrays (TCP, UDP, ICMP or ICMPv6).
 fn pidx(p: u8) -> usize {
     match p {
         proto::TCP => 0,
@@ -529,15 +517,15 @@ impl PortMap {
 }
 
 /// The NAT engine.
-pub struct Nat {
-    cfg: NatConfig,
-    table: Table,
-    maps: HashMap<MapKey, MapEntry, foldhash::fast::FixedState>,
-    by_ext: HashMap<(u8, u16), MapKey, foldhash::fast::FixedState>,
+pub struct Nat<A: Family = Ipv4Addr> {
+    cfg: NatConfig<A>,
+    table: Table<A>,
+    maps: HashMap<MapKey<A>, MapEntry, foldhash::fast::FixedState>,
+    by_ext: HashMap<(u8, u16), MapKey<A>, foldhash::fast::FixedState>,
     ports: PortMap,
-    adf: HashMap<(u8, u16, Ipv4Addr), u32, foldhash::fast::FixedState>,
-    frags: HashMap<FragKey, FragXlate, foldhash::fast::FixedState>,
-    pool: Vec<FragSlot>,
+    adf: HashMap<(u8, u16, A), u32, foldhash::fast::FixedState>,
+    frags: HashMap<FragKey<A>, FragXlate<A>, foldhash::fast::FixedState>,
+    pool: Vec<FragSlot<A>>,
     /// Hosts whose records may have become idle (collected after each packet).
     gc: Vec<HostId>,
     rng: u64,
@@ -546,12 +534,12 @@ pub struct Nat {
     pub counters: NatCounters,
 }
 
-struct Parsed {
-    t: Tuple,
+struct Parsed<A> {
+    t: Tuple<A>,
     /// TCP flags (TCP only).
     flags: u8,
-    /// Whether this packet carries the L4 header (not a later fragment).
-    has_l4: bool,
+    /// Where the transport header is: `(offset, end)` in the packet.
+    l4: (usize, usize),
     len: u64,
 }
 
@@ -565,7 +553,7 @@ fn splitmix(x: &mut u64) -> u64 {
 
 /// Parse the tuple of the transport header in `l4` (ICMP: queries only), with
 /// the TCP flags (TCP) or the ICMP type (ICMP).
-fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple, u8)> {
+fn l4_tuple<A: Family>(proto: u8, src: A, dst: A, l4: &[u8]) -> Option<(Tuple<A>, u8)> {
     match proto {
         proto::TCP | proto::UDP => {
             if l4.len() < 4 {
@@ -585,13 +573,13 @@ fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple
                 flags,
             ))
         }
-        proto::ICMP => {
+        p if p == A::ICMP => {
             if l4.len() < 8 {
                 return None;
             }
             let id = u16::from_be_bytes([l4[4], l4[5]]);
             match l4[0] {
-                icmp_type::ECHO_REQUEST => Some((
+                t if t == A::ECHO_REQUEST => Some((
                     Tuple {
                         proto,
                         src,
@@ -599,9 +587,9 @@ fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple
                         sport: id,
                         dport: 0,
                     },
-                    icmp_type::ECHO_REQUEST,
+                    A::ECHO_REQUEST,
                 )),
-                icmp_type::ECHO_REPLY => Some((
+                t if t == A::ECHO_REPLY => Some((
                     Tuple {
                         proto,
                         src,
@@ -609,7 +597,7 @@ fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple
                         sport: 0,
                         dport: id,
                     },
-                    icmp_type::ECHO_REPLY,
+                    A::ECHO_REPLY,
                 )),
                 _ => None,
             }
@@ -619,7 +607,7 @@ fn l4_tuple(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Option<(Tuple
 }
 
 /// The idle timeout of `e` in its current state, ms (saturating).
-fn timeout_ms(t: &Timeouts, e: &Entry) -> u64 {
+fn timeout_ms<A: Family>(t: &Timeouts, e: &Entry<A>) -> u64 {
     let secs = match e.orig.proto {
         proto::TCP => {
             let s = match e.tcp {
@@ -641,41 +629,66 @@ fn timeout_ms(t: &Timeouts, e: &Entry) -> u64 {
     secs.min(MAX_TIMEOUT_SECS).saturating_mul(1000)
 }
 
-/// Rewrite the transport header of `ip` from tuple `from` to `to`. `partial`:
-/// the TCP/UDP checksum holds a pseudo-header seed (only addresses change it).
-/// `has_l4`: false for later fragments (addresses only).
-fn rewrite(buf: &mut [u8], from: &Tuple, to: &Tuple, partial: bool, has_l4: bool) {
-    let Ok(mut ip) = Ipv4Packet::new_checked(&mut *buf) else {
+/// Update checksum field `c` for an address changing `old` → `new` (as a
+/// complete checksum, or a CHECKSUM_PARTIAL seed).
+fn update_addr<A: Family>(mut c: u16, old: A, new: A, partial: bool) -> u16 {
+    let (o, n) = (old.bytes(), new.bytes());
+    for (o, n) in o[..A::LEN].chunks_exact(4).zip(n[..A::LEN].chunks_exact(4)) {
+        let o = u32::from_be_bytes([o[0], o[1], o[2], o[3]]);
+        let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]);
+        c = if partial {
+            update32_partial(c, o, n)
+        } else {
+            update32(c, o, n)
+        };
+    }
+    c
+}
+
+/// Rewrite packet `buf` from tuple `from` to `to`: addresses (and the IPv4
+/// header checksum), then the transport header at `l4` (`None` for later
+/// fragments: addresses only). `partial`: the TCP/UDP checksum holds a
+/// pseudo-header seed (only addresses change it). The ICMPv6 checksum covers
+/// the pseudo-header, so it follows address changes; ICMPv4's does not.
+fn rewrite<A: Family>(
+    buf: &mut [u8],
+    from: &Tuple<A>,
+    to: &Tuple<A>,
+    partial: bool,
+    l4: Option<(usize, usize)>,
+) {
+    let (src_changed, dst_changed) = (from.src != to.src, from.dst != to.dst);
+    if src_changed {
+        A::set_src(buf, to.src);
+    }
+    if dst_changed {
+        A::set_dst(buf, to.dst);
+    }
+    let Some(l4) = l4.and_then(|(a, b)| buf.get_mut(a..b)) else {
         return;
     };
-    let (os, od, ns, nd) = (
-        u32::from(from.src),
-        u32::from(from.dst),
-        u32::from(to.src),
-        u32::from(to.dst),
-    );
-    if os != ns {
-        ip.set_src(to.src);
-    }
-    if od != nd {
-        ip.set_dst(to.dst);
-    }
-    if !has_l4 {
-        return;
-    }
     let p = from.proto;
-    let l4 = ip.payload_mut();
+    let icmp = p == A::ICMP;
     let csum_at = match p {
         proto::TCP if l4.len() >= 18 => 16,
         proto::UDP if l4.len() >= 8 => 6,
-        proto::ICMP if l4.len() >= 8 => 2,
+        _ if icmp && l4.len() >= 8 => 2,
         _ => return,
     };
     let mut c = u16::from_be_bytes([l4[csum_at], l4[csum_at + 1]]);
     let udp_zero = p == proto::UDP && c == 0 && !partial;
-    if p == proto::ICMP {
+    let pseudo = !icmp || A::ICMP_PSEUDO;
+    if !udp_zero && pseudo {
+        if src_changed {
+            c = update_addr(c, from.src, to.src, partial);
+        }
+        if dst_changed {
+            c = update_addr(c, from.dst, to.dst, partial);
+        }
+    }
+    if icmp {
         // The identifier is the "port": sport of a request, dport of a reply.
-        let (old, new) = if l4[0] == icmp_type::ECHO_REQUEST {
+        let (old, new) = if l4[0] == A::ECHO_REQUEST {
             (from.sport, to.sport)
         } else {
             (from.dport, to.dport)
@@ -685,30 +698,15 @@ fn rewrite(buf: &mut [u8], from: &Tuple, to: &Tuple, partial: bool, has_l4: bool
             l4[4..6].copy_from_slice(&new.to_be_bytes());
         }
     } else {
-        if !udp_zero {
-            if partial {
-                if os != ns {
-                    c = update32_partial(c, os, ns);
-                }
-                if od != nd {
-                    c = update32_partial(c, od, nd);
-                }
-            } else {
-                if os != ns {
-                    c = update32(c, os, ns);
-                }
-                if od != nd {
-                    c = update32(c, od, nd);
-                }
-                if from.sport != to.sport {
-                    c = update16(c, from.sport, to.sport);
-                }
-                if from.dport != to.dport {
-                    c = update16(c, from.dport, to.dport);
-                }
-                if p == proto::UDP && c == 0 {
-                    c = 0xffff; // 0 means "no checksum" in UDP
-                }
+        if !udp_zero && !partial {
+            if from.sport != to.sport {
+                c = update16(c, from.sport, to.sport);
+            }
+            if from.dport != to.dport {
+                c = update16(c, from.dport, to.dport);
+            }
+            if p == proto::UDP && c == 0 {
+                c = 0xffff; // 0 means "no checksum" in UDP
             }
         }
         l4[0..2].copy_from_slice(&to.sport.to_be_bytes());
@@ -717,9 +715,9 @@ fn rewrite(buf: &mut [u8], from: &Tuple, to: &Tuple, partial: bool, has_l4: bool
     l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
-impl Nat {
+impl<A: Family> Nat<A> {
     /// A NAT engine with empty tables.
-    pub fn new(cfg: NatConfig) -> Nat {
+    pub fn new(cfg: NatConfig<A>) -> Nat<A> {
         let seed = cfg.hash_seed;
         let st = || foldhash::fast::FixedState::with_seed(seed);
         let rng = match cfg.alloc {
@@ -757,7 +755,7 @@ impl Nat {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &NatConfig {
+    pub fn config(&self) -> &NatConfig<A> {
         &self.cfg
     }
 
@@ -769,7 +767,7 @@ impl Nat {
     /// mapping that already holds one keeps its established sessions, while
     /// new inbound flows to that port follow the rule. Ports of removed
     /// rules become free for mappings. No other setting changes.
-    pub fn set_rules(&mut self, masquerade: Vec<Ipv4Net>, dnat: Vec<DnatRule>) {
+    pub fn set_rules(&mut self, masquerade: Vec<Net<A>>, dnat: Vec<DnatRule<A>>) {
         let old = std::mem::replace(&mut self.cfg.dnat, dnat);
         self.cfg.masquerade = masquerade;
         for r in &old {
@@ -812,7 +810,7 @@ impl Nat {
     }
 
     /// The internal hosts with state, and their share (RFC 6888 fairness view).
-    pub fn hosts(&self) -> impl Iterator<Item = HostView> + '_ {
+    pub fn hosts(&self) -> impl Iterator<Item = HostView<A>> + '_ {
         self.table.hosts().map(|h| HostView {
             addr: h.addr,
             entries: h.entries,
@@ -826,7 +824,7 @@ impl Nat {
 
     /// The internal endpoint (proto, address, port) holding external port
     /// `ext` of `proto`, if mapped (tests, `vswitch trace`).
-    pub fn mapping_of(&self, proto: u8, ext: u16) -> Option<(Ipv4Addr, u16)> {
+    pub fn mapping_of(&self, proto: u8, ext: u16) -> Option<(A, u16)> {
         self.by_ext.get(&(proto, ext)).map(|k| (k.ip, k.port))
     }
 
@@ -842,7 +840,7 @@ impl Nat {
                 self.by_ext.len()
             ));
         }
-        let mut refs: HashMap<MapKey, u32> = HashMap::new();
+        let mut refs: HashMap<MapKey<A>, u32> = HashMap::new();
         for (_, e) in self.table.iter() {
             for (k, ext) in e.mappings().into_iter().flatten() {
                 match self.maps.get(&k) {
@@ -905,7 +903,7 @@ impl Nat {
         self.drop(r)
     }
 
-    fn timeout_ms(&self, e: &Entry) -> u64 {
+    fn timeout_ms(&self, e: &Entry<A>) -> u64 {
         timeout_ms(&self.cfg.timeouts, e)
     }
 
@@ -925,7 +923,7 @@ impl Nat {
         from: Side,
         buf: &mut [u8],
         partial: bool,
-        route: &dyn Fn(Ipv4Addr) -> Side,
+        route: &dyn Fn(A) -> Side,
     ) -> Verdict {
         let v = self.process_inner(now, from, buf, partial, route);
         self.flush_gc();
@@ -938,45 +936,49 @@ impl Nat {
         from: Side,
         buf: &mut [u8],
         partial: bool,
-        route: &dyn Fn(Ipv4Addr) -> Side,
+        route: &dyn Fn(A) -> Side,
     ) -> Verdict {
-        let Ok(ip) = Ipv4Packet::new_checked(&*buf) else {
+        let Ok(h) = A::parse(buf, partial) else {
             return self.drop(NatDrop::Malformed);
         };
-        if !partial && buf.get(2..4) == Some(&[0, 0]) {
-            return self.drop(NatDrop::Malformed);
-        }
-        let (src, dst, p, len) = (ip.src(), ip.dst(), ip.protocol(), ip.total_len() as u64);
-        let frag_key = ip.is_fragment().then(|| FragKey {
+        let Hdr {
             src,
             dst,
             proto: p,
-            id: ip.ident(),
+            l4: l4_at,
+            total,
+            frag,
+        } = h;
+        let len = total as u64;
+        let frag_key = frag.map(|f| FragKey {
+            src,
+            dst,
+            proto: p,
+            id: f.id,
         });
-        if ip.frag_offset() != 0 {
-            return match frag_key {
-                Some(k) => self.later_fragment(now, buf, k),
-                None => self.drop(NatDrop::Malformed),
-            };
+        if let (Some(f), Some(k)) = (frag, frag_key)
+            && f.offset != 0
+        {
+            return self.later_fragment(now, buf, k);
         }
-        let l4 = ip.payload();
+        let more_frags = frag.is_some_and(|f| f.more);
+        let l4 = &buf[l4_at..total];
         let short = match p {
             proto::TCP => l4.len() < 20 || usize::from(l4[12] >> 4) * 4 < 20,
             proto::UDP => l4.len() < 8,
             _ => false,
         };
-        if short || (p == proto::TCP && usize::from(l4[12] >> 4) * 4 > l4.len() && !ip.more_frags())
-        {
+        if short || (p == proto::TCP && usize::from(l4[12] >> 4) * 4 > l4.len() && !more_frags) {
             return self.drop(NatDrop::Malformed);
         }
-        if p == proto::ICMP && l4.first().is_some_and(|t| icmp_is_error(*t)) {
-            return self.icmp_error(now, from, buf);
+        if p == A::ICMP && l4.first().is_some_and(|t| A::icmp_is_error(*t)) {
+            return self.icmp_error(now, from, buf, &h);
         }
         let parsed = match l4_tuple(p, src, dst, l4) {
             Some((t, flags)) => Parsed {
                 t,
                 flags,
-                has_l4: true,
+                l4: (l4_at, total),
                 len,
             },
             None => {
@@ -986,9 +988,7 @@ impl Nat {
                         self.drop(NatDrop::UnsupportedProtocol)
                     }
                     Side::Lan => Verdict::NotNatted,
-                    _ if dst == self.cfg.external && p != proto::ICMP => {
-                        self.drop(NatDrop::NoMapping)
-                    }
+                    _ if dst == self.cfg.external && p != A::ICMP => self.drop(NatDrop::NoMapping),
                     _ => Verdict::NotNatted,
                 };
             }
@@ -1013,7 +1013,7 @@ impl Nat {
         v
     }
 
-    fn masqueraded(&self, ip: Ipv4Addr) -> bool {
+    fn masqueraded(&self, ip: A) -> bool {
         self.cfg.masquerade.iter().any(|n| n.contains(ip))
     }
 
@@ -1022,7 +1022,7 @@ impl Nat {
         now: u64,
         id: u32,
         dir: Dir,
-        pk: &Parsed,
+        pk: &Parsed<A>,
         buf: &mut [u8],
         partial: bool,
     ) -> Verdict {
@@ -1060,12 +1060,12 @@ impl Nat {
         let ttl = timeout_ms(&self.cfg.timeouts, e);
         self.table.set_assured(id, assured);
         self.table.set_expires(id, now.saturating_add(ttl));
-        rewrite(buf, &pk.t, &target, partial, pk.has_l4);
+        rewrite(buf, &pk.t, &target, partial, Some(pk.l4));
         self.counters.translated += 1;
         Verdict::Translated
     }
 
-    fn dnat_match(&self, t: &Tuple) -> Option<(Ipv4Addr, u16)> {
+    fn dnat_match(&self, t: &Tuple<A>) -> Option<(A, u16)> {
         if t.dst != self.cfg.external {
             return None;
         }
@@ -1082,8 +1082,8 @@ impl Nat {
     }
 
     /// The port range a mapping of `key` draws from.
-    fn range_of(&self, key: &MapKey) -> (u16, u16) {
-        if key.proto == proto::ICMP {
+    fn range_of(&self, key: &MapKey<A>) -> (u16, u16) {
+        if key.proto == A::ICMP {
             (1, 65535)
         } else if key.port < 1024 {
             (1, 1023)
@@ -1099,13 +1099,13 @@ impl Nat {
     /// A free external port for `key`: its own if free and in range (port
     /// preservation), else one of the same class from a random (RFC 6056) or
     /// sequential start. Cost: at most one pass over the range's bitmap words.
-    fn alloc_port(&mut self, key: &MapKey) -> Option<u16> {
+    fn alloc_port(&mut self, key: &MapKey<A>) -> Option<u16> {
         let (lo, hi) = self.range_of(key);
         if (lo..=hi).contains(&key.port) && !self.reserved(key.proto, key.port) {
             return Some(key.port);
         }
         let n = u32::from(hi - lo) + 1;
-        let class = if key.proto == proto::ICMP {
+        let class = if key.proto == A::ICMP {
             2
         } else {
             usize::from(key.port >= 1024)
@@ -1164,7 +1164,7 @@ impl Nat {
     /// The external port of the EIM mapping of `key` (owned by host `h`),
     /// made if needed, with one more reference taken (so no eviction can
     /// delete it before the entry that needs it is in the table).
-    fn map_ref(&mut self, key: MapKey, h: HostId) -> Result<u16, NatDrop> {
+    fn map_ref(&mut self, key: MapKey<A>, h: HostId) -> Result<u16, NatDrop> {
         if let Some(m) = self.maps.get_mut(&key) {
             m.refs += 1;
             return Ok(m.ext_port);
@@ -1197,7 +1197,7 @@ impl Nat {
     }
 
     /// Drop one reference on mapping `key`; remove it when unused.
-    fn unref(&mut self, key: MapKey, ext: u16) {
+    fn unref(&mut self, key: MapKey<A>, ext: u16) {
         let Some(m) = self.maps.get_mut(&key) else {
             return;
         };
@@ -1232,10 +1232,10 @@ impl Nat {
         &mut self,
         now: u64,
         from: Side,
-        pk: &Parsed,
+        pk: &Parsed<A>,
         buf: &mut [u8],
         partial: bool,
-        route: &dyn Fn(Ipv4Addr) -> Side,
+        route: &dyn Fn(A) -> Side,
     ) -> Verdict {
         let t = pk.t;
         // Whether a packet that cannot open a connection was meant for the NAT
@@ -1246,7 +1246,7 @@ impl Nat {
                 (route(t.dst) == Side::Wan && s.masqueraded(t.src))
                     || s.dnat_match(&t).is_some()
                     || (t.dst == s.cfg.external
-                        && t.proto != proto::ICMP
+                        && t.proto != A::ICMP
                         && s.by_ext.contains_key(&(t.proto, t.dport)))
             }
         };
@@ -1264,7 +1264,7 @@ impl Nat {
             }
         }
         // An echo reply never opens a connection.
-        if t.proto == proto::ICMP && pk.flags == icmp_type::ECHO_REPLY {
+        if t.proto == A::ICMP && pk.flags == A::ECHO_REPLY {
             return match from {
                 Side::Lan | Side::Local if meant_for_nat(self) => self.drop(NatDrop::InvalidIcmp),
                 _ => Verdict::NotNatted,
@@ -1284,15 +1284,11 @@ impl Nat {
                     target.dport = p;
                 } else if t.dst == self.cfg.external && from == Side::Lan {
                     // Hairpin through another host's mapping (RFC 4787 REQ-9).
-                    let ext = if t.proto == proto::ICMP {
-                        t.sport
-                    } else {
-                        t.dport
-                    };
+                    let ext = if t.proto == A::ICMP { t.sport } else { t.dport };
                     if let Some(&k) = self.by_ext.get(&(t.proto, ext)) {
                         in_map = Some((k, ext));
                         target.dst = k.ip;
-                        target.dport = if t.proto == proto::ICMP { 0 } else { k.port };
+                        target.dport = if t.proto == A::ICMP { 0 } else { k.port };
                     }
                 }
                 let egress = route(target.dst);
@@ -1312,7 +1308,7 @@ impl Nat {
                         port: t.sport,
                     };
                     if let Some((k, ext)) = in_map {
-                        if k == key && t.proto == proto::ICMP {
+                        if k == key && t.proto == A::ICMP {
                             // An echo request to the external address with
                             // its own mapping's id: the gateway answers it
                             // (a reflected request would never be answered).
@@ -1328,7 +1324,7 @@ impl Nat {
                             to.dport = t.sport;
                             self.counters.self_hairpins += 1;
                             self.counters.translated += 1;
-                            rewrite(buf, &t, &to, partial, pk.has_l4);
+                            rewrite(buf, &t, &to, partial, Some(pk.l4));
                             return Verdict::Translated;
                         }
                         // Filtering of hairpinned packets: the sender is a LAN
@@ -1342,7 +1338,7 @@ impl Nat {
                         }
                     }
                     out_key = Some(key);
-                    if t.proto == proto::ICMP && in_map.is_some() {
+                    if t.proto == A::ICMP && in_map.is_some() {
                         // One identifier field: the target's own id cannot be
                         // recovered from the tuples, so the entry holds the
                         // sender's mapping only (it still reaches the target).
@@ -1364,7 +1360,7 @@ impl Nat {
                     target.dst = a;
                     target.dport = p;
                 } else {
-                    if t.proto == proto::ICMP {
+                    if t.proto == A::ICMP {
                         return Verdict::NotNatted; // echo to the gateway: answered locally
                     }
                     let ext_port = t.dport;
@@ -1388,14 +1384,14 @@ impl Nat {
                 // Connections opened from outside are charged to one pseudo-host,
                 // the outside (0.0.0.0): an inbound flood gets one host's share
                 // and evicts its own entries, not the LAN hosts' own.
-                host_addr = OUTSIDE;
+                host_addr = A::UNSPECIFIED;
             }
         }
         let Some(h) = self.table.host(host_addr) else {
             return self.drop(NatDrop::TableFull);
         };
         self.gc.push(h); // collected after the packet if it ends up with nothing
-        if host_addr != OUTSIDE && !self.admit_new_flow(h, now) {
+        if host_addr != A::UNSPECIFIED && !self.admit_new_flow(h, now) {
             return self.host_drop(h, NatDrop::HostRate);
         }
         // Take the references first: evictions below (making room for the
@@ -1430,7 +1426,7 @@ impl Nat {
             (true, true) => MapRef::Hairpin,
         };
         debug_assert_eq!(e.mappings(), {
-            let m: [Option<(MapKey, u16)>; 2] = match (out_map, in_map) {
+            let m: [Option<(MapKey<A>, u16)>; 2] = match (out_map, in_map) {
                 (Some(o), i) => [Some(o), i],
                 (None, i) => [i, None],
             };
@@ -1478,12 +1474,12 @@ impl Nat {
         }
         self.counters.created += 1;
         self.counters.translated += 1;
-        rewrite(buf, &t, &target, partial, pk.has_l4);
+        rewrite(buf, &t, &target, partial, Some(pk.l4));
         Verdict::Translated
     }
 
     /// Drop the mapping and filter references a removed entry held.
-    fn release(&mut self, e: &Entry) {
+    fn release(&mut self, e: &Entry<A>) {
         if let Some(h) = e.host() {
             self.gc.push(h);
         }
@@ -1544,25 +1540,15 @@ impl Nat {
         done
     }
 
-    fn icmp_error(&mut self, now: u64, from: Side, buf: &mut [u8]) -> Verdict {
-        let _ = now;
-        let Ok(ip) = Ipv4Packet::new_checked(&*buf) else {
+    fn icmp_error(&mut self, now: u64, from: Side, buf: &mut [u8], h: &Hdr<A>) -> Verdict {
+        let (outer_src, icmp_at, total) = (h.src, h.l4, h.total);
+        let icmp = &buf[icmp_at..total];
+        // The embedded packet: its header and at least 8 bytes of transport.
+        let Some((isrc, idst, iproto, ihl)) = icmp.get(8..).and_then(A::parse_inner) else {
             return self.drop(NatDrop::Malformed);
         };
-        let (outer_src, hl, total) = (ip.src(), ip.header_len(), ip.total_len());
-        let icmp = ip.payload();
-        if icmp.len() < 8 + 20 + 8 {
-            return self.drop(NatDrop::Malformed);
-        }
-        // The embedded packet: its header and at least 8 bytes of transport.
         let inner = &icmp[8..];
-        let ihl = usize::from(inner[0] & 0xf) * 4;
-        if inner[0] >> 4 != 4 || ihl < 20 || inner.len() < ihl + 8 {
-            return self.drop(NatDrop::Malformed);
-        }
-        let isrc = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
-        let idst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
-        let Some((te, _)) = l4_tuple(inner[9], isrc, idst, &inner[ihl..]) else {
+        let Some((te, _)) = l4_tuple(iproto, isrc, idst, &inner[ihl..]) else {
             return if from == Side::Wan {
                 self.drop(NatDrop::NoMapping)
             } else {
@@ -1585,26 +1571,19 @@ impl Nat {
         let new_inner = target.inv();
         // Outer header: the destination always, the source only if the error
         // came from the peer itself (not from a router on the way).
-        {
-            let mut op = Ipv4Packet::new_checked(&mut *buf).expect("checked above");
-            if outer_src == q.src {
-                op.set_src(target.src);
-            }
-            op.set_dst(target.dst);
-        }
+        let new_src = if outer_src == q.src {
+            target.src
+        } else {
+            outer_src
+        };
+        A::set_src(buf, new_src);
+        A::set_dst(buf, target.dst);
         // Embedded header: as the other side originally saw it. Its transport
         // checksum is updated when present, not validated (RFC 5508 REQ-3).
-        let icmp_at = hl;
         let inner_at = icmp_at + 8;
-        let inner_end = total;
         {
-            let inner = &mut buf[inner_at..inner_end];
-            let ic = u16::from_be_bytes([inner[10], inner[11]]);
-            let mut ic2 = update32(ic, u32::from(te.src), u32::from(new_inner.src));
-            ic2 = update32(ic2, u32::from(te.dst), u32::from(new_inner.dst));
-            inner[12..16].copy_from_slice(&new_inner.src.octets());
-            inner[16..20].copy_from_slice(&new_inner.dst.octets());
-            inner[10..12].copy_from_slice(&ic2.to_be_bytes());
+            let inner = &mut buf[inner_at..total];
+            A::set_inner(inner, new_inner.src, new_inner.dst);
             let l4 = &mut inner[ihl..];
             match te.proto {
                 proto::TCP | proto::UDP => {
@@ -1612,8 +1591,8 @@ impl Nat {
                     if l4.len() >= at + 2 {
                         let mut c = u16::from_be_bytes([l4[at], l4[at + 1]]);
                         if !(te.proto == proto::UDP && c == 0) {
-                            c = update32(c, u32::from(te.src), u32::from(new_inner.src));
-                            c = update32(c, u32::from(te.dst), u32::from(new_inner.dst));
+                            c = update_addr(c, te.src, new_inner.src, false);
+                            c = update_addr(c, te.dst, new_inner.dst, false);
                             c = update16(c, te.sport, new_inner.sport);
                             c = update16(c, te.dport, new_inner.dport);
                             l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
@@ -1623,30 +1602,41 @@ impl Nat {
                     l4[2..4].copy_from_slice(&new_inner.dport.to_be_bytes());
                 }
                 _ => {
-                    let (old, new) = if l4[0] == icmp_type::ECHO_REQUEST {
+                    let (old, new) = if l4[0] == A::ECHO_REQUEST {
                         (te.sport, new_inner.sport)
                     } else {
                         (te.dport, new_inner.dport)
                     };
-                    let c = update16(u16::from_be_bytes([l4[2], l4[3]]), old, new);
+                    let mut c = u16::from_be_bytes([l4[2], l4[3]]);
+                    if A::ICMP_PSEUDO {
+                        c = update_addr(c, te.src, new_inner.src, false);
+                        c = update_addr(c, te.dst, new_inner.dst, false);
+                    }
+                    c = update16(c, old, new);
                     l4[2..4].copy_from_slice(&c.to_be_bytes());
                     l4[4..6].copy_from_slice(&new.to_be_bytes());
                 }
             }
         }
-        // The ICMP checksum covers the embedded bytes: recompute it (errors are rare and short).
-        let icmp = &mut buf[icmp_at..inner_end];
+        // The ICMP checksum covers the embedded bytes (and, in ICMPv6, the
+        // pseudo-header): recompute it (errors are rare and short).
+        let icmp = &mut buf[icmp_at..total];
         icmp[2] = 0;
         icmp[3] = 0;
-        let c = checksum::checksum(icmp);
+        let mut s = checksum::sum(icmp);
+        if A::ICMP_PSEUDO {
+            let (a, b) = (new_src.bytes(), target.dst.bytes());
+            s += checksum::pseudo_header6(a, b, A::ICMP, icmp.len() as u32);
+        }
+        let c = !checksum::fold(s);
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
         self.counters.icmp_errors += 1;
         Verdict::Translated
     }
 
-    fn first_fragment_done(&mut self, now: u64, k: FragKey, buf: &[u8], v: Verdict) {
-        let (src, dst) = match (v, Ipv4Packet::new_checked(buf)) {
-            (Verdict::Translated, Ok(ip)) => (ip.src(), ip.dst()),
+    fn first_fragment_done(&mut self, now: u64, k: FragKey<A>, buf: &[u8], v: Verdict) {
+        let (src, dst) = match (v, A::parse(buf, true)) {
+            (Verdict::Translated, Ok(h)) => (h.src, h.dst),
             (Verdict::NotNatted, _) => (k.src, k.dst),
             _ => return,
         };
@@ -1666,38 +1656,32 @@ impl Nat {
                 self.frags.remove(&old);
             }
         }
-        {
-            self.frags.insert(
-                k,
-                FragXlate {
-                    src,
-                    dst,
-                    expires: now.saturating_add(FRAG_MEMORY_MS),
-                },
-            );
-        }
+        self.frags.insert(
+            k,
+            FragXlate {
+                src,
+                dst,
+                expires: now.saturating_add(FRAG_MEMORY_MS),
+            },
+        );
         // Release fragments of this datagram that came early.
         for s in 0..self.pool.len() {
             if self.pool[s].key == Some(k) && !self.pool[s].released {
-                let mut data = std::mem::take(&mut self.pool[s].data);
-                if let Ok(mut ip) = Ipv4Packet::new_checked(&mut data[..]) {
-                    ip.set_src(src);
-                    ip.set_dst(dst);
-                }
-                self.pool[s].data = data;
+                let data = &mut self.pool[s].data;
+                A::set_src(data, src);
+                A::set_dst(data, dst);
                 self.pool[s].released = true;
             }
         }
     }
 
-    fn later_fragment(&mut self, now: u64, buf: &mut [u8], k: FragKey) -> Verdict {
+    fn later_fragment(&mut self, now: u64, buf: &mut [u8], k: FragKey<A>) -> Verdict {
         if let Some(x) = self.frags.get(&k).copied().filter(|x| x.expires > now) {
-            let mut ip = Ipv4Packet::new_checked(&mut *buf).expect("checked by caller");
-            if ip.src() != x.src {
-                ip.set_src(x.src);
+            if k.src != x.src {
+                A::set_src(buf, x.src);
             }
-            if ip.dst() != x.dst {
-                ip.set_dst(x.dst);
+            if k.dst != x.dst {
+                A::set_dst(buf, x.dst);
             }
             self.counters.translated += 1;
             return Verdict::Translated;
@@ -1734,7 +1718,7 @@ impl Nat {
     }
 
     /// The entries, for display.
-    pub fn entries(&self, now: u64) -> Vec<EntryView> {
+    pub fn entries(&self, now: u64) -> Vec<EntryView<A>> {
         self.entries_from(now, 0, usize::MAX).0
     }
 
@@ -1748,7 +1732,7 @@ impl Nat {
         now: u64,
         cursor: usize,
         max: usize,
-    ) -> (Vec<EntryView>, Option<usize>) {
+    ) -> (Vec<EntryView<A>>, Option<usize>) {
         let max = max.max(1);
         let mut out = Vec::with_capacity(max.min(4096));
         let live = self
@@ -1778,7 +1762,7 @@ impl Nat {
         now: u64,
         cursor: usize,
         max: usize,
-        mut pred: impl FnMut(&EntryView) -> bool,
+        mut pred: impl FnMut(&EntryView<A>) -> bool,
     ) -> (usize, Option<usize>) {
         let max = max.max(1);
         let mut victims = Vec::new();
@@ -2134,7 +2118,7 @@ impl Nat {
                 if t.proto == proto::TCP && tcp_open(TcpEvent::of(flags)).is_none() {
                     return vec!["nat: no connection and this segment cannot open one (only a SYN, or an ACK picked up mid-stream): drop (nat-invalid-tcp) if meant for the NAT".into()];
                 }
-                if t.proto == proto::ICMP && flags == icmp_type::ECHO_REPLY {
+                if t.proto == proto::ICMP && flags == crate::wire::icmp_type::ECHO_REPLY {
                     return vec!["nat: an echo reply without a request: drop (nat-invalid-icmp) if meant for the WAN".into()];
                 }
                 let dnat = self.dnat_match(&t);

@@ -4,7 +4,10 @@
 //!
 //! - [`checksum`]: RFC 1071 sums and RFC 1624 incremental updates, including
 //!   the CHECKSUM_PARTIAL (pseudo-header seed) variant.
-//! - [`wire`]: IPv4/TCP/UDP/ICMP fields read and rewritten in place.
+//! - [`wire`]: the typed wire layer: IPv4, IPv6 and its extension headers,
+//!   TCP/UDP/ICMP/ICMPv6/NDP fields read and rewritten in place, emitters.
+//! - [`family`]: the address family ([`family::Family`]) the table and the
+//!   engine are generic over: one engine for NAT44 and NAT66.
 //! - [`conntrack`]: tuples, the TCP state machine, the bounded table with a
 //!   timer wheel and early drop of unassured entries.
 //! - [`snapshot`]: the state as plain structs and versioned bytes, and its
@@ -16,12 +19,13 @@
 pub mod checksum;
 pub mod conntrack;
 pub mod engine;
+pub mod family;
 pub mod snapshot;
 pub mod wire;
 
 pub use conntrack::{Dir, TcpState, Tuple};
 pub use engine::{
     DEFAULT_NEW_FLOWS_PER_HOST, DEFAULT_PORTS_PER_HOST, DnatRule, EntryView, Filtering, HostView,
-    Ipv4Net, MAX_TIMEOUT_SECS, Nat, NatConfig, NatCounters, NatDrop, OUTSIDE, PortAlloc, Side,
-    Timeouts, Verdict,
+    Ipv4Net, Ipv6Net, MAX_TIMEOUT_SECS, Nat, NatConfig, NatCounters, NatDrop, OUTSIDE, PortAlloc,
+    Side, Timeouts, Verdict,
 };
