@@ -409,6 +409,29 @@ pub struct EntryView<A = Ipv4Addr> {
     pub assured: bool,
 }
 
+impl<A: Copy + Into<std::net::IpAddr>> EntryView<A> {
+    /// The same view with family-neutral addresses (for listings of both families).
+    pub fn widen(&self) -> EntryView<std::net::IpAddr> {
+        let t = |t: &Tuple<A>| Tuple {
+            proto: t.proto,
+            src: t.src.into(),
+            dst: t.dst.into(),
+            sport: t.sport,
+            dport: t.dport,
+        };
+        EntryView {
+            proto: self.proto,
+            state: self.state,
+            secs_left: self.secs_left,
+            orig: t(&self.orig),
+            reply: t(&self.reply),
+            packets: self.packets,
+            bytes: self.bytes,
+            assured: self.assured,
+        }
+    }
+}
+
 /// The view of entry `e` at `now`.
 fn view<A: Family>(e: &Entry<A>, now: u64) -> EntryView<A> {
     EntryView {

@@ -544,13 +544,14 @@ pub struct RouteSpec {
 
 /// A port forward on the external address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnatSpec {
+pub struct DnatSpec<A = Ipv4Addr> {
     /// `tcp` or `udp`.
     pub protocol: String,
     /// External ports, inclusive.
     pub ports: (u16, u16),
-    /// Internal address.
-    pub to_addr: Ipv4Addr,
+    /// Internal address (IPv4 rules: on the uplink's IPv4 address; IPv6
+    /// rules: on its IPv6 address).
+    pub to_addr: A,
     /// Internal port of the first external port.
     pub to_port: u16,
 }
@@ -565,6 +566,10 @@ pub struct NatSpec {
     pub masquerade: Vec<Ipv4Cidr>,
     /// Port forwards.
     pub dnat: Vec<DnatSpec>,
+    /// IPv6 sources masqueraded behind the uplink's IPv6 address (NAT66).
+    pub masquerade6: Vec<Ipv6Cidr>,
+    /// IPv6 port forwards on the uplink's IPv6 address.
+    pub dnat6: Vec<DnatSpec<std::net::Ipv6Addr>>,
     /// `endpoint-independent`, `address-dependent` (default) or `address-and-port-dependent`.
     pub filtering: String,
     /// Ports for masquerade mappings of source ports ≥ 1024.
@@ -594,6 +599,8 @@ impl Default for NatSpec {
         NatSpec {
             masquerade: Vec::new(),
             dnat: Vec::new(),
+            masquerade6: Vec::new(),
+            dnat6: Vec::new(),
             filtering: "address-dependent".into(),
             port_range: (1024, 65535),
             max_entries: 262_144,
@@ -1765,8 +1772,23 @@ fn validate_routing(
     let needs_uplink = |k: &str| err(k, "NAT rules need an [uplink]");
     for (i, m) in masquerade.into_iter().enumerate() {
         let k = format!("masquerade[{i}].source");
-        if t.uplink.is_none() {
+        let Some(up) = &t.uplink else {
             return Err(needs_uplink(&k));
+        };
+        if m.source.contains(':') {
+            if up.address6.is_none() {
+                return Err(err(
+                    &k,
+                    format!(
+                        "{}: IPv6 masquerade needs an IPv6 [uplink] address",
+                        m.source
+                    ),
+                ));
+            }
+            t.nat
+                .masquerade6
+                .push(m.source.parse().map_err(|e| err(&k, e))?);
+            continue;
         }
         t.nat
             .masquerade
@@ -1788,10 +1810,13 @@ fn validate_routing(
             PortSpec::One(_) => return Err(err(k("port"), "port 0 cannot be forwarded")),
             PortSpec::Text(s) => parse_range(&k("port"), &s)?,
         };
-        let (a, p) =
-            d.to.rsplit_once(':')
-                .ok_or_else(|| err(k("to"), format!("{:?} is not address:port", d.to)))?;
-        let to_addr = parse_ip(&k("to"), a)?;
+        let (a, p) = d.to.rsplit_once(':').ok_or_else(|| {
+            err(
+                k("to"),
+                format!("{:?} is not address:port (or [IPv6 address]:port)", d.to),
+            )
+        })?;
+        let v6 = a.strip_prefix('[').and_then(|a| a.strip_suffix(']'));
         let to_port: u16 = p
             .parse()
             .ok()
@@ -1801,6 +1826,38 @@ fn validate_routing(
             return Err(err(k("to"), "the forwarded range runs past port 65535"));
         }
         let gw = t.gateway.as_ref().expect("uplink implies gateway");
+        if let Some(a6) = v6 {
+            let to_addr: std::net::Ipv6Addr = a6
+                .parse()
+                .map_err(|_| err(k("to"), format!("{a6:?} is not an IPv6 address")))?;
+            if t.uplink.as_ref().is_some_and(|u| u.address6.is_none()) {
+                return Err(err(
+                    k("to"),
+                    "an IPv6 forward needs an IPv6 [uplink] address",
+                ));
+            }
+            if !gw.address6.iter().any(|c| c.contains(to_addr))
+                || gw.address6.iter().any(|c| c.addr == to_addr)
+            {
+                return Err(err(
+                    k("to"),
+                    format!("{to_addr} is not a host of the LAN's IPv6 prefixes"),
+                ));
+            }
+            if let Some((j, _)) = t.nat.dnat6.iter().enumerate().find(|(_, o)| {
+                o.protocol == d.protocol && o.ports.0 <= ports.1 && ports.0 <= o.ports.1
+            }) {
+                return Err(err(k("port"), format!("overlaps IPv6 forward {j}")));
+            }
+            t.nat.dnat6.push(DnatSpec {
+                protocol: d.protocol,
+                ports,
+                to_addr,
+                to_port,
+            });
+            continue;
+        }
+        let to_addr = parse_ip(&k("to"), a)?;
         if !gw.address.contains(to_addr) && !t.routes.iter().any(|r| r.to.contains(to_addr)) {
             return Err(err(
                 k("to"),

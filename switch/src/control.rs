@@ -9,6 +9,7 @@ use crate::worker::{ConntrackPage, Request};
 use nix::sys::eventfd::EventFd;
 use serde_json::{Value, json};
 use std::io::{self, BufRead, BufReader, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -202,6 +203,7 @@ fn serve_limited(
 fn ask_page(
     to_worker: &Sender<Request>,
     wake: &EventFd,
+    family: u8,
     cursor: usize,
     max: usize,
 ) -> Result<ConntrackPage, String> {
@@ -210,7 +212,7 @@ fn ask_page(
     to_worker
         .send(Request {
             cmd: "conntrack-page".into(),
-            args: json!({"cursor": cursor, "max": max}),
+            args: json!({"family": family, "cursor": cursor, "max": max}),
             tap: None,
             reply: tx,
             page: Some(ptx),
@@ -308,13 +310,8 @@ impl CtFilter {
             && self.dport.is_none()
             && self.state.is_none()
     }
-    pub(crate) fn keep(&self, e: &nat::EntryView) -> bool {
-        let name = match e.proto {
-            6 => "tcp",
-            17 => "udp",
-            1 => "icmp",
-            _ => "other",
-        };
+    pub(crate) fn keep(&self, e: &nat::EntryView<IpAddr>) -> bool {
+        let name = proto_name(e.proto);
         self.proto
             .as_deref()
             .is_none_or(|p| p.eq_ignore_ascii_case(name) || p == e.proto.to_string())
@@ -335,17 +332,23 @@ impl CtFilter {
     }
 }
 
-/// Append the JSON object of one connection-table entry to `o`. Written as
-/// text directly: a listing of 262k entries builds no tree of values.
-pub fn write_conntrack_entry(o: &mut String, e: &nat::EntryView) {
-    use std::fmt::Write as _;
-    let name = match e.proto {
+/// The name `conntrack -L` gives a protocol number.
+fn proto_name(p: u8) -> &'static str {
+    match p {
         6 => "tcp",
         17 => "udp",
         1 => "icmp",
+        58 => "icmpv6",
         _ => "other",
-    };
-    let tuple = |o: &mut String, t: &nat::Tuple| {
+    }
+}
+
+/// Append the JSON object of one connection-table entry to `o`. Written as
+/// text directly: a listing of 262k entries builds no tree of values.
+pub fn write_conntrack_entry(o: &mut String, e: &nat::EntryView<IpAddr>) {
+    use std::fmt::Write as _;
+    let name = proto_name(e.proto);
+    let tuple = |o: &mut String, t: &nat::Tuple<IpAddr>| {
         let _ = write!(
             o,
             r#"{{"src":"{}","dst":"{}","sport":{},"dport":{}}}"#,
@@ -382,26 +385,34 @@ fn conntrack_listing(to_worker: &Sender<Request>, wake: &EventFd, req: &Value) -
     }
     let mut entries = String::from("[");
     let mut matched = 0usize;
-    let mut cursor = 0;
-    let (switch, total) = loop {
-        let page = match ask_page(to_worker, wake, cursor, crate::worker::MAX_PAGE) {
-            Ok(p) => p,
-            Err(e) => return json!({"ok": false, "error": e}).to_string(),
-        };
-        for e in page.entries.iter().filter(|e| filter.keep(e)) {
-            if !count_only {
-                if matched > 0 {
-                    entries.push(',');
+    let (mut switch, mut total) = (String::new(), 0);
+    // NAT44's table, then NAT66's.
+    for family in [4u8, 6] {
+        let mut cursor = 0;
+        loop {
+            let page = match ask_page(to_worker, wake, family, cursor, crate::worker::MAX_PAGE) {
+                Ok(p) => p,
+                Err(e) => return json!({"ok": false, "error": e}).to_string(),
+            };
+            for e in page.entries.iter().filter(|e| filter.keep(e)) {
+                if !count_only {
+                    if matched > 0 {
+                        entries.push(',');
+                    }
+                    write_conntrack_entry(&mut entries, e);
                 }
-                write_conntrack_entry(&mut entries, e);
+                matched += 1;
             }
-            matched += 1;
+            match page.next {
+                Some(c) => cursor = c,
+                None => {
+                    switch = page.switch;
+                    total += page.total;
+                    break;
+                }
+            }
         }
-        match page.next {
-            Some(c) => cursor = c,
-            None => break (page.switch, page.total),
-        }
-    };
+    }
     entries.push(']');
     if count_only {
         json!({"ok": true, "switch": switch, "entries": matched, "total": total}).to_string()
@@ -420,22 +431,30 @@ fn conntrack_listing(to_worker: &Sender<Request>, wake: &EventFd, req: &Value) -
 fn conntrack_delete(to_worker: &Sender<Request>, wake: &EventFd, req: &Value) -> Value {
     let mut args = req.clone();
     let mut deleted = 0;
-    let mut cursor = 0;
-    loop {
-        args["cursor"] = cursor.into();
-        args["max"] = crate::worker::DELETE_PAGE.into();
-        let v = ask(to_worker, wake, "conntrack-delete-page", args.clone(), None);
-        if v["ok"] != true {
-            return v;
-        }
-        deleted += v["deleted"].as_u64().unwrap_or(0);
-        match v["next"].as_u64() {
-            Some(c) => cursor = c,
-            None => {
-                return json!({"ok": true, "switch": v["switch"], "nat": v["nat"], "deleted": deleted});
+    let mut last = Value::Null;
+    for family in [4u8, 6] {
+        let mut cursor = 0;
+        args["family"] = family.into();
+        loop {
+            args["cursor"] = cursor.into();
+            args["max"] = crate::worker::DELETE_PAGE.into();
+            let v = ask(to_worker, wake, "conntrack-delete-page", args.clone(), None);
+            if v["ok"] != true {
+                return v;
+            }
+            deleted += v["deleted"].as_u64().unwrap_or(0);
+            match v["next"].as_u64() {
+                Some(c) => cursor = c,
+                None => {
+                    if family == 4 || v["nat"] == true {
+                        last = v;
+                    }
+                    break;
+                }
             }
         }
     }
+    json!({"ok": true, "switch": last["switch"], "nat": last["nat"], "deleted": deleted})
 }
 
 /// Write the pcap global header (microsecond timestamps, Ethernet).
@@ -880,14 +899,22 @@ mod tests {
                     "conntrack-page" => {
                         let max = r.args["max"].as_u64().unwrap() as usize;
                         assert!(max <= crate::worker::MAX_PAGE);
-                        let (entries, next) =
-                            nat.entries_from(1, r.args["cursor"].as_u64().unwrap() as usize, max);
+                        let (entries, next) = if r.args["family"] == 6 {
+                            (Vec::new(), None)
+                        } else {
+                            let (e, n) = nat.entries_from(
+                                1,
+                                r.args["cursor"].as_u64().unwrap() as usize,
+                                max,
+                            );
+                            (e.iter().map(nat::EntryView::widen).collect(), n)
+                        };
                         let _ = r.page.unwrap().send(ConntrackPage {
                             switch: "sw".into(),
-                            nat: true,
+                            nat: r.args["family"] != 6,
                             entries,
                             next,
-                            total: nat.len(),
+                            total: if r.args["family"] == 6 { 0 } else { nat.len() },
                         });
                     }
                     "fdb-snapshot" => {
@@ -912,7 +939,11 @@ mod tests {
                         assert!(max <= crate::worker::DELETE_PAGE);
                         let f = CtFilter::of(&r.args);
                         let cursor = r.args["cursor"].as_u64().unwrap() as usize;
-                        let (d, next) = nat.delete_from(1, cursor, max, |e| f.keep(e));
+                        if r.args["family"] == 6 {
+                            let _ = r.reply.send(json!({"ok": true, "switch": "sw", "nat": false, "deleted": 0, "next": null}));
+                            continue;
+                        }
+                        let (d, next) = nat.delete_from(1, cursor, max, |e| f.keep(&e.widen()));
                         let _ = r.reply.send(json!({"ok": true, "switch": "sw", "nat": true, "deleted": d, "next": next}));
                     }
                     "conntrack-count" => {

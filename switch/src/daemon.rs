@@ -371,7 +371,7 @@ fn random_seed() -> u64 {
 /// hashing (the daemon passes a secret one).
 pub fn nat_config(t: &Topology, external: std::net::Ipv4Addr, seed: u64) -> NatConfig {
     let n = &t.nat;
-    let mut c = NatConfig::new(external);
+    let mut c = nat_behaviour(t, external, seed);
     c.masquerade = n
         .masquerade
         .iter()
@@ -380,21 +380,49 @@ pub fn nat_config(t: &Topology, external: std::net::Ipv4Addr, seed: u64) -> NatC
             prefix: m.prefix,
         })
         .collect();
-    c.port_range = n.port_range;
-    c.dnat = n
-        .dnat
+    c.dnat = n.dnat.iter().map(dnat_rule).collect();
+    c
+}
+
+/// The NAT66 configuration: the same `[nat]` behaviour, the IPv6
+/// `[[masquerade]]` sources and `[[dnat]]` forwards, on `external`.
+pub fn nat_config6(
+    t: &Topology,
+    external: std::net::Ipv6Addr,
+    seed: u64,
+) -> NatConfig<std::net::Ipv6Addr> {
+    let n = &t.nat;
+    let mut c = nat_behaviour(t, external, seed);
+    c.masquerade = n
+        .masquerade6
         .iter()
-        .map(|d| DnatRule {
-            proto: if d.protocol == "tcp" {
-                nat::wire::proto::TCP
-            } else {
-                nat::wire::proto::UDP
-            },
-            ports: d.ports,
-            to_addr: d.to_addr,
-            to_port: d.to_port,
+        .map(|m| nat::Ipv6Net {
+            addr: m.addr,
+            prefix: m.prefix,
         })
         .collect();
+    c.dnat = n.dnat6.iter().map(dnat_rule).collect();
+    c
+}
+
+fn dnat_rule<A: Copy>(d: &netns_setup::topology::DnatSpec<A>) -> DnatRule<A> {
+    DnatRule {
+        proto: if d.protocol == "tcp" {
+            nat::wire::proto::TCP
+        } else {
+            nat::wire::proto::UDP
+        },
+        ports: d.ports,
+        to_addr: d.to_addr,
+        to_port: d.to_port,
+    }
+}
+
+/// `[nat]`'s behaviour (filtering, ports, bounds, timeouts) for either family.
+fn nat_behaviour<A: nat::family::Family>(t: &Topology, external: A, seed: u64) -> NatConfig<A> {
+    let n = &t.nat;
+    let mut c = NatConfig::new(external);
+    c.port_range = n.port_range;
     c.filtering = match n.filtering.as_str() {
         "endpoint-independent" => Filtering::EndpointIndependent,
         "address-and-port-dependent" => Filtering::AddressAndPortDependent,
@@ -536,6 +564,12 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
                 .and_then(|u| u.address6)
                 .map(|c| (c.addr, c.prefix)),
             next_hop: t.uplink.as_ref().and_then(|u| u.next_hop6),
+            nat: t
+                .uplink
+                .as_ref()
+                .and_then(|u| u.address6)
+                .filter(|_| !t.nat.masquerade6.is_empty() || !t.nat.dnat6.is_empty())
+                .map(|c| nat_config6(t, c.addr, random_seed())),
         }),
     }))
 }

@@ -115,8 +115,8 @@ pub struct ConntrackPage {
     pub switch: String,
     /// Whether the switch has a NAT at all.
     pub nat: bool,
-    /// Live entries, in slot order from the cursor.
-    pub entries: Vec<nat::EntryView>,
+    /// Live entries, in slot order from the cursor (of the family asked for).
+    pub entries: Vec<nat::EntryView<std::net::IpAddr>>,
     /// Cursor of the next page; `None` after the last.
     pub next: Option<usize>,
     /// Entries in the table when the page was taken.
@@ -404,10 +404,36 @@ pub const STATS_HOSTS: usize = 64;
 /// The NAT's per-internal-host view: the `max` hosts with the most entries.
 /// Bounded work for the worker: one pass over the host records, which are at
 /// most as many as the table's entries (usually a handful).
-fn nat_hosts(nat: &nat::Nat, max: usize) -> Vec<Value> {
-    let mut hosts: Vec<nat::HostView> = nat.hosts().collect();
-    let order =
-        |a: &nat::HostView, b: &nat::HostView| b.entries.cmp(&a.entries).then(a.addr.cmp(&b.addr));
+/// The `stats` view of a NAT engine (NAT44 or NAT66).
+fn nat_json<A: nat::family::Family>(nat: &nat::Nat<A>) -> Value {
+    let c = &nat.counters;
+    let drops: serde_json::Map<String, Value> = nat::NatDrop::ALL
+        .iter()
+        .map(|r| (r.name().to_string(), c.drops[*r as usize].into()))
+        .collect();
+    json!({
+        "entries": nat.len(),
+        "max_entries": nat.config().max_entries,
+        "mappings": nat.mappings(),
+        "filtering": nat.config().filtering.name(),
+        "created": c.created,
+        "expired": c.expired,
+        "early_dropped": c.early_dropped,
+        "translated": c.translated,
+        "icmp_errors_translated": c.icmp_errors,
+        "hairpins": c.hairpins,
+        "fragments_held": c.fragments_held,
+        "drops": drops,
+        "hosts_total": nat.hosts().count(),
+        "hosts": nat_hosts(nat, STATS_HOSTS),
+    })
+}
+
+fn nat_hosts<A: nat::family::Family>(nat: &nat::Nat<A>, max: usize) -> Vec<Value> {
+    let mut hosts: Vec<nat::HostView<A>> = nat.hosts().collect();
+    let order = |a: &nat::HostView<A>, b: &nat::HostView<A>| {
+        b.entries.cmp(&a.entries).then(a.addr.cmp(&b.addr))
+    };
     // O(hosts) selection of the heaviest `max`, then a sort of those only.
     if max > 0 && hosts.len() > max {
         hosts.select_nth_unstable_by(max - 1, order);
@@ -1632,27 +1658,37 @@ impl<P: Policy + Reload> Worker<P> {
 
     /// Copy one page of the NAT's connection table (`args`: `cursor`, `max`
     /// capped at [`MAX_PAGE`]).
+    /// Copy one page of the NAT's connection table (`args`: `family` 4
+    /// (default) or 6, `cursor`, `max` capped at [`MAX_PAGE`]).
     pub fn conntrack_page(&self, args: &Value, now: u64) -> ConntrackPage {
-        let nat = self.pipeline.gateway.as_ref().and_then(|g| g.nat.as_ref());
-        let cursor = args["cursor"].as_u64().unwrap_or(0);
+        let gw = self.pipeline.gateway.as_ref();
+        let cursor = usize::try_from(args["cursor"].as_u64().unwrap_or(0)).unwrap_or(usize::MAX);
         let max = args["max"]
             .as_u64()
             .unwrap_or(MAX_PAGE as u64)
-            .clamp(1, MAX_PAGE as u64);
-        let (entries, next) = match nat {
-            Some(n) => n.entries_from(
-                now,
-                usize::try_from(cursor).unwrap_or(usize::MAX),
-                max as usize,
-            ),
-            None => (Vec::new(), None),
+            .clamp(1, MAX_PAGE as u64) as usize;
+        fn widen<A: Copy + Into<std::net::IpAddr>>(
+            (v, next): (Vec<nat::EntryView<A>>, Option<usize>),
+        ) -> (Vec<nat::EntryView<std::net::IpAddr>>, Option<usize>) {
+            (v.iter().map(nat::EntryView::widen).collect(), next)
+        }
+        let (has, (entries, next), total) = if args["family"].as_u64() == Some(6) {
+            match gw.and_then(|g| g.v6()).and_then(|v| v.nat.as_ref()) {
+                Some(n) => (true, widen(n.entries_from(now, cursor, max)), n.len()),
+                None => (false, (Vec::new(), None), 0),
+            }
+        } else {
+            match gw.and_then(|g| g.nat.as_ref()) {
+                Some(n) => (true, widen(n.entries_from(now, cursor, max)), n.len()),
+                None => (false, (Vec::new(), None), 0),
+            }
         };
         ConntrackPage {
             switch: self.name.clone(),
-            nat: nat.is_some(),
+            nat: has,
             entries,
             next,
-            total: nat.map_or(0, |n| n.len()),
+            total,
         }
     }
 
@@ -1666,12 +1702,19 @@ impl<P: Policy + Reload> Worker<P> {
             .as_u64()
             .unwrap_or(DELETE_PAGE as u64)
             .clamp(1, DELETE_PAGE as u64) as usize;
-        let nat = self.pipeline.gateway.as_mut().and_then(|g| g.nat.as_mut());
-        let Some(nat) = nat else {
+        let cursor = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let gw = self.pipeline.gateway.as_mut();
+        let done = if args["family"].as_u64() == Some(6) {
+            gw.and_then(|g| g.v6_mut())
+                .and_then(|v| v.nat.as_mut())
+                .map(|n| n.delete_from(now, cursor, max, |e| filter.keep(&e.widen())))
+        } else {
+            gw.and_then(|g| g.nat.as_mut())
+                .map(|n| n.delete_from(now, cursor, max, |e| filter.keep(&e.widen())))
+        };
+        let Some((deleted, next)) = done else {
             return json!({"ok": true, "switch": self.name, "nat": false, "deleted": 0, "next": null});
         };
-        let cursor = usize::try_from(cursor).unwrap_or(usize::MAX);
-        let (deleted, next) = nat.delete_from(now, cursor, max, |e| filter.keep(e));
         json!({"ok": true, "switch": self.name, "nat": true, "deleted": deleted, "next": next})
     }
 
@@ -1805,27 +1848,14 @@ impl<P: Policy + Reload> Worker<P> {
                         "counters": gw.counters,
                     });
                     if let Some(nat) = &gw.nat {
-                        let c = &nat.counters;
-                        let drops: serde_json::Map<String, Value> = nat::NatDrop::ALL
-                            .iter()
-                            .map(|r| (r.name().to_string(), c.drops[*r as usize].into()))
-                            .collect();
-                        v["nat"] = json!({
-                            "entries": nat.len(),
-                            "max_entries": nat.config().max_entries,
-                            "mappings": nat.mappings(),
-                            "filtering": nat.config().filtering.name(),
-                            "created": c.created,
-                            "expired": c.expired,
-                            "early_dropped": c.early_dropped,
-                            "translated": c.translated,
-                            "icmp_errors_translated": c.icmp_errors,
-                            "hairpins": c.hairpins,
-                            "fragments_held": c.fragments_held,
-                            "drops": drops,
-                            "hosts_total": nat.hosts().count(),
-                            "hosts": nat_hosts(nat, STATS_HOSTS),
-                        });
+                        v["nat"] = nat_json(nat);
+                    }
+                    if let Some(v6) = gw.v6() {
+                        v["gateway"]["neighbours6_lan"] = v6.neigh_lan.len().into();
+                        v["gateway"]["neighbours6_uplink"] = v6.neigh_wan.len().into();
+                        if let Some(nat) = &v6.nat {
+                            v["nat6"] = nat_json(nat);
+                        }
                     }
                 }
                 v

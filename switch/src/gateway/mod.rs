@@ -1100,6 +1100,10 @@ impl Gateway {
     pub fn route_gen(&mut self, now: u64, out: &mut Gen, fdb: &Fdb) {
         let mut i = 0;
         while i < out.len() {
+            if out.target(i) == Target::Route && self.route_gen6(i, now, out, fdb) {
+                i += 1;
+                continue;
+            }
             if out.target(i) == Target::Route {
                 let (vnet, frame) = out.parts_mut(i);
                 let end = frame.len();
@@ -1895,6 +1899,7 @@ impl Gateway {
 
     /// Hand fragments the NAT released (their first fragment arrived) to `out` for routing.
     pub fn flush_released(&mut self, out: &mut Gen) {
+        self.flush_released6(out);
         let Some(nat) = self.nat.as_mut() else { return };
         if !nat.has_released() {
             return;
@@ -1945,9 +1950,16 @@ impl Gateway {
     /// Go on removing the NAT's expired entries, at most [`EXPIRE_BUDGET`]
     /// of its timer wheel's entries per call: true when nothing due is left.
     pub fn expire_more(&mut self, now: u64) -> bool {
-        self.nat
+        let v4 = self
+            .nat
             .as_mut()
-            .is_none_or(|n| n.expire_some(now, EXPIRE_BUDGET))
+            .is_none_or(|n| n.expire_some(now, EXPIRE_BUDGET));
+        let v6 = self
+            .v6
+            .as_mut()
+            .and_then(|v| v.nat.as_mut())
+            .is_none_or(|n| n.expire_some(now, EXPIRE_BUDGET));
+        v4 && v6
     }
 }
 
@@ -2033,6 +2045,7 @@ mod tests {
                 ra: true,
                 uplink: Some(("2001:db8:113::1".parse().unwrap(), 64)),
                 next_hop: None,
+                nat: None,
             }),
         })
     }

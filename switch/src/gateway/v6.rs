@@ -42,7 +42,7 @@ const RA_LIFETIME_S: u16 = 1800;
 const RA_PREFIX_LIFETIME_S: u32 = 86_400;
 
 /// The gateway's IPv6 settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Gw6Config {
     /// Our LAN addresses, each with its on-link prefix.
     pub lan: Vec<Ipv6Prefix>,
@@ -52,6 +52,8 @@ pub struct Gw6Config {
     pub uplink: Option<Ipv6Prefix>,
     /// Next hop beyond the uplink prefix.
     pub next_hop: Option<Ipv6Addr>,
+    /// NAT66 (masquerade and forwards on the uplink address), if any.
+    pub nat: Option<nat::NatConfig<Ipv6Addr>>,
 }
 
 /// The gateway's IPv6 state.
@@ -65,6 +67,8 @@ pub struct Gw6 {
     pub neigh_lan: NdTable,
     /// Uplink neighbours.
     pub neigh_wan: NdTable,
+    /// The NAT66 engine (the same engine as NAT44, over IPv6).
+    pub nat: Option<Nat<Ipv6Addr>>,
     last_ra: Option<u64>,
 }
 
@@ -85,6 +89,7 @@ impl Gw6 {
         neigh_wan.set_on_link(&on);
         neigh_wan.set_hints_rebind(false);
         Gw6 {
+            nat: cfg.nat.clone().map(Nat::new),
             cfg,
             ll,
             up_ll,
@@ -129,17 +134,59 @@ impl Gw6 {
 
     /// Where `dst` leads.
     pub fn route(&self, dst: Ipv6Addr) -> Egress6 {
-        if self.lan_own(dst) || self.up_own(dst) {
-            return Egress6::Local;
+        route6(&self.cfg, self.ll, self.up_ll, dst)
+    }
+
+    /// Translate (or not) the IPv6 packet `pkt` from `from` with NAT66:
+    /// `Ok(true)` translated, `Ok(false)` not for the NAT, `Err` its verdict
+    /// (a drop, or a fragment held until its first fragment).
+    fn nat_step(
+        &mut self,
+        now: u64,
+        from: Side,
+        pkt: &mut [u8],
+        partial: bool,
+    ) -> Result<bool, Verdict> {
+        let Gw6 {
+            cfg,
+            nat,
+            ll,
+            up_ll,
+            ..
+        } = self;
+        let Some(nat) = nat.as_mut() else {
+            return Ok(false);
+        };
+        let side = |a: Ipv6Addr| match route6(cfg, *ll, *up_ll, a) {
+            Egress6::Lan(_) => Side::Lan,
+            Egress6::Uplink(_) => Side::Wan,
+            Egress6::Local | Egress6::None => Side::Local,
+        };
+        match nat.process(now, from, pkt, partial, &side) {
+            nat::Verdict::Translated => Ok(true),
+            nat::Verdict::NotNatted => Ok(false),
+            nat::Verdict::Stolen => Err(Verdict::Consumed),
+            nat::Verdict::Drop(_) => Err(Verdict::Drop(DropReason::Nat)),
         }
-        if self.cfg.lan.iter().any(|p| in_prefix6(p, dst)) {
-            return Egress6::Lan(dst);
-        }
-        match (self.cfg.uplink, self.cfg.next_hop) {
-            (Some(p), _) if in_prefix6(&p, dst) => Egress6::Uplink(dst),
-            (Some(_), Some(nh)) => Egress6::Uplink(nh),
-            _ => Egress6::None,
-        }
+    }
+}
+
+/// Where `dst` leads, given the gateway's IPv6 addresses, prefixes and next hop.
+fn route6(cfg: &Gw6Config, ll: Ipv6Addr, up_ll: Option<Ipv6Addr>, dst: Ipv6Addr) -> Egress6 {
+    if dst == ll
+        || Some(dst) == up_ll
+        || cfg.lan.iter().any(|p| p.0 == dst)
+        || cfg.uplink.is_some_and(|p| p.0 == dst)
+    {
+        return Egress6::Local;
+    }
+    if cfg.lan.iter().any(|p| in_prefix6(p, dst)) {
+        return Egress6::Lan(dst);
+    }
+    match (cfg.uplink, cfg.next_hop) {
+        (Some(p), _) if in_prefix6(&p, dst) => Egress6::Uplink(dst),
+        (Some(_), Some(nh)) => Egress6::Uplink(nh),
+        _ => Egress6::None,
     }
 }
 
@@ -232,6 +279,11 @@ impl Gateway {
     /// The IPv6 state, if the gateway has IPv6 addresses.
     pub fn v6(&self) -> Option<&Gw6> {
         self.v6.as_ref()
+    }
+
+    /// The IPv6 state, mutable (its NAT66 table for `conntrack -D`).
+    pub fn v6_mut(&mut self) -> Option<&mut Gw6> {
+        self.v6.as_mut()
     }
 
     /// The live IPv6 neighbour `ip` on the LAN (`wan` false) or uplink side.
@@ -518,9 +570,12 @@ impl Gateway {
         if unroutable(src) && !ip6::is_link_local(src) || v6.lan_own(src) || v6.up_own(src) {
             return self.drop(GwDrop::SpoofedSrc);
         }
-        if v6.lan_own(dst) || v6.up_own(dst) {
+        if v6.lan_own(dst) || (v6.up_own(dst) && v6.nat.is_none()) {
             let my = dst;
             return self.local6(now, frame, end, in_port, src_mac, out, self.cfg.mac, my, u);
+        }
+        if v6.up_own(dst) {
+            return self.hairpin6(now, in_port, src_mac, vnet, frame, end, u, out, fdb);
         }
         if !on_lan {
             return self.drop(GwDrop::SpoofedSrc); // link-local sources are not routed
@@ -594,6 +649,99 @@ impl Gateway {
             );
             self.counters.packet_too_big += 1;
             return Verdict::Consumed;
+        }
+        let partial = vnet[0] & VNET_F_NEEDS_CSUM != 0;
+        if let Some(v6) = self.v6.as_mut()
+            && let Err(v) = v6.nat_step(now, Side::Lan, &mut frame[ETH_HLEN..end], partial)
+        {
+            return v;
+        }
+        self.forward6(now, in_port, nh, wan, vnet, frame, end, out, fdb)
+    }
+
+    /// A LAN packet to our uplink address with NAT66: a forward or another
+    /// host's mapping hairpins it back to the LAN (the target sees the
+    /// external address); otherwise it is for the gateway itself. The hop
+    /// limit is checked before NAT.
+    #[allow(clippy::too_many_arguments)]
+    fn hairpin6(
+        &mut self,
+        now: u64,
+        in_port: PortId,
+        src_mac: MacAddr,
+        vnet: &mut [u8],
+        frame: &mut [u8],
+        end: usize,
+        u: ip6::Upper,
+        out: &mut Gen,
+        fdb: &Fdb,
+    ) -> Verdict {
+        let Some(v6) = self.v6.as_ref() else {
+            return self.drop(GwDrop::NotIpv4);
+        };
+        let my = v6.cfg.uplink.map_or(v6.ll, |p| p.0);
+        let echo = u.proto == next_header::ICMPV6
+            && frame.get(ETH_HLEN + u.offset) == Some(&icmp6_type::ECHO_REQUEST);
+        if frame[ETH_HLEN + 7] <= 1 && !echo {
+            let q = &frame[ETH_HLEN..end];
+            let (k, mac) = (icmp6_type::TIME_EXCEEDED, self.cfg.mac);
+            if self.error6(
+                now,
+                out,
+                Target::Port(in_port),
+                src_mac,
+                mac,
+                my,
+                q,
+                k,
+                0,
+                0,
+            ) {
+                self.counters.time_exceeded += 1;
+            }
+            return Verdict::Consumed;
+        }
+        let partial = vnet[0] & VNET_F_NEEDS_CSUM != 0;
+        let pkt = &mut frame[ETH_HLEN..end];
+        let translated = match self
+            .v6
+            .as_mut()
+            .map(|v| v.nat_step(now, Side::Lan, pkt, partial))
+        {
+            Some(Ok(t)) => t,
+            Some(Err(v)) => return v,
+            None => false,
+        };
+        if !translated {
+            return self.local6(now, frame, end, in_port, src_mac, out, self.cfg.mac, my, u);
+        }
+        self.after_nat6(now, in_port, vnet, frame, end, out, fdb)
+    }
+
+    /// Route a packet NAT66 just translated towards its new destination
+    /// (DNAT, hairpin): the LAN MTU is checked, the hop limit decremented.
+    #[allow(clippy::too_many_arguments)]
+    fn after_nat6(
+        &mut self,
+        now: u64,
+        in_port: PortId,
+        vnet: &mut [u8],
+        frame: &mut [u8],
+        end: usize,
+        out: &mut Gen,
+        fdb: &Fdb,
+    ) -> Verdict {
+        let dst = match Ipv6Packet::new_checked(&frame[ETH_HLEN..end]) {
+            Ok(p) => p.dst(),
+            Err(_) => return self.drop(GwDrop::Malformed),
+        };
+        let (nh, wan) = match self.v6.as_ref().map(|v| v.route(dst)) {
+            Some(Egress6::Lan(nh)) => (nh, false),
+            Some(Egress6::Uplink(nh)) => (nh, true),
+            _ => return self.drop(GwDrop::NoRoute),
+        };
+        if !wan && end - ETH_HLEN > self.cfg.lan_mtu as usize && !is_gso(vnet) {
+            return self.drop(GwDrop::TooBig);
         }
         self.forward6(now, in_port, nh, wan, vnet, frame, end, out, fdb)
     }
@@ -783,6 +931,9 @@ impl Gateway {
             return self.drop(GwDrop::SpoofedSrc);
         }
         let my = v6.cfg.uplink.map_or(v6.ll, |p| p.0);
+        if v6.up_own(dst) && v6.nat.is_some() {
+            return self.inbound6(now, vnet, frame, end, u, src_mac, out, fdb);
+        }
         if v6.up_own(dst) {
             return self.local6(now, frame, end, up.port, src_mac, out, up.mac, dst, u);
         }
@@ -831,6 +982,151 @@ impl Gateway {
             return Verdict::Consumed;
         }
         self.forward6(now, up.port, nh, false, vnet, frame, end, out, fdb)
+    }
+
+    /// A packet from the uplink to our uplink address with NAT66: translated
+    /// to a LAN host (a reply, a forward), or for the gateway itself. The hop
+    /// limit and the LAN MTU are checked before NAT (errors quote it as sent).
+    #[allow(clippy::too_many_arguments)]
+    fn inbound6(
+        &mut self,
+        now: u64,
+        vnet: &mut [u8],
+        frame: &mut [u8],
+        end: usize,
+        u: ip6::Upper,
+        src_mac: MacAddr,
+        out: &mut Gen,
+        fdb: &Fdb,
+    ) -> Verdict {
+        let (Some(up), Some(v6)) = (self.cfg.uplink, self.v6.as_ref()) else {
+            return self.drop(GwDrop::NotIpv4);
+        };
+        let my = v6.cfg.uplink.map_or(v6.ll, |p| p.0);
+        let echo = u.proto == next_header::ICMPV6
+            && frame.get(ETH_HLEN + u.offset) == Some(&icmp6_type::ECHO_REQUEST);
+        let err_to = Target::Port(up.port);
+        if frame[ETH_HLEN + 7] <= 1 && !echo {
+            let q = &frame[ETH_HLEN..end];
+            let k = icmp6_type::TIME_EXCEEDED;
+            if self.error6(now, out, err_to, src_mac, up.mac, my, q, k, 0, 0) {
+                self.counters.time_exceeded += 1;
+            }
+            return Verdict::Consumed;
+        }
+        let mtu = self.cfg.lan_mtu as usize;
+        if seg_len(vnet, &frame[ETH_HLEN..end], u.offset, u.proto) > mtu && !echo {
+            let q = &frame[ETH_HLEN..end];
+            let k = icmp6_type::PACKET_TOO_BIG;
+            self.error6(now, out, err_to, src_mac, up.mac, my, q, k, 0, mtu as u32);
+            self.counters.packet_too_big += 1;
+            return Verdict::Consumed;
+        }
+        let partial = vnet[0] & VNET_F_NEEDS_CSUM != 0;
+        let pkt = &mut frame[ETH_HLEN..end];
+        let translated = match self
+            .v6
+            .as_mut()
+            .map(|v| v.nat_step(now, Side::Wan, pkt, partial))
+        {
+            Some(Ok(t)) => t,
+            Some(Err(v)) => return v,
+            None => false,
+        };
+        if !translated {
+            return self.local6(now, frame, end, up.port, src_mac, out, up.mac, my, u);
+        }
+        self.after_nat6(now, up.port, vnet, frame, end, out, fdb)
+    }
+}
+
+impl Gateway {
+    /// Hand IPv6 fragments NAT66 released (their first fragment arrived) to
+    /// `out` for routing.
+    pub(super) fn flush_released6(&mut self, out: &mut Gen) {
+        let Some(nat) = self.v6.as_mut().and_then(|v| v.nat.as_mut()) else {
+            return;
+        };
+        if !nat.has_released() {
+            return;
+        }
+        let mut full = 0;
+        nat.take_released(|pkt| {
+            let ok = out.push(Target::Route, |b| {
+                b[..VNET_HDR_LEN].fill(0);
+                let f = &mut b[VNET_HDR_LEN..];
+                write_eth(f, MacAddr::default(), MacAddr::default(), ethertype::IPV6);
+                f[ETH_HLEN..ETH_HLEN + pkt.len()].copy_from_slice(pkt);
+                VNET_HDR_LEN + ETH_HLEN + pkt.len()
+            });
+            if !ok {
+                full += 1;
+            }
+        });
+        self.counters.drop_gen_full += full;
+    }
+
+    /// Route generated frame `i` if it is IPv6 (a released fragment): hop
+    /// limit, MTU (too big: dropped, no error about a later fragment),
+    /// neighbour (or the resolution queue). False if it is not IPv6.
+    pub(super) fn route_gen6(&mut self, i: usize, now: u64, out: &mut Gen, fdb: &Fdb) -> bool {
+        let (vnet, frame) = out.parts_mut(i);
+        if frame.get(12..14) != Some(&ethertype::IPV6.to_be_bytes()) {
+            return false;
+        }
+        let end = frame.len();
+        let dst = Ipv6Packet::new_checked(&frame[ETH_HLEN..]).map(|p| (p.dst(), p.hop_limit()));
+        let route = match (dst, self.v6.as_ref()) {
+            (Ok((d, hop)), Some(v6)) if hop > 1 => v6.route(d),
+            _ => Egress6::None,
+        };
+        let (nh, wan) = match route {
+            Egress6::Lan(nh) => (nh, false),
+            Egress6::Uplink(nh) => (nh, true),
+            _ => {
+                out.set_target(i, Target::Discard);
+                self.drop(GwDrop::NoRoute);
+                return true;
+            }
+        };
+        let mtu = if wan {
+            self.cfg.uplink.as_ref().map_or(self.cfg.lan_mtu, |u| u.mtu)
+        } else {
+            self.cfg.lan_mtu
+        } as usize;
+        if end - ETH_HLEN > mtu {
+            out.set_target(i, Target::Discard);
+            self.drop(GwDrop::TooBig);
+            return true;
+        }
+        let mut v = [0u8; VNET_HDR_LEN];
+        v.copy_from_slice(&vnet[..VNET_HDR_LEN]);
+        if let Ok(mut p) = Ipv6Packet::new_checked(&mut frame[ETH_HLEN..]) {
+            p.dec_hop_limit();
+        }
+        self.counters.routed += 1;
+        match self.neigh6(wan, nh, now) {
+            Some(n) => {
+                let (src_mac, t) = match (wan, self.cfg.uplink.as_ref()) {
+                    (true, Some(u)) => (u.mac, Target::Port(u.port)),
+                    _ => (
+                        self.cfg.mac,
+                        fdb.lookup(&n.mac, now).map_or(Target::Lan, Target::Port),
+                    ),
+                };
+                write_eth(frame, n.mac, src_mac, ethertype::IPV6);
+                out.set_target(i, t);
+            }
+            None => {
+                let (_, frame) = out.parts_mut(i);
+                let copy = self.park(now, GENERATED, nh.into(), wan, &v, frame);
+                out.set_target(i, Target::Discard);
+                if copy {
+                    self.request(now, nh.into(), wan, out);
+                }
+            }
+        }
+        true
     }
 }
 
