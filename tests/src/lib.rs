@@ -874,6 +874,47 @@ pub fn iperf3_server(ns: &str, ip: &str, port: u16) -> Bg {
     srv
 }
 
+/// A directory with a random file, removed on drop.
+pub struct WebRoot(pub std::path::PathBuf);
+
+impl WebRoot {
+    /// A new root with `file.bin` of `len` pattern bytes, and its sha256.
+    pub fn new(len: usize) -> (WebRoot, String) {
+        let d =
+            std::env::temp_dir().join(format!("vswitch-e2e-www-{}-{}", std::process::id(), uniq()));
+        std::fs::create_dir_all(&d).unwrap();
+        let mut f = std::fs::File::create(d.join("file.bin")).unwrap();
+        write_pattern(&mut f, len as u64, len).unwrap();
+        let sum = sha256_of(|w| write_pattern(w, len as u64, len).unwrap());
+        (WebRoot(d), sum)
+    }
+}
+
+impl Drop for WebRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `curl` from `ns`, returning the body's sha256 (empty on failure), retried for up to 10 s.
+pub fn curl_sha(ns: &str, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = ns_exec(
+            ns,
+            &["curl", "-gsf", "-m", "5", "-o", "-", url],
+            Duration::from_secs(15),
+        );
+        if o.status.success() {
+            return sha256_of(|w| w.write_all(&o.stdout).unwrap());
+        }
+        if Instant::now() > deadline {
+            return String::new();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -944,46 +985,5 @@ mod tests {
             (o.status.success() && err.is_empty()) || err.contains("(Debian package "),
             "{err}"
         );
-    }
-}
-
-/// A directory with a random file, removed on drop.
-pub struct WebRoot(pub std::path::PathBuf);
-
-impl WebRoot {
-    /// A new root with `file.bin` of `len` pattern bytes, and its sha256.
-    pub fn new(len: usize) -> (WebRoot, String) {
-        let d =
-            std::env::temp_dir().join(format!("vswitch-e2e-www-{}-{}", std::process::id(), uniq()));
-        std::fs::create_dir_all(&d).unwrap();
-        let mut f = std::fs::File::create(d.join("file.bin")).unwrap();
-        write_pattern(&mut f, len as u64, len).unwrap();
-        let sum = sha256_of(|w| write_pattern(w, len as u64, len).unwrap());
-        (WebRoot(d), sum)
-    }
-}
-
-impl Drop for WebRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `curl` from `ns`, returning the body's sha256 (empty on failure), retried for up to 10 s.
-pub fn curl_sha(ns: &str, url: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = ns_exec(
-            ns,
-            &["curl", "-gsf", "-m", "5", "-o", "-", url],
-            Duration::from_secs(15),
-        );
-        if o.status.success() {
-            return sha256_of(|w| w.write_all(&o.stdout).unwrap());
-        }
-        if Instant::now() > deadline {
-            return String::new();
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
