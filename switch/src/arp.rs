@@ -34,8 +34,11 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub trait NeighAddr: Copy + Eq + Ord + Hash + std::fmt::Debug {
     /// A network of this family (for the on-link check).
     type Net: Clone + std::fmt::Debug;
+    /// Whether the address is unicast and specified (anything else is
+    /// refused silently: probes, broadcasts, groups).
+    fn unicast(self) -> bool;
     /// Whether the address may be learned at all: unicast, not unspecified,
-    /// loopback or multicast.
+    /// loopback or multicast (refusals counted as off-link).
     fn learnable(self) -> bool;
     /// Whether the address is a host address of `net`.
     fn host_of(self, net: &Self::Net) -> bool;
@@ -43,6 +46,9 @@ pub trait NeighAddr: Copy + Eq + Ord + Hash + std::fmt::Debug {
 
 impl NeighAddr for Ipv4Addr {
     type Net = Ipv4Net;
+    fn unicast(self) -> bool {
+        !(self.is_unspecified() || self.is_broadcast() || self.is_multicast())
+    }
     fn learnable(self) -> bool {
         let o = self.octets()[0];
         !(self.is_unspecified() || self.is_broadcast() || o == 0 || o == 127 || o >= 224)
@@ -68,6 +74,9 @@ pub fn in_prefix6(p: &Ipv6Prefix, a: Ipv6Addr) -> bool {
 
 impl NeighAddr for Ipv6Addr {
     type Net = Ipv6Prefix;
+    fn unicast(self) -> bool {
+        !(self.is_unspecified() || self.is_multicast())
+    }
     fn learnable(self) -> bool {
         !(self.is_unspecified() || self.is_loopback() || self.is_multicast())
     }
@@ -318,7 +327,7 @@ impl<A: NeighAddr> NeighTable<A> {
         how: Heard,
         on_link_only: bool,
     ) -> Learned {
-        if !mac.is_unicast() || !ip.learnable() {
+        if !mac.is_unicast() || !ip.unicast() {
             return Learned::Refused;
         }
         if on_link_only && !self.is_on_link(ip) {
