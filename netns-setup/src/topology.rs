@@ -397,6 +397,8 @@ pub struct Topology {
     pub uplink: Option<UplinkSpec>,
     /// Static routes via next hops on the LAN.
     pub routes: Vec<RouteSpec>,
+    /// Static IPv6 routes via next hops on the LAN (`[[route]]` with IPv6 `to` and `via`).
+    pub routes6: Vec<Route6Spec>,
     /// NAT settings (masquerade sources, port forwards, behaviour).
     pub nat: NatSpec,
     /// The forwarding policy: ACL rules, rate limits, mirrors.
@@ -540,6 +542,15 @@ pub struct RouteSpec {
     pub to: Ipv4Cidr,
     /// Next hop on the LAN.
     pub via: Ipv4Addr,
+}
+
+/// A static IPv6 route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route6Spec {
+    /// Destination prefix.
+    pub to: Ipv6Cidr,
+    /// Next hop on the LAN (on one of the gateway's IPv6 prefixes, or link-local).
+    pub via: std::net::Ipv6Addr,
 }
 
 /// A port forward on the external address.
@@ -1454,6 +1465,7 @@ impl Topology {
             gateway: None,
             uplink: None,
             routes: Vec::new(),
+            routes6: Vec::new(),
             nat: NatSpec::default(),
             policy: PolicySpec::default(),
         };
@@ -1755,6 +1767,37 @@ fn validate_routing(
             .gateway
             .as_ref()
             .ok_or_else(|| err(format!("route[{i}]"), "routes need a [gateway]"))?;
+        if r.to.contains(':') {
+            let to: Ipv6Cidr = r.to.parse().map_err(|e| err(format!("route[{i}].to"), e))?;
+            let via: std::net::Ipv6Addr = r.via.parse().map_err(|_| {
+                err(
+                    format!("route[{i}].via"),
+                    format!("{:?} is not an IPv6 address", r.via),
+                )
+            })?;
+            let link_local = (via.segments()[0] & 0xffc0) == 0xfe80;
+            if !link_local && !gw.address6.iter().any(|c| c.contains(via) && c.addr != via) {
+                return Err(err(
+                    format!("route[{i}].via"),
+                    format!(
+                        "{via} is not another host of the gateway's IPv6 prefixes (nor link-local)"
+                    ),
+                ));
+            }
+            if to.prefix == 0
+                || gw
+                    .address6
+                    .iter()
+                    .any(|c| c.contains(to.addr) || to.contains(c.addr))
+            {
+                return Err(err(
+                    format!("route[{i}].to"),
+                    format!("{to} overlaps the LAN (or is a default route: use [uplink] next_hop)"),
+                ));
+            }
+            t.routes6.push(Route6Spec { to, via });
+            continue;
+        }
         let to: Ipv4Cidr = r.to.parse().map_err(|e| err(format!("route[{i}].to"), e))?;
         let via = parse_ip(&format!("route[{i}].via"), &r.via)?;
         if !gw.address.contains(via) || via == gw.address.addr {

@@ -263,19 +263,25 @@ fn table_listing(to_worker: &Sender<Request>, wake: &EventFd, fdb: bool) -> Valu
             .collect();
         json!({"ok": true, "switch": s.switch, "ageing_ms": s.ageing_ms, "entries": entries, "counters": s.fdb_counters})
     } else {
+        let entry = |ip: String, e: &crate::arp::ArpEntry| {
+            json!({
+                "ip": ip,
+                "mac": e.mac.to_string(),
+                "port": port(e.port).0,
+                "age_ms": s.now.saturating_sub(e.last_seen),
+            })
+        };
         let entries: Vec<Value> = s
             .arp
             .iter()
-            .map(|(ip, e)| {
-                json!({
-                    "ip": ip.to_string(),
-                    "mac": e.mac.to_string(),
-                    "port": port(e.port).0,
-                    "age_ms": s.now.saturating_sub(e.last_seen),
-                })
-            })
+            .map(|(ip, e)| entry(ip.to_string(), e))
             .collect();
-        json!({"ok": true, "switch": s.switch, "entries": entries, "counters": s.arp_counters})
+        let nd: Vec<Value> =
+            s.nd.iter()
+                .map(|(ip, e)| entry(ip.to_string(), e))
+                .collect();
+        json!({"ok": true, "switch": s.switch, "entries": entries, "counters": s.arp_counters,
+               "neighbours6": nd, "nd_counters": s.nd_counters})
     }
 }
 

@@ -448,6 +448,14 @@ fn nat_behaviour<A: nat::family::Family>(t: &Topology, external: A, seed: u64) -
     c
 }
 
+/// The gateway's static IPv6 routes of `t`'s `[[route]]`s: (destination, next hop).
+pub fn gateway_routes6(t: &Topology) -> Vec<(crate::arp::Ipv6Prefix, std::net::Ipv6Addr)> {
+    t.routes6
+        .iter()
+        .map(|r| ((r.to.addr, r.to.prefix), r.via))
+        .collect()
+}
+
 /// The gateway's static routes of `t`'s `[[route]]`s: (destination, next hop).
 pub fn gateway_routes(t: &Topology) -> Vec<(Ipv4Net, std::net::Ipv4Addr)> {
     t.routes
@@ -564,11 +572,11 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
                 .and_then(|u| u.address6)
                 .map(|c| (c.addr, c.prefix)),
             next_hop: t.uplink.as_ref().and_then(|u| u.next_hop6),
+            routes: gateway_routes6(t),
             nat: t
                 .uplink
                 .as_ref()
                 .and_then(|u| u.address6)
-                .filter(|_| !t.nat.masquerade6.is_empty() || !t.nat.dnat6.is_empty())
                 .map(|c| nat_config6(t, c.addr, random_seed())),
         }),
     }))

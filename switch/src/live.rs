@@ -97,10 +97,14 @@ pub struct Change {
     pub vlans: Option<VlanPorts>,
     /// New static routes.
     pub routes: Option<Vec<(Ipv4Net, Ipv4Addr)>>,
+    /// New static IPv6 routes.
+    pub routes6: Option<Vec<(crate::arp::Ipv6Prefix, std::net::Ipv6Addr)>>,
     /// New LAN MTU.
     pub lan_mtu: Option<u32>,
     /// New masquerade sources and DNAT rules.
     pub nat_rules: Option<(Vec<Ipv4Net>, Vec<DnatRule>)>,
+    /// New NAT66 masquerade sources and forwards.
+    pub nat_rules6: Option<(Vec<nat::Ipv6Net>, Vec<DnatRule<std::net::Ipv6Addr>>)>,
     /// pcap mirrors to stop (by file, as displayed).
     pub pcap_remove: Vec<String>,
     /// pcap mirrors to start: port slot, file (as displayed), writer.
@@ -192,8 +196,12 @@ pub fn diff(old: &Topology, new: &Topology) -> Diff {
     let (mut a, mut b) = (old.nat.clone(), new.nat.clone());
     a.masquerade.clear();
     a.dnat.clear();
+    a.masquerade6.clear();
+    a.dnat6.clear();
     b.masquerade.clear();
     b.dnat.clear();
+    b.masquerade6.clear();
+    b.dnat6.clear();
     if a != b {
         d.refused.push(
             "[nat]: behaviour keys (filtering, ports, bounds, timeouts) cannot change while running; [[masquerade]] and [[dnat]] can"
@@ -262,12 +270,36 @@ pub fn diff(old: &Topology, new: &Topology) -> Diff {
             new.routes.len()
         ));
     }
+    if old.routes6 != new.routes6 {
+        d.routes = true;
+        d.changes.push(format!(
+            "IPv6 routes: {} -> {}",
+            old.routes6.len(),
+            new.routes6.len()
+        ));
+    }
     if old.nat.masquerade != new.nat.masquerade {
         d.nat_rules = true;
         d.changes.push(format!(
             "masquerade: {} -> {} sources",
             old.nat.masquerade.len(),
             new.nat.masquerade.len()
+        ));
+    }
+    if old.nat.masquerade6 != new.nat.masquerade6 {
+        d.nat_rules = true;
+        d.changes.push(format!(
+            "masquerade (IPv6): {} -> {} sources",
+            old.nat.masquerade6.len(),
+            new.nat.masquerade6.len()
+        ));
+    }
+    if old.nat.dnat6 != new.nat.dnat6 {
+        d.nat_rules = true;
+        d.changes.push(format!(
+            "dnat (IPv6): {} -> {} rules",
+            old.nat.dnat6.len(),
+            new.nat.dnat6.len()
         ));
     }
     let rule = |r: &netns_setup::topology::DnatSpec| {
@@ -638,12 +670,17 @@ impl Live {
         }
         if d.routes {
             change.routes = Some(crate::daemon::gateway_routes(&new));
+            change.routes6 = Some(crate::daemon::gateway_routes6(&new));
         }
         if d.nat_rules
             && let Some(u) = &new.uplink
         {
             let c = nat_config(&new, u.address.addr, 0);
             change.nat_rules = Some((c.masquerade, c.dnat));
+            if let Some(a6) = u.address6 {
+                let c = crate::daemon::nat_config6(&new, a6.addr, 0);
+                change.nat_rules6 = Some((c.masquerade, c.dnat));
+            }
         }
         change.lan_mtu = Some(
             new.switch_ports()

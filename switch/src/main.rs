@@ -214,7 +214,7 @@ enum Cmd {
         #[arg(value_name = "OPERATION")]
         words: Vec<String>,
     },
-    /// Show the IP→MAC table learned from ARP, like `ip neigh`.
+    /// Show the IP→MAC tables learned from ARP and NDP (IPv4, then IPv6), like `ip neigh`.
     Arp(Target),
     /// Show per-port counters and drops by reason; with --interval, rates.
     Stats {
@@ -563,6 +563,24 @@ fn print_arp(v: &Value) {
         "learned {} suppressed {} gratuitous {} refused(table-full) {}",
         c["learned"], c["suppressed"], c["gratuitous"], c["refused_table_full"]
     );
+    let nd = v["neighbours6"].as_array().map_or(&[][..], Vec::as_slice);
+    if !nd.is_empty() {
+        let mut rows = vec![["IPV6", "MAC", "PORT", "AGE"].map(String::from).to_vec()];
+        for e in nd {
+            rows.push(vec![
+                s(&e["ip"]),
+                s(&e["mac"]),
+                s(&e["port"]),
+                secs(&e["age_ms"]),
+            ]);
+        }
+        print!("{}", render_table(&rows));
+        let c = &v["nd_counters"];
+        println!(
+            "learned {} suppressed {} refused(table-full) {}",
+            c["learned"], c["suppressed"], c["refused_table_full"]
+        );
+    }
 }
 
 fn print_stats(v: &Value) {

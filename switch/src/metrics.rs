@@ -25,9 +25,6 @@ fn esc(s: &str) -> String {
 /// Render a `stats` answer as Prometheus text.
 pub fn render(v: &Value) -> String {
     let mut o = String::new();
-    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
     let ports = v["ports"].as_array().cloned().unwrap_or_default();
     for (metric, field, help) in [
         (
@@ -135,58 +132,30 @@ pub fn render(v: &Value) -> String {
         v["arp"]["entries"].as_u64().unwrap_or(0)
     );
     if let Some(n) = v.get("nat") {
-        family(
+        nat_metrics(
             &mut o,
-            "vswitch_conntrack_entries",
-            "gauge",
-            "NAT connection tracking entries.",
+            n,
+            [
+                "vswitch_conntrack_entries",
+                "vswitch_conntrack_max",
+                "vswitch_nat_events_total",
+                "vswitch_nat_drops_total",
+            ],
+            "NAT",
         );
-        let _ = writeln!(
-            o,
-            "vswitch_conntrack_entries {}",
-            n["entries"].as_u64().unwrap_or(0)
-        );
-        family(
+    }
+    if let Some(n) = v.get("nat6") {
+        nat_metrics(
             &mut o,
-            "vswitch_conntrack_max",
-            "gauge",
-            "Bound of the connection table.",
+            n,
+            [
+                "vswitch_nat66_entries",
+                "vswitch_nat66_max",
+                "vswitch_nat66_events_total",
+                "vswitch_nat66_drops_total",
+            ],
+            "NAT66",
         );
-        let _ = writeln!(
-            o,
-            "vswitch_conntrack_max {}",
-            n["max_entries"].as_u64().unwrap_or(0)
-        );
-        family(&mut o, "vswitch_nat_events_total", "counter", "NAT events.");
-        for k in [
-            "created",
-            "expired",
-            "early_dropped",
-            "translated",
-            "icmp_errors_translated",
-            "hairpins",
-            "fragments_held",
-        ] {
-            let _ = writeln!(
-                o,
-                "vswitch_nat_events_total{{event=\"{k}\"}} {}",
-                n[k].as_u64().unwrap_or(0)
-            );
-        }
-        family(
-            &mut o,
-            "vswitch_nat_drops_total",
-            "counter",
-            "Packets the NAT dropped, by reason.",
-        );
-        for (k, c) in n["drops"].as_object().into_iter().flatten() {
-            let _ = writeln!(
-                o,
-                "vswitch_nat_drops_total{{reason=\"{}\"}} {}",
-                esc(k),
-                c.as_u64().unwrap_or(0)
-            );
-        }
     }
     if let Some(g) = v["gateway"]["counters"].as_object() {
         family(
@@ -324,6 +293,61 @@ fn scrape(
         "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
+}
+
+/// The HELP and TYPE lines of metric family `name`.
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The families of one NAT engine's `stats` view `n` (NAT44 or NAT66),
+/// under the metric names `names` (entries, bound, events, drops).
+fn nat_metrics(o: &mut String, n: &Value, names: [&str; 4], what: &str) {
+    let [entries, max, events, drops] = names;
+    family(
+        o,
+        entries,
+        "gauge",
+        &format!("{what} connection tracking entries."),
+    );
+    let _ = writeln!(o, "{entries} {}", n["entries"].as_u64().unwrap_or(0));
+    family(
+        o,
+        max,
+        "gauge",
+        &format!("Bound of the {what} connection table."),
+    );
+    let _ = writeln!(o, "{max} {}", n["max_entries"].as_u64().unwrap_or(0));
+    family(o, events, "counter", &format!("{what} events."));
+    for k in [
+        "created",
+        "expired",
+        "early_dropped",
+        "translated",
+        "icmp_errors_translated",
+        "hairpins",
+        "fragments_held",
+    ] {
+        let _ = writeln!(
+            o,
+            "{events}{{event=\"{k}\"}} {}",
+            n[k].as_u64().unwrap_or(0)
+        );
+    }
+    family(
+        o,
+        drops,
+        "counter",
+        &format!("Packets the {what} dropped, by reason."),
+    );
+    for (k, c) in n["drops"].as_object().into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "{drops}{{reason=\"{}\"}} {}",
+            esc(k),
+            c.as_u64().unwrap_or(0)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,21 @@
-//! The forwarding decision for one frame: learn, handle ARP, forward or flood.
+//! The forwarding decision for one frame: learn, handle ARP and NDP, forward or flood.
 //!
 //! Contract: [`Pipeline::decide`] takes the ingress port, the frame bytes and
 //! `now`, updates the FDB and ARP tables, and returns a [`Verdict`]. It does no
 //! I/O and never panics on any input; a malformed frame is `Drop(reason)`. It
 //! may rewrite the frame in place only when it returns [`Verdict::Reply`]
-//! (an ARP reply built from the request, sent back out of the ingress port).
+//! (an ARP reply built from the request, or a neighbor advertisement built
+//! from a solicitation, sent back out of the ingress port).
+//!
+//! ND suppression, the IPv6 twin of ARP suppression: the [`NdTable`] learns
+//! from neighbor solicitations (their source link-layer address) and
+//! advertisements (their target link-layer address; solicited ones
+//! confirm); a multicast solicitation for a known host that is alive in the
+//! FDB behind another port is answered in place with that host's
+//! advertisement. DAD probes (from `::`) teach nothing and are never
+//! answered, so duplicate detection still reaches the owner; solicitations
+//! without a source link-layer option are flooded. MLD and other multicast
+//! are flooded as before.
 //!
 //! ```text
 //! frame ─► parse ─► src MAC ok? ─► learn(src, in_port) ─► ARP? learn IP→MAC
@@ -15,7 +26,7 @@
 //! ```
 
 use crate::PortId;
-use crate::arp::{ArpTable, Heard};
+use crate::arp::{ArpTable, Heard, NdTable};
 use crate::fdb::Fdb;
 use crate::gateway::Gateway;
 use crate::policy::{Action, Frame, FrameMeta, NoPolicy, Policy};
@@ -142,6 +153,8 @@ pub struct Pipeline<P: Policy = NoPolicy> {
     pub fdb: Fdb,
     /// IP→MAC table.
     pub arp: ArpTable,
+    /// IPv6→MAC table (ND suppression), bounded as the ARP table.
+    pub nd: NdTable,
     arp_suppress: bool,
     /// The gateway (router and NAT), if any.
     pub gateway: Option<Gateway>,
@@ -210,6 +223,15 @@ impl<P: Policy> Pipeline<P> {
                 let mut t = ArpTable::with_limits(c.arp_max, c.arp_max_per_port, c.ageing_ms);
                 if let Some(g) = &c.gateway {
                     t.set_on_link(&g.lan_on_link());
+                }
+                t
+            },
+            nd: {
+                let mut t = NdTable::with_limits(c.arp_max, c.arp_max_per_port, c.ageing_ms);
+                if let Some(v6) = c.gateway.as_ref().and_then(|g| g.v6.as_ref()) {
+                    let mut on = v6.lan.clone();
+                    on.push((std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 64));
+                    t.set_on_link(&on);
                 }
                 t
             },
@@ -298,12 +320,16 @@ impl<P: Policy> Pipeline<P> {
             }
         }
 
-        if et == ethertype::IPV6
-            && to_gateway
-            && let Some(gw) = &mut self.gateway
-            && let Some(v) = gw.lan_nd(now, in_port, frame, out, &self.fdb)
-        {
-            return v;
+        if et == ethertype::IPV6 {
+            if to_gateway
+                && let Some(gw) = &mut self.gateway
+                && let Some(v) = gw.lan_nd(now, in_port, frame, out, &self.fdb)
+            {
+                return v;
+            }
+            if let Some(v) = self.nd(in_port, frame, src, vlan, now) {
+                return v;
+            }
         }
         if let Some(gw) = &mut self.gateway
             && dst == gw.mac()
@@ -348,6 +374,7 @@ impl<P: Policy> Pipeline<P> {
     pub fn expire(&mut self, now: u64) -> bool {
         self.fdb.sweep(now);
         self.arp.sweep(now);
+        self.nd.sweep(now);
         self.policy.expire(now);
         self.gateway.as_mut().is_none_or(|gw| gw.expire(now))
     }
@@ -373,8 +400,12 @@ impl<P: Policy> Pipeline<P> {
         }
         self.fdb.flush_port(port);
         self.arp.flush_port(port);
+        self.nd.flush_port(port);
         if let Some(gw) = &mut self.gateway {
             gw.neigh_lan.flush_port(port);
+            if let Some(v6) = gw.v6_mut() {
+                v6.neigh_lan.flush_port(port);
+            }
         }
     }
 
@@ -426,6 +457,65 @@ impl<P: Policy> Pipeline<P> {
         self.arp.counters.suppressed += 1;
         Some(Verdict::Reply)
     }
+
+    /// Learn from an NDP message; answer a solicitation if suppression applies.
+    fn nd(
+        &mut self,
+        in_port: PortId,
+        frame: &mut [u8],
+        src: MacAddr,
+        vlan: u16,
+        now: u64,
+    ) -> Option<Verdict> {
+        use nat::wire::icmpv6::{self, icmp6_type, na_flags};
+        let n = icmpv6::parse_ndp(frame.get(ETH_HLEN..)?)?;
+        let on_link = vlan <= 1;
+        match (n.kind, n.target, n.lladdr) {
+            (icmp6_type::NEIGHBOR_ADVERT, Some(t), Some(m)) => {
+                let how = if n.flags & na_flags::SOLICITED != 0 {
+                    Heard::Reply
+                } else {
+                    Heard::Hint
+                };
+                self.nd.observe(t, MacAddr(m), in_port, now, how, on_link);
+                return None;
+            }
+            (icmp6_type::NEIGHBOR_SOLICIT, Some(_), Some(m)) if !n.src.is_unspecified() => {
+                self.nd
+                    .observe(n.src, MacAddr(m), in_port, now, Heard::Hint, on_link);
+            }
+            _ => return None,
+        }
+        let target = n.target?;
+        let multicast = EthernetFrame::new_checked(&*frame)
+            .ok()?
+            .dst()
+            .is_multicast();
+        if !self.arp_suppress || !multicast {
+            return None;
+        }
+        // Answer only for a host we know, alive in the FDB, not behind the asking port.
+        let t = self.nd.lookup(target, now)?;
+        match self.fdb.lookup_in(vlan, &t.mac, now) {
+            Some(p) if p != in_port => {}
+            _ => return None,
+        }
+        let flags = na_flags::SOLICITED | na_flags::OVERRIDE;
+        let len = frame.len();
+        let b = frame.get_mut(ETH_HLEN..)?;
+        // A solicitation with its source option is exactly as long as the advertisement.
+        let mut na = [0u8; 72];
+        let n_len = icmpv6::emit_na(&mut na, target, n.src, target, t.mac.0, flags)?;
+        if len != ETH_HLEN + n_len || b.len() < n_len {
+            return None;
+        }
+        b[..n_len].copy_from_slice(&na[..n_len]);
+        let mut eth = EthernetFrame::new_checked(&mut *frame).ok()?;
+        eth.set_dst(src);
+        eth.set_src(t.mac);
+        self.nd.counters.suppressed += 1;
+        Some(Verdict::Reply)
+    }
 }
 
 #[cfg(test)]
@@ -459,6 +549,69 @@ mod tests {
             let mut generated = Gen::new();
             self.decide(port, &mut vnet, frame, now, &mut generated)
         }
+    }
+
+    /// An IPv6 NDP frame from `src_mac` built by the wire layer's emitters
+    /// (checked against etherparse in `nat::wire::icmpv6`).
+    fn ndp(
+        dst: MacAddr,
+        src_mac: MacAddr,
+        emit: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Vec<u8> {
+        let mut f = vec![0u8; 200];
+        f[..6].copy_from_slice(&dst.0);
+        f[6..12].copy_from_slice(&src_mac.0);
+        f[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
+        let n = emit(&mut f[ETH_HLEN..]).unwrap();
+        f.truncate(ETH_HLEN + n);
+        f
+    }
+
+    #[test]
+    fn neighbor_solicitations_for_known_hosts_are_answered() {
+        use nat::wire::icmpv6::{self, icmp6_type, na_flags};
+        use nat::wire::ipv6::{multicast_mac, solicited_node};
+        let a = |s: &str| -> std::net::Ipv6Addr { s.parse().unwrap() };
+        let (r6, b6) = (a("fd00:15::1"), a("fd00:15::2"));
+        let mut p = pipe(true);
+        // blue answers red's first solicitation itself (flooded, unknown), and is learned.
+        let group = solicited_node(b6);
+        let mut ns = ndp(MacAddr(multicast_mac(group)), RED, |b| {
+            icmpv6::emit_ns(b, r6, group, b6, RED.0)
+        });
+        assert_eq!(p.d(0, &mut ns, 0), Verdict::Flood);
+        let mut na = ndp(RED, BLUE, |b| {
+            icmpv6::emit_na(b, b6, r6, b6, BLUE.0, na_flags::SOLICITED)
+        });
+        assert_eq!(p.d(1, &mut na, 1), Verdict::Unicast(0));
+        assert!(p.nd.lookup(b6, 1).unwrap().confirmed);
+        assert_eq!(p.nd.lookup(r6, 1).unwrap().mac, RED);
+        // The next solicitation for blue is answered by the switch, as blue would.
+        let mut ns = ndp(MacAddr(multicast_mac(group)), RED, |b| {
+            icmpv6::emit_ns(b, r6, group, b6, RED.0)
+        });
+        assert_eq!(p.d(0, &mut ns, 2), Verdict::Reply);
+        assert_eq!((&ns[..6], &ns[6..12]), (&RED.0[..], &BLUE.0[..]));
+        let n = icmpv6::parse_ndp(&ns[ETH_HLEN..]).expect("a valid advertisement");
+        assert_eq!(
+            (n.kind, n.src, n.dst, n.target, n.lladdr),
+            (icmp6_type::NEIGHBOR_ADVERT, b6, r6, Some(b6), Some(BLUE.0))
+        );
+        assert_eq!(p.nd.counters.suppressed, 1);
+        // A DAD probe for blue's address is never answered (duplicate
+        // detection must reach blue) and teaches nothing.
+        let mut dad = ndp(MacAddr(multicast_mac(group)), RED, |b| {
+            icmpv6::emit_ns(b, std::net::Ipv6Addr::UNSPECIFIED, group, b6, RED.0)
+        });
+        assert_eq!(p.d(0, &mut dad, 3), Verdict::Flood);
+        assert_eq!(p.nd.lookup(b6, 3).unwrap().mac, BLUE);
+        // Without suppression, solicitations are flooded.
+        let mut p = pipe(false);
+        p.d(1, &mut na, 1);
+        let mut ns = ndp(MacAddr(multicast_mac(group)), RED, |b| {
+            icmpv6::emit_ns(b, r6, group, b6, RED.0)
+        });
+        assert_eq!(p.d(0, &mut ns, 2), Verdict::Flood);
     }
 
     #[test]

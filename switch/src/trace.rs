@@ -11,7 +11,7 @@
 //! addresses, an IP EtherType without addresses, mixed families) is refused.
 //! The answer is a list of [`Stage`]s and a final [`Decision`].
 
-use crate::gateway::Egress;
+use crate::gateway::{Egress, Egress6, Gw6};
 use crate::pipeline::Pipeline;
 use crate::policy::{Frame, FrameMeta, Headers, Policy};
 use crate::wire::MacAddr;
@@ -19,7 +19,7 @@ use crate::worker::Port;
 use nat::Side;
 use serde::Serialize;
 use serde_json::Value;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// One stage of a trace.
 #[derive(Debug, Clone, Serialize)]
@@ -291,6 +291,10 @@ pub fn trace<P: Policy>(
         Some((IpAddr::V4(s), IpAddr::V4(d))) => (Some(s), Some(d)),
         _ => (None, None),
     };
+    let (src6, dst6) = match addrs {
+        Some((IpAddr::V6(s), IpAddr::V6(d))) => (Some(s), Some(d)),
+        _ => (None, None),
+    };
     let gw = p.gateway.as_ref();
     let uplink = gw.and_then(|g| g.uplink());
     let on_uplink = uplink.is_some_and(|u| u.port == in_port);
@@ -305,6 +309,7 @@ pub fn trace<P: Policy>(
                 }
             })
             .map(|e| e.mac)
+            .or_else(|| src6.and_then(|s| p.nd.lookup(s, now)).map(|e| e.mac))
             .or_else(|| {
                 p.fdb
                     .entries(now)
@@ -320,7 +325,13 @@ pub fn trace<P: Policy>(
             (_, Some(g)) if on_uplink => g.uplink().map_or(MacAddr::BROADCAST, |u| u.mac),
             (Some(d), Some(g)) if !matches!(g.route(d), Egress::Lan(x) if x == d) => g.mac(),
             (Some(d), _) => p.arp.lookup(d, now).map_or(MacAddr::BROADCAST, |e| e.mac),
-            (None, _) => MacAddr::BROADCAST,
+            (None, _) => match (dst6, gw.and_then(|g| g.v6())) {
+                (Some(d), Some(v6)) if !matches!(v6.route(d), Egress6::Lan(x) if x == d) => {
+                    gw.map_or(MacAddr::BROADCAST, |g| g.mac())
+                }
+                (Some(d), _) => p.nd.lookup(d, now).map_or(MacAddr::BROADCAST, |e| e.mac),
+                (None, _) => MacAddr::BROADCAST,
+            },
         },
     };
     let frame = build(args, src_mac, dst_mac, addrs)?;
@@ -382,6 +393,18 @@ pub fn trace<P: Policy>(
         if h.dst != u.mac {
             return Ok(out.done(Decision::drop("gw-not-for-us: not our MAC")));
         }
+        if let (Some((s, d, pr)), Some(v6)) = (h.ipv6, g.v6()) {
+            return Ok(routed6(
+                out,
+                p,
+                ports,
+                now,
+                v6,
+                (s, d, pr),
+                h.ports,
+                Side::Wan,
+            ));
+        }
         if dst4 != Some(u.ip) {
             return Ok(out.done(Decision::drop("gw-not-for-us: not our address")));
         }
@@ -404,11 +427,31 @@ pub fn trace<P: Policy>(
     if let Some(g) = gw
         && h.dst == g.mac()
     {
+        if let (Some((s, d, pr)), Some(v6)) = (h.ipv6, g.v6()) {
+            out.push(
+                "gateway",
+                "route",
+                format!("frame for the gateway's MAC ({}); route IPv6", g.mac()),
+            );
+            return Ok(routed6(
+                out,
+                p,
+                ports,
+                now,
+                v6,
+                (s, d, pr),
+                h.ports,
+                Side::Lan,
+            ));
+        }
         if h.ipv4.is_none() {
             out.push(
                 "gateway",
                 "drop",
-                format!("frame for the gateway's MAC ({}) but not IPv4", g.ip()),
+                format!(
+                    "frame for the gateway's MAC ({}) but neither IPv4 nor IPv6 it routes",
+                    g.ip()
+                ),
             );
             return Ok(out.done(Decision::drop("gw-not-ipv4")));
         }
@@ -500,6 +543,160 @@ fn local(mut out: Out, proto: u8, me: Ipv4Addr) -> Trace {
         Vec::new(),
         Some(format!("{reason} from the gateway")),
     ))
+}
+
+/// An IPv6 packet to the gateway from `from`: NAT66 (by its rules: a
+/// forward on the external address, masquerade of the source), the route,
+/// and the neighbour, as the gateway's IPv6 path decides them.
+#[allow(clippy::too_many_arguments)]
+fn routed6<P: Policy>(
+    mut out: Out,
+    p: &Pipeline<P>,
+    ports: &[Port],
+    now: u64,
+    v6: &Gw6,
+    (src, mut dst, proto): (Ipv6Addr, Ipv6Addr, u8),
+    l4: Option<(u16, u16)>,
+    from: Side,
+) -> Trace {
+    let g = p.gateway.as_ref().expect("routed implies gateway");
+    let ext = v6.config().uplink.map(|u| u.0);
+    if let Some(n) = &v6.nat {
+        let c = n.config();
+        let fwd = c.dnat.iter().find(|r| {
+            Some(dst) == ext
+                && r.proto == proto
+                && l4.is_some_and(|(_, dp)| (r.ports.0..=r.ports.1).contains(&dp))
+        });
+        if let (Some(r), Some((_, dp))) = (fwd, l4) {
+            let to_port = r.to_port.wrapping_add(dp - r.ports.0);
+            out.push(
+                "nat",
+                "translate",
+                format!(
+                    "NAT66 forward: destination [{dst}]:{dp} => [{}]:{to_port}",
+                    r.to_addr
+                ),
+            );
+            if from == Side::Lan {
+                out.push(
+                    "nat",
+                    "translate",
+                    format!("hairpin: source {src} => {}", c.external),
+                );
+            }
+            dst = r.to_addr;
+        } else if Some(dst) == ext && from == Side::Wan {
+            out.push(
+                "nat",
+                "pass",
+                "NAT66: to our external address: a reply of a known connection is translated back (else nat-no-mapping, or answered by the gateway)",
+            );
+        } else if from == Side::Lan
+            && c.masquerade.iter().any(|m| m.contains(src))
+            && matches!(v6.route(dst), Egress6::Uplink(_))
+        {
+            out.push(
+                "nat",
+                "translate",
+                format!("NAT66 masquerade: source {src} => {}", c.external),
+            );
+        }
+    }
+    match v6.route(dst) {
+        Egress6::Local => {
+            out.push("route", "local", "for the gateway itself");
+            let (detail, reason) = match proto {
+                58 => ("echo requests are answered", "echo reply"),
+                6 | 17 => (
+                    "nothing listens: answered with ICMPv6 port unreachable",
+                    "ICMPv6 port unreachable",
+                ),
+                _ => ("other protocols are dropped (gw-local)", ""),
+            };
+            out.push(
+                "gateway",
+                "local",
+                format!("for the gateway itself ({dst}): {detail}"),
+            );
+            if reason.is_empty() {
+                return out.done(Decision::drop("gw-local"));
+            }
+            out.done(Decision::to(
+                "answer",
+                Vec::new(),
+                Some(format!("{reason} from the gateway")),
+            ))
+        }
+        Egress6::None => {
+            out.push(
+                "route",
+                "unreachable",
+                "none: ICMPv6 destination unreachable back to the sender",
+            );
+            out.done(Decision::to(
+                "unreachable",
+                Vec::new(),
+                Some("no route".into()),
+            ))
+        }
+        e @ (Egress6::Lan(nh) | Egress6::Uplink(nh)) => {
+            let wan = matches!(e, Egress6::Uplink(_));
+            let side = if wan { "uplink" } else { "LAN" };
+            out.push(
+                "route",
+                "forward",
+                format!("{dst} via {nh} on the {side}, hop limit - 1"),
+            );
+            let n = if wan {
+                v6.neigh_wan.lookup(nh, now)
+            } else {
+                v6.neigh_lan
+                    .lookup(nh, now)
+                    .or_else(|| p.nd.lookup(nh, now))
+            };
+            let Some(n) = n else {
+                out.push(
+                    "neighbour",
+                    "unresolved",
+                    format!("{nh} unknown: the packet waits while the gateway sends a neighbor solicitation"),
+                );
+                return out.done(Decision::to(
+                    "queue",
+                    Vec::new(),
+                    Some(format!("waits for neighbour discovery of {nh}")),
+                ));
+            };
+            let port = if wan {
+                g.uplink().map(|u| u.port)
+            } else {
+                p.fdb.lookup(&n.mac, now)
+            };
+            match port {
+                Some(q) => {
+                    out.push(
+                        "neighbour",
+                        "resolved",
+                        format!("{nh} is {}; out-port {}", n.mac, ports[q].name),
+                    );
+                    out.done(Decision::to("forward", vec![ports[q].name.clone()], None))
+                }
+                None => {
+                    out.push(
+                        "neighbour",
+                        "flood",
+                        format!("{nh} is {}; not in the fdb: flood on the LAN", n.mac),
+                    );
+                    let to: Vec<String> = ports
+                        .iter()
+                        .filter(|q| q.lan && q.up)
+                        .map(|q| q.name.clone())
+                        .collect();
+                    out.done(flood(to))
+                }
+            }
+        }
+    }
 }
 
 /// The NAT's explanation lines as stages.

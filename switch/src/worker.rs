@@ -104,6 +104,10 @@ pub struct TableSnapshot {
     pub arp: Vec<(std::net::Ipv4Addr, crate::arp::ArpEntry)>,
     /// ARP table counters.
     pub arp_counters: crate::arp::ArpCounters,
+    /// IPv6 neighbour (ND suppression) table entries.
+    pub nd: Vec<(std::net::Ipv6Addr, crate::arp::ArpEntry)>,
+    /// IPv6 neighbour table counters.
+    pub nd_counters: crate::arp::ArpCounters,
 }
 
 /// One page of the NAT's connection table (`conntrack-page` request, args
@@ -1187,6 +1191,9 @@ impl<P: Policy + Reload> Worker<P> {
             self.apply(r);
         }
         if let Some(gw) = &mut self.pipeline.gateway {
+            if let (Some(r), Some(v6)) = (c.routes6, gw.v6_mut()) {
+                v6.set_routes(r);
+            }
             if let Some(r) = c.routes {
                 gw.set_routes(r);
                 let on_link = gw.config().lan_on_link();
@@ -1196,6 +1203,11 @@ impl<P: Policy + Reload> Worker<P> {
                 gw.set_lan_mtu(m);
             }
             if let (Some((m, d)), Some(nat)) = (c.nat_rules, gw.nat.as_mut()) {
+                nat.set_rules(m, d);
+            }
+            if let (Some((m, d)), Some(nat)) =
+                (c.nat_rules6, gw.v6_mut().and_then(|v| v.nat.as_mut()))
+            {
                 nat.set_rules(m, d);
             }
         }
@@ -1653,6 +1665,8 @@ impl<P: Policy + Reload> Worker<P> {
             fdb_counters: p.fdb.counters,
             arp: if fdb { Vec::new() } else { p.arp.entries(now) },
             arp_counters: p.arp.counters,
+            nd: if fdb { Vec::new() } else { p.nd.entries(now) },
+            nd_counters: p.nd.counters,
         }
     }
 

@@ -113,6 +113,12 @@ fn dualstack_example_nat66_masquerade_forward_and_hairpin() {
             h.ns
         );
     }
+    // The switch learned both hosts from neighbour discovery (ND suppression's table).
+    let arp = sw.cli_json("arp");
+    let nd = arp["neighbours6"].as_array().expect("neighbours6");
+    for ip in ["fd00:15::1", "fd00:15::2"] {
+        assert!(nd.iter().any(|e| e["ip"] == ip), "{ip} not in {arp}");
+    }
     // red and blue reach wan at the same time (NAT66: wan has no route to fd00:15::/64).
     let (r, b) = (t.red.ns.clone(), t.blue.ns.clone());
     let a = std::thread::spawn(move || ping_loss_with(&r, &["-6", "-i", "0.2"], WAN6, 10));
@@ -188,6 +194,53 @@ fn dualstack_example_nat66_masquerade_forward_and_hairpin() {
     let mut wan = t.wan.clone();
     wan.ip = WAN6.into();
     tcp_transfer(&t.red, &wan, 5004, 200 * 1000 * 1000);
+
+    // `trace` follows an IPv6 packet through the gateway and NAT66.
+    let tr = sw.cli_json_with(
+        "trace",
+        &[
+            "--in-port",
+            &t.red.port,
+            "--src",
+            "fd00:15::1",
+            "--dst",
+            WAN6,
+            "--proto",
+            "tcp",
+            "--dport",
+            "443",
+        ],
+    );
+    assert_eq!(tr["verdict"]["action"], "forward", "{tr}");
+    assert_eq!(tr["verdict"]["out_ports"][0], t.wan.port.as_str(), "{tr}");
+    let stages = tr["stages"].as_array().expect("stages");
+    assert!(
+        stages.iter().any(|s| s["stage"] == "nat"
+            && s["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("masquerade"))),
+        "{tr}"
+    );
+    let tr = sw.cli_json_with(
+        "trace",
+        &[
+            "--in-port",
+            &t.wan.port,
+            "--src",
+            WAN6,
+            "--dst",
+            EXT6,
+            "--proto",
+            "tcp",
+            "--dport",
+            "80",
+        ],
+    );
+    assert_eq!(
+        tr["verdict"]["out_ports"][0],
+        t.blue.port.as_str(),
+        "forward to blue: {tr}"
+    );
 
     // conntrack lists the IPv6 flows; stats count NAT66.
     let ct = sw.cli_json("conntrack");

@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 const RED: &str = "192.168.15.1";
 const BLUE: &str = "192.168.15.2";
 const WAN: &str = "203.0.113.10";
+const RED6: &str = "fd00:15::1";
+const BLUE6: &str = "fd00:15::2";
+const WAN6: &str = "2001:db8:113::10";
 /// Seconds over which the idle CPU of the forwarding processes is measured.
 const IDLE_SECS: u64 = 10;
 
@@ -156,6 +159,33 @@ fn build_hosts(n: &Names, cleanup: &Cleanup) {
             sh_ok(&["ip", "-n", ns, "route", "add", "default", "via", gw]);
         }
     }
+    // IPv6 for the NAT66 row: the same addresses as vswitch's topology gives (no DAD).
+    for (ns, short, addr, gw) in [
+        (&n.red, "red", RED6, true),
+        (&n.blue, "blue", BLUE6, true),
+        (&n.wan, "wan", "2001:db8:113::10", false),
+    ] {
+        let end = format!("veth-{short}");
+        let plen = format!("{addr}/64");
+        sh_ok(&[
+            "ip", "-n", ns, "-6", "addr", "add", &plen, "dev", &end, "nodad",
+        ]);
+        if gw {
+            sh_ok(&[
+                "ip",
+                "-n",
+                ns,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "fd00:15::5",
+                "dev",
+                &end,
+            ]);
+        }
+    }
 }
 
 /// The kernel reference: bridge + iptables inside private namespaces.
@@ -194,6 +224,43 @@ fn build_kernel(n: &Names, cleanup: &Cleanup) {
         sh_ok(&a);
     };
     ipt(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    // IPv6: the bridge and uplink addresses, forwarding and `ip6tables` MASQUERADE.
+    sh_ok(&[
+        "ip",
+        "-n",
+        sw,
+        "-6",
+        "addr",
+        "add",
+        "fd00:15::5/64",
+        "dev",
+        "v-net-0",
+        "nodad",
+    ]);
+    sh_ok(&[
+        "ip",
+        "-n",
+        sw,
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:113::1/64",
+        "dev",
+        "veth-wan-br",
+        "nodad",
+    ]);
+    ipt(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    ipt(&[
+        "ip6tables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "fd00:15::/64",
+        "-j",
+        "MASQUERADE",
+    ]);
     ipt(&[
         "iptables",
         "-t",
@@ -233,26 +300,28 @@ fn vswitch_toml(n: &Names, tag: &str, keys: &[(String, String)]) -> String {
 netns = "{sw}"
 {extra}[[namespace]]
 name = "{red}"
-address = "{RED}/24"
-gateway = "192.168.15.5"
+address = ["{RED}/24", "{RED6}/64"]
+gateway = ["192.168.15.5", "fd00:15::5"]
 ifname = "veth-red"
 switch_ifname = "veth-red-br"
 [[namespace]]
 name = "{blue}"
-address = "{BLUE}/24"
-gateway = "192.168.15.5"
+address = ["{BLUE}/24", "{BLUE6}/64"]
+gateway = ["192.168.15.5", "fd00:15::5"]
 ifname = "veth-blue"
 switch_ifname = "veth-blue-br"
 [gateway]
-address = "192.168.15.5/24"
+address = ["192.168.15.5/24", "fd00:15::5/64"]
 [uplink]
 netns = "{wan}"
-address = "203.0.113.1/24"
-peer_addresses = ["{WAN}/24"]
+address = ["203.0.113.1/24", "2001:db8:113::1/64"]
+peer_addresses = ["{WAN}/24", "{WAN6}/64"]
 ifname = "veth-wan"
 switch_ifname = "veth-wan-br"
 [[masquerade]]
 source = "192.168.15.0/24"
+[[masquerade]]
+source = "fd00:15::/64"
 [[dnat]]
 protocol = "tcp"
 port = 80
@@ -902,8 +971,8 @@ fn main() {
             cleanup.add_helper(b.pid());
             servers.push(b);
         }
-        // Warm up ARP/FDB/NAT paths.
-        for dst in [BLUE, WAN] {
+        // Warm up ARP/NDP/FDB/NAT paths.
+        for dst in [BLUE, WAN, WAN6] {
             sh(
                 &[
                     "ip", "netns", "exec", &n.red, "ping", "-c", "2", "-i", "0.2", dst,
@@ -927,6 +996,13 @@ fn main() {
         row("tcp1", "TCP red→blue, 1 stream", "Gbit/s", true, true),
         row("tcp4", "TCP red→blue, 4 streams", "Gbit/s", true, true),
         row("tcpnat", "TCP red→wan via NAT", "Gbit/s", true, true),
+        row(
+            "tcpnat6",
+            "TCP red→wan via NAT66 (IPv6)",
+            "Gbit/s",
+            true,
+            true,
+        ),
         row(
             "pps64",
             "64-byte frames red→blue, forwarded",
@@ -1010,6 +1086,13 @@ fn main() {
             push(&mut rows, "cpusw", sw_pct);
             push(&mut rows, "tcp4", iperf(&n.red, BLUE, secs, 4));
             push(&mut rows, "tcpnat", iperf(&n.red, WAN, secs, 1));
+            // OVS's flows here translate IPv4 only (`ct(nat)` on `ip`): no IPv6 row for it.
+            let v6 = if matches!(s.kind, Kind::Ovs) {
+                f64::NAN
+            } else {
+                iperf(&n.red, WAN6, secs, 1)
+            };
+            push(&mut rows, "tcpnat6", v6);
             let (offered, fwd) = frame_rate(n, secs, &tmp);
             push(&mut rows, "pps64", fwd / 1000.0);
             push(&mut rows, "pps64off", offered / 1000.0);
@@ -1090,7 +1173,9 @@ fn main() {
     let mut legend = String::new();
     for s in &setups {
         let what = match &s.kind {
-            Kind::Kernel => "bridge `v-net-0` + iptables MASQUERADE/DNAT".to_string(),
+            Kind::Kernel => {
+                "bridge `v-net-0` + iptables MASQUERADE/DNAT, ip6tables MASQUERADE".to_string()
+            }
             Kind::Vswitch(k) => format!("vswitch, {}", describe_keys(k)),
             Kind::Ovs => format!(
                 "OVS {} userspace: datapath `netdev`, AF_PACKET (`system`) ports, userspace TSO on, OpenFlow NORMAL + `ct(nat)` flows; CPU is ovs-vswitchd's",

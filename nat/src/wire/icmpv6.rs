@@ -189,6 +189,67 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
     }
 }
 
+/// A Neighbor Discovery message, as [`parse_ndp`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ndp {
+    /// Router solicitation or advertisement, neighbor solicitation or advertisement.
+    pub kind: u8,
+    /// The IPv6 source.
+    pub src: Ipv6Addr,
+    /// The IPv6 destination.
+    pub dst: Ipv6Addr,
+    /// The target of a neighbor solicitation or advertisement.
+    pub target: Option<Ipv6Addr>,
+    /// The source (solicitations, RAs) or target (NAs) link-layer address option.
+    pub lladdr: Option<[u8; 6]>,
+    /// The NA flags ([`na_flags`]), 0 for other messages.
+    pub flags: u8,
+}
+
+/// The NDP message (types 133–136) in the IPv6 packet `ip`, if it is one
+/// that may be believed (RFC 4861 6.1, 7.1): hop limit 255, code 0, a valid
+/// checksum, not a fragment, well-formed options, a target that is not
+/// multicast. `None` for anything else.
+pub fn parse_ndp(ip: &[u8]) -> Option<Ndp> {
+    let p = super::ipv6::Ipv6Packet::new_checked(ip).ok()?;
+    let u = p.upper().ok()?;
+    if u.proto != next_header::ICMPV6 || u.frag.is_some() || p.hop_limit() != 255 {
+        return None;
+    }
+    let m = Icmpv6Packet::new_checked(&p.packet()[u.offset..]).ok()?;
+    let kind = m.msg_type();
+    if !(icmp6_type::ROUTER_SOLICIT..=icmp6_type::NEIGHBOR_ADVERT).contains(&kind)
+        || m.code() != 0
+        || !m.checksum_ok(p.src(), p.dst())
+    {
+        return None;
+    }
+    let opt = if kind == icmp6_type::NEIGHBOR_ADVERT {
+        ndp_opt::TARGET_LL
+    } else {
+        ndp_opt::SOURCE_LL
+    };
+    let lladdr = m.link_layer(opt).ok()?;
+    let target = match kind {
+        icmp6_type::NEIGHBOR_SOLICIT | icmp6_type::NEIGHBOR_ADVERT => {
+            Some(m.nd_target().filter(|t| !t.is_multicast())?)
+        }
+        _ => None,
+    };
+    Some(Ndp {
+        kind,
+        src: p.src(),
+        dst: p.dst(),
+        target,
+        lladdr,
+        flags: if kind == icmp6_type::NEIGHBOR_ADVERT {
+            m.na_flags().unwrap_or(0)
+        } else {
+            0
+        },
+    })
+}
+
 /// Iterator over NDP options: `(type, body)` where body is the option
 /// without its 2-byte type/length; `Err` ends the walk on a bad length.
 pub fn ndp_options(b: &[u8]) -> impl Iterator<Item = Result<(u8, &[u8]), Malformed>> {
@@ -520,6 +581,44 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(payload, b"abcdefgh");
+    }
+
+    #[test]
+    fn ndp_is_believed_only_with_hop_limit_255_and_a_valid_checksum() {
+        let mut b = [0u8; 128];
+        let t = a("fd00:15::2");
+        let n = emit_ns(&mut b, a("fd00:15::1"), solicited_node(t), t, MAC).unwrap();
+        let nd = parse_ndp(&b[..n]).unwrap();
+        assert_eq!(
+            (nd.kind, nd.src, nd.target, nd.lladdr),
+            (
+                icmp6_type::NEIGHBOR_SOLICIT,
+                a("fd00:15::1"),
+                Some(t),
+                Some(MAC)
+            )
+        );
+        let mut c = b;
+        c[7] = 64; // forwarded from elsewhere
+        assert_eq!(parse_ndp(&c[..n]), None);
+        let mut c = b;
+        c[n - 1] ^= 1; // checksum no longer matches
+        assert_eq!(parse_ndp(&c[..n]), None);
+        let n = emit_na(&mut b, t, a("fd00:15::1"), t, MAC, na_flags::SOLICITED).unwrap();
+        let nd = parse_ndp(&b[..n]).unwrap();
+        assert_eq!(
+            (nd.kind, nd.flags, nd.lladdr),
+            (icmp6_type::NEIGHBOR_ADVERT, na_flags::SOLICITED, Some(MAC))
+        );
+        // An echo request is not NDP.
+        let n = emit_echo_reply(
+            &mut b,
+            a("fd00::1"),
+            a("fd00::2"),
+            &[128, 0, 0, 0, 0, 1, 0, 1],
+        )
+        .unwrap();
+        assert_eq!(parse_ndp(&b[..n]), None);
     }
 
     #[test]

@@ -2046,6 +2046,10 @@ mod tests {
                 uplink: Some(("2001:db8:113::1".parse().unwrap(), 64)),
                 next_hop: None,
                 nat: None,
+                routes: vec![(
+                    ("fd00:99::".parse().unwrap(), 64),
+                    "fd00:15::9".parse().unwrap(),
+                )],
             }),
         })
     }

@@ -26,9 +26,7 @@
 
 use super::*;
 use crate::arp::{Ipv6Prefix, NdTable, in_prefix6};
-use nat::wire::icmpv6::{
-    self, Icmpv6Packet, RouterAdvert, icmp6_is_error, icmp6_type, na_flags, ndp_opt, unreach_code,
-};
+use nat::wire::icmpv6::{self, RouterAdvert, icmp6_is_error, icmp6_type, na_flags, unreach_code};
 use nat::wire::ipv6::{self as ip6, Ipv6Packet, next_header};
 use std::net::Ipv6Addr;
 
@@ -54,6 +52,8 @@ pub struct Gw6Config {
     pub next_hop: Option<Ipv6Addr>,
     /// NAT66 (masquerade and forwards on the uplink address), if any.
     pub nat: Option<nat::NatConfig<Ipv6Addr>>,
+    /// Static routes: destination prefix → next hop on the LAN.
+    pub routes: Vec<(Ipv6Prefix, Ipv6Addr)>,
 }
 
 /// The gateway's IPv6 state.
@@ -97,6 +97,17 @@ impl Gw6 {
             neigh_wan,
             last_ra: None,
         }
+    }
+
+    /// Replace the static routes (`vswitch reload`).
+    pub fn set_routes(&mut self, routes: Vec<(Ipv6Prefix, Ipv6Addr)>) {
+        self.cfg.routes = routes;
+    }
+
+    /// Whether a LAN host may send from `a`: an address of a LAN prefix or behind a static route.
+    fn lan_source(&self, a: Ipv6Addr) -> bool {
+        self.cfg.lan.iter().any(|p| in_prefix6(p, a))
+            || self.cfg.routes.iter().any(|(p, _)| in_prefix6(p, a))
     }
 
     /// The uplink's MAC changed: so did its link-local address.
@@ -183,6 +194,14 @@ fn route6(cfg: &Gw6Config, ll: Ipv6Addr, up_ll: Option<Ipv6Addr>, dst: Ipv6Addr)
     if cfg.lan.iter().any(|p| in_prefix6(p, dst)) {
         return Egress6::Lan(dst);
     }
+    if let Some((_, via)) = cfg
+        .routes
+        .iter()
+        .filter(|(p, _)| in_prefix6(p, dst))
+        .max_by_key(|(p, _)| p.1)
+    {
+        return Egress6::Lan(*via);
+    }
     match (cfg.uplink, cfg.next_hop) {
         (Some(p), _) if in_prefix6(&p, dst) => Egress6::Uplink(dst),
         (Some(_), Some(nh)) => Egress6::Uplink(nh),
@@ -212,7 +231,7 @@ fn unroutable(a: Ipv6Addr) -> bool {
         || a.to_ipv4_mapped().is_some()
 }
 
-/// An NDP message in `ip`, believed only with hop limit 255 and a valid checksum.
+/// An NDP message in `ip` (see [`icmpv6::parse_ndp`]), with typed MACs.
 struct Nd {
     kind: u8,
     src: Ipv6Addr,
@@ -223,35 +242,13 @@ struct Nd {
 }
 
 fn parse_nd(ip: &[u8]) -> Option<Nd> {
-    let p = Ipv6Packet::new_checked(ip).ok()?;
-    let u = p.upper().ok()?;
-    if u.proto != next_header::ICMPV6 || u.frag.is_some() || p.hop_limit() != 255 {
-        return None;
-    }
-    let m = Icmpv6Packet::new_checked(&p.packet()[u.offset..]).ok()?;
-    let kind = m.msg_type();
-    if !(icmp6_type::ROUTER_SOLICIT..=icmp6_type::NEIGHBOR_ADVERT).contains(&kind)
-        || m.code() != 0
-        || !m.checksum_ok(p.src(), p.dst())
-    {
-        return None;
-    }
-    let opt = if kind == icmp6_type::NEIGHBOR_ADVERT {
-        ndp_opt::TARGET_LL
-    } else {
-        ndp_opt::SOURCE_LL
-    };
-    let lladdr = m.link_layer(opt).ok()?.map(MacAddr);
-    let target = match kind {
-        icmp6_type::NEIGHBOR_SOLICIT | icmp6_type::NEIGHBOR_ADVERT => Some(m.nd_target()?),
-        _ => None,
-    };
+    let n = icmpv6::parse_ndp(ip)?;
     Some(Nd {
-        kind,
-        src: p.src(),
-        target,
-        lladdr,
-        flags: m.na_flags().unwrap_or(0),
+        kind: n.kind,
+        src: n.src,
+        target: n.target,
+        lladdr: n.lladdr.map(MacAddr),
+        flags: n.flags,
     })
 }
 
@@ -566,7 +563,7 @@ impl Gateway {
         };
         let (src, dst, hop) = (p.src(), p.dst(), p.hop_limit());
         let end = ETH_HLEN + p.total_len();
-        let on_lan = v6.cfg.lan.iter().any(|pr| in_prefix6(pr, src));
+        let on_lan = v6.lan_source(src);
         if unroutable(src) && !ip6::is_link_local(src) || v6.lan_own(src) || v6.up_own(src) {
             return self.drop(GwDrop::SpoofedSrc);
         }
@@ -922,7 +919,7 @@ impl Gateway {
         };
         let (src, dst, hop) = (p.src(), p.dst(), p.hop_limit());
         let end = ETH_HLEN + p.total_len();
-        let lan_src = v6.cfg.lan.iter().any(|pr| in_prefix6(pr, src));
+        let lan_src = v6.lan_source(src);
         if (unroutable(src) && !ip6::is_link_local(src))
             || lan_src
             || v6.lan_own(src)
@@ -1134,6 +1131,7 @@ impl Gateway {
 mod tests {
     use super::super::tests::{GW_MAC, RED, UP_MAC, WAN, gw_with};
     use super::*;
+    use nat::wire::icmpv6::{Icmpv6Packet, ndp_opt};
     use nat::wire::ipv6::{IPV6_HLEN, emit_header};
 
     fn a(s: &str) -> Ipv6Addr {
@@ -1467,6 +1465,37 @@ mod tests {
         assert_eq!(g.lan_nd(0, 0, &rs, &mut out, &fdb()), None);
         assert_eq!(out.len(), 1);
         assert_eq!(out.target(0), Target::Port(0));
+    }
+
+    #[test]
+    fn static_routes_go_via_their_next_hop_and_admit_their_sources() {
+        let mut g = gw_with(1500, 64);
+        let mut out = Gen::new();
+        let mut f = echo(RED6, "fd00:99::7", 64, 8);
+        assert_eq!(lan(&mut g, &mut f, &mut out), Verdict::Consumed, "queued");
+        let (_, dst, t, _, _) = icmp6(out.batch().frame(0));
+        assert_eq!(
+            (dst, t),
+            (
+                ip6::solicited_node(a("fd00:15::9")),
+                icmp6_type::NEIGHBOR_SOLICIT
+            )
+        );
+        assert_eq!(out.target(0), Target::Lan);
+        // A host behind the route may send through the gateway; others may not.
+        let mut out = Gen::new();
+        red_solicits(&mut g, &mut out);
+        let mut f = echo("fd00:99::7", RED6, 64, 8);
+        assert_eq!(
+            lan(&mut g, &mut f, &mut out),
+            Verdict::FloodAll,
+            "red is not in the FDB"
+        );
+        let mut f = echo("fd00:98::7", RED6, 64, 8);
+        assert_eq!(
+            lan(&mut g, &mut f, &mut out),
+            Verdict::Drop(DropReason::GwNotForUs)
+        );
     }
 
     #[test]
