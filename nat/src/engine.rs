@@ -383,9 +383,11 @@ const FRAG_MAX: usize = 9216;
 const FRAG_WAIT_MS: u64 = 5_000;
 const FRAG_MEMORY_MS: u64 = 30_000;
 
-struct MapEntry {
+struct MapEntry<A> {
     ext_port: u16,
     refs: u32,
+    /// The host record the mapping is charged to.
+    host: A,
 }
 
 /// One entry as `vswitch conntrack` shows it.
@@ -543,7 +545,9 @@ impl PortMap {
 pub struct Nat<A: Family = Ipv4Addr> {
     cfg: NatConfig<A>,
     table: Table<A>,
-    maps: HashMap<MapKey<A>, MapEntry, foldhash::fast::FixedState>,
+    maps: HashMap<MapKey<A>, MapEntry<A>, foldhash::fast::FixedState>,
+    /// Set by [`Nat::process_as`] for one call: whom a new LAN connection is charged to.
+    subscriber: Option<A>,
     by_ext: HashMap<(u8, u16), MapKey<A>, foldhash::fast::FixedState>,
     ports: PortMap,
     adf: HashMap<(u8, u16, A), u32, foldhash::fast::FixedState>,
@@ -764,6 +768,7 @@ impl<A: Family> Nat<A> {
         Nat {
             table: Table::with_host_limit(cfg.max_entries, cfg.entries_per_host(), seed),
             maps: HashMap::with_hasher(st()),
+            subscriber: None,
             by_ext: HashMap::with_hasher(st()),
             ports,
             adf: HashMap::with_hasher(st()),
@@ -953,6 +958,27 @@ impl<A: Family> Nat<A> {
         v
     }
 
+    /// [`Nat::process`], charging a connection the packet opens from the LAN
+    /// to `subscriber` instead of to its source address (per-host entry,
+    /// mapping and new-flow limits; `hosts` shows the subscriber). For IPv6,
+    /// where one host may use any number of addresses in its prefix (privacy
+    /// addresses, or a flooder picking a new one per packet), vswitch charges
+    /// NAT66 connections to the ingress port.
+    pub fn process_as(
+        &mut self,
+        now: u64,
+        from: Side,
+        buf: &mut [u8],
+        partial: bool,
+        route: &dyn Fn(A) -> Side,
+        subscriber: A,
+    ) -> Verdict {
+        self.subscriber = Some(subscriber);
+        let v = self.process(now, from, buf, partial, route);
+        self.subscriber = None;
+        v
+    }
+
     fn process_inner(
         &mut self,
         now: u64,
@@ -976,7 +1002,7 @@ impl<A: Family> Nat<A> {
         let frag_key = frag.map(|f| FragKey {
             src,
             dst,
-            proto: p,
+            proto: f.proto,
             id: f.id,
         });
         if let (Some(f), Some(k)) = (frag, frag_key)
@@ -992,6 +1018,10 @@ impl<A: Family> Nat<A> {
             _ => false,
         };
         if short || (p == proto::TCP && usize::from(l4[12] >> 4) * 4 > l4.len() && !more_frags) {
+            return self.drop(NatDrop::Malformed);
+        }
+        // IPv6 makes the UDP checksum mandatory (RFC 8200 8.1): a zero one is dropped.
+        if A::LEN == 16 && p == proto::UDP && !partial && l4[6] == 0 && l4[7] == 0 {
             return self.drop(NatDrop::Malformed);
         }
         if p == A::ICMP && l4.first().is_some_and(|t| A::icmp_is_error(*t)) {
@@ -1211,6 +1241,7 @@ impl<A: Family> Nat<A> {
             MapEntry {
                 ext_port: pick,
                 refs: 1,
+                host: self.table.host_rec(h).addr,
             },
         );
         self.by_ext.insert((key.proto, pick), key);
@@ -1228,6 +1259,7 @@ impl<A: Family> Nat<A> {
         if m.refs > 0 {
             return;
         }
+        let host = m.host;
         self.maps.remove(&key);
         if self.by_ext.get(&(key.proto, ext)) == Some(&key) {
             self.by_ext.remove(&(key.proto, ext));
@@ -1236,7 +1268,7 @@ impl<A: Family> Nat<A> {
                 self.ports.set(key.proto, ext, false);
             }
         }
-        if let Some(h) = self.table.find_host(key.ip) {
+        if let Some(h) = self.table.find_host(host) {
             let r = self.table.host_rec_mut(h);
             let pi = pidx(key.proto);
             r.mappings[pi] = r.mappings[pi].saturating_sub(1);
@@ -1323,7 +1355,7 @@ impl<A: Family> Nat<A> {
                 if dnat.is_none() && !snat {
                     return Verdict::NotNatted;
                 }
-                host_addr = t.src;
+                host_addr = self.subscriber.unwrap_or(t.src);
                 if snat {
                     let key = MapKey {
                         proto: t.proto,
@@ -2037,6 +2069,7 @@ impl Nat {
             MapEntry {
                 ext_port: ext,
                 refs: 1,
+                host: key.ip,
             },
         );
         self.by_ext.insert((key.proto, ext), key);

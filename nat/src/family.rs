@@ -25,6 +25,10 @@ pub struct FragInfo {
     pub more: bool,
     /// Identification (16 bits in IPv4, 32 in IPv6).
     pub id: u32,
+    /// The protocol every fragment of the datagram carries in its header
+    /// (IPv4's protocol; IPv6's fragment header's next header): the
+    /// datagram's key, with the addresses and the identification.
+    pub proto: u8,
 }
 
 /// What the NAT needs of an IP header.
@@ -64,6 +68,7 @@ pub trait Family: Copy + Eq + Ord + Hash + Debug + Display + Send + Sync + 'stat
     fn icmp_is_error(t: u8) -> bool;
     /// Whether `self` lies in `net`/`prefix`.
     fn in_prefix(self, net: Self, prefix: u8) -> bool;
+
     /// Validate the packet at the start of `buf` (`partial`: a CHECKSUM_PARTIAL
     /// GSO frame, whose length field may be 0).
     fn parse(buf: &[u8], partial: bool) -> Result<Hdr<Self>, Malformed>;
@@ -116,6 +121,7 @@ impl Family for Ipv4Addr {
                 offset: ip.frag_offset(),
                 more: ip.more_frags(),
                 id: u32::from(ip.ident()),
+                proto: ip.protocol(),
             }),
         })
     }
@@ -189,6 +195,7 @@ impl Family for Ipv6Addr {
                 offset: f.offset,
                 more: f.more,
                 id: f.ident,
+                proto: f.next,
             }),
         })
     }
@@ -198,13 +205,31 @@ impl Family for Ipv6Addr {
         }
         let src = Ipv6Addr::from(<[u8; 16]>::try_from(&inner[8..24]).ok()?);
         let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&inner[24..40]).ok()?);
-        // Only the upper layer right after the fixed header is translated
-        // in a quote (extension headers in quotes are rare; not walked here).
-        let nh = inner[6];
-        if inner.len() < 48 {
+        // The quote may be cut anywhere: walk its extension headers (bounded)
+        // as far as it goes; a quoted later fragment carries no transport header.
+        let (mut nh, mut at) = (inner[6], 40);
+        for _ in 0..crate::wire::ipv6::MAX_EXT_HEADERS {
+            match nh {
+                next_header::HOP_BY_HOP | next_header::ROUTING | next_header::DEST_OPTS => {
+                    let len = (usize::from(*inner.get(at + 1)?) + 1) * 8;
+                    nh = *inner.get(at)?;
+                    at += len;
+                }
+                next_header::FRAGMENT => {
+                    let h = inner.get(at..at + 8)?;
+                    if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
+                        return None;
+                    }
+                    nh = h[0];
+                    at += 8;
+                }
+                _ => break,
+            }
+        }
+        if inner.len() < at + 8 {
             return None;
         }
-        Some((src, dst, nh, 40))
+        Some((src, dst, nh, at))
     }
     fn set_src(buf: &mut [u8], a: Self) {
         if let Some(b) = buf.get_mut(8..24) {

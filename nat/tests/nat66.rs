@@ -279,6 +279,50 @@ fn later_fragments_follow_their_first_fragment() {
 }
 
 #[test]
+fn a_subscriber_cannot_buy_more_room_by_changing_address() {
+    // One host (subscriber a) picks a new source address per flow in its
+    // /64; its limits hold all the same, and b's connection stays.
+    let mut c = cfg();
+    c.max_entries = 64;
+    c.max_entries_per_host = Some(4);
+    c.new_flows_per_host = 0;
+    let mut n = Nat::new(c);
+    let (sa, sb) = (a("100::1"), a("100::2"));
+    let mut b = tcp(blue(), 40000, wan(), 443, true, b"");
+    assert_eq!(
+        n.process_as(0, Side::Lan, &mut b, false, &route, sb),
+        Verdict::Translated
+    );
+    for i in 0..200u16 {
+        let src = Ipv6Addr::new(0xfd00, 0x15, 0, 0, i, i, i, 7);
+        let mut p = tcp(src, 1000 + i, wan(), 443, true, b"");
+        n.process_as(1, Side::Lan, &mut p, false, &route, sa);
+    }
+    let hosts: Vec<_> = n.hosts().collect();
+    let of = |s| hosts.iter().find(|h| h.addr == s).map(|h| h.entries);
+    assert_eq!(of(sa), Some(4), "{hosts:?}");
+    assert_eq!(of(sb), Some(1), "{hosts:?}");
+    assert_eq!(n.len(), 5);
+    n.check_invariants().unwrap();
+    // Without a subscriber, each address is its own host (as in IPv4).
+    let mut p = tcp(red(), 2000, wan(), 443, true, b"");
+    n.process(2, Side::Lan, &mut p, false, &route);
+    assert!(n.hosts().any(|h| h.addr == red()));
+}
+
+#[test]
+fn zero_udp_checksums_are_dropped_in_ipv6() {
+    let mut n = Nat::new(cfg());
+    let mut p = udp(red(), 1000, wan(), 53, b"query");
+    p[46] = 0;
+    p[47] = 0;
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p, false, &route),
+        Verdict::Drop(NatDrop::Malformed)
+    );
+}
+
+#[test]
 fn malformed_ipv6_is_a_counted_drop() {
     let mut n = Nat::new(cfg());
     let mut p = udp(red(), 1, wan(), 2, b"x");

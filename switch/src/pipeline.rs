@@ -14,8 +14,10 @@
 //! FDB behind another port is answered in place with that host's
 //! advertisement. DAD probes (from `::`) teach nothing and are never
 //! answered, so duplicate detection still reaches the owner; solicitations
-//! without a source link-layer option are flooded. MLD and other multicast
-//! are flooded as before.
+//! without a source link-layer option, and for link-local targets (routers
+//! are known by those, and only they can set the router flag), are flooded;
+//! a message whose link-layer option differs from its Ethernet source
+//! teaches nothing. MLD and other multicast are flooded as before.
 //!
 //! ```text
 //! frame ─► parse ─► src MAC ok? ─► learn(src, in_port) ─► ARP? learn IP→MAC
@@ -470,6 +472,10 @@ impl<P: Policy> Pipeline<P> {
         use nat::wire::icmpv6::{self, icmp6_type, na_flags};
         let n = icmpv6::parse_ndp(frame.get(ETH_HLEN..)?)?;
         let on_link = vlan <= 1;
+        // Only a sender speaking for its own link-layer address teaches anything.
+        if n.lladdr.is_some_and(|m| m != src.0) {
+            return None;
+        }
         match (n.kind, n.target, n.lladdr) {
             (icmp6_type::NEIGHBOR_ADVERT, Some(t), Some(m)) => {
                 let how = if n.flags & na_flags::SOLICITED != 0 {
@@ -491,7 +497,10 @@ impl<P: Policy> Pipeline<P> {
             .ok()?
             .dst()
             .is_multicast();
-        if !self.arp_suppress || !multicast {
+        // Link-local targets are never answered for: routers are known by
+        // them, and an advertisement without their router flag would take
+        // them off the hosts' default router lists (RFC 4861 7.2.5).
+        if !self.arp_suppress || !multicast || nat::wire::ipv6::is_link_local(target) {
             return None;
         }
         // Answer only for a host we know, alive in the FDB, not behind the asking port.

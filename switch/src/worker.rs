@@ -1869,6 +1869,18 @@ impl<P: Policy + Reload> Worker<P> {
                         v["gateway"]["neighbours6_uplink"] = v6.neigh_wan.len().into();
                         if let Some(nat) = &v6.nat {
                             v["nat6"] = nat_json(nat);
+                            // NAT66 charges connections to ingress ports: name them.
+                            for h in v["nat6"]["hosts"].as_array_mut().into_iter().flatten() {
+                                let port = h["addr"]
+                                    .as_str()
+                                    .and_then(|a| a.parse().ok())
+                                    .and_then(crate::gateway::subscriber_port)
+                                    .and_then(|p| self.ports.get(p));
+                                if let Some(p) = port {
+                                    h["port"] = p.name.clone().into();
+                                    h["netns"] = p.netns.clone().into();
+                                }
+                            }
                         }
                     }
                 }

@@ -209,7 +209,9 @@ pub struct Ndp {
 /// The NDP message (types 133–136) in the IPv6 packet `ip`, if it is one
 /// that may be believed (RFC 4861 6.1, 7.1): hop limit 255, code 0, a valid
 /// checksum, not a fragment, well-formed options, a target that is not
-/// multicast. `None` for anything else.
+/// multicast; a solicitation from `::` (DAD) only to a solicited-node group
+/// and without a source link-layer option; an advertisement to a multicast
+/// group not marked solicited. `None` for anything else.
 pub fn parse_ndp(ip: &[u8]) -> Option<Ndp> {
     let p = super::ipv6::Ipv6Packet::new_checked(ip).ok()?;
     let u = p.upper().ok()?;
@@ -236,17 +238,26 @@ pub fn parse_ndp(ip: &[u8]) -> Option<Ndp> {
         }
         _ => None,
     };
+    let (src, dst) = (p.src(), p.dst());
+    let dad = kind == icmp6_type::NEIGHBOR_SOLICIT && src.is_unspecified();
+    if dad && (lladdr.is_some() || dst.segments()[..6] != [0xff02, 0, 0, 0, 0, 1]) {
+        return None;
+    }
+    let flags = if kind == icmp6_type::NEIGHBOR_ADVERT {
+        m.na_flags().unwrap_or(0)
+    } else {
+        0
+    };
+    if flags & na_flags::SOLICITED != 0 && dst.is_multicast() {
+        return None;
+    }
     Some(Ndp {
         kind,
-        src: p.src(),
-        dst: p.dst(),
+        src,
+        dst,
         target,
         lladdr,
-        flags: if kind == icmp6_type::NEIGHBOR_ADVERT {
-            m.na_flags().unwrap_or(0)
-        } else {
-            0
-        },
+        flags,
     })
 }
 
@@ -609,6 +620,18 @@ mod tests {
         assert_eq!(
             (nd.kind, nd.flags, nd.lladdr),
             (icmp6_type::NEIGHBOR_ADVERT, na_flags::SOLICITED, Some(MAC))
+        );
+        // A solicited advertisement to all nodes is not believed.
+        let n = emit_na(&mut b, t, a("ff02::1"), t, MAC, na_flags::SOLICITED).unwrap();
+        assert_eq!(parse_ndp(&b[..n]), None);
+        // A DAD probe: from ::, to the solicited-node group, no source option.
+        let n = emit_ns(&mut b, Ipv6Addr::UNSPECIFIED, solicited_node(t), t, MAC).unwrap();
+        assert!(parse_ndp(&b[..n]).is_some());
+        let n = emit_ns(&mut b, Ipv6Addr::UNSPECIFIED, t, t, MAC).unwrap();
+        assert_eq!(
+            parse_ndp(&b[..n]),
+            None,
+            "DAD must go to the solicited-node group"
         );
         // An echo request is not NDP.
         let n = emit_echo_reply(

@@ -50,6 +50,8 @@ pub struct Frag {
     pub more: bool,
     /// Identification.
     pub ident: u32,
+    /// The fragment header's next header (the same in every fragment of a datagram).
+    pub next: u8,
 }
 
 /// Where the upper-layer header of an IPv6 packet is.
@@ -167,6 +169,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
                         offset: usize::from(fo >> 3) * 8,
                         more: fo & 1 != 0,
                         ident: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                        next: h[0],
                     });
                     frag_at = Some(at);
                     nh = h[0];
@@ -359,6 +362,13 @@ mod tests {
             assert_eq!(u.frag.is_some(), exts.contains(&FRAGMENT));
             if let Some(f) = u.frag {
                 assert_eq!((f.offset, f.more, f.ident), (0, true, 0x1234_5678));
+                assert_eq!(
+                    f.next,
+                    exts[exts.iter().position(|&e| e == FRAGMENT).unwrap() + 1..]
+                        .first()
+                        .copied()
+                        .unwrap_or(next_header::UDP)
+                );
             }
         }
     }

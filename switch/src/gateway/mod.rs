@@ -61,7 +61,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 mod v6;
-pub use v6::{Egress6, Gw6, Gw6Config, RA_INTERVAL_MS};
+pub use v6::{Egress6, Gw6, Gw6Config, RA_INTERVAL_MS, port_subscriber, subscriber_port};
 
 /// The uplink side of the gateway.
 #[derive(Debug, Clone, Copy)]
@@ -202,6 +202,8 @@ pub struct GwCounters {
     pub drop_no_route: u64,
     /// Dropped: too big for its egress with DF set, and no error may be sent (a later fragment).
     pub drop_too_big: u64,
+    /// Dropped: hop limit exhausted after NAT66 translated it (hairpinned echo).
+    pub drop_hop_limit: u64,
 }
 
 /// Gateway drop reasons finer than [`DropReason`], each with a stable name
@@ -224,11 +226,13 @@ pub enum GwDrop {
     NoRoute,
     /// Too big for its egress, DF set, and no error may be sent (a later fragment).
     TooBig,
+    /// Hop limit exhausted after translation (no error may quote it as sent).
+    HopLimit,
 }
 
 impl GwDrop {
     /// Every reason.
-    pub const ALL: [GwDrop; 8] = [
+    pub const ALL: [GwDrop; 9] = [
         GwDrop::NotIpv4,
         GwDrop::Malformed,
         GwDrop::SpoofedSrc,
@@ -237,6 +241,7 @@ impl GwDrop {
         GwDrop::GsoTooBig,
         GwDrop::NoRoute,
         GwDrop::TooBig,
+        GwDrop::HopLimit,
     ];
 
     /// Stable name (for `vswitch stats`).
@@ -250,6 +255,7 @@ impl GwDrop {
             GwDrop::GsoTooBig => "gw-gso-too-big",
             GwDrop::NoRoute => "gw-no-route",
             GwDrop::TooBig => "gw-too-big",
+            GwDrop::HopLimit => "gw-hop-limit",
         }
     }
 
@@ -259,7 +265,7 @@ impl GwDrop {
             GwDrop::NotIpv4 => DropReason::GwNotIpv4,
             GwDrop::Malformed | GwDrop::BadVnet => DropReason::GwMalformed,
             GwDrop::SpoofedSrc => DropReason::GwNotForUs,
-            GwDrop::MartianDst | GwDrop::NoRoute => DropReason::GwNoRoute,
+            GwDrop::MartianDst | GwDrop::NoRoute | GwDrop::HopLimit => DropReason::GwNoRoute,
             GwDrop::GsoTooBig | GwDrop::TooBig => DropReason::GwGsoTooBig,
         }
     }
@@ -495,8 +501,11 @@ pub struct Gateway {
     /// Uplink neighbours.
     pub neigh_wan: ArpTable,
     pending: Vec<Pending>,
-    /// Addresses we sent an ARP request for, and when (bounded: [`MAX_OUTSTANDING`]).
+    /// Addresses we sent an ARP request or a neighbor solicitation for, and
+    /// when (bounded: [`MAX_OUTSTANDING`] per family, so one cannot starve the other).
     last_req: HashMap<IpAddr, u64, foldhash::fast::RandomState>,
+    /// How many of `last_req` are IPv6.
+    req6: usize,
     icmp_all: Bucket,
     icmp_dst: Box<[Bucket; ICMP_DST_SLOTS]>,
     /// A packet being re-fragmented in [`Gateway::route_gen`].
@@ -613,6 +622,7 @@ impl Gateway {
             neigh_wan,
             pending,
             last_req: HashMap::default(),
+            req6: 0,
             icmp_all: Bucket::FULL,
             icmp_dst: Box::new([Bucket::FULL; ICMP_DST_SLOTS]),
             scratch: Vec::new(),
@@ -692,6 +702,7 @@ impl Gateway {
             GwDrop::GsoTooBig => c.drop_gso_too_big += 1,
             GwDrop::NoRoute => c.drop_no_route += 1,
             GwDrop::TooBig => c.drop_too_big += 1,
+            GwDrop::HopLimit => c.drop_hop_limit += 1,
         }
         Verdict::Drop(d.port_reason())
     }
@@ -1215,9 +1226,14 @@ impl Gateway {
     /// `ip` unless one went out in the last second, or [`MAX_OUTSTANDING`]
     /// other addresses are being asked for.
     fn request(&mut self, now: u64, ip: IpAddr, wan: bool, out: &mut Gen) {
+        let of_family = if ip.is_ipv6() {
+            self.req6
+        } else {
+            self.last_req.len() - self.req6
+        };
         match self.last_req.get(&ip) {
             Some(&t) if now.saturating_sub(t) < 1000 => return,
-            None if self.last_req.len() >= MAX_OUTSTANDING => {
+            None if of_family >= MAX_OUTSTANDING => {
                 self.counters.arp_requests_limited += 1;
                 return;
             }
@@ -1226,8 +1242,8 @@ impl Gateway {
         let ip = match ip {
             IpAddr::V4(ip) => ip,
             IpAddr::V6(ip6) => {
-                if self.solicit6(ip6, wan, out) {
-                    self.last_req.insert(ip, now);
+                if self.solicit6(ip6, wan, out) && self.last_req.insert(ip, now).is_none() {
+                    self.req6 += 1;
                 }
                 return;
             }
@@ -1938,6 +1954,7 @@ impl Gateway {
         }
         self.last_req
             .retain(|_, t| now.saturating_sub(*t) < RESOLVE_WAIT_MS);
+        self.req6 = self.last_req.keys().filter(|a| a.is_ipv6()).count();
         for p in &mut self.pending {
             if p.used && now.saturating_sub(p.since) >= RESOLVE_WAIT_MS {
                 p.used = false;

@@ -34,6 +34,8 @@ use std::net::Ipv6Addr;
 /// allows 4–1,800 s, a short interval lets namespaces created after the
 /// switch get their prefix without waiting.
 pub const RA_INTERVAL_MS: u64 = 10_000;
+/// Least time between two advertisements (RFC 4861 10: MIN_DELAY_BETWEEN_RAS, 3 s).
+const MIN_DELAY_BETWEEN_RAS_MS: u64 = 3_000;
 /// Router lifetime announced (s).
 const RA_LIFETIME_S: u16 = 1800;
 /// Valid and preferred lifetime of announced prefixes (s).
@@ -157,6 +159,7 @@ impl Gw6 {
         from: Side,
         pkt: &mut [u8],
         partial: bool,
+        port: PortId,
     ) -> Result<bool, Verdict> {
         let Gw6 {
             cfg,
@@ -173,13 +176,32 @@ impl Gw6 {
             Egress6::Uplink(_) => Side::Wan,
             Egress6::Local | Egress6::None => Side::Local,
         };
-        match nat.process(now, from, pkt, partial, &side) {
+        let v = if from == Side::Lan {
+            nat.process_as(now, from, pkt, partial, &side, port_subscriber(port))
+        } else {
+            nat.process(now, from, pkt, partial, &side)
+        };
+        match v {
             nat::Verdict::Translated => Ok(true),
             nat::Verdict::NotNatted => Ok(false),
             nat::Verdict::Stolen => Err(Verdict::Consumed),
             nat::Verdict::Drop(_) => Err(Verdict::Drop(DropReason::Nat)),
         }
     }
+}
+
+/// The NAT66 subscriber of LAN port `port`: connections are charged to the
+/// ingress port, not to source addresses (a host picks any number of them in
+/// its /64), shown as `100::<port>` (RFC 6666's discard-only prefix: never
+/// an address on the wire).
+pub fn port_subscriber(port: PortId) -> Ipv6Addr {
+    Ipv6Addr::from((0x0100u128 << 112) | port as u128)
+}
+
+/// The port of a NAT66 subscriber address made by [`port_subscriber`].
+pub fn subscriber_port(a: Ipv6Addr) -> Option<PortId> {
+    let v = u128::from(a);
+    (v >> 64 == 0x0100 << 48).then_some((v & 0xffff_ffff) as PortId)
 }
 
 /// Where `dst` leads, given the gateway's IPv6 addresses, prefixes and next hop.
@@ -434,8 +456,16 @@ impl Gateway {
                 {
                     self.learn6(false, nd.src, m, in_port, now, Heard::Hint);
                 }
-                if self.v6.as_ref().is_some_and(|v| v.cfg.ra) {
-                    self.advertise(now, Target::Port(in_port), out);
+                // Answered with the all-nodes advertisement, at most one per
+                // MIN_DELAY_BETWEEN_RAS (RFC 4861 6.2.6): a host soliciting
+                // in a loop gets nothing more, and the others lose nothing.
+                let due = self.v6.as_ref().is_some_and(|v| {
+                    v.cfg.ra
+                        && v.last_ra
+                            .is_none_or(|t| now.saturating_sub(t) >= MIN_DELAY_BETWEEN_RAS_MS)
+                });
+                if due {
+                    self.advertise(now, Target::Lan, out);
                 }
                 to_us.then_some(Verdict::Consumed)
             }
@@ -567,15 +597,21 @@ impl Gateway {
         if unroutable(src) && !ip6::is_link_local(src) || v6.lan_own(src) || v6.up_own(src) {
             return self.drop(GwDrop::SpoofedSrc);
         }
+        let taken = v6
+            .neigh_lan
+            .lookup(src, now)
+            .is_some_and(|e| e.confirmed && (e.port != in_port || e.mac != src_mac));
+        if taken {
+            return self.drop(GwDrop::SpoofedSrc); // another host's confirmed address
+        }
         if v6.lan_own(dst) || (v6.up_own(dst) && v6.nat.is_none()) {
-            let my = dst;
-            return self.local6(now, frame, end, in_port, src_mac, out, self.cfg.mac, my, u);
+            return self.local6(now, frame, end, in_port, src_mac, out, self.cfg.mac, u);
+        }
+        if !on_lan {
+            return self.drop(GwDrop::SpoofedSrc); // link-local sources are neither routed nor translated
         }
         if v6.up_own(dst) {
             return self.hairpin6(now, in_port, src_mac, vnet, frame, end, u, out, fdb);
-        }
-        if !on_lan {
-            return self.drop(GwDrop::SpoofedSrc); // link-local sources are not routed
         }
         if unroutable(dst) {
             return self.drop(GwDrop::MartianDst);
@@ -649,7 +685,7 @@ impl Gateway {
         }
         let partial = vnet[0] & VNET_F_NEEDS_CSUM != 0;
         if let Some(v6) = self.v6.as_mut()
-            && let Err(v) = v6.nat_step(now, Side::Lan, &mut frame[ETH_HLEN..end], partial)
+            && let Err(v) = v6.nat_step(now, Side::Lan, &mut frame[ETH_HLEN..end], partial, in_port)
         {
             return v;
         }
@@ -703,14 +739,14 @@ impl Gateway {
         let translated = match self
             .v6
             .as_mut()
-            .map(|v| v.nat_step(now, Side::Lan, pkt, partial))
+            .map(|v| v.nat_step(now, Side::Lan, pkt, partial, in_port))
         {
             Some(Ok(t)) => t,
             Some(Err(v)) => return v,
             None => false,
         };
         if !translated {
-            return self.local6(now, frame, end, in_port, src_mac, out, self.cfg.mac, my, u);
+            return self.local6(now, frame, end, in_port, src_mac, out, self.cfg.mac, u);
         }
         self.after_nat6(now, in_port, vnet, frame, end, out, fdb)
     }
@@ -728,10 +764,17 @@ impl Gateway {
         out: &mut Gen,
         fdb: &Fdb,
     ) -> Verdict {
-        let dst = match Ipv6Packet::new_checked(&frame[ETH_HLEN..end]) {
-            Ok(p) => p.dst(),
+        let (dst, hop) = match Ipv6Packet::new_checked(&frame[ETH_HLEN..end]) {
+            Ok(p) => (p.dst(), p.hop_limit()),
             Err(_) => return self.drop(GwDrop::Malformed),
         };
+        if unroutable(dst) {
+            return self.drop(GwDrop::MartianDst);
+        }
+        if hop <= 1 {
+            // An echo request hairpinned through a mapping: it may not leave with hop limit 0.
+            return self.drop(GwDrop::HopLimit);
+        }
         let (nh, wan) = match self.v6.as_ref().map(|v| v.route(dst)) {
             Some(Egress6::Lan(nh)) => (nh, false),
             Some(Egress6::Uplink(nh)) => (nh, true),
@@ -793,9 +836,13 @@ impl Gateway {
         src_mac: MacAddr,
         out: &mut Gen,
         my_mac: MacAddr,
-        my_ip: Ipv6Addr,
         u: ip6::Upper,
     ) -> Verdict {
+        // Answers come from the address the packet was sent to (global,
+        // link-local or the uplink's): the echo's pseudo-header stays the same.
+        let Ok(my_ip) = Ipv6Packet::new_checked(&frame[ETH_HLEN..end]).map(|p| p.dst()) else {
+            return self.drop(GwDrop::Malformed);
+        };
         let first = u.frag.is_none_or(|f| f.offset == 0);
         let l4 = ETH_HLEN + u.offset;
         match u.proto {
@@ -880,7 +927,7 @@ impl Gateway {
                     {
                         self.release(now, nd.src.into(), true, out, fdb);
                     }
-                    let flags = na_flags::SOLICITED | na_flags::OVERRIDE;
+                    let flags = na_flags::ROUTER | na_flags::SOLICITED | na_flags::OVERRIDE;
                     let ok = push6(out, Target::Port(up.port), peer, up.mac, |b| {
                         icmpv6::emit_na(b, t, nd.src, t, up.mac.0, flags)
                     });
@@ -928,16 +975,26 @@ impl Gateway {
             return self.drop(GwDrop::SpoofedSrc);
         }
         let my = v6.cfg.uplink.map_or(v6.ll, |p| p.0);
-        if v6.up_own(dst) && v6.nat.is_some() {
+        if v6.up_own(dst) && v6.nat.is_some() && !ip6::is_link_local(src) {
             return self.inbound6(now, vnet, frame, end, u, src_mac, out, fdb);
         }
         if v6.up_own(dst) {
-            return self.local6(now, frame, end, up.port, src_mac, out, up.mac, dst, u);
+            return self.local6(now, frame, end, up.port, src_mac, out, up.mac, u);
         }
         let Egress6::Lan(nh) = v6.route(dst) else {
             self.counters.drop_not_for_us += 1;
             return Verdict::Drop(DropReason::GwNotForUs);
         };
+        // Hosts behind NAT66 are reached only through it (its filtering, its
+        // state), never routed to from outside: as in IPv4.
+        if v6
+            .nat
+            .as_ref()
+            .is_some_and(|n| n.config().masquerade.iter().any(|m| m.contains(dst)))
+        {
+            self.counters.drop_not_for_us += 1;
+            return Verdict::Drop(DropReason::GwNotForUs);
+        }
         if ip6::is_link_local(src) {
             return self.drop(GwDrop::SpoofedSrc); // link-local sources are not routed
         }
@@ -1024,14 +1081,14 @@ impl Gateway {
         let translated = match self
             .v6
             .as_mut()
-            .map(|v| v.nat_step(now, Side::Wan, pkt, partial))
+            .map(|v| v.nat_step(now, Side::Wan, pkt, partial, up.port))
         {
             Some(Ok(t)) => t,
             Some(Err(v)) => return v,
             None => false,
         };
         if !translated {
-            return self.local6(now, frame, end, up.port, src_mac, out, up.mac, my, u);
+            return self.local6(now, frame, end, up.port, src_mac, out, up.mac, u);
         }
         self.after_nat6(now, up.port, vnet, frame, end, out, fdb)
     }
@@ -1389,7 +1446,7 @@ mod tests {
         f[ETH_HLEN + 7] = 1;
         assert_eq!(lan(&mut g, &mut f, &mut out), Verdict::Consumed);
         assert_eq!(out.len(), 0, "no time exceeded about an ICMPv6 error");
-        let mut f = echo("fd00:99::1", WAN6, 64, 8);
+        let mut f = echo("fd00:98::1", WAN6, 64, 8);
         assert_eq!(
             lan(&mut g, &mut f, &mut out),
             Verdict::Drop(DropReason::GwNotForUs)
@@ -1461,10 +1518,20 @@ mod tests {
                 .fill_checksum(a("fe80::1"), all_routers);
             Some(IPV6_HLEN + 16)
         });
-        // Multicast: answered, and still switched to the other hosts.
-        assert_eq!(g.lan_nd(0, 0, &rs, &mut out, &fdb()), None);
+        // Multicast: answered (to all nodes, at most once per 3 s), and
+        // still switched to the other hosts.
+        let t = 1_000 + RA_INTERVAL_MS + MIN_DELAY_BETWEEN_RAS_MS;
+        assert_eq!(g.lan_nd_at(t, &rs, &mut out), None);
         assert_eq!(out.len(), 1);
-        assert_eq!(out.target(0), Target::Port(0));
+        assert_eq!(out.target(0), Target::Lan);
+        let mut out = Gen::new();
+        assert_eq!(g.lan_nd_at(t + 1, &rs, &mut out), None);
+        assert_eq!(
+            out.len(),
+            0,
+            "a second solicitation within 3 s gets nothing"
+        );
+        assert_eq!(g.counters.ra_sent, 3);
     }
 
     #[test]
@@ -1496,6 +1563,12 @@ mod tests {
             lan(&mut g, &mut f, &mut out),
             Verdict::Drop(DropReason::GwNotForUs)
         );
+    }
+
+    impl Gateway {
+        fn lan_nd_at(&mut self, now: u64, f: &[u8], out: &mut Gen) -> Option<Verdict> {
+            self.lan_nd(now, 0, f, out, &fdb())
+        }
     }
 
     #[test]
