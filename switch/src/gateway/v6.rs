@@ -330,17 +330,7 @@ impl Gateway {
         } else {
             &mut v6.neigh_lan
         };
-        let ev = |t: &NdTable| {
-            t.counters.evicted_unconfirmed + t.counters.evicted_aged + t.counters.evicted_confirmed
-        };
-        let before = ev(t);
-        let r = t.observe(ip, mac, port, now, how, true);
-        self.counters.neigh_evicted += ev(t) - before;
-        if r == Learned::Refused {
-            self.counters.neigh_refused += 1;
-            return false;
-        }
-        true
+        learn_into(&mut self.counters, t, ip, mac, port, now, how)
     }
 
     /// Send a neighbor solicitation for `ip` (LAN or uplink side); true if sent.
