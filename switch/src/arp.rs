@@ -25,7 +25,7 @@
 
 use crate::PortId;
 use crate::wire::MacAddr;
-use nat::Ipv4Net;
+use nat::{Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -58,22 +58,8 @@ impl NeighAddr for Ipv4Addr {
     }
 }
 
-/// An IPv6 prefix: address and length.
-pub type Ipv6Prefix = (Ipv6Addr, u8);
-
-/// Whether `a` is inside the prefix `p`.
-pub fn in_prefix6(p: &Ipv6Prefix, a: Ipv6Addr) -> bool {
-    let len = u32::from(p.1.min(128));
-    let m = if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - len)
-    };
-    u128::from(a) & m == u128::from(p.0) & m
-}
-
 impl NeighAddr for Ipv6Addr {
-    type Net = Ipv6Prefix;
+    type Net = Ipv6Net;
     fn unicast(self) -> bool {
         !(self.is_unspecified() || self.is_multicast())
     }
@@ -81,14 +67,14 @@ impl NeighAddr for Ipv6Addr {
         !(self.is_unspecified() || self.is_loopback() || self.is_multicast())
     }
     /// Inside the prefix, and not its subnet-router anycast address (all zeros).
-    fn host_of(self, net: &Ipv6Prefix) -> bool {
-        let len = u32::from(net.1.min(128));
+    fn host_of(self, net: &Ipv6Net) -> bool {
+        let len = u32::from(net.prefix.min(128));
         let host = if len == 128 {
             0
         } else {
             u128::from(self) & (u128::MAX >> len)
         };
-        in_prefix6(net, self) && (len >= 127 || host != 0)
+        net.contains(self) && (len >= 127 || host != 0)
     }
 }
 

@@ -339,14 +339,6 @@ pub fn open_ports_for(t: &Topology, w: usize) -> Result<Vec<Port>> {
     Ok(ports)
 }
 
-fn parse_mac(s: &str) -> Option<MacAddr> {
-    let v: Vec<u8> = s
-        .split(':')
-        .filter_map(|h| u8::from_str_radix(h, 16).ok())
-        .collect();
-    v.try_into().ok().map(MacAddr)
-}
-
 /// A secret seed for port allocation and table hashing (RFC 6056: external
 /// ports must not be predictable), from the kernel's CSPRNG. Falls back to
 /// the clock only if /dev/urandom cannot be read, and says so.
@@ -449,10 +441,18 @@ fn nat_behaviour<A: nat::family::Family>(t: &Topology, external: A, seed: u64) -
 }
 
 /// The gateway's static IPv6 routes of `t`'s `[[route]]`s: (destination, next hop).
-pub fn gateway_routes6(t: &Topology) -> Vec<(crate::arp::Ipv6Prefix, std::net::Ipv6Addr)> {
+pub fn gateway_routes6(t: &Topology) -> Vec<(nat::Ipv6Net, std::net::Ipv6Addr)> {
     t.routes6
         .iter()
-        .map(|r| ((r.to.addr, r.to.prefix), r.via))
+        .map(|r| {
+            (
+                nat::Ipv6Net {
+                    addr: r.to.addr,
+                    prefix: r.to.prefix,
+                },
+                r.via,
+            )
+        })
         .collect()
 }
 
@@ -535,7 +535,7 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
             let link = netns_setup::setup::netlink_in(sw_ns.as_ref())?
                 .link(u.port_name())?
                 .ok_or_else(|| anyhow!("uplink interface {} is missing", u.port_name()))?;
-            let umac = parse_mac(&link.mac).ok_or_else(|| {
+            let umac = link.mac.parse::<MacAddr>().ok().ok_or_else(|| {
                 anyhow!("uplink interface {} has no Ethernet address", u.port_name())
             })?;
             Some(UplinkConfig {
@@ -564,13 +564,23 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
         ageing_ms: sw.ageing.as_millis() as u64,
         queue_slots: 64,
         v6: (!g.address6.is_empty()).then(|| crate::gateway::Gw6Config {
-            lan: g.address6.iter().map(|c| (c.addr, c.prefix)).collect(),
+            lan: g
+                .address6
+                .iter()
+                .map(|c| nat::Ipv6Net {
+                    addr: c.addr,
+                    prefix: c.prefix,
+                })
+                .collect(),
             ra: g.ra,
             uplink: t
                 .uplink
                 .as_ref()
                 .and_then(|u| u.address6)
-                .map(|c| (c.addr, c.prefix)),
+                .map(|c| nat::Ipv6Net {
+                    addr: c.addr,
+                    prefix: c.prefix,
+                }),
             next_hop: t.uplink.as_ref().and_then(|u| u.next_hop6),
             routes: gateway_routes6(t),
             nat: t

@@ -98,7 +98,7 @@ pub struct Change {
     /// New static routes.
     pub routes: Option<Vec<(Ipv4Net, Ipv4Addr)>>,
     /// New static IPv6 routes.
-    pub routes6: Option<Vec<(crate::arp::Ipv6Prefix, std::net::Ipv6Addr)>>,
+    pub routes6: Option<Vec<(nat::Ipv6Net, std::net::Ipv6Addr)>>,
     /// New LAN MTU.
     pub lan_mtu: Option<u32>,
     /// New masquerade sources and DNAT rules.

@@ -232,7 +232,7 @@ impl<P: Policy> Pipeline<P> {
                 let mut t = NdTable::with_limits(c.arp_max, c.arp_max_per_port, c.ageing_ms);
                 if let Some(v6) = c.gateway.as_ref().and_then(|g| g.v6.as_ref()) {
                     let mut on = v6.lan.clone();
-                    on.push((std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 64));
+                    on.push(crate::gateway::v6::LINK_LOCAL);
                     t.set_on_link(&on);
                 }
                 t

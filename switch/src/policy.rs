@@ -90,7 +90,7 @@ pub struct Headers {
 }
 
 /// Most IPv6 extension headers walked before giving up (the packet is then `incomplete`).
-pub const MAX_EXT_HEADERS: usize = 8;
+pub const MAX_EXT_HEADERS: usize = nat::wire::ipv6::MAX_EXT_HEADERS;
 
 impl Headers {
     /// Parse what is there; missing layers stay `None`.
@@ -127,73 +127,36 @@ impl Headers {
             } else {
                 h.incomplete = true;
             }
-        } else if et == ETHERTYPE_IPV6 {
+        } else if et == ethertype::IPV6 {
             h.parse_ipv6(l3);
         }
         h
     }
 
-    /// Walk an IPv6 header and its extension headers.
+    /// An IPv6 header and its extension headers, walked by the wire layer
+    /// ([`nat::wire::ipv6::Ipv6Packet::upper`], bounded): a chain it cannot
+    /// walk leaves the packet `incomplete`, with the first next header.
     fn parse_ipv6(&mut self, b: &[u8]) {
-        if b.len() < 40 || b[0] >> 4 != 6 {
+        let Ok(p) = nat::wire::ipv6::Ipv6Packet::new_checked(b) else {
             self.incomplete = true;
             return;
-        }
-        let addr = |o: usize| {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&b[o..o + 16]);
-            Ipv6Addr::from(a)
         };
-        let (src, dst) = (addr(8), addr(24));
-        // The payload ends where the payload length says (a jumbogram's 0 means the frame's end).
-        let end = match usize::from(u16::from_be_bytes([b[4], b[5]])) {
-            0 => b.len(),
-            n => (40 + n).min(b.len()),
+        let (src, dst) = (p.src(), p.dst());
+        let Ok(u) = p.upper() else {
+            self.ipv6 = Some((src, dst, p.next_header()));
+            self.incomplete = true;
+            return;
         };
-        let mut next = b[6];
-        let mut off = 40;
-        let mut offset = 0;
-        for _ in 0..=MAX_EXT_HEADERS {
-            let len = match next {
-                // Hop-by-hop, routing, destination options: (len + 1) * 8.
-                0 | 43 | 60 => b.get(off + 1).map(|l| (usize::from(*l) + 1) * 8),
-                // Fragment: 8 bytes.
-                44 => {
-                    let Some(f) = b.get(off..off + 8) else {
-                        break;
-                    };
-                    let fo = u16::from_be_bytes([f[2], f[3]]);
-                    offset = fo >> 3;
-                    self.fragment = Some(Fragment {
-                        id: u32::from_be_bytes([f[4], f[5], f[6], f[7]]),
-                        offset,
-                        more: fo & 1 != 0,
-                    });
-                    Some(8)
-                }
-                // Authentication header: (len + 2) * 4.
-                51 => b.get(off + 1).map(|l| (usize::from(*l) + 2) * 4),
-                // The upper-layer protocol (or ESP / no next header).
-                proto => {
-                    self.ipv6 = Some((src, dst, proto));
-                    self.transport(proto, offset, b.get(off..end).unwrap_or(&[]));
-                    return;
-                }
-            };
-            let Some(len) = len.filter(|l| off + l <= end) else {
-                break;
-            };
-            next = b[off];
-            off += len;
-            if offset != 0 {
-                // A non-first fragment: what follows is not a header.
-                self.ipv6 = Some((src, dst, next));
-                return;
-            }
+        self.ipv6 = Some((src, dst, u.proto));
+        let offset = u.frag.map_or(0, |f| (f.offset / 8) as u16);
+        if let Some(f) = u.frag {
+            self.fragment = Some(Fragment {
+                id: f.ident,
+                offset,
+                more: f.more,
+            });
         }
-        // Too many extension headers, or one cut short: the protocol is unknown.
-        self.ipv6 = Some((src, dst, next));
-        self.incomplete = true;
+        self.transport(u.proto, offset, &p.packet()[u.offset..]);
     }
 
     /// Ports and flags of the transport header `l4` of protocol `proto` at fragment `offset`.
@@ -250,9 +213,6 @@ impl Headers {
         self.fragment.is_some_and(|f| f.offset != 0)
     }
 }
-
-/// EtherType of IPv6.
-const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 /// A received frame: its bytes and, on demand, its parsed headers.
 pub struct Frame<'a> {
@@ -845,25 +805,16 @@ fn related_key(frame: &[u8], h: &Headers) -> Option<FlowKey> {
     None
 }
 
-/// The ICMPv6 message of an IPv6 packet (after its extension headers).
+/// The ICMPv6 message of an IPv6 packet (after its extension headers, as
+/// the wire layer walks them; not in a fragment).
 fn icmpv6_payload(b: &[u8]) -> Option<&[u8]> {
-    let end = match usize::from(u16::from_be_bytes([*b.get(4)?, *b.get(5)?])) {
-        0 => b.len(),
-        n => (40 + n).min(b.len()),
-    };
-    let mut next = *b.get(6)?;
-    let mut off = 40;
-    for _ in 0..=MAX_EXT_HEADERS {
-        let len = match next {
-            0 | 43 | 60 => (usize::from(*b.get(off + 1)?) + 1) * 8,
-            51 => (usize::from(*b.get(off + 1)?) + 2) * 4,
-            58 => return b.get(off..end),
-            _ => return None,
-        };
-        next = *b.get(off)?;
-        off += len;
+    let p = nat::wire::ipv6::Ipv6Packet::new_checked(b).ok()?;
+    let u = p.upper().ok()?;
+    if u.proto != nat::wire::ipv6::next_header::ICMPV6 || u.frag.is_some() {
+        return None;
     }
-    None
+    let end = p.total_len();
+    b.get(u.offset..end)
 }
 
 /// Key of a fragmented datagram.

@@ -560,7 +560,7 @@ fn routed6<P: Policy>(
     from: Side,
 ) -> Trace {
     let g = p.gateway.as_ref().expect("routed implies gateway");
-    let ext = v6.config().uplink.map(|u| u.0);
+    let ext = v6.config().uplink.map(|u| u.addr);
     if let Some(n) = &v6.nat {
         let c = n.config();
         let fwd = c.dnat.iter().find(|r| {

@@ -3,7 +3,7 @@
 //! Contract: [`Ipv6Packet::new_checked`] validates version and payload length
 //! against the buffer, so accessors never panic afterwards.
 //! [`Ipv6Packet::upper`] walks the extension-header chain (hop-by-hop,
-//! routing, fragment, destination options) with a bound on the number of
+//! routing, fragment, authentication, destination options) with a bound on the number of
 //! headers ([`MAX_EXT_HEADERS`]) and checks every length against the payload,
 //! so a hostile chain (too long, lengths past the end, a fragment header in
 //! a later fragment) is [`Malformed`], never a panic or an unbounded walk.
@@ -33,6 +33,8 @@ pub mod next_header {
     pub const ROUTING: u8 = 43;
     /// Fragment header.
     pub const FRAGMENT: u8 = 44;
+    /// Authentication header.
+    pub const AUTH: u8 = 51;
     /// ICMPv6.
     pub const ICMPV6: u8 = 58;
     /// No next header.
@@ -153,6 +155,15 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
                     }
                     let h = b.get(at..at + 2).ok_or(Malformed)?;
                     let len = (usize::from(h[1]) + 1) * 8;
+                    if at + len > end {
+                        return Err(Malformed);
+                    }
+                    nh = h[0];
+                    at += len;
+                }
+                next_header::AUTH => {
+                    let h = b.get(at..at + 2).ok_or(Malformed)?;
+                    let len = (usize::from(h[1]) + 2) * 4;
                     if at + len > end {
                         return Err(Malformed);
                     }

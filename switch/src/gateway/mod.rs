@@ -1020,6 +1020,13 @@ mod tests {
     /// The seed topology's gateway (LAN 192.168.15.0/24, uplink
     /// 203.0.113.0/24 of MTU 1400, static route 10.9/16 via .9), with a LAN
     /// MTU, a neighbour cache bound, and DNAT of UDP 203.0.113.1:5353 to blue.
+    fn net6(a: &str, prefix: u8) -> nat::Ipv6Net {
+        nat::Ipv6Net {
+            addr: a.parse().unwrap(),
+            prefix,
+        }
+    }
+
     pub(super) fn gw_with(lan_mtu: u32, neigh_max: usize) -> Gateway {
         let mut nat = NatConfig::new(Ipv4Addr::new(203, 0, 113, 1));
         nat.dnat = vec![nat::DnatRule {
@@ -1058,15 +1065,12 @@ mod tests {
             ageing_ms: 300_000,
             queue_slots: 16,
             v6: Some(Gw6Config {
-                lan: vec![("fd00:15::5".parse().unwrap(), 64)],
+                lan: vec![net6("fd00:15::5", 64)],
                 ra: true,
-                uplink: Some(("2001:db8:113::1".parse().unwrap(), 64)),
+                uplink: Some(net6("2001:db8:113::1", 64)),
                 next_hop: None,
                 nat: None,
-                routes: vec![(
-                    ("fd00:99::".parse().unwrap(), 64),
-                    "fd00:15::9".parse().unwrap(),
-                )],
+                routes: vec![(net6("fd00:99::", 64), "fd00:15::9".parse().unwrap())],
             }),
         })
     }

@@ -25,7 +25,8 @@
 //!   [`RA_INTERVAL_MS`] and answers each router solicitation.
 
 use super::*;
-use crate::arp::{Ipv6Prefix, NdTable, in_prefix6};
+use crate::arp::NdTable;
+use nat::Ipv6Net;
 use nat::wire::icmpv6::{self, RouterAdvert, icmp6_is_error, icmp6_type, na_flags, unreach_code};
 use nat::wire::ipv6::{self as ip6, Ipv6Packet, next_header};
 use std::net::Ipv6Addr;
@@ -41,21 +42,27 @@ const RA_LIFETIME_S: u16 = 1800;
 /// Valid and preferred lifetime of announced prefixes (s).
 const RA_PREFIX_LIFETIME_S: u32 = 86_400;
 
+/// `fe80::/64`: where link-local neighbours are.
+pub const LINK_LOCAL: Ipv6Net = Ipv6Net {
+    addr: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+    prefix: 64,
+};
+
 /// The gateway's IPv6 settings.
 #[derive(Debug, Clone)]
 pub struct Gw6Config {
     /// Our LAN addresses, each with its on-link prefix.
-    pub lan: Vec<Ipv6Prefix>,
+    pub lan: Vec<Ipv6Net>,
     /// Send router advertisements on the LAN.
     pub ra: bool,
     /// Our uplink address and the uplink prefix.
-    pub uplink: Option<Ipv6Prefix>,
+    pub uplink: Option<Ipv6Net>,
     /// Next hop beyond the uplink prefix.
     pub next_hop: Option<Ipv6Addr>,
     /// NAT66 (masquerade and forwards on the uplink address), if any.
     pub nat: Option<nat::NatConfig<Ipv6Addr>>,
     /// Static routes: destination prefix → next hop on the LAN.
-    pub routes: Vec<(Ipv6Prefix, Ipv6Addr)>,
+    pub routes: Vec<(Ipv6Net, Ipv6Addr)>,
 }
 
 /// The gateway's IPv6 state.
@@ -81,13 +88,13 @@ impl Gw6 {
         let up_ll = gw.uplink.as_ref().map(|u| ip6::link_local(u.mac.0));
         let mut neigh_lan =
             NdTable::with_limits(gw.neigh_max, default_per_port(gw.neigh_max), gw.ageing_ms);
-        let mut on: Vec<Ipv6Prefix> = cfg.lan.clone();
-        on.push((Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 64));
+        let mut on: Vec<Ipv6Net> = cfg.lan.clone();
+        on.push(LINK_LOCAL);
         neigh_lan.set_on_link(&on);
         neigh_lan.set_hints_rebind(false);
         let mut neigh_wan = NdTable::with_limits(gw.neigh_max, gw.neigh_max, gw.ageing_ms);
-        let mut on: Vec<Ipv6Prefix> = cfg.uplink.into_iter().collect();
-        on.push((Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 64));
+        let mut on: Vec<Ipv6Net> = cfg.uplink.into_iter().collect();
+        on.push(LINK_LOCAL);
         neigh_wan.set_on_link(&on);
         neigh_wan.set_hints_rebind(false);
         Gw6 {
@@ -102,14 +109,14 @@ impl Gw6 {
     }
 
     /// Replace the static routes (`vswitch reload`).
-    pub fn set_routes(&mut self, routes: Vec<(Ipv6Prefix, Ipv6Addr)>) {
+    pub fn set_routes(&mut self, routes: Vec<(Ipv6Net, Ipv6Addr)>) {
         self.cfg.routes = routes;
     }
 
     /// Whether a LAN host may send from `a`: an address of a LAN prefix or behind a static route.
     fn lan_source(&self, a: Ipv6Addr) -> bool {
-        self.cfg.lan.iter().any(|p| in_prefix6(p, a))
-            || self.cfg.routes.iter().any(|(p, _)| in_prefix6(p, a))
+        self.cfg.lan.iter().any(|p| p.contains(a))
+            || self.cfg.routes.iter().any(|(p, _)| p.contains(a))
     }
 
     /// The uplink's MAC changed: so did its link-local address.
@@ -124,12 +131,12 @@ impl Gw6 {
 
     /// Whether `a` is one of our LAN-side addresses.
     fn lan_own(&self, a: Ipv6Addr) -> bool {
-        a == self.ll || self.cfg.lan.iter().any(|p| p.0 == a)
+        a == self.ll || self.cfg.lan.iter().any(|p| p.addr == a)
     }
 
     /// Whether `a` is our uplink address (or uplink link-local).
     fn up_own(&self, a: Ipv6Addr) -> bool {
-        Some(a) == self.up_ll || self.cfg.uplink.is_some_and(|p| p.0 == a)
+        Some(a) == self.up_ll || self.cfg.uplink.is_some_and(|p| p.addr == a)
     }
 
     /// Our LAN address to speak to `to` from: one on its prefix, else the first, else link-local.
@@ -140,9 +147,9 @@ impl Gw6 {
         self.cfg
             .lan
             .iter()
-            .find(|p| in_prefix6(p, to))
+            .find(|p| p.contains(to))
             .or(self.cfg.lan.first())
-            .map_or(self.ll, |p| p.0)
+            .map_or(self.ll, |p| p.addr)
     }
 
     /// Where `dst` leads.
@@ -208,24 +215,24 @@ pub fn subscriber_port(a: Ipv6Addr) -> Option<PortId> {
 fn route6(cfg: &Gw6Config, ll: Ipv6Addr, up_ll: Option<Ipv6Addr>, dst: Ipv6Addr) -> Egress6 {
     if dst == ll
         || Some(dst) == up_ll
-        || cfg.lan.iter().any(|p| p.0 == dst)
-        || cfg.uplink.is_some_and(|p| p.0 == dst)
+        || cfg.lan.iter().any(|p| p.addr == dst)
+        || cfg.uplink.is_some_and(|p| p.addr == dst)
     {
         return Egress6::Local;
     }
-    if cfg.lan.iter().any(|p| in_prefix6(p, dst)) {
+    if cfg.lan.iter().any(|p| p.contains(dst)) {
         return Egress6::Lan(dst);
     }
     if let Some((_, via)) = cfg
         .routes
         .iter()
-        .filter(|(p, _)| in_prefix6(p, dst))
-        .max_by_key(|(p, _)| p.1)
+        .filter(|(p, _)| p.contains(dst))
+        .max_by_key(|(p, _)| p.prefix)
     {
         return Egress6::Lan(*via);
     }
     match (cfg.uplink, cfg.next_hop) {
-        (Some(p), _) if in_prefix6(&p, dst) => Egress6::Uplink(dst),
+        (Some(p), _) if p.contains(dst) => Egress6::Uplink(dst),
         (Some(_), Some(nh)) => Egress6::Uplink(nh),
         _ => Egress6::None,
     }
@@ -341,7 +348,7 @@ impl Gateway {
         let (mac, src, target) = match (wan, self.cfg.uplink.as_ref()) {
             (true, Some(u)) => {
                 let src = match v6.cfg.uplink {
-                    Some(p) if !ip6::is_link_local(ip) => p.0,
+                    Some(p) if !ip6::is_link_local(ip) => p.addr,
                     _ => v6.up_ll.unwrap_or(v6.ll),
                 };
                 (u.mac, src, Target::Port(u.port))
@@ -479,8 +486,8 @@ impl Gateway {
             .cfg
             .lan
             .iter()
-            .find(|p| p.1 == 64)
-            .map(|p| (Ipv6Addr::from(u128::from(p.0) & (u128::MAX << 64)), 64));
+            .find(|p| p.prefix == 64)
+            .map(|p| (Ipv6Addr::from(u128::from(p.addr) & (u128::MAX << 64)), 64));
         let ra = RouterAdvert {
             lifetime: RA_LIFETIME_S,
             prefix,
@@ -702,7 +709,7 @@ impl Gateway {
         let Some(v6) = self.v6.as_ref() else {
             return self.drop(GwDrop::NotIpv4);
         };
-        let my = v6.cfg.uplink.map_or(v6.ll, |p| p.0);
+        let my = v6.cfg.uplink.map_or(v6.ll, |p| p.addr);
         let echo = u.proto == next_header::ICMPV6
             && frame.get(ETH_HLEN + u.offset) == Some(&icmp6_type::ECHO_REQUEST);
         if frame[ETH_HLEN + 7] <= 1 && !echo {
@@ -964,7 +971,7 @@ impl Gateway {
         {
             return self.drop(GwDrop::SpoofedSrc);
         }
-        let my = v6.cfg.uplink.map_or(v6.ll, |p| p.0);
+        let my = v6.cfg.uplink.map_or(v6.ll, |p| p.addr);
         if v6.up_own(dst) && v6.nat.is_some() && !ip6::is_link_local(src) {
             return self.inbound6(now, vnet, frame, end, u, src_mac, out, fdb);
         }
@@ -1046,7 +1053,7 @@ impl Gateway {
         let (Some(up), Some(v6)) = (self.cfg.uplink, self.v6.as_ref()) else {
             return self.drop(GwDrop::NotIpv4);
         };
-        let my = v6.cfg.uplink.map_or(v6.ll, |p| p.0);
+        let my = v6.cfg.uplink.map_or(v6.ll, |p| p.addr);
         let echo = u.proto == next_header::ICMPV6
             && frame.get(ETH_HLEN + u.offset) == Some(&icmp6_type::ECHO_REQUEST);
         let err_to = Target::Port(up.port);
