@@ -434,6 +434,46 @@ impl<A: Copy + Into<std::net::IpAddr>> EntryView<A> {
     }
 }
 
+/// What a step of [`Nat::explain`] does to the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Rewrites it.
+    Translate,
+    /// Leaves it as it is.
+    Pass,
+    /// Drops it.
+    Drop,
+}
+
+/// What [`Nat::process`] would do with a packet, as [`Nat::explain`] finds
+/// it without changing any state: the steps for people, the outcome for
+/// programs (`vswitch trace` routes `dst` as the gateway would).
+#[derive(Debug, Clone)]
+pub struct Explanation<A = Ipv4Addr> {
+    /// Each step and its description.
+    pub steps: Vec<(Step, String)>,
+    /// The destination after translation (the original one if untranslated).
+    pub dst: A,
+    /// The drop, when the NAT drops the packet whatever its route.
+    pub drop: Option<NatDrop>,
+    /// The gateway answers the packet itself (an ICMP query to the external address).
+    pub answered: bool,
+}
+
+impl<A> Explanation<A> {
+    fn one(step: Step, line: impl Into<String>, dst: A, drop: Option<NatDrop>) -> Self {
+        Explanation {
+            steps: vec![(step, line.into())],
+            dst,
+            drop,
+            answered: false,
+        }
+    }
+    fn push(&mut self, step: Step, line: impl Into<String>) {
+        self.steps.push((step, line.into()));
+    }
+}
+
 /// The view of entry `e` at `now`.
 fn view<A: Family>(e: &Entry<A>, now: u64) -> EntryView<A> {
     EntryView {
@@ -2088,20 +2128,39 @@ impl Nat {
         from: Side,
         buf: &[u8],
         route: &dyn Fn(Ipv4Addr) -> Side,
-    ) -> Vec<String> {
+    ) -> Explanation {
         let Ok(ip) = Ipv4Packet::new_checked(buf) else {
-            return vec!["nat: malformed IPv4 packet: drop (nat-malformed)".into()];
+            return Explanation::one(
+                Step::Drop,
+                "malformed IPv4 packet: drop (nat-malformed)",
+                Ipv4Addr::UNSPECIFIED,
+                Some(NatDrop::Malformed),
+            );
         };
+        let dst = ip.dst();
         if ip.frag_offset() != 0 {
-            return vec![
-                "nat: a later fragment: follows the translation of its first fragment".into(),
-            ];
+            return Explanation::one(
+                Step::Pass,
+                "a later fragment: follows the translation of its first fragment",
+                dst,
+                None,
+            );
         }
         if ip.protocol() == proto::ICMP && ip.payload().first().is_some_and(|t| icmp_is_error(*t)) {
-            return vec!["nat: ICMP error: translated by the connection of its embedded packet, state untouched".into()];
+            return Explanation::one(
+                Step::Pass,
+                "ICMP error: translated by the connection of its embedded packet, state untouched",
+                dst,
+                None,
+            );
         }
         let Some((t, flags)) = l4_tuple(ip.protocol(), ip.src(), ip.dst(), ip.payload()) else {
-            return vec!["nat: no ports to translate: passes untranslated inside the LAN, dropped towards the WAN if masqueraded".into()];
+            return Explanation::one(
+                Step::Pass,
+                "no ports to translate: passes untranslated inside the LAN, dropped towards the WAN if masqueraded",
+                dst,
+                None,
+            );
         };
         let show = |t: &Tuple| format!("{}:{} -> {}:{}", t.src, t.sport, t.dst, t.dport);
         if let Some((id, dir)) = self.table.lookup(&t, now) {
@@ -2110,8 +2169,8 @@ impl Nat {
                 Dir::Original => e.reply.inv(),
                 Dir::Reply => e.orig.inv(),
             };
-            return vec![format!(
-                "nat: existing connection ({:?} direction{}), rewrite {} => {}",
+            let line = format!(
+                "existing connection ({:?} direction{}), rewrite {} => {}",
                 dir,
                 if e.orig.proto == proto::TCP {
                     format!(", {}", e.tcp.name())
@@ -2120,29 +2179,54 @@ impl Nat {
                 },
                 show(&t),
                 show(&target)
-            )];
+            );
+            return Explanation::one(Step::Translate, line, target.dst, None);
         }
-        let mut out = Vec::new();
+        let mut out = Explanation {
+            steps: Vec::new(),
+            dst,
+            drop: None,
+            answered: false,
+        };
         let mut target = t;
         match from {
             Side::Wan => {
                 if t.dst != self.cfg.external {
-                    return vec!["nat: not for the external address: not translated".into()];
+                    return Explanation::one(
+                        Step::Pass,
+                        "not for the external address: not translated",
+                        dst,
+                        None,
+                    );
                 }
                 if let Some((a, p)) = self.dnat_match(&t) {
                     target.dst = a;
                     target.dport = p;
-                    out.push(format!("nat: DNAT rule: {} => {}", show(&t), show(&target)));
+                    out.push(
+                        Step::Translate,
+                        format!("DNAT rule: {} => {}", show(&t), show(&target)),
+                    );
+                    out.dst = a;
                 } else if t.proto == proto::ICMP {
                     out.push(
-                        "nat: ICMP query to the external address: answered by the gateway".into(),
+                        Step::Pass,
+                        "ICMP query to the external address: answered by the gateway",
                     );
+                    out.answered = true;
                 } else if t.proto == proto::TCP && TcpEvent::of(flags) != TcpEvent::Syn {
-                    out.push("nat: not a SYN and no connection: drop (nat-invalid-tcp)".into());
+                    out.push(
+                        Step::Drop,
+                        "not a SYN and no connection: drop (nat-invalid-tcp)",
+                    );
+                    out.drop = Some(NatDrop::InvalidTcp);
                 } else {
                     match self.by_ext.get(&(t.proto, t.dport)) {
                         None => {
-                            out.push("nat: no mapping for this port: drop (nat-no-mapping)".into())
+                            out.push(
+                                Step::Drop,
+                                "no mapping for this port: drop (nat-no-mapping)",
+                            );
+                            out.drop = Some(NatDrop::NoMapping);
                         }
                         Some(k) => {
                             let ok = match self.cfg.filtering {
@@ -2155,16 +2239,28 @@ impl Nat {
                             if ok {
                                 target.dst = k.ip;
                                 target.dport = k.port;
-                                out.push(format!(
-                                    "nat: mapping of {}:{} admits {} ({} filtering) => {}",
-                                    k.ip,
-                                    k.port,
-                                    t.src,
-                                    self.cfg.filtering.name(),
-                                    show(&target)
-                                ));
+                                out.push(
+                                    Step::Translate,
+                                    format!(
+                                        "mapping of {}:{} admits {} ({} filtering) => {}",
+                                        k.ip,
+                                        k.port,
+                                        t.src,
+                                        self.cfg.filtering.name(),
+                                        show(&target)
+                                    ),
+                                );
+                                out.dst = k.ip;
                             } else {
-                                out.push(format!("nat: mapping exists but {} filtering refuses {}: drop (nat-filtered)", self.cfg.filtering.name(), t.src));
+                                out.push(
+                                    Step::Drop,
+                                    format!(
+                                        "mapping exists but {} filtering refuses {}: drop (nat-filtered)",
+                                        self.cfg.filtering.name(),
+                                        t.src
+                                    ),
+                                );
+                                out.drop = Some(NatDrop::Filtered);
                             }
                         }
                     }
@@ -2172,20 +2268,34 @@ impl Nat {
             }
             _ => {
                 if t.proto == proto::TCP && tcp_open(TcpEvent::of(flags)).is_none() {
-                    return vec!["nat: no connection and this segment cannot open one (only a SYN, or an ACK picked up mid-stream): drop (nat-invalid-tcp) if meant for the NAT".into()];
+                    return Explanation::one(
+                        Step::Pass,
+                        "no connection and this segment cannot open one (only a SYN, or an ACK picked up mid-stream): drop (nat-invalid-tcp) if meant for the NAT",
+                        dst,
+                        None,
+                    );
                 }
                 if t.proto == proto::ICMP && flags == crate::wire::icmp_type::ECHO_REPLY {
-                    return vec!["nat: an echo reply without a request: drop (nat-invalid-icmp) if meant for the WAN".into()];
+                    return Explanation::one(
+                        Step::Pass,
+                        "an echo reply without a request: drop (nat-invalid-icmp) if meant for the WAN",
+                        dst,
+                        None,
+                    );
                 }
                 let dnat = self.dnat_match(&t);
                 let mut via_map = false;
                 if let Some((a, p)) = dnat {
                     target.dst = a;
                     target.dport = p;
-                    out.push(format!(
-                        "nat: DNAT rule: destination {}:{} => {}:{}",
-                        t.dst, t.dport, a, p
-                    ));
+                    out.push(
+                        Step::Translate,
+                        format!(
+                            "DNAT rule: destination {}:{} => {}:{}",
+                            t.dst, t.dport, a, p
+                        ),
+                    );
+                    out.dst = a;
                 } else if t.dst == self.cfg.external && from == Side::Lan {
                     let ext = if t.proto == proto::ICMP {
                         t.sport
@@ -2196,23 +2306,37 @@ impl Nat {
                         via_map = true;
                         target.dst = k.ip;
                         target.dport = if t.proto == proto::ICMP { 0 } else { k.port };
-                        out.push(format!(
-                            "nat: hairpin through the mapping of {}:{} (external port {ext}){}",
+                        out.dst = k.ip;
+                        let own = k.ip == t.src && k.port == t.sport;
+                        let refused =
+                            !own && self.cfg.filtering == Filtering::AddressAndPortDependent;
+                        let step = if refused { Step::Drop } else { Step::Translate };
+                        out.push(step, format!(
+                            "hairpin through the mapping of {}:{} (external port {ext}){}",
                             k.ip,
                             k.port,
-                            if k.ip == t.src && k.port == t.sport {
+                            if own {
                                 ": its own, reflected without state"
-                            } else if self.cfg.filtering == Filtering::AddressAndPortDependent {
-                                ": refused by address-and-port-dependent filtering (nat-filtered)"
+                            } else if refused {
+                                ": refused by address-and-port-dependent filtering: drop (nat-filtered)"
                             } else {
                                 ""
                             }
                         ));
+                        if refused {
+                            out.drop = Some(NatDrop::Filtered);
+                            return out;
+                        }
                     }
                 }
                 let egress = route(target.dst);
                 if egress == Side::Local {
-                    return vec!["nat: for the gateway itself: not translated".into()];
+                    return Explanation::one(
+                        Step::Pass,
+                        "for the gateway itself: not translated",
+                        dst,
+                        None,
+                    );
                 }
                 let hairpin = (dnat.is_some() || via_map) && egress == Side::Lan;
                 let snat = (egress == Side::Wan && self.masqueraded(t.src)) || hairpin;
@@ -2229,19 +2353,22 @@ impl Nat {
                         }
                         None => "new mapping, a free external port of the same class".into(),
                     };
-                    out.push(format!(
-                        "nat: {} source {}:{} => {} ({how})",
-                        if hairpin {
-                            "hairpin SNAT"
-                        } else {
-                            "MASQUERADE"
-                        },
-                        t.src,
-                        t.sport,
-                        self.cfg.external
-                    ));
+                    out.push(
+                        Step::Translate,
+                        format!(
+                            "{} source {}:{} => {} ({how})",
+                            if hairpin {
+                                "hairpin SNAT"
+                            } else {
+                                "MASQUERADE"
+                            },
+                            t.src,
+                            t.sport,
+                            self.cfg.external
+                        ),
+                    );
                 } else if dnat.is_none() {
-                    out.push("nat: no rule applies: not translated".into());
+                    out.push(Step::Pass, "no rule applies: not translated");
                 }
             }
         }

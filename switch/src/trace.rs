@@ -409,10 +409,11 @@ pub fn trace<P: Policy>(
             return Ok(out.done(Decision::drop("gw-not-for-us: not our address")));
         }
         let ipb = &frame[14..];
-        if let Some(n) = &g.nat {
-            nat_stages(&mut out, n.explain(now, Side::Wan, ipb, &|a| g.side_of(a)));
-        }
-        return Ok(finish_routed(out, p, ports, now, ipb, Side::Wan));
+        let x = g
+            .nat
+            .as_ref()
+            .map(|n| n.explain(now, Side::Wan, ipb, &|a| g.side_of(a)));
+        return Ok(finish_routed(out, p, ports, x, ipb, now));
     }
 
     let meta = FrameMeta { in_port, now };
@@ -464,10 +465,11 @@ pub fn trace<P: Policy>(
         if dst4 == Some(g.ip()) {
             return Ok(local(out, h.ipv4.map_or(0, |x| x.2), g.ip()));
         }
-        if let Some(n) = &g.nat {
-            nat_stages(&mut out, n.explain(now, Side::Lan, ipb, &|a| g.side_of(a)));
-        }
-        return Ok(finish_routed(out, p, ports, now, ipb, Side::Lan));
+        let x = g
+            .nat
+            .as_ref()
+            .map(|n| n.explain(now, Side::Lan, ipb, &|a| g.side_of(a)));
+        return Ok(finish_routed(out, p, ports, x, ipb, now));
     }
     if h.dst.is_multicast() {
         let to = flood_list(ports, in_port);
@@ -699,21 +701,6 @@ fn routed6<P: Policy>(
     }
 }
 
-/// The NAT's explanation lines as stages.
-fn nat_stages(out: &mut Out, lines: Vec<String>) {
-    for l in lines {
-        let detail = l.strip_prefix("nat: ").unwrap_or(&l).to_string();
-        let decision = if detail.contains("drop (") && !detail.contains(" if meant for") {
-            "drop"
-        } else if detail.contains("=>") {
-            "translate"
-        } else {
-            "pass"
-        };
-        out.push("nat", decision, detail);
-    }
-}
-
 fn flood_list(ports: &[Port], in_port: usize) -> Vec<String> {
     ports
         .iter()
@@ -739,54 +726,41 @@ fn flood(to: Vec<String>) -> Decision {
     }
 }
 
-/// Route the (possibly translated) destination and name the out-port.
+/// The NAT's steps as stages, then the route of the (possibly translated)
+/// destination and the out-port; `x` is the NAT's explanation (none
+/// without a NAT).
 fn finish_routed<P: Policy>(
     mut out: Out,
     p: &Pipeline<P>,
     ports: &[Port],
-    now: u64,
+    x: Option<nat::Explanation>,
     ipb: &[u8],
-    from: Side,
+    now: u64,
 ) -> Trace {
     let g = p.gateway.as_ref().expect("routed implies gateway");
-    // Where the packet goes after translation: recompute the destination as the NAT would set it.
-    let orig_dst = Ipv4Addr::new(ipb[16], ipb[17], ipb[18], ipb[19]);
-    let nat: Vec<&Stage> = out.0.iter().filter(|s| s.stage == "nat").collect();
-    let translated = nat.iter().rev().find_map(|s| {
-        s.detail
-            .split(" => ")
-            .nth(1)
-            .and_then(|t| t.split(" -> ").nth(1))
-            .and_then(|d| d.split(':').next())
-            .and_then(|d| d.parse::<Ipv4Addr>().ok())
-    });
-    let dnat_to = nat.iter().rev().find_map(|s| {
-        s.detail
-            .strip_prefix("DNAT rule: destination ")
-            .and_then(|r| r.split(" => ").nth(1))
-            .and_then(|d| d.split(':').next())
-            .and_then(|d| d.parse::<Ipv4Addr>().ok())
-    });
-    let answered = nat
-        .iter()
-        .any(|s| s.detail.contains("answered by the gateway"));
-    if let Some(s) = nat.iter().find(|s| s.decision == "drop") {
-        let why = s
-            .detail
-            .split("drop (")
-            .nth(1)
-            .and_then(|r| r.split(')').next())
-            .unwrap_or("nat")
-            .to_string();
-        return out.done(Decision::drop(why));
-    }
-    let dst = dnat_to.or(translated).unwrap_or(orig_dst);
-    if from == Side::Wan && dst == orig_dst && answered {
-        return out.done(Decision::to(
-            "answer",
-            Vec::new(),
-            Some("echo reply from the gateway".into()),
-        ));
+    let orig_dst =
+        nat::wire::Ipv4Packet::new_checked(ipb).map_or(Ipv4Addr::UNSPECIFIED, |ip| ip.dst());
+    let mut dst = orig_dst;
+    if let Some(x) = x {
+        for (step, line) in x.steps {
+            let decision = match step {
+                nat::Step::Translate => "translate",
+                nat::Step::Pass => "pass",
+                nat::Step::Drop => "drop",
+            };
+            out.push("nat", decision, line);
+        }
+        if let Some(r) = x.drop {
+            return out.done(Decision::drop(r.name()));
+        }
+        if x.answered {
+            return out.done(Decision::to(
+                "answer",
+                Vec::new(),
+                Some("echo reply from the gateway".into()),
+            ));
+        }
+        dst = x.dst;
     }
     let egress = g.route(dst);
     match egress {
