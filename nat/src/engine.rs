@@ -608,6 +608,10 @@ struct Parsed<A> {
     /// Where the transport header is: `(offset, end)` in the packet.
     l4: (usize, usize),
     len: u64,
+    /// IPv6 UDP without a checksum: it may pass untranslated (RFC 6935
+    /// tunnels), but is never translated (RFC 8200 8.1: the checksum is
+    /// mandatory, and an incremental update of a missing one means nothing).
+    zero_udp6: bool,
 }
 
 fn splitmix(x: &mut u64) -> u64 {
@@ -931,6 +935,28 @@ impl<A: Family> Nat<A> {
                 return Err(format!("{k:?}: {} refs, {:?} users", m.refs, refs.get(k)));
             }
         }
+        // Each host record counts exactly the mappings charged to it.
+        let mut per_host: HashMap<(A, usize), u32> = HashMap::new();
+        for (k, m) in &self.maps {
+            if self.table.find_host(m.host).is_none() {
+                return Err(format!(
+                    "{k:?} is charged to {}, which has no record",
+                    m.host
+                ));
+            }
+            *per_host.entry((m.host, pidx(k.proto))).or_insert(0) += 1;
+        }
+        for h in self.table.hosts() {
+            for pi in 0..3 {
+                let n = per_host.get(&(h.addr, pi)).copied().unwrap_or(0);
+                if n != h.mappings[pi] {
+                    return Err(format!(
+                        "host {} holds {n} mappings of protocol {pi}, counts {}",
+                        h.addr, h.mappings[pi]
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1060,10 +1086,6 @@ impl<A: Family> Nat<A> {
         if short || (p == proto::TCP && usize::from(l4[12] >> 4) * 4 > l4.len() && !more_frags) {
             return self.drop(NatDrop::Malformed);
         }
-        // IPv6 makes the UDP checksum mandatory (RFC 8200 8.1): a zero one is dropped.
-        if A::LEN == 16 && p == proto::UDP && !partial && l4[6] == 0 && l4[7] == 0 {
-            return self.drop(NatDrop::Malformed);
-        }
         if p == A::ICMP && l4.first().is_some_and(|t| A::icmp_is_error(*t)) {
             return self.icmp_error(now, from, buf, &h);
         }
@@ -1073,6 +1095,7 @@ impl<A: Family> Nat<A> {
                 flags,
                 l4: (l4_at, total),
                 len,
+                zero_udp6: A::LEN == 16 && p == proto::UDP && !partial && l4[6..8] == [0, 0],
             },
             None => {
                 // No ports to translate: fine inside the LAN or for us; never masquerade it.
@@ -1119,6 +1142,9 @@ impl<A: Family> Nat<A> {
         buf: &mut [u8],
         partial: bool,
     ) -> Verdict {
+        if pk.zero_udp6 {
+            return self.drop(NatDrop::Malformed);
+        }
         let e = self.table.get_mut(id);
         let d = dir as usize;
         e.packets[d] = e.packets[d].saturating_add(1);
@@ -1227,11 +1253,18 @@ impl<A: Family> Nat<A> {
     /// outbound mapping, from host `h`'s FIFO (or the whole table's), until
     /// one mapping of `proto` is freed. Returns whether one was.
     fn reclaim(&mut self, h: Option<HostId>, proto_: u8, budget: usize) -> bool {
-        let before = self.maps.len();
+        // Success is a mapping of `h` itself freed (an entry charged to `h`
+        // may hold another subscriber's mapping), or any for a full range.
+        let pi = pidx(proto_);
+        let held = |s: &Self| match h {
+            Some(h) => s.table.host_rec(h).mappings[pi] as usize,
+            None => s.maps.len(),
+        };
+        let before = held(self);
         let mut cur = self.table.oldest_unassured(h);
         let mut steps = 0;
         while let Some(id) = cur {
-            if steps >= budget || self.maps.len() < before {
+            if steps >= budget || held(self) < before {
                 break;
             }
             steps += 1;
@@ -1251,7 +1284,7 @@ impl<A: Family> Nat<A> {
                 }
             }
         }
-        self.maps.len() < before
+        held(self) < before
     }
 
     /// The external port of the EIM mapping of `key` (owned by host `h`),
@@ -1417,6 +1450,9 @@ impl<A: Family> Nat<A> {
                             to.sport = ext;
                             to.dst = t.src;
                             to.dport = t.sport;
+                            if pk.zero_udp6 {
+                                return self.drop(NatDrop::Malformed);
+                            }
                             self.counters.self_hairpins += 1;
                             self.counters.translated += 1;
                             rewrite(buf, &t, &to, partial, Some(pk.l4));
@@ -1481,6 +1517,9 @@ impl<A: Family> Nat<A> {
                 // and evicts its own entries, not the LAN hosts' own.
                 host_addr = A::UNSPECIFIED;
             }
+        }
+        if pk.zero_udp6 {
+            return self.drop(NatDrop::Malformed);
         }
         let Some(h) = self.table.host(host_addr) else {
             return self.drop(NatDrop::TableFull);
@@ -2308,6 +2347,16 @@ impl Nat {
                         target.dport = if t.proto == proto::ICMP { 0 } else { k.port };
                         out.dst = k.ip;
                         let own = k.ip == t.src && k.port == t.sport;
+                        if own && t.proto == proto::ICMP {
+                            let mut x = Explanation::one(
+                                Step::Pass,
+                                "echo request to the external address with its own mapping's id: answered by the gateway",
+                                dst,
+                                None,
+                            );
+                            x.answered = true;
+                            return x;
+                        }
                         let refused =
                             !own && self.cfg.filtering == Filtering::AddressAndPortDependent;
                         let step = if refused { Step::Drop } else { Step::Translate };

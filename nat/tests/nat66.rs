@@ -311,7 +311,7 @@ fn a_subscriber_cannot_buy_more_room_by_changing_address() {
 }
 
 #[test]
-fn zero_udp_checksums_are_dropped_in_ipv6() {
+fn zero_udp_checksums_are_never_translated_in_ipv6() {
     let mut n = Nat::new(cfg());
     let mut p = udp(red(), 1000, wan(), 53, b"query");
     p[46] = 0;
@@ -319,6 +319,14 @@ fn zero_udp_checksums_are_dropped_in_ipv6() {
     assert_eq!(
         n.process(0, Side::Lan, &mut p, false, &route),
         Verdict::Drop(NatDrop::Malformed)
+    );
+    // Untranslated (inside the LAN), it passes: RFC 6935 tunnels may send it.
+    let mut p = udp(red(), 1000, blue(), 4789, b"vxlan");
+    p[46] = 0;
+    p[47] = 0;
+    assert_eq!(
+        n.process(0, Side::Lan, &mut p, false, &route),
+        Verdict::NotNatted
     );
 }
 

@@ -478,12 +478,10 @@ impl<P: Policy> Pipeline<P> {
         }
         match (n.kind, n.target, n.lladdr) {
             (icmp6_type::NEIGHBOR_ADVERT, Some(t), Some(m)) => {
-                let how = if n.flags & na_flags::SOLICITED != 0 {
-                    Heard::Reply
-                } else {
-                    Heard::Hint
-                };
-                self.nd.observe(t, MacAddr(m), in_port, now, how, on_link);
+                // A hint, solicited or not: the switch saw no solicitation of
+                // its own, so nothing here confirms (as for gratuitous ARP).
+                self.nd
+                    .observe(t, MacAddr(m), in_port, now, Heard::Hint, on_link);
                 return None;
             }
             (icmp6_type::NEIGHBOR_SOLICIT, Some(_), Some(m)) if !n.src.is_unspecified() => {
@@ -593,7 +591,7 @@ mod tests {
             icmpv6::emit_na(b, b6, r6, b6, BLUE.0, na_flags::SOLICITED)
         });
         assert_eq!(p.d(1, &mut na, 1), Verdict::Unicast(0));
-        assert!(p.nd.lookup(b6, 1).unwrap().confirmed);
+        assert_eq!(p.nd.lookup(b6, 1).unwrap().mac, BLUE);
         assert_eq!(p.nd.lookup(r6, 1).unwrap().mac, RED);
         // The next solicitation for blue is answered by the switch, as blue would.
         let mut ns = ndp(MacAddr(multicast_mac(group)), RED, |b| {

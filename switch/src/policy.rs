@@ -128,7 +128,7 @@ impl Headers {
                 h.incomplete = true;
             }
         } else if et == ethertype::IPV6 {
-            h.parse_ipv6(l3);
+            h.parse_ipv6(l3, false);
         }
         h
     }
@@ -136,8 +136,15 @@ impl Headers {
     /// An IPv6 header and its extension headers, walked by the wire layer
     /// ([`nat::wire::ipv6::Ipv6Packet::upper`], bounded): a chain it cannot
     /// walk leaves the packet `incomplete`, with the first next header.
-    fn parse_ipv6(&mut self, b: &[u8]) {
-        let Ok(p) = nat::wire::ipv6::Ipv6Packet::new_checked(b) else {
+    /// `quoted`: the packet an ICMPv6 error quotes, which may be cut short.
+    fn parse_ipv6(&mut self, b: &[u8], quoted: bool) {
+        use nat::wire::ipv6::Ipv6Packet;
+        let p = if quoted {
+            Ipv6Packet::new_quoted(b)
+        } else {
+            Ipv6Packet::new_checked(b)
+        };
+        let Ok(p) = p else {
             self.incomplete = true;
             return;
         };
@@ -784,7 +791,7 @@ fn related_key(frame: &[u8], h: &Headers) -> Option<FlowKey> {
             return None;
         }
         let mut inner = Headers::default();
-        inner.parse_ipv6(icmp.get(8..)?);
+        inner.parse_ipv6(icmp.get(8..)?, true);
         let (src, dst, proto) = inner.ipv6?;
         if inner.fragment.is_some_and(|f| f.offset != 0) {
             return None;
@@ -1820,6 +1827,43 @@ mod tests {
             let _ = c.explain(&at(port, i / 100), &Frame::new(&f));
         }
         c.expire(u64::MAX / 2);
+    }
+
+    /// A Packet Too Big quotes as much of the packet as fits in 1,280
+    /// bytes: the quoted header says more than is there, and it is still
+    /// related to its connection (else path MTU discovery breaks behind
+    /// stateful rules). Built with the wire layer's emitter.
+    #[test]
+    fn a_cut_short_icmpv6_quote_is_still_related() {
+        use nat::wire::icmpv6::{emit_error, icmp6_type};
+        use nat::wire::ipv6::{emit_header, next_header};
+        let (a, b): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (
+            "fd00:15::1".parse().unwrap(),
+            "2001:db8::10".parse().unwrap(),
+        );
+        let mut quote = [0u8; 60];
+        emit_header(&mut quote, a, b, next_header::TCP, 63, 1460);
+        quote[40..44].copy_from_slice(&[0x9c, 0x40, 0x01, 0xbb]); // 40000 -> 443
+        quote[52] = 0x50;
+        let mut f = vec![0u8; 200];
+        f[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
+        let n = emit_error(
+            &mut f[ETH_HLEN..],
+            "fd00:15::5".parse().unwrap(),
+            a,
+            icmp6_type::PACKET_TOO_BIG,
+            0,
+            1280,
+            &quote,
+        )
+        .unwrap();
+        f.truncate(ETH_HLEN + n);
+        let h = Headers::parse(&f);
+        assert!(!h.incomplete);
+        match related_key(&f, &h) {
+            Some(FlowKey::V6(t)) => assert_eq!((t.proto, t.sport, t.dport), (6, 40000, 443)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

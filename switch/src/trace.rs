@@ -563,6 +563,19 @@ fn routed6<P: Policy>(
 ) -> Trace {
     let g = p.gateway.as_ref().expect("routed implies gateway");
     let ext = v6.config().uplink.map(|u| u.addr);
+    let masqueraded = |d: Ipv6Addr| {
+        v6.nat
+            .as_ref()
+            .is_some_and(|n| n.config().masquerade.iter().any(|m| m.contains(d)))
+    };
+    if from == Side::Wan && Some(dst) != ext && masqueraded(dst) {
+        out.push(
+            "gateway",
+            "drop",
+            format!("{dst} is behind NAT66: reached only through it, never routed from the uplink"),
+        );
+        return out.done(Decision::drop("gw-not-for-us"));
+    }
     if let Some(n) = &v6.nat {
         let c = n.config();
         let fwd = c.dnat.iter().find(|r| {

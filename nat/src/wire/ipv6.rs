@@ -90,6 +90,16 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         }
         Ok(Ipv6Packet { buf })
     }
+    /// A packet quoted in an ICMPv6 error: version 6 and a whole fixed
+    /// header, but the payload may be cut short of its length (RFC 4443
+    /// keeps the whole error within 1,280 bytes); the payload is what is there.
+    pub fn new_quoted(buf: T) -> Result<Self, Malformed> {
+        let b = buf.as_ref();
+        if b.len() < IPV6_HLEN || b[0] >> 4 != 6 {
+            return Err(Malformed);
+        }
+        Ok(Ipv6Packet { buf })
+    }
     fn b(&self) -> &[u8] {
         self.buf.as_ref()
     }
@@ -103,11 +113,13 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         let b = self.b();
         u32::from_be_bytes([0, b[1] & 0xf, b[2], b[3]])
     }
-    /// Payload length as used here: the header's, or the rest of the buffer if 0.
+    /// Payload length as used here: the header's, or the rest of the buffer
+    /// if 0 (or if the header's runs past it, in a quote).
     pub fn payload_len(&self) -> usize {
         let b = self.b();
         let pl = usize::from(u16::from_be_bytes([b[4], b[5]]));
-        if pl == 0 { b.len() - IPV6_HLEN } else { pl }
+        let rest = b.len() - IPV6_HLEN;
+        if pl == 0 { rest } else { pl.min(rest) }
     }
     /// Header length plus payload length.
     pub fn total_len(&self) -> usize {
