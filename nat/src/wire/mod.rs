@@ -1,6 +1,7 @@
-//! The typed wire layer: IPv4, IPv6 (with its extension headers), TCP,
-//! UDP, ICMP, ICMPv6 and NDP fields, read and rewritten in place, and
-//! emitters for the messages vswitch generates.
+//! The typed wire layer: Ethernet (802.1Q), ARP, the `virtio_net_hdr`,
+//! IPv4, IPv6 (with its extension headers), TCP, UDP, ICMP, ICMPv6 and NDP
+//! fields, read and rewritten in place, and emitters for the messages
+//! vswitch generates.
 //!
 //! It lives in `nat` (sans-I/O, no `unsafe`) so that both the NAT engine and
 //! the switch use one set of views without a fourth crate.
@@ -12,6 +13,7 @@
 use crate::checksum::{update16, update32};
 use std::net::Ipv4Addr;
 
+pub mod ethernet;
 pub mod icmpv6;
 pub mod ipv6;
 
