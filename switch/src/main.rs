@@ -715,52 +715,64 @@ fn print_stats(v: &Value) {
         }
     }
     if let Some(n) = v.get("nat") {
+        print_nat("nat", n, &nat::OUTSIDE.to_string());
+    }
+    if let Some(n) = v.get("nat6") {
+        print_nat("nat66", n, "::");
+    }
+}
+
+/// The text view of one NAT engine's `stats` (`what`: "nat" or "nat66";
+/// `outside`: the pseudo-host of inbound connections).
+fn print_nat(what: &str, n: &Value, outside: &str) {
+    println!(
+        "{what}: {}/{} entries, {} mappings, filtering {}, created {}, expired {}, early-dropped {}, translated {}, icmp errors {}, hairpins {}",
+        n["entries"],
+        n["max_entries"],
+        n["mappings"],
+        s(&n["filtering"]),
+        n["created"],
+        n["expired"],
+        n["early_dropped"],
+        n["translated"],
+        n["icmp_errors_translated"],
+        n["hairpins"]
+    );
+    let nd: Vec<String> = n["drops"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, c)| c.as_u64().unwrap_or(0) > 0)
+        .map(|(k, c)| format!("{k}={c}"))
+        .collect();
+    if !nd.is_empty() {
+        println!("{what} drops: {}", nd.join(" "));
+    }
+    let hosts = n["hosts"].as_array().cloned().unwrap_or_default();
+    if !hosts.is_empty() {
         println!(
-            "nat: {}/{} entries, {} mappings, filtering {}, created {}, expired {}, early-dropped {}, translated {}, icmp errors {}, hairpins {}",
-            n["entries"],
-            n["max_entries"],
-            n["mappings"],
-            s(&n["filtering"]),
-            n["created"],
-            n["expired"],
-            n["early_dropped"],
-            n["translated"],
-            n["icmp_errors_translated"],
-            n["hairpins"]
+            "{what} hosts ({} in all, heaviest first; {outside} is inbound):",
+            n["hosts_total"]
         );
-        let nd: Vec<String> = n["drops"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(_, c)| c.as_u64().unwrap_or(0) > 0)
-            .map(|(k, c)| format!("{k}={c}"))
-            .collect();
-        if !nd.is_empty() {
-            println!("nat drops: {}", nd.join(" "));
-        }
-        let hosts = n["hosts"].as_array().cloned().unwrap_or_default();
-        if !hosts.is_empty() {
+        println!(
+            "  {:<24} {:>8} {:>10} {:>8} {:>9} {:>8}",
+            "address (port)", "entries", "unassured", "mappings", "evicted", "drops"
+        );
+        for h in hosts.iter().take(16) {
+            let n = |k: &str| h[k].as_u64().unwrap_or(0);
+            let who = match h["port"].as_str() {
+                Some(p) => format!("{} ({p})", s(&h["addr"])),
+                None => s(&h["addr"]),
+            };
             println!(
-                "nat hosts ({} in all, heaviest first; {} is inbound):",
-                n["hosts_total"],
-                nat::OUTSIDE
+                "  {:<24} {:>8} {:>10} {:>8} {:>9} {:>8}",
+                who,
+                n("entries"),
+                n("unassured"),
+                n("mappings"),
+                n("evicted"),
+                n("drops")
             );
-            println!(
-                "  {:<16} {:>8} {:>10} {:>8} {:>9} {:>8}",
-                "address", "entries", "unassured", "mappings", "evicted", "drops"
-            );
-            for h in hosts.iter().take(16) {
-                let n = |k: &str| h[k].as_u64().unwrap_or(0);
-                println!(
-                    "  {:<16} {:>8} {:>10} {:>8} {:>9} {:>8}",
-                    s(&h["addr"]),
-                    n("entries"),
-                    n("unassured"),
-                    n("mappings"),
-                    n("evicted"),
-                    n("drops")
-                );
-            }
         }
     }
 }

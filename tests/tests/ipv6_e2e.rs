@@ -258,6 +258,19 @@ fn dualstack_example_nat66_masquerade_forward_and_hairpin() {
         st["nat6"]["icmp_errors_translated"].as_u64().unwrap() >= 1,
         "{st}"
     );
+    // NAT66 charges connections to ports: red's port holds its flows.
+    let hosts = st["nat6"]["hosts"].as_array().expect("nat6 hosts");
+    assert!(
+        hosts
+            .iter()
+            .any(|h| h["port"] == t.red.port.as_str() && h["entries"].as_u64() > Some(0)),
+        "{st}"
+    );
+    let text = sw.cli_text("stats");
+    assert!(
+        text.contains("nat66: ") && text.contains(&format!("({})", t.red.port)),
+        "{text}"
+    );
     // IPv4 as before.
     assert_eq!(ping_loss(&t.red.ns, "203.0.113.10", 2), 0.0);
 }
