@@ -16,7 +16,6 @@
 use crate::PortId;
 use crate::wire::{ETH_HLEN, EthernetFrame, MacAddr, ethertype};
 use std::cell::OnceCell;
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// What a policy decided.
@@ -515,15 +514,8 @@ impl RateLimit {
     }
 }
 
-/// An IPv6 connection's tuple.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Tuple6 {
-    proto: u8,
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    sport: u16,
-    dport: u16,
-}
+/// An IPv6 connection's tuple: the NAT's flow tuple, over IPv6.
+type Tuple6 = nat::Tuple<Ipv6Addr>;
 
 /// A connection's tuple in either family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -532,17 +524,63 @@ enum FlowKey {
     V6(Tuple6),
 }
 
-/// Connections the ACL let through, for `state` rules: IPv4 ones in the NAT's
-/// connection table (bounded, aged by a timer wheel), IPv6 ones in a bounded
-/// map (when full, a new connection evicts an arbitrary one). Both expire from the worker's once-a-second sweep ([`Policy::expire`]),
-/// and lookups ignore entries past their time, so an idle period never leaves
-/// stale state behind.
+/// Connections the ACL let through, for `state` rules, in the NAT's
+/// connection tables (one per family: bounded, aged by a timer wheel; when
+/// full, the least recently seen connection gives way). Both expire from
+/// the worker's once-a-second sweep ([`Policy::expire`]), and lookups ignore
+/// entries past their time, so an idle period never leaves stale state behind.
 pub struct FlowState {
     table: nat::conntrack::Table,
-    v6: HashMap<Tuple6, u64>,
+    v6: nat::conntrack::Table<Ipv6Addr>,
     max: usize,
-    /// IPv6 connections forgotten early to make room for a new one.
+    /// Connections forgotten early to make room for a new one.
     evicted: u64,
+}
+
+/// Whether table `t` knows the connection `k` (either direction) at `now`.
+fn flow_known<A: nat::family::Family>(
+    t: &nat::conntrack::Table<A>,
+    k: &nat::Tuple<A>,
+    now: u64,
+) -> bool {
+    t.lookup(k, now).is_some()
+}
+
+/// Track `k` in `t` until `exp` (refresh it if known); true if it made room
+/// by evicting another connection.
+fn flow_track<A: nat::family::Family>(
+    t: &mut nat::conntrack::Table<A>,
+    k: &nat::Tuple<A>,
+    now: u64,
+    exp: u64,
+) -> bool {
+    match t.lookup(k, now) {
+        Some((id, _)) => {
+            t.set_expires(id, exp);
+            false
+        }
+        None => matches!(
+            t.insert(nat::conntrack::Entry::new(*k, k.inv(), exp), now),
+            nat::conntrack::Insert::Evicted(..)
+        ),
+    }
+}
+
+/// The connections of `t` live at `now`, as saved.
+fn flow_export<A: nat::family::Family + Into<IpAddr>>(
+    t: &nat::conntrack::Table<A>,
+    now: u64,
+) -> impl Iterator<Item = SavedFlow> + '_ {
+    t.iter()
+        .filter(move |(_, e)| e.expires > now)
+        .map(move |(_, e)| SavedFlow {
+            proto: e.orig.proto,
+            src: e.orig.src.into(),
+            dst: e.orig.dst.into(),
+            sport: e.orig.sport,
+            dport: e.orig.dport,
+            remaining_ms: e.expires - now,
+        })
 }
 
 /// Idle lifetime of a tracked connection (ms).
@@ -553,7 +591,7 @@ impl FlowState {
     pub fn new(max: usize) -> FlowState {
         FlowState {
             table: nat::conntrack::Table::new(max, 0x05ee_dac1),
-            v6: HashMap::new(),
+            v6: nat::conntrack::Table::new(max, 0x05ee_dac6),
             max,
             evicted: 0,
         }
@@ -569,48 +607,24 @@ impl FlowState {
     /// Forget connections idle past their lifetime at `now`.
     pub fn expire(&mut self, now: u64) {
         self.table.expire(now, |_| {});
-        self.v6.retain(|_, exp| *exp > now);
+        self.v6.expire(now, |_| {});
     }
 
     fn known(&self, k: &FlowKey, now: u64) -> bool {
         match k {
-            FlowKey::V4(t) => self.table.lookup(t, now).is_some(),
-            FlowKey::V6(t) => [*t, t.inv()]
-                .iter()
-                .any(|t| self.v6.get(t).is_some_and(|e| *e > now)),
+            FlowKey::V4(t) => flow_known(&self.table, t, now),
+            FlowKey::V6(t) => flow_known(&self.v6, t, now),
         }
     }
 
     /// Track `k` (or refresh it) until `now` plus the idle lifetime.
     fn track(&mut self, k: &FlowKey, now: u64) {
         let exp = now.saturating_add(FLOW_IDLE_MS);
-        match k {
-            FlowKey::V4(t) => match self.table.lookup(t, now) {
-                Some((id, _)) => self.table.set_expires(id, exp),
-                None => {
-                    let _ = self
-                        .table
-                        .insert(nat::conntrack::Entry::new(*t, t.inv(), exp), now);
-                }
-            },
-            FlowKey::V6(t) => {
-                if let Some(e) = self.v6.get_mut(t) {
-                    *e = exp;
-                } else if let Some(e) = self.v6.get_mut(&t.inv()) {
-                    *e = exp;
-                } else {
-                    if self.v6.len() >= self.max {
-                        // Full: give up an arbitrary connection (the hash order is
-                        // keyed at random, so a flooding host mostly evicts its own).
-                        if let Some(old) = self.v6.keys().next().copied() {
-                            self.v6.remove(&old);
-                        }
-                        self.evicted += 1;
-                    }
-                    self.v6.insert(*t, exp);
-                }
-            }
-        }
+        let evicted = match k {
+            FlowKey::V4(t) => flow_track(&mut self.table, t, now, exp),
+            FlowKey::V6(t) => flow_track(&mut self.v6, t, now, exp),
+        };
+        self.evicted += u64::from(evicted);
     }
 }
 
@@ -634,31 +648,9 @@ pub struct SavedFlow {
 impl FlowState {
     /// The connections live at `now`.
     pub fn export(&self, now: u64) -> Vec<SavedFlow> {
-        let v4 = self
-            .table
-            .iter()
-            .filter(|(_, e)| e.expires > now)
-            .map(|(_, e)| SavedFlow {
-                proto: e.orig.proto,
-                src: e.orig.src.into(),
-                dst: e.orig.dst.into(),
-                sport: e.orig.sport,
-                dport: e.orig.dport,
-                remaining_ms: e.expires - now,
-            });
-        let v6 = self
-            .v6
-            .iter()
-            .filter(|(_, exp)| **exp > now)
-            .map(|(t, exp)| SavedFlow {
-                proto: t.proto,
-                src: t.src.into(),
-                dst: t.dst.into(),
-                sport: t.sport,
-                dport: t.dport,
-                remaining_ms: exp - now,
-            });
-        v4.chain(v6).collect()
+        flow_export(&self.table, now)
+            .chain(flow_export(&self.v6, now))
+            .collect()
     }
 
     /// Track `flows` again at `now`, `elapsed_ms` after they were saved
@@ -682,7 +674,7 @@ impl FlowState {
                         n += 1;
                     }
                 }
-                (IpAddr::V6(src), IpAddr::V6(dst)) if self.v6.len() < self.max => {
+                (IpAddr::V6(src), IpAddr::V6(dst)) => {
                     let t = Tuple6 {
                         proto: f.proto,
                         src,
@@ -690,7 +682,8 @@ impl FlowState {
                         sport: f.sport,
                         dport: f.dport,
                     };
-                    if self.v6.insert(t, exp).is_none() {
+                    let e = nat::conntrack::Entry::new(t, t.inv(), exp);
+                    if matches!(self.v6.insert(e, now), nat::conntrack::Insert::Ok(_)) {
                         n += 1;
                     }
                 }
@@ -698,18 +691,6 @@ impl FlowState {
             }
         }
         n
-    }
-}
-
-impl Tuple6 {
-    fn inv(&self) -> Tuple6 {
-        Tuple6 {
-            proto: self.proto,
-            src: self.dst,
-            dst: self.src,
-            sport: self.dport,
-            dport: self.sport,
-        }
     }
 }
 
