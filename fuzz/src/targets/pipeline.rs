@@ -7,8 +7,10 @@
 //! `virtio_net_hdr` fields (`gso_type`, `hdr_len`, `csum_start`,
 //! `csum_offset` near 65535) and frame lengths up to the slot size.
 //!
-//! The switch is the seed topology's (three LAN ports, the gateway
-//! 192.168.15.5/24, an uplink 203.0.113.1/24 with NAT) with a random MTU,
+//! The switch is the seed topology's, dual-stack (three LAN ports, the
+//! gateway 192.168.15.5/24 and fd00:15::5/64, an uplink 203.0.113.1/24 and
+//! 2001:db8:113::1/64 with NAT44 and NAT66; IPv6 frames: NDP, echo, TCP and
+//! UDP, to and through the gateway) with a random MTU,
 //! NAT table bound, filtering, VLAN roles, isolation, mirrors and a scripted
 //! policy. Invariant: nothing panics (overflow checks on), and the worker
 //! still answers `stats` afterwards.
@@ -17,10 +19,12 @@ use super::build::{self, Pool};
 use super::fake::{self, Queue};
 use crate::input::Input;
 use crate::known::{self, avoid};
+use nat::wire::icmpv6::{self, na_flags};
+use nat::wire::ipv6::{emit_header, next_header, solicited_node};
 use nat::{DnatRule, Filtering, Ipv4Net, NatConfig, PortAlloc};
 use netns_setup::Topology;
-use std::net::Ipv4Addr;
-use switch::gateway::UplinkConfig;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use switch::gateway::{Gw6Config, UplinkConfig};
 use switch::pipeline::{Pipeline, PipelineConfig, VlanPorts};
 use switch::policy::{Action, Chain, Frame, FrameMeta, Policy, Reloaded};
 use switch::port::MAX_FRAME;
@@ -141,6 +145,9 @@ fn routed_frame(
 ) -> Vec<u8> {
     let on_uplink = port == uplink;
     let host = [2, 0, 0, 0, 0, port as u8 + 1];
+    if i.below(3) == 0 {
+        return routed_frame6(i, port, uplink, gw_mac, host);
+    }
     let (smac, dmac) = if on_uplink {
         (PEER_MAC, UPLINK_MAC)
     } else {
@@ -199,6 +206,116 @@ fn routed_frame(
         pool,
         9000,
     ));
+    f
+}
+
+/// An IPv6 frame for the gateway's IPv6 path: neighbor discovery for its
+/// addresses, echo, UDP and TCP to it, through it and through NAT66, from
+/// the LAN host of `port` or from the uplink's peer; built with the wire
+/// layer's emitters, then left to the input to cut or overwrite.
+fn routed_frame6(
+    i: &mut Input,
+    port: usize,
+    uplink: usize,
+    gw_mac: [u8; 6],
+    host: [u8; 6],
+) -> Vec<u8> {
+    let a = |s: &str| -> Ipv6Addr { s.parse().expect("literal") };
+    let on_uplink = port == uplink;
+    let (smac, dmac) = if on_uplink {
+        (PEER_MAC, UPLINK_MAC)
+    } else {
+        (host, gw_mac)
+    };
+    let me = if on_uplink {
+        a("2001:db8:113::1")
+    } else {
+        a("fd00:15::5")
+    };
+    let src = if on_uplink {
+        i.pick(&[a("2001:db8:113::10"), a("fe80::10"), a("fd00:15::1")])
+    } else {
+        let lan = Ipv6Addr::new(0xfd00, 0x15, 0, 0, 0, 0, 0, port as u16 + 1);
+        i.pick(&[
+            lan,
+            lan,
+            a("fe80::1"),
+            a("fd00:99::7"),
+            a("2001:db8:113::1"),
+        ])
+    };
+    let dst = i.pick(&[
+        me,
+        a("2001:db8:113::10"),
+        a("2001:db8:113::1"),
+        a("fd00:15::2"),
+        a("2001:db8:999::1"),
+        a("ff02::1"),
+        a("fe80::99"),
+    ]);
+    let mut f = vec![0u8; 1600];
+    let len = match i.below(6) {
+        0 => icmpv6::emit_ns(&mut f[14..], src, solicited_node(me), me, smac),
+        1 => icmpv6::emit_na(
+            &mut f[14..],
+            src,
+            me,
+            src,
+            smac,
+            i.pick(&[0, na_flags::SOLICITED | na_flags::OVERRIDE]),
+        ),
+        2 => icmpv6::emit_ns(
+            &mut f[14..],
+            Ipv6Addr::UNSPECIFIED,
+            solicited_node(me),
+            me,
+            smac,
+        ),
+        k => {
+            let (nh, l4) = match k {
+                3 => (next_header::ICMPV6, vec![128u8, 0, 0, 0, 0x12, 0x34, 0, 1]),
+                4 => (
+                    next_header::UDP,
+                    vec![0x9c, 0x40, 0, 53, 0, 12, 0x12, 0x34, 1, 2, 3, 4],
+                ),
+                _ => {
+                    let mut t = vec![0u8; 20];
+                    t[..4].copy_from_slice(&[0x9c, 0x41, 0, 80]);
+                    t[12] = 0x50;
+                    t[13] = i.pick(&[0x02u8, 0x10, 0x12, 0x11, 0x04]);
+                    (next_header::TCP, t)
+                }
+            };
+            let size = l4.len() + i.pick(&[0usize, 0, 100, 1300, 1452]);
+            emit_header(
+                &mut f[14..],
+                src,
+                dst,
+                nh,
+                i.pick(&[64u8, 64, 1, 255]),
+                size as u16,
+            );
+            f[54..54 + l4.len()].copy_from_slice(&l4);
+            Some(40 + size)
+        }
+    };
+    f.truncate(14 + len.unwrap_or(0));
+    f[..6].copy_from_slice(&i.mostly(dmac, |i| {
+        i.pick(&[[0x33, 0x33, 0, 0, 0, 1], [0x33, 0x33, 0xff, 0, 0, 5]])
+    }));
+    f[6..12].copy_from_slice(&smac);
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    // The input may cut the frame or overwrite a few bytes.
+    for _ in 0..i.below(3) {
+        let at = i.below(f.len().max(1));
+        if let Some(b) = f.get_mut(at) {
+            *b = i.pick(&[0u8, 1, 0xff, 58, 44, 60, 0x80]);
+        }
+    }
+    if i.below(8) == 0 {
+        let cut = i.below(f.len().max(1));
+        f.truncate(cut);
+    }
     f
 }
 
@@ -316,6 +433,32 @@ pub fn run(data: &[u8]) -> Result<(), String> {
     n.alloc = PortAlloc::Sequential;
     n.frag_slots = i.below(4);
     gw.nat = Some(n);
+    let net6 = |a: &str, prefix| nat::Ipv6Net {
+        addr: a.parse().expect("literal"),
+        prefix,
+    };
+    let mut n6 = NatConfig::<Ipv6Addr>::new("2001:db8:113::1".parse().expect("literal"));
+    n6.masquerade = vec![net6("fd00:15::", 64)];
+    n6.dnat = vec![DnatRule {
+        proto: 6,
+        ports: (80, 80),
+        to_addr: "fd00:15::2".parse().expect("literal"),
+        to_port: 80,
+    }];
+    n6.max_entries = 2 + i.below(30);
+    n6.alloc = PortAlloc::Sequential;
+    n6.frag_slots = i.below(4);
+    gw.v6 = Some(Gw6Config {
+        lan: vec![net6("fd00:15::5", 64)],
+        ra: i.bool(),
+        uplink: Some(net6("2001:db8:113::1", 64)),
+        next_hop: i.pick(&[None, Some("2001:db8:113::fe".parse().expect("literal"))]),
+        nat: Some(n6),
+        routes: vec![(
+            net6("fd00:99::", 64),
+            "fd00:15::9".parse().expect("literal"),
+        )],
+    });
     let arp_max = 1 + i.below(16);
     let cfg = PipelineConfig {
         ports,
