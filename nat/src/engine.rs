@@ -625,56 +625,17 @@ fn splitmix(x: &mut u64) -> u64 {
 /// Parse the tuple of the transport header in `l4` (ICMP: queries only), with
 /// the TCP flags (TCP) or the ICMP type (ICMP).
 fn l4_tuple<A: Family>(proto: u8, src: A, dst: A, l4: &[u8]) -> Option<(Tuple<A>, u8)> {
-    match proto {
-        proto::TCP | proto::UDP => {
-            if l4.len() < 4 {
-                return None;
-            }
-            let sport = u16::from_be_bytes([l4[0], l4[1]]);
-            let dport = u16::from_be_bytes([l4[2], l4[3]]);
-            let flags = if proto == proto::TCP { *l4.get(13)? } else { 0 };
-            Some((
-                Tuple {
-                    proto,
-                    src,
-                    dst,
-                    sport,
-                    dport,
-                },
-                flags,
-            ))
-        }
-        p if p == A::ICMP => {
-            if l4.len() < 8 {
-                return None;
-            }
-            let id = u16::from_be_bytes([l4[4], l4[5]]);
-            match l4[0] {
-                t if t == A::ECHO_REQUEST => Some((
-                    Tuple {
-                        proto,
-                        src,
-                        dst,
-                        sport: id,
-                        dport: 0,
-                    },
-                    A::ECHO_REQUEST,
-                )),
-                t if t == A::ECHO_REPLY => Some((
-                    Tuple {
-                        proto,
-                        src,
-                        dst,
-                        sport: 0,
-                        dport: id,
-                    },
-                    A::ECHO_REPLY,
-                )),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
+    let (sport, dport, x) = crate::wire::flow_ports(proto, A::ICMP, l4)?;
+    Some((
+        Tuple {
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+        },
+        x,
+    ))
 }
 
 /// The idle timeout of `e` in its current state, ms (saturating).

@@ -122,7 +122,7 @@ impl Headers {
                         more: ip.more_frags(),
                     });
                 }
-                h.transport(proto, (ip.frag_offset() / 8) as u16, ip.payload());
+                h.transport(proto, 1, (ip.frag_offset() / 8) as u16, ip.payload());
             } else {
                 h.incomplete = true;
             }
@@ -162,11 +162,13 @@ impl Headers {
                 more: f.more,
             });
         }
-        self.transport(u.proto, offset, &p.packet()[u.offset..]);
+        self.transport(u.proto, 58, offset, &p.packet()[u.offset..]);
     }
 
-    /// Ports and flags of the transport header `l4` of protocol `proto` at fragment `offset`.
-    fn transport(&mut self, proto: u8, offset: u16, l4: &[u8]) {
+    /// Ports and flags of the transport header `l4` of protocol `proto` at
+    /// fragment `offset`, in the family whose ICMP is `icmp` (read by the
+    /// wire layer's [`nat::wire::flow_ports`], as the NAT reads them).
+    fn transport(&mut self, proto: u8, icmp: u8, offset: u16, l4: &[u8]) {
         if offset != 0 {
             // RFC 1858: a TCP fragment at offset 1 or 2 overlaps (rewrites) the header.
             self.incomplete |= proto == 6 && offset < 3;
@@ -181,27 +183,12 @@ impl Headers {
             self.incomplete = true;
             return;
         }
-        match proto {
-            6 | 17 => {
-                self.ports = Some((
-                    u16::from_be_bytes([l4[0], l4[1]]),
-                    u16::from_be_bytes([l4[2], l4[3]]),
-                ));
-                if proto == 6 {
-                    self.tcp_flags = Some(l4[13]);
-                }
+        // Echo request/reply (ICMP 8/0, ICMPv6 128/129): the id as a port.
+        if let Some((sp, dp, x)) = nat::wire::flow_ports(proto, icmp, l4) {
+            self.ports = Some((sp, dp));
+            if proto == 6 {
+                self.tcp_flags = Some(x);
             }
-            // Echo request/reply (ICMP 8/0, ICMPv6 128/129): the id as a port.
-            1 | 58 => {
-                let (req, rep) = if proto == 1 { (8, 0) } else { (128, 129) };
-                let id = u16::from_be_bytes([l4[4], l4[5]]);
-                if l4[0] == req {
-                    self.ports = Some((id, 0));
-                } else if l4[0] == rep {
-                    self.ports = Some((0, id));
-                }
-            }
-            _ => {}
         }
     }
 

@@ -194,6 +194,38 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
+/// The ports of a flow as the transport header `l4` of protocol `proto`
+/// gives them, in the family whose ICMP is `icmp` (1, or 58 for ICMPv6):
+/// TCP and UDP source and destination ports (with the TCP flags, 0 for
+/// UDP); an ICMP echo's identifier as the source port of a request and the
+/// destination port of a reply (with the echo's type). `None`: too short
+/// for them, or no ports (other ICMP messages, other protocols). The one
+/// reading of flow ports, for the NAT and the ACL alike.
+pub fn flow_ports(proto: u8, icmp: u8, l4: &[u8]) -> Option<(u16, u16, u8)> {
+    let port = |at: usize| Some(u16::from_be_bytes([*l4.get(at)?, *l4.get(at + 1)?]));
+    match proto {
+        proto::TCP => Some((port(0)?, port(2)?, *l4.get(13)?)),
+        proto::UDP => Some((port(0)?, port(2)?, 0)),
+        p if p == icmp && l4.len() >= 8 => {
+            let (req, rep) = if icmp == proto::ICMP {
+                (icmp_type::ECHO_REQUEST, icmp_type::ECHO_REPLY)
+            } else {
+                (
+                    icmpv6::icmp6_type::ECHO_REQUEST,
+                    icmpv6::icmp6_type::ECHO_REPLY,
+                )
+            };
+            let id = port(4)?;
+            match l4[0] {
+                t if t == req => Some((id, 0, t)),
+                t if t == rep => Some((0, id, t)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Offset of the checksum field within a transport header, if it has one we track.
 pub fn l4_checksum_offset(proto: u8) -> Option<usize> {
     match proto {
