@@ -561,7 +561,6 @@ fn routed6<P: Policy>(
     l4: Option<(u16, u16)>,
     from: Side,
 ) -> Trace {
-    let g = p.gateway.as_ref().expect("routed implies gateway");
     let ext = v6.config().uplink.map(|u| u.addr);
     let masqueraded = |d: Ipv6Addr| {
         v6.nat
@@ -670,46 +669,66 @@ fn routed6<P: Policy>(
                     .lookup(nh, now)
                     .or_else(|| p.nd.lookup(nh, now))
             };
-            let Some(n) = n else {
-                out.push(
-                    "neighbour",
-                    "unresolved",
-                    format!("{nh} unknown: the packet waits while the gateway sends a neighbor solicitation"),
-                );
-                return out.done(Decision::to(
-                    "queue",
-                    Vec::new(),
-                    Some(format!("waits for neighbour discovery of {nh}")),
-                ));
-            };
-            let port = if wan {
-                g.uplink().map(|u| u.port)
-            } else {
-                p.fdb.lookup(&n.mac, now)
-            };
-            match port {
-                Some(q) => {
-                    out.push(
-                        "neighbour",
-                        "resolved",
-                        format!("{nh} is {}; out-port {}", n.mac, ports[q].name),
-                    );
-                    out.done(Decision::to("forward", vec![ports[q].name.clone()], None))
-                }
-                None => {
-                    out.push(
-                        "neighbour",
-                        "flood",
-                        format!("{nh} is {}; not in the fdb: flood on the LAN", n.mac),
-                    );
-                    let to: Vec<String> = ports
-                        .iter()
-                        .filter(|q| q.lan && q.up)
-                        .map(|q| q.name.clone())
-                        .collect();
-                    out.done(flood(to))
-                }
-            }
+            neighbour(out, p, ports, now, nh.into(), n.map(|n| n.mac), wan)
+        }
+    }
+}
+
+/// The neighbour stage of a routed packet: next hop `nh` at `mac` (if
+/// known) on the uplink (`wan`) or the LAN, and the out-port; unknown, the
+/// packet waits while the gateway asks (ARP, or a neighbor solicitation).
+fn neighbour<P: Policy>(
+    mut out: Out,
+    p: &Pipeline<P>,
+    ports: &[Port],
+    now: u64,
+    nh: IpAddr,
+    mac: Option<MacAddr>,
+    wan: bool,
+) -> Trace {
+    let g = p.gateway.as_ref().expect("routed implies gateway");
+    let Some(mac) = mac else {
+        let (how, what) = match nh {
+            IpAddr::V4(_) => ("an ARP request", "ARP resolution"),
+            IpAddr::V6(_) => ("a neighbor solicitation", "neighbour discovery"),
+        };
+        out.push(
+            "neighbour",
+            "unresolved",
+            format!("{nh} unknown: the packet waits while the gateway sends {how}"),
+        );
+        return out.done(Decision::to(
+            "queue",
+            Vec::new(),
+            Some(format!("waits for {what} of {nh}")),
+        ));
+    };
+    let port = if wan {
+        g.uplink().map(|u| u.port)
+    } else {
+        p.fdb.lookup(&mac, now)
+    };
+    match port {
+        Some(q) => {
+            out.push(
+                "neighbour",
+                "resolved",
+                format!("{nh} is {mac}; out-port {}", ports[q].name),
+            );
+            out.done(Decision::to("forward", vec![ports[q].name.clone()], None))
+        }
+        None => {
+            out.push(
+                "neighbour",
+                "flood",
+                format!("{nh} is {mac}; not in the fdb: flood on the LAN"),
+            );
+            let to: Vec<String> = ports
+                .iter()
+                .filter(|q| q.lan && q.up)
+                .map(|q| q.name.clone())
+                .collect();
+            out.done(flood(to))
         }
     }
 }
@@ -794,56 +813,7 @@ fn finish_routed<P: Policy>(
                     .lookup(nh, now)
                     .or_else(|| p.arp.lookup(nh, now))
             };
-            match (n, wan) {
-                (Some(n), true) => {
-                    let up = g
-                        .uplink()
-                        .map_or("?".to_string(), |u| ports[u.port].name.clone());
-                    out.push(
-                        "neighbour",
-                        "resolved",
-                        format!("{nh} is {}; out-port {up}", n.mac),
-                    );
-                    out.done(Decision::to("forward", vec![up], None))
-                }
-                (Some(n), false) => match p.fdb.lookup(&n.mac, now) {
-                    Some(q) => {
-                        out.push(
-                            "neighbour",
-                            "resolved",
-                            format!("{nh} is {}; out-port {}", n.mac, ports[q].name),
-                        );
-                        out.done(Decision::to("forward", vec![ports[q].name.clone()], None))
-                    }
-                    None => {
-                        out.push(
-                            "neighbour",
-                            "flood",
-                            format!("{nh} is {}; not in the fdb: flood on the LAN", n.mac),
-                        );
-                        let to: Vec<String> = ports
-                            .iter()
-                            .filter(|q| q.lan && q.up)
-                            .map(|q| q.name.clone())
-                            .collect();
-                        out.done(flood(to))
-                    }
-                },
-                (None, _) => {
-                    out.push(
-                        "neighbour",
-                        "unresolved",
-                        format!(
-                            "{nh} unknown: the packet waits while the gateway sends an ARP request"
-                        ),
-                    );
-                    out.done(Decision::to(
-                        "queue",
-                        Vec::new(),
-                        Some(format!("waits for ARP resolution of {nh}")),
-                    ))
-                }
-            }
+            neighbour(out, p, ports, now, nh.into(), n.map(|n| n.mac), wan)
         }
         Egress::Local => {
             out.push("route", "local", "for the gateway itself");

@@ -392,7 +392,7 @@ impl Gateway {
                     }
                     return None;
                 }
-                let (ll, mac) = (v6.ll, self.cfg.mac);
+                let mac = self.cfg.mac;
                 if nd.src.is_unspecified() {
                     // Someone's DAD probe for our address: defend it.
                     let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
@@ -421,7 +421,6 @@ impl Gateway {
                 {
                     self.release(now, nd.src.into(), false, out, fdb);
                 }
-                let _ = ll;
                 let flags = na_flags::ROUTER | na_flags::SOLICITED | na_flags::OVERRIDE;
                 let ok = push6(out, Target::Port(in_port), peer_mac, mac, |b| {
                     icmpv6::emit_na(b, target, nd.src, target, mac.0, flags)
