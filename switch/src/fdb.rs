@@ -4,7 +4,7 @@
 //! any monotonic clock), so ageing is deterministic in tests. An entry older
 //! than the ageing time is treated as absent by [`Fdb::lookup`] and removed by
 //! [`Fdb::sweep`]. When the table or the port is full, new sources are not
-//! learned ([`Learn::Refused`]); the caller still floods their frames.
+//! learned ([`Learn::RefusedTableFull`], [`Learn::RefusedPortFull`]); the caller still floods their frames.
 //! Static entries ([`Fdb::add_static`], `vswitch fdb add`) never age, are
 //! never moved by learning ([`Learn::Static`]) and are removed only by
 //! [`Fdb::remove`]; they count towards the bounds of the table.

@@ -26,6 +26,7 @@ pub mod stats;
 pub mod steer;
 pub mod sys;
 pub mod trace;
+pub mod verdict;
 pub mod wire;
 pub mod worker;
 

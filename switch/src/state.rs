@@ -5,7 +5,7 @@
 //!   the gateway's neighbour caches (LAN and uplink), the NAT's state
 //!   ([`nat::snapshot`]) and the connections the ACL tracks for `state`
 //!   rules, taken by the worker between batches
-//!   ([`crate::worker::Worker::capture_state`]). Ages and timeouts are
+//!   ([`capture`]). Ages and timeouts are
 //!   relative to the capture; the wall-clock time of the capture is stored,
 //!   so a restore shifts every timer by the time that passed.
 //! - Entries refer to ports by name (an index into [`SwitchState::ports`]),

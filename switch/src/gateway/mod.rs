@@ -54,9 +54,9 @@
 use crate::PortId;
 use crate::arp::{ArpTable, Heard, Learned, default_per_port, is_host_of};
 use crate::fdb::Fdb;
-use crate::pipeline::{Gen, Target, Verdict};
 use crate::port::BATCH;
 use crate::stats::DropReason;
+use crate::verdict::{Gen, Target, Verdict};
 use crate::wire::{
     ArpPacket, ETH_HLEN, EthernetFrame, MacAddr, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr, arp_op,
     ethertype,
