@@ -548,25 +548,10 @@ fn print_fdb(v: &Value) {
 }
 
 fn print_arp(v: &Value) {
-    let mut rows = vec![["IP", "MAC", "PORT", "AGE"].map(String::from).to_vec()];
-    for e in v["entries"].as_array().into_iter().flatten() {
-        rows.push(vec![
-            s(&e["ip"]),
-            s(&e["mac"]),
-            s(&e["port"]),
-            secs(&e["age_ms"]),
-        ]);
-    }
-    print!("{}", render_table(&rows));
-    let c = &v["counters"];
-    println!(
-        "learned {} suppressed {} gratuitous {} refused(table-full) {}",
-        c["learned"], c["suppressed"], c["gratuitous"], c["refused_table_full"]
-    );
-    let nd = v["neighbours6"].as_array().map_or(&[][..], Vec::as_slice);
-    if !nd.is_empty() {
-        let mut rows = vec![["IPV6", "MAC", "PORT", "AGE"].map(String::from).to_vec()];
-        for e in nd {
+    // IPv4 (ARP), then IPv6 (NDP) if any, each with its counters.
+    let table = |title: &str, entries: &[Value]| {
+        let mut rows = vec![[title, "MAC", "PORT", "AGE"].map(String::from).to_vec()];
+        for e in entries {
             rows.push(vec![
                 s(&e["ip"]),
                 s(&e["mac"]),
@@ -575,6 +560,16 @@ fn print_arp(v: &Value) {
             ]);
         }
         print!("{}", render_table(&rows));
+    };
+    table("IP", v["entries"].as_array().map_or(&[][..], Vec::as_slice));
+    let c = &v["counters"];
+    println!(
+        "learned {} suppressed {} gratuitous {} refused(table-full) {}",
+        c["learned"], c["suppressed"], c["gratuitous"], c["refused_table_full"]
+    );
+    let nd = v["neighbours6"].as_array().map_or(&[][..], Vec::as_slice);
+    if !nd.is_empty() {
+        table("IPV6", nd);
         let c = &v["nd_counters"];
         println!(
             "learned {} suppressed {} refused(table-full) {}",

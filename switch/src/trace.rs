@@ -463,7 +463,7 @@ pub fn trace<P: Policy>(
         );
         let ipb = &frame[14..];
         if dst4 == Some(g.ip()) {
-            return Ok(local(out, h.ipv4.map_or(0, |x| x.2), g.ip()));
+            return Ok(local(out, h.ipv4.map_or(0, |x| x.2), g.ip().into()));
         }
         let x = g
             .nat
@@ -522,13 +522,17 @@ pub fn trace<P: Policy>(
 }
 
 /// The gateway's answer to a packet for itself (protocol `proto`).
-fn local(mut out: Out, proto: u8, me: Ipv4Addr) -> Trace {
-    let (detail, reason) = match proto {
-        1 => ("echo requests are answered", "echo reply"),
-        6 => ("nothing listens: TCP is answered with a reset", "TCP reset"),
-        17 => (
+fn local(mut out: Out, proto: u8, me: IpAddr) -> Trace {
+    let (detail, reason) = match (me, proto) {
+        (IpAddr::V4(_), 1) | (IpAddr::V6(_), 58) => ("echo requests are answered", "echo reply"),
+        (IpAddr::V4(_), 6) => ("nothing listens: TCP is answered with a reset", "TCP reset"),
+        (IpAddr::V4(_), 17) => (
             "nothing listens: UDP is answered with ICMP port unreachable",
             "ICMP port unreachable",
+        ),
+        (IpAddr::V6(_), 6 | 17) => (
+            "nothing listens: answered with ICMPv6 port unreachable",
+            "ICMPv6 port unreachable",
         ),
         _ => ("other protocols are dropped (gw-local)", ""),
     };
@@ -620,27 +624,7 @@ fn routed6<P: Policy>(
     match v6.route(dst) {
         Egress6::Local => {
             out.push("route", "local", "for the gateway itself");
-            let (detail, reason) = match proto {
-                58 => ("echo requests are answered", "echo reply"),
-                6 | 17 => (
-                    "nothing listens: answered with ICMPv6 port unreachable",
-                    "ICMPv6 port unreachable",
-                ),
-                _ => ("other protocols are dropped (gw-local)", ""),
-            };
-            out.push(
-                "gateway",
-                "local",
-                format!("for the gateway itself ({dst}): {detail}"),
-            );
-            if reason.is_empty() {
-                return out.done(Decision::drop("gw-local"));
-            }
-            out.done(Decision::to(
-                "answer",
-                Vec::new(),
-                Some(format!("{reason} from the gateway")),
-            ))
+            local(out, proto, dst.into())
         }
         Egress6::None => {
             out.push(
@@ -818,7 +802,7 @@ fn finish_routed<P: Policy>(
         Egress::Local => {
             out.push("route", "local", "for the gateway itself");
             let proto = ipb[9];
-            local(out, proto, dst)
+            local(out, proto, dst.into())
         }
         Egress::None => {
             out.push(
