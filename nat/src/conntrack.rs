@@ -448,6 +448,7 @@ enum Fifo {
 /// (`host_max`) gives up its oldest unassured entry, else gets
 /// [`Insert::HostFull`]; a full table gives up its oldest unassured entry
 /// (which, under a flood, belongs to the flooding host), else [`Insert::Full`].
+#[derive(Clone)]
 pub struct Table<A: Family = Ipv4Addr> {
     slots: Vec<Entry<A>>,
     free: u32,

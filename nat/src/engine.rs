@@ -71,7 +71,7 @@ use crate::conntrack::{
 use crate::family::{Family, Hdr, Net};
 pub use crate::family::{Ipv4Net, Ipv6Net};
 use crate::snapshot::{ImportReport, NatSnapshot, SavedEntry, SavedHost, SnapshotError};
-use crate::wire::{Ipv4Packet, icmp_is_error, proto};
+use crate::wire::proto;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
@@ -369,6 +369,7 @@ struct FragXlate<A> {
     expires: u64,
 }
 
+#[derive(Clone)]
 struct FragSlot<A> {
     key: Option<FragKey<A>>,
     since: u64,
@@ -383,6 +384,7 @@ const FRAG_MAX: usize = 9216;
 const FRAG_WAIT_MS: u64 = 5_000;
 const FRAG_MEMORY_MS: u64 = 30_000;
 
+#[derive(Clone)]
 struct MapEntry<A> {
     ext_port: u16,
     refs: u32,
@@ -434,7 +436,7 @@ impl<A: Copy + Into<std::net::IpAddr>> EntryView<A> {
     }
 }
 
-/// What a step of [`Nat::explain`] does to the packet.
+/// What a step the NAT notes down (see [`Nat::record_notes`]) does to the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// Rewrites it.
@@ -445,33 +447,14 @@ pub enum Step {
     Drop,
 }
 
-/// What [`Nat::process`] would do with a packet, as [`Nat::explain`] finds
-/// it without changing any state: the steps for people, the outcome for
-/// programs (`vswitch trace` routes `dst` as the gateway would).
-#[derive(Debug, Clone)]
-pub struct Explanation<A = Ipv4Addr> {
-    /// Each step and its description.
-    pub steps: Vec<(Step, String)>,
-    /// The destination after translation (the original one if untranslated).
-    pub dst: A,
-    /// The drop, when the NAT drops the packet whatever its route.
-    pub drop: Option<NatDrop>,
-    /// The gateway answers the packet itself (an ICMP query to the external address).
-    pub answered: bool,
+/// `a:p`, or `[a]:p` for IPv6.
+fn show_ep<A: Family>(a: A, p: u16) -> String {
+    std::net::SocketAddr::new(a.into(), p).to_string()
 }
 
-impl<A> Explanation<A> {
-    fn one(step: Step, line: impl Into<String>, dst: A, drop: Option<NatDrop>) -> Self {
-        Explanation {
-            steps: vec![(step, line.into())],
-            dst,
-            drop,
-            answered: false,
-        }
-    }
-    fn push(&mut self, step: Step, line: impl Into<String>) {
-        self.steps.push((step, line.into()));
-    }
+/// A tuple as `src:sport -> dst:dport`.
+fn show<A: Family>(t: &Tuple<A>) -> String {
+    format!("{} -> {}", show_ep(t.src, t.sport), show_ep(t.dst, t.dport))
 }
 
 /// The view of entry `e` at `now`.
@@ -539,6 +522,7 @@ fn pidx(p: u8) -> usize {
 }
 
 /// One bit per external port and protocol: set = mapped or reserved (DNAT).
+#[derive(Clone)]
 struct PortMap {
     bits: [Box<[u64]>; 3],
 }
@@ -582,6 +566,7 @@ impl PortMap {
 }
 
 /// The NAT engine.
+#[derive(Clone)]
 pub struct Nat<A: Family = Ipv4Addr> {
     cfg: NatConfig<A>,
     table: Table<A>,
@@ -599,6 +584,9 @@ pub struct Nat<A: Family = Ipv4Addr> {
     seq: [u16; 3],
     /// Counters.
     pub counters: NatCounters,
+    /// What [`Nat::process`] decided and why, in words, when recording
+    /// (`vswitch trace` runs the engine on a copy with this on).
+    notes: Option<Vec<(Step, String)>>,
 }
 
 struct Parsed<A> {
@@ -783,7 +771,27 @@ impl<A: Family> Nat<A> {
             rng,
             seq: [0; 3],
             counters: NatCounters::default(),
+            notes: None,
             cfg,
+        }
+    }
+
+    /// Note down, from now on, each decision [`Nat::process`] takes and why
+    /// (for a dry run on a copy: `vswitch trace`). Off by default: a live
+    /// engine pays one untaken branch per decision.
+    pub fn record_notes(&mut self) {
+        self.notes = Some(Vec::new());
+    }
+
+    /// The notes recorded since the last call (see [`Nat::record_notes`]).
+    pub fn take_notes(&mut self) -> Vec<(Step, String)> {
+        self.notes.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    #[inline]
+    fn note(&mut self, step: Step, line: impl FnOnce() -> String) {
+        if let Some(n) = &mut self.notes {
+            n.push((step, line()));
         }
     }
 
@@ -923,6 +931,7 @@ impl<A: Family> Nat<A> {
 
     fn drop(&mut self, r: NatDrop) -> Verdict {
         self.counters.drops[r as usize] += 1;
+        self.note(Step::Drop, || format!("drop ({})", r.name()));
         Verdict::Drop(r)
     }
 
@@ -1138,10 +1147,20 @@ impl<A: Family> Nat<A> {
             Dir::Reply => e.orig.inv(),
         };
         let ttl = timeout_ms(&self.cfg.timeouts, e);
+        let (e_proto, e_state) = (e.orig.proto, e.tcp);
         self.table.set_assured(id, assured);
         self.table.set_expires(id, now.saturating_add(ttl));
         rewrite(buf, &pk.t, &target, partial, Some(pk.l4));
         self.counters.translated += 1;
+        let state = (e_proto == proto::TCP).then_some(e_state);
+        self.note(Step::Translate, || {
+            format!(
+                "existing connection ({dir:?} direction{}): {} => {}",
+                state.map(|s| format!(", {}", s.name())).unwrap_or_default(),
+                show(&pk.t),
+                show(&target)
+            )
+        });
         Verdict::Translated
     }
 
@@ -1570,6 +1589,29 @@ impl<A: Family> Nat<A> {
         self.counters.created += 1;
         self.counters.translated += 1;
         rewrite(buf, &t, &target, partial, Some(pk.l4));
+        let filtering = self.cfg.filtering;
+        self.note(Step::Translate, || {
+            let how = match (from, in_map, out_map) {
+                (Side::Wan, Some((k, ext)), _) => format!(
+                    "the mapping of {} (external port {ext}) admits {} ({} filtering)",
+                    show_ep(k.ip, k.port),
+                    t.src,
+                    filtering.name()
+                ),
+                (Side::Wan, None, _) => "DNAT rule".into(),
+                (_, Some((k, ext)), _) => format!(
+                    "hairpin through the mapping of {} (external port {ext})",
+                    show_ep(k.ip, k.port)
+                ),
+                (_, None, Some(_)) if via_map => {
+                    "hairpin through an echo mapping, MASQUERADE".into()
+                }
+                (_, None, Some(_)) if target.dst != t.dst => "DNAT rule, hairpinned".into(),
+                (_, None, Some(_)) => "MASQUERADE".into(),
+                (_, None, None) => "DNAT rule".into(),
+            };
+            format!("new connection, {how}: {} => {}", show(&t), show(&target))
+        });
         Verdict::Translated
     }
 
@@ -1779,6 +1821,12 @@ impl<A: Family> Nat<A> {
                 A::set_dst(buf, x.dst);
             }
             self.counters.translated += 1;
+            self.note(Step::Translate, || {
+                format!(
+                    "a later fragment: rewritten as its first fragment was, {} -> {} => {} -> {}",
+                    k.src, k.dst, x.src, x.dst
+                )
+            });
             return Verdict::Translated;
         }
         if buf.len() > FRAG_MAX {
@@ -1793,6 +1841,9 @@ impl<A: Family> Nat<A> {
         slot.data.clear();
         slot.data.extend_from_slice(buf);
         self.counters.fragments_held += 1;
+        self.note(Step::Pass, || {
+            "a later fragment before its first: held until the first fragment comes".into()
+        });
         Verdict::Stolen
     }
 
@@ -2116,272 +2167,5 @@ impl Nat {
         self.ports.set(key.proto, ext, true);
         self.table.host_rec_mut(h).mappings[pidx(key.proto)] += 1;
         true
-    }
-}
-
-impl Nat {
-    /// Describe, without changing any state, what [`Nat::process`] would do
-    /// with `buf` arriving from `from` (for `vswitch trace`).
-    pub fn explain(
-        &self,
-        now: u64,
-        from: Side,
-        buf: &[u8],
-        route: &dyn Fn(Ipv4Addr) -> Side,
-    ) -> Explanation {
-        let Ok(ip) = Ipv4Packet::new_checked(buf) else {
-            return Explanation::one(
-                Step::Drop,
-                "malformed IPv4 packet: drop (nat-malformed)",
-                Ipv4Addr::UNSPECIFIED,
-                Some(NatDrop::Malformed),
-            );
-        };
-        let dst = ip.dst();
-        if ip.frag_offset() != 0 {
-            return Explanation::one(
-                Step::Pass,
-                "a later fragment: follows the translation of its first fragment",
-                dst,
-                None,
-            );
-        }
-        if ip.protocol() == proto::ICMP && ip.payload().first().is_some_and(|t| icmp_is_error(*t)) {
-            return Explanation::one(
-                Step::Pass,
-                "ICMP error: translated by the connection of its embedded packet, state untouched",
-                dst,
-                None,
-            );
-        }
-        let Some((t, flags)) = l4_tuple(ip.protocol(), ip.src(), ip.dst(), ip.payload()) else {
-            return Explanation::one(
-                Step::Pass,
-                "no ports to translate: passes untranslated inside the LAN, dropped towards the WAN if masqueraded",
-                dst,
-                None,
-            );
-        };
-        let show = |t: &Tuple| format!("{}:{} -> {}:{}", t.src, t.sport, t.dst, t.dport);
-        if let Some((id, dir)) = self.table.lookup(&t, now) {
-            let e = self.table.get(id);
-            let target = match dir {
-                Dir::Original => e.reply.inv(),
-                Dir::Reply => e.orig.inv(),
-            };
-            let line = format!(
-                "existing connection ({:?} direction{}), rewrite {} => {}",
-                dir,
-                if e.orig.proto == proto::TCP {
-                    format!(", {}", e.tcp.name())
-                } else {
-                    String::new()
-                },
-                show(&t),
-                show(&target)
-            );
-            return Explanation::one(Step::Translate, line, target.dst, None);
-        }
-        let mut out = Explanation {
-            steps: Vec::new(),
-            dst,
-            drop: None,
-            answered: false,
-        };
-        let mut target = t;
-        match from {
-            Side::Wan => {
-                if t.dst != self.cfg.external {
-                    return Explanation::one(
-                        Step::Pass,
-                        "not for the external address: not translated",
-                        dst,
-                        None,
-                    );
-                }
-                if let Some((a, p)) = self.dnat_match(&t) {
-                    target.dst = a;
-                    target.dport = p;
-                    out.push(
-                        Step::Translate,
-                        format!("DNAT rule: {} => {}", show(&t), show(&target)),
-                    );
-                    out.dst = a;
-                } else if t.proto == proto::ICMP {
-                    out.push(
-                        Step::Pass,
-                        "ICMP query to the external address: answered by the gateway",
-                    );
-                    out.answered = true;
-                } else if t.proto == proto::TCP && TcpEvent::of(flags) != TcpEvent::Syn {
-                    out.push(
-                        Step::Drop,
-                        "not a SYN and no connection: drop (nat-invalid-tcp)",
-                    );
-                    out.drop = Some(NatDrop::InvalidTcp);
-                } else {
-                    match self.by_ext.get(&(t.proto, t.dport)) {
-                        None => {
-                            out.push(
-                                Step::Drop,
-                                "no mapping for this port: drop (nat-no-mapping)",
-                            );
-                            out.drop = Some(NatDrop::NoMapping);
-                        }
-                        Some(k) => {
-                            let ok = match self.cfg.filtering {
-                                Filtering::EndpointIndependent => true,
-                                Filtering::AddressDependent => {
-                                    self.adf.contains_key(&(t.proto, t.dport, t.src))
-                                }
-                                Filtering::AddressAndPortDependent => false,
-                            };
-                            if ok {
-                                target.dst = k.ip;
-                                target.dport = k.port;
-                                out.push(
-                                    Step::Translate,
-                                    format!(
-                                        "mapping of {}:{} admits {} ({} filtering) => {}",
-                                        k.ip,
-                                        k.port,
-                                        t.src,
-                                        self.cfg.filtering.name(),
-                                        show(&target)
-                                    ),
-                                );
-                                out.dst = k.ip;
-                            } else {
-                                out.push(
-                                    Step::Drop,
-                                    format!(
-                                        "mapping exists but {} filtering refuses {}: drop (nat-filtered)",
-                                        self.cfg.filtering.name(),
-                                        t.src
-                                    ),
-                                );
-                                out.drop = Some(NatDrop::Filtered);
-                            }
-                        }
-                    }
-                }
-            }
-            _ => {
-                if t.proto == proto::TCP && tcp_open(TcpEvent::of(flags)).is_none() {
-                    return Explanation::one(
-                        Step::Pass,
-                        "no connection and this segment cannot open one (only a SYN, or an ACK picked up mid-stream): drop (nat-invalid-tcp) if meant for the NAT",
-                        dst,
-                        None,
-                    );
-                }
-                if t.proto == proto::ICMP && flags == crate::wire::icmp_type::ECHO_REPLY {
-                    return Explanation::one(
-                        Step::Pass,
-                        "an echo reply without a request: drop (nat-invalid-icmp) if meant for the WAN",
-                        dst,
-                        None,
-                    );
-                }
-                let dnat = self.dnat_match(&t);
-                let mut via_map = false;
-                if let Some((a, p)) = dnat {
-                    target.dst = a;
-                    target.dport = p;
-                    out.push(
-                        Step::Translate,
-                        format!(
-                            "DNAT rule: destination {}:{} => {}:{}",
-                            t.dst, t.dport, a, p
-                        ),
-                    );
-                    out.dst = a;
-                } else if t.dst == self.cfg.external && from == Side::Lan {
-                    let ext = if t.proto == proto::ICMP {
-                        t.sport
-                    } else {
-                        t.dport
-                    };
-                    if let Some(k) = self.by_ext.get(&(t.proto, ext)) {
-                        via_map = true;
-                        target.dst = k.ip;
-                        target.dport = if t.proto == proto::ICMP { 0 } else { k.port };
-                        out.dst = k.ip;
-                        let own = k.ip == t.src && k.port == t.sport;
-                        if own && t.proto == proto::ICMP {
-                            let mut x = Explanation::one(
-                                Step::Pass,
-                                "echo request to the external address with its own mapping's id: answered by the gateway",
-                                dst,
-                                None,
-                            );
-                            x.answered = true;
-                            return x;
-                        }
-                        let refused =
-                            !own && self.cfg.filtering == Filtering::AddressAndPortDependent;
-                        let step = if refused { Step::Drop } else { Step::Translate };
-                        out.push(step, format!(
-                            "hairpin through the mapping of {}:{} (external port {ext}){}",
-                            k.ip,
-                            k.port,
-                            if own {
-                                ": its own, reflected without state"
-                            } else if refused {
-                                ": refused by address-and-port-dependent filtering: drop (nat-filtered)"
-                            } else {
-                                ""
-                            }
-                        ));
-                        if refused {
-                            out.drop = Some(NatDrop::Filtered);
-                            return out;
-                        }
-                    }
-                }
-                let egress = route(target.dst);
-                if egress == Side::Local {
-                    return Explanation::one(
-                        Step::Pass,
-                        "for the gateway itself: not translated",
-                        dst,
-                        None,
-                    );
-                }
-                let hairpin = (dnat.is_some() || via_map) && egress == Side::Lan;
-                let snat = (egress == Side::Wan && self.masqueraded(t.src)) || hairpin;
-                if snat {
-                    let key = MapKey {
-                        proto: t.proto,
-                        ip: t.src,
-                        port: t.sport,
-                    };
-                    let how = match self.maps.get(&key) {
-                        Some(m) => format!("existing mapping, external port {}", m.ext_port),
-                        None if !self.reserved(t.proto, t.sport) => {
-                            format!("new mapping, port {} preserved", t.sport)
-                        }
-                        None => "new mapping, a free external port of the same class".into(),
-                    };
-                    out.push(
-                        Step::Translate,
-                        format!(
-                            "{} source {}:{} => {} ({how})",
-                            if hairpin {
-                                "hairpin SNAT"
-                            } else {
-                                "MASQUERADE"
-                            },
-                            t.src,
-                            t.sport,
-                            self.cfg.external
-                        ),
-                    );
-                } else if dnat.is_none() {
-                    out.push(Step::Pass, "no rule applies: not translated");
-                }
-            }
-        }
-        out
     }
 }

@@ -49,7 +49,9 @@ pub struct Hdr<A> {
 }
 
 /// An IP address family.
-pub trait Family: Copy + Eq + Ord + Hash + Debug + Display + Send + Sync + 'static {
+pub trait Family:
+    Copy + Eq + Ord + Hash + Debug + Display + Into<std::net::IpAddr> + Send + Sync + 'static
+{
     /// The unspecified address (the NAT's pseudo-host for connections opened from outside).
     const UNSPECIFIED: Self;
     /// The family's ICMP protocol number (1, or 58 for ICMPv6).

@@ -26,7 +26,7 @@ pub mod wire;
 
 pub use conntrack::{Dir, TcpState, Tuple};
 pub use engine::{
-    DEFAULT_NEW_FLOWS_PER_HOST, DEFAULT_PORTS_PER_HOST, DnatRule, EntryView, Explanation,
-    Filtering, HostView, Ipv4Net, Ipv6Net, MAX_TIMEOUT_SECS, Nat, NatConfig, NatCounters, NatDrop,
-    OUTSIDE, PortAlloc, Side, Step, Timeouts, Verdict,
+    DEFAULT_NEW_FLOWS_PER_HOST, DEFAULT_PORTS_PER_HOST, DnatRule, EntryView, Filtering, HostView,
+    Ipv4Net, Ipv6Net, MAX_TIMEOUT_SECS, Nat, NatConfig, NatCounters, NatDrop, OUTSIDE, PortAlloc,
+    Side, Step, Timeouts, Verdict,
 };

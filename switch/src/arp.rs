@@ -182,6 +182,7 @@ enum Chain {
 }
 
 /// The IP→MAC table of one address family.
+#[derive(Clone)]
 pub struct NeighTable<A: NeighAddr> {
     map: HashMap<A, u32, foldhash::fast::RandomState>,
     slots: Vec<Slot<A>>,

@@ -67,6 +67,7 @@ pub struct FdbCounters {
 pub type Learned = (u16, MacAddr, PortId);
 
 /// The MAC table.
+#[derive(Clone)]
 pub struct Fdb {
     /// With several workers: bindings this table learned or moved, and
     /// refreshes at most once per quarter of the ageing time per entry, for
@@ -86,6 +87,12 @@ pub struct Fdb {
 }
 
 impl Fdb {
+    /// The entry of `mac` in `vlan` (0: the default VLAN), aged or not.
+    pub fn entry(&self, vlan: u16, mac: &MacAddr) -> Option<FdbEntry> {
+        let v = if vlan == 0 { self.default_vlan } else { vlan };
+        self.map.get(&(v, *mac)).copied()
+    }
+
     /// A table for `ports` ports with the given bounds and ageing time.
     pub fn new(ports: usize, max: usize, max_per_port: usize, ageing_ms: u64) -> Fdb {
         Fdb {

@@ -315,6 +315,9 @@ enum Cmd {
         /// for non-IP frames (IP frames take it from the addresses).
         #[arg(long, value_parser = parse_ethertype)]
         ethertype: Option<u16>,
+        /// IPv4 TTL or IPv6 hop limit (default 64).
+        #[arg(long)]
+        ttl: Option<u8>,
         #[command(flatten)]
         target: Target,
     },
@@ -1351,11 +1354,13 @@ fn main() -> ExitCode {
             sport,
             dport,
             ethertype,
+            ttl,
             target,
         } => {
             let req = serde_json::json!({
                 "cmd": "trace", "in_port": in_port, "src_mac": src_mac, "dst_mac": dst_mac, "vlan": vlan,
                 "src": src, "dst": dst, "proto": proto, "sport": sport, "dport": dport, "ethertype": ethertype,
+                "ttl": ttl,
             });
             // The switch refusing the described frame is a usage error (2);
             // no answer at all is a runtime failure (1).

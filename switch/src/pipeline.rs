@@ -86,6 +86,48 @@ pub struct Pipeline<P: Policy = NoPolicy> {
     returning: Vec<std::net::Ipv4Addr>,
 }
 
+/// The policy of a dry run ([`Pipeline::dry_run`]): answers every frame
+/// with the action the live policy's [`Policy::explain`] gave, and notes
+/// whether the pipeline asked at all (frames from the uplink skip policies).
+#[derive(Debug, Clone, Copy)]
+pub struct Fixed {
+    action: Action,
+    asked: bool,
+}
+
+impl Policy for Fixed {
+    fn classify(&mut self, _: &FrameMeta, _: &Frame) -> Action {
+        self.asked = true;
+        self.action
+    }
+}
+
+/// What the switch would do with one frame ([`Pipeline::dry_run`]).
+#[derive(Debug, Clone)]
+pub struct DryRun {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Whether the pipeline consulted the policy.
+    pub policy_asked: bool,
+    /// What MAC learning did with the source: `learn`, `move`, `refresh`,
+    /// or `refused: …` (none: nothing, e.g. a policy drop).
+    pub learned: Option<&'static str>,
+    /// The frame as it would leave (rewritten by the router and the NAT, or
+    /// into a reply).
+    pub frame: Vec<u8>,
+    /// Frames the gateway would send besides (errors, answers, ARP requests
+    /// and neighbor solicitations), with where they would go.
+    pub generated: Vec<(Target, Vec<u8>)>,
+    /// The port the policy asked for a copy on.
+    pub mirror: Option<PortId>,
+    /// The NAT's decisions, in words ([`nat::Nat::record_notes`]).
+    pub nat_notes: Vec<(nat::Step, String)>,
+    /// The gateway's counters that moved, and by how much.
+    pub gateway_moved: Vec<(String, u64)>,
+    /// The NAT's reason, when it dropped the packet.
+    pub nat_drop: Option<nat::NatDrop>,
+}
+
 /// Bound of the hosts remembered by [`Pipeline::forget_port`].
 const RETURNING_MAX: usize = 1024;
 
@@ -260,6 +302,99 @@ impl<P: Policy> Pipeline<P> {
             }
             Some(p) => Verdict::Unicast(p),
             None => Verdict::Flood,
+        }
+    }
+
+    /// What [`Pipeline::decide`] would do with `frame` on `in_port` at
+    /// `now` if the policy answered `action` (its [`Policy::explain`]): the
+    /// same code run on a copy of the tables, with the NAT noting down its
+    /// decisions, then dropped. Nothing here changes, nothing is sent. The
+    /// copy costs time in proportion to the tables (bounded; a few
+    /// milliseconds when they are full), so it serves `vswitch trace`, not
+    /// the datapath.
+    pub fn dry_run(&self, in_port: PortId, frame: &[u8], now: u64, action: Action) -> DryRun {
+        let mut s = Pipeline {
+            fdb: self.fdb.clone(),
+            arp: self.arp.clone(),
+            nd: self.nd.clone(),
+            arp_suppress: self.arp_suppress,
+            gateway: self.gateway.clone(),
+            policy: Fixed {
+                action,
+                asked: false,
+            },
+            isolated: self.isolated.clone(),
+            mirror: None,
+            vlans: self.vlans.clone(),
+            frame_vlan: (0, false),
+            retag: None,
+            returning: self.returning.clone(),
+        };
+        if let Some(g) = &mut s.gateway {
+            g.record_notes();
+        }
+        let counters = |s: &Pipeline<Fixed>| {
+            s.gateway
+                .as_ref()
+                .and_then(|g| serde_json::to_value(&g.counters).ok())
+        };
+        let before = counters(&s);
+        let nat_before = s.gateway.as_ref().map(|g| g.nat_drops());
+        let mut vnet = [0u8; crate::wire::VNET_HDR_LEN];
+        let mut buf = frame.to_vec();
+        let mut made = Gen::new();
+        let verdict = s.decide(in_port, &mut vnet, &mut buf, now, &mut made);
+        s.finish_batch(now, &mut made);
+        let mut moved = Vec::new();
+        if let (Some(serde_json::Value::Object(a)), Some(serde_json::Value::Object(b))) =
+            (before, counters(&s))
+        {
+            for (k, v) in b {
+                let d = v.as_u64().unwrap_or(0) - a.get(&k).and_then(|x| x.as_u64()).unwrap_or(0);
+                if d > 0 {
+                    moved.push((k, d));
+                }
+            }
+        }
+        let nat_drop = nat_before
+            .zip(s.gateway.as_ref().map(|g| g.nat_drops()))
+            .and_then(|(a, b)| (0..a.len()).find(|&i| b[i] > a[i]))
+            .map(|i| nat::NatDrop::ALL[i]);
+        // What learning did: compare the source's entry and the table's counters.
+        let src = EthernetFrame::new_checked(frame).map(|e| e.src()).ok();
+        let entry = |p: &Fdb| src.and_then(|m| p.entry(s.frame_vlan.0, &m));
+        let (c0, c1) = (self.fdb.counters, s.fdb.counters);
+        let learned = if c1.learned > c0.learned {
+            Some("learn")
+        } else if c1.moves > c0.moves {
+            Some("move")
+        } else if c1.refused_table_full > c0.refused_table_full {
+            Some("refused: the table is full")
+        } else if c1.refused_port_full > c0.refused_port_full {
+            Some("refused: the port is at its bound")
+        } else if c1.static_moves_refused > c0.static_moves_refused {
+            Some("refused: a static entry holds it on another port")
+        } else if entry(&s.fdb) != entry(&self.fdb) {
+            Some("refresh")
+        } else {
+            None
+        };
+        DryRun {
+            verdict,
+            policy_asked: s.policy.asked,
+            learned,
+            frame: buf,
+            generated: (0..made.len())
+                .map(|i| (made.target(i), made.batch().frame(i).to_vec()))
+                .collect(),
+            mirror: s.mirror,
+            nat_notes: s
+                .gateway
+                .as_mut()
+                .map(|g| g.take_notes())
+                .unwrap_or_default(),
+            gateway_moved: moved,
+            nat_drop,
         }
     }
 
@@ -537,6 +672,31 @@ mod tests {
         let mut back = eth_frame(RED, BLUE, 0x0800, 64);
         assert_eq!(p.d(1, &mut back, 1), Verdict::Unicast(0));
         assert_eq!(p.d(0, &mut f, 2), Verdict::Unicast(1));
+    }
+
+    #[test]
+    fn a_dry_run_decides_as_decide_and_changes_nothing() {
+        let mut p = pipe(true);
+        let f = eth_frame(BLUE, RED, 0x0800, 64);
+        // Unknown destination: both flood; the dry run learns RED only in its copy.
+        let r = p.dry_run(0, &f, 0, Action::Continue);
+        assert_eq!((r.verdict, r.learned), (Verdict::Flood, Some("learn")));
+        assert_eq!(p.fdb.lookup(&RED, 0), None, "the live table is untouched");
+        assert_eq!(p.d(0, &mut f.clone(), 0), Verdict::Flood);
+        let mut back = eth_frame(RED, BLUE, 0x0800, 64);
+        assert_eq!(p.d(1, &mut back, 1), Verdict::Unicast(0));
+        let r = p.dry_run(0, &f, 2, Action::Continue);
+        assert_eq!(r.learned, Some("refresh"));
+        assert_eq!(r.verdict, p.d(0, &mut f.clone(), 2));
+        assert_eq!(r.verdict, Verdict::Unicast(1));
+        assert!(r.policy_asked);
+        // The policy's action is the one the dry run applies; a frame the
+        // policy drops teaches nothing.
+        let r = p.dry_run(0, &f, 3, Action::Drop("acl"));
+        assert_eq!(
+            (r.verdict, r.learned),
+            (Verdict::Drop(DropReason::Policy), None)
+        );
     }
 
     #[test]

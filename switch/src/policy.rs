@@ -35,6 +35,15 @@ pub enum Action {
     PopVlan,
 }
 
+/// A policy's account of a frame (see [`Policy::explain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explained {
+    /// What it would do.
+    pub action: Action,
+    /// Why, in words (a rule's name, a fragment's fate).
+    pub why: String,
+}
+
 /// Where a frame came from.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameMeta {
@@ -239,8 +248,11 @@ pub trait Policy {
     fn counters(&self) -> Vec<(String, u64)> {
         Vec::new()
     }
-    /// Describe what this policy would do with `frame` (for `vswitch trace`); default: classify a copy of nothing.
-    fn explain(&self, _meta: &FrameMeta, _frame: &Frame) -> Option<String> {
+    /// What this policy would do with `frame`, and why, without changing
+    /// any state (for `vswitch trace`, which then runs the switch's own
+    /// forwarding code on a copy of its tables with this action). `None`:
+    /// the policy cannot say; `trace` assumes [`Action::Continue`] and says so.
+    fn explain(&self, _meta: &FrameMeta, _frame: &Frame) -> Option<Explained> {
         None
     }
     /// Periodic work from the worker's once-a-second sweep (age state at `now`).
@@ -271,9 +283,14 @@ impl<A: Policy, B: Policy> Policy for (A, B) {
         v.extend(self.1.counters());
         v
     }
-    fn explain(&self, meta: &FrameMeta, frame: &Frame) -> Option<String> {
+    fn explain(&self, meta: &FrameMeta, frame: &Frame) -> Option<Explained> {
+        // As `classify`: the first policy's action unless it continues.
         match (self.0.explain(meta, frame), self.1.explain(meta, frame)) {
-            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (Some(a), _) if a.action != Action::Continue => Some(a),
+            (Some(a), Some(b)) => Some(Explained {
+                action: b.action,
+                why: format!("{}; {}", a.why, b.why),
+            }),
             (a, b) => a.or(b),
         }
     }
@@ -291,7 +308,7 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
     fn counters(&self) -> Vec<(String, u64)> {
         (**self).counters()
     }
-    fn explain(&self, meta: &FrameMeta, frame: &Frame) -> Option<String> {
+    fn explain(&self, meta: &FrameMeta, frame: &Frame) -> Option<Explained> {
         (**self).explain(meta, frame)
     }
     fn expire(&mut self, now: u64) {
@@ -899,6 +916,34 @@ struct ChainDrops {
     fragment_follows_drop: u64,
 }
 
+/// What the ACL makes of a frame ([`Chain`]'s one decision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judgement {
+    /// A first fragment too short for the fields the rules read.
+    TinyFragment,
+    /// A packet whose transport header is cut short or unwalkable.
+    BadHeader,
+    /// A later fragment: its first fragment's verdict (allowed?), if known.
+    LaterFragment(Option<bool>),
+    /// The first matching rule, if any (none: default allow).
+    Rule(Option<usize>),
+}
+
+impl Judgement {
+    /// The action this judgement stands for under `acl`.
+    fn action(self, acl: &[AclRule]) -> Action {
+        match self {
+            Judgement::TinyFragment => Action::Drop("acl-tiny-fragment"),
+            Judgement::BadHeader => Action::Drop("acl-bad-header"),
+            Judgement::LaterFragment(Some(true)) | Judgement::Rule(None) => Action::Continue,
+            Judgement::LaterFragment(Some(false)) => Action::Drop("acl"),
+            Judgement::LaterFragment(None) => Action::Drop("acl-fragment-unknown"),
+            Judgement::Rule(Some(i)) if acl[i].drop => Action::Drop("acl"),
+            Judgement::Rule(Some(_)) => Action::Continue,
+        }
+    }
+}
+
 /// The built-in policies, in order: rate limits, then ACL rules (first match wins, default allow).
 ///
 /// Fragments (when a rule reads IP or transport fields): the first fragment
@@ -960,34 +1005,31 @@ impl Chain {
         self.frags = std::mem::take(&mut old.frags);
     }
 
-    /// What a fragment or a packet the rules cannot read gets before any rule:
-    /// `Some(verdict)` decides it, `None` leaves it to the rules.
-    fn pre_rules(&mut self, h: &Headers, now: u64) -> Option<Action> {
-        if !self.ip_rules || h.ip().is_none() && !h.incomplete {
-            return None;
-        }
-        if h.incomplete {
-            if h.fragment.is_some() {
-                self.drops.tiny_fragment += 1;
-                return Some(Action::Drop("acl-tiny-fragment"));
+    /// The ACL's judgement of `frame`, without changing any state: the one
+    /// decision [`Policy::classify`] applies (with its counters and
+    /// connection tracking) and [`Policy::explain`] describes.
+    fn judge(&self, meta: &FrameMeta, frame: &Frame) -> (Judgement, Option<FlowKey>) {
+        let h = frame.headers();
+        if self.ip_rules && (h.ip().is_some() || h.incomplete) {
+            if h.incomplete {
+                let j = if h.fragment.is_some() {
+                    Judgement::TinyFragment
+                } else {
+                    Judgement::BadHeader
+                };
+                return (j, None);
             }
-            self.drops.bad_header += 1;
-            return Some(Action::Drop("acl-bad-header"));
-        }
-        if !h.later_fragment() {
-            return None;
-        }
-        match frag_key(h).and_then(|k| self.frags.lookup(&k, now)) {
-            Some(true) => Some(Action::Continue),
-            Some(false) => {
-                self.drops.fragment_follows_drop += 1;
-                Some(Action::Drop("acl"))
-            }
-            None => {
-                self.drops.fragment_unknown += 1;
-                Some(Action::Drop("acl-fragment-unknown"))
+            if h.later_fragment() {
+                let first = frag_key(h).and_then(|k| self.frags.lookup(&k, meta.now));
+                return (Judgement::LaterFragment(first), None);
             }
         }
+        let (key, known) = self.known(frame, meta.now);
+        let rule = self
+            .acl
+            .iter()
+            .position(|r| r.state.is_none_or(|est| est == known) && r.matches(meta.in_port, h));
+        (Judgement::Rule(rule), key)
     }
 
     /// Whether the frame belongs to a tracked connection (or is an ICMP error about one).
@@ -1013,34 +1055,30 @@ impl Policy for Chain {
         if self.acl.is_empty() {
             return Action::Continue;
         }
-        let h = frame.headers();
-        let now = meta.now;
-        if let Some(a) = self.pre_rules(h, now) {
-            return a;
-        }
-        let (key, known) = self.known(frame, now);
-        let mut allow = true;
-        for (i, r) in self.acl.iter().enumerate() {
-            if r.state.is_some_and(|est| est != known) || !r.matches(meta.in_port, h) {
-                continue;
+        let (j, key) = self.judge(meta, frame);
+        match j {
+            Judgement::TinyFragment => self.drops.tiny_fragment += 1,
+            Judgement::BadHeader => self.drops.bad_header += 1,
+            Judgement::LaterFragment(Some(false)) => self.drops.fragment_follows_drop += 1,
+            Judgement::LaterFragment(None) => self.drops.fragment_unknown += 1,
+            Judgement::LaterFragment(Some(true)) => {}
+            Judgement::Rule(rule) => {
+                if let Some(i) = rule {
+                    self.hits[i] += 1;
+                }
+                let allow = j.action(&self.acl) == Action::Continue;
+                if self.ip_rules
+                    && let Some(k) = frag_key(frame.headers())
+                {
+                    self.frags.remember(k, allow, meta.now);
+                }
+                // Allowed: remember the connection (or keep it alive).
+                if allow && let (Some(f), Some(k)) = (&mut self.flows, key) {
+                    f.track(&k, meta.now);
+                }
             }
-            self.hits[i] += 1;
-            allow = !r.drop;
-            break;
         }
-        if self.ip_rules
-            && let Some(k) = frag_key(h)
-        {
-            self.frags.remember(k, allow, now);
-        }
-        if !allow {
-            return Action::Drop("acl");
-        }
-        // Allowed: remember the connection (or keep it alive).
-        if let (Some(f), Some(k)) = (&mut self.flows, key) {
-            f.track(&k, now);
-        }
-        Action::Continue
+        j.action(&self.acl)
     }
 
     fn counters(&self) -> Vec<(String, u64)> {
@@ -1076,45 +1114,28 @@ impl Policy for Chain {
         v
     }
 
-    fn explain(&self, meta: &FrameMeta, frame: &Frame) -> Option<String> {
+    fn explain(&self, meta: &FrameMeta, frame: &Frame) -> Option<Explained> {
         if self.acl.is_empty() {
             return None;
         }
-        let h = frame.headers();
-        if self.ip_rules && h.incomplete {
-            return Some(format!(
-                "acl: DROP ({}: the transport header the rules read is missing or cut short)",
-                if h.fragment.is_some() {
-                    "acl-drop:tiny-fragment"
-                } else {
-                    "acl-drop:bad-header"
-                }
-            ));
-        }
-        if self.ip_rules && h.later_fragment() {
-            return Some(
-                match frag_key(h).and_then(|k| self.frags.lookup(&k, meta.now)) {
-                    Some(true) => "acl: a later fragment: allow, like its first fragment",
-                    Some(false) => "acl: a later fragment: DROP, like its first fragment",
-                    None => "acl: a later fragment whose first was not seen: DROP (acl-drop:fragment-unknown)",
-                }
-                .to_string(),
-            );
-        }
-        let (_, known) = self.known(frame, meta.now);
-        for r in &self.acl {
-            if r.state.is_some_and(|est| est != known) {
-                continue;
-            }
-            if r.matches(meta.in_port, h) {
-                return Some(format!(
-                    "acl rule {:?} matches: {}",
-                    r.name,
-                    if r.drop { "DROP" } else { "allow" }
-                ));
-            }
-        }
-        Some("no acl rule matches: allow".to_string())
+        let (j, _) = self.judge(meta, frame);
+        let why = match j {
+            Judgement::TinyFragment => "acl: DROP (acl-drop:tiny-fragment: the transport header the rules read is missing or cut short)".to_string(),
+            Judgement::BadHeader => "acl: DROP (acl-drop:bad-header: the transport header the rules read is missing or cut short)".to_string(),
+            Judgement::LaterFragment(Some(true)) => "acl: a later fragment: allow, like its first fragment".to_string(),
+            Judgement::LaterFragment(Some(false)) => "acl: a later fragment: DROP, like its first fragment".to_string(),
+            Judgement::LaterFragment(None) => "acl: a later fragment whose first was not seen: DROP (acl-drop:fragment-unknown)".to_string(),
+            Judgement::Rule(Some(i)) => format!(
+                "acl rule {:?} matches: {}",
+                self.acl[i].name,
+                if self.acl[i].drop { "DROP" } else { "allow" }
+            ),
+            Judgement::Rule(None) => "no acl rule matches: allow".to_string(),
+        };
+        Some(Explained {
+            action: j.action(&self.acl),
+            why,
+        })
     }
 
     fn expire(&mut self, now: u64) {
@@ -1229,11 +1250,11 @@ mod tests {
             c.counters()[..2],
             [("acl:no-http".to_string(), 1), ("acl:rest".to_string(), 1)]
         );
-        assert!(
-            c.explain(&meta, &Frame::new(&f))
-                .unwrap()
-                .contains("no-http")
-        );
+        // explain gives the action classify took, without counting it.
+        let e = c.explain(&meta, &Frame::new(&f)).unwrap();
+        assert!(e.why.contains("no-http"), "{e:?}");
+        assert_eq!(e.action, Action::Drop("acl"));
+        assert_eq!(c.counters()[0], ("acl:no-http".to_string(), 1));
     }
 
     #[test]

@@ -1,35 +1,45 @@
-//! `vswitch trace`: what the pipeline would do with a described frame, stage
+//! `vswitch trace`: what the switch would do with a described frame, stage
 //! by stage, without sending it or changing any table (like
 //! `ovs-appctl ofproto/trace`).
 //!
-//! Contract: read-only over the worker's state; the frame is built from the
-//! request (`in_port`, optional `src_mac`, `dst_mac`, `vlan`, `src`, `dst`
-//! (IPv4 or IPv6), `proto`, `sport`, `dport`, `ethertype`); missing MACs are
-//! filled from the switch's tables (the gateway's MAC when the destination is
-//! off the LAN), a missing source address from what the switch learned on the
-//! ingress port. A request that describes no consistent frame (ports without
+//! Contract: the frame is built from the request (`in_port`, optional
+//! `src_mac`, `dst_mac`, `vlan`, `src`, `dst` (IPv4 or IPv6), `proto`,
+//! `sport`, `dport`, `ttl`, `ethertype`); missing MACs are filled from the
+//! switch's tables (the gateway's MAC when the destination is off the LAN),
+//! a missing source address from what the switch learned on the ingress
+//! port. A request that describes no consistent frame (ports without
 //! addresses, an IP EtherType without addresses, mixed families) is refused.
-//! The answer is a list of [`Stage`]s and a final [`Decision`].
+//!
+//! The decision is the switch's own: the policy's [`Policy::explain`] gives
+//! its action, then [`Pipeline::dry_run`] runs the pipeline, the router and
+//! the NAT on a copy of the tables, the NAT noting down its decisions. The
+//! stages are read off that run (the notes, the gateway counters that moved,
+//! the frame as it would leave, the frames the gateway would generate); this
+//! module holds no forwarding logic of its own. The answer is a list of
+//! [`Stage`]s and a final [`Decision`].
 
-use crate::gateway::{Egress, Egress6, Gw6};
-use crate::pipeline::Pipeline;
-use crate::policy::{Frame, FrameMeta, Headers, Policy};
-use crate::wire::MacAddr;
-use crate::worker::Port;
-use nat::Side;
+use crate::gateway::{Egress, Egress6};
+use crate::pipeline::{DryRun, Pipeline, Target, Verdict};
+use crate::policy::{Action, Frame, FrameMeta, Headers, Policy};
+use crate::wire::{ArpPacket, EthernetFrame, MacAddr, arp_op, ethertype};
+use crate::worker::{Port, floods_to};
+use nat::wire::Ipv4Packet;
+use nat::wire::icmpv6::{self, Icmpv6Packet, icmp6_type};
+use nat::wire::ipv6::Ipv6Packet;
 use serde::Serialize;
 use serde_json::Value;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 /// One stage of a trace.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stage {
-    /// The stage: `in-port`, `frame`, `policy`, `fdb`, `l2`, `gateway`, `nat`,
-    /// `uplink`, `route`, `neighbour`.
+    /// The stage: `in-port`, `frame`, `policy`, `fdb`, `uplink`, `gateway`,
+    /// `nat`, `neighbour`, `l2`.
     pub stage: &'static str,
     /// What it decided, one word: `receive`, `parsed`, `allow`, `drop`,
-    /// `learn`, `unicast`, `flood`, `route`, `local`, `translate`, `pass`,
-    /// `forward`, `resolved`, `unresolved`, `unreachable`.
+    /// `redirect`, `mirror`, `retag`, `learn`, `refuse`, `route`, `handle`,
+    /// `translate`, `pass`, `resolved`, `unicast`, `flood`, `answer`,
+    /// `unresolved`, `unreachable`, `error`, `send`.
     pub decision: &'static str,
     /// Human-readable detail.
     pub detail: String,
@@ -39,9 +49,11 @@ pub struct Stage {
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
     /// `drop`, `forward` (to `out_ports`), `flood` (to `out_ports`), `answer`
-    /// (the gateway answers the sender itself), `queue` (waits for ARP
-    /// resolution), `unreachable` (ICMP destination unreachable back),
-    /// `ignore` (multicast noise on the uplink; not a drop).
+    /// (the gateway answers the sender itself), `queue` (waits for ARP or
+    /// neighbour discovery), `unreachable` (ICMP destination unreachable
+    /// back), `error` (time exceeded, fragmentation needed, packet too big
+    /// back), `ignore` (multicast noise on the uplink; not a drop),
+    /// `consumed` (taken by the gateway, nothing sent).
     pub action: &'static str,
     /// Egress ports (names), for `forward`, `flood` and `queue` (empty if unknown).
     pub out_ports: Vec<String>,
@@ -375,355 +387,325 @@ pub fn trace<P: Policy>(
         ),
     );
 
-    if on_uplink {
-        let g = gw.expect("uplink implies gateway");
-        let u = g.uplink().expect("uplink");
-        out.push(
-            "uplink",
-            "route",
-            format!("routed port, our address {} ({})", u.ip, u.mac),
-        );
-        if h.dst.is_multicast() && h.ethertype != 0x0806 {
-            return Ok(out.done(Decision::to(
-                "ignore",
-                Vec::new(),
-                Some("multicast on the uplink, ignored as a host would (gateway ignored_multicast, not a drop)".into()),
-            )));
-        }
-        if h.dst != u.mac {
-            return Ok(out.done(Decision::drop("gw-not-for-us: not our MAC")));
-        }
-        if let (Some((s, d, pr)), Some(v6)) = (h.ipv6, g.v6()) {
-            return Ok(routed6(
-                out,
-                p,
-                ports,
-                now,
-                v6,
-                (s, d, pr),
-                h.ports,
-                Side::Wan,
-            ));
-        }
-        if dst4 != Some(u.ip) {
-            return Ok(out.done(Decision::drop("gw-not-for-us: not our address")));
-        }
-        let ipb = &frame[14..];
-        let x = g
-            .nat
-            .as_ref()
-            .map(|n| n.explain(now, Side::Wan, ipb, &|a| g.side_of(a)));
-        return Ok(finish_routed(out, p, ports, x, ipb, now));
-    }
-
+    // The policy's own account, then the switch's own code on a copy.
     let meta = FrameMeta { in_port, now };
-    if let Some(e) = p.policy.explain(&meta, &Frame::new(&frame)) {
-        let drop = e.contains("DROP");
-        out.push("policy", if drop { "drop" } else { "allow" }, e);
-        if drop {
-            return Ok(out.done(Decision::drop("policy")));
+    let told = p.policy.explain(&meta, &Frame::new(&frame));
+    let action = told.as_ref().map_or(Action::Continue, |e| e.action);
+    let run = p.dry_run(in_port, &frame, now, action);
+    if run.policy_asked {
+        match &told {
+            Some(e) => {
+                let word = match e.action {
+                    Action::Drop(_) => "drop",
+                    Action::Continue => "allow",
+                    Action::Redirect(_) => "redirect",
+                    Action::Mirror(_) => "mirror",
+                    Action::PushVlan(_) | Action::PopVlan => "retag",
+                };
+                out.push("policy", word, e.why.clone());
+            }
+            None if !p.policy.counters().is_empty() => out.push(
+                "policy",
+                "allow",
+                "the policy does not explain itself: traced as if it let the frame continue",
+            ),
+            None => {}
         }
     }
-    out.push("fdb", "learn", format!("learn {} on {}", h.src, port.name));
-    if let Some(g) = gw
-        && h.dst == g.mac()
-    {
-        if let (Some((s, d, pr)), Some(v6)) = (h.ipv6, g.v6()) {
+    if on_uplink {
+        if let Some(u) = uplink {
             out.push(
-                "gateway",
+                "uplink",
                 "route",
-                format!("frame for the gateway's MAC ({}); route IPv6", g.mac()),
+                format!("routed port, our address {} ({})", u.ip, u.mac),
             );
-            return Ok(routed6(
-                out,
-                p,
-                ports,
-                now,
-                v6,
-                (s, d, pr),
-                h.ports,
-                Side::Lan,
-            ));
         }
-        if h.ipv4.is_none() {
-            out.push(
-                "gateway",
-                "drop",
-                format!(
-                    "frame for the gateway's MAC ({}) but neither IPv4 nor IPv6 it routes",
-                    g.ip()
-                ),
-            );
-            return Ok(out.done(Decision::drop("gw-not-ipv4")));
-        }
+    } else if let Some(l) = run.learned {
+        let (word, line) = match l {
+            "learn" => ("learn", format!("learn {} on {}", h.src, port.name)),
+            "move" => ("learn", format!("{} moves to {}", h.src, port.name)),
+            "refresh" => ("learn", format!("{} seen again on {}", h.src, port.name)),
+            why => ("refuse", format!("{} not learned: {why}", h.src)),
+        };
+        out.push("fdb", word, line);
+    }
+    if !run.gateway_moved.is_empty() {
+        let moved: Vec<String> = run
+            .gateway_moved
+            .iter()
+            .map(|(k, n)| format!("{k} +{n}"))
+            .collect();
         out.push(
             "gateway",
-            "route",
-            format!("frame for the gateway's MAC ({}); route IPv4", g.ip()),
+            if run.gateway_moved.iter().any(|(k, _)| k == "routed") {
+                "route"
+            } else {
+                "handle"
+            },
+            format!("the gateway takes it: {}", moved.join(", ")),
         );
-        let ipb = &frame[14..];
-        if dst4 == Some(g.ip()) {
-            return Ok(local(out, h.ipv4.map_or(0, |x| x.2), g.ip().into()));
-        }
-        let x = g
-            .nat
-            .as_ref()
-            .map(|n| n.explain(now, Side::Lan, ipb, &|a| g.side_of(a)));
-        return Ok(finish_routed(out, p, ports, x, ipb, now));
     }
-    if h.dst.is_multicast() {
-        let to = flood_list(ports, in_port);
-        out.push(
-            "l2",
-            "flood",
-            format!("broadcast/multicast: flood to {}", shown(&to)),
-        );
-        return Ok(out.done(flood(to)));
+    for (step, line) in &run.nat_notes {
+        let decision = match step {
+            nat::Step::Translate => "translate",
+            nat::Step::Pass => "pass",
+            nat::Step::Drop => "drop",
+        };
+        out.push("nat", decision, line.clone());
     }
-    let v = match p.fdb.lookup(&h.dst, now) {
-        Some(q) if q == in_port => {
+    if let Some(m) = run.mirror.and_then(|m| ports.get(m)) {
+        out.push("policy", "mirror", format!("a copy to {}", m.name));
+    }
+    let routed = run.gateway_moved.iter().any(|(k, _)| k == "routed");
+    let name = |q: usize| {
+        ports
+            .get(q)
+            .map_or_else(|| format!("port {q}"), |x| x.name.clone())
+    };
+    let v = match run.verdict {
+        Verdict::Drop(r) => {
+            // The NAT's own reason is the finer one (the port counts `nat`).
+            let why = run.nat_drop.map_or(r.name(), |n| n.name());
+            let by_gateway =
+                on_uplink || !run.gateway_moved.is_empty() || !run.nat_notes.is_empty();
             out.push(
-                "l2",
+                if by_gateway { "gateway" } else { "l2" },
                 "drop",
-                format!("fdb hit {} on the ingress port", h.dst),
+                format!("dropped: {why}"),
             );
-            Decision::drop("same-port: the destination is behind the ingress port")
+            Decision::drop(why)
         }
-        Some(q)
-            if p.isolated.get(in_port).copied().unwrap_or(false)
-                && p.isolated.get(q).copied().unwrap_or(false) =>
-        {
-            out.push(
-                "l2",
-                "drop",
-                format!("fdb hit {} -> {}", h.dst, ports[q].name),
-            );
-            Decision::drop(format!("isolated: {} is isolated too", ports[q].name))
+        Verdict::Unicast(q) => {
+            if routed {
+                out.push(
+                    "neighbour",
+                    "resolved",
+                    format!("out-port {}: {}", name(q), describe(&run.frame)),
+                );
+            } else {
+                out.push(
+                    "l2",
+                    "unicast",
+                    format!("fdb hit {} -> out-port {}", h.dst, name(q)),
+                );
+            }
+            Decision::to("forward", vec![name(q)], None)
         }
-        Some(q) => {
-            out.push(
-                "l2",
-                "unicast",
-                format!("fdb hit {} -> out-port {}", h.dst, ports[q].name),
-            );
-            Decision::to("forward", vec![ports[q].name.clone()], None)
-        }
-        None => {
-            let to = flood_list(ports, in_port);
-            out.push(
-                "l2",
-                "flood",
-                format!("fdb miss for {}: flood to {}", h.dst, shown(&to)),
-            );
+        v @ (Verdict::Flood | Verdict::FloodAll) => {
+            let to: Vec<String> = (0..ports.len())
+                .filter(|&q| floods_to(ports, in_port, v, q))
+                .map(name)
+                .collect();
+            let why = if routed {
+                format!("next hop not in the fdb: {}", describe(&run.frame))
+            } else if h.dst.is_multicast() {
+                "broadcast/multicast".to_string()
+            } else {
+                format!("fdb miss for {}", h.dst)
+            };
+            out.push("l2", "flood", format!("{why}: flood to {}", shown(&to)));
             flood(to)
         }
+        Verdict::Reply => {
+            let what = answer(&run.frame);
+            out.push("gateway", "answer", describe(&run.frame));
+            Decision::to("answer", vec![port.name.clone()], Some(what))
+        }
+        Verdict::Consumed => consumed(&mut out, &run, ports),
     };
     Ok(out.done(v))
 }
 
-/// The gateway's answer to a packet for itself (protocol `proto`).
-fn local(mut out: Out, proto: u8, me: IpAddr) -> Trace {
-    let (detail, reason) = match (me, proto) {
-        (IpAddr::V4(_), 1) | (IpAddr::V6(_), 58) => ("echo requests are answered", "echo reply"),
-        (IpAddr::V4(_), 6) => ("nothing listens: TCP is answered with a reset", "TCP reset"),
-        (IpAddr::V4(_), 17) => (
-            "nothing listens: UDP is answered with ICMP port unreachable",
-            "ICMP port unreachable",
-        ),
-        (IpAddr::V6(_), 6 | 17) => (
-            "nothing listens: answered with ICMPv6 port unreachable",
-            "ICMPv6 port unreachable",
-        ),
-        _ => ("other protocols are dropped (gw-local)", ""),
-    };
-    out.push(
-        "gateway",
-        "local",
-        format!("for the gateway itself ({me}): {detail}"),
-    );
-    if reason.is_empty() {
-        return out.done(Decision::drop("gw-local"));
-    }
-    out.done(Decision::to(
-        "answer",
-        Vec::new(),
-        Some(format!("{reason} from the gateway")),
-    ))
-}
-
-/// An IPv6 packet to the gateway from `from`: NAT66 (by its rules: a
-/// forward on the external address, masquerade of the source), the route,
-/// and the neighbour, as the gateway's IPv6 path decides them.
-#[allow(clippy::too_many_arguments)]
-fn routed6<P: Policy>(
-    mut out: Out,
-    p: &Pipeline<P>,
-    ports: &[Port],
-    now: u64,
-    v6: &Gw6,
-    (src, mut dst, proto): (Ipv6Addr, Ipv6Addr, u8),
-    l4: Option<(u16, u16)>,
-    from: Side,
-) -> Trace {
-    let ext = v6.config().uplink.map(|u| u.addr);
-    let masqueraded = |d: Ipv6Addr| {
-        v6.nat
-            .as_ref()
-            .is_some_and(|n| n.config().masquerade.iter().any(|m| m.contains(d)))
-    };
-    if from == Side::Wan && Some(dst) != ext && masqueraded(dst) {
-        out.push(
-            "gateway",
-            "drop",
-            format!("{dst} is behind NAT66: reached only through it, never routed from the uplink"),
-        );
-        return out.done(Decision::drop("gw-not-for-us"));
-    }
-    if let Some(n) = &v6.nat {
-        let c = n.config();
-        let fwd = c.dnat.iter().find(|r| {
-            Some(dst) == ext
-                && r.proto == proto
-                && l4.is_some_and(|(_, dp)| (r.ports.0..=r.ports.1).contains(&dp))
-        });
-        if let (Some(r), Some((_, dp))) = (fwd, l4) {
-            let to_port = r.to_port.wrapping_add(dp - r.ports.0);
-            out.push(
-                "nat",
-                "translate",
-                format!(
-                    "NAT66 forward: destination [{dst}]:{dp} => [{}]:{to_port}",
-                    r.to_addr
-                ),
-            );
-            if from == Side::Lan {
-                out.push(
-                    "nat",
-                    "translate",
-                    format!("hairpin: source {src} => {}", c.external),
-                );
-            }
-            dst = r.to_addr;
-        } else if Some(dst) == ext && from == Side::Wan {
-            out.push(
-                "nat",
-                "pass",
-                "NAT66: to our external address: a reply of a known connection is translated back (else nat-no-mapping, or answered by the gateway)",
-            );
-        } else if from == Side::Lan
-            && c.masquerade.iter().any(|m| m.contains(src))
-            && matches!(v6.route(dst), Egress6::Uplink(_))
-        {
-            out.push(
-                "nat",
-                "translate",
-                format!("NAT66 masquerade: source {src} => {}", c.external),
-            );
-        }
-    }
-    match v6.route(dst) {
-        Egress6::Local => {
-            out.push("route", "local", "for the gateway itself");
-            local(out, proto, dst.into())
-        }
-        Egress6::None => {
-            out.push(
-                "route",
-                "unreachable",
-                "none: ICMPv6 destination unreachable back to the sender",
-            );
-            out.done(Decision::to(
-                "unreachable",
-                Vec::new(),
-                Some("no route".into()),
-            ))
-        }
-        e @ (Egress6::Lan(nh) | Egress6::Uplink(nh)) => {
-            let wan = matches!(e, Egress6::Uplink(_));
-            let side = if wan { "uplink" } else { "LAN" };
-            out.push(
-                "route",
-                "forward",
-                format!("{dst} via {nh} on the {side}, hop limit - 1"),
-            );
-            let n = if wan {
-                v6.neigh_wan.lookup(nh, now)
-            } else {
-                v6.neigh_lan
-                    .lookup(nh, now)
-                    .or_else(|| p.nd.lookup(nh, now))
-            };
-            neighbour(out, p, ports, now, nh.into(), n.map(|n| n.mac), wan)
-        }
-    }
-}
-
-/// The neighbour stage of a routed packet: next hop `nh` at `mac` (if
-/// known) on the uplink (`wan`) or the LAN, and the out-port; unknown, the
-/// packet waits while the gateway asks (ARP, or a neighbor solicitation).
-fn neighbour<P: Policy>(
-    mut out: Out,
-    p: &Pipeline<P>,
-    ports: &[Port],
-    now: u64,
-    nh: IpAddr,
-    mac: Option<MacAddr>,
-    wan: bool,
-) -> Trace {
-    let g = p.gateway.as_ref().expect("routed implies gateway");
-    let Some(mac) = mac else {
-        let (how, what) = match nh {
-            IpAddr::V4(_) => ("an ARP request", "ARP resolution"),
-            IpAddr::V6(_) => ("a neighbor solicitation", "neighbour discovery"),
-        };
-        out.push(
-            "neighbour",
-            "unresolved",
-            format!("{nh} unknown: the packet waits while the gateway sends {how}"),
-        );
-        return out.done(Decision::to(
-            "queue",
-            Vec::new(),
-            Some(format!("waits for {what} of {nh}")),
-        ));
-    };
-    let port = if wan {
-        g.uplink().map(|u| u.port)
-    } else {
-        p.fdb.lookup(&mac, now)
-    };
-    match port {
-        Some(q) => {
-            out.push(
-                "neighbour",
-                "resolved",
-                format!("{nh} is {mac}; out-port {}", ports[q].name),
-            );
-            out.done(Decision::to("forward", vec![ports[q].name.clone()], None))
-        }
-        None => {
-            out.push(
-                "neighbour",
-                "flood",
-                format!("{nh} is {mac}; not in the fdb: flood on the LAN"),
-            );
-            let to: Vec<String> = ports
+/// The outcome of a frame the switch took (the gateway answered it,
+/// queued it while it resolves the next hop, or ignored it), from what the
+/// gateway generated and which of its counters moved.
+fn consumed(out: &mut Out, run: &DryRun, ports: &[Port]) -> Decision {
+    let targets = |t: Target| -> Vec<String> {
+        match t {
+            Target::Port(q) => ports.get(q).map(|x| x.name.clone()).into_iter().collect(),
+            Target::Lan => ports
                 .iter()
-                .filter(|q| q.lan && q.up)
-                .map(|q| q.name.clone())
-                .collect();
-            out.done(flood(to))
+                .filter(|x| x.lan && x.up)
+                .map(|x| x.name.clone())
+                .collect(),
+            Target::Route | Target::Discard => Vec::new(),
+        }
+    };
+    let mut decision = None;
+    for (t, f) in &run.generated {
+        let kind = generated(f);
+        out.push("gateway", kind.word(), format!("sends {}", describe(f)));
+        if decision.is_none() {
+            decision = Some(match kind {
+                Made::Resolve(nh) => Decision::to(
+                    "queue",
+                    targets(*t),
+                    Some(format!("waits for the resolution of {nh}")),
+                ),
+                Made::Answer(what) => Decision::to("answer", targets(*t), Some(what)),
+                Made::Unreachable(what) => Decision::to("unreachable", targets(*t), Some(what)),
+                Made::Error(what) => Decision::to("error", targets(*t), Some(what)),
+                Made::Other => continue,
+            });
+        }
+    }
+    let moved = |k: &str| run.gateway_moved.iter().any(|(m, _)| m == k);
+    decision.unwrap_or_else(|| {
+        if moved("ignored_multicast") {
+            Decision::to(
+                "ignore",
+                Vec::new(),
+                Some("multicast on the uplink, ignored as a host would (gateway ignored_multicast, not a drop)".into()),
+            )
+        } else if moved("queued") {
+            Decision::to(
+                "queue",
+                Vec::new(),
+                Some("waits for the resolution already asked for".into()),
+            )
+        } else if run.verdict == Verdict::Consumed && !run.generated.is_empty() {
+            Decision::to("consumed", Vec::new(), None)
+        } else {
+            Decision::to("consumed", Vec::new(), Some("taken by the gateway".into()))
+        }
+    })
+}
+
+/// What a frame the gateway generates is, for the verdict.
+enum Made {
+    /// A request for a next hop's link-layer address (ARP or NS).
+    Resolve(IpAddr),
+    /// An answer to the sender (echo reply, TCP reset, port unreachable, ARP reply, NA).
+    Answer(String),
+    /// Destination (not port) unreachable.
+    Unreachable(String),
+    /// Another ICMP error: time exceeded, fragmentation needed, packet too big.
+    Error(String),
+    /// Anything else (a router advertisement, a released packet).
+    Other,
+}
+
+impl Made {
+    fn word(&self) -> &'static str {
+        match self {
+            Made::Resolve(_) => "unresolved",
+            Made::Answer(_) => "answer",
+            Made::Unreachable(_) => "unreachable",
+            Made::Error(_) => "error",
+            Made::Other => "send",
         }
     }
 }
 
-fn flood_list(ports: &[Port], in_port: usize) -> Vec<String> {
-    ports
-        .iter()
-        .enumerate()
-        .filter(|(i, q)| *i != in_port && q.lan && q.up && !(ports[in_port].isolated && q.isolated))
-        .map(|(_, q)| q.name.clone())
-        .collect()
+/// Classify a frame the gateway generated.
+fn generated(f: &[u8]) -> Made {
+    let Ok(eth) = EthernetFrame::new_checked(f) else {
+        return Made::Other;
+    };
+    if eth.ethertype() == ethertype::ARP {
+        return match ArpPacket::new_checked(eth.payload()) {
+            Ok(a) if a.op() == arp_op::REQUEST => Made::Resolve(a.tpa().into()),
+            Ok(a) => Made::Answer(format!("ARP reply: {} is at {}", a.spa(), a.sha())),
+            Err(_) => Made::Other,
+        };
+    }
+    if eth.ethertype() == ethertype::IPV6
+        && let Some(n) = icmpv6::parse_ndp(eth.payload())
+    {
+        return match (n.kind, n.target) {
+            (icmp6_type::NEIGHBOR_SOLICIT, Some(t)) => Made::Resolve(t.into()),
+            (icmp6_type::NEIGHBOR_ADVERT, Some(t)) => {
+                Made::Answer(format!("neighbor advertisement for {t}"))
+            }
+            _ => Made::Other,
+        };
+    }
+    let a = answer(f);
+    match icmp_of(f) {
+        Some((true, 3, 3) | (false, 1, 4)) => Made::Answer(a),
+        Some((true, 3, 4) | (false, 2, _)) | Some((true, 11, _) | (false, 3, _)) => Made::Error(a),
+        Some((true, 3, _) | (false, 1, _)) => Made::Unreachable(a),
+        Some((true, 0, _) | (false, 129, _)) => Made::Answer(a),
+        _ if a.starts_with("TCP reset") => Made::Answer(a),
+        _ => Made::Other,
+    }
+}
+
+/// `(IPv4?, type, code)` of an ICMP or ICMPv6 packet in `f`.
+fn icmp_of(f: &[u8]) -> Option<(bool, u8, u8)> {
+    let eth = EthernetFrame::new_checked(f).ok()?;
+    match eth.ethertype() {
+        ethertype::IPV4 => {
+            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+            let m = ip.payload();
+            (ip.protocol() == nat::wire::proto::ICMP).then_some((true, *m.first()?, *m.get(1)?))
+        }
+        ethertype::IPV6 => {
+            let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
+            let u = ip.upper().ok()?;
+            let m = Icmpv6Packet::new_checked(eth.payload().get(u.offset..)?).ok()?;
+            (u.proto == nat::wire::ipv6::next_header::ICMPV6)
+                .then(|| (false, m.msg_type(), m.code()))
+        }
+        _ => None,
+    }
+}
+
+/// The answer a frame from the gateway gives, in words.
+fn answer(f: &[u8]) -> String {
+    match icmp_of(f) {
+        Some((_, 0 | 129, _)) => "echo reply from the gateway".into(),
+        Some((true, 3, 3) | (false, 1, 4)) => "port unreachable from the gateway".into(),
+        Some((true, 3, 4)) => "fragmentation needed from the gateway".into(),
+        Some((false, 2, _)) => "packet too big from the gateway".into(),
+        Some((true, 11, _) | (false, 3, _)) => "time exceeded from the gateway".into(),
+        Some((true, 3, c)) => format!("destination unreachable (code {c}) from the gateway"),
+        Some((false, 1, c)) => format!("destination unreachable (code {c}) from the gateway"),
+        _ => {
+            let h = Headers::parse(f);
+            if h.ip().is_some() && h.tcp_flags.is_some_and(|fl| fl & 0x04 != 0) {
+                "TCP reset from the gateway".into()
+            } else if let Some(a) = EthernetFrame::new_checked(f)
+                .ok()
+                .filter(|e| e.ethertype() == ethertype::ARP)
+                .and_then(|e| {
+                    ArpPacket::new_checked(e.payload())
+                        .ok()
+                        .map(|a| (a.spa(), a.sha()))
+                })
+            {
+                format!("ARP reply: {} is at {} (suppression)", a.0, a.1)
+            } else {
+                describe(f)
+            }
+        }
+    }
+}
+
+/// A frame as it would leave, in one line.
+fn describe(f: &[u8]) -> String {
+    let h = Headers::parse(f);
+    let l3 = match (h.ipv4, h.ipv6, h.ports) {
+        (Some((s, d, pr)), _, Some((sp, dp))) => format!("IPv4 {s}:{sp} -> {d}:{dp} proto {pr}"),
+        (Some((s, d, pr)), _, None) => format!("IPv4 {s} -> {d} proto {pr}"),
+        (_, Some((s, d, pr)), Some((sp, dp))) => {
+            format!("IPv6 [{s}]:{sp} -> [{d}]:{dp} proto {pr}")
+        }
+        (_, Some((s, d, pr)), None) => format!("IPv6 {s} -> {d} proto {pr}"),
+        _ => format!("ethertype 0x{:04x}", h.ethertype),
+    };
+    let hops = EthernetFrame::new_checked(f)
+        .ok()
+        .and_then(|e| match e.ethertype() {
+            ethertype::IPV4 => Ipv4Packet::new_checked(e.payload())
+                .ok()
+                .map(|p| format!(", TTL {}", p.ttl())),
+            ethertype::IPV6 => Ipv6Packet::new_checked(e.payload())
+                .ok()
+                .map(|p| format!(", hop limit {}", p.hop_limit())),
+            _ => None,
+        });
+    format!("{l3}{}, {} -> {}", hops.unwrap_or_default(), h.src, h.dst)
 }
 
 fn shown(ports: &[String]) -> String {
@@ -739,83 +721,6 @@ fn flood(to: Vec<String>) -> Decision {
         Decision::drop("no-egress: no other port")
     } else {
         Decision::to("flood", to, None)
-    }
-}
-
-/// The NAT's steps as stages, then the route of the (possibly translated)
-/// destination and the out-port; `x` is the NAT's explanation (none
-/// without a NAT).
-fn finish_routed<P: Policy>(
-    mut out: Out,
-    p: &Pipeline<P>,
-    ports: &[Port],
-    x: Option<nat::Explanation>,
-    ipb: &[u8],
-    now: u64,
-) -> Trace {
-    let g = p.gateway.as_ref().expect("routed implies gateway");
-    let orig_dst =
-        nat::wire::Ipv4Packet::new_checked(ipb).map_or(Ipv4Addr::UNSPECIFIED, |ip| ip.dst());
-    let mut dst = orig_dst;
-    if let Some(x) = x {
-        for (step, line) in x.steps {
-            let decision = match step {
-                nat::Step::Translate => "translate",
-                nat::Step::Pass => "pass",
-                nat::Step::Drop => "drop",
-            };
-            out.push("nat", decision, line);
-        }
-        if let Some(r) = x.drop {
-            return out.done(Decision::drop(r.name()));
-        }
-        if x.answered {
-            return out.done(Decision::to(
-                "answer",
-                Vec::new(),
-                Some("echo reply from the gateway".into()),
-            ));
-        }
-        dst = x.dst;
-    }
-    let egress = g.route(dst);
-    match egress {
-        Egress::Lan(nh) | Egress::Uplink(nh) => {
-            let wan = matches!(egress, Egress::Uplink(_));
-            out.push(
-                "route",
-                "forward",
-                format!(
-                    "{dst} via {nh} on the {}, TTL - 1",
-                    if wan { "uplink" } else { "LAN" }
-                ),
-            );
-            let n = if wan {
-                g.neigh_wan.lookup(nh, now)
-            } else {
-                g.neigh_lan
-                    .lookup(nh, now)
-                    .or_else(|| p.arp.lookup(nh, now))
-            };
-            neighbour(out, p, ports, now, nh.into(), n.map(|n| n.mac), wan)
-        }
-        Egress::Local => {
-            out.push("route", "local", "for the gateway itself");
-            let proto = ipb[9];
-            local(out, proto, dst.into())
-        }
-        Egress::None => {
-            out.push(
-                "route",
-                "unreachable",
-                "none: ICMP destination unreachable back to the sender",
-            );
-            out.done(Decision::to(
-                "unreachable",
-                Vec::new(),
-                Some("no route".into()),
-            ))
-        }
     }
 }
 

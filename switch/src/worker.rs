@@ -66,6 +66,15 @@ impl Port {
     }
 }
 
+/// Whether a frame from `in_port` with verdict `v` ([`Verdict::Flood`] or
+/// [`Verdict::FloodAll`]) goes out of port `p`: up LAN ports, not the
+/// ingress one unless routed (`FloodAll`), and never from one isolated port
+/// to another (routed frames are not bound by isolation).
+pub fn floods_to(ports: &[Port], in_port: crate::PortId, v: Verdict, p: crate::PortId) -> bool {
+    let blocked = v == Verdict::Flood && ports[in_port].isolated && ports[p].isolated;
+    (p != in_port || v == Verdict::FloodAll) && ports[p].up && ports[p].lan && !blocked
+}
+
 /// A control-plane request, answered by the worker between batches.
 pub struct Request {
     /// `fdb`, `arp`, `stats`, `conntrack`, `reload`, `capture` or `trace`.
@@ -1353,15 +1362,8 @@ impl<P: Policy + Reload> Worker<P> {
                 v @ (Verdict::Flood | Verdict::FloodAll) => {
                     self.ports[in_port].stats.flooded += 1;
                     let mut any = false;
-                    // Isolated ports never flood to each other (routed frames are not bound by it).
-                    let from_isolated = v == Verdict::Flood && self.ports[in_port].isolated;
                     for p in 0..self.ports.len() {
-                        let blocked = from_isolated && self.ports[p].isolated;
-                        if (p != in_port || v == Verdict::FloodAll)
-                            && self.ports[p].up
-                            && self.ports[p].lan
-                            && !blocked
-                        {
+                        if floods_to(&self.ports, in_port, v, p) {
                             self.out[p].push(k as u16);
                             any = true;
                         }

@@ -218,7 +218,7 @@ fn dualstack_example_nat66_masquerade_forward_and_hairpin() {
         stages.iter().any(|s| s["stage"] == "nat"
             && s["detail"]
                 .as_str()
-                .is_some_and(|d| d.contains("masquerade"))),
+                .is_some_and(|d| d.contains("MASQUERADE") && d.contains(EXT6))),
         "{tr}"
     );
     let tr = sw.cli_json_with(

@@ -319,7 +319,9 @@ fn trace_shows_dnat_and_the_dropping_rule() {
             "trace: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        let t = String::from_utf8_lossy(&o.stdout).into_owned();
+        eprintln!("TRACE {args:?}\n{t}");
+        t
     };
     let t = trace(&[
         "--in-port",
@@ -449,9 +451,45 @@ fn trace_shows_dnat_and_the_dropping_rule() {
         "80",
     ]);
     assert!(
-        t.contains("verdict: ANSWER (TCP reset from the gateway)"),
+        t.contains(&format!(
+            "verdict: ANSWER to {} (TCP reset from the gateway)",
+            m[0].port
+        )),
         "{t}"
     );
+    // The router's own code answers: TTL 1 expires at the gateway (time
+    // exceeded back to the sender), and an unknown next hop on the LAN
+    // makes the packet wait for ARP.
+    let t = trace(&[
+        "--in-port",
+        &m[0].ns,
+        "--src",
+        &m[0].ip,
+        "--dst",
+        "203.0.113.10",
+        "--ttl",
+        "1",
+    ]);
+    assert!(
+        t.contains(&format!(
+            "verdict: ERROR to {} (time exceeded from the gateway)",
+            m[0].port
+        )) && t.contains("time_exceeded +1"),
+        "{t}"
+    );
+    let t = trace(&[
+        "--in-port",
+        &wan,
+        "--src",
+        "203.0.113.10",
+        "--dst",
+        "203.0.113.1",
+        "--proto",
+        "tcp",
+        "--dport",
+        "8080",
+    ]);
+    assert!(t.contains("verdict: DROP (nat-no-mapping)"), "{t}");
     // Usage errors exit 2, whether clap or the switch finds them.
     for bad in [
         &["--in-port", m[0].ns.as_str(), "--dport", "22"][..],

@@ -342,6 +342,7 @@ fn parse_ip(ip: &[u8], gso: bool) -> Option<IpInfo> {
 }
 
 /// The gateway's state.
+#[derive(Clone)]
 pub struct Gateway {
     cfg: GatewayConfig,
     lan_net: Ipv4Net,
@@ -438,6 +439,47 @@ impl Gateway {
     /// The uplink settings, if any.
     pub fn uplink(&self) -> Option<&UplinkConfig> {
         self.cfg.uplink.as_ref()
+    }
+
+    /// Have both NAT engines note down their decisions from now on (for a
+    /// dry run on a copy: [`crate::pipeline::Pipeline::dry_run`]).
+    pub fn record_notes(&mut self) {
+        if let Some(n) = &mut self.nat {
+            n.record_notes();
+        }
+        if let Some(n) = self.v6.as_mut().and_then(|v| v.nat.as_mut()) {
+            n.record_notes();
+        }
+    }
+
+    /// NAT drops by reason ([`nat::NatDrop::ALL`] order), both families together.
+    pub fn nat_drops(&self) -> [u64; nat::NatDrop::ALL.len()] {
+        let mut d = [0; nat::NatDrop::ALL.len()];
+        let v6 = self.v6.as_ref().and_then(|v| v.nat.as_ref());
+        for n in self
+            .nat
+            .iter()
+            .map(|n| &n.counters)
+            .chain(v6.map(|n| &n.counters))
+        {
+            for (a, b) in d.iter_mut().zip(n.drops) {
+                *a += b;
+            }
+        }
+        d
+    }
+
+    /// The notes both NAT engines took (see [`Gateway::record_notes`]).
+    pub fn take_notes(&mut self) -> Vec<(nat::Step, String)> {
+        let mut v = self
+            .nat
+            .as_mut()
+            .map(|n| n.take_notes())
+            .unwrap_or_default();
+        if let Some(n) = self.v6.as_mut().and_then(|v| v.nat.as_mut()) {
+            v.extend(n.take_notes());
+        }
+        v
     }
 
     /// The uplink's port, if any.

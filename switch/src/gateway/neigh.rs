@@ -4,6 +4,7 @@
 
 use super::*;
 
+#[derive(Clone)]
 pub(super) struct Pending {
     pub(super) used: bool,
     /// The ingress port it came from ([`GENERATED`] for generated frames).

@@ -66,6 +66,7 @@ pub struct Gw6Config {
 }
 
 /// The gateway's IPv6 state.
+#[derive(Clone)]
 pub struct Gw6 {
     cfg: Gw6Config,
     /// Our LAN link-local address (from the gateway MAC).
@@ -261,6 +262,7 @@ fn unroutable(a: Ipv6Addr) -> bool {
 }
 
 /// An NDP message in `ip` (see [`icmpv6::parse_ndp`]), with typed MACs.
+#[derive(Clone)]
 struct Nd {
     kind: u8,
     src: Ipv6Addr,
