@@ -1937,12 +1937,12 @@ impl<A: Family> Nat<A> {
     }
 }
 
-impl Nat {
+impl<A: Family> Nat<A> {
     /// Copy the state live at `now` into plain structs (see [`crate::snapshot`]).
     /// Cost: one pass over the table's slots; nothing is changed. For a copy
     /// that must not pause a datapath, see [`Nat::export_meta`] and
     /// [`Nat::export_page`].
-    pub fn export(&self, now: u64) -> NatSnapshot {
+    pub fn export(&self, now: u64) -> NatSnapshot<A> {
         let mut snap = self.export_meta();
         self.export_page(now, now, 0, usize::MAX, &mut snap.entries);
         snap
@@ -1950,7 +1950,7 @@ impl Nat {
 
     /// The snapshot without its entries (hosts and allocator state): the
     /// first step of a paged copy, whose entries [`Nat::export_page`] adds.
-    pub fn export_meta(&self) -> NatSnapshot {
+    pub fn export_meta(&self) -> NatSnapshot<A> {
         let hosts = self
             .table
             .hosts()
@@ -1983,7 +1983,7 @@ impl Nat {
         base: u64,
         cursor: usize,
         max: usize,
-        out: &mut Vec<SavedEntry>,
+        out: &mut Vec<SavedEntry<A>>,
     ) -> Option<usize> {
         let max = max.max(1);
         let live = self
@@ -2020,7 +2020,7 @@ impl Nat {
     /// [`crate::snapshot`]). Errors leave the engine as it was.
     pub fn import(
         &mut self,
-        snap: &NatSnapshot,
+        snap: &NatSnapshot<A>,
         now: u64,
         elapsed_ms: u64,
     ) -> Result<ImportReport, SnapshotError> {
@@ -2029,12 +2029,17 @@ impl Nat {
         }
         if snap.external != self.cfg.external {
             return Err(SnapshotError::ForeignExternal {
-                saved: snap.external,
-                configured: self.cfg.external,
+                saved: snap.external.into(),
+                configured: self.cfg.external.into(),
             });
         }
         let mut rep = ImportReport::default();
-        for s in &snap.entries {
+        // Entries that own their sender's mapping first: a mapping is then
+        // charged to its owner's host (NAT66: the ingress port's
+        // subscriber) before entries that only enter through it refer to it.
+        let mut order: Vec<&SavedEntry<A>> = snap.entries.iter().collect();
+        order.sort_by_key(|s| matches!(s.map, MapRef::Inbound | MapRef::Hairpin));
+        for s in order {
             if s.remaining_ms <= elapsed_ms {
                 rep.expired += 1;
                 continue;
@@ -2065,13 +2070,13 @@ impl Nat {
     /// Restore one entry at `now`, expiring at `expires`: `Clash`/`NoMapping`
     /// when it contradicts the table or the configuration, `TableFull` when
     /// it does not fit. Nothing is left behind on failure.
-    fn import_entry(&mut self, s: &SavedEntry, now: u64, expires: u64) -> Result<(), NatDrop> {
+    fn import_entry(&mut self, s: &SavedEntry<A>, now: u64, expires: u64) -> Result<(), NatDrop> {
         let ext = self.cfg.external;
         let (o, r) = (s.orig, s.reply);
-        let sane = matches!(o.proto, proto::TCP | proto::UDP | proto::ICMP)
+        let sane = (matches!(o.proto, proto::TCP | proto::UDP) || o.proto == A::ICMP)
             && r.proto == o.proto
             && o != r
-            && (o.proto != proto::ICMP || (o.dport == 0 && r.sport == 0))
+            && (o.proto != A::ICMP || (o.dport == 0 && r.sport == 0))
             && match s.map {
                 MapRef::None => true,
                 MapRef::Outbound => r.dst == ext,
@@ -2104,8 +2109,20 @@ impl Nat {
         e.pickup = s.pickup;
         let refs = e.mappings();
         let mut taken = 0;
-        for (k, x) in refs.iter().flatten() {
-            if !self.import_ref(*k, *x) {
+        // The sender's own mapping belongs to the entry's host; a mapping it
+        // only enters through is its owner's, made here (owner = its
+        // address) only if no entry of the owner's brought it.
+        let own = matches!(s.map, MapRef::Outbound | MapRef::Hairpin);
+        for (i, (k, x)) in refs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, (*r)?)))
+        {
+            let owner = match s.host {
+                Some(h) if own && i == 0 && h != A::UNSPECIFIED => h,
+                _ => k.ip,
+            };
+            if !self.import_ref(k, x, owner) {
                 break;
             }
             taken += 1;
@@ -2139,8 +2156,9 @@ impl Nat {
     }
 
     /// One more reference on mapping `key` → external port `ext`, made if
-    /// needed. False if that contradicts an existing mapping or reservation.
-    fn import_ref(&mut self, key: MapKey, ext: u16) -> bool {
+    /// needed and charged to host `owner`. False if that contradicts an
+    /// existing mapping or reservation.
+    fn import_ref(&mut self, key: MapKey<A>, ext: u16, owner: A) -> bool {
         if let Some(m) = self.maps.get_mut(&key) {
             if m.ext_port != ext {
                 return false;
@@ -2151,7 +2169,7 @@ impl Nat {
         if self.reserved(key.proto, ext) {
             return false;
         }
-        let Some(h) = self.table.host(key.ip) else {
+        let Some(h) = self.table.host(owner) else {
             return false;
         };
         self.gc.push(h);
@@ -2160,7 +2178,7 @@ impl Nat {
             MapEntry {
                 ext_port: ext,
                 refs: 1,
-                host: key.ip,
+                host: owner,
             },
         );
         self.by_ext.insert((key.proto, ext), key);

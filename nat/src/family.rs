@@ -66,6 +66,8 @@ pub trait Family:
     const LEN: usize;
     /// The address bytes (the first [`Family::LEN`] of the array).
     fn bytes(self) -> [u8; 16];
+    /// The address whose bytes are the first [`Family::LEN`] of `b`.
+    fn from_bytes(b: [u8; 16]) -> Self;
     /// Whether an ICMP type is an error that embeds the offending packet.
     fn icmp_is_error(t: u8) -> bool;
     /// Whether `self` lies in `net`/`prefix`.
@@ -97,6 +99,9 @@ impl Family for Ipv4Addr {
         let mut b = [0u8; 16];
         b[..4].copy_from_slice(&self.octets());
         b
+    }
+    fn from_bytes(b: [u8; 16]) -> Self {
+        Ipv4Addr::new(b[0], b[1], b[2], b[3])
     }
     fn icmp_is_error(t: u8) -> bool {
         crate::wire::icmp_is_error(t)
@@ -170,6 +175,9 @@ impl Family for Ipv6Addr {
     const LEN: usize = 16;
     fn bytes(self) -> [u8; 16] {
         self.octets()
+    }
+    fn from_bytes(b: [u8; 16]) -> Self {
+        Ipv6Addr::from(b)
     }
     fn icmp_is_error(t: u8) -> bool {
         crate::wire::icmpv6::icmp6_is_error(t)

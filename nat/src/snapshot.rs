@@ -24,20 +24,25 @@
 //! new-flow token buckets (they start full), the engine's counters.
 
 use crate::conntrack::{Dir, MapRef, TcpState, Tuple};
+use crate::family::Family;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Version of the byte format written by [`encode`].
 pub const FORMAT_VERSION: u16 = 1;
-const MAGIC: &[u8; 4] = b"VNAT";
+/// The magic of a snapshot of family `A` (NAT44 and NAT66 states cannot be
+/// taken for one another).
+fn magic<A: Family>() -> &'static [u8; 4] {
+    if A::LEN == 4 { b"VNAT" } else { b"VNA6" }
+}
 
 /// One connection as saved.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SavedEntry {
+pub struct SavedEntry<A = Ipv4Addr> {
     /// Tuple of the first packet, as the initiator sent it.
-    pub orig: Tuple,
+    pub orig: Tuple<A>,
     /// Tuple of replies, as they arrive (before translation).
-    pub reply: Tuple,
+    pub reply: Tuple<A>,
     /// Time left before it expires, at export (ms).
     pub remaining_ms: u64,
     /// Bytes per direction.
@@ -56,15 +61,16 @@ pub struct SavedEntry {
     pub pickup: bool,
     /// Assured (never evicted early).
     pub assured: bool,
-    /// The internal host it is charged to (0.0.0.0 for connections opened from outside).
-    pub host: Option<Ipv4Addr>,
+    /// The internal host it is charged to (the unspecified address for
+    /// connections opened from outside; NAT66: the ingress port's subscriber).
+    pub host: Option<A>,
 }
 
 /// A host's counters as saved (its entries and mappings are counted again on import).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SavedHost {
+pub struct SavedHost<A = Ipv4Addr> {
     /// The internal address.
-    pub addr: Ipv4Addr,
+    pub addr: A,
     /// Its entries evicted to make room.
     pub evicted: u64,
     /// Its drops by cause (`nat-host-limit`, `nat-table-full`, `nat-ports-exhausted`, `nat-host-rate`).
@@ -73,13 +79,13 @@ pub struct SavedHost {
 
 /// The NAT's state at one instant.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NatSnapshot {
+pub struct NatSnapshot<A = Ipv4Addr> {
     /// The external address the translations use.
-    pub external: Ipv4Addr,
+    pub external: A,
     /// Live entries.
-    pub entries: Vec<SavedEntry>,
+    pub entries: Vec<SavedEntry<A>>,
     /// Live host records.
-    pub hosts: Vec<SavedHost>,
+    pub hosts: Vec<SavedHost<A>>,
     /// Random port allocator state.
     pub rng: u64,
     /// Sequential port allocator positions (ports < 1024, ≥ 1024, ICMP ids).
@@ -119,9 +125,9 @@ pub enum SnapshotError {
     /// Saved for another external address.
     ForeignExternal {
         /// In the snapshot.
-        saved: Ipv4Addr,
+        saved: IpAddr,
         /// Configured now.
-        configured: Ipv4Addr,
+        configured: IpAddr,
     },
 }
 
@@ -147,12 +153,24 @@ impl fmt::Display for SnapshotError {
 
 impl std::error::Error for SnapshotError {}
 
-/// Bytes of one encoded entry.
-const ENTRY_LEN: usize = 1 + 12 + 12 + 8 + 16 + 8 + 4 + 4;
+/// Bytes of one encoded entry of family `A`: protocol, two tuples,
+/// remaining time, bytes, packets, four flag bytes, host.
+fn entry_len<A: Family>() -> usize {
+    1 + 2 * (2 * A::LEN + 4) + 8 + 16 + 8 + 4 + A::LEN
+}
 
-fn put_tuple(out: &mut Vec<u8>, t: &Tuple) {
-    out.extend_from_slice(&t.src.octets());
-    out.extend_from_slice(&t.dst.octets());
+/// Bytes of one encoded host record: address, evictions, four drop counters.
+fn host_len<A: Family>() -> usize {
+    A::LEN + 8 + 32
+}
+
+fn put_addr<A: Family>(out: &mut Vec<u8>, a: A) {
+    out.extend_from_slice(&a.bytes()[..A::LEN]);
+}
+
+fn put_tuple<A: Family>(out: &mut Vec<u8>, t: &Tuple<A>) {
+    put_addr(out, t.src);
+    put_addr(out, t.dst);
     out.extend_from_slice(&t.sport.to_le_bytes());
     out.extend_from_slice(&t.dport.to_le_bytes());
 }
@@ -161,12 +179,15 @@ fn state_code(s: TcpState) -> u8 {
     TcpState::ALL.iter().position(|x| *x == s).unwrap_or(0) as u8
 }
 
-/// The bytes of `s` (format [`FORMAT_VERSION`], little-endian).
-pub fn encode(s: &NatSnapshot) -> Vec<u8> {
-    let mut out = Vec::with_capacity(40 + s.entries.len() * ENTRY_LEN + s.hosts.len() * 44);
-    out.extend_from_slice(MAGIC);
+/// The bytes of `s` (format [`FORMAT_VERSION`], little-endian; addresses of
+/// [`Family::LEN`] bytes, and a magic of the family's own).
+pub fn encode<A: Family>(s: &NatSnapshot<A>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        40 + s.entries.len() * entry_len::<A>() + s.hosts.len() * host_len::<A>(),
+    );
+    out.extend_from_slice(magic::<A>());
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&s.external.octets());
+    put_addr(&mut out, s.external);
     out.extend_from_slice(&s.rng.to_le_bytes());
     for q in s.seq {
         out.extend_from_slice(&q.to_le_bytes());
@@ -201,11 +222,11 @@ pub fn encode(s: &NatSnapshot) -> Vec<u8> {
                 | u8::from(e.assured) << 2
                 | u8::from(e.host.is_some()) << 3,
         );
-        out.extend_from_slice(&e.host.unwrap_or(Ipv4Addr::UNSPECIFIED).octets());
+        put_addr(&mut out, e.host.unwrap_or(A::UNSPECIFIED));
     }
     out.extend_from_slice(&(s.hosts.len() as u32).to_le_bytes());
     for h in &s.hosts {
-        out.extend_from_slice(&h.addr.octets());
+        put_addr(&mut out, h.addr);
         out.extend_from_slice(&h.evicted.to_le_bytes());
         for d in h.drops {
             out.extend_from_slice(&d.to_le_bytes());
@@ -240,10 +261,17 @@ impl Reader<'_> {
     fn u64(&mut self) -> Result<u64, SnapshotError> {
         Ok(u64::from_le_bytes(self.take()?))
     }
-    fn ip(&mut self) -> Result<Ipv4Addr, SnapshotError> {
-        Ok(Ipv4Addr::from(self.take::<4>()?))
+    fn ip<A: Family>(&mut self) -> Result<A, SnapshotError> {
+        let mut b = [0u8; 16];
+        let (h, t) = self
+            .b
+            .split_at_checked(A::LEN)
+            .ok_or(SnapshotError::Truncated)?;
+        b[..A::LEN].copy_from_slice(h);
+        self.b = t;
+        Ok(A::from_bytes(b))
     }
-    fn tuple(&mut self, proto: u8) -> Result<Tuple, SnapshotError> {
+    fn tuple<A: Family>(&mut self, proto: u8) -> Result<Tuple<A>, SnapshotError> {
         Ok(Tuple {
             proto,
             src: self.ip()?,
@@ -262,10 +290,10 @@ impl Reader<'_> {
     }
 }
 
-/// Parse bytes written by [`encode`].
-pub fn decode(bytes: &[u8]) -> Result<NatSnapshot, SnapshotError> {
+/// Parse bytes written by [`encode`] for family `A`.
+pub fn decode<A: Family>(bytes: &[u8]) -> Result<NatSnapshot<A>, SnapshotError> {
     let mut r = Reader { b: bytes };
-    if &r.take::<4>().map_err(|_| SnapshotError::BadMagic)? != MAGIC {
+    if &r.take::<4>().map_err(|_| SnapshotError::BadMagic)? != magic::<A>() {
         return Err(SnapshotError::BadMagic);
     }
     let v = r.u16()?;
@@ -275,7 +303,7 @@ pub fn decode(bytes: &[u8]) -> Result<NatSnapshot, SnapshotError> {
     let external = r.ip()?;
     let rng = r.u64()?;
     let seq = [r.u16()?, r.u16()?, r.u16()?];
-    let n = r.count(ENTRY_LEN)?;
+    let n = r.count(entry_len::<A>())?;
     let mut entries = Vec::with_capacity(n);
     for _ in 0..n {
         let proto = r.u8()?;
@@ -320,7 +348,7 @@ pub fn decode(bytes: &[u8]) -> Result<NatSnapshot, SnapshotError> {
             host: (flags & 8 != 0).then_some(host),
         });
     }
-    let n = r.count(44)?;
+    let n = r.count(host_len::<A>())?;
     let mut hosts = Vec::with_capacity(n);
     for _ in 0..n {
         hosts.push(SavedHost {
@@ -384,27 +412,30 @@ mod tests {
     #[test]
     fn bytes_round_trip() {
         let s = sample();
-        assert_eq!(decode(&encode(&s)), Ok(s));
+        assert_eq!(decode::<Ipv4Addr>(&encode(&s)), Ok(s));
     }
 
     #[test]
     fn every_truncation_and_bad_header_is_refused() {
         let b = encode(&sample());
         for n in 0..b.len() {
-            assert!(decode(&b[..n]).is_err(), "prefix of {n} bytes accepted");
+            assert!(
+                decode::<Ipv4Addr>(&b[..n]).is_err(),
+                "prefix of {n} bytes accepted"
+            );
         }
         let mut x = b.clone();
         x.push(0);
-        assert_eq!(decode(&x), Err(SnapshotError::Trailing(1)));
+        assert_eq!(decode::<Ipv4Addr>(&x), Err(SnapshotError::Trailing(1)));
         let mut x = b.clone();
         x[4] = 9;
-        assert_eq!(decode(&x), Err(SnapshotError::Version(9)));
+        assert_eq!(decode::<Ipv4Addr>(&x), Err(SnapshotError::Version(9)));
         let mut x = b.clone();
         x[0] = b'X';
-        assert_eq!(decode(&x), Err(SnapshotError::BadMagic));
+        assert_eq!(decode::<Ipv4Addr>(&x), Err(SnapshotError::BadMagic));
         // A count far beyond the bytes is refused before anything is allocated.
         let mut x = b[..24].to_vec();
         x.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode(&x), Err(SnapshotError::Truncated));
+        assert_eq!(decode::<Ipv4Addr>(&x), Err(SnapshotError::Truncated));
     }
 }

@@ -398,7 +398,8 @@ proptest! {
         edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
         cut in any::<usize>(),
     ) {
-        let _ = snapshot::decode(&noise);
+        let _ = snapshot::decode::<std::net::Ipv4Addr>(&noise);
+        let _ = snapshot::decode::<std::net::Ipv6Addr>(&noise);
         let (n, _) = populated();
         let mut b = snapshot::encode(&n.export(100));
         for (at, v) in edits {
