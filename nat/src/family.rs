@@ -126,13 +126,12 @@ impl Family for Ipv4Addr {
         })
     }
     fn parse_inner(inner: &[u8]) -> Option<(Self, Self, u8, usize)> {
-        let ihl = usize::from(inner.first()? & 0xf) * 4;
-        if inner[0] >> 4 != 4 || ihl < 20 || inner.len() < ihl + 8 {
+        let ip = Ipv4Packet::new_quoted(inner).ok()?;
+        let ihl = ip.header_len();
+        if inner.len() < ihl + 8 {
             return None;
         }
-        let src = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
-        let dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
-        Some((src, dst, inner[9], ihl))
+        Some((ip.src(), ip.dst(), ip.protocol(), ihl))
     }
     fn set_src(buf: &mut [u8], a: Self) {
         if let Ok(mut ip) = Ipv4Packet::new_checked(buf) {
@@ -145,17 +144,10 @@ impl Family for Ipv4Addr {
         }
     }
     fn set_inner(inner: &mut [u8], src: Self, dst: Self) {
-        if inner.len() < 20 {
-            return;
+        if let Ok(mut ip) = Ipv4Packet::new_quoted(inner) {
+            ip.set_src(src);
+            ip.set_dst(dst);
         }
-        let mut c = u16::from_be_bytes([inner[10], inner[11]]);
-        let old_src = u32::from_be_bytes([inner[12], inner[13], inner[14], inner[15]]);
-        let old_dst = u32::from_be_bytes([inner[16], inner[17], inner[18], inner[19]]);
-        c = crate::checksum::update32(c, old_src, u32::from(src));
-        c = crate::checksum::update32(c, old_dst, u32::from(dst));
-        inner[12..16].copy_from_slice(&src.octets());
-        inner[16..20].copy_from_slice(&dst.octets());
-        inner[10..12].copy_from_slice(&c.to_be_bytes());
     }
 }
 
