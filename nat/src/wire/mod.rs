@@ -277,23 +277,28 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 }
 
 /// Write the IPv4 header `hdr` (of a packet being split: a fragment's or a
-/// segment's) and `data` into `out`, with the total length set to theirs;
-/// the other fields, and the header checksum, are the caller's to set (see
-/// [`Ipv4Packet::fill_checksum`]). `None` if `hdr` is not an IPv4 header
-/// of its own length, `out` is too small, or the packet would pass 65,535 bytes.
+/// segment's) and the payload `parts` after it into `out`, with the total
+/// length set to theirs; the other fields, and the header checksum, are the
+/// caller's to set (see [`Ipv4Packet::fill_checksum`]). `None` if `hdr` is
+/// not an IPv4 header of its own length, `out` is too small, or the packet
+/// would pass 65,535 bytes.
 pub fn emit_with_payload<'a>(
     out: &'a mut [u8],
     hdr: &[u8],
-    data: &[u8],
+    parts: &[&[u8]],
 ) -> Option<Ipv4Packet<&'a mut [u8]>> {
     let h = hdr.len();
-    let total = h + data.len();
+    let total = h + parts.iter().map(|p| p.len()).sum::<usize>();
     let t = u16::try_from(total).ok()?;
     let b = out.get_mut(..total)?;
-    b[..h].copy_from_slice(hdr);
-    b[h..].copy_from_slice(data);
-    if b.len() < IPV4_HLEN {
+    if h < IPV4_HLEN {
         return None;
+    }
+    b[..h].copy_from_slice(hdr);
+    let mut at = h;
+    for p in parts {
+        b[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
     }
     b[2..4].copy_from_slice(&t.to_be_bytes());
     let p = Ipv4Packet::new_checked(b).ok()?;
@@ -369,8 +374,12 @@ pub mod tcp_flags {
     pub const SYN: u8 = 0x02;
     /// RST.
     pub const RST: u8 = 0x04;
+    /// PSH.
+    pub const PSH: u8 = 0x08;
     /// ACK.
     pub const ACK: u8 = 0x10;
+    /// CWR.
+    pub const CWR: u8 = 0x80;
 }
 
 /// The ports of a flow as the transport header `l4` of protocol `proto`
@@ -614,15 +623,15 @@ mod tests {
         assert_eq!(n, 28);
         assert_eq!(&later[20..28], &[0x83, 7, 4, 1, 2, 3, 4, 0]);
         let mut out = [0u8; 64];
-        let mut f = emit_with_payload(&mut out, &later[..n], b"abcdefgh").unwrap();
+        let mut f = emit_with_payload(&mut out, &later[..n], &[b"abcd", b"efgh"]).unwrap();
         f.set_frag(false, 8);
         f.fill_checksum();
         let (e, rest) = etherparse::Ipv4Header::from_slice(&out[..36]).unwrap();
         assert_eq!((e.total_len, e.header_len()), (36, 28));
         assert_eq!(e.header_checksum, e.calc_header_checksum());
         assert_eq!(rest, b"abcdefgh");
-        assert!(emit_with_payload(&mut out[..30], &later[..n], b"abcdefgh").is_none());
-        assert!(emit_with_payload(&mut out, &later[..n - 4], b"").is_none());
+        assert!(emit_with_payload(&mut out[..30], &later[..n], &[b"abcdefgh"]).is_none());
+        assert!(emit_with_payload(&mut out, &later[..n - 4], &[]).is_none());
     }
 
     #[test]
