@@ -723,32 +723,24 @@ fn related_key(frame: &[u8], h: &Headers) -> Option<FlowKey> {
     }
     let l3 = frame.get(ETH_HLEN + if h.vlan.is_some() { 4 } else { 0 }..)?;
     if let Some((_, _, 1)) = h.ipv4 {
-        let ip = nat::wire::Ipv4Packet::new_checked(l3).ok()?;
-        let icmp = ip.payload();
-        if !matches!(icmp.first()?, 3 | 11 | 12) {
+        use nat::wire::{FlowHeader, Ipv4Packet, icmp::IcmpPacket, icmp_type, proto};
+        let ip = Ipv4Packet::new_checked(l3).ok()?;
+        let icmp = IcmpPacket::new_checked(ip.payload()).ok()?;
+        if !nat::wire::icmp_is_error(icmp.msg_type()) {
             return None;
         }
         // The quoted header and at least the first 4 bytes of its transport header.
-        let inner = icmp.get(8..)?;
-        if inner.len() < 20 || inner[0] >> 4 != 4 {
-            return None;
-        }
-        let ihl = usize::from(inner[0] & 0xf) * 4;
-        let l4 = inner.get(ihl..)?;
-        let proto = inner[9];
-        let (sport, dport) = match proto {
-            6 | 17 => (
-                u16::from_be_bytes([*l4.first()?, *l4.get(1)?]),
-                u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]),
-            ),
-            1 if l4.len() >= 8 && l4[0] == 8 => (u16::from_be_bytes([l4[4], l4[5]]), 0),
+        let inner = Ipv4Packet::new_quoted(icmp.payload()).ok()?;
+        let l4 = FlowHeader::new(inner.protocol(), proto::ICMP, inner.payload()).ok()?;
+        let (sport, dport) = match inner.protocol() {
+            proto::TCP | proto::UDP => l4.ports(),
+            _ if l4.icmp_type() == icmp_type::ECHO_REQUEST => (l4.echo_ident()?, 0),
             _ => return None,
         };
-        let a = |o: usize| Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3]);
         return Some(FlowKey::V4(nat::Tuple {
-            proto,
-            src: a(12),
-            dst: a(16),
+            proto: inner.protocol(),
+            src: inner.src(),
+            dst: inner.dst(),
             sport,
             dport,
         }));
