@@ -14,7 +14,7 @@
 //! policy after it.
 
 use crate::PortId;
-use crate::wire::{ETH_HLEN, EthernetFrame, MacAddr, ethertype};
+use crate::wire::{EthernetFrame, MacAddr, ethertype};
 use std::cell::OnceCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -102,15 +102,10 @@ impl Headers {
             src: eth.src(),
             ..Headers::default()
         };
-        let mut off = ETH_HLEN;
-        let mut et = eth.ethertype();
-        if (et == ethertype::VLAN || et == ethertype::QINQ) && b.len() >= off + 4 {
-            h.vlan = eth.vlan();
-            et = u16::from_be_bytes([b[off + 2], b[off + 3]]);
-            off += 4;
-        }
+        h.vlan = eth.vlan();
+        let et = eth.inner_ethertype();
         h.ethertype = et;
-        let l3 = b.get(off..).unwrap_or(&[]);
+        let l3 = b.get(eth.header_len()..).unwrap_or(&[]);
         if et == ethertype::IPV4 {
             if let Ok(ip) = nat::wire::Ipv4Packet::new_checked(l3) {
                 let proto = ip.protocol();
@@ -721,7 +716,7 @@ fn related_key(frame: &[u8], h: &Headers) -> Option<FlowKey> {
     if h.fragment.is_some() {
         return None;
     }
-    let l3 = frame.get(ETH_HLEN + if h.vlan.is_some() { 4 } else { 0 }..)?;
+    let l3 = frame.get(EthernetFrame::new_checked(frame).ok()?.header_len()..)?;
     if let Some((_, _, 1)) = h.ipv4 {
         use nat::wire::{FlowHeader, Ipv4Packet, icmp::IcmpPacket, icmp_type, proto};
         let ip = Ipv4Packet::new_checked(l3).ok()?;
@@ -1163,6 +1158,7 @@ pub struct Reloaded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ETH_HLEN;
     use crate::wire::tests_fixtures::eth_frame;
 
     fn tcp_syn() -> Vec<u8> {
