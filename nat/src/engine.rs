@@ -71,7 +71,9 @@ use crate::conntrack::{
 use crate::family::{Family, Hdr, Net};
 pub use crate::family::{Ipv4Net, Ipv6Net};
 use crate::snapshot::{ImportReport, NatSnapshot, SavedEntry, SavedHost, SnapshotError};
-use crate::wire::proto;
+use crate::wire::tcp::TcpPacket;
+use crate::wire::udp::UdpPacket;
+use crate::wire::{FlowHeader, proto};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
@@ -688,14 +690,13 @@ fn rewrite<A: Family>(
         return;
     };
     let p = from.proto;
-    let icmp = p == A::ICMP;
-    let csum_at = match p {
-        proto::TCP if l4.len() >= 18 => 16,
-        proto::UDP if l4.len() >= 8 => 6,
-        _ if icmp && l4.len() >= 8 => 2,
-        _ => return,
+    let Ok(mut h) = FlowHeader::new(p, A::ICMP, l4) else {
+        return;
     };
-    let mut c = u16::from_be_bytes([l4[csum_at], l4[csum_at + 1]]);
+    let icmp = h.is_icmp();
+    let Some(mut c) = h.checksum() else {
+        return;
+    };
     let udp_zero = p == proto::UDP && c == 0 && !partial;
     let pseudo = !icmp || A::ICMP_PSEUDO;
     if !udp_zero && pseudo {
@@ -708,14 +709,14 @@ fn rewrite<A: Family>(
     }
     if icmp {
         // The identifier is the "port": sport of a request, dport of a reply.
-        let (old, new) = if l4[0] == A::ECHO_REQUEST {
+        let (old, new) = if h.icmp_type() == A::ECHO_REQUEST {
             (from.sport, to.sport)
         } else {
             (from.dport, to.dport)
         };
         if old != new {
             c = update16(c, old, new);
-            l4[4..6].copy_from_slice(&new.to_be_bytes());
+            h.set_echo_ident(new);
         }
     } else {
         if !udp_zero && !partial {
@@ -729,10 +730,9 @@ fn rewrite<A: Family>(
                 c = 0xffff; // 0 means "no checksum" in UDP
             }
         }
-        l4[0..2].copy_from_slice(&to.sport.to_be_bytes());
-        l4[2..4].copy_from_slice(&to.dport.to_be_bytes());
+        h.set_ports(to.sport, to.dport);
     }
-    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    h.set_checksum(c);
 }
 
 impl<A: Family> Nat<A> {
@@ -1048,12 +1048,14 @@ impl<A: Family> Nat<A> {
         }
         let more_frags = frag.is_some_and(|f| f.more);
         let l4 = &buf[l4_at..total];
-        let short = match p {
-            proto::TCP => l4.len() < 20 || usize::from(l4[12] >> 4) * 4 < 20,
-            proto::UDP => l4.len() < 8,
+        // A first fragment may end inside the TCP options; a whole packet may not.
+        let malformed = match p {
+            proto::TCP if more_frags => TcpPacket::new_head(l4).is_err(),
+            proto::TCP => TcpPacket::new_checked(l4).is_err(),
+            proto::UDP => UdpPacket::new_checked(l4).is_err(),
             _ => false,
         };
-        if short || (p == proto::TCP && usize::from(l4[12] >> 4) * 4 > l4.len() && !more_frags) {
+        if malformed {
             return self.drop(NatDrop::Malformed);
         }
         if p == A::ICMP && l4.first().is_some_and(|t| A::icmp_is_error(*t)) {
@@ -1065,7 +1067,10 @@ impl<A: Family> Nat<A> {
                 flags,
                 l4: (l4_at, total),
                 len,
-                zero_udp6: A::LEN == 16 && p == proto::UDP && !partial && l4[6..8] == [0, 0],
+                zero_udp6: A::LEN == 16
+                    && p == proto::UDP
+                    && !partial
+                    && UdpPacket::new_checked(l4).is_ok_and(|u| u.checksum() == 0),
             },
             None => {
                 // No ports to translate: fine inside the LAN or for us; never masquerade it.
@@ -1721,52 +1726,50 @@ impl<A: Family> Nat<A> {
         {
             let inner = &mut buf[inner_at..total];
             A::set_inner(inner, new_inner.src, new_inner.dst);
-            let l4 = &mut inner[ihl..];
-            match te.proto {
-                proto::TCP | proto::UDP => {
-                    let at = if te.proto == proto::TCP { 16 } else { 6 };
-                    if l4.len() >= at + 2 {
-                        let mut c = u16::from_be_bytes([l4[at], l4[at + 1]]);
-                        if !(te.proto == proto::UDP && c == 0) {
-                            c = update_addr(c, te.src, new_inner.src, false);
-                            c = update_addr(c, te.dst, new_inner.dst, false);
-                            c = update16(c, te.sport, new_inner.sport);
-                            c = update16(c, te.dport, new_inner.dport);
-                            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-                        }
-                    }
-                    l4[0..2].copy_from_slice(&new_inner.sport.to_be_bytes());
-                    l4[2..4].copy_from_slice(&new_inner.dport.to_be_bytes());
-                }
-                _ => {
-                    let (old, new) = if l4[0] == A::ECHO_REQUEST {
+            // `l4_tuple` found ports in it: TCP, UDP or ICMP, 8 bytes at least.
+            let l4 = FlowHeader::new(te.proto, A::ICMP, &mut inner[ihl..]);
+            if let Ok(mut l4) = l4 {
+                if l4.is_icmp() {
+                    let (old, new) = if l4.icmp_type() == A::ECHO_REQUEST {
                         (te.sport, new_inner.sport)
                     } else {
                         (te.dport, new_inner.dport)
                     };
-                    let mut c = u16::from_be_bytes([l4[2], l4[3]]);
-                    if A::ICMP_PSEUDO {
+                    if let Some(mut c) = l4.checksum() {
+                        if A::ICMP_PSEUDO {
+                            c = update_addr(c, te.src, new_inner.src, false);
+                            c = update_addr(c, te.dst, new_inner.dst, false);
+                        }
+                        c = update16(c, old, new);
+                        l4.set_checksum(c);
+                    }
+                    l4.set_echo_ident(new);
+                } else {
+                    if let Some(mut c) = l4.checksum()
+                        && !(te.proto == proto::UDP && c == 0)
+                    {
                         c = update_addr(c, te.src, new_inner.src, false);
                         c = update_addr(c, te.dst, new_inner.dst, false);
+                        c = update16(c, te.sport, new_inner.sport);
+                        c = update16(c, te.dport, new_inner.dport);
+                        l4.set_checksum(c);
                     }
-                    c = update16(c, old, new);
-                    l4[2..4].copy_from_slice(&c.to_be_bytes());
-                    l4[4..6].copy_from_slice(&new.to_be_bytes());
+                    l4.set_ports(new_inner.sport, new_inner.dport);
                 }
             }
         }
         // The ICMP checksum covers the embedded bytes (and, in ICMPv6, the
         // pseudo-header): recompute it (errors are rare and short).
-        let icmp = &mut buf[icmp_at..total];
-        icmp[2] = 0;
-        icmp[3] = 0;
-        let mut s = checksum::sum(icmp);
+        let Ok(mut icmp) = FlowHeader::new(A::ICMP, A::ICMP, &mut buf[icmp_at..total]) else {
+            return self.drop(NatDrop::Malformed);
+        };
+        icmp.set_checksum(0);
+        let mut s = checksum::sum(icmp.as_bytes());
         if A::ICMP_PSEUDO {
             let (a, b) = (new_src.bytes(), target.dst.bytes());
-            s += checksum::pseudo_header6(a, b, A::ICMP, icmp.len() as u32);
+            s += checksum::pseudo_header6(a, b, A::ICMP, icmp.as_bytes().len() as u32);
         }
-        let c = !checksum::fold(s);
-        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        icmp.set_checksum(!checksum::fold(s));
         self.counters.icmp_errors += 1;
         Verdict::Translated
     }

@@ -133,13 +133,12 @@ impl Family for Ipv4Addr {
         })
     }
     fn parse_inner(inner: &[u8]) -> Option<(Self, Self, u8, usize)> {
-        let ihl = usize::from(inner.first()? & 0xf) * 4;
-        if inner[0] >> 4 != 4 || ihl < 20 || inner.len() < ihl + 8 {
+        let ip = Ipv4Packet::new_quoted(inner).ok()?;
+        let ihl = ip.header_len();
+        if inner.len() < ihl + 8 {
             return None;
         }
-        let src = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
-        let dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
-        Some((src, dst, inner[9], ihl))
+        Some((ip.src(), ip.dst(), ip.protocol(), ihl))
     }
     fn set_src(buf: &mut [u8], a: Self) {
         if let Ok(mut ip) = Ipv4Packet::new_checked(buf) {
@@ -152,17 +151,10 @@ impl Family for Ipv4Addr {
         }
     }
     fn set_inner(inner: &mut [u8], src: Self, dst: Self) {
-        if inner.len() < 20 {
-            return;
+        if let Ok(mut ip) = Ipv4Packet::new_quoted(inner) {
+            ip.set_src(src);
+            ip.set_dst(dst);
         }
-        let mut c = u16::from_be_bytes([inner[10], inner[11]]);
-        let old_src = u32::from_be_bytes([inner[12], inner[13], inner[14], inner[15]]);
-        let old_dst = u32::from_be_bytes([inner[16], inner[17], inner[18], inner[19]]);
-        c = crate::checksum::update32(c, old_src, u32::from(src));
-        c = crate::checksum::update32(c, old_dst, u32::from(dst));
-        inner[12..16].copy_from_slice(&src.octets());
-        inner[16..20].copy_from_slice(&dst.octets());
-        inner[10..12].copy_from_slice(&c.to_be_bytes());
     }
 }
 
@@ -210,45 +202,24 @@ impl Family for Ipv6Addr {
         })
     }
     fn parse_inner(inner: &[u8]) -> Option<(Self, Self, u8, usize)> {
-        if inner.len() < 40 || inner[0] >> 4 != 6 {
+        // The quote may be cut anywhere: its extension headers are walked
+        // (bounded) as far as it goes; a quoted later fragment carries no
+        // transport header.
+        let ip = Ipv6Packet::new_quoted(inner).ok()?;
+        let u = ip.upper().ok()?;
+        if u.frag.is_some_and(|f| f.offset != 0) || inner.len() < u.offset + 8 {
             return None;
         }
-        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&inner[8..24]).ok()?);
-        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&inner[24..40]).ok()?);
-        // The quote may be cut anywhere: walk its extension headers (bounded)
-        // as far as it goes; a quoted later fragment carries no transport header.
-        let (mut nh, mut at) = (inner[6], 40);
-        for _ in 0..crate::wire::ipv6::MAX_EXT_HEADERS {
-            match nh {
-                next_header::HOP_BY_HOP | next_header::ROUTING | next_header::DEST_OPTS => {
-                    let len = (usize::from(*inner.get(at + 1)?) + 1) * 8;
-                    nh = *inner.get(at)?;
-                    at += len;
-                }
-                next_header::FRAGMENT => {
-                    let h = inner.get(at..at + 8)?;
-                    if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                        return None;
-                    }
-                    nh = h[0];
-                    at += 8;
-                }
-                _ => break,
-            }
-        }
-        if inner.len() < at + 8 {
-            return None;
-        }
-        Some((src, dst, nh, at))
+        Some((ip.src(), ip.dst(), u.proto, u.offset))
     }
     fn set_src(buf: &mut [u8], a: Self) {
-        if let Some(b) = buf.get_mut(8..24) {
-            b.copy_from_slice(&a.octets());
+        if let Ok(mut p) = Ipv6Packet::new_quoted(buf) {
+            p.set_src(a);
         }
     }
     fn set_dst(buf: &mut [u8], a: Self) {
-        if let Some(b) = buf.get_mut(24..40) {
-            b.copy_from_slice(&a.octets());
+        if let Ok(mut p) = Ipv6Packet::new_quoted(buf) {
+            p.set_dst(a);
         }
     }
     fn set_inner(inner: &mut [u8], src: Self, dst: Self) {

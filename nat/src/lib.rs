@@ -6,7 +6,7 @@
 //!   the CHECKSUM_PARTIAL (pseudo-header seed) variant.
 //! - [`wire`]: the typed wire layer: Ethernet/802.1Q, ARP and the
 //!   `virtio_net_hdr`, IPv4, IPv6 and its extension headers,
-//!   TCP/UDP/ICMP/ICMPv6/NDP fields read and rewritten in place, emitters.
+//!   TCP/UDP/ICMP/ICMPv6/NDP views read and rewritten in place, emitters.
 //! - [`family`]: the address family ([`family::Family`]) the table and the
 //!   engine are generic over: one engine for NAT44 and NAT66.
 //! - [`conntrack`]: tuples, the TCP state machine, the bounded table with a

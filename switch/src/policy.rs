@@ -14,7 +14,7 @@
 //! policy after it.
 
 use crate::PortId;
-use crate::wire::{ETH_HLEN, EthernetFrame, MacAddr, ethertype};
+use crate::wire::{EthernetFrame, MacAddr, ethertype};
 use std::cell::OnceCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -111,15 +111,10 @@ impl Headers {
             src: eth.src(),
             ..Headers::default()
         };
-        let mut off = ETH_HLEN;
-        let mut et = eth.ethertype();
-        if (et == ethertype::VLAN || et == ethertype::QINQ) && b.len() >= off + 4 {
-            h.vlan = eth.vlan();
-            et = u16::from_be_bytes([b[off + 2], b[off + 3]]);
-            off += 4;
-        }
+        h.vlan = eth.vlan();
+        let et = eth.inner_ethertype();
         h.ethertype = et;
-        let l3 = b.get(off..).unwrap_or(&[]);
+        let l3 = b.get(eth.header_len()..).unwrap_or(&[]);
         if et == ethertype::IPV4 {
             if let Ok(ip) = nat::wire::Ipv4Packet::new_checked(l3) {
                 let proto = ip.protocol();
@@ -738,34 +733,26 @@ fn related_key(frame: &[u8], h: &Headers) -> Option<FlowKey> {
     if h.fragment.is_some() {
         return None;
     }
-    let l3 = frame.get(ETH_HLEN + if h.vlan.is_some() { 4 } else { 0 }..)?;
+    let l3 = frame.get(EthernetFrame::new_checked(frame).ok()?.header_len()..)?;
     if let Some((_, _, 1)) = h.ipv4 {
-        let ip = nat::wire::Ipv4Packet::new_checked(l3).ok()?;
-        let icmp = ip.payload();
-        if !matches!(icmp.first()?, 3 | 11 | 12) {
+        use nat::wire::{FlowHeader, Ipv4Packet, icmp::IcmpPacket, icmp_type, proto};
+        let ip = Ipv4Packet::new_checked(l3).ok()?;
+        let icmp = IcmpPacket::new_checked(ip.payload()).ok()?;
+        if !nat::wire::icmp_is_error(icmp.msg_type()) {
             return None;
         }
         // The quoted header and at least the first 4 bytes of its transport header.
-        let inner = icmp.get(8..)?;
-        if inner.len() < 20 || inner[0] >> 4 != 4 {
-            return None;
-        }
-        let ihl = usize::from(inner[0] & 0xf) * 4;
-        let l4 = inner.get(ihl..)?;
-        let proto = inner[9];
-        let (sport, dport) = match proto {
-            6 | 17 => (
-                u16::from_be_bytes([*l4.first()?, *l4.get(1)?]),
-                u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]),
-            ),
-            1 if l4.len() >= 8 && l4[0] == 8 => (u16::from_be_bytes([l4[4], l4[5]]), 0),
+        let inner = Ipv4Packet::new_quoted(icmp.payload()).ok()?;
+        let l4 = FlowHeader::new(inner.protocol(), proto::ICMP, inner.payload()).ok()?;
+        let (sport, dport) = match inner.protocol() {
+            proto::TCP | proto::UDP => l4.ports(),
+            _ if l4.icmp_type() == icmp_type::ECHO_REQUEST => (l4.echo_ident()?, 0),
             _ => return None,
         };
-        let a = |o: usize| Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3]);
         return Some(FlowKey::V4(nat::Tuple {
-            proto,
-            src: a(12),
-            dst: a(16),
+            proto: inner.protocol(),
+            src: inner.src(),
+            dst: inner.dst(),
             sport,
             dport,
         }));
@@ -1192,6 +1179,7 @@ pub struct Reloaded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ETH_HLEN;
     use crate::wire::tests_fixtures::eth_frame;
 
     fn tcp_syn() -> Vec<u8> {

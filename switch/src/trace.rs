@@ -24,8 +24,11 @@ use crate::policy::{Action, Frame, FrameMeta, Headers, Policy};
 use crate::wire::{ArpPacket, EthernetFrame, MacAddr, arp_op, ethertype};
 use crate::worker::{Port, floods_to};
 use nat::wire::Ipv4Packet;
+use nat::wire::ethernet::emit_header as emit_eth;
+use nat::wire::icmp::IcmpPacket;
 use nat::wire::icmpv6::{self, Icmpv6Packet, icmp6_type};
 use nat::wire::ipv6::Ipv6Packet;
+use nat::wire::probe::{self, Probe};
 use serde::Serialize;
 use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr};
@@ -138,36 +141,15 @@ fn ip_arg(v: &Value, what: &str) -> Result<Option<IpAddr>, String> {
         .transpose()
 }
 
-/// The transport header a trace request describes (`proto`: tcp, a SYN;
-/// udp; icmp: an echo request), with its checksum left zero for TCP/UDP.
-fn l4_of(args: &Value, v6: bool) -> Result<(u8, Vec<u8>), String> {
+/// The probe a trace request describes (`proto`: tcp, a SYN; udp; icmp: an
+/// echo request, ICMPv6 between IPv6 addresses).
+fn probe_of(args: &Value) -> Result<Probe, String> {
     let sport = args["sport"].as_u64().unwrap_or(40000) as u16;
     let dport = args["dport"].as_u64().unwrap_or(80) as u16;
     Ok(match args["proto"].as_str().unwrap_or("tcp") {
-        "tcp" => {
-            let mut t = vec![0u8; 20];
-            t[0..2].copy_from_slice(&sport.to_be_bytes());
-            t[2..4].copy_from_slice(&dport.to_be_bytes());
-            t[12] = 0x50;
-            t[13] = 0x02; // SYN
-            (6, t)
-        }
-        "udp" => {
-            let mut u = vec![0u8; 8];
-            u[0..2].copy_from_slice(&sport.to_be_bytes());
-            u[2..4].copy_from_slice(&dport.to_be_bytes());
-            u[4..6].copy_from_slice(&8u16.to_be_bytes());
-            (17, u)
-        }
-        "icmp" | "icmpv6" => {
-            let mut i = vec![if v6 { 128 } else { 8 }, 0, 0, 0, 0, 0, 0, 1];
-            i[4..6].copy_from_slice(&sport.to_be_bytes());
-            if !v6 {
-                let c = nat::checksum::checksum(&i);
-                i[2..4].copy_from_slice(&c.to_be_bytes());
-            }
-            (if v6 { 58 } else { 1 }, i)
-        }
+        "tcp" => Probe::Syn { sport, dport },
+        "udp" => Probe::Udp { sport, dport },
+        "icmp" | "icmpv6" => Probe::Echo { ident: sport },
         p => return Err(format!("unknown protocol {p:?} (tcp, udp, icmp)")),
     })
 }
@@ -179,58 +161,27 @@ fn build(
     dst_mac: MacAddr,
     addrs: Option<(IpAddr, IpAddr)>,
 ) -> Result<Vec<u8>, String> {
-    let mut f = Vec::with_capacity(100);
-    f.extend_from_slice(&dst_mac.0);
-    f.extend_from_slice(&src_mac.0);
-    if let Some(v) = args["vlan"].as_u64() {
-        f.extend_from_slice(&[0x81, 0x00]);
-        f.extend_from_slice(&(v as u16 & 0x0fff).to_be_bytes());
-    }
+    let vlan = args["vlan"].as_u64().map(|v| v as u16 & 0x0fff);
     let et = args["ethertype"].as_u64().map(|e| e as u16);
+    let mut f = vec![0u8; 256];
     let Some((s, d)) = addrs else {
-        f.extend_from_slice(&et.unwrap_or(0x88b5).to_be_bytes());
-        f.resize(60, 0);
+        let n = emit_eth(&mut f, dst_mac, src_mac, vlan, et.unwrap_or(0x88b5)).unwrap_or(0);
+        f.truncate(n.max(60));
         return Ok(f);
     };
-    match (s, d) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let (proto, l4) = l4_of(args, false)?;
-            f.extend_from_slice(&[0x08, 0x00]);
-            let total = 20 + l4.len();
-            let mut ip = vec![
-                0x45,
-                0,
-                (total >> 8) as u8,
-                total as u8,
-                0,
-                0,
-                0x40,
-                0,
-                args["ttl"].as_u64().unwrap_or(64) as u8,
-                proto,
-                0,
-                0,
-            ];
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            let c = nat::checksum::checksum(&ip);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            f.extend_from_slice(&ip);
-            f.extend_from_slice(&l4);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let (proto, l4) = l4_of(args, true)?;
-            f.extend_from_slice(&[0x86, 0xdd]);
-            f.extend_from_slice(&[0x60, 0, 0, 0]);
-            f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            f.push(proto);
-            f.push(args["ttl"].as_u64().unwrap_or(64) as u8);
-            f.extend_from_slice(&s.octets());
-            f.extend_from_slice(&d.octets());
-            f.extend_from_slice(&l4);
-        }
-        _ => return Err("--src and --dst must be of one family (IPv4 or IPv6)".into()),
+    if s.is_ipv4() != d.is_ipv4() {
+        return Err("--src and --dst must be of one family (IPv4 or IPv6)".into());
     }
+    let et = if s.is_ipv4() {
+        ethertype::IPV4
+    } else {
+        ethertype::IPV6
+    };
+    let n = emit_eth(&mut f, dst_mac, src_mac, vlan, et).ok_or("no room for the header")?;
+    let ttl = args["ttl"].as_u64().unwrap_or(64).min(255) as u8;
+    let m = probe::emit(&mut f[n..], s, d, ttl, probe_of(args)?)
+        .ok_or("the described packet cannot be built")?;
+    f.truncate(n + m);
     Ok(f)
 }
 
@@ -637,8 +588,8 @@ fn icmp_of(f: &[u8]) -> Option<(bool, u8, u8)> {
     match eth.ethertype() {
         ethertype::IPV4 => {
             let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-            let m = ip.payload();
-            (ip.protocol() == nat::wire::proto::ICMP).then_some((true, *m.first()?, *m.get(1)?))
+            let m = IcmpPacket::new_checked(ip.payload()).ok()?;
+            (ip.protocol() == nat::wire::proto::ICMP).then(|| (true, m.msg_type(), m.code()))
         }
         ethertype::IPV6 => {
             let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;

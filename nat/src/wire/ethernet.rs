@@ -99,6 +99,28 @@ pub mod ethertype {
 /// Ethernet header length without tags.
 pub const ETH_HLEN: usize = 14;
 
+/// Write an Ethernet II header (with an 802.1Q tag for `vlan`, its
+/// priority 0) into `out`; returns its length (14, or 18 tagged), or
+/// `None` if `out` is too short.
+pub fn emit_header(
+    out: &mut [u8],
+    dst: MacAddr,
+    src: MacAddr,
+    vlan: Option<u16>,
+    ethertype: u16,
+) -> Option<usize> {
+    let n = ETH_HLEN + if vlan.is_some() { 4 } else { 0 };
+    let b = out.get_mut(..n)?;
+    b[0..6].copy_from_slice(&dst.0);
+    b[6..12].copy_from_slice(&src.0);
+    if let Some(v) = vlan {
+        b[12..14].copy_from_slice(&ethertype::VLAN.to_be_bytes());
+        b[14..16].copy_from_slice(&(v & 0x0fff).to_be_bytes());
+    }
+    b[n - 2..n].copy_from_slice(&ethertype.to_be_bytes());
+    Some(n)
+}
+
 /// A view of an Ethernet II frame.
 #[derive(Debug)]
 pub struct EthernetFrame<T: AsRef<[u8]>> {
@@ -134,6 +156,32 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
             Some(u16::from_be_bytes([b[14], b[15]]) & 0x0fff)
         } else {
             None
+        }
+    }
+    /// Whether an 802.1Q/802.1ad tag follows the addresses, and is complete.
+    #[inline]
+    fn tagged(&self) -> bool {
+        let et = self.ethertype();
+        (et == ethertype::VLAN || et == ethertype::QINQ) && self.buf.as_ref().len() >= ETH_HLEN + 4
+    }
+    /// Header length: 18 with a complete VLAN tag, else 14.
+    #[inline]
+    pub fn header_len(&self) -> usize {
+        if self.tagged() {
+            ETH_HLEN + 4
+        } else {
+            ETH_HLEN
+        }
+    }
+    /// The EtherType of the payload: after a complete VLAN tag, the tag's;
+    /// else the outer one.
+    #[inline]
+    pub fn inner_ethertype(&self) -> u16 {
+        let b = self.buf.as_ref();
+        if self.tagged() {
+            u16::from_be_bytes([b[16], b[17]])
+        } else {
+            self.ethertype()
         }
     }
     /// Payload after the untagged header.
@@ -307,6 +355,28 @@ mod tests {
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00,             // tha
         192, 168, 15, 2,                                // tpa
     ];
+
+    #[test]
+    fn vlan_tags_move_the_payload() {
+        let mut f = [0u8; 22];
+        f[12..14].copy_from_slice(&ethertype::VLAN.to_be_bytes());
+        f[14..16].copy_from_slice(&0x0064u16.to_be_bytes());
+        f[16..18].copy_from_slice(&ethertype::IPV6.to_be_bytes());
+        let e = EthernetFrame::new_checked(&f[..]).unwrap();
+        assert_eq!(
+            (e.vlan(), e.header_len(), e.inner_ethertype()),
+            (Some(100), 18, ethertype::IPV6)
+        );
+        // A cut tag is not a tag.
+        let e = EthernetFrame::new_checked(&f[..17]).unwrap();
+        assert_eq!(
+            (e.vlan(), e.header_len(), e.inner_ethertype()),
+            (None, 14, ethertype::VLAN)
+        );
+        f[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+        let e = EthernetFrame::new_checked(&f[..]).unwrap();
+        assert_eq!((e.header_len(), e.inner_ethertype()), (14, ethertype::IPV4));
+    }
 
     #[test]
     fn ethernet_fields() {

@@ -173,9 +173,15 @@ impl<T: AsRef<[u8]>> Icmpv6Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
-    /// Set the type.
+    /// Set the type, updating the checksum (turning an echo request into its
+    /// reply keeps it right if the caller swaps the addresses: the
+    /// pseudo-header sum is the same).
     pub fn set_msg_type(&mut self, t: u8) {
-        self.buf.as_mut()[0] = t;
+        let old = u16::from(self.msg_type()) << 8;
+        let c = crate::checksum::update16(self.checksum(), old, u16::from(t) << 8);
+        let b = self.buf.as_mut();
+        b[0] = t;
+        b[2..4].copy_from_slice(&c.to_be_bytes());
     }
     /// Compute and store the checksum for a message from `src` to `dst`.
     pub fn fill_checksum(&mut self, src: Ipv6Addr, dst: Ipv6Addr) {

@@ -3,6 +3,8 @@
 //! offloaded checksum completed first, and segmentation of TCP GSO frames.
 
 use super::*;
+use nat::wire::tcp::TcpPacket;
+use nat::wire::{emit_with_payload, tcp_flags};
 
 /// What the MTU asks of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,41 +71,6 @@ pub(super) fn complete_checksum(
     Ok(())
 }
 
-/// The header of a non-first fragment: the first fragment's with only the
-/// options whose "copied" flag is set (RFC 791 3.1), padded to 32 bits.
-/// Returns its length.
-pub(super) fn later_header(hdr: &[u8], out: &mut [u8; 60]) -> usize {
-    out[..20].copy_from_slice(&hdr[..20]);
-    let mut n = 20;
-    let mut i = 20;
-    while i < hdr.len() {
-        let t = hdr[i];
-        if t == 0 {
-            break; // end of option list
-        }
-        if t == 1 {
-            i += 1; // NOP: not copied
-            continue;
-        }
-        let Some(&l) = hdr.get(i + 1) else { break };
-        let l = usize::from(l);
-        if l < 2 || i + l > hdr.len() {
-            break; // malformed: copy no more
-        }
-        if t & 0x80 != 0 {
-            out[n..n + l].copy_from_slice(&hdr[i..i + l]);
-            n += l;
-        }
-        i += l;
-    }
-    while n % 4 != 0 {
-        out[n] = 0;
-        n += 1;
-    }
-    out[0] = 0x40 | (n / 4) as u8;
-    n
-}
-
 /// Length of the largest IP packet this frame becomes on the wire (a GSO
 /// super-frame: headers + one segment).
 pub(super) fn seg_len(vnet: &[u8], ip: &[u8], hl: usize, p: u8) -> usize {
@@ -114,7 +81,10 @@ pub(super) fn seg_len(vnet: &[u8], ip: &[u8], hl: usize, p: u8) -> usize {
         return ip.len();
     }
     let l4h = match p {
-        proto::TCP => ip.get(hl + 12).map_or(20, |b| usize::from(b >> 4) * 4),
+        proto::TCP => ip
+            .get(hl..)
+            .and_then(|t| TcpPacket::new_head(t).ok())
+            .map_or(20, |t| t.header_len()),
         proto::UDP => 8,
         _ => 0,
     };
@@ -165,11 +135,14 @@ impl Gateway {
             self.counters.drop_gen_full += 1;
             return Verdict::Consumed;
         }
-        let first_hdr = &frame[ETH_HLEN..ETH_HLEN + hl];
+        let Ok(ip) = Ipv4Packet::new_checked(&frame[ETH_HLEN..end]) else {
+            return self.drop(GwDrop::Malformed);
+        };
+        let first_hdr = ip.header();
         let mut later = [0u8; 60];
-        let later_hl = later_header(first_hdr, &mut later);
+        let later_hl = ip.copied_options_header(&mut later);
         let eth = &frame[..ETH_HLEN];
-        let payload = &frame[ETH_HLEN + hl..end];
+        let payload = ip.payload();
         let mut off = 0;
         while off < payload.len() {
             let n = chunk.min(payload.len() - off);
@@ -180,24 +153,18 @@ impl Gateway {
             } else {
                 &later[..later_hl]
             };
-            let fo = ((base_off + off) / 8) as u16;
+            let at = base_off + off;
             let ok = out.push(Target::Route, |b| {
                 b[..VNET_HDR_LEN].fill(0);
                 let f = &mut b[VNET_HDR_LEN..];
-                let h = hdr.len();
                 f[..ETH_HLEN].copy_from_slice(eth);
-                f[ETH_HLEN..ETH_HLEN + h].copy_from_slice(hdr);
-                f[ETH_HLEN + h..ETH_HLEN + h + n].copy_from_slice(data);
-                let ipb = &mut f[ETH_HLEN..ETH_HLEN + h + n];
-                ipb[2..4].copy_from_slice(&((h + n) as u16).to_be_bytes());
+                let Some(mut p) = emit_with_payload(&mut f[ETH_HLEN..], hdr, &[data]) else {
+                    return 0;
+                };
                 // DF never survives on a fragment; MF on all but the last.
-                ipb[6] = if more { 0x20 } else { 0 } | (fo >> 8) as u8;
-                ipb[7] = fo as u8;
-                ipb[10] = 0;
-                ipb[11] = 0;
-                let c = checksum::checksum(&ipb[..h]);
-                ipb[10..12].copy_from_slice(&c.to_be_bytes());
-                VNET_HDR_LEN + ETH_HLEN + h + n
+                p.set_frag(more, at);
+                p.fill_checksum();
+                VNET_HDR_LEN + ETH_HLEN + hdr.len() + n
             });
             if !ok {
                 self.counters.drop_gen_full += 1;
@@ -224,14 +191,10 @@ impl Gateway {
             return self.drop(GwDrop::GsoTooBig);
         };
         let ip = &frame[ETH_HLEN..ETH_HLEN + total];
-        let Some(&off) = ip.get(hl + 12) else {
+        let Some(tcp) = ip.get(hl..).and_then(|t| TcpPacket::new_checked(t).ok()) else {
             return self.drop(GwDrop::Malformed);
         };
-        let th = usize::from(off >> 4) * 4;
-        let hdrs = hl + th;
-        if th < 20 || hdrs > total {
-            return self.drop(GwDrop::Malformed);
-        }
+        let hdrs = hl + tcp.header_len();
         let data = &ip[hdrs..];
         let seg = mtu.saturating_sub(hdrs);
         if seg == 0 {
@@ -243,16 +206,15 @@ impl Gateway {
             return Verdict::Consumed;
         }
         let eth = &frame[..ETH_HLEN];
-        let seq0 = u32::from_be_bytes([ip[hl + 4], ip[hl + 5], ip[hl + 6], ip[hl + 7]]);
-        let flags = ip[hl + 13];
+        let (seq0, flags) = (tcp.seq(), tcp.flags());
         for k in 0..n {
             let d = &data[(k * seg).min(data.len())..((k + 1) * seg).min(data.len())];
             let mut fl = flags;
             if k > 0 {
-                fl &= !0x80; // CWR
+                fl &= !tcp_flags::CWR;
             }
             if k + 1 < n {
-                fl &= !(0x01 | 0x08); // FIN, PSH
+                fl &= !(tcp_flags::FIN | tcp_flags::PSH);
             }
             let seq = seq0.wrapping_add((k * seg) as u32);
             let ok = out.push(Target::Route, |b| {
@@ -260,25 +222,20 @@ impl Gateway {
                 let f = &mut b[VNET_HDR_LEN..];
                 f[..ETH_HLEN].copy_from_slice(eth);
                 let len = hdrs + d.len();
-                let p = &mut f[ETH_HLEN..ETH_HLEN + len];
-                p[..hdrs].copy_from_slice(&ip[..hdrs]);
-                p[hdrs..].copy_from_slice(d);
-                p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-                p[4..6].copy_from_slice(&ident.wrapping_add(k as u16).to_be_bytes());
-                p[10..12].fill(0);
-                let c = checksum::checksum(&p[..hl]);
-                p[10..12].copy_from_slice(&c.to_be_bytes());
-                let (iph, tcp) = p.split_at_mut(hl);
-                tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-                tcp[13] = fl;
-                tcp[16..18].fill(0);
-                let mut src = [0u8; 4];
-                let mut dst = [0u8; 4];
-                src.copy_from_slice(&iph[12..16]);
-                dst.copy_from_slice(&iph[16..20]);
-                let ph = checksum::pseudo_header(src, dst, proto::TCP, tcp.len() as u16);
-                let c = !checksum::fold(ph + checksum::sum(tcp));
-                tcp[16..18].copy_from_slice(&c.to_be_bytes());
+                // The IP header, then the TCP header and this segment's data.
+                let parts = [&ip[hl..hdrs], d];
+                let Some(mut p) = emit_with_payload(&mut f[ETH_HLEN..], &ip[..hl], &parts) else {
+                    return 0;
+                };
+                p.set_ident(ident.wrapping_add(k as u16));
+                p.fill_checksum();
+                let (src, dst) = (p.src(), p.dst());
+                let Ok(mut tcp) = TcpPacket::new_checked(p.payload_mut()) else {
+                    return 0;
+                };
+                tcp.set_seq(seq);
+                tcp.set_flags(fl);
+                tcp.fill_checksum_v4(src, dst);
                 VNET_HDR_LEN + ETH_HLEN + len
             });
             if !ok {

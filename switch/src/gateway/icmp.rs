@@ -4,6 +4,9 @@
 //! 4.3.2.8), quoting at most what RFC 1812 allows.
 
 use super::*;
+use nat::wire::icmp::{self as wicmp, IcmpPacket};
+use nat::wire::tcp::{self, TcpPacket};
+use nat::wire::{Ipv4Repr, tcp_flags};
 
 /// A token bucket holding time credit (ms): a token costs `ms_per_token`.
 #[derive(Clone, Copy)]
@@ -50,6 +53,27 @@ impl Quote {
     }
 }
 
+/// Push an IPv4 packet built by `emit` (into the buffer after the Ethernet
+/// header, returning its length) to `target`, from `src_mac` to `dst_mac`;
+/// false if the batch is full (or `emit` found no room).
+pub(super) fn push4(
+    out: &mut Gen,
+    target: Target,
+    dst_mac: MacAddr,
+    src_mac: MacAddr,
+    emit: impl FnOnce(&mut [u8]) -> Option<usize>,
+) -> bool {
+    out.push(target, |b| {
+        b[..VNET_HDR_LEN].fill(0);
+        let f = &mut b[VNET_HDR_LEN..];
+        write_eth(f, dst_mac, src_mac, ethertype::IPV4);
+        match emit(&mut f[ETH_HLEN..]) {
+            Some(n) => VNET_HDR_LEN + ETH_HLEN + n,
+            None => 0,
+        }
+    })
+}
+
 /// Quote of the offending packet in ICMP errors (RFC 1812: fit in 576 bytes).
 pub(super) const ICMP_QUOTE: usize = 576 - 20 - 8;
 
@@ -88,28 +112,16 @@ impl Gateway {
         let end = ETH_HLEN + ip.total_len();
         match ip.protocol() {
             proto::ICMP
-                if ip.payload().first() == Some(&icmp_type::ECHO_REQUEST)
-                    && ip.payload().len() >= 8
+                if IcmpPacket::new_checked(ip.payload())
+                    .is_ok_and(|m| m.msg_type() == icmp_type::ECHO_REQUEST)
                     && !ip.is_fragment() =>
             {
                 let Ok(mut ip) = Ipv4Packet::new_checked(&mut frame[ETH_HLEN..end]) else {
                     return self.drop(GwDrop::Malformed);
                 };
-                let peer = ip.src();
-                ip.set_src(my_ip);
-                ip.set_dst(peer);
-                let l4 = ip.payload_mut();
-                l4[0] = icmp_type::ECHO_REPLY;
-                let c = checksum::update16(
-                    u16::from_be_bytes([l4[2], l4[3]]),
-                    u16::from(icmp_type::ECHO_REQUEST) << 8,
-                    0,
-                );
-                l4[2..4].copy_from_slice(&c.to_be_bytes());
                 // A new packet of ours: a fresh TTL, not the request's.
-                frame[ETH_HLEN + 8] = OWN_TTL;
-                if let Ok(mut ip) = Ipv4Packet::new_checked(&mut frame[ETH_HLEN..end]) {
-                    ip.fill_checksum();
+                if wicmp::make_echo_reply(&mut ip, my_ip, OWN_TTL).is_err() {
+                    return self.drop(GwDrop::Malformed);
                 }
                 write_eth(frame, src_mac, my_mac, ethertype::IPV4);
                 self.counters.echo_replies += 1;
@@ -132,9 +144,17 @@ impl Gateway {
                 Verdict::Consumed
             }
             proto::TCP if !ip.is_fragment() => {
-                let (peer, hl) = (ip.src(), ip.header_len());
-                let seg = &frame[ETH_HLEN + hl..end];
-                if self.tcp_reset(now, out, in_port, src_mac, my_mac, my_ip, peer, seg) {
+                let peer = ip.src();
+                if self.tcp_reset(
+                    now,
+                    out,
+                    in_port,
+                    src_mac,
+                    my_mac,
+                    my_ip,
+                    peer,
+                    ip.payload(),
+                ) {
                     self.counters.tcp_resets += 1;
                     Verdict::Consumed
                 } else {
@@ -166,73 +186,25 @@ impl Gateway {
         peer: Ipv4Addr,
         seg: &[u8],
     ) -> bool {
-        const FIN: u8 = 0x01;
-        const SYN: u8 = 0x02;
-        const RST: u8 = 0x04;
-        const ACK: u8 = 0x10;
-        if seg.len() < 20 || seg[13] & RST != 0 || is_martian(peer) {
+        let Ok(seg) = TcpPacket::new_checked(seg) else {
             return false;
-        }
-        let doff = usize::from(seg[12] >> 4) * 4;
-        if doff < 20 || doff > seg.len() {
+        };
+        if seg.flags() & tcp_flags::RST != 0 || is_martian(peer) {
             return false;
         }
         if !self.icmp_allowed(now, peer) {
             return false;
         }
-        let fl = seg[13];
-        let word = |i: usize| u32::from_be_bytes([seg[i], seg[i + 1], seg[i + 2], seg[i + 3]]);
-        let (seq, ack, flags) = if fl & ACK != 0 {
-            (word(8), 0, RST)
-        } else {
-            let len =
-                (seg.len() - doff) as u32 + u32::from(fl & SYN != 0) + u32::from(fl & FIN != 0);
-            (0, word(4).wrapping_add(len), RST | ACK)
+        let ip = Ipv4Repr {
+            src: my_ip,
+            dst: peer,
+            proto: proto::TCP,
+            ttl: OWN_TTL,
+            tos: 0,
+            dont_frag: true,
         };
-        let (sport, dport) = ([seg[2], seg[3]], [seg[0], seg[1]]);
-        let ok = out.push(Target::Port(in_port), |b| {
-            b[..VNET_HDR_LEN].fill(0);
-            let f = &mut b[VNET_HDR_LEN..];
-            write_eth(f, to_mac, my_mac, ethertype::IPV4);
-            let ip = &mut f[ETH_HLEN..ETH_HLEN + 40];
-            ip[..20].copy_from_slice(&[
-                0x45,
-                0,
-                0,
-                40,
-                0,
-                0,
-                0x40,
-                0,
-                OWN_TTL,
-                proto::TCP,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-            ]);
-            ip[12..16].copy_from_slice(&my_ip.octets());
-            ip[16..20].copy_from_slice(&peer.octets());
-            let c = checksum::checksum(&ip[..20]);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            let tcp = &mut ip[20..40];
-            tcp.fill(0);
-            tcp[0..2].copy_from_slice(&sport);
-            tcp[2..4].copy_from_slice(&dport);
-            tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-            tcp[8..12].copy_from_slice(&ack.to_be_bytes());
-            tcp[12] = 0x50;
-            tcp[13] = flags;
-            let ph = checksum::pseudo_header(my_ip.octets(), peer.octets(), proto::TCP, 20);
-            let c = !checksum::fold(ph + checksum::sum(tcp));
-            tcp[16..18].copy_from_slice(&c.to_be_bytes());
-            VNET_HDR_LEN + ETH_HLEN + 40
+        let ok = push4(out, Target::Port(in_port), to_mac, my_mac, |b| {
+            tcp::emit_rst_v4(b, &ip, &seg)
         });
         if !ok {
             self.counters.drop_gen_full += 1;
@@ -306,21 +278,13 @@ impl Gateway {
         code: u8,
         mtu: u16,
     ) {
-        // A quote may be cut short of the total length: view only its header.
-        let Some(hdr) = orig.get(..20) else { return };
-        let hl = usize::from(hdr[0] & 0xf) * 4;
-        let Some(h) = orig.get(..hl.max(20)) else {
-            return;
-        };
-        let mut hb = [0u8; 60];
-        hb[..h.len()].copy_from_slice(h);
-        hb[2..4].copy_from_slice(&(h.len() as u16).to_be_bytes());
-        let first = orig.get(hl..).and_then(|p| p.first()).copied();
-        let Ok(o) = Ipv4Packet::new_checked(&hb[..h.len()]) else {
+        // A quote may be cut short of the total length.
+        let Ok(o) = Ipv4Packet::new_quoted(orig) else {
             return;
         };
         let to = o.src();
-        let is_err = o.protocol() == proto::ICMP && first.is_some_and(icmp_is_error);
+        let is_err =
+            o.protocol() == proto::ICMP && o.payload().first().copied().is_some_and(icmp_is_error);
         if is_martian(to) || o.frag_offset() != 0 || is_err {
             return;
         }
@@ -331,36 +295,16 @@ impl Gateway {
         // sender, which the topology may set below 576.
         let room = self.egress_mtu(self.route(to)).saturating_sub(20 + 8);
         let quote = &orig[..orig.len().min(ICMP_QUOTE).min(room.max(20))];
-        let ok = out.push(target, |b| {
-            b[..VNET_HDR_LEN].fill(0);
-            let f = &mut b[VNET_HDR_LEN..];
-            write_eth(f, eth_dst, eth_src, ethertype::IPV4);
-            let total = 20 + 8 + quote.len();
-            let ip = &mut f[ETH_HLEN..ETH_HLEN + total];
-            ip[..12].copy_from_slice(&[
-                0x45,
-                0xc0,
-                (total >> 8) as u8,
-                total as u8,
-                0,
-                0,
-                0,
-                0,
-                OWN_TTL,
-                proto::ICMP,
-                0,
-                0,
-            ]);
-            ip[12..16].copy_from_slice(&my_ip.octets());
-            ip[16..20].copy_from_slice(&to.octets());
-            let c = checksum::checksum(&ip[..20]);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            let icmp = &mut ip[20..];
-            icmp[..8].copy_from_slice(&[ty, code, 0, 0, 0, 0, (mtu >> 8) as u8, mtu as u8]);
-            icmp[8..].copy_from_slice(quote);
-            let c = checksum::checksum(icmp);
-            icmp[2..4].copy_from_slice(&c.to_be_bytes());
-            VNET_HDR_LEN + ETH_HLEN + total
+        let ip = Ipv4Repr {
+            src: my_ip,
+            dst: to,
+            proto: proto::ICMP,
+            ttl: OWN_TTL,
+            tos: 0xc0,
+            dont_frag: false,
+        };
+        let ok = push4(out, target, eth_dst, eth_src, |b| {
+            wicmp::emit_error(b, &ip, ty, code, u32::from(mtu), quote)
         });
         if !ok {
             self.counters.drop_gen_full += 1;

@@ -322,7 +322,7 @@ struct IpInfo {
 /// 0, or a frame with more behind the packet, is malformed.
 fn parse_ip(ip: &[u8], gso: bool) -> Option<IpInfo> {
     let p = Ipv4Packet::new_checked(ip).ok()?;
-    let raw_total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let raw_total = usize::from(p.total_len_field());
     let padded = raw_total < ip.len() && ip.len() > ETH_MIN_PAYLOAD;
     if !p.checksum_ok() || (!gso && (raw_total == 0 || padded)) {
         return None;
@@ -370,9 +370,7 @@ pub struct Gateway {
 }
 
 fn write_eth(b: &mut [u8], dst: MacAddr, src: MacAddr, et: u16) {
-    b[0..6].copy_from_slice(&dst.0);
-    b[6..12].copy_from_slice(&src.0);
-    b[12..14].copy_from_slice(&et.to_be_bytes());
+    nat::wire::ethernet::emit_header(b, dst, src, None, et);
 }
 
 impl Gateway {
@@ -2227,14 +2225,19 @@ mod tests {
         h2[0] = 0x49;
         h2[27..34].copy_from_slice(&[0x83, 7, 4, 10, 9, 1, 1]);
         let mut out = [0u8; 60];
-        let n = later_header(&h2, &mut out);
+        let later = |h: &[u8], out: &mut [u8; 60]| {
+            Ipv4Packet::new_quoted(h)
+                .unwrap()
+                .copied_options_header(out)
+        };
+        let n = later(&h2, &mut out);
         assert_eq!(n, 28);
         assert_eq!(out[0], 0x47);
         assert_eq!(&out[20..27], &[0x83, 7, 4, 10, 9, 1, 1]);
         assert_eq!(out[27], 0);
         // A malformed option length stops the copy, never panics.
         h2[28] = 200;
-        assert_eq!(later_header(&h2, &mut out), 20);
+        assert_eq!(later(&h2, &mut out), 20);
     }
 
     #[test]

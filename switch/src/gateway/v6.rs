@@ -27,7 +27,9 @@
 use super::*;
 use crate::arp::NdTable;
 use nat::Ipv6Net;
-use nat::wire::icmpv6::{self, RouterAdvert, icmp6_is_error, icmp6_type, na_flags, unreach_code};
+use nat::wire::icmpv6::{
+    self, Icmpv6Packet, RouterAdvert, icmp6_is_error, icmp6_type, na_flags, unreach_code,
+};
 use nat::wire::ipv6::{self as ip6, Ipv6Packet, next_header};
 use std::net::Ipv6Addr;
 
@@ -281,6 +283,18 @@ fn parse_nd(ip: &[u8]) -> Option<Nd> {
         lladdr: n.lladdr.map(MacAddr),
         flags: n.flags,
     })
+}
+
+/// The hop limit of the IPv6 packet in `frame` (up to `end`, validated by
+/// the caller) and whether its upper layer `u` is an ICMPv6 echo request.
+fn hop_and_echo(frame: &[u8], end: usize, u: &ip6::Upper) -> Option<(u8, bool)> {
+    let p = Ipv6Packet::new_checked(frame.get(ETH_HLEN..end)?).ok()?;
+    let echo = u.proto == next_header::ICMPV6
+        && p.packet()
+            .get(u.offset..)
+            .and_then(|m| Icmpv6Packet::new_checked(m).ok())
+            .is_some_and(|m| m.msg_type() == icmp6_type::ECHO_REQUEST);
+    Some((p.hop_limit(), echo))
 }
 
 /// Push an IPv6 packet built by `emit` (into the buffer after the Ethernet
@@ -582,7 +596,7 @@ impl Gateway {
         let Some(v6) = self.v6.as_ref() else {
             return self.drop(GwDrop::NotIpv4);
         };
-        let src_mac = MacAddr(frame[6..12].try_into().unwrap_or([0; 6]));
+        let src_mac = EthernetFrame::new_checked(&*frame).map_or(MacAddr::default(), |e| e.src());
         let Ok(p) = Ipv6Packet::new_checked(&frame[ETH_HLEN..]) else {
             return self.drop(GwDrop::Malformed);
         };
@@ -711,9 +725,10 @@ impl Gateway {
             return self.drop(GwDrop::NotIpv4);
         };
         let my = v6.cfg.uplink.map_or(v6.ll, |p| p.addr);
-        let echo = u.proto == next_header::ICMPV6
-            && frame.get(ETH_HLEN + u.offset) == Some(&icmp6_type::ECHO_REQUEST);
-        if frame[ETH_HLEN + 7] <= 1 && !echo {
+        let Some((hop, echo)) = hop_and_echo(frame, end, &u) else {
+            return self.drop(GwDrop::Malformed);
+        };
+        if hop <= 1 && !echo {
             let q = &frame[ETH_HLEN..end];
             let (k, mac) = (icmp6_type::TIME_EXCEEDED, self.cfg.mac);
             if self.error6(
@@ -843,13 +858,12 @@ impl Gateway {
         };
         let first = u.frag.is_none_or(|f| f.offset == 0);
         let l4 = ETH_HLEN + u.offset;
+        let echo = frame
+            .get(l4..end)
+            .and_then(|m| Icmpv6Packet::new_checked(m).ok())
+            .is_some_and(|m| m.msg_type() == icmp6_type::ECHO_REQUEST && m.word().is_some());
         match u.proto {
-            next_header::ICMPV6
-                if first
-                    && frame.get(l4) == Some(&icmp6_type::ECHO_REQUEST)
-                    && end >= l4 + 8
-                    && u.frag.is_none() =>
-            {
+            next_header::ICMPV6 if first && echo && u.frag.is_none() => {
                 let Ok(mut p) = Ipv6Packet::new_checked(&mut frame[ETH_HLEN..end]) else {
                     return self.drop(GwDrop::Malformed);
                 };
@@ -858,14 +872,9 @@ impl Gateway {
                 p.set_src(my_ip);
                 p.set_dst(peer);
                 p.set_hop_limit(OWN_TTL);
-                let m = &mut frame[l4..end];
-                m[0] = icmp6_type::ECHO_REPLY;
-                let c = checksum::update16(
-                    u16::from_be_bytes([m[2], m[3]]),
-                    u16::from(icmp6_type::ECHO_REQUEST) << 8,
-                    u16::from(icmp6_type::ECHO_REPLY) << 8,
-                );
-                m[2..4].copy_from_slice(&c.to_be_bytes());
+                if let Ok(mut m) = Icmpv6Packet::new_checked(&mut frame[l4..end]) {
+                    m.set_msg_type(icmp6_type::ECHO_REPLY);
+                }
                 write_eth(frame, src_mac, my_mac, ethertype::IPV6);
                 self.counters.echo_replies += 1;
                 Verdict::Reply
@@ -1055,10 +1064,11 @@ impl Gateway {
             return self.drop(GwDrop::NotIpv4);
         };
         let my = v6.cfg.uplink.map_or(v6.ll, |p| p.addr);
-        let echo = u.proto == next_header::ICMPV6
-            && frame.get(ETH_HLEN + u.offset) == Some(&icmp6_type::ECHO_REQUEST);
+        let Some((hop, echo)) = hop_and_echo(frame, end, &u) else {
+            return self.drop(GwDrop::Malformed);
+        };
         let err_to = Target::Port(up.port);
-        if frame[ETH_HLEN + 7] <= 1 && !echo {
+        if hop <= 1 && !echo {
             let q = &frame[ETH_HLEN..end];
             let k = icmp6_type::TIME_EXCEEDED;
             if self.error6(now, out, err_to, src_mac, up.mac, my, q, k, 0, 0) {
