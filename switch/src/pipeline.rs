@@ -309,9 +309,8 @@ impl<P: Policy> Pipeline<P> {
     /// `now` if the policy answered `action` (its [`Policy::explain`]): the
     /// same code run on a copy of the tables, with the NAT noting down its
     /// decisions, then dropped. Nothing here changes, nothing is sent. The
-    /// copy costs time in proportion to the tables (bounded; a few
-    /// milliseconds when they are full), so it serves `vswitch trace`, not
-    /// the datapath.
+    /// copy costs time in proportion to the tables (bounded by their
+    /// limits), so it serves `vswitch trace`, not the datapath.
     pub fn dry_run(&self, in_port: PortId, frame: &[u8], now: u64, action: Action) -> DryRun {
         let mut s = Pipeline {
             fdb: self.fdb.clone(),

@@ -1,17 +1,21 @@
 //! The switch's tables saved across a restart: the state file.
 //!
 //! Contract:
-//! - [`SwitchState`] holds plain copies of the FDB, the switch's ARP table,
-//!   the gateway's neighbour caches (LAN and uplink), the NAT's state
-//!   ([`nat::snapshot`]) and the connections the ACL tracks for `state`
-//!   rules, taken by the worker between batches
+//! - [`SwitchState`] holds plain copies of the FDB, the switch's ARP and
+//!   ND tables, the gateway's neighbour caches (LAN and uplink, both
+//!   families), the NAT44 and NAT66 states ([`nat::snapshot`]) and the
+//!   connections the ACL tracks for `state` rules, taken by the worker
+//!   between batches
 //!   ([`capture`]). Ages and timeouts are
 //!   relative to the capture; the wall-clock time of the capture is stored,
 //!   so a restore shifts every timer by the time that passed.
 //! - Entries refer to ports by name (an index into [`SwitchState::ports`]),
 //!   never by the port index of the run that saved them.
-//! - [`encode`] writes `magic, version, body length, CRC-32, body`;
-//!   [`decode`] refuses anything else with a [`StateError`] that says what
+//! - [`encode`] writes `magic, version, body length, CRC-32, body`
+//!   (version 2: version 1's tables, then the IPv6 ones); [`decode`] reads
+//!   both versions (a version-1 file, from a vswitch before IPv6, restores
+//!   without IPv6 state, so `vswitch upgrade` from it keeps the rest) and
+//!   refuses anything else with a [`StateError`] that says what
 //!   is wrong (not a state file, another version, truncated, corrupt, saved
 //!   for another topology), and never panics.
 //! - [`write_atomic`] writes a temporary file, fsyncs it and renames it over
@@ -19,13 +23,16 @@
 //!   the new one, never a mix.
 
 use crate::wire::MacAddr;
+use nat::family::Family;
 use std::fmt;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-/// Version of the file format.
-pub const VERSION: u32 = 1;
+/// Version of the file format written.
+pub const VERSION: u32 = 2;
+/// The oldest version read.
+pub const OLDEST: u32 = 1;
 const MAGIC: &[u8; 8] = b"VSWSTATE";
 const HEADER: usize = 8 + 4 + 8 + 4;
 
@@ -54,11 +61,11 @@ pub struct SavedMac {
 /// [`SavedMac::age_ms`] of a static entry.
 pub const STATIC_AGE: u64 = u64::MAX;
 
-/// One IP→MAC binding (switch ARP table or a gateway neighbour cache).
+/// One IP→MAC binding (switch ARP or ND table, or a gateway neighbour cache).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SavedNeigh {
+pub struct SavedNeigh<A = Ipv4Addr> {
     /// The address.
-    pub ip: Ipv4Addr,
+    pub ip: A,
     /// Its MAC.
     pub mac: MacAddr,
     /// Index into [`SwitchState::ports`].
@@ -90,6 +97,14 @@ pub struct SwitchState {
     pub nat: Option<nat::snapshot::NatSnapshot>,
     /// Connections the ACL tracks for `state` rules.
     pub flows: Vec<crate::policy::SavedFlow>,
+    /// The switch's ND table (ND suppression).
+    pub nd: Vec<SavedNeigh<Ipv6Addr>>,
+    /// The gateway's IPv6 LAN neighbour cache.
+    pub neigh6_lan: Vec<SavedNeigh<Ipv6Addr>>,
+    /// The gateway's IPv6 uplink neighbour cache.
+    pub neigh6_wan: Vec<SavedNeigh<Ipv6Addr>>,
+    /// The NAT66 state.
+    pub nat6: Option<nat::snapshot::NatSnapshot<Ipv6Addr>>,
 }
 
 impl SwitchState {
@@ -101,6 +116,10 @@ impl SwitchState {
             + self.neigh_wan.len()
             + self.nat.as_ref().map_or(0, |n| n.entries.len())
             + self.flows.len()
+            + self.nd.len()
+            + self.neigh6_lan.len()
+            + self.neigh6_wan.len()
+            + self.nat6.as_ref().map_or(0, |n| n.entries.len())
     }
 }
 
@@ -132,7 +151,7 @@ impl fmt::Display for StateError {
             StateError::NotAStateFile => write!(f, "not a vswitch state file"),
             StateError::Version(v) => write!(
                 f,
-                "written by state format version {v}; this vswitch reads version {VERSION}"
+                "written by state format version {v}; this vswitch reads versions {OLDEST} to {VERSION}"
             ),
             StateError::Truncated { have, want } => {
                 write!(f, "truncated ({have} bytes, the header announces {want})")
@@ -169,14 +188,26 @@ pub fn crc32(data: &[u8]) -> u32 {
         .fold(!0u32, |c, &b| t[usize::from((c as u8) ^ b)] ^ (c >> 8))
 }
 
-fn put_neighs(out: &mut Vec<u8>, v: &[SavedNeigh]) {
+fn put_neighs<A: Family>(out: &mut Vec<u8>, v: &[SavedNeigh<A>]) {
     out.extend_from_slice(&(v.len() as u32).to_le_bytes());
     for n in v {
-        out.extend_from_slice(&n.ip.octets());
+        out.extend_from_slice(&n.ip.bytes()[..A::LEN]);
         out.extend_from_slice(&n.mac.0);
         out.extend_from_slice(&n.port.to_le_bytes());
         out.extend_from_slice(&n.age_ms.to_le_bytes());
         out.push(u8::from(n.confirmed));
+    }
+}
+
+fn put_nat<A: Family>(out: &mut Vec<u8>, n: Option<&nat::snapshot::NatSnapshot<A>>) {
+    match n {
+        None => out.push(0),
+        Some(n) => {
+            out.push(1);
+            let b = nat::snapshot::encode(n);
+            out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            out.extend_from_slice(&b);
+        }
     }
 }
 
@@ -205,15 +236,7 @@ pub fn encode(s: &SwitchState) -> Vec<u8> {
     put_neighs(&mut body, &s.arp);
     put_neighs(&mut body, &s.neigh_lan);
     put_neighs(&mut body, &s.neigh_wan);
-    match &s.nat {
-        None => body.push(0),
-        Some(n) => {
-            body.push(1);
-            let b = nat::snapshot::encode(n);
-            body.extend_from_slice(&(b.len() as u64).to_le_bytes());
-            body.extend_from_slice(&b);
-        }
-    }
+    put_nat(&mut body, s.nat.as_ref());
     body.extend_from_slice(&(s.flows.len() as u32).to_le_bytes());
     for f in &s.flows {
         body.push(f.proto);
@@ -229,6 +252,10 @@ pub fn encode(s: &SwitchState) -> Vec<u8> {
         body.extend_from_slice(&f.dport.to_le_bytes());
         body.extend_from_slice(&f.remaining_ms.to_le_bytes());
     }
+    put_neighs(&mut body, &s.nd);
+    put_neighs(&mut body, &s.neigh6_lan);
+    put_neighs(&mut body, &s.neigh6_wan);
+    put_nat(&mut body, s.nat6.as_ref());
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -274,12 +301,14 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
-    fn neighs(&mut self) -> Result<Vec<SavedNeigh>, StateError> {
-        let n = self.count(21)?;
+    fn neighs<A: Family>(&mut self) -> Result<Vec<SavedNeigh<A>>, StateError> {
+        let n = self.count(A::LEN + 17)?;
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
+            let mut ip = [0u8; 16];
+            ip[..A::LEN].copy_from_slice(self.bytes(A::LEN)?);
             v.push(SavedNeigh {
-                ip: Ipv4Addr::from(self.arr::<4>()?),
+                ip: A::from_bytes(ip),
                 mac: MacAddr(self.arr()?),
                 port: self.u16()?,
                 age_ms: self.u64()?,
@@ -291,6 +320,19 @@ impl<'a> Reader<'a> {
             });
         }
         Ok(v)
+    }
+    fn nat<A: Family>(&mut self) -> Result<Option<nat::snapshot::NatSnapshot<A>>, StateError> {
+        match self.arr::<1>()?[0] {
+            0 => Ok(None),
+            1 => {
+                let n = self.u64()?;
+                let b = self.bytes(usize::try_from(n).unwrap_or(usize::MAX))?;
+                nat::snapshot::decode(b)
+                    .map(Some)
+                    .map_err(|e| StateError::Body(e.to_string()))
+            }
+            _ => Err(StateError::Body("bad NAT marker".into())),
+        }
     }
 }
 
@@ -307,7 +349,7 @@ pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
         });
     }
     let v = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if v != VERSION {
+    if !(OLDEST..=VERSION).contains(&v) {
         return Err(StateError::Version(v));
     }
     let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
@@ -352,15 +394,7 @@ pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
     let arp = r.neighs()?;
     let neigh_lan = r.neighs()?;
     let neigh_wan = r.neighs()?;
-    let nat = match r.arr::<1>()?[0] {
-        0 => None,
-        1 => {
-            let n = r.u64()?;
-            let b = r.bytes(usize::try_from(n).unwrap_or(usize::MAX))?;
-            Some(nat::snapshot::decode(b).map_err(|e| StateError::Body(e.to_string()))?)
-        }
-        _ => return Err(StateError::Body("bad NAT marker".into())),
-    };
+    let nat = r.nat()?;
     let n = r.count(47)?;
     let mut flows = Vec::with_capacity(n);
     for _ in 0..n {
@@ -384,6 +418,13 @@ pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
             remaining_ms: r.u64()?,
         });
     }
+    let (mut nd, mut neigh6_lan, mut neigh6_wan, mut nat6) = Default::default();
+    if v >= 2 {
+        nd = r.neighs()?;
+        neigh6_lan = r.neighs()?;
+        neigh6_wan = r.neighs()?;
+        nat6 = r.nat()?;
+    }
     if !r.0.is_empty() {
         return Err(StateError::Body("stray bytes after the last table".into()));
     }
@@ -397,6 +438,10 @@ pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
         neigh_wan,
         nat,
         flows,
+        nd,
+        neigh6_lan,
+        neigh6_wan,
+        nat6,
     })
 }
 
@@ -435,7 +480,7 @@ pub fn unix_ms() -> u64 {
 
 // ---- capture, restore and the saver thread --------------------------------
 
-use crate::arp::{ArpTable, Heard};
+use crate::arp::{Heard, NeighAddr, NeighTable};
 use crate::policy::{Policy, Reload};
 use crate::worker::Worker;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -463,6 +508,8 @@ pub struct PagedCapture {
     st: SwitchState,
     base: u64,
     cursor: Option<usize>,
+    /// The NAT66 table's cursor, paged after the NAT44 one.
+    cursor6: Option<usize>,
 }
 
 impl PagedCapture {
@@ -470,10 +517,12 @@ impl PagedCapture {
     pub fn begin<P: Policy + Reload>(w: &Worker<P>, now: u64) -> PagedCapture {
         let st = capture_parts(w, now, false);
         let cursor = st.nat.as_ref().map(|_| 0);
+        let cursor6 = st.nat6.as_ref().map(|_| 0);
         PagedCapture {
             st,
             base: now,
             cursor,
+            cursor6,
         }
     }
 
@@ -481,14 +530,25 @@ impl PagedCapture {
     /// complete (then take it with [`PagedCapture::finish`]).
     pub fn step<P: Policy + Reload>(&mut self, w: &Worker<P>, now: u64) -> bool {
         let (_, p) = w.parts();
-        let nat = p.gateway.as_ref().and_then(|g| g.nat.as_ref());
-        match (self.cursor, nat, self.st.nat.as_mut()) {
-            (Some(c), Some(n), Some(snap)) => {
-                self.cursor = n.export_page(now, self.base, c, SAVE_PAGE, &mut snap.entries);
+        let gw = p.gateway.as_ref();
+        if self.cursor.is_some() {
+            let nat = gw.and_then(|g| g.nat.as_ref());
+            match (self.cursor, nat, self.st.nat.as_mut()) {
+                (Some(c), Some(n), Some(snap)) => {
+                    self.cursor = n.export_page(now, self.base, c, SAVE_PAGE, &mut snap.entries);
+                }
+                _ => self.cursor = None,
             }
-            _ => self.cursor = None,
+            return false;
         }
-        self.cursor.is_none()
+        let nat6 = gw.and_then(|g| g.v6()).and_then(|v| v.nat.as_ref());
+        match (self.cursor6, nat6, self.st.nat6.as_mut()) {
+            (Some(c), Some(n), Some(snap)) => {
+                self.cursor6 = n.export_page(now, self.base, c, SAVE_PAGE, &mut snap.entries);
+            }
+            _ => self.cursor6 = None,
+        }
+        self.cursor6.is_none()
     }
 
     /// The complete copy.
@@ -497,21 +557,24 @@ impl PagedCapture {
     }
 }
 
+/// The entries of a neighbour table of either family at `now`.
+fn neighs<A: NeighAddr>(t: &NeighTable<A>, now: u64) -> Vec<SavedNeigh<A>> {
+    t.entries(now)
+        .into_iter()
+        .map(|(ip, e)| SavedNeigh {
+            ip,
+            mac: e.mac,
+            port: e.port as u16,
+            age_ms: now.saturating_sub(e.last_seen),
+            confirmed: e.confirmed,
+        })
+        .collect()
+}
+
 fn capture_parts<P: Policy + Reload>(w: &Worker<P>, now: u64, entries: bool) -> SwitchState {
     let (ports, p) = w.parts();
-    let neighs = |t: &ArpTable| -> Vec<SavedNeigh> {
-        t.entries(now)
-            .into_iter()
-            .map(|(ip, e)| SavedNeigh {
-                ip,
-                mac: e.mac,
-                port: e.port as u16,
-                age_ms: now.saturating_sub(e.last_seen),
-                confirmed: e.confirmed,
-            })
-            .collect()
-    };
     let gw = p.gateway.as_ref();
+    let v6 = gw.and_then(|g| g.v6());
     SwitchState {
         topology: w.saver().map(|s| s.topology.clone()).unwrap_or_default(),
         saved_unix_ms: unix_ms(),
@@ -531,9 +594,9 @@ fn capture_parts<P: Policy + Reload>(w: &Worker<P>, now: u64, entries: bool) -> 
                 },
             })
             .collect(),
-        arp: neighs(&p.arp),
-        neigh_lan: gw.map(|g| neighs(&g.neigh_lan)).unwrap_or_default(),
-        neigh_wan: gw.map(|g| neighs(&g.neigh_wan)).unwrap_or_default(),
+        arp: neighs(&p.arp, now),
+        neigh_lan: gw.map(|g| neighs(&g.neigh_lan, now)).unwrap_or_default(),
+        neigh_wan: gw.map(|g| neighs(&g.neigh_wan, now)).unwrap_or_default(),
         nat: gw.and_then(|g| g.nat.as_ref()).map(|n| {
             if entries {
                 n.export(now)
@@ -542,6 +605,16 @@ fn capture_parts<P: Policy + Reload>(w: &Worker<P>, now: u64, entries: bool) -> 
             }
         }),
         flows: p.policy.saved_flows(now),
+        nd: neighs(&p.nd, now),
+        neigh6_lan: v6.map(|v| neighs(&v.neigh_lan, now)).unwrap_or_default(),
+        neigh6_wan: v6.map(|v| neighs(&v.neigh_wan, now)).unwrap_or_default(),
+        nat6: v6.and_then(|v| v.nat.as_ref()).map(|n| {
+            if entries {
+                n.export(now)
+            } else {
+                n.export_meta()
+            }
+        }),
     }
 }
 
@@ -558,6 +631,8 @@ pub struct Restored {
     pub dropped: usize,
     /// The NAT's report, or why its state was refused.
     pub nat: Option<Result<nat::snapshot::ImportReport, String>>,
+    /// NAT66's report, or why its state was refused.
+    pub nat6: Option<Result<nat::snapshot::ImportReport, String>>,
     /// Connections tracked again for the ACL's `state` rules.
     pub flows: usize,
 }
@@ -575,15 +650,18 @@ impl fmt::Display for Restored {
         if self.flows > 0 {
             write!(f, "; {} ACL-tracked connections", self.flows)?;
         }
-        match &self.nat {
-            None => Ok(()),
-            Some(Ok(r)) => write!(
-                f,
-                "; NAT: {} connections restored ({} mappings), {} expired, {} inconsistent, {} without room",
-                r.restored, r.mappings, r.expired, r.inconsistent, r.no_room
-            ),
-            Some(Err(e)) => write!(f, "; NAT state refused: {e}"),
+        for (name, n) in [("NAT", &self.nat), ("NAT66", &self.nat6)] {
+            match n {
+                None => {}
+                Some(Ok(r)) => write!(
+                    f,
+                    "; {name}: {} connections restored ({} mappings), {} expired, {} inconsistent, {} without room",
+                    r.restored, r.mappings, r.expired, r.inconsistent, r.no_room
+                )?,
+                Some(Err(e)) => write!(f, "; {name} state refused: {e}")?,
+            }
         }
+        Ok(())
     }
 }
 
@@ -631,35 +709,73 @@ pub fn restore<P: Policy + Reload>(
             _ => r.dropped += 1,
         }
     }
-    let mut put = |t: &mut ArpTable, v: &[SavedNeigh], on_link_only: bool| {
-        let mut v: Vec<&SavedNeigh> = v.iter().collect();
+    let mut put = Put {
+        port_of: &port_of,
+        now,
+        elapsed,
+        r: &mut r,
+    };
+    put.neighs(&mut p.arp, &st.arp, false);
+    put.neighs(&mut p.nd, &st.nd, false);
+    if let Some(g) = p.gateway.as_mut() {
+        put.neighs(&mut g.neigh_lan, &st.neigh_lan, true);
+        put.neighs(&mut g.neigh_wan, &st.neigh_wan, true);
+        if let (Some(n), Some(snap)) = (g.nat.as_mut(), &st.nat) {
+            r.nat = Some(n.import(snap, now, elapsed).map_err(|e| e.to_string()));
+        }
+        if let Some(v6) = g.v6_mut() {
+            let mut put = Put {
+                port_of: &port_of,
+                now,
+                elapsed,
+                r: &mut r,
+            };
+            put.neighs(&mut v6.neigh_lan, &st.neigh6_lan, true);
+            put.neighs(&mut v6.neigh_wan, &st.neigh6_wan, true);
+            if let (Some(n), Some(snap)) = (v6.nat.as_mut(), &st.nat6) {
+                r.nat6 = Some(n.import(snap, now, elapsed).map_err(|e| e.to_string()));
+            }
+        }
+    }
+    r.flows = p.policy.restore_flows(&st.flows, now, elapsed);
+    r
+}
+
+/// Neighbour entries put back by [`restore`], counted into its report.
+struct Put<'a, F: Fn(u16) -> Option<usize>> {
+    port_of: &'a F,
+    now: u64,
+    elapsed: u64,
+    r: &'a mut Restored,
+}
+
+impl<F: Fn(u16) -> Option<usize>> Put<'_, F> {
+    /// Put `v` back into `t` (either family), oldest first so the table's
+    /// recency order is kept; what aged out or lost its port is dropped.
+    fn neighs<A: NeighAddr>(
+        &mut self,
+        t: &mut NeighTable<A>,
+        v: &[SavedNeigh<A>],
+        on_link_only: bool,
+    ) {
+        let mut v: Vec<&SavedNeigh<A>> = v.iter().collect();
         v.sort_by_key(|n| std::cmp::Reverse(n.age_ms));
         for n in v {
-            let age = n.age_ms.saturating_add(elapsed);
-            match port_of(n.port) {
-                Some(port) if age < t.ageing_ms() && now >= age => {
+            let age = n.age_ms.saturating_add(self.elapsed);
+            match (self.port_of)(n.port) {
+                Some(port) if age < t.ageing_ms() && self.now >= age => {
                     let how = if n.confirmed {
                         Heard::Reply
                     } else {
                         Heard::Hint
                     };
-                    t.observe(n.ip, n.mac, port, now - age, how, on_link_only);
-                    r.neighbours += 1;
+                    t.observe(n.ip, n.mac, port, self.now - age, how, on_link_only);
+                    self.r.neighbours += 1;
                 }
-                _ => r.dropped += 1,
+                _ => self.r.dropped += 1,
             }
         }
-    };
-    r.flows = p.policy.restore_flows(&st.flows, now, elapsed);
-    put(&mut p.arp, &st.arp, false);
-    if let Some(g) = p.gateway.as_mut() {
-        put(&mut g.neigh_lan, &st.neigh_lan, true);
-        put(&mut g.neigh_wan, &st.neigh_wan, true);
-        if let (Some(n), Some(snap)) = (g.nat.as_mut(), &st.nat) {
-            r.nat = Some(n.import(snap, now, elapsed).map_err(|e| e.to_string()));
-        }
     }
-    r
 }
 
 /// Read and check the state file at `path` for `topology`.
@@ -767,6 +883,13 @@ mod tests {
             age_ms: 5,
             confirmed: true,
         };
+        let n6 = SavedNeigh {
+            ip: "fd00:15::1".parse().unwrap(),
+            mac: m,
+            port: 0,
+            age_ms: 7,
+            confirmed: false,
+        };
         SwitchState {
             topology: "seed".into(),
             saved_unix_ms: 1_800_000_000_000,
@@ -799,6 +922,12 @@ mod tests {
                     remaining_ms: 3,
                 },
             ],
+            nd: vec![n6.clone()],
+            neigh6_lan: vec![n6.clone(), n6.clone()],
+            neigh6_wan: vec![n6],
+            nat6: Some(
+                nat::Nat::new(nat::NatConfig::new("2001:db8:113::1".parse().unwrap())).export(0),
+            ),
         }
     }
 
@@ -819,14 +948,37 @@ mod tests {
             assert!(decode(&b[..n], "seed").is_err(), "prefix {n} accepted");
         }
         let mut x = b.clone();
-        x[8] = 2;
-        assert_eq!(decode(&x, "seed"), Err(StateError::Version(2)));
+        x[8] = 3;
+        assert_eq!(decode(&x, "seed"), Err(StateError::Version(3)));
         // Any flipped body byte is caught by the checksum.
         for i in HEADER..b.len() {
             let mut x = b.clone();
             x[i] ^= 0x40;
             assert_eq!(decode(&x, "seed"), Err(StateError::Checksum), "byte {i}");
         }
+    }
+
+    /// A version-1 file (written before IPv6 state existed: version 2's
+    /// body without its IPv6 tail) is still read, without IPv6 state, so
+    /// `vswitch upgrade` from an older vswitch keeps the rest.
+    #[test]
+    fn a_version_1_file_is_read() {
+        let mut s = sample();
+        s.nd.clear();
+        s.neigh6_lan.clear();
+        s.neigh6_wan.clear();
+        s.nat6 = None;
+        let b = encode(&s);
+        // The IPv6 tail of empty tables: three zero counts and "no NAT66".
+        let tail = 3 * 4 + 1;
+        let body = &b[HEADER..b.len() - tail];
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC);
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        v1.extend_from_slice(&crc32(body).to_le_bytes());
+        v1.extend_from_slice(body);
+        assert_eq!(decode(&v1, "seed"), Ok(s));
     }
 
     #[test]

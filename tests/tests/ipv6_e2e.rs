@@ -409,3 +409,87 @@ fn slaac_from_the_gateways_router_advertisements() {
         "blue -> red"
     );
 }
+
+/// One line each way on `c`/`s` (client and server ends), within 10 s.
+fn exchange(c: &TcpStream, s: &TcpStream, msg: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    for (mut a, b) in [(c, s), (s, c)] {
+        a.write_all(format!("{msg}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(b)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{msg}: {e}"));
+        assert_eq!(line.trim_end(), msg);
+    }
+}
+
+/// A TCP connection from `from` (namespace) to `to`, accepted by a listener
+/// bound in `server_ns` at `bind`: (client end, server end).
+fn tcp_pair(from: &str, to: &str, server_ns: &str, bind: &str) -> (TcpStream, TcpStream) {
+    let l = in_ns(server_ns, || std::net::TcpListener::bind(bind)).expect("listen");
+    let to: SocketAddr = to.parse().unwrap();
+    let c = in_ns(from, || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(10))
+    })
+    .expect("connect");
+    let (s, _) = l.accept().expect("accept");
+    for x in [&c, &s] {
+        x.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    (c, s)
+}
+
+#[test]
+fn nat66_connections_survive_a_restart() {
+    if !require_root("nat66_connections_survive_a_restart") {
+        return;
+    }
+    let t = dualstack(|s| s);
+    let state = std::env::temp_dir().join(format!("vswitch-e2e-{}.state", t.topo.topo.name));
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _rm = Rm(state.clone());
+    let args = ["--keep", "--state-file", state.to_str().unwrap()];
+    let mut sw = SwitchProc::start_with(&t.topo, &args);
+    // From wan through the forward of [EXT6]:80 to blue (a mid-stream
+    // segment from outside never opens a connection: without the state
+    // restored, this one would be dropped), and red's masqueraded one out.
+    let (fc, fs) = tcp_pair(&t.wan.ns, &format!("[{EXT6}]:80"), &t.blue.ns, "[::]:80");
+    let (mc, ms) = tcp_pair(&t.red.ns, &format!("[{WAN6}]:5007"), &t.wan.ns, "[::]:5007");
+    exchange(&fc, &fs, "forward, before");
+    exchange(&mc, &ms, "masquerade, before");
+    let before = sw.cli_json("conntrack");
+    assert!(sw.stop(), "SIGTERM: clean exit");
+    let mut sw = SwitchProc::start_with(&t.topo, &args);
+    let log = sw.log_text();
+    assert!(
+        log.contains("NAT66: 2 connections restored"),
+        "the NAT66 state is restored: {log}"
+    );
+    // The same translations, listed as before.
+    let after = sw.cli_json("conntrack");
+    let v6 = |ct: &Value| -> Vec<Value> {
+        let mut v: Vec<Value> = ct["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["original"]["src"]
+                    .as_str()
+                    .is_some_and(|s| s.contains(':'))
+            })
+            .map(|e| serde_json::json!([e["original"], e["reply"]]))
+            .collect();
+        v.sort_by_key(|x| x.to_string());
+        v
+    };
+    assert_eq!(v6(&before).len(), 2, "{before}");
+    assert_eq!(v6(&after), v6(&before), "{after}");
+    exchange(&fc, &fs, "forward, after");
+    exchange(&mc, &ms, "masquerade, after");
+    assert!(sw.stop(), "clean exit");
+}
