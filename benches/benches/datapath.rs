@@ -3,6 +3,8 @@
 //! - NAT of established flows (TCP, 64-byte and 1500-byte packets);
 //! - NAT new-flow setup (one internal endpoint, new destinations; the table
 //!   runs at its bound and evicts the oldest unassured entry);
+//! - `vswitch trace`'s dry run (`Pipeline::dry_run`) with the NAT table
+//!   full at its default bound (the copy of the tables it pauses a worker for);
 //!
 //! `cargo bench -p benches --bench datapath`
 
@@ -241,5 +243,66 @@ fn nat_established(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, switching, nat_established);
+fn trace_dry_run(c: &mut Criterion) {
+    use switch::gateway::{GatewayConfig, UplinkConfig};
+    let mut nat = nat_cfg();
+    nat.new_flows_per_host = 0;
+    let max = nat.max_entries;
+    let gw = GatewayConfig {
+        ip: Ipv4Addr::new(192, 168, 15, 5),
+        prefix: 24,
+        mac: MacAddr([2, 0, 0, 0, 0, 5]),
+        lan_mtu: 1500,
+        routes: Vec::new(),
+        uplink: Some(UplinkConfig {
+            port: 1,
+            ip: EXT,
+            prefix: 24,
+            mac: MacAddr([2, 0, 0, 0, 0, 6]),
+            next_hop: None,
+            mtu: 1500,
+        }),
+        nat: Some(nat),
+        neigh_max: 1024,
+        ageing_ms: 300_000,
+        queue_slots: 64,
+        v6: None,
+    };
+    let mut p = Pipeline::new(&PipelineConfig {
+        ports: 2,
+        fdb_max: 4096,
+        fdb_max_per_port: 1024,
+        ageing_ms: 300_000,
+        arp_max: 4096,
+        arp_max_per_port: switch::arp::default_per_port(4096),
+        arp_suppress: true,
+        gateway: Some(gw),
+    });
+    // Fill the NAT to its bound: four hosts (each may hold a quarter), one
+    // source port each (one mapping), a new destination per connection.
+    let n = p.gateway.as_mut().unwrap().nat.as_mut().unwrap();
+    let mut syn = tcp_frame(B, A, [192, 168, 15, 1], [10, 0, 0, 1], 30000, 443, 64)[14..].to_vec();
+    syn[33] = 0x02;
+    for i in 0..max as u32 {
+        let mut s = syn.clone();
+        s[15] = 1 + (i % 4) as u8;
+        s[16..20].copy_from_slice(&(0x0a00_0000u32 | (i / 4)).to_be_bytes());
+        let _ = n.process(0, Side::Lan, &mut s, false, &route);
+    }
+    assert_eq!(n.len(), max, "the table is full");
+    let frame = tcp_frame(B, A, [192, 168, 15, 1], [198, 51, 100, 7], 40000, 443, 64);
+    let mut group = c.benchmark_group("trace");
+    group.sample_size(20);
+    group.bench_function(format!("dry run, NAT table full ({max} entries)"), |b| {
+        b.iter(|| {
+            black_box(
+                p.dry_run(0, &frame, 1, switch::policy::Action::Continue)
+                    .verdict,
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, switching, nat_established, trace_dry_run);
 criterion_main!(benches);
