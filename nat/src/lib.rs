@@ -11,6 +11,8 @@
 //!   engine are generic over: one engine for NAT44 and NAT66.
 //! - [`conntrack`]: tuples, the TCP state machine, the bounded table with a
 //!   timer wheel and early drop of unassured entries.
+//! - [`npt`]: NPTv6 (RFC 6296), stateless checksum-neutral prefix
+//!   translation, the alternative to NAT66 for a LAN prefix.
 //! - [`snapshot`]: the state as plain structs and versioned bytes, and its
 //!   restore (`Nat::export` / `Nat::import`), for a restart.
 //! - [`engine`]: [`Nat`], the translation itself (see its module docs for the
@@ -21,6 +23,7 @@ pub mod checksum;
 pub mod conntrack;
 pub mod engine;
 pub mod family;
+pub mod npt;
 pub mod snapshot;
 pub mod wire;
 
