@@ -570,6 +570,16 @@ pub struct DnatSpec<A = Ipv4Addr> {
 /// Largest `[nat]` timeout (s): one week (the NAT engine caps at the same value).
 pub const MAX_NAT_TIMEOUT: u64 = 7 * 24 * 3600;
 
+/// One `[[nptv6]]` translation: a LAN prefix and the external prefix of
+/// the same length it maps onto, address for address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NptSpec {
+    /// The LAN prefix (inside a `[gateway]` IPv6 prefix).
+    pub internal: Ipv6Cidr,
+    /// The external prefix (routed to, or on-link at, the uplink).
+    pub external: Ipv6Cidr,
+}
+
 /// NAT behaviour and rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatSpec {
@@ -581,6 +591,9 @@ pub struct NatSpec {
     pub masquerade6: Vec<Ipv6Cidr>,
     /// IPv6 port forwards on the uplink's IPv6 address.
     pub dnat6: Vec<DnatSpec<std::net::Ipv6Addr>>,
+    /// NPTv6 (RFC 6296) prefix translations, `[[nptv6]]`: stateless, instead
+    /// of NAT66 for their internal prefixes.
+    pub nptv6: Vec<NptSpec>,
     /// `endpoint-independent`, `address-dependent` (default) or `address-and-port-dependent`.
     pub filtering: String,
     /// Ports for masquerade mappings of source ports ≥ 1024.
@@ -612,6 +625,7 @@ impl Default for NatSpec {
             dnat: Vec::new(),
             masquerade6: Vec::new(),
             dnat6: Vec::new(),
+            nptv6: Vec::new(),
             filtering: "address-dependent".into(),
             port_range: (1024, 65535),
             max_entries: 262_144,
@@ -644,6 +658,8 @@ struct TopologyFile {
     masquerade: Vec<MasqueradeFile>,
     #[serde(default)]
     dnat: Vec<DnatFile>,
+    #[serde(default)]
+    nptv6: Vec<NptFile>,
     nat: Option<NatFile>,
     #[serde(default)]
     acl: Vec<AclFile>,
@@ -946,6 +962,13 @@ struct RouteFile {
 #[serde(deny_unknown_fields)]
 struct MasqueradeFile {
     source: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NptFile {
+    internal: String,
+    external: String,
 }
 
 #[derive(Deserialize)]
@@ -1478,6 +1501,7 @@ impl Topology {
             file.dnat,
             file.nat,
         )?;
+        validate_nptv6(&mut t, file.nptv6)?;
         validate_policy(&mut t, file.acl, file.rate_limit, file.mirror)?;
         Ok(t)
     }
@@ -1502,6 +1526,88 @@ impl Topology {
         }
         v
     }
+}
+
+/// `[[nptv6]]`: each needs an IPv6 uplink; its internal prefix lies in a
+/// `[gateway]` IPv6 prefix and is not masqueraded too (a source is either
+/// translated statefully or statelessly); its external prefix has the
+/// internal one's length (a multiple of 16, /16 to /64, as the translator
+/// takes), holds neither the uplink's address nor its peers', and overlaps
+/// neither the LAN nor another translation.
+fn validate_nptv6(t: &mut Topology, npt: Vec<NptFile>) -> Result<(), TopologyError> {
+    let overlap = |a: &Ipv6Cidr, b: &Ipv6Cidr| a.contains(b.addr) || b.contains(a.addr);
+    for (i, n) in npt.into_iter().enumerate() {
+        let k = |f: &str| format!("nptv6[{i}].{f}");
+        let Some(up) = &t.uplink else {
+            return Err(err(k("external"), "NPTv6 needs an [uplink]"));
+        };
+        let Some(up6) = up.address6 else {
+            return Err(err(k("external"), "NPTv6 needs an IPv6 [uplink] address"));
+        };
+        let internal: Ipv6Cidr = n.internal.parse().map_err(|e| err(k("internal"), e))?;
+        let external: Ipv6Cidr = n.external.parse().map_err(|e| err(k("external"), e))?;
+        let gw = t.gateway.as_ref().expect("uplink implies gateway");
+        if !gw
+            .address6
+            .iter()
+            .any(|g| g.contains(internal.addr) && internal.prefix >= g.prefix)
+        {
+            return Err(err(
+                k("internal"),
+                format!("{internal} is not inside a [gateway] IPv6 prefix"),
+            ));
+        }
+        let p = internal.prefix;
+        if external.prefix != p {
+            return Err(err(
+                k("external"),
+                format!("{external}: NPTv6 maps prefixes of one length (the internal one is /{p})"),
+            ));
+        }
+        if p % 16 != 0 || p > 64 {
+            return Err(err(
+                k("internal"),
+                format!("/{p}: the NPTv6 translator takes /16, /32, /48 or /64"),
+            ));
+        }
+        if gw.address6.iter().any(|g| overlap(g, &external)) {
+            return Err(err(k("external"), format!("{external} overlaps the LAN")));
+        }
+        let mut peers = vec![up6.addr];
+        if let UplinkKind::Veth {
+            peer_addresses6, ..
+        } = &up.kind
+        {
+            peers.extend(peer_addresses6.iter().map(|c| c.addr));
+        }
+        if let Some(a) = peers.iter().find(|a| external.contains(**a)) {
+            return Err(err(
+                k("external"),
+                format!("{external} holds {a}, an address of the uplink's link"),
+            ));
+        }
+        if let Some(m) = t.nat.masquerade6.iter().find(|m| overlap(m, &internal)) {
+            return Err(err(
+                k("internal"),
+                format!(
+                    "{internal} overlaps masquerade source {m}: a source is translated by NAT66 or by NPTv6, not both"
+                ),
+            ));
+        }
+        if let Some(o) = t
+            .nat
+            .nptv6
+            .iter()
+            .find(|o| overlap(&o.internal, &internal) || overlap(&o.external, &external))
+        {
+            return Err(err(
+                k("internal"),
+                format!("overlaps the translation {} <-> {}", o.internal, o.external),
+            ));
+        }
+        t.nat.nptv6.push(NptSpec { internal, external });
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -2276,6 +2382,60 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.nat.dnat[0].ports, (5000, 5009));
+    }
+
+    #[test]
+    fn nptv6_translations_are_validated() {
+        let base = include_str!("../../examples/dualstack.toml")
+            .replace("[[masquerade]]\nsource = \"fd00:15::/64\"\n", "");
+        let npt =
+            |i: &str, e: &str| format!("{base}[[nptv6]]\ninternal = '{i}'\nexternal = '{e}'\n");
+        let t = Topology::parse(&npt("fd00:15::/64", "2001:db8:113:1::/64"), "t").unwrap();
+        assert_eq!(t.nat.nptv6.len(), 1);
+        assert_eq!(t.nat.nptv6[0].external.to_string(), "2001:db8:113:1::/64");
+        for (i, e, key, says) in [
+            (
+                "fd00:99::/64",
+                "2001:db8:113:1::/64",
+                "nptv6[0].internal",
+                "not inside",
+            ),
+            (
+                "fd00:15::/64",
+                "2001:db8:113:1::/48",
+                "nptv6[0].external",
+                "one length",
+            ),
+            (
+                "fd00:15::/64",
+                "2001:db8:113::/64",
+                "nptv6[0].external",
+                "2001:db8:113::1",
+            ),
+            (
+                "fd00:15::/64",
+                "fd00:15::/64",
+                "nptv6[0].external",
+                "overlaps the LAN",
+            ),
+            (
+                "fd00:15::/72",
+                "2001:db8:113:1::/72",
+                "nptv6[0].internal",
+                "/72",
+            ),
+        ] {
+            let e = parse_err(&npt(i, e));
+            assert_eq!(e.key, key, "{i} {e:?}");
+            assert!(e.message.contains(says), "{i}: {}", e.message);
+        }
+        // A source is translated by NAT66 or NPTv6, not both.
+        let both = format!(
+            "{}[[nptv6]]\ninternal = 'fd00:15::/64'\nexternal = '2001:db8:113:1::/64'\n",
+            include_str!("../../examples/dualstack.toml")
+        );
+        let e = parse_err(&both);
+        assert!(e.message.contains("not both"), "{}", e.message);
     }
 
     #[test]

@@ -583,6 +583,19 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
                 }),
             next_hop: t.uplink.as_ref().and_then(|u| u.next_hop6),
             routes: gateway_routes6(t),
+            npt: t
+                .nat
+                .nptv6
+                .iter()
+                .filter_map(|n| {
+                    let net = |c: &netns_setup::topology::Ipv6Cidr| nat::Ipv6Net {
+                        addr: c.addr,
+                        prefix: c.prefix,
+                    };
+                    // Validated with the topology (lengths, overlaps).
+                    nat::npt::Npt66::new(net(&n.internal), net(&n.external)).ok()
+                })
+                .collect(),
             nat: t
                 .uplink
                 .as_ref()

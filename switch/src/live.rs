@@ -193,7 +193,14 @@ pub fn diff(old: &Topology, new: &Topology) -> Diff {
         d.refused
             .push("[uplink]: the uplink cannot change while running".into());
     }
+    if old.nat.nptv6 != new.nat.nptv6 {
+        d.refused.push(
+            "[[nptv6]]: translations cannot change while running (restart the switch)".into(),
+        );
+    }
     let (mut a, mut b) = (old.nat.clone(), new.nat.clone());
+    a.nptv6.clear();
+    b.nptv6.clear();
     a.masquerade.clear();
     a.dnat.clear();
     a.masquerade6.clear();

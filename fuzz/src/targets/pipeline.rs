@@ -458,6 +458,15 @@ pub fn run(data: &[u8]) -> Result<(), String> {
             net6("fd00:99::", 64),
             "fd00:15::9".parse().expect("literal"),
         )],
+        // NPTv6 of the LAN prefix (taking precedence over its masquerade).
+        npt: if i.bool() {
+            vec![
+                nat::npt::Npt66::new(net6("fd00:15::", 64), net6("2001:db8:113:1::", 64))
+                    .expect("valid prefixes"),
+            ]
+        } else {
+            Vec::new()
+        },
     });
     let arp_max = 1 + i.below(16);
     let cfg = PipelineConfig {

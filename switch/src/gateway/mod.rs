@@ -221,6 +221,12 @@ pub struct GwCounters {
     pub drop_too_big: u64,
     /// Dropped: hop limit exhausted after NAT66 translated it (hairpinned echo).
     pub drop_hop_limit: u64,
+    /// IPv6 packets NPTv6 translated leaving the site (source prefix).
+    pub npt_out: u64,
+    /// IPv6 packets NPTv6 translated entering the site (destination prefix).
+    pub npt_in: u64,
+    /// Dropped: an NPTv6 address with no word left to adjust (RFC 6296 3.5).
+    pub drop_npt_unmappable: u64,
 }
 
 /// Gateway drop reasons finer than [`DropReason`], each with a stable name
@@ -245,11 +251,13 @@ pub enum GwDrop {
     TooBig,
     /// Hop limit exhausted after translation (no error may quote it as sent).
     HopLimit,
+    /// An NPTv6 address that cannot be mapped (its word to adjust is `0xffff`).
+    NptUnmappable,
 }
 
 impl GwDrop {
     /// Every reason.
-    pub const ALL: [GwDrop; 9] = [
+    pub const ALL: [GwDrop; 10] = [
         GwDrop::NotIpv4,
         GwDrop::Malformed,
         GwDrop::SpoofedSrc,
@@ -259,6 +267,7 @@ impl GwDrop {
         GwDrop::NoRoute,
         GwDrop::TooBig,
         GwDrop::HopLimit,
+        GwDrop::NptUnmappable,
     ];
 
     /// Stable name (for `vswitch stats`).
@@ -273,6 +282,7 @@ impl GwDrop {
             GwDrop::NoRoute => "gw-no-route",
             GwDrop::TooBig => "gw-too-big",
             GwDrop::HopLimit => "gw-hop-limit",
+            GwDrop::NptUnmappable => "gw-npt-unmappable",
         }
     }
 
@@ -282,7 +292,9 @@ impl GwDrop {
             GwDrop::NotIpv4 => DropReason::GwNotIpv4,
             GwDrop::Malformed | GwDrop::BadVnet => DropReason::GwMalformed,
             GwDrop::SpoofedSrc => DropReason::GwNotForUs,
-            GwDrop::MartianDst | GwDrop::NoRoute | GwDrop::HopLimit => DropReason::GwNoRoute,
+            GwDrop::MartianDst | GwDrop::NoRoute | GwDrop::HopLimit | GwDrop::NptUnmappable => {
+                DropReason::GwNoRoute
+            }
             GwDrop::GsoTooBig | GwDrop::TooBig => DropReason::GwGsoTooBig,
         }
     }
@@ -518,6 +530,7 @@ impl Gateway {
             GwDrop::NoRoute => c.drop_no_route += 1,
             GwDrop::TooBig => c.drop_too_big += 1,
             GwDrop::HopLimit => c.drop_hop_limit += 1,
+            GwDrop::NptUnmappable => c.drop_npt_unmappable += 1,
         }
         Verdict::Drop(d.port_reason())
     }
@@ -1111,6 +1124,7 @@ mod tests {
                 next_hop: None,
                 nat: None,
                 routes: vec![(net6("fd00:99::", 64), "fd00:15::9".parse().unwrap())],
+                npt: Vec::new(),
             }),
         })
     }

@@ -65,6 +65,8 @@ pub struct Gw6Config {
     pub nat: Option<nat::NatConfig<Ipv6Addr>>,
     /// Static routes: destination prefix → next hop on the LAN.
     pub routes: Vec<(Ipv6Net, Ipv6Addr)>,
+    /// NPTv6 translations (stateless; their internal prefixes bypass NAT66).
+    pub npt: Vec<nat::npt::Npt66>,
 }
 
 /// The gateway's IPv6 state.
@@ -114,6 +116,24 @@ impl Gw6 {
     /// Replace the static routes (`vswitch reload`).
     pub fn set_routes(&mut self, routes: Vec<(Ipv6Net, Ipv6Addr)>) {
         self.cfg.routes = routes;
+    }
+
+    /// The NPTv6 translation whose internal prefix holds `a`.
+    fn npt_of_internal(&self, a: Ipv6Addr) -> Option<nat::npt::Npt66> {
+        self.cfg
+            .npt
+            .iter()
+            .find(|n| n.internal().contains(a))
+            .copied()
+    }
+
+    /// The NPTv6 translation whose external prefix holds `a`.
+    fn npt_of_external(&self, a: Ipv6Addr) -> Option<nat::npt::Npt66> {
+        self.cfg
+            .npt
+            .iter()
+            .find(|n| n.external().contains(a))
+            .copied()
     }
 
     /// Whether a LAN host may send from `a`: an address of a LAN prefix or behind a static route.
@@ -647,6 +667,27 @@ impl Gateway {
             }
             return Verdict::Consumed;
         }
+        // NPTv6 hairpin: to another LAN host's external address, translated
+        // back in, and the source out, so that replies come the same way.
+        let hairpin = v6.npt_of_external(dst);
+        let src_npt = v6.npt_of_internal(src);
+        let dst = match hairpin {
+            None => dst,
+            Some(n) => {
+                let pkt = &mut frame[ETH_HLEN..end];
+                let ok = n.translate_in(pkt).is_ok()
+                    && src_npt.is_none_or(|m| m.translate_out(pkt).is_ok());
+                if !ok {
+                    return self.drop(GwDrop::NptUnmappable);
+                }
+                self.counters.npt_in += 1;
+                self.counters.npt_out += u64::from(src_npt.is_some());
+                n.inbound(dst).unwrap_or(dst)
+            }
+        };
+        let Some(v6) = self.v6.as_ref() else {
+            return self.drop(GwDrop::NotIpv4);
+        };
         let egress = v6.route(dst);
         let (nh, wan) = match egress {
             Egress6::Lan(nh) => (nh, false),
@@ -696,10 +737,23 @@ impl Gateway {
             return Verdict::Consumed;
         }
         let partial = vnet[0] & VNET_F_NEEDS_CSUM != 0;
-        if let Some(v6) = self.v6.as_mut()
-            && let Err(v) = v6.nat_step(now, Side::Lan, &mut frame[ETH_HLEN..end], partial, in_port)
-        {
-            return v;
+        // Leaving the site: NPTv6 for its internal prefixes (stateless,
+        // checksum-neutral), NAT66 for the rest.
+        match src_npt.filter(|_| wan && hairpin.is_none()) {
+            Some(n) => {
+                if n.translate_out(&mut frame[ETH_HLEN..end]).is_err() {
+                    return self.drop(GwDrop::NptUnmappable);
+                }
+                self.counters.npt_out += 1;
+            }
+            None => {
+                if let Some(v6) = self.v6.as_mut()
+                    && let Err(v) =
+                        v6.nat_step(now, Side::Lan, &mut frame[ETH_HLEN..end], partial, in_port)
+                {
+                    return v;
+                }
+            }
         }
         self.forward6(now, in_port, nh, wan, vnet, frame, end, out, fdb)
     }
@@ -926,7 +980,8 @@ impl Gateway {
         if let Some(nd) = parse_nd(eth.payload()) {
             match (nd.kind, nd.target) {
                 (icmp6_type::NEIGHBOR_SOLICIT, Some(t))
-                    if v6.up_own(t) && !nd.src.is_unspecified() =>
+                    if (v6.up_own(t) || v6.npt_of_external(t).is_some())
+                        && !nd.src.is_unspecified() =>
                 {
                     let peer = nd.lladdr.unwrap_or(src_mac);
                     if nd.lladdr.is_some()
@@ -973,7 +1028,7 @@ impl Gateway {
         };
         let (src, dst, hop) = (p.src(), p.dst(), p.hop_limit());
         let end = ETH_HLEN + p.total_len();
-        let lan_src = v6.lan_source(src);
+        let lan_src = v6.lan_source(src) || v6.npt_of_external(src).is_some();
         if (unroutable(src) && !ip6::is_link_local(src))
             || lan_src
             || v6.lan_own(src)
@@ -988,6 +1043,13 @@ impl Gateway {
         if v6.up_own(dst) {
             return self.local6(now, frame, end, up.port, src_mac, out, up.mac, u);
         }
+        // To an NPTv6 external address: routed as its internal address.
+        let npt = v6.npt_of_external(dst);
+        let dst = match npt.map(|n| n.inbound(dst)) {
+            None => dst,
+            Some(Some(d)) => d,
+            Some(None) => return self.drop(GwDrop::NptUnmappable),
+        };
         let Egress6::Lan(nh) = v6.route(dst) else {
             self.counters.drop_not_for_us += 1;
             return Verdict::Drop(DropReason::GwNotForUs);
@@ -1041,6 +1103,12 @@ impl Gateway {
             );
             self.counters.packet_too_big += 1;
             return Verdict::Consumed;
+        }
+        if let Some(n) = npt {
+            if n.translate_in(&mut frame[ETH_HLEN..end]).is_err() {
+                return self.drop(GwDrop::NptUnmappable);
+            }
+            self.counters.npt_in += 1;
         }
         self.forward6(now, up.port, nh, false, vnet, frame, end, out, fdb)
     }
