@@ -154,8 +154,8 @@ fn new_pipeline<P: Policy>(
 
 fn ip_net(c: netns_setup::topology::IpCidr) -> IpNet {
     match c {
-        netns_setup::topology::IpCidr::V4(c) => IpNet::V4(c.addr, c.prefix),
-        netns_setup::topology::IpCidr::V6(c) => IpNet::V6(c.addr, c.prefix),
+        netns_setup::topology::IpCidr::V4(c) => IpNet::V4(c),
+        netns_setup::topology::IpCidr::V6(c) => IpNet::V6(c),
     }
 }
 
