@@ -8,6 +8,9 @@
 //! none). Transport checksums are the caller's: the address bytes
 //! ([`Family::bytes`]) enter them through the pseudo-header for TCP and UDP
 //! in both families, and for ICMP only in IPv6 ([`Family::ICMP_PSEUDO`]).
+//!
+//! [`Net`] is the prefix of either family ([`Ipv4Net`], [`Ipv6Net`]), the
+//! one the whole workspace uses: parsed from and displayed as `addr/len`.
 
 use crate::wire::icmpv6::icmp6_type;
 use crate::wire::ipv6::{Ipv6Packet, next_header};
