@@ -8,6 +8,9 @@
 //! none). Transport checksums are the caller's: the address bytes
 //! ([`Family::bytes`]) enter them through the pseudo-header for TCP and UDP
 //! in both families, and for ICMP only in IPv6 ([`Family::ICMP_PSEUDO`]).
+//!
+//! [`Net`] is the prefix of either family ([`Ipv4Net`], [`Ipv6Net`]), the
+//! one the whole workspace uses: parsed from and displayed as `addr/len`.
 
 use crate::wire::icmpv6::icmp6_type;
 use crate::wire::ipv6::{Ipv6Packet, next_header};
@@ -228,19 +231,91 @@ impl Family for Ipv6Addr {
     }
 }
 
-/// A prefix of family `A`: an address and a prefix length.
+/// A prefix of family `A`: an address and a prefix length, written
+/// `addr/prefix` (`192.168.15.1/24`, `fd00:15::/64`).
+///
+/// `addr` may have host bits set (an interface's address with its subnet);
+/// every method masks it as needed. A `prefix` beyond the family's width
+/// (never produced by parsing) is taken as the full width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Net<A> {
-    /// Network address.
+    /// An address in the prefix (host bits may be set).
     pub addr: A,
-    /// Prefix length.
+    /// Prefix length, 0..=32 (IPv4) or 0..=128 (IPv6).
     pub prefix: u8,
 }
 
 impl<A: Family> Net<A> {
-    /// Whether `ip` is inside.
+    /// Whether `ip` is inside: its first `prefix` bits are `addr`'s.
     pub fn contains(&self, ip: A) -> bool {
         ip.in_prefix(self.addr, self.prefix)
+    }
+}
+
+impl Net<Ipv4Addr> {
+    /// The network mask as a host-order integer (`prefix` leading ones; 0 for /0).
+    pub fn mask(&self) -> u32 {
+        match self.prefix.min(32) {
+            0 => 0,
+            p => u32::MAX << (32 - u32::from(p)),
+        }
+    }
+
+    /// The network address: `addr` with the host bits cleared.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    /// The directed broadcast address: `addr` with the host bits set.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+}
+
+/// `addr/prefix`.
+impl<A: Display> Display for Net<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Parse `addr/len` with `addr` of type `A` and `len` in `0..=max`; the
+/// messages name `expected` (the form) and `family` (in "is not an ... address").
+fn parse_net<A: std::str::FromStr>(
+    s: &str,
+    expected: &str,
+    family: &str,
+    max: u8,
+) -> Result<Net<A>, String> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR (expected {expected})"))?;
+    let addr: A = a
+        .parse()
+        .map_err(|_| format!("{a:?} is not an {family} address"))?;
+    let prefix: u8 = p
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("prefix length {p:?} is not in 0..={max}"))?;
+    Ok(Net { addr, prefix })
+}
+
+/// Parses `a.b.c.d/len`, `len` in 0..=32; the length is required. Host bits
+/// are kept. The error is a message for the user.
+impl std::str::FromStr for Net<Ipv4Addr> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_net(s, "a.b.c.d/len", "IPv4", 32)
+    }
+}
+
+/// Parses `addr/len` (any IPv6 text form), `len` in 0..=128; the length is
+/// required. Host bits are kept. The error is a message for the user.
+impl std::str::FromStr for Net<Ipv6Addr> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_net(s, "an IPv6 address/len", "IPv6", 128)
     }
 }
 
@@ -274,5 +349,91 @@ mod tests {
             }
             .contains("2001:db8::1".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn ipv4_nets_parse_and_display() {
+        let n: Ipv4Net = "192.168.15.7/24".parse().unwrap();
+        assert_eq!(n.addr, Ipv4Addr::new(192, 168, 15, 7));
+        assert_eq!(n.prefix, 24);
+        assert_eq!(n.to_string(), "192.168.15.7/24");
+        assert_eq!(n.mask(), 0xffff_ff00);
+        assert_eq!(n.network(), Ipv4Addr::new(192, 168, 15, 0));
+        assert_eq!(n.broadcast(), Ipv4Addr::new(192, 168, 15, 255));
+        assert!(n.contains(Ipv4Addr::new(192, 168, 15, 200)));
+        assert!(!n.contains(Ipv4Addr::new(192, 168, 16, 1)));
+
+        let all: Ipv4Net = "10.1.2.3/0".parse().unwrap();
+        assert_eq!(all.mask(), 0);
+        assert_eq!(all.network(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(all.broadcast(), Ipv4Addr::BROADCAST);
+        assert!(all.contains(Ipv4Addr::new(203, 0, 113, 9)));
+        assert_eq!(all.to_string(), "10.1.2.3/0");
+
+        let host: Ipv4Net = "10.1.2.3/32".parse().unwrap();
+        assert_eq!(host.mask(), u32::MAX);
+        assert_eq!(host.network(), host.addr);
+        assert_eq!(host.broadcast(), host.addr);
+        assert!(host.contains(host.addr));
+        assert!(!host.contains(Ipv4Addr::new(10, 1, 2, 4)));
+
+        // Out of range (hand-built) prefixes count as the full width.
+        let wide = Ipv4Net {
+            addr: Ipv4Addr::new(10, 1, 2, 3),
+            prefix: 40,
+        };
+        assert_eq!(wide.mask(), u32::MAX);
+        assert!(wide.contains(wide.addr));
+    }
+
+    #[test]
+    fn ipv4_net_errors_are_messages() {
+        let e = |s: &str| s.parse::<Ipv4Net>().unwrap_err();
+        assert_eq!(
+            e("10.0.0.3"),
+            "\"10.0.0.3\" is not a CIDR (expected a.b.c.d/len)"
+        );
+        assert_eq!(e("10.0.0.300/24"), "\"10.0.0.300\" is not an IPv4 address");
+        assert_eq!(e("fd00::1/64"), "\"fd00::1\" is not an IPv4 address");
+        assert_eq!(e("10.0.0.3/33"), "prefix length \"33\" is not in 0..=32");
+        assert_eq!(e("10.0.0.3/"), "prefix length \"\" is not in 0..=32");
+        assert_eq!(e("10.0.0.3/x"), "prefix length \"x\" is not in 0..=32");
+        assert_eq!(e("10.0.0.3/-1"), "prefix length \"-1\" is not in 0..=32");
+    }
+
+    #[test]
+    fn ipv6_nets_parse_and_display() {
+        let n: Ipv6Net = "fd00:15::1/64".parse().unwrap();
+        assert_eq!(n.addr, "fd00:15::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(n.prefix, 64);
+        assert_eq!(n.to_string(), "fd00:15::1/64");
+        assert!(n.contains("fd00:15::ffff:1".parse().unwrap()));
+        assert!(!n.contains("fd00:16::1".parse().unwrap()));
+        // Display uses the canonical text form.
+        let long: Ipv6Net = "FD00:0015:0:0:0:0:0:0/48".parse().unwrap();
+        assert_eq!(long.to_string(), "fd00:15::/48");
+
+        let all: Ipv6Net = "::/0".parse().unwrap();
+        assert!(all.contains("2001:db8::1".parse().unwrap()));
+        assert_eq!(all.to_string(), "::/0");
+
+        let host: Ipv6Net = "2001:db8::1/128".parse().unwrap();
+        assert!(host.contains(host.addr));
+        assert!(!host.contains("2001:db8::2".parse().unwrap()));
+        assert_eq!(host.to_string(), "2001:db8::1/128");
+    }
+
+    #[test]
+    fn ipv6_net_errors_are_messages() {
+        let e = |s: &str| s.parse::<Ipv6Net>().unwrap_err();
+        assert_eq!(
+            e("2001:db8::1"),
+            "\"2001:db8::1\" is not a CIDR (expected an IPv6 address/len)"
+        );
+        assert_eq!(e("fe80::x/64"), "\"fe80::x\" is not an IPv6 address");
+        assert_eq!(e("10.0.0.1/24"), "\"10.0.0.1\" is not an IPv6 address");
+        assert_eq!(e("fe80::/129"), "prefix length \"129\" is not in 0..=128");
+        assert_eq!(e("fe80::/"), "prefix length \"\" is not in 0..=128");
+        assert_eq!(e("fe80::/64/1"), "prefix length \"64/1\" is not in 0..=128");
     }
 }

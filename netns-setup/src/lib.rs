@@ -20,4 +20,4 @@ pub mod sys;
 pub mod topology;
 
 pub use setup::{DownReport, SetupError, ShowReport, UpReport, down, show, up};
-pub use topology::{EndpointKind, Ipv4Cidr, NamespaceSpec, SwitchSpec, Topology, TopologyError};
+pub use topology::{EndpointKind, NamespaceSpec, SwitchSpec, Topology, TopologyError};

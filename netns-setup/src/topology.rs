@@ -5,6 +5,7 @@
 //! offending key (`namespace[1].address`, `switch.name`, ...). Nothing outside
 //! this module sees the raw serde structs.
 
+use nat::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
@@ -55,92 +56,6 @@ fn err(key: impl Into<String>, message: impl Into<String>) -> TopologyError {
     }
 }
 
-/// An IPv4 address with a prefix length, `192.168.15.1/24`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ipv4Cidr {
-    /// The host address.
-    pub addr: Ipv4Addr,
-    /// Prefix length, 0..=32.
-    pub prefix: u8,
-}
-
-impl Ipv4Cidr {
-    /// The network mask as a host-order integer.
-    pub fn mask(&self) -> u32 {
-        if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix))
-        }
-    }
-
-    /// The network address (host bits cleared).
-    pub fn network(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) & self.mask())
-    }
-
-    /// The directed broadcast address.
-    pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
-    }
-
-    /// Whether `ip` lies in this subnet.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.addr) & self.mask()
-    }
-}
-
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// An IPv6 address with a prefix length, `fd00:15::1/64`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ipv6Cidr {
-    /// The host address.
-    pub addr: std::net::Ipv6Addr,
-    /// Prefix length, 0..=128.
-    pub prefix: u8,
-}
-
-impl Ipv6Cidr {
-    /// Whether `ip` lies in this prefix.
-    pub fn contains(&self, ip: std::net::Ipv6Addr) -> bool {
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u128::MAX << (128 - u32::from(self.prefix))
-        };
-        u128::from(ip) & mask == u128::from(self.addr) & mask
-    }
-}
-
-impl fmt::Display for Ipv6Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl FromStr for Ipv6Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (expected an IPv6 address/len)"))?;
-        let addr: std::net::Ipv6Addr = a
-            .parse()
-            .map_err(|_| format!("{a:?} is not an IPv6 address"))?;
-        let prefix: u8 = p
-            .parse()
-            .ok()
-            .filter(|p| *p <= 128)
-            .ok_or_else(|| format!("prefix length {p:?} is not in 0..=128"))?;
-        Ok(Ipv6Cidr { addr, prefix })
-    }
-}
-
 /// Whether `ip` may be a namespace's own IPv6 address or a routed next
 /// hop: unicast, not unspecified, loopback, link-local, IPv4-mapped or
 /// IPv4-compatible.
@@ -158,14 +73,14 @@ fn global_unicast6(ip: std::net::Ipv6Addr) -> bool {
 fn split_families(
     key: &str,
     list: Vec<String>,
-) -> Result<(Vec<String>, Vec<Ipv6Cidr>), TopologyError> {
-    let (mut v4, mut v6) = (Vec::new(), Vec::<Ipv6Cidr>::new());
+) -> Result<(Vec<String>, Vec<Ipv6Net>), TopologyError> {
+    let (mut v4, mut v6) = (Vec::new(), Vec::<Ipv6Net>::new());
     for a in list {
         if !a.contains(':') {
             v4.push(a);
             continue;
         }
-        let c: Ipv6Cidr = a.parse().map_err(|e| err(key, e))?;
+        let c: Ipv6Net = a.parse().map_err(|e| err(key, e))?;
         if c.prefix == 0 || !global_unicast6(c.addr) {
             return Err(err(
                 key,
@@ -183,7 +98,7 @@ fn split_families(
 }
 
 /// The one IPv4 address of a list split by [`split_families`].
-fn one_ipv4(key: &str, v4: &[String], example: &str) -> Result<Ipv4Cidr, TopologyError> {
+fn one_ipv4(key: &str, v4: &[String], example: &str) -> Result<Ipv4Net, TopologyError> {
     match v4 {
         [a] => a.parse().map_err(|e| err(key, e)),
         [] => Err(err(
@@ -209,16 +124,16 @@ impl OneOrMany {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IpCidr {
     /// IPv4.
-    V4(Ipv4Cidr),
-    /// IPv6 address and prefix length 0..=128.
-    V6(std::net::Ipv6Addr, u8),
+    V4(Ipv4Net),
+    /// IPv6.
+    V6(Ipv6Net),
 }
 
 impl fmt::Display for IpCidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             IpCidr::V4(c) => c.fmt(f),
-            IpCidr::V6(a, p) => write!(f, "{a}/{p}"),
+            IpCidr::V6(c) => c.fmt(f),
         }
     }
 }
@@ -228,41 +143,18 @@ impl FromStr for IpCidr {
     fn from_str(s: &str) -> Result<Self, String> {
         let (a, p) = s.split_once('/').unwrap_or((s, ""));
         if let Ok(addr) = a.parse::<std::net::Ipv6Addr>() {
-            let prefix = if p.is_empty() {
-                128
-            } else {
-                p.parse()
-                    .ok()
-                    .filter(|p| *p <= 128)
-                    .ok_or_else(|| format!("prefix length {p:?} is not in 0..=128"))?
-            };
-            return Ok(IpCidr::V6(addr, prefix));
+            if p.is_empty() {
+                return Ok(IpCidr::V6(Ipv6Net { addr, prefix: 128 }));
+            }
+            return s.parse::<Ipv6Net>().map(IpCidr::V6);
         }
         if p.is_empty() {
             let addr: Ipv4Addr = a.parse().map_err(|_| {
                 format!("{s:?} is not a CIDR (expected a.b.c.d/len or an IPv6 prefix)")
             })?;
-            return Ok(IpCidr::V4(Ipv4Cidr { addr, prefix: 32 }));
+            return Ok(IpCidr::V4(Ipv4Net { addr, prefix: 32 }));
         }
-        s.parse::<Ipv4Cidr>().map(IpCidr::V4)
-    }
-}
-
-impl FromStr for Ipv4Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (expected a.b.c.d/len)"))?;
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("prefix length {p:?} is not in 0..=32"))?;
-        Ok(Ipv4Cidr { addr, prefix })
+        s.parse::<Ipv4Net>().map(IpCidr::V4)
     }
 }
 
@@ -342,10 +234,10 @@ pub struct NamespaceSpec {
     /// Namespace name, as in `ip netns list`.
     pub name: String,
     /// IPv4 address of the namespace's interface.
-    pub address: Ipv4Cidr,
+    pub address: Ipv4Net,
     /// IPv6 addresses of the interface (`address = ["…/24", "fd00::1/64"]`),
     /// added without duplicate address detection (usable at once).
-    pub address6: Vec<Ipv6Cidr>,
+    pub address6: Vec<Ipv6Net>,
     /// Default route via this address, if any.
     pub gateway: Option<Ipv4Addr>,
     /// IPv6 default route via this address (on one of `address6`'s
@@ -477,9 +369,9 @@ pub struct PolicySpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewaySpec {
     /// Address and LAN subnet, e.g. 192.168.15.5/24.
-    pub address: Ipv4Cidr,
+    pub address: Ipv4Net,
     /// IPv6 addresses and LAN prefixes, e.g. fd00:15::5/64 (may be empty).
-    pub address6: Vec<Ipv6Cidr>,
+    pub address6: Vec<Ipv6Net>,
     /// Send router advertisements (the /64 prefixes of `address6` for
     /// SLAAC, the gateway as default router).
     pub ra: bool,
@@ -497,9 +389,9 @@ pub enum UplinkKind {
         /// Switch-side interface.
         switch_ifname: String,
         /// Addresses of the simulated external host(s) in that namespace.
-        peer_addresses: Vec<Ipv4Cidr>,
+        peer_addresses: Vec<Ipv4Net>,
         /// Their IPv6 addresses (on the uplink's IPv6 prefix).
-        peer_addresses6: Vec<Ipv6Cidr>,
+        peer_addresses6: Vec<Ipv6Net>,
     },
     /// An existing interface in the switch namespace (e.g. a macvlan on a NIC); not created.
     Interface {
@@ -512,9 +404,9 @@ pub enum UplinkKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UplinkSpec {
     /// Our external address (owned by the switch) and the uplink subnet.
-    pub address: Ipv4Cidr,
+    pub address: Ipv4Net,
     /// Our external IPv6 address and the uplink's IPv6 prefix, if any.
-    pub address6: Option<Ipv6Cidr>,
+    pub address6: Option<Ipv6Net>,
     /// IPv6 next hop for destinations outside that prefix.
     pub next_hop6: Option<std::net::Ipv6Addr>,
     /// The port.
@@ -539,7 +431,7 @@ impl UplinkSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
     /// Destination network.
-    pub to: Ipv4Cidr,
+    pub to: Ipv4Net,
     /// Next hop on the LAN.
     pub via: Ipv4Addr,
 }
@@ -548,7 +440,7 @@ pub struct RouteSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route6Spec {
     /// Destination prefix.
-    pub to: Ipv6Cidr,
+    pub to: Ipv6Net,
     /// Next hop on the LAN (on one of the gateway's IPv6 prefixes, or link-local).
     pub via: std::net::Ipv6Addr,
 }
@@ -584,11 +476,11 @@ pub struct NptSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatSpec {
     /// Source networks masqueraded behind the uplink address.
-    pub masquerade: Vec<Ipv4Cidr>,
+    pub masquerade: Vec<Ipv4Net>,
     /// Port forwards.
     pub dnat: Vec<DnatSpec>,
     /// IPv6 sources masqueraded behind the uplink's IPv6 address (NAT66).
-    pub masquerade6: Vec<Ipv6Cidr>,
+    pub masquerade6: Vec<Ipv6Net>,
     /// IPv6 port forwards on the uplink's IPv6 address.
     pub dnat6: Vec<DnatSpec<std::net::Ipv6Addr>>,
     /// NPTv6 (RFC 6296) prefix translations, `[[nptv6]]`: stateless, instead
@@ -1763,7 +1655,7 @@ fn validate_routing(
                 let mut peer_addresses = Vec::new();
                 for (i, a) in peer4.iter().enumerate() {
                     let k = format!("uplink.peer_addresses[{i}]");
-                    let c: Ipv4Cidr = a.parse().map_err(|e| err(&k, e))?;
+                    let c: Ipv4Net = a.parse().map_err(|e| err(&k, e))?;
                     if !address.contains(c.addr) || c.prefix != address.prefix {
                         return Err(err(
                             k,
@@ -1775,7 +1667,7 @@ fn validate_routing(
                         ));
                     }
                     if c.addr == address.addr
-                        || peer_addresses.iter().any(|p: &Ipv4Cidr| p.addr == c.addr)
+                        || peer_addresses.iter().any(|p: &Ipv4Net| p.addr == c.addr)
                     {
                         return Err(err(k, format!("{} is used twice", c.addr)));
                     }
@@ -1874,7 +1766,7 @@ fn validate_routing(
             .as_ref()
             .ok_or_else(|| err(format!("route[{i}]"), "routes need a [gateway]"))?;
         if r.to.contains(':') {
-            let to: Ipv6Cidr = r.to.parse().map_err(|e| err(format!("route[{i}].to"), e))?;
+            let to: Ipv6Net = r.to.parse().map_err(|e| err(format!("route[{i}].to"), e))?;
             let via: std::net::Ipv6Addr = r.via.parse().map_err(|_| {
                 err(
                     format!("route[{i}].via"),
@@ -1904,7 +1796,7 @@ fn validate_routing(
             t.routes6.push(Route6Spec { to, via });
             continue;
         }
-        let to: Ipv4Cidr = r.to.parse().map_err(|e| err(format!("route[{i}].to"), e))?;
+        let to: Ipv4Net = r.to.parse().map_err(|e| err(format!("route[{i}].to"), e))?;
         let via = parse_ip(&format!("route[{i}].via"), &r.via)?;
         if !gw.address.contains(via) || via == gw.address.addr {
             return Err(err(
@@ -2486,18 +2378,39 @@ mod tests {
         )
         .unwrap();
         let a = &t.policy.acl;
-        assert_eq!(a[0].src, Some(IpCidr::V6("fe80::".parse().unwrap(), 10)));
+        assert_eq!(a[0].src, Some(IpCidr::V6("fe80::/10".parse().unwrap())));
         assert_eq!(a[0].dst.unwrap().to_string(), "192.168.15.0/24");
         assert_eq!(a[0].protocol, Some(58));
         assert_eq!(
             a[1].src,
-            Some(IpCidr::V6("2001:db8::1".parse().unwrap(), 128))
+            Some(IpCidr::V6("2001:db8::1/128".parse().unwrap()))
         );
         assert_eq!(a[1].dst.unwrap().to_string(), "10.0.0.2/32");
         for bad in ["fe80::/129", "10.0.0.0/33", "fe80::x/64", "nonsense"] {
             let e = parse_err(&format!("{SW}{ns}[[acl]]\naction='drop'\nsrc='{bad}'\n"));
             assert_eq!(e.key, "acl[0].src", "{bad}");
         }
+    }
+
+    #[test]
+    fn acl_cidr_messages() {
+        let e = |s: &str| s.parse::<IpCidr>().unwrap_err();
+        assert_eq!(e("fe80::/129"), "prefix length \"129\" is not in 0..=128");
+        assert_eq!(e("10.0.0.0/33"), "prefix length \"33\" is not in 0..=32");
+        assert_eq!(e("fe80::x/64"), "\"fe80::x\" is not an IPv4 address");
+        assert_eq!(
+            e("nonsense"),
+            "\"nonsense\" is not a CIDR (expected a.b.c.d/len or an IPv6 prefix)"
+        );
+        // A bare address, or an empty length, is a host.
+        assert_eq!(
+            "fe80::/".parse::<IpCidr>().unwrap().to_string(),
+            "fe80::/128"
+        );
+        assert_eq!(
+            "10.0.0.1".parse::<IpCidr>().unwrap().to_string(),
+            "10.0.0.1/32"
+        );
     }
 
     #[test]
@@ -2561,7 +2474,7 @@ mod tests {
 
     #[test]
     fn cidr_helpers() {
-        let c: Ipv4Cidr = "192.168.15.7/24".parse().unwrap();
+        let c: Ipv4Net = "192.168.15.7/24".parse().unwrap();
         assert_eq!(c.network(), Ipv4Addr::new(192, 168, 15, 0));
         assert_eq!(c.broadcast(), Ipv4Addr::new(192, 168, 15, 255));
         assert!(c.contains(Ipv4Addr::new(192, 168, 15, 200)));

@@ -210,17 +210,10 @@ pub fn default_per_port(max: usize) -> usize {
     (max / 4).max(1)
 }
 
-fn mask(prefix: u8) -> u32 {
-    match prefix {
-        0 => 0,
-        p => u32::MAX << (32 - u32::from(p.min(32))),
-    }
-}
-
 /// Whether `ip` is a host address of `net`: inside it, and (for prefixes up
 /// to /30) neither its network nor its broadcast address.
 pub fn is_host_of(net: &Ipv4Net, ip: Ipv4Addr) -> bool {
-    let m = mask(net.prefix);
+    let m = net.mask();
     let (a, n) = (u32::from(ip), u32::from(net.addr));
     if a & m != n & m {
         return false;

@@ -154,8 +154,8 @@ fn new_pipeline<P: Policy>(
 
 fn ip_net(c: netns_setup::topology::IpCidr) -> IpNet {
     match c {
-        netns_setup::topology::IpCidr::V4(c) => IpNet::V4(c.addr, c.prefix),
-        netns_setup::topology::IpCidr::V6(a, p) => IpNet::V6(a, p),
+        netns_setup::topology::IpCidr::V4(c) => IpNet::V4(c),
+        netns_setup::topology::IpCidr::V6(c) => IpNet::V6(c),
     }
 }
 
@@ -364,14 +364,7 @@ fn random_seed() -> u64 {
 pub fn nat_config(t: &Topology, external: std::net::Ipv4Addr, seed: u64) -> NatConfig {
     let n = &t.nat;
     let mut c = nat_behaviour(t, external, seed);
-    c.masquerade = n
-        .masquerade
-        .iter()
-        .map(|m| Ipv4Net {
-            addr: m.addr,
-            prefix: m.prefix,
-        })
-        .collect();
+    c.masquerade = n.masquerade.clone();
     c.dnat = n.dnat.iter().map(dnat_rule).collect();
     c
 }
@@ -385,14 +378,7 @@ pub fn nat_config6(
 ) -> NatConfig<std::net::Ipv6Addr> {
     let n = &t.nat;
     let mut c = nat_behaviour(t, external, seed);
-    c.masquerade = n
-        .masquerade6
-        .iter()
-        .map(|m| nat::Ipv6Net {
-            addr: m.addr,
-            prefix: m.prefix,
-        })
-        .collect();
+    c.masquerade = n.masquerade6.clone();
     c.dnat = n.dnat6.iter().map(dnat_rule).collect();
     c
 }
@@ -442,34 +428,12 @@ fn nat_behaviour<A: nat::family::Family>(t: &Topology, external: A, seed: u64) -
 
 /// The gateway's static IPv6 routes of `t`'s `[[route]]`s: (destination, next hop).
 pub fn gateway_routes6(t: &Topology) -> Vec<(nat::Ipv6Net, std::net::Ipv6Addr)> {
-    t.routes6
-        .iter()
-        .map(|r| {
-            (
-                nat::Ipv6Net {
-                    addr: r.to.addr,
-                    prefix: r.to.prefix,
-                },
-                r.via,
-            )
-        })
-        .collect()
+    t.routes6.iter().map(|r| (r.to, r.via)).collect()
 }
 
 /// The gateway's static routes of `t`'s `[[route]]`s: (destination, next hop).
 pub fn gateway_routes(t: &Topology) -> Vec<(Ipv4Net, std::net::Ipv4Addr)> {
-    t.routes
-        .iter()
-        .map(|r| {
-            (
-                Ipv4Net {
-                    addr: r.to.addr,
-                    prefix: r.to.prefix,
-                },
-                r.via,
-            )
-        })
-        .collect()
+    t.routes.iter().map(|r| (r.to, r.via)).collect()
 }
 
 /// The gateway's LAN MAC, if `t` has a gateway: stable and locally
@@ -564,23 +528,9 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
         ageing_ms: sw.ageing.as_millis() as u64,
         queue_slots: 64,
         v6: (!g.address6.is_empty()).then(|| crate::gateway::Gw6Config {
-            lan: g
-                .address6
-                .iter()
-                .map(|c| nat::Ipv6Net {
-                    addr: c.addr,
-                    prefix: c.prefix,
-                })
-                .collect(),
+            lan: g.address6.clone(),
             ra: g.ra,
-            uplink: t
-                .uplink
-                .as_ref()
-                .and_then(|u| u.address6)
-                .map(|c| nat::Ipv6Net {
-                    addr: c.addr,
-                    prefix: c.prefix,
-                }),
+            uplink: t.uplink.as_ref().and_then(|u| u.address6),
             next_hop: t.uplink.as_ref().and_then(|u| u.next_hop6),
             routes: gateway_routes6(t),
             npt: t

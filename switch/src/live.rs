@@ -366,8 +366,8 @@ pub fn diff(old: &Topology, new: &Topology) -> Diff {
 #[derive(PartialEq, Eq)]
 struct NamespaceKey {
     name: String,
-    address: netns_setup::Ipv4Cidr,
-    address6: Vec<netns_setup::topology::Ipv6Cidr>,
+    address: Ipv4Net,
+    address6: Vec<nat::Ipv6Net>,
     gateway: Option<Ipv4Addr>,
     gateway6: Option<std::net::Ipv6Addr>,
     kind: EndpointKind,

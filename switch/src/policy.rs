@@ -15,6 +15,7 @@
 
 use crate::PortId;
 use crate::wire::{EthernetFrame, MacAddr, ethertype};
+use nat::{Ipv4Net, Ipv6Net};
 use std::cell::OnceCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -321,38 +322,36 @@ impl Range {
     }
 }
 
-/// An IPv4 or IPv6 network (address, prefix length). A network of one family
-/// never contains an address of the other.
+/// An IPv4 or IPv6 network. A network of one family never contains an
+/// address of the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpNet {
-    /// IPv4 network, prefix 0..=32.
-    V4(Ipv4Addr, u8),
-    /// IPv6 network, prefix 0..=128.
-    V6(Ipv6Addr, u8),
+    /// IPv4 network.
+    V4(Ipv4Net),
+    /// IPv6 network.
+    V6(Ipv6Net),
 }
 
 impl IpNet {
-    /// Whether `ip` lies in this network.
+    /// Whether `ip` lies in this network (never, if of the other family).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (*self, ip) {
-            (IpNet::V4(net, p), IpAddr::V4(a)) => {
-                let m = u32::MAX.checked_shl(32 - u32::from(p.min(32))).unwrap_or(0);
-                u32::from(a) & m == u32::from(net) & m
-            }
-            (IpNet::V6(net, p), IpAddr::V6(a)) => {
-                let m = u128::MAX
-                    .checked_shl(128 - u32::from(p.min(128)))
-                    .unwrap_or(0);
-                u128::from(a) & m == u128::from(net) & m
-            }
+        match (self, ip) {
+            (IpNet::V4(n), IpAddr::V4(a)) => n.contains(a),
+            (IpNet::V6(n), IpAddr::V6(a)) => n.contains(a),
             _ => false,
         }
     }
 }
 
-impl From<(Ipv4Addr, u8)> for IpNet {
-    fn from((a, p): (Ipv4Addr, u8)) -> IpNet {
-        IpNet::V4(a, p)
+impl From<Ipv4Net> for IpNet {
+    fn from(n: Ipv4Net) -> IpNet {
+        IpNet::V4(n)
+    }
+}
+
+impl From<Ipv6Net> for IpNet {
+    fn from(n: Ipv6Net) -> IpNet {
+        IpNet::V6(n)
     }
 }
 
@@ -1182,6 +1181,14 @@ mod tests {
     use crate::wire::ETH_HLEN;
     use crate::wire::tests_fixtures::eth_frame;
 
+    fn net4(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn net6(s: &str) -> Ipv6Net {
+        s.parse().unwrap()
+    }
+
     fn tcp_syn() -> Vec<u8> {
         let mut f = eth_frame(
             MacAddr([2, 0, 0, 0, 0, 2]),
@@ -1253,10 +1260,8 @@ mod tests {
             f(&mut a);
             a.matches(0, &h)
         };
-        assert!(r(
-            |a| a.src = Some((Ipv4Addr::new(192, 168, 15, 0), 24).into())
-        ));
-        assert!(!r(|a| a.dst = Some((Ipv4Addr::new(10, 0, 0, 0), 8).into())));
+        assert!(r(|a| a.src = Some(net4("192.168.15.0/24").into())));
+        assert!(!r(|a| a.dst = Some(net4("10.0.0.0/8").into())));
         assert!(r(|a| a.tcp_flags = Some((0x02, 0x12))), "SYN without ACK");
         assert!(!r(|a| a.tcp_flags = Some((0x12, 0x12))));
         assert!(!r(|a| a.in_ports = Some(vec![1])));
@@ -1477,13 +1482,22 @@ mod tests {
             src: Some(src),
             ..Default::default()
         };
-        let v4 = rule(IpNet::V4(Ipv4Addr::UNSPECIFIED, 0));
-        let v6 = rule(IpNet::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10));
+        let v4 = rule(net4("0.0.0.0/0").into());
+        let v6 = rule(net6("fe80::/10").into());
         assert!(v4.matches(0, &h4) && !v4.matches(0, &h6));
         assert!(v6.matches(0, &h6) && !v6.matches(0, &h4));
-        let host = rule(IpNet::V6(LL_BLUE, 128));
+        let host = rule(IpNet::V6(Ipv6Net {
+            addr: LL_BLUE,
+            prefix: 128,
+        }));
         assert!(!host.matches(0, &h6));
-        assert!(IpNet::V6(LL_BLUE, 0).contains(LL_RED.into()));
+        assert!(
+            IpNet::V6(Ipv6Net {
+                addr: LL_BLUE,
+                prefix: 0,
+            })
+            .contains(LL_RED.into())
+        );
         // No CIDR: protocol and ports match both families; non-IP frames never.
         assert!(no_ssh().matches(0, &h4) && no_ssh().matches(0, &h6));
         let arp = Headers::parse(&eth(0x0806, &[0u8; 28]));
@@ -1777,7 +1791,10 @@ mod tests {
             AclRule {
                 name: "v6".into(),
                 drop: true,
-                src: Some(IpNet::V6(LL_RED, 64)),
+                src: Some(IpNet::V6(Ipv6Net {
+                    addr: LL_RED,
+                    prefix: 64,
+                })),
                 tcp_flags: Some((2, 2)),
                 ..Default::default()
             },
