@@ -29,6 +29,15 @@ fn sum_words(a: &[u16; 8], n: usize) -> u16 {
     a[..n].iter().fold(0, |s, w| add(s, *w))
 }
 
+/// Why a packet was not translated (it is left untouched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NptError {
+    /// Not a well-formed IPv6 packet.
+    Malformed,
+    /// Its address has no word left to adjust (RFC 6296 3.5).
+    Unmappable,
+}
+
 /// A prefix translation: internal prefix ↔ external prefix of one length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Npt66 {
@@ -49,7 +58,7 @@ impl Npt66 {
                 internal.addr, p, external.addr, external.prefix
             ));
         }
-        if p == 0 || p > 64 || p % 16 != 0 {
+        if p == 0 || p > 64 || !p.is_multiple_of(16) {
             return Err(format!(
                 "NPTv6 prefix length /{p}: this translator takes /16, /32, /48 or /64"
             ));
@@ -127,23 +136,23 @@ impl Npt66 {
     /// Translate a packet leaving the site: its source, and in an ICMPv6
     /// error the quoted packet's destination (the packet the internal host
     /// received). `Ok(false)`: the source is not internal (untouched);
-    /// `Err`: internal but not mappable, or malformed (untouched).
-    pub fn translate_out(&self, pkt: &mut [u8]) -> Result<bool, ()> {
+    /// `Err`: malformed, or internal but not mappable (untouched).
+    pub fn translate_out(&self, pkt: &mut [u8]) -> Result<bool, NptError> {
         self.translate(pkt, true)
     }
 
     /// Translate a packet entering the site: its destination, and in an
     /// ICMPv6 error the quoted packet's source (the packet the internal host
     /// sent, as it left translated).
-    pub fn translate_in(&self, pkt: &mut [u8]) -> Result<bool, ()> {
+    pub fn translate_in(&self, pkt: &mut [u8]) -> Result<bool, NptError> {
         self.translate(pkt, false)
     }
 
-    fn translate(&self, pkt: &mut [u8], out: bool) -> Result<bool, ()> {
+    fn translate(&self, pkt: &mut [u8], out: bool) -> Result<bool, NptError> {
         let (addr, u) = {
-            let p = Ipv6Packet::new_checked(&*pkt).map_err(|_| ())?;
+            let p = Ipv6Packet::new_checked(&*pkt).map_err(|_| NptError::Malformed)?;
             let a = if out { p.src() } else { p.dst() };
-            (a, p.upper().map_err(|_| ())?)
+            (a, p.upper().map_err(|_| NptError::Malformed)?)
         };
         let (from, f): (_, fn(&Npt66, Ipv6Addr) -> Option<Ipv6Addr>) = if out {
             (self.internal, Npt66::outbound)
@@ -153,7 +162,7 @@ impl Npt66 {
         if !from.contains(addr) {
             return Ok(false);
         }
-        let new = f(self, addr).ok_or(())?;
+        let new = f(self, addr).ok_or(NptError::Unmappable)?;
         // The quote of an ICMPv6 error, translated the other way round.
         let error = u.proto == next_header::ICMPV6
             && u.frag.is_none_or(|x| x.offset == 0)
@@ -176,7 +185,7 @@ impl Npt66 {
                 (None, _) => {}
             }
         }
-        let mut p = Ipv6Packet::new_checked(&mut *pkt).map_err(|_| ())?;
+        let mut p = Ipv6Packet::new_checked(&mut *pkt).map_err(|_| NptError::Malformed)?;
         if out {
             p.set_src(new);
         } else {

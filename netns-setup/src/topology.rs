@@ -467,9 +467,9 @@ pub const MAX_NAT_TIMEOUT: u64 = 7 * 24 * 3600;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NptSpec {
     /// The LAN prefix (inside a `[gateway]` IPv6 prefix).
-    pub internal: Ipv6Cidr,
+    pub internal: Ipv6Net,
     /// The external prefix (routed to, or on-link at, the uplink).
-    pub external: Ipv6Cidr,
+    pub external: Ipv6Net,
 }
 
 /// NAT behaviour and rules.
@@ -1427,7 +1427,7 @@ impl Topology {
 /// takes), holds neither the uplink's address nor its peers', and overlaps
 /// neither the LAN nor another translation.
 fn validate_nptv6(t: &mut Topology, npt: Vec<NptFile>) -> Result<(), TopologyError> {
-    let overlap = |a: &Ipv6Cidr, b: &Ipv6Cidr| a.contains(b.addr) || b.contains(a.addr);
+    let overlap = |a: &Ipv6Net, b: &Ipv6Net| a.contains(b.addr) || b.contains(a.addr);
     for (i, n) in npt.into_iter().enumerate() {
         let k = |f: &str| format!("nptv6[{i}].{f}");
         let Some(up) = &t.uplink else {
@@ -1436,8 +1436,8 @@ fn validate_nptv6(t: &mut Topology, npt: Vec<NptFile>) -> Result<(), TopologyErr
         let Some(up6) = up.address6 else {
             return Err(err(k("external"), "NPTv6 needs an IPv6 [uplink] address"));
         };
-        let internal: Ipv6Cidr = n.internal.parse().map_err(|e| err(k("internal"), e))?;
-        let external: Ipv6Cidr = n.external.parse().map_err(|e| err(k("external"), e))?;
+        let internal: Ipv6Net = n.internal.parse().map_err(|e| err(k("internal"), e))?;
+        let external: Ipv6Net = n.external.parse().map_err(|e| err(k("external"), e))?;
         let gw = t.gateway.as_ref().expect("uplink implies gateway");
         if !gw
             .address6
@@ -1456,7 +1456,7 @@ fn validate_nptv6(t: &mut Topology, npt: Vec<NptFile>) -> Result<(), TopologyErr
                 format!("{external}: NPTv6 maps prefixes of one length (the internal one is /{p})"),
             ));
         }
-        if p % 16 != 0 || p > 64 {
+        if !p.is_multiple_of(16) || p > 64 {
             return Err(err(
                 k("internal"),
                 format!("/{p}: the NPTv6 translator takes /16, /32, /48 or /64"),

@@ -537,14 +537,8 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
                 .nat
                 .nptv6
                 .iter()
-                .filter_map(|n| {
-                    let net = |c: &netns_setup::topology::Ipv6Cidr| nat::Ipv6Net {
-                        addr: c.addr,
-                        prefix: c.prefix,
-                    };
-                    // Validated with the topology (lengths, overlaps).
-                    nat::npt::Npt66::new(net(&n.internal), net(&n.external)).ok()
-                })
+                // Validated with the topology (lengths, overlaps).
+                .filter_map(|n| nat::npt::Npt66::new(n.internal, n.external).ok())
                 .collect(),
             nat: t
                 .uplink
