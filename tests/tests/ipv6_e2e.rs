@@ -493,3 +493,97 @@ fn nat66_connections_survive_a_restart() {
     exchange(&mc, &ms, "masquerade, after");
     assert!(sw.stop(), "clean exit");
 }
+
+#[test]
+fn nptv6_translates_prefixes_statelessly_both_ways() {
+    if !require_root("nptv6_translates_prefixes_statelessly_both_ways") {
+        return;
+    }
+    // The example with NPTv6 of the LAN's /64 instead of its masquerade;
+    // the uplink link is a /48, so the external /64 is on-link for wan (the
+    // gateway answers neighbour solicitations for it).
+    let t = dualstack(|s| {
+        s.replace(
+            "[[masquerade]]\nsource = \"fd00:15::/64\"\n",
+            "[[nptv6]]\ninternal = \"fd00:15::/64\"\nexternal = \"2001:db8:113:1::/64\"\n",
+        )
+        .replace("2001:db8:113::1/64", "2001:db8:113::1/48")
+        .replace("2001:db8:113::10/64", "2001:db8:113::10/48")
+    });
+    assert!(t.topo.topo.nat.masquerade6.is_empty() && t.topo.topo.nat.nptv6.len() == 1);
+    let sw = SwitchProc::start(&t.topo);
+    let npt = nat::npt::Npt66::new(
+        "fd00:15::/64".parse().unwrap(),
+        "2001:db8:113:1::/64".parse().unwrap(),
+    )
+    .unwrap();
+    let ext = |a: &str| npt.outbound(a.parse().unwrap()).unwrap().to_string();
+    let (red_ext, blue_ext) = (ext("fd00:15::1"), ext("fd00:15::2"));
+    // Out: wan sees red's external address (RFC 6296: checksum-neutral, so
+    // the transport checksums were not touched and still verify).
+    assert_eq!(ping_loss_with(&t.red.ns, &["-6"], WAN6, 3), 0.0);
+    let (c, s) = tcp_pair(&t.red.ns, &format!("[{WAN6}]:5009"), &t.wan.ns, "[::]:5009");
+    assert_eq!(s.peer_addr().unwrap().ip().to_string(), red_ext);
+    exchange(&c, &s, "out through NPTv6");
+    // In, with no state: wan opens a connection to red's external address.
+    let (c, s) = tcp_pair(
+        &t.wan.ns,
+        &format!("[{red_ext}]:5010"),
+        &t.red.ns,
+        "[::]:5010",
+    );
+    assert_eq!(s.peer_addr().unwrap().ip().to_string(), WAN6);
+    exchange(&c, &s, "in through NPTv6");
+    // Hairpin: blue reaches red by its external address and is seen by its own.
+    let (c, s) = tcp_pair(
+        &t.blue.ns,
+        &format!("[{red_ext}]:5011"),
+        &t.red.ns,
+        "[::]:5011",
+    );
+    assert_eq!(s.peer_addr().unwrap().ip().to_string(), blue_ext);
+    exchange(&c, &s, "hairpin through NPTv6");
+    // A closed port answers with an ICMPv6 error translated back (its quote too).
+    assert_eq!(
+        udp_error(&t.red.ns, &format!("[{WAN6}]:9")),
+        ErrorKind::ConnectionRefused
+    );
+    let st = sw.cli_json("stats");
+    assert!(counter(&st, "npt_out") >= 4, "{}", st["gateway"]);
+    assert!(counter(&st, "npt_in") >= 4, "{}", st["gateway"]);
+    assert_eq!(counter(&st, "drop_npt_unmappable"), 0);
+    // Stateless: NAT66 tracked none of it.
+    let ct = sw.cli_json("conntrack");
+    assert!(
+        !ct["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["original"]["src"]
+                .as_str()
+                .is_some_and(|s| s.contains(':'))),
+        "{ct}"
+    );
+    // `trace` runs the same translation.
+    let tr = sw.cli_json_with(
+        "trace",
+        &[
+            "--in-port",
+            &t.red.port,
+            "--src",
+            "fd00:15::1",
+            "--dst",
+            WAN6,
+            "--proto",
+            "udp",
+            "--dport",
+            "53",
+        ],
+    );
+    assert_eq!(tr["verdict"]["out_ports"][0], t.wan.port.as_str(), "{tr}");
+    let stages = tr["stages"].to_string();
+    assert!(
+        stages.contains("npt_out +1") && stages.contains(&format!("[{red_ext}]:40000")),
+        "{tr}"
+    );
+}
