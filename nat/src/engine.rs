@@ -989,8 +989,21 @@ impl<A: Family> Nat<A> {
         partial: bool,
         route: &dyn Fn(A) -> Side,
     ) -> Verdict {
+        let noted = self.notes.as_ref().map(Vec::len);
         let v = self.process_inner(now, from, buf, partial, route);
         self.flush_gc();
+        // Every outcome has a note (the paths that take no decision of their own).
+        if noted.is_some() && self.notes.as_ref().map(Vec::len) == noted {
+            self.note(Step::Pass, || {
+                match v {
+                    Verdict::Translated => "translated (an ICMP error, with its embedded packet)",
+                    Verdict::NotNatted => "not the NAT's: passes untranslated",
+                    Verdict::Stolen => "held until its first fragment comes",
+                    Verdict::Drop(_) => "dropped",
+                }
+                .into()
+            });
+        }
         v
     }
 
@@ -2037,11 +2050,17 @@ impl<A: Family> Nat<A> {
             });
         }
         let mut rep = ImportReport::default();
-        // Entries that own their sender's mapping first: a mapping is then
-        // charged to its owner's host (NAT66: the ingress port's
-        // subscriber) before entries that only enter through it refer to it.
+        // Entries that own their sender's mapping first (those that only
+        // own it, then hairpins that own one and enter another), entries
+        // that only enter through a mapping last: a mapping is then charged
+        // to its owner's host (NAT66: the ingress port's subscriber) before
+        // entries that only enter through it refer to it.
         let mut order: Vec<&SavedEntry<A>> = snap.entries.iter().collect();
-        order.sort_by_key(|s| matches!(s.map, MapRef::Inbound | MapRef::Hairpin));
+        order.sort_by_key(|s| match s.map {
+            MapRef::None | MapRef::Outbound => 0,
+            MapRef::Hairpin => 1,
+            MapRef::Inbound => 2,
+        });
         for s in order {
             if s.remaining_ms <= elapsed_ms {
                 rep.expired += 1;

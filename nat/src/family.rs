@@ -272,6 +272,21 @@ impl Net<Ipv4Addr> {
     }
 }
 
+impl Net<Ipv6Addr> {
+    /// The network mask (`prefix` leading ones; 0 for /0).
+    pub fn mask(&self) -> u128 {
+        match self.prefix.min(128) {
+            0 => 0,
+            p => u128::MAX << (128 - u32::from(p)),
+        }
+    }
+
+    /// The network address: `addr` with the host bits cleared.
+    pub fn network(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.addr) & self.mask())
+    }
+}
+
 /// `addr/prefix`.
 impl<A: Display> Display for Net<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

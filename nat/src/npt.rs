@@ -197,13 +197,8 @@ impl Npt66 {
 
 /// `n` with its host bits cleared.
 fn masked(n: Net<Ipv6Addr>) -> Net<Ipv6Addr> {
-    let m = if n.prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(n.prefix.min(128)))
-    };
     Net {
-        addr: Ipv6Addr::from(u128::from(n.addr) & m),
+        addr: n.network(),
         prefix: n.prefix,
     }
 }

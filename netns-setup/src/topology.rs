@@ -1421,11 +1421,12 @@ impl Topology {
 }
 
 /// `[[nptv6]]`: each needs an IPv6 uplink; its internal prefix lies in a
-/// `[gateway]` IPv6 prefix and is not masqueraded too (a source is either
-/// translated statefully or statelessly); its external prefix has the
-/// internal one's length (a multiple of 16, /16 to /64, as the translator
-/// takes), holds neither the uplink's address nor its peers', and overlaps
-/// neither the LAN nor another translation.
+/// `[gateway]` IPv6 prefix, is not masqueraded too (a source is either
+/// translated statefully or statelessly) and holds no IPv6 forward's
+/// target; its external prefix is routable unicast, has the internal
+/// one's length (what [`nat::npt::Npt66::new`] takes), holds neither the
+/// uplink's address nor its peers', and overlaps neither the LAN nor
+/// another translation.
 fn validate_nptv6(t: &mut Topology, npt: Vec<NptFile>) -> Result<(), TopologyError> {
     let overlap = |a: &Ipv6Net, b: &Ipv6Net| a.contains(b.addr) || b.contains(a.addr);
     for (i, n) in npt.into_iter().enumerate() {
@@ -1449,17 +1450,11 @@ fn validate_nptv6(t: &mut Topology, npt: Vec<NptFile>) -> Result<(), TopologyErr
                 format!("{internal} is not inside a [gateway] IPv6 prefix"),
             ));
         }
-        let p = internal.prefix;
-        if external.prefix != p {
+        let e = external.addr;
+        if e.is_multicast() || e.is_unspecified() || (e.segments()[0] & 0xffc0) == 0xfe80 {
             return Err(err(
                 k("external"),
-                format!("{external}: NPTv6 maps prefixes of one length (the internal one is /{p})"),
-            ));
-        }
-        if !p.is_multiple_of(16) || p > 64 {
-            return Err(err(
-                k("internal"),
-                format!("/{p}: the NPTv6 translator takes /16, /32, /48 or /64"),
+                format!("{external} is not a unicast prefix that can be routed"),
             ));
         }
         if gw.address6.iter().any(|g| overlap(g, &external)) {
@@ -1476,6 +1471,17 @@ fn validate_nptv6(t: &mut Topology, npt: Vec<NptFile>) -> Result<(), TopologyErr
             return Err(err(
                 k("external"),
                 format!("{external} holds {a}, an address of the uplink's link"),
+            ));
+        }
+        // Lengths, overlap: the translator's own checks.
+        nat::npt::Npt66::new(internal, external).map_err(|e| err(format!("nptv6[{i}]"), e))?;
+        if let Some(d) = t.nat.dnat6.iter().find(|d| internal.contains(d.to_addr)) {
+            return Err(err(
+                k("internal"),
+                format!(
+                    "{internal} holds {}, the target of an IPv6 [[dnat]]: a translated host is reached at its external address, not through a forward",
+                    d.to_addr
+                ),
             ));
         }
         if let Some(m) = t.nat.masquerade6.iter().find(|m| overlap(m, &internal)) {
@@ -2279,7 +2285,11 @@ mod tests {
     #[test]
     fn nptv6_translations_are_validated() {
         let base = include_str!("../../examples/dualstack.toml")
-            .replace("[[masquerade]]\nsource = \"fd00:15::/64\"\n", "");
+            .replace("[[masquerade]]\nsource = \"fd00:15::/64\"\n", "")
+            .replace(
+                "[[dnat]]\nprotocol = \"tcp\"\nport = 80\nto = \"[fd00:15::2]:80\"\n",
+                "",
+            );
         let npt =
             |i: &str, e: &str| format!("{base}[[nptv6]]\ninternal = '{i}'\nexternal = '{e}'\n");
         let t = Topology::parse(&npt("fd00:15::/64", "2001:db8:113:1::/64"), "t").unwrap();
@@ -2294,10 +2304,11 @@ mod tests {
             ),
             (
                 "fd00:15::/64",
-                "2001:db8:113:1::/48",
-                "nptv6[0].external",
+                "2001:db8:114::/48",
+                "nptv6[0]",
                 "one length",
             ),
+            ("fd00:15::/64", "fe80::/64", "nptv6[0].external", "routed"),
             (
                 "fd00:15::/64",
                 "2001:db8:113::/64",
@@ -2310,12 +2321,7 @@ mod tests {
                 "nptv6[0].external",
                 "overlaps the LAN",
             ),
-            (
-                "fd00:15::/72",
-                "2001:db8:113:1::/72",
-                "nptv6[0].internal",
-                "/72",
-            ),
+            ("fd00:15::/72", "2001:db8:113:1::/72", "nptv6[0]", "/72"),
         ] {
             let e = parse_err(&npt(i, e));
             assert_eq!(e.key, key, "{i} {e:?}");
@@ -2324,10 +2330,25 @@ mod tests {
         // A source is translated by NAT66 or NPTv6, not both.
         let both = format!(
             "{}[[nptv6]]\ninternal = 'fd00:15::/64'\nexternal = '2001:db8:113:1::/64'\n",
-            include_str!("../../examples/dualstack.toml")
+            include_str!("../../examples/dualstack.toml").replace(
+                "[[dnat]]\nprotocol = \"tcp\"\nport = 80\nto = \"[fd00:15::2]:80\"\n",
+                ""
+            )
         );
         let e = parse_err(&both);
         assert!(e.message.contains("not both"), "{}", e.message);
+        // Nor is a translated host a forward's target.
+        let fwd = include_str!("../../examples/dualstack.toml")
+            .replace("[[masquerade]]\nsource = \"fd00:15::/64\"\n", "")
+            + "[[nptv6]]\ninternal = 'fd00:15::/64'\nexternal = '2001:db8:113:1::/64'\n";
+        let e = parse_err(&fwd);
+        assert!(e.message.contains("[[dnat]]"), "{}", e.message);
+        // Nor is a translated host a forward's target.
+        let fwd = include_str!("../../examples/dualstack.toml")
+            .replace("[[masquerade]]\nsource = \"fd00:15::/64\"\n", "")
+            + "[[nptv6]]\ninternal = 'fd00:15::/64'\nexternal = '2001:db8:113:1::/64'\n";
+        let e = parse_err(&fwd);
+        assert!(e.message.contains("[[dnat]]"), "{}", e.message);
     }
 
     #[test]

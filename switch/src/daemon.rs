@@ -512,6 +512,16 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
             })
         }
     };
+    // Validated with the topology; a failure here names the translation.
+    let npt = t
+        .nat
+        .nptv6
+        .iter()
+        .map(|n| {
+            nat::npt::Npt66::new(n.internal, n.external)
+                .map_err(|e| anyhow!("[[nptv6]] {} -> {}: {e}", n.internal, n.external))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let nat = t
         .uplink
         .as_ref()
@@ -533,13 +543,7 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
             uplink: t.uplink.as_ref().and_then(|u| u.address6),
             next_hop: t.uplink.as_ref().and_then(|u| u.next_hop6),
             routes: gateway_routes6(t),
-            npt: t
-                .nat
-                .nptv6
-                .iter()
-                // Validated with the topology (lengths, overlaps).
-                .filter_map(|n| nat::npt::Npt66::new(n.internal, n.external).ok())
-                .collect(),
+            npt: npt.clone(),
             nat: t
                 .uplink
                 .as_ref()

@@ -120,6 +120,8 @@ pub struct DryRun {
     pub generated: Vec<(Target, Vec<u8>)>,
     /// The port the policy asked for a copy on.
     pub mirror: Option<PortId>,
+    /// The policy's tag edit: push `Some(vid)`, pop `None`.
+    pub retag: Option<Option<u16>>,
     /// The NAT's decisions, in words ([`nat::Nat::record_notes`]).
     pub nat_notes: Vec<(nat::Step, String)>,
     /// The gateway's counters that moved, and by how much.
@@ -388,6 +390,7 @@ impl<P: Policy> Pipeline<P> {
                 .map(|i| (made.target(i), made.batch().frame(i).to_vec()))
                 .collect(),
             mirror: s.mirror,
+            retag: s.retag,
             nat_notes: s
                 .gateway
                 .as_mut()

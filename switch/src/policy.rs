@@ -1101,6 +1101,18 @@ impl Policy for Chain {
     }
 
     fn explain(&self, meta: &FrameMeta, frame: &Frame) -> Option<Explained> {
+        // The rate limits as classify applies them, on a copy of their buckets.
+        for l in &self.limits {
+            if l.port == meta.in_port && !l.clone().admit(frame.bytes().len(), meta.now) {
+                return Some(Explained {
+                    action: Action::Drop("rate-limit"),
+                    why: format!(
+                        "rate limit on {}: over its budget now: DROP",
+                        self.port_names.get(l.port).map_or("?", |s| s.as_str())
+                    ),
+                });
+            }
+        }
         if self.acl.is_empty() {
             return None;
         }

@@ -12,9 +12,10 @@
 //! - Entries refer to ports by name (an index into [`SwitchState::ports`]),
 //!   never by the port index of the run that saved them.
 //! - [`encode`] writes `magic, version, body length, CRC-32, body`
-//!   (version 2: version 1's tables, then the IPv6 ones); [`decode`] reads
-//!   both versions (a version-1 file, from a vswitch before IPv6, restores
-//!   without IPv6 state, so `vswitch upgrade` from it keeps the rest) and
+//!   (version 2: version 1's tables, then the IPv6 ones; version 1 when
+//!   there is no IPv6 state, so a vswitch from before IPv6 reads it too);
+//!   [`decode`] reads both versions (a version-1 file restores without IPv6
+//!   state, so `vswitch upgrade` from an older vswitch keeps the rest) and
 //!   refuses anything else with a [`StateError`] that says what
 //!   is wrong (not a state file, another version, truncated, corrupt, saved
 //!   for another topology), and never panics.
@@ -252,13 +253,21 @@ pub fn encode(s: &SwitchState) -> Vec<u8> {
         body.extend_from_slice(&f.dport.to_le_bytes());
         body.extend_from_slice(&f.remaining_ms.to_le_bytes());
     }
-    put_neighs(&mut body, &s.nd);
-    put_neighs(&mut body, &s.neigh6_lan);
-    put_neighs(&mut body, &s.neigh6_wan);
-    put_nat(&mut body, s.nat6.as_ref());
+    // Without IPv6 state the file is version 1, which a vswitch from before
+    // IPv6 reads too (a rollback keeps the tables).
+    let v6 = !(s.nd.is_empty()
+        && s.neigh6_lan.is_empty()
+        && s.neigh6_wan.is_empty()
+        && s.nat6.is_none());
+    if v6 {
+        put_neighs(&mut body, &s.nd);
+        put_neighs(&mut body, &s.neigh6_lan);
+        put_neighs(&mut body, &s.neigh6_wan);
+        put_nat(&mut body, s.nat6.as_ref());
+    }
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(if v6 { VERSION } else { OLDEST }).to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32(&body).to_le_bytes());
     out.extend_from_slice(&body);
@@ -733,12 +742,48 @@ pub fn restore<P: Policy + Reload>(
             put.neighs(&mut v6.neigh_lan, &st.neigh6_lan, true);
             put.neighs(&mut v6.neigh_wan, &st.neigh6_wan, true);
             if let (Some(n), Some(snap)) = (v6.nat.as_mut(), &st.nat6) {
-                r.nat6 = Some(n.import(snap, now, elapsed).map_err(|e| e.to_string()));
+                let snap = resubscribe(snap, &port_of, &mut r.dropped);
+                r.nat6 = Some(n.import(&snap, now, elapsed).map_err(|e| e.to_string()));
             }
         }
     }
     r.flows = p.policy.restore_flows(&st.flows, now, elapsed);
     r
+}
+
+/// `snap` with its NAT66 subscribers (`100::<port index>` of the saving
+/// run, [`crate::gateway::v6::port_subscriber`]) renumbered to this run's
+/// port of the same name; connections and host records of ports that no
+/// longer exist are left out (counted in `dropped`).
+fn resubscribe(
+    snap: &nat::snapshot::NatSnapshot<Ipv6Addr>,
+    port_of: &impl Fn(u16) -> Option<usize>,
+    dropped: &mut usize,
+) -> nat::snapshot::NatSnapshot<Ipv6Addr> {
+    use crate::gateway::v6::{port_subscriber, subscriber_port};
+    let map = |a: Ipv6Addr| match subscriber_port(a) {
+        Some(i) => u16::try_from(i).ok().and_then(port_of).map(port_subscriber),
+        None => Some(a),
+    };
+    let mut s = snap.clone();
+    let before = s.entries.len();
+    s.entries.retain_mut(|e| match e.host.map(map) {
+        Some(None) => false,
+        Some(Some(h)) => {
+            e.host = Some(h);
+            true
+        }
+        None => true,
+    });
+    *dropped += before - s.entries.len();
+    s.hosts.retain_mut(|h| match map(h.addr) {
+        Some(a) => {
+            h.addr = a;
+            true
+        }
+        None => false,
+    });
+    s
 }
 
 /// Neighbour entries put back by [`restore`], counted into its report.
@@ -958,27 +1003,86 @@ mod tests {
         }
     }
 
-    /// A version-1 file (written before IPv6 state existed: version 2's
-    /// body without its IPv6 tail) is still read, without IPv6 state, so
-    /// `vswitch upgrade` from an older vswitch keeps the rest.
+    /// Without IPv6 state the file is version 1, the format a vswitch from
+    /// before IPv6 wrote and reads (version 2's body is version 1's with the
+    /// IPv6 tables after it): an upgrade from it, or a rollback to it, keeps
+    /// the tables.
     #[test]
-    fn a_version_1_file_is_read() {
+    fn without_ipv6_state_the_file_is_version_1() {
         let mut s = sample();
         s.nd.clear();
         s.neigh6_lan.clear();
         s.neigh6_wan.clear();
         s.nat6 = None;
-        let b = encode(&s);
-        // The IPv6 tail of empty tables: three zero counts and "no NAT66".
-        let tail = 3 * 4 + 1;
-        let body = &b[HEADER..b.len() - tail];
-        let mut v1 = Vec::new();
-        v1.extend_from_slice(MAGIC);
-        v1.extend_from_slice(&1u32.to_le_bytes());
-        v1.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        v1.extend_from_slice(&crc32(body).to_le_bytes());
-        v1.extend_from_slice(body);
-        assert_eq!(decode(&v1, "seed"), Ok(s));
+        let v1 = encode(&s);
+        assert_eq!(v1[8..12], 1u32.to_le_bytes());
+        assert_eq!(decode(&v1, "seed"), Ok(s.clone()));
+        // With IPv6 state: version 2, whose body starts with version 1's.
+        let v2 = encode(&sample());
+        assert_eq!(v2[8..12], 2u32.to_le_bytes());
+        let body1 = &v1[HEADER..];
+        assert_eq!(&v2[HEADER..HEADER + body1.len()], body1);
+    }
+
+    /// NAT66 subscribers are port indices of the saving run: renumbered by
+    /// port name, and those of vanished ports left out.
+    #[test]
+    fn nat66_subscribers_follow_their_port_by_name() {
+        use crate::gateway::v6::port_subscriber;
+        let mut n = nat::Nat::new({
+            let mut c = nat::NatConfig::new("2001:db8:113::1".parse().unwrap());
+            c.masquerade = vec!["fd00:15::/64".parse().unwrap()];
+            c
+        });
+        let route = |a: Ipv6Addr| {
+            if a.segments()[0] == 0xfd00 {
+                nat::Side::Lan
+            } else {
+                nat::Side::Wan
+            }
+        };
+        let pkt = |src: &str, sport: u16| {
+            let mut p = vec![0u8; 48];
+            nat::wire::ipv6::emit_header(
+                &mut p,
+                src.parse().unwrap(),
+                "2001:db8:113::10".parse().unwrap(),
+                17,
+                64,
+                8,
+            );
+            p[40..42].copy_from_slice(&sport.to_be_bytes());
+            p[42..44].copy_from_slice(&53u16.to_be_bytes());
+            p[44..46].copy_from_slice(&8u16.to_be_bytes());
+            p[46..48].copy_from_slice(&0xffffu16.to_be_bytes());
+            p
+        };
+        // Saved: red on port 0, blue on port 1.
+        for (src, port) in [("fd00:15::1", 0), ("fd00:15::2", 1)] {
+            let mut p = pkt(src, 5000);
+            n.process_as(
+                0,
+                nat::Side::Lan,
+                &mut p,
+                false,
+                &route,
+                port_subscriber(port),
+            );
+        }
+        let snap = n.export(0);
+        assert_eq!(snap.entries.len(), 2);
+        // Now: blue's port is index 3, red's port is gone.
+        let port_of = |i: u16| (i == 1).then_some(3);
+        let mut dropped = 0;
+        let s = resubscribe(&snap, &port_of, &mut dropped);
+        assert_eq!(dropped, 1);
+        assert_eq!(s.entries.len(), 1);
+        assert_eq!(s.entries[0].host, Some(port_subscriber(3)));
+        assert!(
+            s.hosts.iter().all(|h| h.addr == port_subscriber(3)),
+            "{:?}",
+            s.hosts
+        );
     }
 
     #[test]

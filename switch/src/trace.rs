@@ -407,6 +407,11 @@ pub fn trace<P: Policy>(
     if let Some(m) = run.mirror.and_then(|m| ports.get(m)) {
         out.push("policy", "mirror", format!("a copy to {}", m.name));
     }
+    match run.retag {
+        Some(Some(v)) => out.push("policy", "retag", format!("push an 802.1Q tag, VLAN {v}")),
+        Some(None) => out.push("policy", "retag", "pop the outer 802.1Q tag"),
+        None => {}
+    }
     let routed = run.gateway_moved.iter().any(|(k, _)| k == "routed");
     let name = |q: usize| {
         ports
@@ -425,6 +430,10 @@ pub fn trace<P: Policy>(
                 format!("dropped: {why}"),
             );
             Decision::drop(why)
+        }
+        Verdict::Unicast(q) if ports.get(q).is_some_and(|p| !p.up) => {
+            out.push("l2", "drop", format!("out-port {} is down", name(q)));
+            Decision::drop("port-down")
         }
         Verdict::Unicast(q) => {
             if routed {

@@ -499,13 +499,19 @@ fn nptv6_translates_prefixes_statelessly_both_ways() {
     if !require_root("nptv6_translates_prefixes_statelessly_both_ways") {
         return;
     }
-    // The example with NPTv6 of the LAN's /64 instead of its masquerade;
+    // The example with NPTv6 of the LAN's /64 instead of its masquerade and
+    // forward;
     // the uplink link is a /48, so the external /64 is on-link for wan (the
     // gateway answers neighbour solicitations for it).
     let t = dualstack(|s| {
         s.replace(
             "[[masquerade]]\nsource = \"fd00:15::/64\"\n",
             "[[nptv6]]\ninternal = \"fd00:15::/64\"\nexternal = \"2001:db8:113:1::/64\"\n",
+        )
+        // A translated host is reached at its external address, not by a forward.
+        .replace(
+            "[[dnat]]\nprotocol = \"tcp\"\nport = 80\nto = \"[fd00:15::2]:80\"\n",
+            "",
         )
         .replace("2001:db8:113::1/64", "2001:db8:113::1/48")
         .replace("2001:db8:113::10/64", "2001:db8:113::10/48")

@@ -45,6 +45,8 @@ pub mod icmp6_type {
 pub mod unreach_code {
     /// No route to destination.
     pub const NO_ROUTE: u8 = 0;
+    /// Communication administratively prohibited.
+    pub const ADMIN_PROHIBITED: u8 = 1;
     /// Address unreachable (neighbour resolution failed).
     pub const ADDRESS: u8 = 3;
     /// Port unreachable.

@@ -667,23 +667,21 @@ impl Gateway {
             }
             return Verdict::Consumed;
         }
-        // NPTv6 hairpin: to another LAN host's external address, translated
-        // back in, and the source out, so that replies come the same way.
+        // NPTv6 hairpin: to another LAN host's external address. Routed (and
+        // checked, errors quoting the packet as sent) as its internal
+        // address; translated just before it leaves, the source too, so that
+        // replies come back the same way. A source outside every NPTv6
+        // prefix could not be answered at the address it used: refused.
         let hairpin = v6.npt_of_external(dst);
         let src_npt = v6.npt_of_internal(src);
-        let dst = match hairpin {
+        let dst = match hairpin.map(|n| n.inbound(dst)) {
             None => dst,
-            Some(n) => {
-                let pkt = &mut frame[ETH_HLEN..end];
-                let ok = n.translate_in(pkt).is_ok()
-                    && src_npt.is_none_or(|m| m.translate_out(pkt).is_ok());
-                if !ok {
-                    return self.drop(GwDrop::NptUnmappable);
-                }
-                self.counters.npt_in += 1;
-                self.counters.npt_out += u64::from(src_npt.is_some());
-                n.inbound(dst).unwrap_or(dst)
+            Some(Some(d)) if src_npt.is_some() => d,
+            Some(Some(_)) => {
+                let code = unreach_code::ADMIN_PROHIBITED;
+                return self.unreachable6(now, out, in_port, src_mac, my, &frame[..end], code);
             }
+            Some(None) => return self.drop(GwDrop::NptUnmappable),
         };
         let Some(v6) = self.v6.as_ref() else {
             return self.drop(GwDrop::NotIpv4);
@@ -693,23 +691,8 @@ impl Gateway {
             Egress6::Lan(nh) => (nh, false),
             Egress6::Uplink(nh) => (nh, true),
             Egress6::Local | Egress6::None => {
-                let q = &frame[ETH_HLEN..end];
-                let k = icmp6_type::DEST_UNREACH;
-                if self.error6(
-                    now,
-                    out,
-                    Target::Port(in_port),
-                    src_mac,
-                    self.cfg.mac,
-                    my,
-                    q,
-                    k,
-                    unreach_code::NO_ROUTE,
-                    0,
-                ) {
-                    self.counters.unreachable += 1;
-                }
-                return Verdict::Consumed;
+                let code = unreach_code::NO_ROUTE;
+                return self.unreachable6(now, out, in_port, src_mac, my, &frame[..end], code);
             }
         };
         let mtu = if wan {
@@ -738,8 +721,17 @@ impl Gateway {
         }
         let partial = vnet[0] & VNET_F_NEEDS_CSUM != 0;
         // Leaving the site: NPTv6 for its internal prefixes (stateless,
-        // checksum-neutral), NAT66 for the rest.
-        match src_npt.filter(|_| wan && hairpin.is_none()) {
+        // checksum-neutral), NAT66 for the rest; a hairpin both ways.
+        if let (Some(n), Some(m)) = (hairpin, src_npt) {
+            let pkt = &mut frame[ETH_HLEN..end];
+            if n.translate_in(pkt).is_err() || m.translate_out(pkt).is_err() {
+                return self.drop(GwDrop::NptUnmappable);
+            }
+            self.counters.npt_in += 1;
+            self.counters.npt_out += 1;
+            return self.forward6(now, in_port, nh, wan, vnet, frame, end, out, fdb);
+        }
+        match src_npt.filter(|_| wan) {
             Some(n) => {
                 if n.translate_out(&mut frame[ETH_HLEN..end]).is_err() {
                     return self.drop(GwDrop::NptUnmappable);
@@ -756,6 +748,38 @@ impl Gateway {
             }
         }
         self.forward6(now, in_port, nh, wan, vnet, frame, end, out, fdb)
+    }
+
+    /// ICMPv6 destination unreachable (`code`) from `my` back to the LAN
+    /// sender of `frame` (on `in_port`, from `src_mac`), counted.
+    #[allow(clippy::too_many_arguments)]
+    fn unreachable6(
+        &mut self,
+        now: u64,
+        out: &mut Gen,
+        in_port: PortId,
+        src_mac: MacAddr,
+        my: Ipv6Addr,
+        frame: &[u8],
+        code: u8,
+    ) -> Verdict {
+        let (k, mac) = (icmp6_type::DEST_UNREACH, self.cfg.mac);
+        let q = &frame[ETH_HLEN..];
+        if self.error6(
+            now,
+            out,
+            Target::Port(in_port),
+            src_mac,
+            mac,
+            my,
+            q,
+            k,
+            code,
+            0,
+        ) {
+            self.counters.unreachable += 1;
+        }
+        Verdict::Consumed
     }
 
     /// A LAN packet to our uplink address with NAT66: a forward or another
@@ -984,12 +1008,26 @@ impl Gateway {
                         && !nd.src.is_unspecified() =>
                 {
                     let peer = nd.lladdr.unwrap_or(src_mac);
+                    // A sender claiming one of our LAN's or translated
+                    // addresses teaches nothing (as its data would be dropped).
+                    let spoofed = v6.lan_source(nd.src)
+                        || v6.npt_of_external(nd.src).is_some()
+                        || v6.lan_own(nd.src)
+                        || v6.up_own(nd.src);
+                    // A proxied target (NPTv6) is answered without Override
+                    // (RFC 4861 7.2.8): a real owner's advertisement wins.
+                    let proxied = !v6.up_own(t);
                     if nd.lladdr.is_some()
+                        && !spoofed
                         && self.learn6(true, nd.src, peer, up.port, now, Heard::Hint)
                     {
                         self.release(now, nd.src.into(), true, out, fdb);
                     }
-                    let flags = na_flags::ROUTER | na_flags::SOLICITED | na_flags::OVERRIDE;
+                    let flags = if proxied {
+                        na_flags::ROUTER | na_flags::SOLICITED
+                    } else {
+                        na_flags::ROUTER | na_flags::SOLICITED | na_flags::OVERRIDE
+                    };
                     let ok = push6(out, Target::Port(up.port), peer, up.mac, |b| {
                         icmpv6::emit_na(b, t, nd.src, t, up.mac.0, flags)
                     });
@@ -1467,6 +1505,46 @@ mod tests {
         let v = g.from_uplink(0, &mut vnet, &mut back, &mut out, &fdb());
         assert_eq!(v, Verdict::FloodAll, "red's MAC is not in the (empty) FDB");
         assert_eq!(&back[..6], &RED.0);
+    }
+
+    /// NPTv6 hairpin: errors quote the packet as it was sent (routed as the
+    /// internal address, translated only when it leaves), and a source
+    /// outside every NPTv6 prefix is refused ("administratively prohibited").
+    #[test]
+    fn nptv6_hairpin_errors_quote_the_sent_packet_and_foreign_sources_are_refused() {
+        let mut g = gw_with(1500, 64);
+        let npt = nat::npt::Npt66::new(
+            "fd00:15::/64".parse().unwrap(),
+            "2001:db8:113:1::/64".parse().unwrap(),
+        )
+        .unwrap();
+        g.v6.as_mut().unwrap().cfg.npt = vec![npt];
+        let blue_ext = npt.outbound(a("fd00:15::2")).unwrap().to_string();
+        // Too big for the LAN: Packet Too Big to red, quoting red's own packet.
+        g.cfg.lan_mtu = 1280;
+        let mut out = Gen::new();
+        let mut f = echo(RED6, &blue_ext, 64, 1400);
+        let sent = f.clone();
+        assert_eq!(lan(&mut g, &mut f, &mut out), Verdict::Consumed);
+        let e = out.batch().frame(0);
+        let (_, dst, t, _, _) = icmp6(e);
+        assert_eq!((dst, t), (a(RED6), icmp6_type::PACKET_TOO_BIG));
+        let quote = &e[ETH_HLEN + IPV6_HLEN + 8..];
+        assert_eq!(quote[..IPV6_HLEN], sent[ETH_HLEN..ETH_HLEN + IPV6_HLEN]);
+        assert_eq!(g.counters.npt_in, 0, "nothing translated");
+        // From behind the static route (fd00:99::/64, not translated): refused.
+        let mut out = Gen::new();
+        let mut f = echo("fd00:99::5", &blue_ext, 64, 56);
+        assert_eq!(lan(&mut g, &mut f, &mut out), Verdict::Consumed);
+        let (_, dst, t, c, _) = icmp6(out.batch().frame(0));
+        assert_eq!(
+            (dst, t, c),
+            (
+                a("fd00:99::5"),
+                icmp6_type::DEST_UNREACH,
+                unreach_code::ADMIN_PROHIBITED
+            )
+        );
     }
 
     #[test]
