@@ -1667,6 +1667,28 @@ impl<A: Family> Nat<A> {
         }
     }
 
+    /// Traffic that a fast path outside the engine forwarded for the
+    /// connection whose packets arrive with tuple `t` (as received on their
+    /// side, before translation): adds `packets` and `bytes` to that
+    /// direction's counters and restarts the entry's timeout from `at`
+    /// (ms, when the fast path last saw it; never moved backwards). False
+    /// when no live entry at `now` has that tuple: the connection is gone and
+    /// the fast path must forget it.
+    pub fn offloaded(&mut self, t: &Tuple<A>, packets: u64, bytes: u64, at: u64, now: u64) -> bool {
+        let Some((id, dir)) = self.table.lookup(t, now) else {
+            return false;
+        };
+        let e = self.table.get_mut(id);
+        let d = dir as usize;
+        e.packets[d] = e.packets[d].saturating_add(packets.min(u32::MAX as u64) as u32);
+        e.bytes[d] = e.bytes[d].saturating_add(bytes);
+        let until = at.saturating_add(timeout_ms(&self.cfg.timeouts, e));
+        if until > e.expires {
+            self.table.set_expires(id, until);
+        }
+        true
+    }
+
     /// Remove expired entries and stale fragment state (no full-table scan;
     /// at most one lap of the timer wheel whatever the time since the last call).
     pub fn expire(&mut self, now: u64) {

@@ -226,6 +226,20 @@ pub struct SwitchSpec {
     /// Periodic state save interval of `vswitch run` (`None`: its default;
     /// zero: only on exit and upgrade).
     pub state_save_interval: Option<Duration>,
+    /// The kernel fast path for established flows (`fastpath`, default
+    /// `"ebpf"`): eBPF programs on the switch's veth ports forward flows the
+    /// switch has decided and installed. `"off"`: every frame in user space.
+    pub fastpath: Fastpath,
+}
+
+/// `[switch] fastpath`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fastpath {
+    /// Established IPv4 TCP/UDP flows between veth ports are forwarded by eBPF.
+    #[default]
+    Ebpf,
+    /// Every frame goes through the switch process.
+    Off,
 }
 
 /// Validated namespace.
@@ -932,6 +946,7 @@ struct SwitchFile {
     state_save_interval: Option<u64>,
     io: Option<String>,
     workers: Option<usize>,
+    fastpath: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1106,7 +1121,18 @@ impl Topology {
                         format!("must be in 1..={MAX_WORKERS}"),
                     ));
                 }
+                let fastpath = match s.fastpath.as_deref() {
+                    None | Some("ebpf") => Fastpath::Ebpf,
+                    Some("off") => Fastpath::Off,
+                    Some(o) => {
+                        return Err(err(
+                            "switch.fastpath",
+                            format!("{o:?} is not \"ebpf\" or \"off\""),
+                        ));
+                    }
+                };
                 Some(SwitchSpec {
+                    fastpath,
                     cpu: s.cpu,
                     io,
                     workers,

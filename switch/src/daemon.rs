@@ -339,6 +339,89 @@ pub fn open_ports_for(t: &Topology, w: usize) -> Result<Vec<Port>> {
     Ok(ports)
 }
 
+/// The kernel fast path for worker 0's `ports` (see [`crate::fastpath`]):
+/// loaded and attached to every AF_PACKET port in the switch's namespace, or
+/// off with the reason, said once (`fastpath = "off"`, several workers,
+/// BPF unavailable: no privilege, an old kernel, a verifier rejection). A
+/// port it cannot attach to stays in the slow path, with a warning.
+pub fn fastpath_for(t: &Topology, ports: &[Port]) -> crate::fastpath::FastPath {
+    use crate::fastpath::{FastPath, OBJECT, PortInfo};
+    use netns_setup::topology::Fastpath;
+    let Some(sw) = &t.switch else {
+        return FastPath::off("no [switch]");
+    };
+    if sw.fastpath == Fastpath::Off {
+        tracing::info!("fast path off (fastpath = \"off\"): every frame goes through the switch");
+        return FastPath::off("fastpath = \"off\" in the topology");
+    }
+    if sw.workers > 1 {
+        let why = "it needs workers = 1 (each port's socket carries one filter)";
+        tracing::warn!("fast path off: {why}; running in the slow path");
+        return FastPath::off(why);
+    }
+    let loaded = match crate::sys::bpf::Loaded::load(OBJECT) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("fast path unavailable ({e}); running in the slow path");
+            return FastPath::off(format!("unavailable: {e}"));
+        }
+    };
+    let mut fp = FastPath::on(loaded, ports.len());
+    let sw_ns = match sw.netns.as_ref().map(|n| open_netns(n)) {
+        Some(Err(e)) => {
+            tracing::warn!("fast path unavailable ({e}); running in the slow path");
+            return FastPath::off(format!("unavailable: {e}"));
+        }
+        Some(Ok(f)) => Some(f),
+        None => None,
+    };
+    let mut attached = 0;
+    for (i, p) in ports.iter().enumerate() {
+        if p.kind == "tap" || i >= crate::sys::bpf::MAX_PORTS {
+            continue;
+        }
+        let peer = match &t.uplink {
+            Some(u) if !p.lan => matches!(u.kind, UplinkKind::Veth { .. }),
+            _ => p.kind == "veth",
+        };
+        let name = p.name.clone();
+        let m = fp.loaded_mut().expect("on");
+        let r = in_netns(sw_ns.as_ref(), || -> Result<PortInfo, String> {
+            let mut nl = netns_setup::netlink::Netlink::open().map_err(|e| e.to_string())?;
+            let link = nl
+                .link(&name)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no link {name}"))?;
+            m.attach_tc(&name, link.index)?;
+            Ok(PortInfo {
+                ifindex: link.index,
+                peer,
+                mtu: link.mtu.min(u16::MAX as u32) as u16,
+            })
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .and_then(|info| {
+            m.attach_socket(p.io.fd())?;
+            Ok(info)
+        });
+        match r {
+            Ok(info) => {
+                fp.set_port(i, Some(info));
+                attached += 1;
+            }
+            Err(e) => {
+                tracing::warn!("fast path: port {} stays in the slow path: {e}", p.name)
+            }
+        }
+    }
+    tracing::info!(
+        "fast path on: eBPF attached to {attached} of {} ports",
+        ports.len()
+    );
+    fp
+}
+
 /// A secret seed for port allocation and table hashing (RFC 6056: external
 /// ports must not be predictable), from the kernel's CSPRNG. Falls back to
 /// the clock only if /dev/urandom cannot be read, and says so.
@@ -944,6 +1027,7 @@ pub fn run_with<U: Policy + 'static>(t: &Topology, opts: &RunOptions, policy: U)
         }
     };
     let mut worker = Worker::<(Chain, U)>::new(sw.name.clone(), ports, pipeline);
+    worker.set_fastpath(fastpath_for(t, worker.parts().0));
     let slots0 = port_snapshot.clone();
     let file = opts.file.clone();
     let mut first = Some(t.clone());

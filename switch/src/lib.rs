@@ -11,6 +11,7 @@
 pub mod arp;
 pub mod control;
 pub mod daemon;
+pub mod fastpath;
 pub mod fdb;
 pub mod gateway;
 pub mod live;

@@ -253,6 +253,15 @@ pub trait Policy {
     }
     /// Periodic work from the worker's once-a-second sweep (age state at `now`).
     fn expire(&mut self, _now: u64) {}
+    /// Whether the flow of `frame` (an IPv4 TCP or UDP packet as received)
+    /// may be forwarded by the kernel fast path once established, so that
+    /// this policy no longer sees its frames. Default: no. A policy that
+    /// wants every frame (a fault injector, a sampler) keeps the default; a
+    /// policy whose verdict is the same for every frame of a flow may say
+    /// yes.
+    fn offload(&self, _meta: &FrameMeta, _frame: &Frame) -> bool {
+        false
+    }
 }
 
 /// No policy: everything continues. Costs nothing.
@@ -263,6 +272,9 @@ impl Policy for NoPolicy {
     #[inline(always)]
     fn classify(&mut self, _: &FrameMeta, _: &Frame) -> Action {
         Action::Continue
+    }
+    fn offload(&self, _: &FrameMeta, _: &Frame) -> bool {
+        true
     }
 }
 
@@ -294,6 +306,9 @@ impl<A: Policy, B: Policy> Policy for (A, B) {
         self.0.expire(now);
         self.1.expire(now);
     }
+    fn offload(&self, meta: &FrameMeta, frame: &Frame) -> bool {
+        self.0.offload(meta, frame) && self.1.offload(meta, frame)
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for Box<P> {
@@ -309,6 +324,9 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
     }
     fn expire(&mut self, now: u64) {
         (**self).expire(now)
+    }
+    fn offload(&self, meta: &FrameMeta, frame: &Frame) -> bool {
+        (**self).offload(meta, frame)
     }
 }
 
@@ -1141,6 +1159,17 @@ impl Policy for Chain {
             f.expire(now);
         }
         self.frags.expire(now);
+    }
+
+    /// ACL verdicts are flow-level and may be offloaded, except where the
+    /// chain must see every frame: an ingress rate limit on the port (its
+    /// token bucket), `state` rules (their connection tracking), and rules
+    /// on TCP flags (a verdict that can change within a flow). Rule hit
+    /// counters then count a flow's slow-path frames only.
+    fn offload(&self, meta: &FrameMeta, _frame: &Frame) -> bool {
+        !self.limits.iter().any(|l| l.port == meta.in_port)
+            && self.flows.is_none()
+            && !self.acl.iter().any(|r| r.tcp_flags.is_some())
     }
 }
 

@@ -2144,3 +2144,289 @@ mod tests {
         assert_eq!(o[0].name, "");
     }
 }
+
+/// The kernel fast path's objects: the eBPF programs and maps of
+/// `bpf/fastpath.bpf.c`, loaded with aya. The key and value layouts here
+/// must match that file's (`repr(C)`, same field order and padding).
+///
+/// Contract: [`Loaded`] owns the programs, their attachments and the maps.
+/// tc programs are attached as tcx links, owned by file descriptors and
+/// never pinned, so they detach when the process exits, crash included;
+/// nothing is left in bpffs for a next start to clean up.
+pub mod bpf {
+    use aya::maps::{HashMap, MapData, PerCpuArray};
+    use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
+    use aya::programs::{LinkOrder, SchedClassifier, SocketFilter, TcAttachType};
+    use std::os::fd::BorrowedFd;
+
+    /// Action flag: the out port is a veth; use `bpf_redirect_peer`.
+    pub const FP_PEER: u8 = 0x01;
+    /// Action flag: a routed flow; decrement the TTL.
+    pub const FP_TTL: u8 = 0x02;
+    /// Port counter slots in `fp_ports`.
+    pub const MAX_PORTS: usize = 256;
+    /// Capacity of `fp_flows`.
+    pub const MAX_FLOWS: usize = 65_536;
+
+    /// `struct fp_key`: the in-port's ifindex and the IPv4 5-tuple as received
+    /// (addresses and ports in network byte order).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct FpKey {
+        /// Ingress device.
+        pub ifindex: u32,
+        /// Source address, network order.
+        pub saddr: u32,
+        /// Destination address, network order.
+        pub daddr: u32,
+        /// Source port, network order.
+        pub sport: u16,
+        /// Destination port, network order.
+        pub dport: u16,
+        /// IP protocol.
+        pub proto: u8,
+        /// Zero.
+        pub pad: [u8; 3],
+    }
+
+    /// `struct fp_action`: what the fast path does with a hit.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct FpAction {
+        /// Egress device.
+        pub out_ifindex: u32,
+        /// Source address as sent, network order.
+        pub saddr: u32,
+        /// Destination address as sent, network order.
+        pub daddr: u32,
+        /// Source port as sent, network order.
+        pub sport: u16,
+        /// Destination port as sent, network order.
+        pub dport: u16,
+        /// Destination MAC as sent.
+        pub dmac: [u8; 6],
+        /// Source MAC as sent.
+        pub smac: [u8; 6],
+        /// Destination MAC a frame must carry to hit.
+        pub match_dmac: [u8; 6],
+        /// Source MAC a frame must carry to hit.
+        pub match_smac: [u8; 6],
+        /// Largest IP packet (or GSO segment) the out port takes.
+        pub mtu: u16,
+        /// Switch port index of the ingress (for `fp_ports`).
+        pub port_in: u16,
+        /// Switch port index of the egress.
+        pub port_out: u16,
+        /// `FP_*` flags.
+        pub flags: u8,
+        /// Zero.
+        pub pad: [u8; 9],
+    }
+
+    /// `struct fp_value`: an action and the fast path's counters for it.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct FpValue {
+        /// The action.
+        pub act: FpAction,
+        /// Frames forwarded (a GSO super-frame counts once).
+        pub packets: u64,
+        /// Bytes forwarded.
+        pub bytes: u64,
+        /// Last hit, CLOCK_MONOTONIC ns (0: none).
+        pub last_seen: u64,
+    }
+
+    /// `struct fp_port_counters`, summed over CPUs.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct FpPortCounters {
+        /// Frames received on the port and forwarded by the fast path.
+        pub rx_packets: u64,
+        /// Their bytes.
+        pub rx_bytes: u64,
+        /// Frames the fast path sent out of the port.
+        pub tx_packets: u64,
+        /// Their bytes.
+        pub tx_bytes: u64,
+    }
+
+    // SAFETY: plain `repr(C)` structs of integers and byte arrays with
+    // explicit padding fields: every bit pattern is valid and no byte is
+    // uninitialised padding, which is what `aya::Pod` requires.
+    unsafe impl aya::Pod for FpKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FpValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FpPortCounters {}
+
+    const _: () = assert!(std::mem::size_of::<FpKey>() == 20);
+    const _: () = assert!(std::mem::size_of::<FpAction>() == 56);
+    const _: () = assert!(std::mem::size_of::<FpValue>() == 80);
+
+    /// Names of the programs' counters (`fp_stats`, same order).
+    pub const STAT_NAMES: [&str; 7] = [
+        "hit",
+        "miss",
+        "slow_mac",
+        "slow_ttl",
+        "slow_mtu",
+        "forwarded",
+        "tc_not_ours",
+    ];
+
+    /// The loaded fast path: programs, attachments and maps.
+    pub struct Loaded {
+        stats: PerCpuArray<MapData, u64>,
+        ebpf: aya::Ebpf,
+        flows: HashMap<MapData, FpKey, FpValue>,
+        ports: PerCpuArray<MapData, FpPortCounters>,
+        links: Vec<(u32, SchedClassifierLinkId)>,
+    }
+
+    /// An error's message, with a verifier log cut to its last lines (the
+    /// verdict; the whole log is thousands of lines).
+    fn err(what: &str, e: impl std::fmt::Display) -> String {
+        let e = e.to_string();
+        let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
+        if lines.len() <= 4 {
+            return format!("{what}: {e}");
+        }
+        let first = lines[0]
+            .split(". Verifier output")
+            .next()
+            .unwrap_or(lines[0]);
+        let tail = lines[lines.len().saturating_sub(4)..lines.len() - 1].join(" / ");
+        format!("{what}: {first} ({tail})")
+    }
+
+    impl Loaded {
+        /// Load the object (verifier included), without attaching anything.
+        pub fn load(object: &[u8]) -> Result<Loaded, String> {
+            if object.is_empty() {
+                return Err("not built (clang was missing when vswitch was built)".into());
+            }
+            let mut ebpf = aya::Ebpf::load(object).map_err(|e| err("load", e))?;
+            let p: &mut SchedClassifier = ebpf
+                .program_mut("fp_tc")
+                .ok_or("no fp_tc program")?
+                .try_into()
+                .map_err(|e| err("fp_tc", e))?;
+            p.load().map_err(|e| err("verifier (fp_tc)", e))?;
+            let p: &mut SocketFilter = ebpf
+                .program_mut("fp_sock")
+                .ok_or("no fp_sock program")?
+                .try_into()
+                .map_err(|e| err("fp_sock", e))?;
+            p.load().map_err(|e| err("verifier (fp_sock)", e))?;
+            let flows = HashMap::try_from(ebpf.take_map("fp_flows").ok_or("no fp_flows map")?)
+                .map_err(|e| err("fp_flows", e))?;
+            let ports = PerCpuArray::try_from(ebpf.take_map("fp_ports").ok_or("no fp_ports map")?)
+                .map_err(|e| err("fp_ports", e))?;
+            let stats = PerCpuArray::try_from(ebpf.take_map("fp_stats").ok_or("no fp_stats map")?)
+                .map_err(|e| err("fp_stats", e))?;
+            Ok(Loaded {
+                stats,
+                ebpf,
+                flows,
+                ports,
+                links: Vec::new(),
+            })
+        }
+
+        /// Attach the tc program (a tcx link; needs kernel 6.6) to ingress of
+        /// device `ifname` (index `ifindex`) of the calling thread's namespace.
+        pub fn attach_tc(&mut self, ifname: &str, ifindex: u32) -> Result<(), String> {
+            self.detach(ifindex);
+            let p: &mut SchedClassifier = self
+                .ebpf
+                .program_mut("fp_tc")
+                .ok_or("no fp_tc program")?
+                .try_into()
+                .map_err(|e| err("fp_tc", e))?;
+            let link = p
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| err("tcx attach", e))?;
+            self.links.push((ifindex, link));
+            Ok(())
+        }
+
+        /// Attach the socket filter to the switch's AF_PACKET socket `sock`
+        /// of a port whose device has the tc program.
+        pub fn attach_socket(&mut self, sock: BorrowedFd<'_>) -> Result<(), String> {
+            let s: &mut SocketFilter = self
+                .ebpf
+                .program_mut("fp_sock")
+                .ok_or("no fp_sock program")?
+                .try_into()
+                .map_err(|e| err("fp_sock", e))?;
+            s.attach(sock).map_err(|e| err("SO_ATTACH_BPF", e))
+        }
+
+        /// Detach the tc program from device `ifindex` (a device that is
+        /// gone took its link with it).
+        pub fn detach(&mut self, ifindex: u32) {
+            if let Some(i) = self.links.iter().position(|(x, _)| *x == ifindex) {
+                let (_, id) = self.links.swap_remove(i);
+                if let Ok(p) = <&mut SchedClassifier>::try_from(
+                    self.ebpf.program_mut("fp_tc").expect("loaded"),
+                ) {
+                    let _ = p.detach(id);
+                }
+            }
+        }
+
+        /// Install or replace a flow.
+        pub fn insert(&mut self, k: &FpKey, v: &FpValue) -> Result<(), String> {
+            self.flows
+                .insert(k, v, 0)
+                .map_err(|e| err("fp_flows insert", e))
+        }
+
+        /// Remove a flow (absent: nothing to do).
+        pub fn remove(&mut self, k: &FpKey) {
+            let _ = self.flows.remove(k);
+        }
+
+        /// A flow's value as the kernel has it.
+        pub fn get(&self, k: &FpKey) -> Option<FpValue> {
+            self.flows.get(k, 0).ok()
+        }
+
+        /// The programs' counters ([`STAT_NAMES`]), summed over CPUs.
+        pub fn stats(&self) -> [u64; 7] {
+            let mut out = [0; 7];
+            for (i, o) in out.iter_mut().enumerate() {
+                if let Ok(v) = self.stats.get(&(i as u32), 0) {
+                    *o = v.iter().sum();
+                }
+            }
+            out
+        }
+
+        /// Port `i`'s fast-path counters, summed over CPUs.
+        pub fn port(&self, i: usize) -> FpPortCounters {
+            let mut sum = FpPortCounters::default();
+            if let Ok(v) = self.ports.get(&(i as u32), 0) {
+                for c in v.iter() {
+                    sum.rx_packets += c.rx_packets;
+                    sum.rx_bytes += c.rx_bytes;
+                    sum.tx_packets += c.tx_packets;
+                    sum.tx_bytes += c.tx_bytes;
+                }
+            }
+            sum
+        }
+    }
+
+    /// CLOCK_MONOTONIC in ns: the clock of `FpValue::last_seen`.
+    pub fn monotonic_ns() -> u64 {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0)
+    }
+}

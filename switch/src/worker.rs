@@ -363,6 +363,8 @@ pub struct Worker<P: Policy + Reload = NoPolicy> {
     /// With several workers: this worker's index and the MAC learning it
     /// shares with the others.
     share: Option<Share>,
+    /// The kernel fast path (off unless [`Worker::set_fastpath`]).
+    fast: crate::fastpath::FastPath,
 }
 
 /// Depth of a worker's queue of MAC bindings from the other workers, in
@@ -519,7 +521,66 @@ impl<P: Policy + Reload> Worker<P> {
             changes: None,
             on_sighup: None,
             share: None,
+            fast: crate::fastpath::FastPath::off("not set up"),
         }
+    }
+
+    /// Use the kernel fast path `fp` (attached to this worker's ports).
+    pub fn set_fastpath(&mut self, fp: crate::fastpath::FastPath) {
+        self.fast = fp;
+    }
+
+    /// The kernel fast path.
+    pub fn fastpath(&self) -> &crate::fastpath::FastPath {
+        &self.fast
+    }
+
+    /// Whether flows entering or leaving by port `p` may be offloaded: not
+    /// while it is captured or mirrored (those see every frame), nor on a
+    /// VLAN-aware switch (the fast path does not push or pop tags).
+    fn offload_port(&self, p: usize) -> bool {
+        self.fast.port(p).is_some()
+            && self.pipeline.vlans.is_none()
+            && !self.taps.iter().any(|t| t.port == p)
+            && self.mirrors.get(p).copied().flatten().is_none()
+            && !self.mirrors.contains(&Some(p))
+    }
+
+    /// Merge the fast path's port counters into the ports' stats.
+    fn fast_ports(&mut self) {
+        if !self.fast.is_on() {
+            return;
+        }
+        for i in 0..self.ports.len() {
+            let d = self.fast.port_delta(i);
+            let st = &mut self.ports[i].stats;
+            st.rx_packets += d.rx_packets;
+            st.rx_bytes += d.rx_bytes;
+            st.tx_packets += d.tx_packets;
+            st.tx_bytes += d.tx_bytes;
+        }
+    }
+
+    /// The fast path's once-a-second sweep: its traffic refreshes the FDB
+    /// and the NAT entries (so active flows never age out here), and idle,
+    /// ended or stale entries leave it.
+    fn fast_sweep(&mut self, now: u64) {
+        if !self.fast.is_on() {
+            return;
+        }
+        self.fast_ports();
+        let mono = crate::sys::bpf::monotonic_ns();
+        let pl = &mut self.pipeline;
+        self.fast.sweep(now, mono, |f, packets, bytes, at| {
+            pl.fdb.learn_in(0, f.seen.src_mac(), f.in_port, at);
+            if !f.translated {
+                return true;
+            }
+            match pl.gateway.as_mut().and_then(|g| g.nat.as_mut()) {
+                Some(n) => n.offloaded(&f.seen.tuple(), packets, bytes, at, now),
+                None => false,
+            }
+        });
     }
 
     /// Share MAC learning with the other workers (`[switch] workers > 1`).
@@ -563,6 +624,8 @@ impl<P: Policy + Reload> Worker<P> {
     /// (its losses are logged once per interval); `None` for a capture (whose
     /// client reports them).
     pub fn add_tap(&mut self, port: usize, sink: TapSink, mirror: Option<String>) {
+        // A captured port's frames all pass through the switch.
+        self.fast.flush_port(port);
         self.taps.push(Tap {
             port,
             sink,
@@ -737,6 +800,7 @@ impl<P: Policy + Reload> Worker<P> {
         match r() {
             Ok(new) => {
                 let rules = new.chain.acl.len();
+                self.fast.flush();
                 self.apply(new);
                 self.reloads += 1;
                 tracing::info!("policy reloaded ({rules} ACL rules); tables kept");
@@ -937,6 +1001,7 @@ impl<P: Policy + Reload> Worker<P> {
                                 "trace" => self.trace(&req.args, now),
                                 "stats" => {
                                     self.collect_kernel_drops();
+                                    self.fast_ports();
                                     self.answer(&req.cmd, now)
                                 }
                                 _ => self.answer(&req.cmd, now),
@@ -967,6 +1032,7 @@ impl<P: Policy + Reload> Worker<P> {
             }
             if now.saturating_sub(last_sweep) >= 1000 {
                 self.collect_kernel_drops();
+                self.fast_sweep(now);
                 self.expiring = !self.pipeline.expire(now);
                 self.generated.clear();
                 self.pipeline.periodic(now, &mut self.generated);
@@ -1053,6 +1119,7 @@ impl<P: Policy + Reload> Worker<P> {
     /// come back with other MACs), the gateway's neighbours on it included.
     fn take_down(&mut self, i: usize) {
         self.ports[i].up = false;
+        self.fast.flush_port(i);
         let now = self.now();
         self.pipeline.forget_port(i, now);
     }
@@ -1138,6 +1205,7 @@ impl<P: Policy + Reload> Worker<P> {
     /// roles, routes, NAT rules and pcap mirrors. FDB, ARP and NAT tables are
     /// kept (entries of removed ports are flushed).
     fn apply_change(&mut self, c: Change, epoll: &Epoll) -> Value {
+        self.fast.flush();
         for &i in &c.remove {
             if i >= self.ports.len() || self.ports[i].is_removed() {
                 continue;
@@ -1321,10 +1389,31 @@ impl<P: Policy + Reload> Worker<P> {
                     self.span_of[k] = c as u16;
                 }
             }
+            // The fast path reads the frame as received; the pipeline may rewrite it.
+            let seen = if self.fast.port(in_port).is_some() {
+                match crate::fastpath::observe(self.batch.frame(k)) {
+                    crate::fastpath::Observed::Candidate(s) => self
+                        .pipeline
+                        .policy
+                        .offload(
+                            &crate::policy::FrameMeta { in_port, now },
+                            &crate::policy::Frame::new(self.batch.frame(k)),
+                        )
+                        .then_some(s),
+                    crate::fastpath::Observed::Ends(s) => {
+                        self.fast.ends(in_port, &s);
+                        None
+                    }
+                    crate::fastpath::Observed::None => None,
+                }
+            } else {
+                None
+            };
             let (vnet, frame) = self.batch.parts_mut(k);
             let mut verdict = self
                 .pipeline
                 .decide(in_port, vnet, frame, now, &mut self.generated);
+            let mut plain = self.pipeline.retag.is_none() && self.pipeline.mirror.is_none();
             self.fv[k] = self.pipeline.frame_vlan;
             self.flooded[k] = matches!(verdict, Verdict::Flood | Verdict::FloodAll);
             // A policy's tag edit (push needs the slot's headroom; a frame whose
@@ -1356,7 +1445,25 @@ impl<P: Policy + Reload> Worker<P> {
                 Verdict::Drop(r) => self.ports[in_port].stats.drop(r),
                 Verdict::Unicast(p) => match self.ports.get_mut(p) {
                     None => self.ports[in_port].stats.drop(DropReason::PolicyBadPort),
-                    Some(port) if port.up => self.out[p].push(k as u16),
+                    Some(port) if port.up => {
+                        self.out[p].push(k as u16);
+                        plain &= p != in_port;
+                        if let Some(s) = seen
+                            && plain
+                            && self.offload_port(in_port)
+                            && self.offload_port(p)
+                            && let (Some(ip), Some(op)) =
+                                (self.fast.port(in_port), self.fast.port(p))
+                            && let Some(c) = crate::fastpath::derive(
+                                &s,
+                                self.batch.frame(k),
+                                (in_port, ip),
+                                (p, op),
+                            )
+                        {
+                            self.fast.offer(c, now);
+                        }
+                    }
                     Some(port) => port.stats.drop(DropReason::PortDown),
                 },
                 v @ (Verdict::Flood | Verdict::FloodAll) => {
@@ -1853,6 +1960,7 @@ impl<P: Policy + Reload> Worker<P> {
                     "ports": ports,
                     "fdb": {"entries": self.pipeline.fdb.len(), "counters": self.pipeline.fdb.counters},
                     "arp": {"entries": self.pipeline.arp.len(), "counters": self.pipeline.arp.counters},
+                    "fastpath": self.fast.json(),
                 });
                 if let Some(gw) = &self.pipeline.gateway {
                     v["gateway"] = json!({
