@@ -313,6 +313,9 @@ pub struct FastPath {
     per_port: Vec<usize>,
     port_seen: Vec<bpf::FpPortCounters>,
     keys: Vec<FpKey>,
+    /// Removed entries' last traffic (flow, packets, bytes, last-seen ns),
+    /// reported at the next sweep.
+    retired: Vec<(Flow, u64, u64, u64)>,
     /// Counters.
     pub counters: Counters,
 }
@@ -332,6 +335,7 @@ impl FastPath {
             per_port: Vec::new(),
             port_seen: Vec::new(),
             keys: Vec::new(),
+            retired: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -346,6 +350,15 @@ impl FastPath {
         f.per_port = vec![0; nports];
         f.port_seen = vec![bpf::FpPortCounters::default(); nports];
         f
+    }
+
+    /// `"on"`, or why it is off.
+    pub fn status(&self) -> String {
+        if self.is_on() {
+            "on".into()
+        } else {
+            format!("off: {}", self.status)
+        }
     }
 
     /// Whether the programs are loaded.
@@ -470,18 +483,31 @@ impl FastPath {
         self.counters.installed += 2;
     }
 
-    /// Remove the entry `k` and its other direction.
+    /// Remove the entry `k` and its other direction, keeping their last
+    /// traffic for the next sweep.
     fn remove(&mut self, k: &FpKey) -> bool {
         let Some(f) = self.flows.remove(k) else {
             return false;
         };
         self.per_port[f.in_port] -= 1;
-        if let Some(m) = self.bpf.as_mut() {
-            m.remove(k);
-            m.remove(&f.pair);
-        }
-        if let Some(g) = self.flows.remove(&f.pair) {
+        let g = self.flows.remove(&f.pair);
+        if let Some(g) = &g {
             self.per_port[g.in_port] -= 1;
+        }
+        if let Some(m) = self.bpf.as_mut() {
+            for (key, fl) in [(*k, Some(f)), (f.pair, g)] {
+                if let (Some(v), Some(fl)) = (m.get(&key), fl)
+                    && v.packets > fl.packets
+                {
+                    self.retired.push((
+                        fl,
+                        v.packets - fl.packets,
+                        v.bytes.saturating_sub(fl.bytes),
+                        v.last_seen,
+                    ));
+                }
+                m.remove(&key);
+            }
         }
         true
     }
@@ -554,8 +580,10 @@ impl FastPath {
     /// CLOCK_MONOTONIC now): read every entry's counters and last-seen time
     /// from the kernel; report the new traffic of each active entry to
     /// `touch(flow, packets, bytes, at_ms)`, which refreshes the slow
-    /// path's tables and says whether the flow still exists there; remove
-    /// entries that are idle, due for revalidation, or gone.
+    /// path's tables and says whether the flow still exists there (asked
+    /// for translated flows even without new traffic); remove entries that
+    /// are idle, due for revalidation, or gone. Entries removed since the
+    /// last sweep report their last traffic here too.
     pub fn sweep(
         &mut self,
         now: u64,
@@ -566,6 +594,12 @@ impl FastPath {
             return;
         }
         self.prune_pending(now);
+        for (f, dp, db, seen) in std::mem::take(&mut self.retired) {
+            let at = now.saturating_sub(mono_ns.saturating_sub(seen) / 1_000_000);
+            self.counters.packets += dp;
+            self.counters.bytes += db;
+            touch(&f, dp, db, at);
+        }
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
         keys.extend(self.flows.keys().copied());
@@ -584,7 +618,6 @@ impl FastPath {
                 v.packets.saturating_sub(f.packets),
                 v.bytes.saturating_sub(f.bytes),
             );
-            let mut alive = true;
             if dp > 0 {
                 f.packets = v.packets;
                 f.bytes = v.bytes;
@@ -592,9 +625,15 @@ impl FastPath {
                 f.active = f.active.max(now.saturating_sub(ago));
                 self.counters.packets += dp;
                 self.counters.bytes += db;
-                let f = *f;
-                alive = touch(&f, dp, db, f.active);
             }
+            // A translated flow asks its NAT entry even when quiet: once that
+            // expires, the mapping may go to another flow at once.
+            let f = *f;
+            let alive = if dp > 0 || f.translated {
+                touch(&f, dp, db, f.active)
+            } else {
+                true
+            };
             let f = self.flows[k];
             let why = if !alive {
                 Some(&mut self.counters.removed_nat_gone)
@@ -626,7 +665,7 @@ impl FastPath {
         };
         json!({
             "kernel": kernel,
-            "state": if self.is_on() { "on".to_string() } else { format!("off: {}", self.status) },
+            "state": self.status(),
             "flows": self.flows.len(),
             "pending": self.pending.len(),
             "packets": c.packets,

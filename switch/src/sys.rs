@@ -2423,6 +2423,15 @@ pub mod bpf {
         }
     }
 
+    /// How many tcx ingress programs device `ifname` of the calling thread's
+    /// namespace has (an operator's and a test's check that nothing is left
+    /// attached).
+    pub fn tcx_ingress_programs(ifname: &str) -> Result<usize, String> {
+        SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+            .map(|(_, progs)| progs.len())
+            .map_err(|e| err("query tcx", e))
+    }
+
     /// CLOCK_MONOTONIC in ns: the clock of `FpValue::last_seen`.
     pub fn monotonic_ns() -> u64 {
         nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)

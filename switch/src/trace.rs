@@ -195,10 +195,47 @@ fn learned_src<P: Policy>(p: &Pipeline<P>, in_port: usize, now: u64) -> Option<I
         .map(|(ip, _)| ip)
 }
 
-/// Trace a described frame through `p`.
+/// Whether the traced frame's flow is offloaded, and if not, why.
+fn fastpath_stage<P: Policy>(
+    out: &mut Out,
+    p: &Pipeline<P>,
+    fast: &crate::fastpath::FastPath,
+    in_port: usize,
+    frame: &[u8],
+    now: u64,
+) {
+    use crate::fastpath::Observed;
+    if !fast.is_on() {
+        out.push("fastpath", "off", fast.status());
+        return;
+    }
+    let (decision, why) = match crate::fastpath::observe(frame) {
+        _ if fast.port(in_port).is_none() => ("slow path", "the in-port has no fast path (a TAP, or attaching failed)".to_string()),
+        Observed::None => ("slow path", "only IPv4 TCP/UDP without options or fragments is offloaded".into()),
+        Observed::Ends(_) => ("slow path", "TCP SYN, FIN and RST always go through the switch".into()),
+        Observed::Candidate(s) if fast.offloaded(in_port, &s) => (
+            "offloaded",
+            "this flow is forwarded by the kernel (eBPF); the switch sees its SYN/FIN/RST and merges its counters".into(),
+        ),
+        Observed::Candidate(_)
+            if !p.policy.offload(&FrameMeta { in_port, now }, &Frame::new(frame)) =>
+        {
+            ("slow path", "the policy keeps this flow in the switch".into())
+        }
+        Observed::Candidate(_) => (
+            "slow path",
+            "not offloaded (yet): a flow is installed once seen both ways, unless captured, mirrored or VLAN-aware".into(),
+        ),
+    };
+    out.push("fastpath", decision, why);
+}
+
+/// Trace a described frame through `p`, and say whether its flow is in
+/// the kernel fast path `fast`.
 pub fn trace<P: Policy>(
     p: &Pipeline<P>,
     ports: &[Port],
+    fast: &crate::fastpath::FastPath,
     args: &Value,
     now: u64,
 ) -> Result<Trace, String> {
@@ -473,6 +510,9 @@ pub fn trace<P: Policy>(
         }
         Verdict::Consumed => consumed(&mut out, &run, ports),
     };
+    if v.action == "forward" {
+        fastpath_stage(&mut out, p, fast, in_port, &frame, now);
+    }
     Ok(out.done(v))
 }
 

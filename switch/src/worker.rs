@@ -572,7 +572,9 @@ impl<P: Policy + Reload> Worker<P> {
         let mono = crate::sys::bpf::monotonic_ns();
         let pl = &mut self.pipeline;
         self.fast.sweep(now, mono, |f, packets, bytes, at| {
-            pl.fdb.learn_in(0, f.seen.src_mac(), f.in_port, at);
+            if packets > 0 {
+                pl.fdb.learn_in(0, f.seen.src_mac(), f.in_port, at);
+            }
             if !f.translated {
                 return true;
             }
@@ -1752,7 +1754,7 @@ impl<P: Policy + Reload> Worker<P> {
 
     /// Describe what the pipeline would do with a frame, without sending it.
     fn trace(&self, args: &Value, now: u64) -> Value {
-        match crate::trace::trace(&self.pipeline, &self.ports, args, now) {
+        match crate::trace::trace(&self.pipeline, &self.ports, &self.fast, args, now) {
             Ok(t) => json!({"ok": true, "stages": t.stages, "verdict": t.verdict}),
             Err(e) => json!({"ok": false, "error": e}),
         }

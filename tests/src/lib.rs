@@ -975,7 +975,7 @@ mod tests {
             );
         }
         assert!(
-            err.contains("apt-get install -y --no-install-recommends coreutils coturn curl"),
+            err.contains("apt-get install -y --no-install-recommends clang coreutils coturn curl"),
             "{err}"
         );
         // With the real PATH: silent success, or the same kind of message.
