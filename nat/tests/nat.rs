@@ -616,6 +616,48 @@ fn udp_expiry_and_refresh_with_explicit_time() {
     assert_eq!(n.counters.expired, 1);
 }
 
+/// A fast path outside the engine forwarded a flow's packets: `offloaded`
+/// adds them to the right direction and restarts the timeout from when they
+/// were last seen, never backwards; a gone entry says so.
+#[test]
+fn offloaded_traffic_counts_and_refreshes_from_its_last_packet() {
+    let mut n = Nat::new(cfg());
+    let mut p = udp(RED, 1, WAN, 2, b"x");
+    n.process(0, Side::Lan, &mut p, false, &route);
+    let mut r = udp(WAN, 2, EXT, 1, b"y");
+    n.process(0, Side::Wan, &mut r, false, &route);
+    // The reply direction, as it arrives (to the external address and port).
+    let reply = Tuple {
+        proto: proto::UDP,
+        src: WAN,
+        dst: EXT,
+        sport: 2,
+        dport: 1,
+    };
+    let orig = Tuple {
+        proto: proto::UDP,
+        src: RED,
+        dst: WAN,
+        sport: 1,
+        dport: 2,
+    };
+    assert!(n.offloaded(&orig, 10, 1000, 250_000, 251_000));
+    assert!(n.offloaded(&reply, 3, 300, 250_000, 251_000));
+    let e = &n.entries(251_000)[0];
+    assert_eq!(e.packets, [11, 4]);
+    assert_eq!(e.bytes[0], 1000 + 29);
+    // Timeout (300 s, assured) restarted at 250 s: alive at 549.9 s.
+    assert_eq!(e.secs_left, 299);
+    // An older report never moves the expiry back.
+    assert!(n.offloaded(&orig, 1, 1, 100_000, 251_000));
+    n.expire(549_999);
+    assert_eq!(n.len(), 1);
+    n.expire(550_001);
+    assert_eq!(n.len(), 0);
+    // Gone: the fast path must forget the flow.
+    assert!(!n.offloaded(&orig, 1, 1, 550_001, 550_001));
+}
+
 #[test]
 fn full_table_evicts_unassured_and_never_assured() {
     let mut c = cfg();

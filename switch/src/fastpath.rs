@@ -717,6 +717,20 @@ mod tests {
         }
     }
 
+    /// The embedded programs load (the kernel's verifier accepts them).
+    /// Needs root; under `CI=true` it must run.
+    #[test]
+    fn the_programs_pass_the_verifier() {
+        if !nix::unistd::geteuid().is_root() {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI needs root");
+            eprintln!("SKIP the_programs_pass_the_verifier: needs root");
+            return;
+        }
+        if let Err(e) = Loaded::load(OBJECT) {
+            panic!("{e}");
+        }
+    }
+
     #[test]
     fn syn_fin_rst_end_flows_and_fragments_are_ignored() {
         let a = tcp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, 64, 0x10);

@@ -1821,6 +1821,10 @@ impl<P: Policy + Reload> Worker<P> {
     /// the entries matching the request's filters among at most `max`
     /// ([`DELETE_PAGE`]) from `cursor`; answers `deleted` and `next`.
     pub fn conntrack_delete(&mut self, args: &Value, now: u64) -> Value {
+        // A deleted entry's mapping must stop admitting at once: the fast
+        // path forgets everything (established flows that remain are
+        // installed again once seen both ways).
+        self.fast.flush();
         let filter = crate::control::CtFilter::of(args);
         let cursor = args["cursor"].as_u64().unwrap_or(0);
         let max = args["max"]

@@ -18,8 +18,10 @@ fn adaptive_polling_spins_for_streams_not_for_sparse_pings_and_idles_at_no_cpu()
     }
     need_program("iperf3");
     let id = uniq();
-    // The default configuration: no polling keys in [switch].
-    let (toml, m, _) = star(&id, &[Kind::Veth, Kind::Veth], "");
+    // The default polling configuration (no polling keys in [switch]).
+    // The worker's polling is what is measured: the stream must go
+    // through it, not through the kernel fast path.
+    let (toml, m, _) = star(&id, &[Kind::Veth, Kind::Veth], "fastpath = \"off\"\n");
     let topo = TopoGuard::new(&toml);
     let sw = SwitchProc::start(&topo);
     let (red, blue) = (&m[0], &m[1]);
