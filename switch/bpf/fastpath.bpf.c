@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: (MIT OR Apache-2.0)
 //
-// vswitch's kernel fast path for established IPv4 TCP/UDP flows.
+// vswitch's kernel fast path for established IPv4 TCP/UDP flows and ICMP
+// echo (the identifier plays the port, as in the switch's NAT: a request is
+// keyed (id, 0), a reply (0, id)).
 //
 // Two programs share one flow table that only the switch process fills:
 //
@@ -44,6 +46,7 @@ static void (*bpf_set_hash_invalid)(void *skb) = (void *)BPF_FUNC_set_hash_inval
 
 #define IPOFF 14
 #define L4OFF (IPOFF + 20)
+#define PROTO_ICMP 1
 #define PROTO_TCP 6
 #define PROTO_UDP 17
 #define TCP_FIN 0x01
@@ -211,6 +214,21 @@ int fp_sock(struct __sk_buff *skb)
         l4len = (tcp[0] >> 4) * 4;
     } else if (h.proto == PROTO_UDP) {
         l4len = 8;
+    } else if (h.proto == PROTO_ICMP) {
+        __u16 id;
+        if (bpf_skb_load_bytes(skb, L4OFF + 4, &id, 2) < 0)
+            return -1;
+        // h.sport holds type and code (network order): echo request 8/0, reply 0/0.
+        if (h.sport == __builtin_bswap16(0x0800)) {
+            h.sport = id;
+            h.dport = 0;
+        } else if (h.sport == 0) {
+            h.sport = 0;
+            h.dport = id;
+        } else {
+            return -1;
+        }
+        l4len = 8;
     } else {
         return -1;
     }
@@ -283,9 +301,29 @@ int fp_tc(struct __sk_buff *skb)
     struct fp_action a;
     __builtin_memcpy(&k, &slot->key, sizeof(k));
     __builtin_memcpy(&a, &slot->act, sizeof(a));
-    __u32 csum = k.proto == PROTO_TCP ? L4OFF + 16 : L4OFF + 6;
+    __u32 csum = k.proto == PROTO_TCP ? L4OFF + 16 : k.proto == PROTO_UDP ? L4OFF + 6 : L4OFF + 2;
     __u64 l4f = k.proto == PROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
     int nat = 0;
+    if (k.proto == PROTO_ICMP) {
+        // No pseudo-header in the ICMP checksum: only the identifier counts.
+        __u16 old = k.sport | k.dport, new = a.sport | a.dport;
+        if (old != new) {
+            bpf_l4_csum_replace(skb, csum, old, new, 2);
+            bpf_skb_store_bytes(skb, L4OFF + 4, &new, 2, 0);
+            nat = 1;
+        }
+        if (a.saddr != k.saddr) {
+            bpf_l3_csum_replace(skb, IPOFF + 10, k.saddr, a.saddr, 4);
+            bpf_skb_store_bytes(skb, IPOFF + 12, &a.saddr, 4, 0);
+            nat = 1;
+        }
+        if (a.daddr != k.daddr) {
+            bpf_l3_csum_replace(skb, IPOFF + 10, k.daddr, a.daddr, 4);
+            bpf_skb_store_bytes(skb, IPOFF + 16, &a.daddr, 4, 0);
+            nat = 1;
+        }
+        goto l2;
+    }
     if (a.saddr != k.saddr) {
         bpf_l4_csum_replace(skb, csum, k.saddr, a.saddr, l4f | BPF_F_PSEUDO_HDR | 4);
         bpf_l3_csum_replace(skb, IPOFF + 10, k.saddr, a.saddr, 4);
@@ -308,6 +346,7 @@ int fp_tc(struct __sk_buff *skb)
         bpf_skb_store_bytes(skb, L4OFF + 2, &a.dport, 2, 0);
         nat = 1;
     }
+l2:
     if (a.flags & FP_TTL) {
         __u16 old, new;
         if (bpf_skb_load_bytes(skb, IPOFF + 8, &old, 2) < 0)

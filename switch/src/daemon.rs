@@ -345,7 +345,7 @@ pub fn open_ports_for(t: &Topology, w: usize) -> Result<Vec<Port>> {
 /// BPF unavailable: no privilege, an old kernel, a verifier rejection). A
 /// port it cannot attach to stays in the slow path, with a warning.
 pub fn fastpath_for(t: &Topology, ports: &[Port]) -> crate::fastpath::FastPath {
-    use crate::fastpath::{FastPath, OBJECT, PortInfo};
+    use crate::fastpath::{FastPath, OBJECT};
     use netns_setup::topology::Fastpath;
     let Some(sw) = &t.switch else {
         return FastPath::off("no [switch]");
@@ -367,52 +367,26 @@ pub fn fastpath_for(t: &Topology, ports: &[Port]) -> crate::fastpath::FastPath {
         }
     };
     let mut fp = FastPath::on(loaded, ports.len());
-    let sw_ns = match sw.netns.as_ref().map(|n| open_netns(n)) {
+    match sw.netns.as_ref().map(|n| open_netns(n)) {
         Some(Err(e)) => {
             tracing::warn!("fast path unavailable ({e}); running in the slow path");
             return FastPath::off(format!("unavailable: {e}"));
         }
-        Some(Ok(f)) => Some(f),
-        None => None,
-    };
+        Some(Ok(f)) => fp.set_netns(f),
+        None => {}
+    }
     let mut attached = 0;
     for (i, p) in ports.iter().enumerate() {
-        if p.kind == "tap" || i >= crate::sys::bpf::MAX_PORTS {
+        if p.kind == "tap" {
             continue;
         }
         let peer = match &t.uplink {
             Some(u) if !p.lan => matches!(u.kind, UplinkKind::Veth { .. }),
             _ => p.kind == "veth",
         };
-        let name = p.name.clone();
-        let m = fp.loaded_mut().expect("on");
-        let r = in_netns(sw_ns.as_ref(), || -> Result<PortInfo, String> {
-            let mut nl = netns_setup::netlink::Netlink::open().map_err(|e| e.to_string())?;
-            let link = nl
-                .link(&name)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no link {name}"))?;
-            m.attach_tc(&name, link.index)?;
-            Ok(PortInfo {
-                ifindex: link.index,
-                peer,
-                mtu: link.mtu.min(u16::MAX as u32) as u16,
-            })
-        })
-        .map_err(|e| e.to_string())
-        .and_then(|r| r)
-        .and_then(|info| {
-            m.attach_socket(p.io.fd())?;
-            Ok(info)
-        });
-        match r {
-            Ok(info) => {
-                fp.set_port(i, Some(info));
-                attached += 1;
-            }
-            Err(e) => {
-                tracing::warn!("fast path: port {} stays in the slow path: {e}", p.name)
-            }
+        match fp.attach_port(i, &p.name, peer, p.io.fd()) {
+            Ok(()) => attached += 1,
+            Err(e) => tracing::warn!("fast path: port {} stays in the slow path: {e}", p.name),
         }
     }
     tracing::info!(

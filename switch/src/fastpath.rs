@@ -25,6 +25,9 @@
 //!   times back (into the NAT entry and the FDB, through the caller), so an
 //!   active flow never expires in the slow path's tables.
 //!
+//! Flows: IPv4 TCP and UDP, and ICMP echo (keyed by its identifier as the
+//! NAT keys it).
+//!
 //! What the kernel programs do is in `bpf/fastpath.bpf.c`; this module holds
 //! no `unsafe` (the maps are in [`crate::sys::bpf`]).
 
@@ -49,6 +52,7 @@ pub const PENDING_PER_PORT: usize = 1_024;
 /// Installed entries per ingress port.
 pub const PER_PORT_MAX: usize = 16_384;
 
+const ICMP: u8 = 1;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 
@@ -116,11 +120,19 @@ fn parse(f: &[u8]) -> Option<(Seen, u8)> {
     let proto = ip[9];
     let flags = match proto {
         TCP if f.len() >= 14 + 20 + 14 => ip[20 + 13],
-        UDP => 0,
+        UDP | ICMP => 0,
         _ => return None,
     };
     let word = |o: usize| u32::from_ne_bytes([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
     let half = |o: usize| u16::from_ne_bytes([ip[o], ip[o + 1]]);
+    // ICMP echo: the identifier plays the port, as in the NAT (a request
+    // is (id, 0), a reply (0, id)); other ICMP stays in the slow path.
+    let (sport, dport) = match (proto, ip[20], ip[21]) {
+        (ICMP, 8, 0) => (half(24), 0),
+        (ICMP, 0, 0) => (0, half(24)),
+        (ICMP, _, _) => return None,
+        _ => (half(20), half(22)),
+    };
     Some((
         Seen {
             len: f.len(),
@@ -132,8 +144,8 @@ fn parse(f: &[u8]) -> Option<(Seen, u8)> {
             proto,
             saddr: word(12),
             daddr: word(16),
-            sport: half(20),
-            dport: half(22),
+            sport,
+            dport,
         },
         flags,
     ))
@@ -195,6 +207,10 @@ pub fn derive(
 ) -> Option<Candidate> {
     let (a, _) = parse(after)?;
     if a.len != seen.len || a.proto != seen.proto || a.id != seen.id || a.tos != seen.tos {
+        return None;
+    }
+    // An echo request stays a request (the identifier in the same place).
+    if a.proto == ICMP && (a.sport == 0) != (seen.sport == 0) {
         return None;
     }
     let routed = match seen.ttl.checked_sub(a.ttl)? {
@@ -303,6 +319,11 @@ pub struct Counters {
 /// The fast path of one switch: the loaded programs and what is installed.
 pub struct FastPath {
     bpf: Option<Loaded>,
+    /// The switch's namespace (`None`: the process's own), where the ports' devices are.
+    netns: Option<std::fs::File>,
+    /// Ports attached once, and whether each is a veth (to attach again
+    /// when its link comes back).
+    attachable: Vec<Option<bool>>,
     /// Offers are taken (the programs are loaded; or a unit test).
     enabled: bool,
     status: String,
@@ -326,6 +347,8 @@ impl FastPath {
     pub fn off(why: impl Into<String>) -> FastPath {
         FastPath {
             bpf: None,
+            netns: None,
+            attachable: Vec::new(),
             enabled: false,
             status: why.into(),
             ports: Vec::new(),
@@ -346,6 +369,7 @@ impl FastPath {
         f.bpf = Some(bpf);
         f.enabled = true;
         f.ports = vec![None; nports];
+        f.attachable = vec![None; nports];
         f.pending_per_port = vec![0; nports];
         f.per_port = vec![0; nports];
         f.port_seen = vec![bpf::FpPortCounters::default(); nports];
@@ -371,10 +395,84 @@ impl FastPath {
         self.bpf.as_mut()
     }
 
-    /// Port `i` is attached (`Some`) or not usable (`None`).
-    pub fn set_port(&mut self, i: usize, info: Option<PortInfo>) {
-        if i < self.ports.len() {
-            self.ports[i] = info;
+    /// The switch's namespace, where [`FastPath::attach_port`] finds devices.
+    pub fn set_netns(&mut self, f: std::fs::File) {
+        self.netns = Some(f);
+    }
+
+    /// Attach the programs to port `i`: the tc program to its device `name`
+    /// (a veth when `peer`) in the switch's namespace, the socket filter to
+    /// the switch's socket `sock` for it. On success the port's flows may be
+    /// offloaded; on failure it stays in the slow path.
+    pub fn attach_port(
+        &mut self,
+        i: usize,
+        name: &str,
+        peer: bool,
+        sock: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), String> {
+        if i >= self.ports.len() || i >= bpf::MAX_PORTS {
+            return Err("beyond the fast path's port slots".into());
+        }
+        let ns = self.netns.as_ref();
+        let Some(m) = self.bpf.as_mut() else {
+            return Err("the fast path is off".into());
+        };
+        let info = netns_setup::netns::in_netns(ns, || -> Result<PortInfo, String> {
+            let mut nl = netns_setup::netlink::Netlink::open().map_err(|e| e.to_string())?;
+            let link = nl
+                .link(name)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no link {name}"))?;
+            m.attach_tc(name, link.index)?;
+            Ok(PortInfo {
+                ifindex: link.index,
+                peer,
+                mtu: link.mtu.min(u32::from(u16::MAX)) as u16,
+            })
+        })
+        .map_err(|e| e.to_string())??;
+        if let Err(e) = m.attach_socket(sock) {
+            m.detach(info.ifindex);
+            return Err(e);
+        }
+        self.ports[i] = Some(info);
+        self.attachable[i] = Some(peer);
+        Ok(())
+    }
+
+    /// Make room for `n` ports (a live change added some).
+    pub fn ensure_ports(&mut self, n: usize) {
+        if self.ports.len() < n {
+            self.ports.resize(n, None);
+            self.attachable.resize(n, None);
+            self.per_port.resize(n, 0);
+            self.pending_per_port.resize(n, 0);
+            self.port_seen.resize(n, bpf::FpPortCounters::default());
+        }
+    }
+
+    /// Port `i` went down: its entries go, and it takes no offers until
+    /// [`FastPath::reattach`] (its device and socket are new then).
+    pub fn port_down(&mut self, i: usize) {
+        self.flush_port(i);
+        if let Some(p) = self.ports.get_mut(i) {
+            *p = None;
+        }
+    }
+
+    /// Port `i` was re-opened on device `name` with socket `sock`: attach
+    /// again if it was attached before. False if it stays in the slow path.
+    pub fn reattach(&mut self, i: usize, name: &str, sock: std::os::fd::BorrowedFd<'_>) -> bool {
+        let Some(peer) = self.attachable.get(i).copied().flatten() else {
+            return false;
+        };
+        match self.attach_port(i, name, peer, sock) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("fast path: port {name} is back but stays in the slow path: {e}");
+                false
+            }
         }
     }
 
@@ -746,6 +844,33 @@ mod tests {
         opts[14] = 0x46;
         assert_eq!(observe(&opts), Observed::None);
         assert_eq!(observe(&a[..40]), Observed::None);
+    }
+
+    #[test]
+    fn icmp_echo_is_keyed_by_its_identifier_and_other_icmp_is_not_offloaded() {
+        let icmp = |ty: u8| {
+            let mut f = tcp([10, 0, 0, 1], [10, 0, 0, 2], 0, 0, 64, 0);
+            f[23] = 1;
+            f[34] = ty;
+            f[35] = 0;
+            f[38..40].copy_from_slice(&0x1234u16.to_be_bytes());
+            f
+        };
+        let Observed::Candidate(req) = observe(&icmp(8)) else {
+            panic!()
+        };
+        assert_eq!((u16::from_be(req.sport), req.dport), (0x1234, 0));
+        let Observed::Candidate(rep) = observe(&icmp(0)) else {
+            panic!()
+        };
+        assert_eq!((rep.sport, u16::from_be(rep.dport)), (0, 0x1234));
+        assert_eq!(req.tuple().sport, 0x1234);
+        // Errors and other types: slow path.
+        assert_eq!(observe(&icmp(3)), Observed::None);
+        assert_eq!(observe(&icmp(11)), Observed::None);
+        // A request that would leave as a reply is not reproduced.
+        assert!(derive(&req, &icmp(0), (0, port(11)), (1, port(12))).is_none());
+        assert!(derive(&req, &icmp(8), (0, port(11)), (1, port(12))).is_some());
     }
 
     #[test]

@@ -1121,7 +1121,7 @@ impl<P: Policy + Reload> Worker<P> {
     /// come back with other MACs), the gateway's neighbours on it included.
     fn take_down(&mut self, i: usize) {
         self.ports[i].up = false;
-        self.fast.flush_port(i);
+        self.fast.port_down(i);
         let now = self.now();
         self.pipeline.forget_port(i, now);
     }
@@ -1189,6 +1189,10 @@ impl<P: Policy + Reload> Worker<P> {
             return;
         }
         self.ports[i].up = true;
+        if self.fast.is_on() {
+            let p = &self.ports[i];
+            self.fast.reattach(i, &p.name, p.io.fd());
+        }
         if !self.ports[i].lan
             && let (Some(gw), Some(m)) = (&mut self.pipeline.gateway, mac)
             && gw.uplink_port() == Some(i)
@@ -1255,6 +1259,13 @@ impl<P: Policy + Reload> Worker<P> {
                 self.ports.push(port);
             } else {
                 self.ports[slot] = port;
+            }
+            if self.fast.is_on() && self.ports[slot].kind == "veth" {
+                self.fast.ensure_ports(self.ports.len());
+                let p = &self.ports[slot];
+                if let Err(e) = self.fast.attach_port(slot, &p.name, true, p.io.fd()) {
+                    tracing::warn!("fast path: port {} stays in the slow path: {e}", p.name);
+                }
             }
         }
         let n = self.ports.len();
