@@ -19,7 +19,10 @@
 //
 // So a frame is either read by the switch or forwarded here, never both,
 // and never neither: the action travels with the decision, so removing an
-// entry between the two programs cannot lose the frame.
+// entry between the two programs cannot lose the frame. fp_tc is attached
+// first in the tcx chain (so nothing before it can end the chain on a
+// withheld frame) and hands frames that are not its own to the next program
+// (TC_ACT_UNSPEC). The only loss is a rewrite helper failing (counted).
 //
 // Slow path (returned to the switch): not IPv4, IP options, fragments,
 // TTL <= 1 on a routed flow, TCP SYN/FIN/RST, 802.1Q tags, frames or GSO
@@ -147,6 +150,7 @@ enum {
     ST_SLOW_MTU,  // entry, too big for the out port
     ST_FORWARDED, // tc rewrote and redirected
     ST_NO_SLOT,   // tc ran without the filter's record (not ours: passed on)
+    ST_ERROR,     // a rewrite helper failed: the frame is dropped
     ST_MAX,
 };
 
@@ -294,7 +298,7 @@ int fp_tc(struct __sk_buff *skb)
         if (slot)
             slot->valid = 0;
         count(ST_NO_SLOT);
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC; // tcx: the next program, or the stack
     }
     slot->valid = 0;
     struct fp_key k;
@@ -308,61 +312,85 @@ int fp_tc(struct __sk_buff *skb)
         // No pseudo-header in the ICMP checksum: only the identifier counts.
         __u16 old = k.sport | k.dport, new = a.sport | a.dport;
         if (old != new) {
-            bpf_l4_csum_replace(skb, csum, old, new, 2);
-            bpf_skb_store_bytes(skb, L4OFF + 4, &new, 2, 0);
+            if (bpf_l4_csum_replace(skb, csum, old, new, 2) < 0)
+                goto fail;
+            if (bpf_skb_store_bytes(skb, L4OFF + 4, &new, 2, 0) < 0)
+                goto fail;
             nat = 1;
         }
         if (a.saddr != k.saddr) {
-            bpf_l3_csum_replace(skb, IPOFF + 10, k.saddr, a.saddr, 4);
-            bpf_skb_store_bytes(skb, IPOFF + 12, &a.saddr, 4, 0);
+            if (bpf_l3_csum_replace(skb, IPOFF + 10, k.saddr, a.saddr, 4) < 0)
+                goto fail;
+            if (bpf_skb_store_bytes(skb, IPOFF + 12, &a.saddr, 4, 0) < 0)
+                goto fail;
             nat = 1;
         }
         if (a.daddr != k.daddr) {
-            bpf_l3_csum_replace(skb, IPOFF + 10, k.daddr, a.daddr, 4);
-            bpf_skb_store_bytes(skb, IPOFF + 16, &a.daddr, 4, 0);
+            if (bpf_l3_csum_replace(skb, IPOFF + 10, k.daddr, a.daddr, 4) < 0)
+                goto fail;
+            if (bpf_skb_store_bytes(skb, IPOFF + 16, &a.daddr, 4, 0) < 0)
+                goto fail;
             nat = 1;
         }
         goto l2;
     }
     if (a.saddr != k.saddr) {
-        bpf_l4_csum_replace(skb, csum, k.saddr, a.saddr, l4f | BPF_F_PSEUDO_HDR | 4);
-        bpf_l3_csum_replace(skb, IPOFF + 10, k.saddr, a.saddr, 4);
-        bpf_skb_store_bytes(skb, IPOFF + 12, &a.saddr, 4, 0);
+        if (bpf_l4_csum_replace(skb, csum, k.saddr, a.saddr, l4f | BPF_F_PSEUDO_HDR | 4) < 0)
+            goto fail;
+        if (bpf_l3_csum_replace(skb, IPOFF + 10, k.saddr, a.saddr, 4) < 0)
+            goto fail;
+        if (bpf_skb_store_bytes(skb, IPOFF + 12, &a.saddr, 4, 0) < 0)
+            goto fail;
         nat = 1;
     }
     if (a.daddr != k.daddr) {
-        bpf_l4_csum_replace(skb, csum, k.daddr, a.daddr, l4f | BPF_F_PSEUDO_HDR | 4);
-        bpf_l3_csum_replace(skb, IPOFF + 10, k.daddr, a.daddr, 4);
-        bpf_skb_store_bytes(skb, IPOFF + 16, &a.daddr, 4, 0);
+        if (bpf_l4_csum_replace(skb, csum, k.daddr, a.daddr, l4f | BPF_F_PSEUDO_HDR | 4) < 0)
+            goto fail;
+        if (bpf_l3_csum_replace(skb, IPOFF + 10, k.daddr, a.daddr, 4) < 0)
+            goto fail;
+        if (bpf_skb_store_bytes(skb, IPOFF + 16, &a.daddr, 4, 0) < 0)
+            goto fail;
         nat = 1;
     }
     if (a.sport != k.sport) {
-        bpf_l4_csum_replace(skb, csum, k.sport, a.sport, l4f | 2);
-        bpf_skb_store_bytes(skb, L4OFF, &a.sport, 2, 0);
+        if (bpf_l4_csum_replace(skb, csum, k.sport, a.sport, l4f | 2) < 0)
+            goto fail;
+        if (bpf_skb_store_bytes(skb, L4OFF, &a.sport, 2, 0) < 0)
+            goto fail;
         nat = 1;
     }
     if (a.dport != k.dport) {
-        bpf_l4_csum_replace(skb, csum, k.dport, a.dport, l4f | 2);
-        bpf_skb_store_bytes(skb, L4OFF + 2, &a.dport, 2, 0);
+        if (bpf_l4_csum_replace(skb, csum, k.dport, a.dport, l4f | 2) < 0)
+            goto fail;
+        if (bpf_skb_store_bytes(skb, L4OFF + 2, &a.dport, 2, 0) < 0)
+            goto fail;
         nat = 1;
     }
 l2:
     if (a.flags & FP_TTL) {
         __u16 old, new;
         if (bpf_skb_load_bytes(skb, IPOFF + 8, &old, 2) < 0)
-            return TC_ACT_SHOT;
+            goto fail;
         // TTL is the first byte of the (network-order) word: minus 0x0100 in big-endian.
         new = __builtin_bswap16(__builtin_bswap16(old) - 0x0100);
-        bpf_l3_csum_replace(skb, IPOFF + 10, old, new, 2);
-        bpf_skb_store_bytes(skb, IPOFF + 8, &new, 2, 0);
+        if (bpf_l3_csum_replace(skb, IPOFF + 10, old, new, 2) < 0)
+            goto fail;
+        if (bpf_skb_store_bytes(skb, IPOFF + 8, &new, 2, 0) < 0)
+            goto fail;
     }
-    bpf_skb_store_bytes(skb, 0, a.dmac, 12, 0);
+    if (bpf_skb_store_bytes(skb, 0, a.dmac, 12, 0) < 0)
+        goto fail;
     if (nat)
         bpf_set_hash_invalid(skb);
     count(ST_FORWARDED);
     if (a.flags & FP_PEER)
         return bpf_redirect_peer(a.out_ifindex, 0);
     return bpf_redirect(a.out_ifindex, 0);
+fail:
+    // Half rewritten (a helper could not make the skb writable): never
+    // forward it; the switch did not get it either, so it is a counted drop.
+    count(ST_ERROR);
+    return TC_ACT_SHOT;
 }
 
 char _license[] SEC("license") = "Dual MIT/GPL";

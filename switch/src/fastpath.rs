@@ -92,9 +92,18 @@ pub enum Observed {
     None,
     /// A frame of a flow that could be offloaded.
     Candidate(Seen),
-    /// A TCP SYN, FIN or RST: the flow (re)starts or ends; any entry goes.
-    Ends(Seen),
+    /// A TCP SYN (`false`), FIN or RST (`true`): the flow (re)starts or
+    /// ends; any entry goes, and after FIN/RST its frames are not offered
+    /// again for [`ENDED_MS`].
+    Ends(Seen, bool),
 }
+
+/// After FIN or RST, a flow's last frames (the closing ACKs) are not
+/// offloaded for this long.
+pub const ENDED_MS: u64 = 5_000;
+/// Ended flows remembered at once (beyond: not remembered, so a closing
+/// flow may be installed again, until idle).
+pub const ENDED_MAX: usize = 4_096;
 
 /// Read what the fast path needs from a frame as received.
 pub fn observe(frame: &[u8]) -> Observed {
@@ -102,7 +111,7 @@ pub fn observe(frame: &[u8]) -> Observed {
         return Observed::None;
     };
     if s.0.proto == TCP && s.1 & 0x07 != 0 {
-        return Observed::Ends(s.0);
+        return Observed::Ends(s.0, s.1 & 0x05 != 0);
     }
     Observed::Candidate(s.0)
 }
@@ -194,6 +203,18 @@ pub struct Candidate {
     seen: Seen,
     routed: bool,
     translated: bool,
+}
+
+impl Candidate {
+    /// Whether the gateway routed the frame (its TTL went down).
+    pub fn routed(&self) -> bool {
+        self.routed
+    }
+
+    /// Offload only frames (or GSO segments) up to `mtu` bytes of IP packet.
+    pub fn cap_mtu(&mut self, mtu: u32) {
+        self.act.mtu = self.act.mtu.min(mtu.min(u32::from(u16::MAX)) as u16);
+    }
 }
 
 /// The candidate for a frame received on `in_port` as `seen` and, after the
@@ -337,6 +358,10 @@ pub struct FastPath {
     /// Removed entries' last traffic (flow, packets, bytes, last-seen ns),
     /// reported at the next sweep.
     retired: Vec<(Flow, u64, u64, u64)>,
+    /// Keys of flows that sent FIN or RST, and when.
+    ended: HashMap<FpKey, u64>,
+    /// The last candidate that went to wait: (its key, its reply key).
+    last_waiting: Option<(FpKey, FpKey)>,
     /// Counters.
     pub counters: Counters,
 }
@@ -359,6 +384,8 @@ impl FastPath {
             port_seen: Vec::new(),
             keys: Vec::new(),
             retired: Vec::new(),
+            ended: HashMap::new(),
+            last_waiting: None,
             counters: Counters::default(),
         }
     }
@@ -456,8 +483,11 @@ impl FastPath {
     /// [`FastPath::reattach`] (its device and socket are new then).
     pub fn port_down(&mut self, i: usize) {
         self.flush_port(i);
-        if let Some(p) = self.ports.get_mut(i) {
-            *p = None;
+        if let Some(p) = self.ports.get_mut(i)
+            && let Some(info) = p.take()
+            && let Some(m) = self.bpf.as_mut()
+        {
+            m.detach(info.ifindex);
         }
     }
 
@@ -497,10 +527,26 @@ impl FastPath {
         self.flows.is_empty()
     }
 
+    /// Whether the frame `seen` on port `p` belongs to the candidate that
+    /// went to wait last (then nothing is to be derived or offered: a
+    /// one-way stream costs one lookup per frame).
+    pub fn waiting(&self, p: PortInfo, seen: &Seen) -> bool {
+        self.last_waiting
+            .is_some_and(|(k, r)| k == seen.key(p.ifindex) && self.pending.contains_key(&r))
+    }
+
     /// A candidate from the slow path at `now` (ms): install it with its
     /// waiting reply, or let it wait for one.
     pub fn offer(&mut self, c: Candidate, now: u64) {
         if !self.enabled || self.flows.contains_key(&c.key) {
+            return;
+        }
+        let ended = |k: &FpKey| {
+            self.ended
+                .get(k)
+                .is_some_and(|&t| now.saturating_sub(t) < ENDED_MS)
+        };
+        if ended(&c.key) || ended(&c.reply) {
             return;
         }
         if let Some((p, _)) = self.pending.remove(&c.key) {
@@ -523,6 +569,7 @@ impl FastPath {
         }
         self.pending_per_port[c.in_port] += 1;
         self.pending.insert(c.reply, (c, now));
+        self.last_waiting = Some((c.key, c.reply));
     }
 
     fn prune_pending(&mut self, now: u64) {
@@ -539,6 +586,9 @@ impl FastPath {
     }
 
     fn install(&mut self, a: &Candidate, b: &Candidate, now: u64) {
+        if self.flows.contains_key(&a.key) || self.flows.contains_key(&b.key) {
+            return; // one direction is installed with another pairing
+        }
         let room = |f: &FastPath, c: &Candidate| f.per_port[c.in_port] < PER_PORT_MAX;
         if self.flows.len() + 2 > bpf::MAX_FLOWS || !room(self, a) || !room(self, b) {
             self.counters.full += 1;
@@ -554,10 +604,10 @@ impl FastPath {
             {
                 tracing::debug!("fast path: {e}");
                 self.counters.install_errors += 1;
-                m.remove(&a.key);
-                m.remove(&b.key);
-                self.flows.remove(&a.key);
-                self.flows.remove(&b.key);
+                // Undo the direction installed before this one, if any.
+                if self.flows.remove(&other.key).is_some() {
+                    m.remove(&other.key);
+                }
                 return;
             }
             self.flows.insert(
@@ -610,14 +660,36 @@ impl FastPath {
         true
     }
 
-    /// A FIN, RST or SYN of the flow `seen` arrived on `in_port`: its
-    /// entries leave the fast path.
-    pub fn ends(&mut self, in_port: usize, seen: &Seen) {
+    /// A FIN or RST (`end`), or a SYN, of the flow `seen` arrived on
+    /// `in_port` at `now`: its entries leave the fast path; after FIN or
+    /// RST its closing frames are not offered again for [`ENDED_MS`] (they
+    /// are refused in [`FastPath::offer`], whichever direction they take).
+    pub fn ends(&mut self, in_port: usize, seen: &Seen, end: bool, now: u64) {
         let Some(p) = self.port(in_port) else {
             return;
         };
-        if self.remove(&seen.key(p.ifindex)) {
+        let k = seen.key(p.ifindex);
+        if self.remove(&k) {
             self.counters.removed_end += 2;
+        }
+        if !end {
+            self.ended.remove(&k);
+        } else if self.ended.len() < ENDED_MAX || self.ended.contains_key(&k) {
+            self.ended.insert(k, now);
+        }
+    }
+
+    /// Forget the last counts of removed entries (their NAT entries were
+    /// deleted: they must not be credited to new ones with the same tuple).
+    pub fn discard_retired(&mut self) {
+        self.retired.clear();
+    }
+
+    /// Port `i` is gone for good (a live change removed it): a new port in
+    /// its slot is attached on its own terms.
+    pub fn port_removed(&mut self, i: usize) {
+        if let Some(a) = self.attachable.get_mut(i) {
+            *a = None;
         }
     }
 
@@ -692,6 +764,7 @@ impl FastPath {
             return;
         }
         self.prune_pending(now);
+        self.ended.retain(|_, t| now.saturating_sub(*t) < ENDED_MS);
         for (f, dp, db, seen) in std::mem::take(&mut self.retired) {
             let at = now.saturating_sub(mono_ns.saturating_sub(seen) / 1_000_000);
             self.counters.packets += dp;
@@ -705,6 +778,13 @@ impl FastPath {
             let v = match self.bpf.as_ref() {
                 Some(m) => match m.get(k) {
                     Some(v) => v,
+                    None if self.flows.contains_key(k) => {
+                        // Not in the kernel's map (cannot happen unless
+                        // someone else deleted it): forget it here too.
+                        self.counters.removed_flush += 2;
+                        self.remove(k);
+                        continue;
+                    }
                     None => continue,
                 },
                 None => FpValue::default(), // a unit test: no traffic
@@ -733,9 +813,14 @@ impl FastPath {
                 true
             };
             let f = self.flows[k];
+            // Idle only when both directions are (a one-way stream keeps its pair).
+            let active = self
+                .flows
+                .get(&f.pair)
+                .map_or(f.active, |g| g.active.max(f.active));
             let why = if !alive {
                 Some(&mut self.counters.removed_nat_gone)
-            } else if now.saturating_sub(f.active) >= IDLE_MS {
+            } else if now.saturating_sub(active) >= IDLE_MS {
                 Some(&mut self.counters.removed_idle)
             } else if now.saturating_sub(f.installed) >= REVALIDATE_MS {
                 Some(&mut self.counters.removed_revalidate)
@@ -835,7 +920,10 @@ mod tests {
         assert!(matches!(observe(&a), Observed::Candidate(_)));
         for fl in [0x02, 0x11, 0x04] {
             let f = tcp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, 64, fl);
-            assert!(matches!(observe(&f), Observed::Ends(_)), "{fl:#x}");
+            assert!(
+                matches!(observe(&f), Observed::Ends(_, e) if e == (fl != 0x02)),
+                "{fl:#x}"
+            );
         }
         let mut frag = a.clone();
         frag[20] = 0x20; // MF
@@ -935,7 +1023,7 @@ mod tests {
         assert!(fp.offloaded(0, &s1) && fp.offloaded(1, &s2));
         assert_eq!(fp.per_port, vec![1, 1]);
         // A FIN of either direction removes both.
-        fp.ends(1, &s2);
+        fp.ends(1, &s2, true, 4);
         assert!(fp.is_empty() && fp.per_port == vec![0, 0]);
         assert_eq!(fp.counters.removed_end, 2);
         // Unanswered candidates leave after PENDING_MS.

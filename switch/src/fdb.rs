@@ -128,6 +128,18 @@ impl Fdb {
         self.lookup_in(self.default_vlan, mac, now)
     }
 
+    /// `mac` in `vlan` was active on `port` at `at` (reported later, by the
+    /// kernel fast path): refresh its entry if it is still on that port,
+    /// never backwards; never create or move one (a newer move wins).
+    pub fn refresh(&mut self, vlan: u16, mac: MacAddr, port: PortId, at: u64) {
+        if let Some(e) = self.map.get_mut(&(vlan, mac))
+            && e.port == port
+            && !e.is_static
+        {
+            e.last_seen = e.last_seen.max(at);
+        }
+    }
+
     /// Learn that `mac` was seen on `port` in `vlan` at `now`.
     pub fn learn_in(&mut self, vlan: u16, mac: MacAddr, port: PortId, now: u64) -> Learn {
         if let Some(e) = self.map.get_mut(&(vlan, mac)) {

@@ -2265,7 +2265,7 @@ pub mod bpf {
     const _: () = assert!(std::mem::size_of::<FpValue>() == 80);
 
     /// Names of the programs' counters (`fp_stats`, same order).
-    pub const STAT_NAMES: [&str; 7] = [
+    pub const STAT_NAMES: [&str; 8] = [
         "hit",
         "miss",
         "slow_mac",
@@ -2273,6 +2273,7 @@ pub mod bpf {
         "slow_mtu",
         "forwarded",
         "tc_not_ours",
+        "rewrite_failed",
     ];
 
     /// The loaded fast path: programs, attachments and maps.
@@ -2348,7 +2349,8 @@ pub mod bpf {
                 .attach_with_options(
                     ifname,
                     TcAttachType::Ingress,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    // First: a frame the socket filter withheld must reach this program.
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
                 .map_err(|e| err("tcx attach", e))?;
             self.links.push((ifindex, link));
@@ -2398,8 +2400,8 @@ pub mod bpf {
         }
 
         /// The programs' counters ([`STAT_NAMES`]), summed over CPUs.
-        pub fn stats(&self) -> [u64; 7] {
-            let mut out = [0; 7];
+        pub fn stats(&self) -> [u64; STAT_NAMES.len()] {
+            let mut out = [0; STAT_NAMES.len()];
             for (i, o) in out.iter_mut().enumerate() {
                 if let Ok(v) = self.stats.get(&(i as u32), 0) {
                     *o = v.iter().sum();

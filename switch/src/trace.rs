@@ -212,7 +212,7 @@ fn fastpath_stage<P: Policy>(
     let (decision, why) = match crate::fastpath::observe(frame) {
         _ if fast.port(in_port).is_none() => ("slow path", "the in-port has no fast path (a TAP, or attaching failed)".to_string()),
         Observed::None => ("slow path", "only IPv4 TCP/UDP without options or fragments is offloaded".into()),
-        Observed::Ends(_) => ("slow path", "TCP SYN, FIN and RST always go through the switch".into()),
+        Observed::Ends(..) => ("slow path", "TCP SYN, FIN and RST always go through the switch".into()),
         Observed::Candidate(s) if fast.offloaded(in_port, &s) => (
             "offloaded",
             "this flow is forwarded by the kernel (eBPF); the switch sees its SYN/FIN/RST and merges its counters".into(),

@@ -573,7 +573,7 @@ impl<P: Policy + Reload> Worker<P> {
         let pl = &mut self.pipeline;
         self.fast.sweep(now, mono, |f, packets, bytes, at| {
             if packets > 0 {
-                pl.fdb.learn_in(0, f.seen.src_mac(), f.in_port, at);
+                pl.fdb.refresh(0, f.seen.src_mac(), f.in_port, at);
             }
             if !f.translated {
                 return true;
@@ -1219,6 +1219,7 @@ impl<P: Policy + Reload> Worker<P> {
             let _ = epoll.delete(self.ports[i].io.fd());
             self.gone.retain(|&g| g != i);
             self.take_down(i);
+            self.fast.port_removed(i);
             self.taps.retain(|t| t.port != i);
             tracing::info!(
                 "port {} ({}) removed",
@@ -1413,8 +1414,8 @@ impl<P: Policy + Reload> Worker<P> {
                             &crate::policy::Frame::new(self.batch.frame(k)),
                         )
                         .then_some(s),
-                    crate::fastpath::Observed::Ends(s) => {
-                        self.fast.ends(in_port, &s);
+                    crate::fastpath::Observed::Ends(s, end) => {
+                        self.fast.ends(in_port, &s, end, now);
                         None
                     }
                     crate::fastpath::Observed::None => None,
@@ -1467,13 +1468,20 @@ impl<P: Policy + Reload> Worker<P> {
                             && self.offload_port(p)
                             && let (Some(ip), Some(op)) =
                                 (self.fast.port(in_port), self.fast.port(p))
-                            && let Some(c) = crate::fastpath::derive(
+                            && !self.fast.waiting(ip, &s)
+                            && let Some(mut c) = crate::fastpath::derive(
                                 &s,
                                 self.batch.frame(k),
                                 (in_port, ip),
                                 (p, op),
                             )
                         {
+                            // A routed flow's frames must fit the gateway's MTU too.
+                            if c.routed()
+                                && let Some(gw) = &self.pipeline.gateway
+                            {
+                                c.cap_mtu(gw.mtu_towards(p));
+                            }
                             self.fast.offer(c, now);
                         }
                     }
@@ -1834,8 +1842,10 @@ impl<P: Policy + Reload> Worker<P> {
     pub fn conntrack_delete(&mut self, args: &Value, now: u64) -> Value {
         // A deleted entry's mapping must stop admitting at once: the fast
         // path forgets everything (established flows that remain are
-        // installed again once seen both ways).
+        // installed again once seen both ways), and its last counts, which
+        // belong to entries that are gone.
         self.fast.flush();
+        self.fast.discard_retired();
         let filter = crate::control::CtFilter::of(args);
         let cursor = args["cursor"].as_u64().unwrap_or(0);
         let max = args["max"]

@@ -1,7 +1,8 @@
 //! End to end: the switch with `[switch] io = "ring"` (TPACKET_V2 rings)
 //! forwards, routes through the NAT and passes TSO super-frames whole, also
 //! after a link went down with super-frames queued; and the kernel's receive
-//! drops show per port in `vswitch stats`, for both port I/O kinds.
+//! drops show per port in `vswitch stats`, for both port I/O kinds. The
+//! kernel fast path is off here: these tests are about the switch's own I/O.
 
 use e2e::*;
 use nix::sys::signal::{Signal, kill};
@@ -32,7 +33,7 @@ fn ring_io_forwards_routes_and_passes_super_frames_whole() {
         return;
     }
     let _s = serial();
-    let nt = nat_topo_with(2, "io = \"ring\"\n", "", "", "");
+    let nt = nat_topo_with(2, "io = \"ring\"\nfastpath = \"off\"\n", "", "", "");
     let sw = SwitchProc::start(&nt.topo);
     // Each AF_PACKET port (red, blue, uplink) maps its 5 MiB of rings.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", sw.pid())).unwrap();
@@ -94,7 +95,7 @@ fn mmsg_io_forwards_routes_and_passes_super_frames_whole() {
         return;
     }
     let _s = serial();
-    let nt = nat_topo_with(2, "io = \"mmsg\"\n", "", "", "");
+    let nt = nat_topo_with(2, "io = \"mmsg\"\nfastpath = \"off\"\n", "", "", "");
     let sw = SwitchProc::start(&nt.topo);
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", sw.pid())).unwrap();
     assert!(
@@ -135,7 +136,11 @@ fn kernel_drops_are_counted(io: &str) {
     }
     let _s = serial();
     let id = uniq();
-    let (toml, m, _) = star(&id, &[Kind::Veth, Kind::Veth], &format!("io = \"{io}\"\n"));
+    let (toml, m, _) = star(
+        &id,
+        &[Kind::Veth, Kind::Veth],
+        &format!("io = \"{io}\"\nfastpath = \"off\"\n"),
+    );
     let topo = TopoGuard::new(&toml);
     let sw = SwitchProc::start(&topo);
     let (red, blue) = (&m[0], &m[1]);
@@ -232,7 +237,11 @@ fn ring_link_down_with_queued_super_frames_leaves_nothing_stale() {
     need_program("iperf3");
     let _s = serial();
     let id = uniq();
-    let (toml, m, sw_ns) = star(&id, &[Kind::Veth, Kind::Veth], "io = \"ring\"\n");
+    let (toml, m, sw_ns) = star(
+        &id,
+        &[Kind::Veth, Kind::Veth],
+        "io = \"ring\"\nfastpath = \"off\"\n",
+    );
     let topo = TopoGuard::new(&toml);
     let sw = SwitchProc::start(&topo);
     let (red, blue) = (&m[0], &m[1]);

@@ -140,6 +140,15 @@ impl Gateway {
         m as usize
     }
 
+    /// The MTU the gateway routes with towards port `p` (the uplink's
+    /// configured path MTU, or the LAN's), for the fast path's routed flows.
+    pub fn mtu_towards(&self, p: crate::PortId) -> u32 {
+        match self.cfg.uplink.as_ref() {
+            Some(u) if self.uplink_port() == Some(p) => u.mtu,
+            _ => self.cfg.lan_mtu,
+        }
+    }
+
     /// The smallest MTU of any egress (below it, nothing needs a quote kept).
     pub(super) fn min_mtu(&self) -> usize {
         let up = self.cfg.uplink.as_ref().map_or(u32::MAX, |u| u.mtu);
