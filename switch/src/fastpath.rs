@@ -203,9 +203,15 @@ pub struct Candidate {
     seen: Seen,
     routed: bool,
     translated: bool,
+    vlan: u16,
 }
 
 impl Candidate {
+    /// The frame's VLAN (0 on a VLAN-unaware switch): its FDB entries'.
+    pub fn set_vlan(&mut self, vid: u16) {
+        self.vlan = vid;
+    }
+
     /// Whether the gateway routed the frame (its TTL went down).
     pub fn routed(&self) -> bool {
         self.routed
@@ -285,6 +291,7 @@ pub fn derive(
         routed,
         translated: (a.saddr, a.daddr, a.sport, a.dport)
             != (seen.saddr, seen.daddr, seen.sport, seen.dport),
+        vlan: 0,
     })
 }
 
@@ -304,6 +311,8 @@ pub struct Flow {
     /// Its addresses or ports are rewritten (NAT): its NAT entry follows
     /// the fast path's counters.
     pub translated: bool,
+    /// Its VLAN (0 on a VLAN-unaware switch).
+    pub vlan: u16,
     installed: u64,
     active: u64,
     packets: u64,
@@ -619,6 +628,7 @@ impl FastPath {
                     seen: c.seen,
                     routed: c.routed,
                     translated: c.translated,
+                    vlan: c.vlan,
                     installed: now,
                     active: now,
                     packets: 0,

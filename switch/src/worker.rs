@@ -536,11 +536,17 @@ impl<P: Policy + Reload> Worker<P> {
     }
 
     /// Whether flows entering or leaving by port `p` may be offloaded: not
-    /// while it is captured or mirrored (those see every frame), nor on a
-    /// VLAN-aware switch (the fast path does not push or pop tags).
-    fn offload_port(&self, p: usize) -> bool {
-        self.fast.port(p).is_some()
-            && self.pipeline.vlans.is_none()
+    /// while it is captured or mirrored (those see every frame); on a
+    /// VLAN-aware switch only if the frame, of VLAN `vid`, is untagged there
+    /// (a LAN port's access VLAN, or the uplink): the fast path does not
+    /// push or pop tags.
+    fn offload_port(&self, p: usize, vid: u16) -> bool {
+        let vlan_ok = match &self.pipeline.vlans {
+            None => true,
+            Some(v) => !self.ports[p].lan || v.access.get(p).copied().flatten() == Some(vid),
+        };
+        vlan_ok
+            && self.fast.port(p).is_some()
             && !self.taps.iter().any(|t| t.port == p)
             && self.mirrors.get(p).copied().flatten().is_none()
             && !self.mirrors.contains(&Some(p))
@@ -573,7 +579,7 @@ impl<P: Policy + Reload> Worker<P> {
         let pl = &mut self.pipeline;
         self.fast.sweep(now, mono, |f, packets, bytes, at| {
             if packets > 0 {
-                pl.fdb.refresh(0, f.seen.src_mac(), f.in_port, at);
+                pl.fdb.refresh(f.vlan, f.seen.src_mac(), f.in_port, at);
             }
             if !f.translated {
                 return true;
@@ -1462,10 +1468,12 @@ impl<P: Policy + Reload> Worker<P> {
                     Some(port) if port.up => {
                         self.out[p].push(k as u16);
                         plain &= p != in_port;
+                        let (vid, tagged) = self.fv[k];
                         if let Some(s) = seen
                             && plain
-                            && self.offload_port(in_port)
-                            && self.offload_port(p)
+                            && !tagged
+                            && self.offload_port(in_port, vid)
+                            && self.offload_port(p, vid)
                             && let (Some(ip), Some(op)) =
                                 (self.fast.port(in_port), self.fast.port(p))
                             && !self.fast.waiting(ip, &s)
@@ -1482,6 +1490,7 @@ impl<P: Policy + Reload> Worker<P> {
                             {
                                 c.cap_mtu(gw.mtu_towards(p));
                             }
+                            c.set_vlan(vid);
                             self.fast.offer(c, now);
                         }
                     }
