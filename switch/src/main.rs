@@ -679,6 +679,24 @@ fn print_stats(v: &Value) {
         "arp: {} entries, suppressed {} requests",
         a["entries"], a["counters"]["suppressed"]
     );
+    let fp = &v["fastpath"];
+    if fp["state"] == "on" {
+        println!(
+            "fast path: on, {} flows offloaded ({} waiting for a reply), {} frames forwarded by the kernel; installed {}, removed {} (end) {} (idle) {} (revalidate) {} (nat gone) {} (flush), full {}",
+            fp["flows"],
+            fp["pending"],
+            fp["kernel"]["forwarded"],
+            fp["installed"],
+            fp["removed_end"],
+            fp["removed_idle"],
+            fp["removed_revalidate"],
+            fp["removed_nat_gone"],
+            fp["removed_flush"],
+            fp["full"]
+        );
+    } else if let Some(st) = fp["state"].as_str() {
+        println!("fast path: {st}");
+    }
     if let Some(p) = v["policy"].as_object()
         && !p.is_empty()
     {
