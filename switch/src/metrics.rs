@@ -157,6 +157,54 @@ pub fn render(v: &Value) -> String {
             "NAT66",
         );
     }
+    if let Some(fp) = v.get("fastpath")
+        && fp["state"] == "on"
+    {
+        family(
+            &mut o,
+            "vswitch_fastpath_flows",
+            "gauge",
+            "Flow directions installed in the kernel fast path.",
+        );
+        let _ = writeln!(
+            o,
+            "vswitch_fastpath_flows {}",
+            fp["flows"].as_u64().unwrap_or(0)
+        );
+        family(
+            &mut o,
+            "vswitch_fastpath_events_total",
+            "counter",
+            "Fast path installs and removals by reason, and its programs' counters (kernel_*).",
+        );
+        let mut events: Vec<(String, u64)> = [
+            "installed",
+            "removed_end",
+            "removed_idle",
+            "removed_revalidate",
+            "removed_nat_gone",
+            "removed_flush",
+            "full",
+            "install_errors",
+            "pending_dropped",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), fp[*k].as_u64().unwrap_or(0)))
+        .collect();
+        if let Some(k) = fp["kernel"].as_object() {
+            events.extend(
+                k.iter()
+                    .map(|(n, c)| (format!("kernel_{n}"), c.as_u64().unwrap_or(0))),
+            );
+        }
+        for (k, n) in events {
+            let _ = writeln!(
+                o,
+                "vswitch_fastpath_events_total{{event=\"{}\"}} {n}",
+                esc(&k)
+            );
+        }
+    }
     if let Some(g) = v["gateway"]["counters"].as_object() {
         family(
             &mut o,
@@ -363,6 +411,7 @@ mod tests {
             "arp": {"entries": 1},
             "policy": {"acl:no-\"x\"": 5},
             "reloads": 1,
+            "fastpath": {"state": "on", "flows": 4, "installed": 6, "kernel": {"forwarded": 77}},
         });
         let t = render(&v);
         assert!(t.contains("vswitch_port_rx_packets_total{port=\"veth-red-br\",netns=\"red\"} 3"));
@@ -371,6 +420,9 @@ mod tests {
             t.contains(r#"vswitch_policy_hits_total{rule="acl:no-\"x\""} 5"#),
             "{t}"
         );
+        assert!(t.contains("vswitch_fastpath_flows 4"), "{t}");
+        assert!(t.contains(r#"vswitch_fastpath_events_total{event="installed"} 6"#));
+        assert!(t.contains(r#"vswitch_fastpath_events_total{event="kernel_forwarded"} 77"#));
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
