@@ -388,7 +388,9 @@ l2:
     return bpf_redirect(a.out_ifindex, 0);
 fail:
     // Half rewritten (a helper could not make the skb writable): never
-    // forward it; the switch did not get it either, so it is a counted drop.
+    // forward it; the switch did not get it either, so it is a counted drop
+    // (rewrite_failed). fp_sock already counted it as forwarded in the
+    // flow's and the ports' counters.
     count(ST_ERROR);
     return TC_ACT_SHOT;
 }

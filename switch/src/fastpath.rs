@@ -102,8 +102,9 @@ pub enum Observed {
 /// offloaded for this long.
 pub const ENDED_MS: u64 = 5_000;
 /// Ended flows remembered at once (beyond: not remembered, so a closing
-/// flow may be installed again, until idle).
-pub const ENDED_MAX: usize = 4_096;
+/// flow may be installed again, until idle). About 6,500 closes a second
+/// over [`ENDED_MS`]; 2 MB.
+pub const ENDED_MAX: usize = 65_536;
 
 /// Read what the fast path needs from a frame as received.
 pub fn observe(frame: &[u8]) -> Observed {
@@ -566,6 +567,7 @@ impl FastPath {
             }
         }
         if self.pending.contains_key(&c.reply) {
+            self.last_waiting = Some((c.key, c.reply));
             return;
         }
         if self.pending.len() >= PENDING_MAX {
@@ -684,7 +686,12 @@ impl FastPath {
         }
         if !end {
             self.ended.remove(&k);
-        } else if self.ended.len() < ENDED_MAX || self.ended.contains_key(&k) {
+            return;
+        }
+        if self.ended.len() >= ENDED_MAX && !self.ended.contains_key(&k) {
+            self.ended.retain(|_, t| now.saturating_sub(*t) < ENDED_MS);
+        }
+        if self.ended.len() < ENDED_MAX || self.ended.contains_key(&k) {
             self.ended.insert(k, now);
         }
     }
@@ -1036,17 +1043,44 @@ mod tests {
         fp.ends(1, &s2, true, 4);
         assert!(fp.is_empty() && fp.per_port == vec![0, 0]);
         assert_eq!(fp.counters.removed_end, 2);
+        fp.flush(); // the other flow's candidate goes; the FIN's mark stays
+        // The closing ACKs, either direction, are not installed again...
+        fp.offer(out, 5);
+        fp.offer(back, 6);
+        assert!(fp.is_empty() && fp.pending.is_empty());
+        // ...until ENDED_MS has passed, or a SYN restarts the flow.
+        let t = 4 + ENDED_MS;
+        fp.offer(out, t);
+        assert_eq!(fp.pending.len(), 1);
+        assert!(fp.waiting(port(11), &s1));
         // Unanswered candidates leave after PENDING_MS.
-        fp.offer(out, 10);
-        fp.sweep(10 + PENDING_MS, 0, |_, _, _, _| true);
+        fp.sweep(t + PENDING_MS, 0, |_, _, _, _| true);
         assert!(fp.pending.is_empty() && fp.pending_per_port == vec![0, 0]);
+        assert!(!fp.waiting(port(11), &s1));
+        fp.ends(1, &s2, true, 30_000);
+        fp.offer(out, 30_001);
+        assert!(fp.pending.is_empty());
+        fp.ends(0, &s1, false, 30_002); // a SYN from the same side
+        fp.ends(1, &s2, false, 30_002); // and the SYN+ACK
+        fp.offer(out, 30_003);
+        assert_eq!(fp.pending.len(), 1);
+        fp.flush();
         // Installed entries without traffic leave after IDLE_MS.
-        fp.offer(out, 20_000);
-        fp.offer(back, 20_000);
+        fp.offer(out, 40_000);
+        fp.offer(back, 40_000);
         assert_eq!(fp.len(), 2);
-        fp.sweep(20_000 + IDLE_MS - 1, 0, |_, _, _, _| true);
+        // An install never overwrites: the same pair again changes nothing.
+        fp.offer(out, 40_001);
+        fp.offer(back, 40_001);
         assert_eq!(fp.len(), 2);
-        fp.sweep(20_000 + IDLE_MS, 0, |_, _, _, _| true);
+        assert_eq!(fp.per_port, vec![1, 1]);
+        fp.sweep(40_000 + IDLE_MS - 1, 0, |_, _, _, _| true);
+        assert_eq!(fp.len(), 2);
+        // One direction active keeps the pair (idle is pair-wise).
+        fp.flows.get_mut(&out.key).unwrap().active = 40_000 + IDLE_MS - 1;
+        fp.sweep(40_000 + IDLE_MS, 0, |_, _, _, _| true);
+        assert_eq!(fp.len(), 2);
+        fp.sweep(40_000 + 2 * IDLE_MS, 0, |_, _, _, _| true);
         assert!(fp.is_empty());
         assert_eq!(fp.counters.removed_idle, 2);
     }

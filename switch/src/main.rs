@@ -682,7 +682,7 @@ fn print_stats(v: &Value) {
     let fp = &v["fastpath"];
     if fp["state"] == "on" {
         println!(
-            "fast path: on, {} flows offloaded ({} waiting for a reply), {} frames forwarded by the kernel; installed {}, removed {} (end) {} (idle) {} (revalidate) {} (nat gone) {} (flush), full {}",
+            "fast path: on, {} flow directions offloaded ({} waiting for a reply), {} frames forwarded by the kernel; installed {}, removed {} (end) {} (idle) {} (revalidate) {} (nat gone) {} (flush), full {}",
             fp["flows"],
             fp["pending"],
             fp["kernel"]["forwarded"],

@@ -1850,9 +1850,11 @@ impl<P: Policy + Reload> Worker<P> {
     /// ([`DELETE_PAGE`]) from `cursor`; answers `deleted` and `next`.
     pub fn conntrack_delete(&mut self, args: &Value, now: u64) -> Value {
         // A deleted entry's mapping must stop admitting at once: the fast
-        // path forgets everything (established flows that remain are
-        // installed again once seen both ways), and its last counts, which
-        // belong to entries that are gone.
+        // path merges its counts so far, then forgets everything
+        // (established flows that remain are installed again once seen both
+        // ways), with the counts of that last moment, which may belong to
+        // entries that are about to go.
+        self.fast_sweep(now);
         self.fast.flush();
         self.fast.discard_retired();
         let filter = crate::control::CtFilter::of(args);
