@@ -563,12 +563,26 @@ pub fn recv_frames(port: &mut switch::sys::PacketPort, window: Duration) -> Vec<
 
 /// Send `len` pattern bytes from `from` to `to` over TCP and compare sha256 on both ends.
 pub fn tcp_transfer(from: &Member, to: &Member, port: u16, len: usize) {
-    let seed = 0x5eed_0000 + u64::from(port);
-    let expected = sha256_of(|w| write_pattern(w, seed, len).unwrap());
     let ip: std::net::IpAddr = to.ip.parse().expect("an IPv4 or IPv6 address");
     let addr = std::net::SocketAddr::new(ip, port);
+    tcp_transfer_via(&from.ns, &to.ns, addr, addr, len);
+}
+
+/// Send `len` pattern bytes over TCP from namespace `from_ns` to `connect`,
+/// accepted in namespace `to_ns` on `listen` (the same address, or another
+/// one behind DNAT), and compare sha256 on both ends.
+pub fn tcp_transfer_via(
+    from_ns: &str,
+    to_ns: &str,
+    listen: std::net::SocketAddr,
+    connect: std::net::SocketAddr,
+    len: usize,
+) {
+    let seed = 0x5eed_0000 + u64::from(listen.port());
+    let expected = sha256_of(|w| write_pattern(w, seed, len).unwrap());
+    let addr = connect;
     let listener =
-        in_ns(&to.ns, || std::net::TcpListener::bind(addr)).expect("listen in namespace");
+        in_ns(to_ns, || std::net::TcpListener::bind(listen)).expect("listen in namespace");
     listener.set_nonblocking(true).unwrap();
     let receiver = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -599,7 +613,7 @@ pub fn tcp_transfer(from: &Member, to: &Member, port: u16, len: usize) {
         });
         (got, sum)
     });
-    let mut stream = in_ns(&from.ns, || {
+    let mut stream = in_ns(from_ns, || {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
     })
     .expect("connect from namespace");
@@ -613,8 +627,8 @@ pub fn tcp_transfer(from: &Member, to: &Member, port: u16, len: usize) {
     eprintln!(
         "{} bytes {} -> {} in {:?}",
         got,
-        from.ns,
-        to.ns,
+        from_ns,
+        to_ns,
         started.elapsed()
     );
     assert_eq!(got, len);

@@ -33,53 +33,6 @@ fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// `len` pattern bytes from namespace `from` to `connect`, accepted in
-/// namespace `to_ns` on `listen`; the sha256 of both ends must match.
-fn transfer(from: &str, to_ns: &str, listen: SocketAddr, connect: SocketAddr, len: usize) {
-    let seed = 0xfa57 + u64::from(listen.port());
-    let expected = sha256_of(|w| write_pattern(w, seed, len).unwrap());
-    let l = in_ns(to_ns, || TcpListener::bind(listen)).expect("listen");
-    l.set_nonblocking(true).unwrap();
-    let rx = std::thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs(30);
-        let mut c = loop {
-            match l.accept() {
-                Ok((c, _)) => break c,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    assert!(Instant::now() < end, "no connection within 30 s");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        };
-        c.set_nonblocking(false).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut got = 0;
-        let sum = sha256_of(|w| {
-            let mut b = vec![0u8; 1 << 16];
-            loop {
-                let n = c.read(&mut b).expect("receive (30 s timeout)");
-                if n == 0 {
-                    break;
-                }
-                got += n;
-                w.write_all(&b[..n]).unwrap();
-            }
-        });
-        (got, sum)
-    });
-    let mut s = in_ns(from, || {
-        TcpStream::connect_timeout(&connect, Duration::from_secs(10))
-    })
-    .expect("connect");
-    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
-    write_pattern(&mut s, seed, len).expect("send");
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let (got, sum) = rx.join().expect("receiver");
-    assert_eq!(got, len, "{from} -> {connect}");
-    assert_eq!(sum, expected, "sha256 differs ({from} -> {connect})");
-}
-
 /// `n` numbered datagrams from `from` (bound to `bind`) to `to`, where a
 /// socket in `to_ns` on `listen` answers each one (so the flow is seen both
 /// ways and offloaded). Returns (received, distinct, answers received).
@@ -176,7 +129,7 @@ fn bulk_tcp_and_numbered_udp_through_l2_nat_and_dnat_arrive_once() {
     ];
     for (what, from, to, listen, connect) in cases {
         let before = forwarded(&sw);
-        transfer(from, to, listen, connect, MB200);
+        tcp_transfer_via(from, to, listen, connect, MB200);
         let moved = forwarded(&sw) - before;
         // 200 MB is at least 3,000 GSO super-frames; most go by the kernel.
         assert!(
@@ -196,7 +149,7 @@ fn bulk_tcp_and_numbered_udp_through_l2_nat_and_dnat_arrive_once() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let csum_before = snmp(&t.wan.ns, "Tcp:", "InCsumErrors");
     let before = forwarded(&sw);
-    transfer(
+    tcp_transfer_via(
         &t.red.ns,
         &t.wan.ns,
         a(WAN_HOST, 5103),
