@@ -289,6 +289,28 @@ int fp_sock(struct __sk_buff *skb)
     return 0;
 }
 
+// Rewrite a 16-bit port (or ICMP identifier) at `off`, updating the L4
+// checksum at `csum` (no pseudo-header part).
+static __always_inline int set_port(struct __sk_buff *skb, __u32 off, __u16 old, __u16 new, __u32 csum,
+                                    __u64 l4f)
+{
+    if (bpf_l4_csum_replace(skb, csum, old, new, l4f | 2) < 0)
+        return -1;
+    return bpf_skb_store_bytes(skb, off, &new, 2, 0);
+}
+
+// Rewrite an IPv4 address at `off`: the IP header checksum, and the L4
+// checksum's pseudo-header part at `csum` (0: none, as for ICMP).
+static __always_inline int set_addr(struct __sk_buff *skb, __u32 off, __u32 old, __u32 new, __u32 csum,
+                                    __u64 l4f)
+{
+    if (csum && bpf_l4_csum_replace(skb, csum, old, new, l4f | BPF_F_PSEUDO_HDR | 4) < 0)
+        return -1;
+    if (bpf_l3_csum_replace(skb, IPOFF + 10, old, new, 4) < 0)
+        return -1;
+    return bpf_skb_store_bytes(skb, off, &new, 4, 0);
+}
+
 SEC("classifier")
 int fp_tc(struct __sk_buff *skb)
 {
@@ -312,61 +334,33 @@ int fp_tc(struct __sk_buff *skb)
         // No pseudo-header in the ICMP checksum: only the identifier counts.
         __u16 old = k.sport | k.dport, new = a.sport | a.dport;
         if (old != new) {
-            if (bpf_l4_csum_replace(skb, csum, old, new, 2) < 0)
-                goto fail;
-            if (bpf_skb_store_bytes(skb, L4OFF + 4, &new, 2, 0) < 0)
+            if (set_port(skb, L4OFF + 4, old, new, csum, 0) < 0)
                 goto fail;
             nat = 1;
         }
-        if (a.saddr != k.saddr) {
-            if (bpf_l3_csum_replace(skb, IPOFF + 10, k.saddr, a.saddr, 4) < 0)
-                goto fail;
-            if (bpf_skb_store_bytes(skb, IPOFF + 12, &a.saddr, 4, 0) < 0)
-                goto fail;
-            nat = 1;
-        }
-        if (a.daddr != k.daddr) {
-            if (bpf_l3_csum_replace(skb, IPOFF + 10, k.daddr, a.daddr, 4) < 0)
-                goto fail;
-            if (bpf_skb_store_bytes(skb, IPOFF + 16, &a.daddr, 4, 0) < 0)
+        csum = 0; // addresses: the IP header checksum only
+    } else {
+        if (a.sport != k.sport) {
+            if (set_port(skb, L4OFF, k.sport, a.sport, csum, l4f) < 0)
                 goto fail;
             nat = 1;
         }
-        goto l2;
+        if (a.dport != k.dport) {
+            if (set_port(skb, L4OFF + 2, k.dport, a.dport, csum, l4f) < 0)
+                goto fail;
+            nat = 1;
+        }
     }
     if (a.saddr != k.saddr) {
-        if (bpf_l4_csum_replace(skb, csum, k.saddr, a.saddr, l4f | BPF_F_PSEUDO_HDR | 4) < 0)
-            goto fail;
-        if (bpf_l3_csum_replace(skb, IPOFF + 10, k.saddr, a.saddr, 4) < 0)
-            goto fail;
-        if (bpf_skb_store_bytes(skb, IPOFF + 12, &a.saddr, 4, 0) < 0)
+        if (set_addr(skb, IPOFF + 12, k.saddr, a.saddr, csum, l4f) < 0)
             goto fail;
         nat = 1;
     }
     if (a.daddr != k.daddr) {
-        if (bpf_l4_csum_replace(skb, csum, k.daddr, a.daddr, l4f | BPF_F_PSEUDO_HDR | 4) < 0)
-            goto fail;
-        if (bpf_l3_csum_replace(skb, IPOFF + 10, k.daddr, a.daddr, 4) < 0)
-            goto fail;
-        if (bpf_skb_store_bytes(skb, IPOFF + 16, &a.daddr, 4, 0) < 0)
+        if (set_addr(skb, IPOFF + 16, k.daddr, a.daddr, csum, l4f) < 0)
             goto fail;
         nat = 1;
     }
-    if (a.sport != k.sport) {
-        if (bpf_l4_csum_replace(skb, csum, k.sport, a.sport, l4f | 2) < 0)
-            goto fail;
-        if (bpf_skb_store_bytes(skb, L4OFF, &a.sport, 2, 0) < 0)
-            goto fail;
-        nat = 1;
-    }
-    if (a.dport != k.dport) {
-        if (bpf_l4_csum_replace(skb, csum, k.dport, a.dport, l4f | 2) < 0)
-            goto fail;
-        if (bpf_skb_store_bytes(skb, L4OFF + 2, &a.dport, 2, 0) < 0)
-            goto fail;
-        nat = 1;
-    }
-l2:
     if (a.flags & FP_TTL) {
         __u16 old, new;
         if (bpf_skb_load_bytes(skb, IPOFF + 8, &old, 2) < 0)
