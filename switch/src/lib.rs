@@ -29,6 +29,7 @@ pub mod sys;
 pub mod trace;
 pub mod verdict;
 pub mod wire;
+pub mod vxlan;
 pub mod worker;
 
 /// Index of a port in the switch.
