@@ -935,6 +935,7 @@ mod tests {
                                     vlan: 0,
                                     last_seen: 1000,
                                     is_static: false,
+                                    vtep: None,
                                 },
                             )],
                             ..Default::default()

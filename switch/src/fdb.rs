@@ -8,10 +8,15 @@
 //! Static entries ([`Fdb::add_static`], `vswitch fdb add`) never age, are
 //! never moved by learning ([`Learn::Static`]) and are removed only by
 //! [`Fdb::remove`]; they count towards the bounds of the table.
+//! Behind a VXLAN tunnel port an entry also names the remote VTEP
+//! ([`FdbEntry::vtep`]); each VTEP is bounded like a port (a remote host
+//! flooding MACs cannot take the table from the others), and a MAC that
+//! moves from one VTEP to another is a move.
 
 use crate::PortId;
 use crate::wire::MacAddr;
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 
 /// Outcome of [`Fdb::learn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +49,8 @@ pub struct FdbEntry {
     pub last_seen: u64,
     /// Added by the operator: never aged, never moved by learning.
     pub is_static: bool,
+    /// Behind a tunnel port: the VTEP the MAC is behind.
+    pub vtep: Option<Ipv4Addr>,
 }
 
 /// Counters of the table.
@@ -76,6 +83,8 @@ pub struct Fdb {
     map: HashMap<(u16, MacAddr), FdbEntry, foldhash::fast::RandomState>,
     default_vlan: u16,
     per_port: Vec<usize>,
+    /// Entries behind each remote VTEP (bounded by `max_per_port` too).
+    per_vtep: HashMap<Ipv4Addr, usize>,
     max: usize,
     max_per_port: usize,
     ageing_ms: u64,
@@ -99,6 +108,7 @@ impl Fdb {
             outbox: None,
             map: HashMap::with_capacity_and_hasher(max.min(1 << 16), Default::default()),
             per_port: vec![0; ports],
+            per_vtep: HashMap::new(),
             default_vlan: 0,
             max,
             max_per_port,
@@ -142,12 +152,62 @@ impl Fdb {
 
     /// Learn that `mac` was seen on `port` in `vlan` at `now`.
     pub fn learn_in(&mut self, vlan: u16, mac: MacAddr, port: PortId, now: u64) -> Learn {
+        self.learn_via(vlan, mac, port, None, now)
+    }
+
+    fn vtep_full(&self, vtep: Option<Ipv4Addr>) -> bool {
+        vtep.is_some_and(|v| self.per_vtep.get(&v).copied().unwrap_or(0) >= self.max_per_port)
+    }
+
+    fn vtep_add(&mut self, vtep: Option<Ipv4Addr>) {
+        if let Some(v) = vtep {
+            *self.per_vtep.entry(v).or_insert(0) += 1;
+        }
+    }
+
+    fn vtep_sub(per_vtep: &mut HashMap<Ipv4Addr, usize>, vtep: Option<Ipv4Addr>) {
+        if let Some(v) = vtep
+            && let Some(n) = per_vtep.get_mut(&v)
+        {
+            *n -= 1;
+            if *n == 0 {
+                per_vtep.remove(&v);
+            }
+        }
+    }
+
+    /// Learn that `mac` was seen on `port` in `vlan` at `now`, behind the
+    /// remote VTEP `vtep` when the port is a tunnel. Another VTEP on the same
+    /// port is a move; each VTEP is bounded like a port.
+    pub fn learn_via(
+        &mut self,
+        vlan: u16,
+        mac: MacAddr,
+        port: PortId,
+        vtep: Option<Ipv4Addr>,
+        now: u64,
+    ) -> Learn {
+        let vtep_full = self.vtep_full(vtep);
         if let Some(e) = self.map.get_mut(&(vlan, mac)) {
             if e.is_static {
-                if e.port != port {
+                if e.port != port || e.vtep != vtep {
                     self.counters.static_moves_refused += 1;
                 }
                 return Learn::Static;
+            }
+            if e.port == port && e.vtep != vtep {
+                if vtep_full {
+                    self.counters.refused_port_full += 1;
+                    return Learn::RefusedPortFull;
+                }
+                let old = e.vtep;
+                e.vtep = vtep;
+                e.last_seen = now;
+                Self::vtep_sub(&mut self.per_vtep, old);
+                self.vtep_add(vtep);
+                self.counters.moves += 1;
+                self.last_move = Some((mac, port, port));
+                return Learn::Moved { from: port };
             }
             if e.port == port {
                 let q = (self.ageing_ms / 4).max(1);
@@ -159,12 +219,16 @@ impl Fdb {
                 return Learn::Refreshed;
             }
             let from = e.port;
-            if self.per_port[port] >= self.max_per_port {
+            if self.per_port[port] >= self.max_per_port || vtep_full {
                 self.counters.refused_port_full += 1;
                 return Learn::RefusedPortFull;
             }
+            let old = e.vtep;
             e.port = port;
+            e.vtep = vtep;
             e.last_seen = now;
+            Self::vtep_sub(&mut self.per_vtep, old);
+            self.vtep_add(vtep);
             self.per_port[from] -= 1;
             self.per_port[port] += 1;
             self.counters.moves += 1;
@@ -185,7 +249,7 @@ impl Fdb {
                 return Learn::RefusedTableFull;
             }
         }
-        if self.per_port[port] >= self.max_per_port {
+        if self.per_port[port] >= self.max_per_port || vtep_full {
             self.counters.refused_port_full += 1;
             return Learn::RefusedPortFull;
         }
@@ -196,8 +260,10 @@ impl Fdb {
                 vlan,
                 last_seen: now,
                 is_static: false,
+                vtep,
             },
         );
+        self.vtep_add(vtep);
         self.per_port[port] += 1;
         self.counters.learned += 1;
         if let Some(o) = self.outbox.as_mut() {
@@ -245,12 +311,13 @@ impl Fdb {
     pub fn sweep(&mut self, now: u64) -> usize {
         self.last_sweep = now;
         let ageing = self.ageing_ms;
-        let per_port = &mut self.per_port;
+        let (per_port, per_vtep) = (&mut self.per_port, &mut self.per_vtep);
         let before = self.map.len();
         self.map.retain(|_, e| {
             let keep = e.is_static || now.saturating_sub(e.last_seen) < ageing;
             if !keep {
                 per_port[e.port] -= 1;
+                Self::vtep_sub(per_vtep, e.vtep);
             }
             keep
         });
@@ -268,7 +335,13 @@ impl Fdb {
 
     /// Forget everything learned on `port` (it went away), static entries included.
     pub fn flush_port(&mut self, port: PortId) {
-        self.map.retain(|_, e| e.port != port);
+        let per_vtep = &mut self.per_vtep;
+        self.map.retain(|_, e| {
+            if e.port == port {
+                Self::vtep_sub(per_vtep, e.vtep);
+            }
+            e.port != port
+        });
         self.per_port[port] = 0;
     }
 
@@ -282,6 +355,19 @@ impl Fdb {
         port: PortId,
         now: u64,
     ) -> Result<(), &'static str> {
+        self.add_static_via(vlan, mac, port, None, now)
+    }
+
+    /// [`Fdb::add_static`] behind the remote VTEP `vtep` of tunnel port
+    /// `port` (`vswitch fdb add MAC dst VTEP`).
+    pub fn add_static_via(
+        &mut self,
+        vlan: u16,
+        mac: MacAddr,
+        port: PortId,
+        vtep: Option<Ipv4Addr>,
+        now: u64,
+    ) -> Result<(), &'static str> {
         if port >= self.per_port.len() {
             return Err("no such port");
         }
@@ -290,9 +376,13 @@ impl Fdb {
             vlan,
             last_seen: now,
             is_static: true,
+            vtep,
         };
         match self.map.insert((vlan, mac), e) {
-            Some(old) => self.per_port[old.port] -= 1,
+            Some(old) => {
+                self.per_port[old.port] -= 1;
+                Self::vtep_sub(&mut self.per_vtep, old.vtep);
+            }
             None if self.map.len() > self.max => {
                 self.map.remove(&(vlan, mac));
                 return Err("the MAC table is full");
@@ -300,6 +390,7 @@ impl Fdb {
             None => {}
         }
         self.per_port[port] += 1;
+        self.vtep_add(vtep);
         Ok(())
     }
 
@@ -308,18 +399,20 @@ impl Fdb {
     pub fn remove(&mut self, vlan: u16, mac: MacAddr) -> Option<FdbEntry> {
         let e = self.map.remove(&(vlan, mac))?;
         self.per_port[e.port] -= 1;
+        Self::vtep_sub(&mut self.per_vtep, e.vtep);
         Some(e)
     }
 
     /// Remove the learned (not static) entries, of `port` only if given
     /// (`vswitch fdb flush`); returns how many.
     pub fn flush_learned(&mut self, port: Option<PortId>) -> usize {
-        let per_port = &mut self.per_port;
+        let (per_port, per_vtep) = (&mut self.per_port, &mut self.per_vtep);
         let before = self.map.len();
         self.map.retain(|_, e| {
             let keep = e.is_static || port.is_some_and(|p| p != e.port);
             if !keep {
                 per_port[e.port] -= 1;
+                Self::vtep_sub(per_vtep, e.vtep);
             }
             keep
         });
@@ -502,5 +595,33 @@ mod tests {
             Learn::RefusedPortFull,
             "a port this table does not have"
         );
+    }
+
+    #[test]
+    fn remote_macs_move_between_vteps_and_each_vtep_is_bounded() {
+        let (a, b) = (Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2));
+        let mut f = Fdb::new(2, 8, 2, 1000);
+        let m = |i: u8| MacAddr([2, 0, 0, 0, 0, i]);
+        assert_eq!(f.learn_via(0, m(1), 1, Some(a), 0), Learn::New);
+        assert_eq!(f.learn_via(0, m(1), 1, Some(a), 1), Learn::Refreshed);
+        assert_eq!(f.learn_via(0, m(1), 1, Some(b), 2), Learn::Moved { from: 1 });
+        assert_eq!(f.entry(0, &m(1)).unwrap().vtep, Some(b));
+        assert_eq!(f.counters.moves, 1);
+        // Two per VTEP (the port bound): a third behind b is refused, a is not full.
+        assert_eq!(f.learn_via(0, m(2), 1, Some(b), 3), Learn::New);
+        assert_eq!(f.per_vtep[&b], 2);
+        // The port is at its bound too (2): the bound holds per port and per VTEP.
+        assert_eq!(f.learn_via(0, m(3), 1, Some(b), 3), Learn::RefusedPortFull);
+        // Moving to a local port frees the VTEP's share; ageing frees the rest.
+        assert_eq!(f.learn_via(0, m(1), 0, None, 4), Learn::Moved { from: 1 });
+        assert_eq!(f.per_vtep[&b], 1);
+        f.sweep(5000);
+        assert!(f.per_vtep.is_empty() && f.is_empty());
+        // A static entry keeps its VTEP against learning.
+        f.add_static_via(0, m(4), 1, Some(a), 6).unwrap();
+        assert_eq!(f.learn_via(0, m(4), 1, Some(b), 7), Learn::Static);
+        assert_eq!(f.entry(0, &m(4)).unwrap().vtep, Some(a));
+        f.remove(0, m(4));
+        assert!(f.per_vtep.is_empty());
     }
 }

@@ -115,6 +115,207 @@ pub fn if_index(name: &str) -> io::Result<u32> {
     Ok(idx)
 }
 
+// ---- VXLAN underlay ----
+
+/// Largest number of datagrams one [`Underlay::send`] call takes.
+pub const UNDERLAY_MSGS: usize = 512;
+
+/// What [`Underlay::recv`] learned of one datagram.
+#[derive(Debug, Clone, Copy)]
+pub struct RxDatagram {
+    /// UDP payload length (VXLAN header + inner frame).
+    pub len: usize,
+    /// Outer source address (the sending VTEP).
+    pub src: std::net::Ipv4Addr,
+    /// Longer than the slot: cut short.
+    pub truncated: bool,
+}
+
+impl Default for RxDatagram {
+    fn default() -> Self {
+        RxDatagram {
+            len: 0,
+            src: std::net::Ipv4Addr::UNSPECIFIED,
+            truncated: false,
+        }
+    }
+}
+
+/// The underlay sockets of a VXLAN port: a UDP socket bound to the local
+/// address and port receives; a raw IPv4 socket (`IPPROTO_RAW`, receives
+/// nothing) sends datagrams whose outer IPv4/UDP headers we write, so the
+/// UDP source port can follow each inner flow and the DF bit the
+/// configuration. The kernel routes them and resolves the next hop.
+pub struct Underlay {
+    udp: OwnedFd,
+    raw: OwnedFd,
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<[libc::iovec; 3]>,
+    names: Vec<libc::sockaddr_in>,
+}
+
+// SAFETY: as for `PacketPort`: the raw pointers in `hdrs`/`iovs` are scratch,
+// rewritten before every call and never dereferenced by us.
+unsafe impl Send for Underlay {}
+
+fn sockaddr_in(a: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the returned descriptor is owned by the OwnedFd.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Underlay {
+    /// Bind UDP `local:port` and open the raw sender, in the calling
+    /// thread's namespace. Errors name the address (in use, not local).
+    pub fn open(local: std::net::Ipv4Addr, port: u16) -> io::Result<Underlay> {
+        let udp = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+        // Bursts of a 64 KiB super-frame's segments: room for several.
+        let _ = setsockopt_int(&udp, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20, "SO_RCVBUFFORCE");
+        let sa = sockaddr_in(local, port);
+        // SAFETY: `sa` is a valid sockaddr_in of the size given, alive for the call.
+        let rc = unsafe {
+            libc::bind(
+                udp.as_raw_fd(),
+                &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("bind UDP {local}:{port}: {e}")));
+        }
+        let raw = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)
+            .map_err(|e| io::Error::new(e.kind(), format!("raw IPv4 socket (needs CAP_NET_RAW): {e}")))?;
+        let _ = setsockopt_int(&raw, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20, "SO_SNDBUFFORCE");
+        let n = BATCH.max(UNDERLAY_MSGS);
+        // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs for which all-zero is valid.
+        let (hdrs, iovs, names) = unsafe {
+            (vec![zeroed(); n], vec![[zeroed(); 3]; n], vec![zeroed(); n])
+        };
+        Ok(Underlay { udp, raw, hdrs, iovs, names })
+    }
+
+    /// Receive up to [`BATCH`] datagrams, datagram `i` into `batch`'s slot
+    /// `i` from byte `off` of its receive area; `meta[i]` says what came.
+    /// Returns how many (0: none waiting). Slots are not marked filled.
+    pub fn recv(&mut self, batch: &mut Batch, off: usize, meta: &mut [RxDatagram; BATCH]) -> io::Result<usize> {
+        for i in 0..BATCH {
+            let area = &mut batch.rx_area(i)[off..];
+            self.iovs[i][0] = libc::iovec {
+                iov_base: area.as_mut_ptr() as *mut libc::c_void,
+                iov_len: area.len(),
+            };
+            let h = &mut self.hdrs[i];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = &mut self.names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = self.iovs[i].as_mut_ptr();
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: every header points at buffers alive for the call (iovec →
+        // batch slot, name → self.names) with the lengths given; BATCH entries exist.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.udp.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
+                _ => Err(e),
+            };
+        }
+        for i in 0..n as usize {
+            let h = &self.hdrs[i];
+            meta[i] = RxDatagram {
+                len: h.msg_len as usize,
+                src: std::net::Ipv4Addr::from(u32::from_be(self.names[i].sin_addr.s_addr)),
+                truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            };
+        }
+        Ok(n as usize)
+    }
+
+    /// Send `n` (at most [`UNDERLAY_MSGS`]) IPv4 datagrams; `msg(i)` gives
+    /// datagram `i`'s destination and its bytes in up to three parts (outer
+    /// headers first). Returns (sent, refused): a full queue or an
+    /// unreachable VTEP refuses that datagram, the rest go on.
+    pub fn send<'a>(&mut self, n: usize, msg: impl Fn(usize) -> (std::net::Ipv4Addr, [&'a [u8]; 3])) -> (usize, usize) {
+        let n = n.min(UNDERLAY_MSGS);
+        for i in 0..n {
+            let (dst, parts) = msg(i);
+            self.names[i] = sockaddr_in(dst, 0);
+            for (j, p) in parts.iter().enumerate() {
+                self.iovs[i][j] = libc::iovec {
+                    iov_base: p.as_ptr() as *mut libc::c_void,
+                    iov_len: p.len(),
+                };
+            }
+            let h = &mut self.hdrs[i];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = &mut self.names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = self.iovs[i].as_mut_ptr();
+            h.msg_hdr.msg_iovlen = 3;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+        }
+        let (mut off, mut refused) = (0, 0);
+        while off < n {
+            // SAFETY: headers [off, n) point at iovecs and names in `self`,
+            // which point at the caller's slices (lifetime 'a, alive for the
+            // call); the kernel only reads them.
+            let r = unsafe {
+                libc::sendmmsg(
+                    self.raw.as_raw_fd(),
+                    self.hdrs.as_mut_ptr().add(off),
+                    (n - off) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r > 0 {
+                off += r as usize;
+                continue;
+            }
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            refused += 1;
+            off += 1;
+        }
+        (n - refused, refused)
+    }
+
+    /// The receive socket, to poll.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.udp.as_fd()
+    }
+}
+
 /// A packet socket bound to one interface, with batch I/O.
 pub struct PacketPort {
     fd: OwnedFd,

@@ -157,6 +157,9 @@ pub enum SegError {
     Unsupported,
     /// Headers cut short or inconsistent with the frame.
     Malformed,
+    /// Larger than the tunnel's MTU and not a TCP super-frame (which is cut
+    /// to fit): an unsegmented frame, or a UDP GSO segment size.
+    TooBig,
 }
 
 /// One segment: its headers (copied and fixed up) and the range of the
@@ -199,12 +202,24 @@ fn pseudo(ip: &[u8], v6: bool, proto: u8, l4_len: usize) -> u32 {
 /// payload length; TCP sequence numbers, FIN/PSH only on the last segment
 /// and CWR only on the first; a complete L4 checksum on every segment.
 /// Appends to `out` (cleared first); frames without GSO become one segment
-/// with their pending checksum (`NEEDS_CSUM`) done.
-pub fn segment(vnet: &[u8], frame: &[u8], out: &mut Vec<Segment>) -> Result<(), SegError> {
+/// with their pending checksum (`NEEDS_CSUM`) done. No IP packet of the
+/// result is longer than `max_l3` (the tunnel's MTU): TCP segments are cut
+/// smaller than the sender's `gso_size` if need be; anything else too long
+/// is [`SegError::TooBig`].
+pub fn segment(
+    vnet: &[u8],
+    frame: &[u8],
+    max_l3: usize,
+    out: &mut Vec<Segment>,
+) -> Result<(), SegError> {
     out.clear();
     let (flags, gso) = (vnet[0], vnet[1] & !GSO_ECN);
-    let gso_size = usize::from(u16::from_le_bytes([vnet[4], vnet[5]]));
+    let mut gso_size = usize::from(u16::from_le_bytes([vnet[4], vnet[5]]));
     if gso == 0 {
+        let l2 = l3(frame).map_or(14, |(o, _)| o);
+        if frame.len().saturating_sub(l2) > max_l3 {
+            return Err(SegError::TooBig);
+        }
         let mut s = Segment::default();
         if flags & crate::wire::VNET_F_NEEDS_CSUM != 0 {
             let cs = usize::from(u16::from_le_bytes([vnet[6], vnet[7]]));
@@ -260,6 +275,13 @@ pub fn segment(vnet: &[u8], frame: &[u8], out: &mut Vec<Segment>) -> Result<(), 
     if l4_hlen < 8 || hlen > frame.len() || hlen > MAX_SEG_HDR {
         return Err(SegError::Malformed);
     }
+    let room = max_l3.saturating_sub(hlen - o);
+    if proto == 6 {
+        gso_size = gso_size.min(room);
+    }
+    if gso_size == 0 || gso_size > room {
+        return Err(SegError::TooBig);
+    }
     let payload = frame.len() - hlen;
     let n = payload.div_ceil(gso_size).max(1);
     let seq0 = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
@@ -309,6 +331,68 @@ pub fn segment(vnet: &[u8], frame: &[u8], out: &mut Vec<Segment>) -> Result<(), 
         out.push(s);
     }
     Ok(())
+}
+
+/// The vnet header to give a decapsulated frame. A sender on the same
+/// machine (a veth underlay) hands over its TCP/UDP checksums unfinished
+/// (the field holds the pseudo-header seed, `CHECKSUM_PARTIAL`) and whole
+/// TSO super-frames in one datagram: such frames are marked `NEEDS_CSUM`,
+/// and a TCP one longer than `mtu` also as GSO with the segment size the
+/// overlay MTU allows, so the egress port finishes them. Complete frames
+/// (what arrives from a wire) get an all-zero header.
+pub fn rx_vnet(frame: &[u8], mtu: usize) -> [u8; 10] {
+    let mut v = [0u8; 10];
+    let Some((o, et)) = l3(frame) else {
+        return v;
+    };
+    let (v6, ihl, proto, l3_len) = match et {
+        0x0800 => {
+            let Some(ip) = frame.get(o..o + 20) else {
+                return v;
+            };
+            // Fragments carry no (whole) L4 header to finish.
+            if ip[6] & 0x3f != 0 || ip[7] != 0 {
+                return v;
+            }
+            let tot = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            (false, usize::from(ip[0] & 0x0f) * 4, ip[9], tot)
+        }
+        0x86dd => {
+            let Some(ip) = frame.get(o..o + 40) else {
+                return v;
+            };
+            (true, 40, ip[6], 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])))
+        }
+        _ => return v,
+    };
+    let l4 = o + ihl;
+    let field = match proto {
+        6 => 16,
+        17 => 6,
+        _ => return v,
+    };
+    if ihl < 20 || l3_len < ihl + field + 2 || o + l3_len > frame.len() {
+        return v;
+    }
+    let ip = &frame[o..o + ihl];
+    let l4_len = l3_len - ihl;
+    let seed = fold(pseudo(ip, v6, proto, l4_len));
+    let stored = u16::from_be_bytes([frame[l4 + field], frame[l4 + field + 1]]);
+    if stored != seed || fold(pseudo(ip, v6, proto, l4_len) + sum(&frame[l4..o + l3_len])) == 0xffff {
+        return v;
+    }
+    v[0] = crate::wire::VNET_F_NEEDS_CSUM;
+    v[6..8].copy_from_slice(&(l4 as u16).to_le_bytes());
+    v[8..10].copy_from_slice(&(field as u16).to_le_bytes());
+    if proto == 6 && l3_len > mtu && frame.len() > l4 + 13 {
+        let thl = usize::from(frame[l4 + 12] >> 4) * 4;
+        if let Some(mss) = mtu.checked_sub(ihl + thl).filter(|m| *m > 0) {
+            v[1] = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+            v[2..4].copy_from_slice(&((l4 + thl) as u16).to_le_bytes());
+            v[4..6].copy_from_slice(&(mss as u16).to_le_bytes());
+        }
+    }
+    v
 }
 
 #[cfg(test)]
@@ -364,7 +448,7 @@ mod tests {
         let f = tcp4(&data, 0x18 | 0x80 | 0x01); // PSH ACK CWR FIN
         let vnet = [1, GSO_TCPV4, 54, 0, 0x78, 0x05, 34, 0, 16, 0]; // gso_size 1400
         let mut out = Vec::new();
-        segment(&vnet, &f, &mut out).unwrap();
+        segment(&vnet, &f, 1500, &mut out).unwrap();
         assert_eq!(out.len(), 3);
         let mut got = Vec::new();
         for (i, s) in out.iter().enumerate() {
@@ -394,11 +478,11 @@ mod tests {
         f[50..52].copy_from_slice(&seed.to_be_bytes());
         let vnet = [1, 0, 0, 0, 0, 0, 34, 0, 16, 0];
         let mut out = Vec::new();
-        segment(&vnet, &f, &mut out).unwrap();
+        segment(&vnet, &f, 1500, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         assert!(verifies(&join(&f, &out[0])));
         // A complete frame passes untouched.
-        segment(&[0; 10], &f, &mut out).unwrap();
+        segment(&[0; 10], &f, 1500, &mut out).unwrap();
         assert_eq!((out[0].hdr_len, out[0].payload), (0, (0, f.len())));
     }
 
@@ -410,16 +494,56 @@ mod tests {
             let s = size.to_le_bytes();
             [1, t, 54, 0, s[0], s[1], 34, 0, 16, 0]
         };
-        assert_eq!(segment(&v(3, 1400), &f, &mut out), Err(SegError::Unsupported));
-        assert_eq!(segment(&v(1, 0), &f, &mut out), Err(SegError::Unsupported));
+        assert_eq!(segment(&v(3, 1400), &f, 9000, &mut out), Err(SegError::Unsupported));
+        assert_eq!(segment(&v(1, 0), &f, 9000, &mut out), Err(SegError::Unsupported));
         for cut in 0..60 {
-            let _ = segment(&v(1, 1400), &f[..cut], &mut out);
-            let _ = segment(&v(4, 1400), &f[..cut], &mut out);
-            let _ = segment(&v(5, 1400), &f[..cut], &mut out);
+            let _ = segment(&v(1, 1400), &f[..cut], 1500, &mut out);
+            let _ = segment(&v(4, 1400), &f[..cut], 1500, &mut out);
+            let _ = segment(&v(5, 1400), &f[..cut], 1500, &mut out);
         }
-        assert_eq!(segment(&v(4, 1400), &f, &mut out), Err(SegError::Malformed));
+        assert_eq!(segment(&v(4, 1400), &f, 9000, &mut out), Err(SegError::Malformed));
         let partial = [1, 0, 0, 0, 0, 0, 200, 0, 16, 0];
-        assert_eq!(segment(&partial, &f, &mut out), Err(SegError::Malformed));
+        assert_eq!(segment(&partial, &f, 9000, &mut out), Err(SegError::Malformed));
+    }
+
+    #[test]
+    fn segments_never_exceed_the_tunnel_mtu() {
+        let data = vec![7u8; 10_000];
+        let f = tcp4(&data, 0x10);
+        // The sender's MSS (1448) is larger than a 1450-byte overlay allows (1410).
+        let vnet = [1, GSO_TCPV4, 54, 0, 0xa8, 0x05, 34, 0, 16, 0];
+        let mut out = Vec::new();
+        segment(&vnet, &f, 1450, &mut out).unwrap();
+        assert!(out.iter().all(|s| s.hdr_len - 14 + s.payload.1 - s.payload.0 <= 1450));
+        assert_eq!(out.len(), 10_000usize.div_ceil(1410));
+        // An unsegmented frame larger than the MTU is refused, not cut.
+        let big = tcp4(&[0; 1500], 0x10);
+        assert_eq!(segment(&[0; 10], &big, 1500, &mut out), Err(SegError::TooBig));
+        assert!(segment(&[0; 10], &tcp4(&[0; 1460], 0x10), 1500, &mut out).is_ok());
+    }
+
+    #[test]
+    fn received_partial_checksums_and_super_frames_are_marked_for_the_egress() {
+        // As a veth underlay hands them over (seen in a probe of a Linux 6.18
+        // vxlan sender): the TCP checksum field holds the pseudo-header seed.
+        let data = vec![1u8; 3000];
+        let mut f = tcp4(&data, 0x10);
+        let seed = fold(pseudo(&f[14..34], false, 6, 20 + 3000));
+        f[50..52].copy_from_slice(&seed.to_be_bytes());
+        let v = rx_vnet(&f, 1450);
+        assert_eq!(v[0], 1, "NEEDS_CSUM");
+        assert_eq!((v[1], u16::from_le_bytes([v[4], v[5]])), (GSO_TCPV4, 1410));
+        assert_eq!(u16::from_le_bytes([v[6], v[7]]), 34);
+        // The same frame finished (as from a wire): nothing to do.
+        let mut out = Vec::new();
+        segment(&[1, 0, 0, 0, 0, 0, 34, 0, 16, 0], &f, 9000, &mut out).unwrap();
+        let done = join(&f, &out[0]);
+        assert_eq!(rx_vnet(&done, 9000), [0; 10]);
+        // ARP, runts and fragments: nothing.
+        assert_eq!(rx_vnet(&f[..20], 1450), [0; 10]);
+        let mut frag = done.clone();
+        frag[20] |= 0x20;
+        assert_eq!(rx_vnet(&frag, 9000), [0; 10]);
     }
 
     #[test]
@@ -464,7 +588,7 @@ mod tests {
             let m = (mss as u16).to_le_bytes();
             let vnet = [1, GSO_TCPV4, 54, 0, m[0], m[1], 34, 0, 16, 0];
             let mut out = Vec::new();
-            segment(&vnet, &f, &mut out).unwrap();
+            segment(&vnet, &f, 65_535, &mut out).unwrap();
             prop_assert_eq!(out.len(), len.div_ceil(mss));
             let mut got = Vec::new();
             for s in &out {
