@@ -27,6 +27,7 @@ pub mod stats;
 pub mod steer;
 pub mod sys;
 pub mod trace;
+pub mod tunnel;
 pub mod verdict;
 pub mod wire;
 pub mod vxlan;

@@ -70,6 +70,11 @@ impl Batch {
         self.count = 0;
     }
 
+    /// Keep only the first `n` frames.
+    pub fn truncate(&mut self, n: usize) {
+        self.count = self.count.min(n);
+    }
+
     /// The receive area of slot `i` (after the headroom), for a port to fill.
     pub fn rx_area(&mut self, i: usize) -> &mut [u8] {
         &mut self.mem[i * SLOT + HEADROOM..(i + 1) * SLOT]
@@ -240,6 +245,36 @@ pub trait PortIo {
     /// counter (the TAP device counts its own `tx_dropped`).
     fn take_kernel_rx_drops(&mut self) -> u64 {
         0
+    }
+    /// Send with the MAC table at hand (`fdb` at `now`): a tunnel port
+    /// finds each destination's VTEP there. Default: [`PortIo::tx_batch`].
+    fn tx_batch_via(
+        &mut self,
+        batch: &Batch,
+        idx: &[u16],
+        fdb: &crate::fdb::Fdb,
+        now: u64,
+    ) -> io::Result<TxOutcome> {
+        let _ = (fdb, now);
+        self.tx_batch(batch, idx)
+    }
+    /// The remote VTEP frame `i` of the last received batch came from (tunnel ports).
+    fn rx_vtep(&self, i: usize) -> Option<std::net::Ipv4Addr> {
+        let _ = i;
+        None
+    }
+    /// Drops the port counted itself since the last call, by reason (the
+    /// worker adds them to the port's counters, as kernel drops).
+    fn take_drops(&mut self, add: &mut dyn FnMut(crate::stats::DropReason, u64)) {
+        let _ = add;
+    }
+    /// The tunnel behind this port, if it is one.
+    fn tunnel(&mut self) -> Option<&mut crate::tunnel::VxlanPort> {
+        None
+    }
+    /// The tunnel behind this port, if it is one (read only).
+    fn tunnel_ref(&self) -> Option<&crate::tunnel::VxlanPort> {
+        None
     }
 }
 

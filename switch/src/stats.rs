@@ -57,11 +57,23 @@ pub enum DropReason {
     /// queue (`io = "mmsg"`) or RX ring (`io = "ring"`) was full because the
     /// worker did not read in time (`PACKET_STATISTICS` `tp_drops`).
     KernelRx,
+    /// A datagram on the tunnel's UDP port that is not VXLAN (no I flag, too short).
+    VxlanBadHeader,
+    /// A VXLAN datagram with a VNI the tunnel does not carry.
+    VxlanUnknownVni,
+    /// A VXLAN datagram from a VTEP the tunnel does not accept.
+    VxlanUnknownVtep,
+    /// A frame larger than the tunnel's MTU (not a TCP super-frame, which is cut to fit).
+    VxlanTooBig,
+    /// A super-frame the tunnel cannot segment (GSO type or headers).
+    VxlanGso,
+    /// A frame to flood with no flood VTEP configured.
+    VxlanNoRemote,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 29] = [
         DropReason::Runt,
         DropReason::Truncated,
         DropReason::BadSrcMac,
@@ -85,6 +97,12 @@ impl DropReason {
         DropReason::VlanEgress,
         DropReason::VlanRetag,
         DropReason::KernelRx,
+        DropReason::VxlanBadHeader,
+        DropReason::VxlanUnknownVni,
+        DropReason::VxlanUnknownVtep,
+        DropReason::VxlanTooBig,
+        DropReason::VxlanGso,
+        DropReason::VxlanNoRemote,
     ];
 
     /// Stable name used in `vswitch stats` and JSON.
@@ -113,6 +131,12 @@ impl DropReason {
             DropReason::VlanEgress => "vlan-egress",
             DropReason::VlanRetag => "vlan-retag",
             DropReason::KernelRx => "kernel-rx-dropped",
+            DropReason::VxlanBadHeader => "vxlan-bad-header",
+            DropReason::VxlanUnknownVni => "vxlan-unknown-vni",
+            DropReason::VxlanUnknownVtep => "vxlan-unknown-vtep",
+            DropReason::VxlanTooBig => "vxlan-too-big",
+            DropReason::VxlanGso => "vxlan-gso",
+            DropReason::VxlanNoRemote => "vxlan-no-remote",
         }
     }
 }
