@@ -191,8 +191,15 @@ fn up_inner(t: &Topology, report: &mut UpReport, undo: &mut Undo) -> Result<(), 
         loopback_up(&mut netlink_in(Some(ns))?)?;
     }
 
+    // 1b. Tunnels: the underlay device is up and holds `local`; the overlay
+    // MTU (the device's minus 50, or the tunnel's) goes to the namespaces.
+    let overlay = ensure_underlay(t, sw_ns.as_ref(), report)?;
+
     // 2. Endpoints attached to the switch.
     for ns in t.switch_ports() {
+        let mut ns = ns.clone();
+        ns.mtu = ns.mtu.or(overlay);
+        let ns = &ns;
         let ns_file = open_netns(&ns.name)?;
         match ns.kind {
             EndpointKind::Veth => {
@@ -312,6 +319,68 @@ fn up_inner(t: &Topology, report: &mut UpReport, undo: &mut Undo) -> Result<(), 
         configure_inside(&fb, nb, report)?;
     }
     Ok(())
+}
+
+/// What a tunnel adds to an inner IP packet (outer IPv4, UDP, VXLAN, inner Ethernet).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// Each tunnel's underlay device: present in the switch's namespace, up,
+/// with the tunnel's local address (added when the topology gives its
+/// prefix). Returns the smallest overlay MTU, if there are tunnels.
+fn ensure_underlay(
+    t: &Topology,
+    sw_ns: Option<&File>,
+    report: &mut UpReport,
+) -> Result<Option<u32>, SetupError> {
+    let mut overlay: Option<u32> = None;
+    for tn in &t.tunnels {
+        let mut nl = netlink_in(sw_ns)?;
+        let l = nl.link(&tn.device)?.ok_or_else(|| {
+            io_err(format!(
+                "tunnel {}: find its underlay device {} in {} (create it first: it is the host's network)",
+                tn.name,
+                tn.device,
+                where_is(t)
+            ))(io::ErrorKind::NotFound.into())
+        })?;
+        if l.flags & IFF_UP == 0 {
+            nl.set_link(
+                l.index,
+                &tn.device,
+                &LinkSettings {
+                    up: Some(true),
+                    ..Default::default()
+                },
+            )?;
+            report.changes.push(format!("{} up (underlay)", tn.device));
+        }
+        let has = nl
+            .addrs()?
+            .iter()
+            .any(|a| a.index == l.index && a.addr == tn.local);
+        if !has {
+            let Some(prefix) = tn.local_prefix else {
+                return Err(io_err(format!(
+                    "tunnel {}: {} is not an address of {} (give local as address/prefix to add it)",
+                    tn.name, tn.local, tn.device
+                ))(io::ErrorKind::NotFound.into()));
+            };
+            nl.add_addr(l.index, &tn.device, tn.local, prefix)?;
+            report
+                .changes
+                .push(format!("address {}/{prefix} on {} (underlay)", tn.local, tn.device));
+        }
+        let most = l.mtu.saturating_sub(VXLAN_OVERHEAD);
+        let m = tn.mtu.unwrap_or(most);
+        if m > most {
+            return Err(io_err(format!(
+                "tunnel {}: mtu {m} does not fit the underlay: {} has mtu {}, so at most {most}",
+                tn.name, tn.device, l.mtu
+            ))(io::ErrorKind::InvalidInput.into()));
+        }
+        overlay = Some(overlay.map_or(m, |o| o.min(m)));
+    }
+    Ok(overlay)
 }
 
 /// The namespace end of a veth whose other end is on the switch side.

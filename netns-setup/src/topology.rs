@@ -286,6 +286,49 @@ pub enum VlanMode {
     Trunk(Vec<u16>),
 }
 
+/// The outer DF bit of a tunnel (`df`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TunnelDf {
+    /// `"unset"` (default, as Linux vxlan).
+    #[default]
+    Unset,
+    /// `"set"`.
+    Set,
+    /// `"inherit"`: from the inner IPv4 header.
+    Inherit,
+}
+
+/// A validated `[[tunnel]]`: a VXLAN port of the switch (RFC 7348).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSpec {
+    /// Port name (`name`, default `vxlan0`, `vxlan1`, …).
+    pub name: String,
+    /// VNI of untagged frames (`vni`, 0..=16777215).
+    pub vni: u32,
+    /// On a VLAN-aware switch: the VLAN `vni` belongs to (`vlan`, default 1).
+    pub vlan: Option<u16>,
+    /// On a VLAN-aware switch: VLAN → VNI (`vlan_vni`); the tunnel is then a
+    /// trunk of these VLANs and `vni` is unused.
+    pub vlan_vni: Vec<(u16, u32)>,
+    /// The underlay address (`local`), with a prefix when `up` is to add it.
+    pub local: Ipv4Addr,
+    /// Its prefix length, if given (`local = "10.200.0.1/24"`).
+    pub local_prefix: Option<u8>,
+    /// The underlay interface in the switch's namespace (`device`).
+    pub device: String,
+    /// VTEPs for broadcast, multicast and unknown unicast (`remotes`).
+    pub remotes: Vec<Ipv4Addr>,
+    /// UDP port (`port`, default 4789).
+    pub port: u16,
+    /// Overlay MTU (`mtu`; default: the device's MTU minus 50).
+    pub mtu: Option<u32>,
+    /// Outer DF (`df`).
+    pub df: TunnelDf,
+    /// Accept datagrams from any VTEP (`accept = "any"`); default only from
+    /// `remotes` and the VTEPs of static `fdb … dst` entries.
+    pub accept_any: bool,
+}
+
 /// A validated topology.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -297,6 +340,8 @@ pub struct Topology {
     pub namespaces: Vec<NamespaceSpec>,
     /// Direct veth pairs, as indices into `namespaces`.
     pub pairs: Vec<(usize, usize)>,
+    /// VXLAN tunnel ports of the switch.
+    pub tunnels: Vec<TunnelSpec>,
     /// The switch's gateway (router) on the LAN, if any.
     pub gateway: Option<GatewaySpec>,
     /// The routed, NAT'd uplink, if any.
@@ -573,6 +618,177 @@ struct TopologyFile {
     rate_limit: Vec<RateLimitFile>,
     #[serde(default)]
     mirror: Vec<MirrorFile>,
+    #[serde(default)]
+    tunnel: Vec<TunnelFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TunnelFile {
+    name: Option<String>,
+    kind: String,
+    vni: Option<u32>,
+    vlan: Option<u16>,
+    vlan_vni: Option<std::collections::BTreeMap<String, u32>>,
+    local: String,
+    device: String,
+    #[serde(default)]
+    remotes: Vec<String>,
+    port: Option<u16>,
+    mtu: Option<u32>,
+    df: Option<String>,
+    accept: Option<String>,
+}
+
+/// Largest VNI (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+fn validate_tunnels(t: &mut Topology, files: Vec<TunnelFile>) -> Result<(), TopologyError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let Some(sw) = &t.switch else {
+        return Err(err("tunnel", "a tunnel is a port of the switch: add [switch]"));
+    };
+    if sw.workers > 1 {
+        return Err(err("tunnel", "tunnels need [switch] workers = 1"));
+    }
+    let vlan_aware = t.switch_ports().any(|n| n.vlan != VlanMode::Unset);
+    let mut names: Vec<String> = t
+        .switch_ports()
+        .filter_map(|n| n.switch_ifname.clone().or(Some(n.ifname.clone())))
+        .collect();
+    if let Some(u) = &t.uplink {
+        names.push(u.port_name().to_string());
+    }
+    let mut binds = Vec::new();
+    for (i, f) in files.into_iter().enumerate() {
+        let k = |x: &str| format!("tunnel[{i}].{x}");
+        if f.kind != "vxlan" {
+            return Err(err(k("kind"), format!("{:?} is not a tunnel kind (\"vxlan\")", f.kind)));
+        }
+        let name = f.name.unwrap_or_else(|| format!("vxlan{i}"));
+        check_ifname(&k("name"), &name)?;
+        if names.contains(&name) {
+            return Err(err(k("name"), format!("{name:?} is already a port name")));
+        }
+        names.push(name.clone());
+        check_ifname(&k("device"), &f.device)?;
+        let (local, local_prefix) = match f.local.split_once('/') {
+            None => (parse_ip(&k("local"), &f.local)?, None),
+            Some(_) => {
+                let n: Ipv4Net = f
+                    .local
+                    .parse()
+                    .map_err(|_| err(k("local"), format!("{:?} is not an IPv4 address or address/prefix", f.local)))?;
+                (n.addr, Some(n.prefix))
+            }
+        };
+        if local.is_unspecified() || local.is_multicast() || local.is_broadcast() {
+            return Err(err(k("local"), "must be a unicast address"));
+        }
+        let mut remotes = Vec::new();
+        for (j, r) in f.remotes.iter().enumerate() {
+            let a = parse_ip(&format!("tunnel[{i}].remotes[{j}]"), r)?;
+            if a == local || a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
+                return Err(err(
+                    format!("tunnel[{i}].remotes[{j}]"),
+                    "a remote VTEP is a unicast address other than local (multicast underlays are not supported)",
+                ));
+            }
+            if remotes.contains(&a) {
+                return Err(err(format!("tunnel[{i}].remotes[{j}]"), format!("{a} is listed twice")));
+            }
+            remotes.push(a);
+        }
+        let port = f.port.unwrap_or(4789);
+        if port == 0 {
+            return Err(err(k("port"), "must be 1..=65535"));
+        }
+        if binds.contains(&(local, port)) {
+            return Err(err(
+                k("local"),
+                format!("another tunnel already uses {local}:{port}: carry several VNIs in one tunnel with vlan_vni"),
+            ));
+        }
+        binds.push((local, port));
+        if let Some(m) = f.mtu
+            && !(68..=65_485).contains(&m)
+        {
+            return Err(err(k("mtu"), "must be 68..=65485 (the overlay MTU)"));
+        }
+        let df = match f.df.as_deref() {
+            None | Some("unset") => TunnelDf::Unset,
+            Some("set") => TunnelDf::Set,
+            Some("inherit") => TunnelDf::Inherit,
+            Some(o) => return Err(err(k("df"), format!("{o:?} is not \"unset\", \"set\" or \"inherit\""))),
+        };
+        let accept_any = match f.accept.as_deref() {
+            None | Some("remotes") => false,
+            Some("any") => true,
+            Some(o) => return Err(err(k("accept"), format!("{o:?} is not \"remotes\" or \"any\""))),
+        };
+        let mut vlan_vni = Vec::new();
+        if let Some(m) = f.vlan_vni {
+            if !vlan_aware {
+                return Err(err(
+                    k("vlan_vni"),
+                    "a VLAN→VNI map needs a VLAN-aware switch (a namespace with vlan or trunk)",
+                ));
+            }
+            for (v, n) in m {
+                let vid: u16 = v
+                    .parse()
+                    .ok()
+                    .filter(|x| (1..=4094).contains(x))
+                    .ok_or_else(|| err(k("vlan_vni"), format!("{v:?} is not a VLAN id (1-4094)")))?;
+                if n > MAX_VNI {
+                    return Err(err(k("vlan_vni"), format!("VNI {n} is larger than {MAX_VNI}")));
+                }
+                if vlan_vni.iter().any(|(_, x)| *x == n) {
+                    return Err(err(k("vlan_vni"), format!("VNI {n} is mapped twice")));
+                }
+                vlan_vni.push((vid, n));
+            }
+            if vlan_vni.is_empty() {
+                return Err(err(k("vlan_vni"), "map at least one VLAN"));
+            }
+            if f.vni.is_some() || f.vlan.is_some() {
+                return Err(err(k("vlan_vni"), "give either vni (and vlan) or vlan_vni"));
+            }
+        }
+        let vni = match (f.vni, vlan_vni.is_empty()) {
+            (Some(n), _) if n > MAX_VNI => {
+                return Err(err(k("vni"), format!("must be 0..={MAX_VNI}")));
+            }
+            (Some(n), _) => n,
+            (None, false) => 0,
+            (None, true) => return Err(err(k("vni"), "a tunnel needs a vni (or vlan_vni)")),
+        };
+        if let Some(v) = f.vlan {
+            if !vlan_aware {
+                return Err(err(k("vlan"), "vlan needs a VLAN-aware switch (a namespace with vlan or trunk)"));
+            }
+            if !(1..=4094).contains(&v) {
+                return Err(err(k("vlan"), "must be 1..=4094"));
+            }
+        }
+        t.tunnels.push(TunnelSpec {
+            name,
+            vni,
+            vlan: if vlan_aware && vlan_vni.is_empty() { Some(f.vlan.unwrap_or(1)) } else { None },
+            vlan_vni,
+            local,
+            local_prefix,
+            device: f.device,
+            remotes,
+            port,
+            mtu: f.mtu,
+            df,
+            accept_any,
+        });
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -1403,6 +1619,7 @@ impl Topology {
             switch,
             namespaces,
             pairs,
+            tunnels: Vec::new(),
             gateway: None,
             uplink: None,
             routes: Vec::new(),
@@ -1421,6 +1638,7 @@ impl Topology {
         )?;
         validate_nptv6(&mut t, file.nptv6)?;
         validate_policy(&mut t, file.acl, file.rate_limit, file.mirror)?;
+        validate_tunnels(&mut t, file.tunnel)?;
         Ok(t)
     }
 

@@ -258,6 +258,7 @@ fn table_listing(to_worker: &Sender<Request>, wake: &EventFd, fdb: bool) -> Valu
                     "netns": netns,
                     "age_ms": s.now.saturating_sub(e.last_seen),
                     "static": e.is_static,
+                    "dst": e.vtep.map(|v| v.to_string()),
                 })
             })
             .collect();

@@ -70,6 +70,17 @@ pub fn vlan_ports(t: &Topology, ports: usize) -> Option<VlanPorts> {
         v.access.push(a);
         v.members.push(m);
     }
+    // Tunnels: an access port of their VLAN, or a trunk of their map's VLANs.
+    for tn in &t.tunnels {
+        if tn.vlan_vni.is_empty() {
+            let x = tn.vlan.unwrap_or(1);
+            v.access.push(Some(x));
+            v.members.push(vec![x]);
+        } else {
+            v.access.push(None);
+            v.members.push(tn.vlan_vni.iter().map(|(x, _)| *x).collect());
+        }
+    }
     while v.access.len() < ports {
         v.access.push(Some(1));
         v.members.push(vec![1]);
@@ -78,7 +89,7 @@ pub fn vlan_ports(t: &Topology, ports: usize) -> Option<VlanPorts> {
 }
 
 /// The port id `vswitch run` gives the port of namespace (or port name) `name`:
-/// LAN ports in topology order, then the uplink.
+/// LAN ports in topology order, then the tunnels, then the uplink.
 pub fn port_id(t: &Topology, name: &str) -> Option<usize> {
     let mut names: Vec<(String, String)> = t
         .switch_ports()
@@ -89,6 +100,9 @@ pub fn port_id(t: &Topology, name: &str) -> Option<usize> {
             )
         })
         .collect();
+    for tn in &t.tunnels {
+        names.push((String::new(), tn.name.clone()));
+    }
     if let Some(u) = &t.uplink {
         names.push((String::new(), u.port_name().to_string()));
     }
@@ -314,6 +328,22 @@ pub fn open_ports_for(t: &Topology, w: usize) -> Result<Vec<Port>> {
             stats: PortStats::default(),
         });
     }
+    for c in tunnel_configs(t)? {
+        let name = c.name.clone();
+        let index = ports.len();
+        let p = in_netns(sw_ns.as_ref(), || crate::tunnel::VxlanPort::open(c, index))?
+            .with_context(|| format!("open the underlay sockets of tunnel {name}"))?;
+        ports.push(Port {
+            name,
+            netns: sw.netns.clone().unwrap_or_else(|| "(root)".into()),
+            kind: "vxlan",
+            io: Box::new(p),
+            up: true,
+            lan: true,
+            isolated: false,
+            stats: PortStats::default(),
+        });
+    }
     if let Some(u) = &t.uplink {
         let ifname = u.port_name().to_string();
         let steer = steer_for(t, w, &ifname);
@@ -337,6 +367,50 @@ pub fn open_ports_for(t: &Topology, w: usize) -> Result<Vec<Port>> {
         });
     }
     Ok(ports)
+}
+
+/// The tunnel ports of `t`: each `[[tunnel]]` with its overlay MTU (given,
+/// or its underlay device's MTU minus 50, read in the switch's namespace).
+pub fn tunnel_configs(t: &Topology) -> Result<Vec<crate::tunnel::TunnelConfig>> {
+    use netns_setup::topology::TunnelDf;
+    let mut v = Vec::new();
+    if t.tunnels.is_empty() {
+        return Ok(v);
+    }
+    let sw_ns = match t.switch.as_ref().and_then(|s| s.netns.as_ref()) {
+        Some(n) => Some(open_netns(n)?),
+        None => None,
+    };
+    for tn in &t.tunnels {
+        let mtu = match tn.mtu {
+            Some(m) => m,
+            None => {
+                let l = netns_setup::setup::netlink_in(sw_ns.as_ref())?
+                    .link(&tn.device)?
+                    .ok_or_else(|| {
+                        anyhow!("tunnel {}: underlay device {} is missing", tn.name, tn.device)
+                    })?;
+                l.mtu.saturating_sub(netns_setup::setup::VXLAN_OVERHEAD)
+            }
+        };
+        v.push(crate::tunnel::TunnelConfig {
+            name: tn.name.clone(),
+            local: tn.local,
+            port: tn.port,
+            vni: tn.vni,
+            pvid: tn.vlan.unwrap_or(0),
+            vlan_vni: tn.vlan_vni.clone(),
+            remotes: tn.remotes.clone(),
+            accept_any: tn.accept_any,
+            df: match tn.df {
+                TunnelDf::Unset => crate::vxlan::Df::Unset,
+                TunnelDf::Set => crate::vxlan::Df::Set,
+                TunnelDf::Inherit => crate::vxlan::Df::Inherit,
+            },
+            mtu,
+        });
+    }
+    Ok(v)
 }
 
 /// The kernel fast path for worker 0's `ports` (see [`crate::fastpath`]):
@@ -544,7 +618,14 @@ pub fn gateway_config(t: &Topology, ports: usize) -> Result<Option<GatewayConfig
         .as_ref()
         .expect("validated: gateway needs a switch");
     let mac = gateway_mac(t).expect("the topology has a gateway");
-    let lan_mtu = t.switch_ports().filter_map(|n| n.mtu).min().unwrap_or(1500);
+    // Routed frames must fit every LAN port, the tunnels' overlays included.
+    let tunnels = tunnel_configs(t)?.into_iter().map(|c| c.mtu);
+    let lan_mtu = t
+        .switch_ports()
+        .filter_map(|n| n.mtu)
+        .chain(tunnels)
+        .min()
+        .unwrap_or(1500);
     let routes = gateway_routes(t);
     let uplink = match &t.uplink {
         None => None,

@@ -193,6 +193,11 @@ pub fn diff(old: &Topology, new: &Topology) -> Diff {
         d.refused
             .push("[uplink]: the uplink cannot change while running".into());
     }
+    if old.tunnels != new.tunnels {
+        d.refused.push(
+            "[[tunnel]]: tunnels cannot change while running (restart the switch; `vswitch fdb add … dst` changes VTEPs live)".into(),
+        );
+    }
     if old.nat.nptv6 != new.nat.nptv6 {
         d.refused.push(
             "[[nptv6]]: translations cannot change while running (restart the switch)".into(),

@@ -206,11 +206,13 @@ enum Cmd {
     },
     /// Show the MAC table, like `bridge fdb show`; or change it, like `bridge fdb`:
     /// `fdb add MAC dev PORT [vlan V]` (a static entry: never aged, not moved by
-    /// learning), `fdb del MAC [vlan V]`, `fdb flush [dev PORT]` (learned entries).
+    /// learning), `fdb add MAC dst VTEP [dev TUNNEL]` (behind a remote VTEP;
+    /// MAC 00:00:00:00:00:00 adds a flood VTEP), `fdb del MAC [vlan V]`,
+    /// `fdb flush [dev PORT]` (learned entries).
     Fdb {
         #[command(flatten)]
         target: Target,
-        /// Nothing (show), or `add MAC dev PORT [vlan V]`, `del MAC [vlan V]`, `flush [dev PORT]`.
+        /// Nothing (show), or `add MAC (dev PORT | dst VTEP) [vlan V]`, `del MAC [vlan V]`, `flush [dev PORT]`.
         #[arg(value_name = "OPERATION")]
         words: Vec<String>,
     },
@@ -514,7 +516,7 @@ fn s(v: &Value) -> String {
 
 fn print_fdb(v: &Value) {
     let mut rows = vec![
-        ["MAC", "VLAN", "PORT", "NETNS", "AGE"]
+        ["MAC", "VLAN", "PORT", "NETNS", "DST", "AGE"]
             .map(String::from)
             .to_vec(),
     ];
@@ -528,6 +530,7 @@ fn print_fdb(v: &Value) {
             vlan,
             s(&e["port"]),
             s(&e["netns"]),
+            e["dst"].as_str().unwrap_or("-").to_string(),
             if e["static"] == true {
                 "static".into()
             } else {
@@ -1070,8 +1073,7 @@ fn capture(
     }
 }
 
-const FDB_USAGE: &str =
-    "usage: vswitch fdb [add MAC dev PORT [vlan V] | del MAC [vlan V] | flush [dev PORT]]";
+const FDB_USAGE: &str = "usage: vswitch fdb [add MAC (dev PORT | dst VTEP [dev TUNNEL]) [vlan V] | del MAC [dst VTEP] [vlan V] | flush [dev PORT]]";
 
 /// The request of a `vswitch fdb` operation (`words` as `bridge fdb` takes them).
 fn fdb_request(words: &[String]) -> Result<Value, String> {
@@ -1094,7 +1096,13 @@ fn fdb_request(words: &[String]) -> Result<Value, String> {
             .next()
             .ok_or_else(|| format!("{k} needs a value; {FDB_USAGE}"))?;
         match (k.as_str(), op.as_str()) {
-            ("dev", "add" | "flush") => req["port"] = v.clone().into(),
+            ("dev", "add" | "flush" | "del") => req["port"] = v.clone().into(),
+            ("dst", "add" | "del") => {
+                let a: std::net::Ipv4Addr = v
+                    .parse()
+                    .map_err(|_| format!("dst {v:?} is not an IPv4 VTEP address"))?;
+                req["dst"] = a.to_string().into();
+            }
             ("vlan", "add" | "del") => {
                 let n: u16 = v
                     .parse()
@@ -1106,8 +1114,8 @@ fn fdb_request(words: &[String]) -> Result<Value, String> {
             _ => return Err(format!("unexpected {k:?} for fdb {op}; {FDB_USAGE}")),
         }
     }
-    if op == "add" && req["port"].is_null() {
-        return Err(format!("fdb add needs dev PORT; {FDB_USAGE}"));
+    if op == "add" && req["port"].is_null() && req["dst"].is_null() {
+        return Err(format!("fdb add needs dev PORT or dst VTEP; {FDB_USAGE}"));
     }
     Ok(req)
 }

@@ -80,6 +80,9 @@ pub struct Pipeline<P: Policy = NoPolicy> {
     pub frame_vlan: (u16, bool),
     /// Set by `decide` when the policy asked to push (`Some(vid)`) or pop (`None`) a tag.
     pub retag: Option<Option<u16>>,
+    /// Set by the worker before `decide` for a frame from a tunnel port: the
+    /// remote VTEP it came from, learned with its source MAC.
+    pub rx_vtep: Option<std::net::Ipv4Addr>,
     /// Hosts whose port went away (see [`Pipeline::forget_port`]): their next
     /// ARP request is flooded, not suppressed, so that peers holding their
     /// old MAC in their caches learn the new one.
@@ -170,6 +173,7 @@ impl<P: Policy> Pipeline<P> {
             vlans: None,
             frame_vlan: (0, false),
             retag: None,
+            rx_vtep: None,
             returning: Vec::new(),
             fdb: Fdb::new(c.ports, c.fdb_max, c.fdb_max_per_port, c.ageing_ms),
             arp: {
@@ -239,7 +243,7 @@ impl<P: Policy> Pipeline<P> {
         if let Action::Drop(_) = action {
             return Verdict::Drop(DropReason::Policy);
         }
-        self.fdb.learn_in(vlan, src, in_port, now);
+        self.fdb.learn_via(vlan, src, in_port, self.rx_vtep, now);
         match action {
             Action::Redirect(p) if p >= self.isolated.len() => {
                 return Verdict::Drop(DropReason::PolicyBadPort);
@@ -330,6 +334,7 @@ impl<P: Policy> Pipeline<P> {
             vlans: self.vlans.clone(),
             frame_vlan: (0, false),
             retag: None,
+            rx_vtep: None,
             returning: self.returning.clone(),
         };
         if let Some(g) = &mut s.gateway {

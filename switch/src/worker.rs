@@ -1107,6 +1107,8 @@ impl<P: Policy + Reload> Worker<P> {
     fn collect_kernel_drops(&mut self) {
         for p in self.ports.iter_mut().filter(|p| p.up) {
             p.stats.drops[DropReason::KernelRx as usize] += p.io.take_kernel_rx_drops();
+            let st = &mut p.stats;
+            p.io.take_drops(&mut |r, n| st.drops[r as usize] += n);
         }
     }
 
@@ -1430,9 +1432,11 @@ impl<P: Policy + Reload> Worker<P> {
                 None
             };
             let (vnet, frame) = self.batch.parts_mut(k);
+            self.pipeline.rx_vtep = self.ports[in_port].io.rx_vtep(k);
             let mut verdict = self
                 .pipeline
                 .decide(in_port, vnet, frame, now, &mut self.generated);
+            self.pipeline.rx_vtep = None;
             let mut plain = self.pipeline.retag.is_none() && self.pipeline.mirror.is_none();
             self.fv[k] = self.pipeline.frame_vlan;
             self.flooded[k] = matches!(verdict, Verdict::Flood | Verdict::FloodAll);
@@ -1543,14 +1547,15 @@ impl<P: Policy + Reload> Worker<P> {
                 }
             }
         }
-        Self::send(&mut self.ports, &self.batch, &self.out, &mut self.gone);
+        let fdb = (&self.pipeline.fdb, now);
+        Self::send(&mut self.ports, &self.batch, &self.out, &mut self.gone, fdb);
         if !self.conv.is_empty() {
-            Self::send(&mut self.ports, &self.conv, &self.out_conv, &mut self.gone);
+            Self::send(&mut self.ports, &self.conv, &self.out_conv, &mut self.gone, fdb);
         }
         if let (Some(y), Some(sp)) = (span_to, self.span_rx.as_deref())
             && !self.out_span.is_empty()
         {
-            Self::send_one(&mut self.ports, sp, y, &self.out_span, &mut self.gone);
+            Self::send_one(&mut self.ports, sp, y, &self.out_span, &mut self.gone, fdb);
         }
         self.send_generated(now);
     }
@@ -1613,6 +1618,7 @@ impl<P: Policy + Reload> Worker<P> {
                 self.generated.batch(),
                 &self.out,
                 &mut self.gone,
+                (&self.pipeline.fdb, now),
             );
         }
         for i in self.gone.clone() {
@@ -1728,11 +1734,18 @@ impl<P: Policy + Reload> Worker<P> {
     }
 
     /// Send `idx` of `batch` on port `p` alone.
-    fn send_one(ports: &mut [Port], batch: &Batch, p: usize, idx: &[u16], gone: &mut Vec<usize>) {
+    fn send_one(
+        ports: &mut [Port],
+        batch: &Batch,
+        p: usize,
+        idx: &[u16],
+        gone: &mut Vec<usize>,
+        (fdb, now): (&crate::fdb::Fdb, u64),
+    ) {
         if !ports[p].up {
             return;
         }
-        match ports[p].io.tx_batch(batch, idx) {
+        match ports[p].io.tx_batch_via(batch, idx, fdb, now) {
             Ok(o) => {
                 let st = &mut ports[p].stats;
                 st.tx_packets += o.sent as u64;
@@ -1753,12 +1766,18 @@ impl<P: Policy + Reload> Worker<P> {
         }
     }
 
-    fn send(ports: &mut [Port], batch: &Batch, out: &[Vec<u16>], gone: &mut Vec<usize>) {
+    fn send(
+        ports: &mut [Port],
+        batch: &Batch,
+        out: &[Vec<u16>],
+        gone: &mut Vec<usize>,
+        (fdb, now): (&crate::fdb::Fdb, u64),
+    ) {
         for p in 0..ports.len() {
             if out[p].is_empty() || !ports[p].up {
                 continue;
             }
-            match ports[p].io.tx_batch(batch, &out[p]) {
+            match ports[p].io.tx_batch_via(batch, &out[p], fdb, now) {
                 Ok(o) => {
                     let st = &mut ports[p].stats;
                     st.tx_packets += o.sent as u64;
@@ -1900,10 +1919,46 @@ impl<P: Policy + Reload> Worker<P> {
             let n = self.pipeline.fdb.flush_learned(port);
             return json!({"ok": true, "switch": self.name, "flushed": n});
         }
+        // `dst VTEP`: an entry behind a tunnel port (the only tunnel, or `dev`).
+        let dst = match args["dst"].as_str() {
+            None => None,
+            Some(d) => match d.parse::<std::net::Ipv4Addr>() {
+                Ok(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => Some(a),
+                _ => return json!({"ok": false, "error": format!("dst {d:?} is not a unicast IPv4 VTEP address")}),
+            },
+        };
+        let port = match (dst, port) {
+            (Some(_), Some(p)) if self.ports[p].io.tunnel_ref().is_none() => {
+                return json!({"ok": false, "error": format!("{} is not a tunnel port: dst needs one", self.ports[p].name)});
+            }
+            (Some(_), None) => {
+                let t: Vec<usize> = (0..self.ports.len())
+                    .filter(|&i| self.ports[i].io.tunnel_ref().is_some())
+                    .collect();
+                match t[..] {
+                    [one] => Some(one),
+                    [] => return json!({"ok": false, "error": "this switch has no tunnel: dst needs one"}),
+                    _ => return json!({"ok": false, "error": "several tunnels: name one with dev TUNNEL"}),
+                }
+            }
+            (_, p) => p,
+        };
         let mac: crate::wire::MacAddr = match args["mac"].as_str().unwrap_or("").parse() {
             Ok(m) => m,
             Err(e) => return json!({"ok": false, "error": e}),
         };
+        // 00:00:00:00:00:00 dst VTEP: a flood VTEP of the tunnel, as for Linux vxlan.
+        if let (Some(v), Some(p)) = (dst, port)
+            && mac.0 == [0; 6]
+            && let Some(t) = self.ports[p].io.tunnel()
+        {
+            let changed = if cmd == "fdb-del" {
+                t.remove_flood(v)
+            } else {
+                t.add_flood(v)
+            };
+            return json!({"ok": true, "switch": self.name, "flood": v.to_string(), "port": self.ports[p].name, "changed": changed});
+        }
         let vlan = match (args["vlan"].as_u64(), &self.pipeline.vlans) {
             (None, _) => self.pipeline.fdb.default_vlan(),
             (Some(_), None) => {
@@ -1933,9 +1988,12 @@ impl<P: Policy + Reload> Worker<P> {
         {
             return json!({"ok": false, "error": format!("port {} is not in vlan {vlan}", self.ports[port].name)});
         }
-        match self.pipeline.fdb.add_static(vlan, mac, port, now) {
+        if let (Some(v), Some(t)) = (dst, self.ports[port].io.tunnel()) {
+            t.allow(v);
+        }
+        match self.pipeline.fdb.add_static_via(vlan, mac, port, dst, now) {
             Ok(()) => {
-                json!({"ok": true, "switch": self.name, "added": mac.to_string(), "port": self.ports[port].name, "vlan": vlan})
+                json!({"ok": true, "switch": self.name, "added": mac.to_string(), "port": self.ports[port].name, "vlan": vlan, "dst": dst.map(|d| d.to_string())})
             }
             Err(e) => json!({"ok": false, "error": e}),
         }
@@ -2000,6 +2058,14 @@ impl<P: Policy + Reload> Worker<P> {
                     "arp": {"entries": self.pipeline.arp.len(), "counters": self.pipeline.arp.counters},
                     "fastpath": self.fast.json(),
                 });
+                let tunnels: Vec<Value> = self
+                    .ports
+                    .iter()
+                    .filter_map(|p| p.io.tunnel_ref().map(|t| t.json()))
+                    .collect();
+                if !tunnels.is_empty() {
+                    v["tunnels"] = tunnels.into();
+                }
                 if let Some(gw) = &self.pipeline.gateway {
                     v["gateway"] = json!({
                         "address": gw.ip().to_string(),
