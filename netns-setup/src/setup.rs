@@ -82,6 +82,13 @@ pub fn owner(ns: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// Record `topology` as the owner of namespace `ns`, created by someone
+/// else (a multi-host demo that put an underlay interface in it first):
+/// `up` then adopts it, and `down` removes it.
+pub fn adopt(ns: &str, topology: &str) -> io::Result<()> {
+    set_owner(ns, topology)
+}
+
 fn set_owner(ns: &str, topology: &str) -> io::Result<()> {
     std::fs::create_dir_all(OWNER_DIR)?;
     std::fs::write(marker_path(ns), format!("{topology}\n"))

@@ -16,6 +16,7 @@ pub mod fdb;
 pub mod gateway;
 pub mod live;
 pub mod log;
+pub mod multihost;
 pub mod metrics;
 pub mod pace;
 pub mod ping;

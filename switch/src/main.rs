@@ -331,7 +331,14 @@ enum Cmd {
     #[command(subcommand)]
     Port(PortCmd),
     /// Run the seed topology, ping red<->blue through vswitch, print the tables, clean up.
-    Demo,
+    /// `demo multihost`: three hosts on a VXLAN overlay (two vswitch, one plain Linux).
+    Demo {
+        /// `multihost` for the VXLAN story; nothing for the seed demo.
+        which: Option<String>,
+        /// Name prefix of the multihost demo's namespaces.
+        #[arg(long, default_value = "mh")]
+        prefix: String,
+    },
     /// Print the shell completion script (e.g. `vswitch completions bash > /etc/bash_completion.d/vswitch`).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -1145,6 +1152,80 @@ fn fdb_edit(t: &Target, words: &[String]) -> ExitCode {
     }
 }
 
+/// `vswitch demo multihost`: hosts A and B run vswitch, host C plain Linux;
+/// red, blue and green share VNI 42; blue and green reach `wan` through A's NAT.
+fn demo_multihost(prefix: &str) -> ExitCode {
+    use switch::multihost::{self, World};
+    if prefix.is_empty() || prefix.len() > 20 {
+        eprintln!("vswitch demo: --prefix must be 1..=20 characters");
+        return ExitCode::from(2);
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("vswitch demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let p = prefix;
+    println!("== host A ({p}-a): vswitch with red, the gateway {} and NAT to {p}-wan", multihost::GATEWAY);
+    println!("== host B ({p}-b): vswitch with blue");
+    println!("== host C ({p}-c): plain Linux, configured with iproute2:");
+    for l in multihost::host_c_commands(p) {
+        println!("   {l}");
+    }
+    println!("== underlay {p}-ul: 10.200.0.0/24, VXLAN VNI {} on UDP 4789", multihost::VNI);
+    let dir = std::env::temp_dir();
+    let world = match World::build(p, &exe, &dir) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("vswitch demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ok = true;
+    let (r, b, g) = (world.ns("red"), world.ns("blue"), world.ns("green"));
+    for (from, to, what) in [
+        (&r, multihost::BLUE, "red (A) -> blue (B), over VXLAN between two vswitches"),
+        (&r, multihost::GREEN, "red (A) -> green (C), vswitch to the Linux kernel's VTEP"),
+        (&b, multihost::GREEN, "blue (B) -> green (C)"),
+        (&g, multihost::RED, "green (C) -> red (A)"),
+        (&b, multihost::WAN_HOST, "blue (B) -> wan, through host A's gateway and NAT"),
+        (&g, multihost::WAN_HOST, "green (C) -> wan, through host A's gateway and NAT"),
+    ] {
+        println!("== ping {what}");
+        let dst: std::net::Ipv4Addr = to.parse().expect("demo addresses are IPv4");
+        let mut out = std::io::stdout().lock();
+        match switch::ping::ping(from, dst, 3, Duration::from_millis(200), Duration::from_secs(3), &mut out) {
+            Ok(st) => ok &= st.received == st.sent,
+            Err(e) => {
+                println!("vswitch demo: ping from {from} failed: {e}");
+                ok = false;
+            }
+        }
+    }
+    for (h, name) in ["A", "B"].iter().enumerate() {
+        println!("== vswitch fdb on host {name} (DST: the remote VTEP)");
+        if let Ok(v) = control::query(&world.sockets[h], "fdb") {
+            print_fdb(&v);
+        }
+    }
+    println!("== bridge fdb show dev vxlan{} on host C (the kernel learned vswitch's MACs)", multihost::VNI);
+    match multihost::sh(&format!("bridge -n {p}-c fdb show dev vxlan{}", multihost::VNI)) {
+        Ok(o) => print!("{o}"),
+        Err(e) => println!("{e}"),
+    }
+    drop(world);
+    println!("== removed every namespace of the demo");
+    if ok {
+        println!("demo OK: red, blue and green share one L2 segment across three hosts; blue and green reached wan through host A");
+        ExitCode::SUCCESS
+    } else {
+        println!("demo FAILED: see the ping output above");
+        ExitCode::FAILURE
+    }
+}
+
 /// The newcomer's demo: the seed topology through vswitch, checked with ping.
 fn demo() -> ExitCode {
     let exe = match std::env::current_exe() {
@@ -1350,7 +1431,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Demo => demo(),
+        Cmd::Demo { which: None, .. } => demo(),
+        Cmd::Demo {
+            which: Some(w),
+            prefix,
+        } if w == "multihost" => demo_multihost(&prefix),
+        Cmd::Demo { which: Some(w), .. } => {
+            eprintln!("vswitch demo: unknown demo {w:?} (there are: the seed demo, `multihost`)");
+            ExitCode::from(2)
+        }
         Cmd::Completions { shell } => {
             let cmd = <Cli as clap::CommandFactory>::command();
             netns_setup::docgen::completions(cmd, shell, &mut std::io::stdout());
