@@ -373,9 +373,10 @@ fn ensure_underlay(
                 ))(io::ErrorKind::NotFound.into()));
             };
             nl.add_addr(l.index, &tn.device, tn.local, prefix)?;
-            report
-                .changes
-                .push(format!("address {}/{prefix} on {} (underlay)", tn.local, tn.device));
+            report.changes.push(format!(
+                "address {}/{prefix} on {} (underlay)",
+                tn.local, tn.device
+            ));
         }
         let most = l.mtu.saturating_sub(VXLAN_OVERHEAD);
         let m = tn.mtu.unwrap_or(most);

@@ -648,7 +648,10 @@ fn validate_tunnels(t: &mut Topology, files: Vec<TunnelFile>) -> Result<(), Topo
         return Ok(());
     }
     let Some(sw) = &t.switch else {
-        return Err(err("tunnel", "a tunnel is a port of the switch: add [switch]"));
+        return Err(err(
+            "tunnel",
+            "a tunnel is a port of the switch: add [switch]",
+        ));
     };
     if sw.workers > 1 {
         return Err(err("tunnel", "tunnels need [switch] workers = 1"));
@@ -665,7 +668,10 @@ fn validate_tunnels(t: &mut Topology, files: Vec<TunnelFile>) -> Result<(), Topo
     for (i, f) in files.into_iter().enumerate() {
         let k = |x: &str| format!("tunnel[{i}].{x}");
         if f.kind != "vxlan" {
-            return Err(err(k("kind"), format!("{:?} is not a tunnel kind (\"vxlan\")", f.kind)));
+            return Err(err(
+                k("kind"),
+                format!("{:?} is not a tunnel kind (\"vxlan\")", f.kind),
+            ));
         }
         let name = f.name.unwrap_or_else(|| format!("vxlan{i}"));
         check_ifname(&k("name"), &name)?;
@@ -677,10 +683,12 @@ fn validate_tunnels(t: &mut Topology, files: Vec<TunnelFile>) -> Result<(), Topo
         let (local, local_prefix) = match f.local.split_once('/') {
             None => (parse_ip(&k("local"), &f.local)?, None),
             Some(_) => {
-                let n: Ipv4Net = f
-                    .local
-                    .parse()
-                    .map_err(|_| err(k("local"), format!("{:?} is not an IPv4 address or address/prefix", f.local)))?;
+                let n: Ipv4Net = f.local.parse().map_err(|_| {
+                    err(
+                        k("local"),
+                        format!("{:?} is not an IPv4 address or address/prefix", f.local),
+                    )
+                })?;
                 (n.addr, Some(n.prefix))
             }
         };
@@ -697,7 +705,10 @@ fn validate_tunnels(t: &mut Topology, files: Vec<TunnelFile>) -> Result<(), Topo
                 ));
             }
             if remotes.contains(&a) {
-                return Err(err(format!("tunnel[{i}].remotes[{j}]"), format!("{a} is listed twice")));
+                return Err(err(
+                    format!("tunnel[{i}].remotes[{j}]"),
+                    format!("{a} is listed twice"),
+                ));
             }
             remotes.push(a);
         }
@@ -708,7 +719,9 @@ fn validate_tunnels(t: &mut Topology, files: Vec<TunnelFile>) -> Result<(), Topo
         if binds.contains(&(local, port)) {
             return Err(err(
                 k("local"),
-                format!("another tunnel already uses {local}:{port}: carry several VNIs in one tunnel with vlan_vni"),
+                format!(
+                    "another tunnel already uses {local}:{port}: carry several VNIs in one tunnel with vlan_vni"
+                ),
             ));
         }
         binds.push((local, port));
@@ -721,12 +734,22 @@ fn validate_tunnels(t: &mut Topology, files: Vec<TunnelFile>) -> Result<(), Topo
             None | Some("unset") => TunnelDf::Unset,
             Some("set") => TunnelDf::Set,
             Some("inherit") => TunnelDf::Inherit,
-            Some(o) => return Err(err(k("df"), format!("{o:?} is not \"unset\", \"set\" or \"inherit\""))),
+            Some(o) => {
+                return Err(err(
+                    k("df"),
+                    format!("{o:?} is not \"unset\", \"set\" or \"inherit\""),
+                ));
+            }
         };
         let accept_any = match f.accept.as_deref() {
             None | Some("remotes") => false,
             Some("any") => true,
-            Some(o) => return Err(err(k("accept"), format!("{o:?} is not \"remotes\" or \"any\""))),
+            Some(o) => {
+                return Err(err(
+                    k("accept"),
+                    format!("{o:?} is not \"remotes\" or \"any\""),
+                ));
+            }
         };
         let mut vlan_vni = Vec::new();
         if let Some(m) = f.vlan_vni {
@@ -741,9 +764,14 @@ fn validate_tunnels(t: &mut Topology, files: Vec<TunnelFile>) -> Result<(), Topo
                     .parse()
                     .ok()
                     .filter(|x| (1..=4094).contains(x))
-                    .ok_or_else(|| err(k("vlan_vni"), format!("{v:?} is not a VLAN id (1-4094)")))?;
+                    .ok_or_else(|| {
+                        err(k("vlan_vni"), format!("{v:?} is not a VLAN id (1-4094)"))
+                    })?;
                 if n > MAX_VNI {
-                    return Err(err(k("vlan_vni"), format!("VNI {n} is larger than {MAX_VNI}")));
+                    return Err(err(
+                        k("vlan_vni"),
+                        format!("VNI {n} is larger than {MAX_VNI}"),
+                    ));
                 }
                 if vlan_vni.iter().any(|(_, x)| *x == n) {
                     return Err(err(k("vlan_vni"), format!("VNI {n} is mapped twice")));
@@ -767,7 +795,10 @@ fn validate_tunnels(t: &mut Topology, files: Vec<TunnelFile>) -> Result<(), Topo
         };
         if let Some(v) = f.vlan {
             if !vlan_aware {
-                return Err(err(k("vlan"), "vlan needs a VLAN-aware switch (a namespace with vlan or trunk)"));
+                return Err(err(
+                    k("vlan"),
+                    "vlan needs a VLAN-aware switch (a namespace with vlan or trunk)",
+                ));
             }
             if !(1..=4094).contains(&v) {
                 return Err(err(k("vlan"), "must be 1..=4094"));
@@ -776,7 +807,11 @@ fn validate_tunnels(t: &mut Topology, files: Vec<TunnelFile>) -> Result<(), Topo
         t.tunnels.push(TunnelSpec {
             name,
             vni,
-            vlan: if vlan_aware && vlan_vni.is_empty() { Some(f.vlan.unwrap_or(1)) } else { None },
+            vlan: if vlan_aware && vlan_vni.is_empty() {
+                Some(f.vlan.unwrap_or(1))
+            } else {
+                None
+            },
             vlan_vni,
             local,
             local_prefix,

@@ -78,7 +78,8 @@ pub fn vlan_ports(t: &Topology, ports: usize) -> Option<VlanPorts> {
             v.members.push(vec![x]);
         } else {
             v.access.push(None);
-            v.members.push(tn.vlan_vni.iter().map(|(x, _)| *x).collect());
+            v.members
+                .push(tn.vlan_vni.iter().map(|(x, _)| *x).collect());
         }
     }
     while v.access.len() < ports {
@@ -388,7 +389,11 @@ pub fn tunnel_configs(t: &Topology) -> Result<Vec<crate::tunnel::TunnelConfig>> 
                 let l = netns_setup::setup::netlink_in(sw_ns.as_ref())?
                     .link(&tn.device)?
                     .ok_or_else(|| {
-                        anyhow!("tunnel {}: underlay device {} is missing", tn.name, tn.device)
+                        anyhow!(
+                            "tunnel {}: underlay device {} is missing",
+                            tn.name,
+                            tn.device
+                        )
                     })?;
                 l.mtu.saturating_sub(netns_setup::setup::VXLAN_OVERHEAD)
             }

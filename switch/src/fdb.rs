@@ -604,7 +604,10 @@ mod tests {
         let m = |i: u8| MacAddr([2, 0, 0, 0, 0, i]);
         assert_eq!(f.learn_via(0, m(1), 1, Some(a), 0), Learn::New);
         assert_eq!(f.learn_via(0, m(1), 1, Some(a), 1), Learn::Refreshed);
-        assert_eq!(f.learn_via(0, m(1), 1, Some(b), 2), Learn::Moved { from: 1 });
+        assert_eq!(
+            f.learn_via(0, m(1), 1, Some(b), 2),
+            Learn::Moved { from: 1 }
+        );
         assert_eq!(f.entry(0, &m(1)).unwrap().vtep, Some(b));
         assert_eq!(f.counters.moves, 1);
         // Two per VTEP (the port bound): a third behind b is refused, a is not full.

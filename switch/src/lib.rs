@@ -16,8 +16,8 @@ pub mod fdb;
 pub mod gateway;
 pub mod live;
 pub mod log;
-pub mod multihost;
 pub mod metrics;
+pub mod multihost;
 pub mod pace;
 pub mod ping;
 pub mod pipeline;
@@ -30,8 +30,8 @@ pub mod sys;
 pub mod trace;
 pub mod tunnel;
 pub mod verdict;
-pub mod wire;
 pub mod vxlan;
+pub mod wire;
 pub mod worker;
 
 /// Index of a port in the switch.

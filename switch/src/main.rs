@@ -1168,13 +1168,19 @@ fn demo_multihost(prefix: &str) -> ExitCode {
         }
     };
     let p = prefix;
-    println!("== host A ({p}-a): vswitch with red, the gateway {} and NAT to {p}-wan", multihost::GATEWAY);
+    println!(
+        "== host A ({p}-a): vswitch with red, the gateway {} and NAT to {p}-wan",
+        multihost::GATEWAY
+    );
     println!("== host B ({p}-b): vswitch with blue");
     println!("== host C ({p}-c): plain Linux, configured with iproute2:");
     for l in multihost::host_c_commands(p) {
         println!("   {l}");
     }
-    println!("== underlay {p}-ul: 10.200.0.0/24, VXLAN VNI {} on UDP 4789", multihost::VNI);
+    println!(
+        "== underlay {p}-ul: 10.200.0.0/24, VXLAN VNI {} on UDP 4789",
+        multihost::VNI
+    );
     let dir = std::env::temp_dir();
     let world = match World::build(p, &exe, &dir) {
         Ok(w) => w,
@@ -1186,17 +1192,40 @@ fn demo_multihost(prefix: &str) -> ExitCode {
     let mut ok = true;
     let (r, b, g) = (world.ns("red"), world.ns("blue"), world.ns("green"));
     for (from, to, what) in [
-        (&r, multihost::BLUE, "red (A) -> blue (B), over VXLAN between two vswitches"),
-        (&r, multihost::GREEN, "red (A) -> green (C), vswitch to the Linux kernel's VTEP"),
+        (
+            &r,
+            multihost::BLUE,
+            "red (A) -> blue (B), over VXLAN between two vswitches",
+        ),
+        (
+            &r,
+            multihost::GREEN,
+            "red (A) -> green (C), vswitch to the Linux kernel's VTEP",
+        ),
         (&b, multihost::GREEN, "blue (B) -> green (C)"),
         (&g, multihost::RED, "green (C) -> red (A)"),
-        (&b, multihost::WAN_HOST, "blue (B) -> wan, through host A's gateway and NAT"),
-        (&g, multihost::WAN_HOST, "green (C) -> wan, through host A's gateway and NAT"),
+        (
+            &b,
+            multihost::WAN_HOST,
+            "blue (B) -> wan, through host A's gateway and NAT",
+        ),
+        (
+            &g,
+            multihost::WAN_HOST,
+            "green (C) -> wan, through host A's gateway and NAT",
+        ),
     ] {
         println!("== ping {what}");
         let dst: std::net::Ipv4Addr = to.parse().expect("demo addresses are IPv4");
         let mut out = std::io::stdout().lock();
-        match switch::ping::ping(from, dst, 3, Duration::from_millis(200), Duration::from_secs(3), &mut out) {
+        match switch::ping::ping(
+            from,
+            dst,
+            3,
+            Duration::from_millis(200),
+            Duration::from_secs(3),
+            &mut out,
+        ) {
             Ok(st) => ok &= st.received == st.sent,
             Err(e) => {
                 println!("vswitch demo: ping from {from} failed: {e}");
@@ -1210,15 +1239,23 @@ fn demo_multihost(prefix: &str) -> ExitCode {
             print_fdb(&v);
         }
     }
-    println!("== bridge fdb show dev vxlan{} on host C (the kernel learned vswitch's MACs)", multihost::VNI);
-    match multihost::sh(&format!("bridge -n {p}-c fdb show dev vxlan{}", multihost::VNI)) {
+    println!(
+        "== bridge fdb show dev vxlan{} on host C (the kernel learned vswitch's MACs)",
+        multihost::VNI
+    );
+    match multihost::sh(&format!(
+        "bridge -n {p}-c fdb show dev vxlan{}",
+        multihost::VNI
+    )) {
         Ok(o) => print!("{o}"),
         Err(e) => println!("{e}"),
     }
     drop(world);
     println!("== removed every namespace of the demo");
     if ok {
-        println!("demo OK: red, blue and green share one L2 segment across three hosts; blue and green reached wan through host A");
+        println!(
+            "demo OK: red, blue and green share one L2 segment across three hosts; blue and green reached wan through host A"
+        );
         ExitCode::SUCCESS
     } else {
         println!("demo FAILED: see the ping output above");

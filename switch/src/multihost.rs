@@ -75,6 +75,12 @@ switch_ifname = "sw-wan"
 [[masquerade]]
 source = "192.168.50.0/24"
 
+# A forward to blue, on host B: DNAT'd here, carried over the tunnel.
+[[dnat]]
+protocol = "udp"
+port = 9000
+to = "{BLUE}:9000"
+
 [[tunnel]]
 kind = "vxlan"
 name = "vxlan0"
@@ -120,9 +126,18 @@ remotes = [{r}]
 pub fn host_c_commands(p: &str) -> Vec<String> {
     let (c, g) = (format!("{p}-c"), format!("{p}-green"));
     vec![
-        format!("ip -n {c} link add vxlan{VNI} type vxlan id {VNI} local {} dstport 4789 dev ul0", VTEPS[2]),
-        format!("bridge -n {c} fdb append 00:00:00:00:00:00 dev vxlan{VNI} dst {}", VTEPS[0]),
-        format!("bridge -n {c} fdb append 00:00:00:00:00:00 dev vxlan{VNI} dst {}", VTEPS[1]),
+        format!(
+            "ip -n {c} link add vxlan{VNI} type vxlan id {VNI} local {} dstport 4789 dev ul0",
+            VTEPS[2]
+        ),
+        format!(
+            "bridge -n {c} fdb append 00:00:00:00:00:00 dev vxlan{VNI} dst {}",
+            VTEPS[0]
+        ),
+        format!(
+            "bridge -n {c} fdb append 00:00:00:00:00:00 dev vxlan{VNI} dst {}",
+            VTEPS[1]
+        ),
         format!("ip -n {c} link add br0 type bridge"),
         format!("ip -n {c} link set vxlan{VNI} master br0 up"),
         format!("ip -n {c} link add sw-green type veth peer name eth0 netns {g}"),
@@ -144,7 +159,9 @@ fn underlay_commands(p: &str) -> Vec<String> {
         format!("ip -n {ul} link set ulbr up"),
     ];
     for h in ["a", "b", "c"] {
-        v.push(format!("ip -n {ul} link add ul{h} type veth peer name ul0 netns {p}-{h}"));
+        v.push(format!(
+            "ip -n {ul} link add ul{h} type veth peer name ul0 netns {p}-{h}"
+        ));
         v.push(format!("ip -n {ul} link set ul{h} master ulbr up"));
         v.push(format!("ip -n {p}-{h} link set lo up"));
     }
@@ -232,12 +249,15 @@ impl World {
         for n in ["ul", "a", "b", "c", "green"] {
             let name = format!("{p}-{n}");
             if netns_setup::netns::exists(&name) {
-                return Err(format!("namespace {name} exists: is another demo running? (`ip netns del {name}`)"));
+                return Err(format!(
+                    "namespace {name} exists: is another demo running? (`ip netns del {name}`)"
+                ));
             }
         }
         for n in ["ul", "a", "b", "c", "green"] {
             let name = format!("{p}-{n}");
-            netns_setup::netns::create(&name).map_err(|e| format!("create namespace {name}: {e}"))?;
+            netns_setup::netns::create(&name)
+                .map_err(|e| format!("create namespace {name}: {e}"))?;
             self.made.push(name);
         }
         for l in underlay_commands(&p).iter().chain(&host_c_commands(&p)) {
@@ -268,7 +288,10 @@ impl World {
                 let exited = self.children[h].try_wait().ok().flatten().is_some();
                 if exited || Instant::now() > deadline {
                     let log = std::fs::read_to_string(&self.logs[h]).unwrap_or_default();
-                    return Err(format!("the switch of host {} did not come up:\n{log}", ["A", "B"][h]));
+                    return Err(format!(
+                        "the switch of host {} did not come up:\n{log}",
+                        ["A", "B"][h]
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }

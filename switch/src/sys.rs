@@ -185,7 +185,13 @@ impl Underlay {
     pub fn open(local: std::net::Ipv4Addr, port: u16) -> io::Result<Underlay> {
         let udp = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
         // Bursts of a 64 KiB super-frame's segments: room for several.
-        let _ = setsockopt_int(&udp, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20, "SO_RCVBUFFORCE");
+        let _ = setsockopt_int(
+            &udp,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            8 << 20,
+            "SO_RCVBUFFORCE",
+        );
         let sa = sockaddr_in(local, port);
         // SAFETY: `sa` is a valid sockaddr_in of the size given, alive for the call.
         let rc = unsafe {
@@ -197,23 +203,46 @@ impl Underlay {
         };
         if rc < 0 {
             let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("bind UDP {local}:{port}: {e}")));
+            return Err(io::Error::new(
+                e.kind(),
+                format!("bind UDP {local}:{port}: {e}"),
+            ));
         }
-        let raw = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)
-            .map_err(|e| io::Error::new(e.kind(), format!("raw IPv4 socket (needs CAP_NET_RAW): {e}")))?;
-        let _ = setsockopt_int(&raw, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20, "SO_SNDBUFFORCE");
+        let raw = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("raw IPv4 socket (needs CAP_NET_RAW): {e}"),
+            )
+        })?;
+        let _ = setsockopt_int(
+            &raw,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            8 << 20,
+            "SO_SNDBUFFORCE",
+        );
         let n = BATCH.max(UNDERLAY_MSGS);
         // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs for which all-zero is valid.
-        let (hdrs, iovs, names) = unsafe {
-            (vec![zeroed(); n], vec![[zeroed(); 3]; n], vec![zeroed(); n])
-        };
-        Ok(Underlay { udp, raw, hdrs, iovs, names })
+        let (hdrs, iovs, names) =
+            unsafe { (vec![zeroed(); n], vec![[zeroed(); 3]; n], vec![zeroed(); n]) };
+        Ok(Underlay {
+            udp,
+            raw,
+            hdrs,
+            iovs,
+            names,
+        })
     }
 
     /// Receive up to [`BATCH`] datagrams, datagram `i` into `batch`'s slot
     /// `i` from byte `off` of its receive area; `meta[i]` says what came.
     /// Returns how many (0: none waiting). Slots are not marked filled.
-    pub fn recv(&mut self, batch: &mut Batch, off: usize, meta: &mut [RxDatagram; BATCH]) -> io::Result<usize> {
+    pub fn recv(
+        &mut self,
+        batch: &mut Batch,
+        off: usize,
+        meta: &mut [RxDatagram; BATCH],
+    ) -> io::Result<usize> {
         for i in 0..BATCH {
             let area = &mut batch.rx_area(i)[off..];
             self.iovs[i][0] = libc::iovec {
@@ -248,9 +277,9 @@ impl Underlay {
                 _ => Err(e),
             };
         }
-        for i in 0..n as usize {
+        for (i, m) in meta.iter_mut().enumerate().take(n as usize) {
             let h = &self.hdrs[i];
-            meta[i] = RxDatagram {
+            *m = RxDatagram {
                 len: h.msg_len as usize,
                 src: std::net::Ipv4Addr::from(u32::from_be(self.names[i].sin_addr.s_addr)),
                 truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
@@ -263,7 +292,11 @@ impl Underlay {
     /// datagram `i`'s destination and its bytes in up to three parts (outer
     /// headers first). Returns (sent, refused): a full queue or an
     /// unreachable VTEP refuses that datagram, the rest go on.
-    pub fn send<'a>(&mut self, n: usize, msg: impl Fn(usize) -> (std::net::Ipv4Addr, [&'a [u8]; 3])) -> (usize, usize) {
+    pub fn send<'a>(
+        &mut self,
+        n: usize,
+        msg: impl Fn(usize) -> (std::net::Ipv4Addr, [&'a [u8]; 3]),
+    ) -> (usize, usize) {
         let n = n.min(UNDERLAY_MSGS);
         for i in 0..n {
             let (dst, parts) = msg(i);

@@ -108,7 +108,10 @@ pub struct VxlanPort {
 }
 
 fn reason_slot(r: DropReason) -> usize {
-    REASONS.iter().position(|x| *x == r).expect("a tunnel reason")
+    REASONS
+        .iter()
+        .position(|x| *x == r)
+        .expect("a tunnel reason")
 }
 
 impl VxlanPort {

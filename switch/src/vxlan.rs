@@ -258,7 +258,10 @@ pub fn segment(
         (40, *ip.get(6).ok_or(SegError::Malformed)?)
     } else {
         let b = *ip.first().ok_or(SegError::Malformed)?;
-        (usize::from(b & 0x0f) * 4, *ip.get(9).ok_or(SegError::Malformed)?)
+        (
+            usize::from(b & 0x0f) * 4,
+            *ip.get(9).ok_or(SegError::Malformed)?,
+        )
     };
     let want = if gso == GSO_UDP_L4 { 17 } else { 6 };
     let min_l4 = if want == 6 { 20 } else { 8 };
@@ -287,7 +290,10 @@ pub fn segment(
     let seq0 = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
     let id0 = u16::from_be_bytes([frame[o + 4], frame[o + 5]]);
     for i in 0..n {
-        let (a, b) = (hlen + i * gso_size, (hlen + (i + 1) * gso_size).min(frame.len()));
+        let (a, b) = (
+            hlen + i * gso_size,
+            (hlen + (i + 1) * gso_size).min(frame.len()),
+        );
         let mut s = Segment {
             hdr_len: hlen,
             payload: (a, b),
@@ -361,7 +367,12 @@ pub fn rx_vnet(frame: &[u8], mtu: usize) -> [u8; 10] {
             let Some(ip) = frame.get(o..o + 40) else {
                 return v;
             };
-            (true, 40, ip[6], 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])))
+            (
+                true,
+                40,
+                ip[6],
+                40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+            )
         }
         _ => return v,
     };
@@ -378,7 +389,8 @@ pub fn rx_vnet(frame: &[u8], mtu: usize) -> [u8; 10] {
     let l4_len = l3_len - ihl;
     let seed = fold(pseudo(ip, v6, proto, l4_len));
     let stored = u16::from_be_bytes([frame[l4 + field], frame[l4 + field + 1]]);
-    if stored != seed || fold(pseudo(ip, v6, proto, l4_len) + sum(&frame[l4..o + l3_len])) == 0xffff {
+    if stored != seed || fold(pseudo(ip, v6, proto, l4_len) + sum(&frame[l4..o + l3_len])) == 0xffff
+    {
         return v;
     }
     v[0] = crate::wire::VNET_F_NEEDS_CSUM;
@@ -494,16 +506,28 @@ mod tests {
             let s = size.to_le_bytes();
             [1, t, 54, 0, s[0], s[1], 34, 0, 16, 0]
         };
-        assert_eq!(segment(&v(3, 1400), &f, 9000, &mut out), Err(SegError::Unsupported));
-        assert_eq!(segment(&v(1, 0), &f, 9000, &mut out), Err(SegError::Unsupported));
+        assert_eq!(
+            segment(&v(3, 1400), &f, 9000, &mut out),
+            Err(SegError::Unsupported)
+        );
+        assert_eq!(
+            segment(&v(1, 0), &f, 9000, &mut out),
+            Err(SegError::Unsupported)
+        );
         for cut in 0..60 {
             let _ = segment(&v(1, 1400), &f[..cut], 1500, &mut out);
             let _ = segment(&v(4, 1400), &f[..cut], 1500, &mut out);
             let _ = segment(&v(5, 1400), &f[..cut], 1500, &mut out);
         }
-        assert_eq!(segment(&v(4, 1400), &f, 9000, &mut out), Err(SegError::Malformed));
+        assert_eq!(
+            segment(&v(4, 1400), &f, 9000, &mut out),
+            Err(SegError::Malformed)
+        );
         let partial = [1, 0, 0, 0, 0, 0, 200, 0, 16, 0];
-        assert_eq!(segment(&partial, &f, 9000, &mut out), Err(SegError::Malformed));
+        assert_eq!(
+            segment(&partial, &f, 9000, &mut out),
+            Err(SegError::Malformed)
+        );
     }
 
     #[test]
@@ -514,11 +538,17 @@ mod tests {
         let vnet = [1, GSO_TCPV4, 54, 0, 0xa8, 0x05, 34, 0, 16, 0];
         let mut out = Vec::new();
         segment(&vnet, &f, 1450, &mut out).unwrap();
-        assert!(out.iter().all(|s| s.hdr_len - 14 + s.payload.1 - s.payload.0 <= 1450));
+        assert!(
+            out.iter()
+                .all(|s| s.hdr_len - 14 + s.payload.1 - s.payload.0 <= 1450)
+        );
         assert_eq!(out.len(), 10_000usize.div_ceil(1410));
         // An unsegmented frame larger than the MTU is refused, not cut.
         let big = tcp4(&[0; 1500], 0x10);
-        assert_eq!(segment(&[0; 10], &big, 1500, &mut out), Err(SegError::TooBig));
+        assert_eq!(
+            segment(&[0; 10], &big, 1500, &mut out),
+            Err(SegError::TooBig)
+        );
         assert!(segment(&[0; 10], &tcp4(&[0; 1460], 0x10), 1500, &mut out).is_ok());
     }
 
@@ -567,7 +597,11 @@ mod tests {
         b[34..36].copy_from_slice(&40001u16.to_be_bytes());
         let (pa, pb) = (entropy(&a), entropy(&b));
         assert!(pa >= 49152 && pb >= 49152);
-        assert_eq!(pa, entropy(&tcp4(b"other payload", 0x18)), "same flow, same port");
+        assert_eq!(
+            pa,
+            entropy(&tcp4(b"other payload", 0x18)),
+            "same flow, same port"
+        );
         let ports: std::collections::HashSet<u16> = (0..64u16)
             .map(|p| {
                 let mut f = a.clone();
@@ -575,7 +609,11 @@ mod tests {
                 entropy(&f)
             })
             .collect();
-        assert!(ports.len() > 48, "64 flows spread over {} ports", ports.len());
+        assert!(
+            ports.len() > 48,
+            "64 flows spread over {} ports",
+            ports.len()
+        );
         assert!(inner_df(&a));
     }
 

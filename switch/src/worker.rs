@@ -1550,7 +1550,13 @@ impl<P: Policy + Reload> Worker<P> {
         let fdb = (&self.pipeline.fdb, now);
         Self::send(&mut self.ports, &self.batch, &self.out, &mut self.gone, fdb);
         if !self.conv.is_empty() {
-            Self::send(&mut self.ports, &self.conv, &self.out_conv, &mut self.gone, fdb);
+            Self::send(
+                &mut self.ports,
+                &self.conv,
+                &self.out_conv,
+                &mut self.gone,
+                fdb,
+            );
         }
         if let (Some(y), Some(sp)) = (span_to, self.span_rx.as_deref())
             && !self.out_span.is_empty()
@@ -1924,7 +1930,9 @@ impl<P: Policy + Reload> Worker<P> {
             None => None,
             Some(d) => match d.parse::<std::net::Ipv4Addr>() {
                 Ok(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => Some(a),
-                _ => return json!({"ok": false, "error": format!("dst {d:?} is not a unicast IPv4 VTEP address")}),
+                _ => {
+                    return json!({"ok": false, "error": format!("dst {d:?} is not a unicast IPv4 VTEP address")});
+                }
             },
         };
         let port = match (dst, port) {
@@ -1937,8 +1945,12 @@ impl<P: Policy + Reload> Worker<P> {
                     .collect();
                 match t[..] {
                     [one] => Some(one),
-                    [] => return json!({"ok": false, "error": "this switch has no tunnel: dst needs one"}),
-                    _ => return json!({"ok": false, "error": "several tunnels: name one with dev TUNNEL"}),
+                    [] => {
+                        return json!({"ok": false, "error": "this switch has no tunnel: dst needs one"});
+                    }
+                    _ => {
+                        return json!({"ok": false, "error": "several tunnels: name one with dev TUNNEL"});
+                    }
                 }
             }
             (_, p) => p,

@@ -1,0 +1,454 @@
+//! VXLAN overlays across "hosts": two vswitch VTEPs and a Linux kernel VTEP
+//! (`ip link add … type vxlan` + a bridge) on one underlay, as built by
+//! `vswitch demo multihost` ([`switch::multihost`]).
+
+use e2e::*;
+use serde_json::Value;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::time::Duration;
+use switch::multihost::{self, BLUE, GATEWAY, GREEN, RED, VTEPS, WAN_HOST, World};
+
+fn world(test: &str) -> Option<World> {
+    if !require_root(test) {
+        return None;
+    }
+    need_program("tcpdump");
+    let p = format!("vx{}", uniq());
+    Some(
+        World::build(&p, &bin("vswitch"), &std::env::temp_dir())
+            .unwrap_or_else(|e| panic!("build the multi-host world: {e}")),
+    )
+}
+
+fn query(w: &World, h: usize, what: &str) -> Value {
+    switch::control::query(&w.sockets[h], what).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// The DST (remote VTEP) of `mac` in host `h`'s MAC table.
+fn fdb_dst(w: &World, h: usize, mac: &str) -> Option<String> {
+    let v = query(w, h, "fdb");
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["mac"] == mac)
+        .map(|e| e["dst"].as_str().unwrap_or("-").to_string())
+}
+
+fn tunnel_drops(w: &World, h: usize, reason: &str) -> u64 {
+    let v = query(w, h, "stats");
+    v["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "vxlan0")
+        .and_then(|p| p["drops"][reason].as_u64())
+        .unwrap_or_else(|| panic!("no vxlan0 drop counter {reason}: {v}"))
+}
+
+/// Host C's kernel VTEP table (`bridge fdb show dev vxlan42`).
+fn kernel_fdb(w: &World) -> String {
+    multihost::sh(&format!(
+        "bridge -n {} fdb show dev vxlan{}",
+        w.ns("c"),
+        multihost::VNI
+    ))
+    .expect("bridge fdb show")
+}
+
+/// One pcap record: the captured bytes and the frame's length on the wire.
+struct Rec {
+    data: Vec<u8>,
+    orig_len: usize,
+}
+
+/// Read a classic pcap file (the format `tcpdump -w` writes).
+fn read_pcap(path: &std::path::Path) -> Vec<Rec> {
+    let b = std::fs::read(path).expect("read pcap");
+    assert!(b.len() >= 24, "pcap too short");
+    let le = u32::from_le_bytes(b[0..4].try_into().unwrap()) == 0xa1b2_c3d4
+        || u32::from_le_bytes(b[0..4].try_into().unwrap()) == 0xa1b2_3c4d;
+    let u32_at = |o: usize| {
+        let x: [u8; 4] = b[o..o + 4].try_into().unwrap();
+        if le {
+            u32::from_le_bytes(x)
+        } else {
+            u32::from_be_bytes(x)
+        }
+    };
+    let mut v = Vec::new();
+    let mut o = 24;
+    while o + 16 <= b.len() {
+        let incl = u32_at(o + 8) as usize;
+        let orig = u32_at(o + 12) as usize;
+        if o + 16 + incl > b.len() {
+            break; // the last record, cut by the kill
+        }
+        v.push(Rec {
+            data: b[o + 16..o + 16 + incl].to_vec(),
+            orig_len: orig,
+        });
+        o += 16 + incl;
+    }
+    v
+}
+
+/// A VXLAN datagram (VNI `vni`) carrying a broadcast ARP request from `mac`.
+fn vxlan_arp(vni: u32, mac: [u8; 6]) -> Vec<u8> {
+    let mut d = vec![0x08, 0, 0, 0];
+    d.extend_from_slice(&(vni << 8).to_be_bytes());
+    // Ethernet broadcast, ARP request "who-has 192.168.50.1 tell 192.168.50.77" (RFC 826 layout).
+    d.extend_from_slice(&[0xff; 6]);
+    d.extend_from_slice(&mac);
+    d.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    d.extend_from_slice(&mac);
+    d.extend_from_slice(&[192, 168, 50, 77, 0, 0, 0, 0, 0, 0, 192, 168, 50, 1]);
+    d
+}
+
+#[test]
+fn multihost_overlay_pings_learns_moves_and_carries_200mb_within_the_underlay_mtu() {
+    let Some(w) =
+        world("multihost_overlay_pings_learns_moves_and_carries_200mb_within_the_underlay_mtu")
+    else {
+        return;
+    };
+    let (red, blue, green, wan) = (w.ns("red"), w.ns("blue"), w.ns("green"), w.ns("wan"));
+    // Capture host A's underlay link (headers only; the wire length is kept).
+    let pcap = std::env::temp_dir().join(format!("{}-ul.pcap", w.prefix));
+    let pcap_s = pcap.to_string_lossy().to_string();
+    let cap = Bg::start(
+        &w.ns("ul"),
+        &[
+            "tcpdump", "-i", "ula", "-n", "-s", "128", "-U", "-w", &pcap_s, "udp", "port", "4789",
+        ],
+        None,
+    );
+    assert!(
+        cap.wait_for("listening on", Duration::from_secs(10)),
+        "tcpdump: {}",
+        cap.log()
+    );
+
+    // Every pair, the gateway, and wan through host A's NAT: 0 % loss.
+    for (from, to) in [
+        (&red, BLUE),
+        (&red, GREEN),
+        (&blue, GREEN),
+        (&green, RED),
+        (&blue, RED),
+        (&green, BLUE),
+        (&blue, GATEWAY),
+        (&green, GATEWAY),
+        (&blue, WAN_HOST),
+        (&green, WAN_HOST),
+        (&red, WAN_HOST),
+    ] {
+        assert_eq!(ping_loss(from, to, 5), 0.0, "{from} -> {to}");
+    }
+
+    // Learning both ways: vswitch learned C's MACs behind C's VTEP, the
+    // kernel VTEP on C learned vswitch's MACs behind A and B.
+    let (mr, mb, mg) = (
+        mac_of(&red, "eth0"),
+        mac_of(&blue, "eth0"),
+        mac_of(&green, "eth0"),
+    );
+    assert_eq!(
+        fdb_dst(&w, 0, &mg).as_deref(),
+        Some(VTEPS[2]),
+        "A: green behind C"
+    );
+    assert_eq!(
+        fdb_dst(&w, 0, &mb).as_deref(),
+        Some(VTEPS[1]),
+        "A: blue behind B"
+    );
+    assert_eq!(
+        fdb_dst(&w, 1, &mg).as_deref(),
+        Some(VTEPS[2]),
+        "B: green behind C"
+    );
+    assert_eq!(
+        fdb_dst(&w, 1, &mr).as_deref(),
+        Some(VTEPS[0]),
+        "B: red behind A"
+    );
+    let k = kernel_fdb(&w);
+    assert!(
+        k.contains(&format!("{mr} dst {}", VTEPS[0])),
+        "C learned red behind A:\n{k}"
+    );
+    assert!(
+        k.contains(&format!("{mb} dst {}", VTEPS[1])),
+        "C learned blue behind B:\n{k}"
+    );
+    let text = Command::new(bin("vswitch"))
+        .args(["fdb", "--socket"])
+        .arg(&w.sockets[0])
+        .output()
+        .expect("vswitch fdb");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("DST") && text.contains(VTEPS[2]),
+        "vswitch fdb shows remote VTEPs:\n{text}"
+    );
+
+    // 200 MB each, red (A) to blue (B) and to green (C), offloads at their
+    // defaults (TSO super-frames from red's veth).
+    let to = |ip: &str, port: u16| SocketAddr::new(ip.parse().unwrap(), port);
+    tcp_transfer_via(&red, &blue, to(BLUE, 5001), to(BLUE, 5001), 200 << 20);
+    tcp_transfer_via(&red, &green, to(GREEN, 5002), to(GREEN, 5002), 200 << 20);
+    let st = query(&w, 0, "stats");
+    let t = &st["tunnels"][0]["counters"];
+    assert!(
+        t["segmented"].as_u64().unwrap() > 100,
+        "super-frames were cut here: {t}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drop(cap);
+
+    // The underlay capture: VXLAN with VNI 42, no datagram from a vswitch
+    // VTEP larger than the underlay's MTU, outer source ports per flow.
+    let o = run_timeout(
+        Command::new("tcpdump").args(["-nn", "-r", &pcap_s, "-c", "50"]),
+        Duration::from_secs(20),
+    );
+    let decoded = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        decoded.contains("VXLAN") && decoded.contains(&format!("vni {}", multihost::VNI)),
+        "tcpdump decodes VXLAN with VNI 42:\n{decoded}"
+    );
+    let recs = read_pcap(&pcap);
+    let ours: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| r.data.len() >= 38 && r.data[12..14] == [8, 0])
+        .filter(|r| {
+            let src = Ipv4Addr::new(r.data[26], r.data[27], r.data[28], r.data[29]);
+            src.to_string() == VTEPS[0] || src.to_string() == VTEPS[1]
+        })
+        .collect();
+    assert!(
+        ours.len() > 20_000,
+        "captured {} datagrams from vswitch VTEPs",
+        ours.len()
+    );
+    let biggest = ours.iter().map(|r| r.orig_len).max().unwrap();
+    assert!(
+        biggest <= 1514,
+        "a {biggest}-byte frame on a 1500-MTU underlay"
+    );
+    assert!(
+        biggest >= 1500,
+        "bulk datagrams fill the underlay MTU ({biggest})"
+    );
+    let sports: std::collections::HashSet<u16> = ours
+        .iter()
+        .map(|r| u16::from_be_bytes([r.data[34], r.data[35]]))
+        .collect();
+    assert!(
+        sports.len() >= 4,
+        "outer source ports vary across flows: {sports:?}"
+    );
+    let _ = std::fs::remove_file(&pcap);
+
+    // A MAC moves from host A to host B: blue takes red's MAC and address.
+    let ok = |ns: &str, args: &[&str]| {
+        let o = ns_exec(ns, args, Duration::from_secs(10));
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(&red, &["ip", "link", "set", "eth0", "down"]);
+    ok(&blue, &["ip", "link", "set", "eth0", "down"]);
+    ok(&blue, &["ip", "link", "set", "eth0", "address", &mr]);
+    ok(&blue, &["ip", "addr", "flush", "dev", "eth0"]);
+    ok(
+        &blue,
+        &["ip", "addr", "add", &format!("{RED}/24"), "dev", "eth0"],
+    );
+    ok(&blue, &["ip", "link", "set", "eth0", "up"]);
+    ok(&blue, &["ip", "route", "add", "default", "via", GATEWAY]);
+    // As soon as the moved station talks, A, B and C follow: no ageing wait.
+    assert_eq!(ping_loss(&blue, GREEN, 5), 0.0, "moved station -> green");
+    assert_eq!(
+        ping_loss(&blue, GATEWAY, 5),
+        0.0,
+        "moved station -> gateway on A"
+    );
+    assert_eq!(
+        ping_loss(&blue, WAN_HOST, 5),
+        0.0,
+        "moved station -> wan through A"
+    );
+    assert_eq!(ping_loss(&green, RED, 5), 0.0, "green -> the moved address");
+    assert_eq!(
+        fdb_dst(&w, 0, &mr).as_deref(),
+        Some(VTEPS[1]),
+        "A: red's MAC now behind B"
+    );
+    assert_eq!(
+        fdb_dst(&w, 1, &mr).as_deref(),
+        Some("-"),
+        "B: a local port now"
+    );
+    let k = kernel_fdb(&w);
+    assert!(
+        k.contains(&format!("{mr} dst {}", VTEPS[1])),
+        "C follows the move:\n{k}"
+    );
+    let _ = wan;
+}
+
+#[test]
+fn foreign_vnis_and_vteps_are_dropped_and_counted_and_oversize_frames_too() {
+    let Some(w) = world("foreign_vnis_and_vteps_are_dropped_and_counted_and_oversize_frames_too")
+    else {
+        return;
+    };
+    let a = SocketAddr::new(VTEPS[0].parse().unwrap(), 4789);
+    // From host C (a listed remote) with VNI 99: not ours.
+    let vni0 = tunnel_drops(&w, 0, "vxlan-unknown-vni");
+    let s = in_ns(&w.ns("c"), || std::net::UdpSocket::bind((VTEPS[2], 0))).unwrap();
+    for _ in 0..3 {
+        s.send_to(&vxlan_arp(99, [2, 0, 0, 0, 0x99, 1]), a).unwrap();
+    }
+    // From 10.200.0.9, on the underlay but not in `remotes`, with VNI 42.
+    let o = ns_exec(
+        &w.ns("ul"),
+        &["ip", "addr", "add", "10.200.0.9/24", "dev", "ulbr"],
+        Duration::from_secs(5),
+    );
+    assert!(o.status.success());
+    let vtep0 = tunnel_drops(&w, 0, "vxlan-unknown-vtep");
+    let s9 = in_ns(&w.ns("ul"), || std::net::UdpSocket::bind(("10.200.0.9", 0))).unwrap();
+    for _ in 0..4 {
+        s9.send_to(&vxlan_arp(multihost::VNI, [2, 0, 0, 0, 0x99, 2]), a)
+            .unwrap();
+    }
+    // Not VXLAN at all.
+    let bad0 = tunnel_drops(&w, 0, "vxlan-bad-header");
+    s.send_to(b"hello", a).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (tunnel_drops(&w, 0, "vxlan-unknown-vtep") < vtep0 + 4
+        || tunnel_drops(&w, 0, "vxlan-unknown-vni") < vni0 + 3
+        || tunnel_drops(&w, 0, "vxlan-bad-header") < bad0 + 1)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(tunnel_drops(&w, 0, "vxlan-unknown-vni"), vni0 + 3);
+    assert_eq!(tunnel_drops(&w, 0, "vxlan-unknown-vtep"), vtep0 + 4);
+    assert_eq!(tunnel_drops(&w, 0, "vxlan-bad-header"), bad0 + 1);
+    assert_eq!(
+        fdb_dst(&w, 0, "02:00:00:00:99:01"),
+        None,
+        "nothing learned from them"
+    );
+    assert_eq!(fdb_dst(&w, 0, "02:00:00:00:99:02"), None);
+    // A static entry names a VTEP; its datagrams are then accepted.
+    let o = Command::new(bin("vswitch"))
+        .args([
+            "fdb",
+            "add",
+            "02:00:00:00:99:03",
+            "dst",
+            "10.200.0.9",
+            "--socket",
+        ])
+        .arg(&w.sockets[0])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        fdb_dst(&w, 0, "02:00:00:00:99:03").as_deref(),
+        Some("10.200.0.9")
+    );
+    s9.send_to(&vxlan_arp(multihost::VNI, [2, 0, 0, 0, 0x99, 4]), a)
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while fdb_dst(&w, 0, "02:00:00:00:99:04").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        fdb_dst(&w, 0, "02:00:00:00:99:04").as_deref(),
+        Some("10.200.0.9")
+    );
+
+    // Switched: a 1500-byte IP packet (no GSO) from red cannot cross a
+    // 1450-byte overlay: dropped and counted, never fragmented or sent.
+    let (red, blue) = (w.ns("red"), w.ns("blue"));
+    assert_eq!(ping_loss(&red, BLUE, 2), 0.0);
+    let mb = mac_bytes(&mac_of(&blue, "eth0"));
+    let mr = mac_bytes(&mac_of(&red, "eth0"));
+    let mut f = vec![0u8; 14 + 1500];
+    f[..6].copy_from_slice(&mb);
+    f[6..12].copy_from_slice(&mr);
+    f[12..14].copy_from_slice(&[8, 0]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[192, 168, 50, 1]);
+    f[30..34].copy_from_slice(&[192, 168, 50, 2]);
+    // (red's link takes 1500 bytes for this: an MTU misconfigured on one end.)
+    for (ns, dev) in [(&red, "eth0"), (&w.ns("a"), "sw-red")] {
+        let o = ns_exec(
+            ns,
+            &["ip", "link", "set", dev, "mtu", "1500"],
+            Duration::from_secs(5),
+        );
+        assert!(o.status.success());
+    }
+    let big0 = tunnel_drops(&w, 0, "vxlan-too-big");
+    let mut port = packet_socket(&red, "eth0");
+    assert_eq!(send_frames(&mut port, &[f.clone(), f]), 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tunnel_drops(&w, 0, "vxlan-too-big") < big0 + 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(tunnel_drops(&w, 0, "vxlan-too-big"), big0 + 2);
+
+    // Routed: a DF datagram from wan forwarded (DNAT) to blue behind the
+    // tunnel is too big for the overlay: the gateway answers "fragmentation needed".
+    let fn0 = query(&w, 0, "stats")["gateway"]["counters"]["frag_needed"]
+        .as_u64()
+        .unwrap();
+    // python's socket with IP_MTU_DISCOVER (10) = IP_PMTUDISC_DO (2): the
+    // first datagram leaves, the gateway's answer lowers the path MTU, the
+    // second send is refused by the sender's own kernel (EMSGSIZE).
+    let script = r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 2)
+s.connect(('203.0.113.1', 9000))
+s.send(bytes(1472))
+for i in range(40):
+    time.sleep(0.1)
+    try:
+        s.send(bytes(1472))
+    except OSError as e:
+        print('refused', e.errno, s.getsockopt(socket.IPPROTO_IP, 14))
+        break
+"#;
+    let o = ns_exec(
+        &w.ns("wan"),
+        &["python3", "-c", script],
+        Duration::from_secs(15),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    // errno 90 is EMSGSIZE; option 14 is IP_MTU, the path MTU the kernel learned.
+    assert_eq!(
+        out.trim(),
+        "refused 90 1450",
+        "the sender learned the overlay's MTU"
+    );
+    let fnd = query(&w, 0, "stats")["gateway"]["counters"]["frag_needed"]
+        .as_u64()
+        .unwrap();
+    assert!(fnd > fn0, "the gateway sent fragmentation needed");
+}
