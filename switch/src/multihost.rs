@@ -223,11 +223,24 @@ impl World {
         format!("{}-{what}", self.prefix)
     }
 
-    /// Build it all with names starting `prefix` and start `vswitch` (the
-    /// binary at `vswitch`) on hosts A and B; files and logs go to `dir`.
-    /// `extra` is appended to both hosts' topologies (e.g. `[switch]` keys
-    /// are not possible there; use it for more `[[namespace]]`s).
+    /// Build it all with names starting `prefix` and start `vswitch run`
+    /// (the binary at `vswitch`) on hosts A and B; files and logs go to `dir`.
     pub fn build(prefix: &str, vswitch: &Path, dir: &Path) -> Result<World, String> {
+        let exe = vswitch.to_path_buf();
+        Self::build_with(prefix, dir, &move |file, socket| {
+            let mut c = Command::new(&exe);
+            c.arg("run").arg(file).arg("--socket").arg(socket);
+            c
+        })
+    }
+
+    /// [`World::build`] with the command that runs a switch on topology
+    /// `file` with its control socket at `socket` (a benchmark runs its own build).
+    pub fn build_with(
+        prefix: &str,
+        dir: &Path,
+        run: &dyn Fn(&Path, &Path) -> Command,
+    ) -> Result<World, String> {
         let p = prefix;
         let mut w = World {
             prefix: p.to_string(),
@@ -238,13 +251,13 @@ impl World {
             made: Vec::new(),
             topologies: Vec::new(),
         };
-        match w.build_inner(vswitch) {
+        match w.build_inner(run) {
             Ok(()) => Ok(w),
             Err(e) => Err(e), // `w` drops here: everything made is removed
         }
     }
 
-    fn build_inner(&mut self, vswitch: &Path) -> Result<(), String> {
+    fn build_inner(&mut self, run: &dyn Fn(&Path, &Path) -> Command) -> Result<(), String> {
         let p = self.prefix.clone();
         for n in ["ul", "a", "b", "c", "green"] {
             let name = format!("{p}-{n}");
@@ -272,16 +285,12 @@ impl World {
             netns_setup::setup::adopt(&host, &t.name).map_err(|e| e.to_string())?;
             self.topologies.push(t);
             let log = std::fs::File::create(&self.logs[h]).map_err(|e| e.to_string())?;
-            let child = Command::new(vswitch)
-                .arg("run")
-                .arg(&self.files[h])
-                .arg("--socket")
-                .arg(&self.sockets[h])
+            let child = run(&self.files[h], &self.sockets[h])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().map_err(|e| e.to_string())?)
                 .stderr(log)
                 .spawn()
-                .map_err(|e| format!("start {}: {e}", vswitch.display()))?;
+                .map_err(|e| format!("start the switch of host {h}: {e}"))?;
             self.children.push(child);
             let deadline = Instant::now() + Duration::from_secs(30);
             while crate::control::query(&self.sockets[h], "stats").is_err() {

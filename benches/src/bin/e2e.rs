@@ -188,6 +188,53 @@ fn build_hosts(n: &Names, cleanup: &Cleanup) {
     }
 }
 
+/// The kernel's VXLAN reference for the multi-host row: two "hosts", each
+/// a Linux `vxlan` device and a bridge with one namespace, on an underlay
+/// bridge (10.200.0.0/24, MTU 1500; overlay 1450), as host C of
+/// `vswitch demo multihost` but on both sides. Returns (sender, receiver
+/// address) namespaces: `{t}-n1` sends to 192.168.60.2 in `{t}-n2`.
+fn build_kernel_vxlan(t: &str, cleanup: &Cleanup) -> String {
+    let ul = format!("{t}-ul");
+    for ns in ["ul", "h1", "h2", "n1", "n2"] {
+        let ns = format!("{t}-{ns}");
+        sh_ok(&["ip", "netns", "add", &ns]);
+        cleanup.add_netns(&ns);
+        sh_ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+    }
+    let run = |line: String| {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        sh_ok(&w);
+    };
+    run(format!("ip -n {ul} link add ulbr type bridge"));
+    run(format!("ip -n {ul} link set ulbr up"));
+    for h in 1..=2 {
+        let (hn, nn) = (format!("{t}-h{h}"), format!("{t}-n{h}"));
+        let other = 3 - h;
+        run(format!(
+            "ip -n {ul} link add ul{h} type veth peer name ul0 netns {hn}"
+        ));
+        run(format!("ip -n {ul} link set ul{h} master ulbr up"));
+        run(format!("ip -n {hn} addr add 10.200.0.{h}/24 dev ul0"));
+        run(format!("ip -n {hn} link set ul0 up"));
+        run(format!(
+            "ip -n {hn} link add vxlan42 type vxlan id 42 local 10.200.0.{h} dstport 4789 dev ul0"
+        ));
+        run(format!(
+            "bridge -n {hn} fdb append 00:00:00:00:00:00 dev vxlan42 dst 10.200.0.{other}"
+        ));
+        run(format!("ip -n {hn} link add br0 type bridge"));
+        run(format!("ip -n {hn} link set vxlan42 master br0 up"));
+        run(format!(
+            "ip -n {hn} link add sw-n type veth peer name eth0 netns {nn}"
+        ));
+        run(format!("ip -n {hn} link set sw-n mtu 1450 master br0 up"));
+        run(format!("ip -n {hn} link set br0 up"));
+        run(format!("ip -n {nn} link set eth0 mtu 1450 up"));
+        run(format!("ip -n {nn} addr add 192.168.60.{h}/24 dev eth0"));
+    }
+    format!("{t}-n1")
+}
+
 /// The kernel reference: bridge + iptables inside private namespaces.
 fn build_kernel(n: &Names, cleanup: &Cleanup) {
     build_hosts(n, cleanup);
@@ -960,7 +1007,49 @@ fn main() {
             }
         }
     }
+    // The multi-host row: the kernel's VXLAN on both sides, and two vswitch
+    // hosts (A: red, B: blue) of `vswitch demo multihost`.
+    let kx = format!("{tag}kx");
+    eprintln!(
+        "e2e: building two kernel VXLAN hosts in {kx}-* and two vswitch VXLAN hosts in {tag}mx-*"
+    );
+    let kx_from = build_kernel_vxlan(&kx, &cleanup);
+    let exe = std::env::current_exe().expect("current_exe");
+    let mx = format!("{tag}mx");
+    for n in ["ul", "a", "b", "c", "green", "red", "blue", "wan"] {
+        cleanup.add_netns(&format!("{mx}-{n}"));
+    }
+    let world = switch::multihost::World::build_with(&mx, &tmp, &|file, sock| {
+        let mut c = std::process::Command::new(&exe);
+        c.arg("__vswitch").arg(file).arg(sock);
+        c
+    })
+    .unwrap_or_else(|e| {
+        eprintln!("e2e: the vswitch VXLAN hosts: {e}");
+        benches::cleanup_now();
+        std::process::exit(1);
+    });
+    for h in 0..2 {
+        cleanup.add_pid(world.pid(h));
+    }
     let mut servers = Vec::new();
+    for (ns, dst, from) in [
+        (format!("{kx}-n2"), "192.168.60.2", kx_from.clone()),
+        (world.ns("blue"), switch::multihost::BLUE, world.ns("red")),
+    ] {
+        let b = Bg::spawn_helper(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "iperf3", "-s", "-p", "5201"]),
+        );
+        cleanup.add_helper(b.pid());
+        servers.push(b);
+        sh(
+            &[
+                "ip", "netns", "exec", &from, "ping", "-c", "2", "-i", "0.2", dst,
+            ],
+            Duration::from_secs(10),
+        );
+    }
     for s in &setups {
         let n = &s.n;
         for ns in [&n.blue, &n.wan] {
@@ -996,6 +1085,13 @@ fn main() {
         row("tcp1", "TCP red→blue, 1 stream", "Gbit/s", true, true),
         row("tcp4", "TCP red→blue, 4 streams", "Gbit/s", true, true),
         row("tcpnat", "TCP red→wan via NAT", "Gbit/s", true, true),
+        row(
+            "tcpvx",
+            "TCP host A→host B over VXLAN, 1 stream",
+            "Gbit/s",
+            true,
+            true,
+        ),
         row(
             "tcpnat6",
             "TCP red→wan via NAT66 (IPv6)",
@@ -1086,6 +1182,15 @@ fn main() {
             push(&mut rows, "cpusw", sw_pct);
             push(&mut rows, "tcp4", iperf(&n.red, BLUE, secs, 4));
             push(&mut rows, "tcpnat", iperf(&n.red, WAN, secs, 1));
+            // Kernel VXLAN both sides vs vswitch both sides (the default vswitch only).
+            let vx = match (&s.kind, s.name.as_str()) {
+                (Kind::Kernel, _) => iperf(&kx_from, "192.168.60.2", secs, 1),
+                (Kind::Vswitch(_), "vswitch") => {
+                    iperf(&world.ns("red"), switch::multihost::BLUE, secs, 1)
+                }
+                _ => f64::NAN,
+            };
+            push(&mut rows, "tcpvx", vx);
             // OVS's flows here translate IPv4 only (`ct(nat)` on `ip`): no IPv6 row for it.
             let v6 = if matches!(s.kind, Kind::Ovs) {
                 f64::NAN
@@ -1126,6 +1231,7 @@ fn main() {
         );
     }
     drop(servers);
+    drop(world);
     drop(procs);
     drop(ovs);
 
