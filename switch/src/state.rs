@@ -30,8 +30,9 @@ use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-/// Version of the file format written.
-pub const VERSION: u32 = 2;
+/// Version of the file format written (3 when a MAC is behind a remote
+/// VTEP, else 2 with IPv6 state, else 1, so older readers keep working).
+pub const VERSION: u32 = 3;
 /// The oldest version read.
 pub const OLDEST: u32 = 1;
 const MAGIC: &[u8; 8] = b"VSWSTATE";
@@ -57,6 +58,8 @@ pub struct SavedMac {
     /// Time since it was last seen, at capture (ms); [`STATIC_AGE`] for a
     /// static entry (`vswitch fdb add`), restored as static whatever the time down.
     pub age_ms: u64,
+    /// Behind a tunnel port: the remote VTEP.
+    pub vtep: Option<Ipv4Addr>,
 }
 
 /// [`SavedMac::age_ms`] of a static entry.
@@ -255,19 +258,39 @@ pub fn encode(s: &SwitchState) -> Vec<u8> {
     }
     // Without IPv6 state the file is version 1, which a vswitch from before
     // IPv6 reads too (a rollback keeps the tables).
+    let remote: Vec<(u32, Ipv4Addr)> = s
+        .fdb
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.vtep.map(|v| (i as u32, v)))
+        .collect();
     let v6 = !(s.nd.is_empty()
         && s.neigh6_lan.is_empty()
         && s.neigh6_wan.is_empty()
         && s.nat6.is_none());
-    if v6 {
+    let version = if !remote.is_empty() {
+        3
+    } else if v6 {
+        2
+    } else {
+        OLDEST
+    };
+    if version >= 2 {
         put_neighs(&mut body, &s.nd);
         put_neighs(&mut body, &s.neigh6_lan);
         put_neighs(&mut body, &s.neigh6_wan);
         put_nat(&mut body, s.nat6.as_ref());
     }
+    if version >= 3 {
+        body.extend_from_slice(&(remote.len() as u32).to_le_bytes());
+        for (i, v) in &remote {
+            body.extend_from_slice(&i.to_le_bytes());
+            body.extend_from_slice(&v.octets());
+        }
+    }
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(if v6 { VERSION } else { OLDEST }).to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32(&body).to_le_bytes());
     out.extend_from_slice(&body);
@@ -398,6 +421,7 @@ pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
             vlan: r.u16()?,
             port: r.u16()?,
             age_ms: r.u64()?,
+            vtep: None,
         });
     }
     let arp = r.neighs()?;
@@ -433,6 +457,17 @@ pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
         neigh6_lan = r.neighs()?;
         neigh6_wan = r.neighs()?;
         nat6 = r.nat()?;
+    }
+    if v >= 3 {
+        let n = r.count(8)?;
+        for _ in 0..n {
+            let i = r.u32()? as usize;
+            let a = Ipv4Addr::from(r.arr::<4>()?);
+            let m = fdb
+                .get_mut(i)
+                .ok_or_else(|| StateError::Body("a remote VTEP of no MAC".into()))?;
+            m.vtep = Some(a);
+        }
     }
     if !r.0.is_empty() {
         return Err(StateError::Body("stray bytes after the last table".into()));
@@ -596,6 +631,7 @@ fn capture_parts<P: Policy + Reload>(w: &Worker<P>, now: u64, entries: bool) -> 
                 mac,
                 vlan: e.vlan,
                 port: e.port as u16,
+                vtep: e.vtep,
                 age_ms: if e.is_static {
                     STATIC_AGE
                 } else {
@@ -701,10 +737,18 @@ pub fn restore<P: Policy + Reload>(
     let mut fdb: Vec<&SavedMac> = st.fdb.iter().collect();
     fdb.sort_by_key(|m| std::cmp::Reverse(m.age_ms));
     let ageing = p.fdb.ageing_ms();
+    let mut allow = Vec::new();
     for m in fdb {
         if m.age_ms == STATIC_AGE {
-            match port_of(m.port).map(|port| p.fdb.add_static(m.vlan, m.mac, port, now)) {
-                Some(Ok(())) => r.fdb += 1,
+            let added = port_of(m.port)
+                .map(|port| (port, p.fdb.add_static_via(m.vlan, m.mac, port, m.vtep, now)));
+            match added {
+                Some((port, Ok(()))) => {
+                    r.fdb += 1;
+                    if let Some(v) = m.vtep {
+                        allow.push((port, v));
+                    }
+                }
                 _ => r.dropped += 1,
             }
             continue;
@@ -712,7 +756,7 @@ pub fn restore<P: Policy + Reload>(
         let age = m.age_ms.saturating_add(elapsed);
         match port_of(m.port) {
             Some(port) if age < ageing && now >= age => {
-                p.fdb.learn_in(m.vlan, m.mac, port, now - age);
+                p.fdb.learn_via(m.vlan, m.mac, port, m.vtep, now - age);
                 r.fdb += 1;
             }
             _ => r.dropped += 1,
@@ -748,6 +792,10 @@ pub fn restore<P: Policy + Reload>(
         }
     }
     r.flows = p.policy.restore_flows(&st.flows, now, elapsed);
+    // Static entries behind a VTEP: their tunnel accepts it again.
+    for (port, v) in allow {
+        w.allow_vtep(port, v);
+    }
     r
 }
 
@@ -940,6 +988,7 @@ mod tests {
             saved_unix_ms: 1_800_000_000_000,
             ports: vec!["veth-red-br".into(), "veth-blue-br".into()],
             fdb: vec![SavedMac {
+                vtep: None,
                 mac: m,
                 vlan: 0,
                 port: 0,
@@ -993,8 +1042,14 @@ mod tests {
             assert!(decode(&b[..n], "seed").is_err(), "prefix {n} accepted");
         }
         let mut x = b.clone();
-        x[8] = 3;
-        assert_eq!(decode(&x, "seed"), Err(StateError::Version(3)));
+        x[8] = 4;
+        assert_eq!(decode(&x, "seed"), Err(StateError::Version(4)));
+        // A MAC behind a remote VTEP: version 3, the VTEP kept.
+        let mut r = sample();
+        r.fdb[0].vtep = Some(Ipv4Addr::new(10, 200, 0, 3));
+        let rb = encode(&r);
+        assert_eq!(rb[8], 3);
+        assert_eq!(decode(&rb, "seed"), Ok(r));
         // Any flipped body byte is caught by the checksum.
         for i in HEADER..b.len() {
             let mut x = b.clone();

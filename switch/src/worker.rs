@@ -1102,6 +1102,13 @@ impl<P: Policy + Reload> Worker<P> {
         }
     }
 
+    /// Accept datagrams from `vtep` on tunnel port `port` (a restored static entry names it).
+    pub fn allow_vtep(&mut self, port: usize, vtep: std::net::Ipv4Addr) {
+        if let Some(t) = self.ports.get_mut(port).and_then(|p| p.io.tunnel()) {
+            t.allow(vtep);
+        }
+    }
+
     /// Add the kernel's receive drops of every port since the last call to
     /// its `kernel-rx-dropped` counter (at the 1 s sweep and before `stats`).
     fn collect_kernel_drops(&mut self) {
