@@ -338,6 +338,10 @@ enum Cmd {
         /// Name prefix of the multihost demo's namespaces.
         #[arg(long, default_value = "mh")]
         prefix: String,
+        /// Keep the multihost demo up this many seconds before removing it
+        /// (look around: `vswitch fdb --socket /tmp/mh-a.sock`, `ip netns exec mh-red ...`).
+        #[arg(long, default_value_t = 0, value_name = "SECS")]
+        hold: u64,
     },
     /// Print the shell completion script (e.g. `vswitch completions bash > /etc/bash_completion.d/vswitch`).
     Completions {
@@ -1154,7 +1158,7 @@ fn fdb_edit(t: &Target, words: &[String]) -> ExitCode {
 
 /// `vswitch demo multihost`: hosts A and B run vswitch, host C plain Linux;
 /// red, blue and green share VNI 42; blue and green reach `wan` through A's NAT.
-fn demo_multihost(prefix: &str) -> ExitCode {
+fn demo_multihost(prefix: &str, hold: u64) -> ExitCode {
     use switch::multihost::{self, World};
     if prefix.is_empty() || prefix.len() > 20 {
         eprintln!("vswitch demo: --prefix must be 1..=20 characters");
@@ -1249,6 +1253,14 @@ fn demo_multihost(prefix: &str) -> ExitCode {
     )) {
         Ok(o) => print!("{o}"),
         Err(e) => println!("{e}"),
+    }
+    if hold > 0 {
+        println!(
+            "== holding for {hold} s: control sockets {} and {}",
+            world.sockets[0].display(),
+            world.sockets[1].display()
+        );
+        std::thread::sleep(Duration::from_secs(hold));
     }
     drop(world);
     println!("== removed every namespace of the demo");
@@ -1472,7 +1484,8 @@ fn main() -> ExitCode {
         Cmd::Demo {
             which: Some(w),
             prefix,
-        } if w == "multihost" => demo_multihost(&prefix),
+            hold,
+        } if w == "multihost" => demo_multihost(&prefix, hold),
         Cmd::Demo { which: Some(w), .. } => {
             eprintln!("vswitch demo: unknown demo {w:?} (there are: the seed demo, `multihost`)");
             ExitCode::from(2)

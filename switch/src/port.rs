@@ -258,6 +258,12 @@ pub trait PortIo {
         let _ = (fdb, now);
         self.tx_batch(batch, idx)
     }
+    /// Frames already received and waiting for the next [`PortIo::rx_batch`]
+    /// (a tunnel taking a coalesced receive apart): the worker comes back
+    /// without waiting for the fd.
+    fn rx_pending(&self) -> bool {
+        false
+    }
     /// The remote VTEP frame `i` of the last received batch came from (tunnel ports).
     fn rx_vtep(&self, i: usize) -> Option<std::net::Ipv4Addr> {
         let _ = i;

@@ -129,6 +129,9 @@ pub struct RxDatagram {
     pub src: std::net::Ipv4Addr,
     /// Longer than the slot: cut short.
     pub truncated: bool,
+    /// The kernel coalesced datagrams of one flow (`UDP_GRO`): each is this
+    /// long, the last possibly shorter (0: one datagram).
+    pub gro: usize,
 }
 
 impl Default for RxDatagram {
@@ -137,6 +140,7 @@ impl Default for RxDatagram {
             len: 0,
             src: std::net::Ipv4Addr::UNSPECIFIED,
             truncated: false,
+            gro: 0,
         }
     }
 }
@@ -152,7 +156,21 @@ pub struct Underlay {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<[libc::iovec; 3]>,
     names: Vec<libc::sockaddr_in>,
+    ctrl: Vec<[u8; CTRL_LEN]>,
+    /// UDP sockets bound to the local address, one source port each, for
+    /// UDP GSO sends (`UDP_SEGMENT`), with the DF setting each has.
+    pool: Vec<(OwnedFd, u16, Option<bool>)>,
+    giov: Vec<libc::iovec>,
 }
+
+/// UDP sockets of an underlay's send pool: a flow hash picks one, and its
+/// port is the outer source port of the flow's datagrams.
+pub const UNDERLAY_POOL: usize = 16;
+/// Most segments of one `UDP_SEGMENT` send.
+pub const GSO_MAX_SEGS: usize = 64;
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
 
 // SAFETY: as for `PacketPort`: the raw pointers in `hdrs`/`iovs` are scratch,
 // rewritten before every call and never dereferenced by us.
@@ -208,6 +226,9 @@ impl Underlay {
                 format!("bind UDP {local}:{port}: {e}"),
             ));
         }
+        // Coalesced receive where the kernel can (a GSO sender on this
+        // machine, GRO on a NIC); without it datagrams come one by one.
+        let _ = setsockopt_int(&udp, SOL_UDP, UDP_GRO, 1, "UDP_GRO");
         let raw = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -225,26 +246,74 @@ impl Underlay {
         // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs for which all-zero is valid.
         let (hdrs, iovs, names) =
             unsafe { (vec![zeroed(); n], vec![[zeroed(); 3]; n], vec![zeroed(); n]) };
+        let mut pool = Vec::with_capacity(UNDERLAY_POOL);
+        for _ in 0..UNDERLAY_POOL {
+            let u = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+            let _ = setsockopt_int(
+                &u,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                1 << 20,
+                "SO_SNDBUFFORCE",
+            );
+            let sa = sockaddr_in(local, 0);
+            let mut got = sockaddr_in(local, 0);
+            let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            // SAFETY: bind reads `sa`; getsockname writes at most `len`
+            // bytes into `got`; both live for the calls.
+            let rc = unsafe {
+                let r = libc::bind(
+                    u.as_raw_fd(),
+                    &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                );
+                if r == 0 {
+                    libc::getsockname(
+                        u.as_raw_fd(),
+                        &mut got as *mut libc::sockaddr_in as *mut libc::sockaddr,
+                        &mut len,
+                    )
+                } else {
+                    r
+                }
+            };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("bind a UDP send socket to {local}: {e}"),
+                ));
+            }
+            pool.push((u, u16::from_be(got.sin_port), None));
+        }
         Ok(Underlay {
             udp,
             raw,
             hdrs,
             iovs,
             names,
+            ctrl: vec![[0; CTRL_LEN]; BATCH],
+            pool,
+            giov: Vec::with_capacity(2 * GSO_MAX_SEGS),
         })
     }
 
-    /// Receive up to [`BATCH`] datagrams, datagram `i` into `batch`'s slot
-    /// `i` from byte `off` of its receive area; `meta[i]` says what came.
-    /// Returns how many (0: none waiting). Slots are not marked filled.
+    /// Receive up to `BATCH - from` datagrams, datagram `i` into `batch`'s
+    /// slot `from + i` from byte `off` of its receive area; `meta[i]` says
+    /// what came. Returns how many (0: none waiting). Slots are not marked filled.
     pub fn recv(
         &mut self,
         batch: &mut Batch,
         off: usize,
+        from: usize,
         meta: &mut [RxDatagram; BATCH],
     ) -> io::Result<usize> {
-        for i in 0..BATCH {
-            let area = &mut batch.rx_area(i)[off..];
+        let want = BATCH.saturating_sub(from);
+        if want == 0 {
+            return Ok(0);
+        }
+        for i in 0..want {
+            let area = &mut batch.rx_area(from + i)[off..];
             self.iovs[i][0] = libc::iovec {
                 iov_base: area.as_mut_ptr() as *mut libc::c_void,
                 iov_len: area.len(),
@@ -255,8 +324,8 @@ impl Underlay {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_hdr.msg_iov = self.iovs[i].as_mut_ptr();
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_control = self.ctrl[i].as_mut_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_controllen = CTRL_LEN;
             h.msg_hdr.msg_flags = 0;
         }
         // SAFETY: every header points at buffers alive for the call (iovec →
@@ -265,7 +334,7 @@ impl Underlay {
             libc::recvmmsg(
                 self.udp.as_raw_fd(),
                 self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                want as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -283,6 +352,7 @@ impl Underlay {
                 len: h.msg_len as usize,
                 src: std::net::Ipv4Addr::from(u32::from_be(self.names[i].sin_addr.s_addr)),
                 truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                gro: gro_size(&self.ctrl[i], h.msg_hdr.msg_controllen),
             };
         }
         Ok(n as usize)
@@ -347,6 +417,91 @@ impl Underlay {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.udp.as_fd()
     }
+
+    /// The outer source port of pool socket `i` (of [`UNDERLAY_POOL`]).
+    pub fn pool_port(&self, i: usize) -> u16 {
+        self.pool[i % self.pool.len()].1
+    }
+
+    /// Send `n` parts (`part(i)`; concatenated: datagrams of `seg` bytes
+    /// each, the last possibly shorter, at most [`GSO_MAX_SEGS`]) to `dst:port` in one
+    /// `UDP_SEGMENT` send from pool socket `i`, with DF as given: the kernel
+    /// cuts them (or the NIC does). `Err` when the kernel refuses.
+    pub fn send_gso<'a>(
+        &mut self,
+        i: usize,
+        (dst, port): (std::net::Ipv4Addr, u16),
+        df: bool,
+        seg: u16,
+        n: usize,
+        part: impl Fn(usize) -> &'a [u8],
+    ) -> io::Result<()> {
+        let i = i % self.pool.len();
+        if self.pool[i].2 != Some(df) {
+            let v = if df {
+                libc::IP_PMTUDISC_DO
+            } else {
+                libc::IP_PMTUDISC_DONT
+            };
+            setsockopt_int(
+                &self.pool[i].0,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                v,
+                "IP_MTU_DISCOVER",
+            )?;
+            self.pool[i].2 = Some(df);
+        }
+        self.giov.clear();
+        for p in (0..n).map(part) {
+            self.giov.push(libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            });
+        }
+        let mut name = sockaddr_in(dst, port);
+        // One cmsg: UDP_SEGMENT with the segment size (a u16).
+        let mut ctrl = [0u8; 24];
+        let hdr = size_of::<libc::cmsghdr>();
+        ctrl[..8].copy_from_slice(&((hdr + 2) as u64).to_ne_bytes());
+        ctrl[8..12].copy_from_slice(&SOL_UDP.to_ne_bytes());
+        ctrl[12..16].copy_from_slice(&UDP_SEGMENT.to_ne_bytes());
+        ctrl[hdr..hdr + 2].copy_from_slice(&seg.to_ne_bytes());
+        // SAFETY: msghdr is a plain C struct; all-zero is valid before we fill it.
+        let mut m: libc::msghdr = unsafe { zeroed() };
+        m.msg_name = &mut name as *mut libc::sockaddr_in as *mut libc::c_void;
+        m.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        m.msg_iov = self.giov.as_mut_ptr();
+        m.msg_iovlen = self.giov.len();
+        m.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
+        m.msg_controllen = ctrl.len();
+        loop {
+            // SAFETY: `m` points at `name`, `self.giov` (→ the caller's
+            // slices) and `ctrl`, all alive for the call; the kernel only reads them.
+            let r = unsafe { libc::sendmsg(self.pool[i].0.as_raw_fd(), &m, libc::MSG_DONTWAIT) };
+            if r >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// The segment size of a `UDP_GRO` control message (0: none).
+fn gro_size(ctrl: &[u8], len: usize) -> usize {
+    let hdr = size_of::<libc::cmsghdr>();
+    if len < hdr + 4 {
+        return 0;
+    }
+    let level = i32::from_ne_bytes(ctrl[8..12].try_into().expect("4 bytes"));
+    let ty = i32::from_ne_bytes(ctrl[12..16].try_into().expect("4 bytes"));
+    if level != SOL_UDP || ty != UDP_GRO {
+        return 0;
+    }
+    i32::from_ne_bytes(ctrl[hdr..hdr + 4].try_into().expect("4 bytes")).max(0) as usize
 }
 
 /// A packet socket bound to one interface, with batch I/O.

@@ -17,7 +17,7 @@ use crate::PortId;
 use crate::fdb::Fdb;
 use crate::port::{BATCH, Batch, PortIo, TxOutcome};
 use crate::stats::DropReason;
-use crate::sys::{RxDatagram, UNDERLAY_MSGS, Underlay};
+use crate::sys::{GSO_MAX_SEGS, RxDatagram, UNDERLAY_MSGS, UNDERLAY_POOL, Underlay};
 use crate::vxlan::{self, Df, OUTER_HLEN, SegError, Segment, VXLAN_HLEN};
 use crate::wire::{MacAddr, VNET_HDR_LEN};
 use serde_json::{Value, json};
@@ -66,6 +66,20 @@ pub struct TunnelCounters {
     pub replicated: u64,
     /// Received frames whose checksum or segmentation was left to the egress.
     pub rx_offloaded: u64,
+    /// `UDP_SEGMENT` sends (each a super-frame's datagrams in one call).
+    pub tx_gso_sends: u64,
+    /// Coalesced receives (`UDP_GRO`) merged back into one super-frame.
+    pub rx_coalesced: u64,
+    /// Coalesced receives that were not one flow's segments: taken apart.
+    pub rx_split: u64,
+}
+
+/// One segment's datagram: VXLAN header + inner headers, and its payload range.
+#[derive(Clone, Copy)]
+struct Head {
+    bytes: [u8; VXLAN_HLEN + vxlan::MAX_SEG_HDR],
+    len: usize,
+    payload: (usize, usize),
 }
 
 /// Drops a tunnel port counts itself, by reason.
@@ -90,6 +104,10 @@ struct Msg {
     payload: (usize, usize),
 }
 
+/// Where a datagram lands in a slot's receive area: its VXLAN header fills
+/// the end of the vnet header's room, so the inner frame is where a frame belongs.
+const OFF: usize = VNET_HDR_LEN - VXLAN_HLEN;
+
 /// A VXLAN tunnel port.
 pub struct VxlanPort {
     cfg: TunnelConfig,
@@ -101,6 +119,13 @@ pub struct VxlanPort {
     flood: Vec<Ipv4Addr>,
     msgs: Vec<Msg>,
     segs: Vec<Segment>,
+    heads: Vec<Head>,
+    /// Set when the kernel refused a `UDP_SEGMENT` send: datagrams go one by one.
+    gso_off: bool,
+    /// Datagrams of coalesced receives still to hand out: bytes, and runs of
+    /// (start, end, datagram size, source VTEP).
+    pending: Vec<u8>,
+    runs: Vec<(usize, usize, usize, Ipv4Addr)>,
     ip_id: u16,
     drops: [u64; REASONS.len()],
     /// Counters.
@@ -129,6 +154,10 @@ impl VxlanPort {
             rx_src: [None; BATCH],
             msgs: Vec::with_capacity(UNDERLAY_MSGS),
             segs: Vec::with_capacity(64),
+            heads: Vec::with_capacity(64),
+            gso_off: false,
+            pending: Vec::with_capacity(1 << 16),
+            runs: Vec::with_capacity(BATCH),
             ip_id: 0,
             drops: [0; REASONS.len()],
             counters: TunnelCounters::default(),
@@ -214,7 +243,13 @@ impl VxlanPort {
     }
 
     /// Queue one frame: its segments, to its VTEP or to every flood VTEP.
-    fn queue(&mut self, batch: &Batch, k: usize, fdb: &Fdb, now: u64) -> Result<usize, DropReason> {
+    fn queue(
+        &mut self,
+        batch: &Batch,
+        k: usize,
+        (fdb, now): (&Fdb, u64),
+        o: &mut TxOutcome,
+    ) -> Result<usize, DropReason> {
         let wire = batch.wire(k);
         let (vnet, frame) = wire.split_at(VNET_HDR_LEN);
         let Some((vni, vlan, tagged)) = self.vni_of(frame) else {
@@ -251,7 +286,9 @@ impl VxlanPort {
         if self.msgs.len() + n > UNDERLAY_MSGS {
             return Ok(0); // the caller flushes and asks again
         }
-        let sport = vxlan::entropy(frame);
+        // One pool socket (and its port) per flow: the outer source port.
+        let pi = usize::from(vxlan::entropy(frame)) % UNDERLAY_POOL;
+        let sport = self.under.pool_port(pi);
         let df = match self.cfg.df {
             Df::Unset => false,
             Df::Set => true,
@@ -260,54 +297,158 @@ impl VxlanPort {
         if known.is_none() {
             self.counters.replicated += targets as u64;
         }
-        for si in 0..self.segs.len() {
-            let s = &self.segs[si];
-            // The inner headers of the datagram: the segment's, or none
-            // (the frame as it is); a trunk's tag comes off either way.
-            let mut inner = [0u8; vxlan::MAX_SEG_HDR];
-            let (mut ilen, mut pay) = (0, s.payload);
+        // Each segment's datagram: VXLAN header, then the segment's headers
+        // or none (the frame as it is); a trunk's tag comes off either way.
+        self.heads.clear();
+        for s in &self.segs {
+            let mut h = Head {
+                bytes: [0; VXLAN_HLEN + vxlan::MAX_SEG_HDR],
+                len: VXLAN_HLEN,
+                payload: s.payload,
+            };
+            h.bytes[0] = 0x08;
+            h.bytes[4..7].copy_from_slice(&vni.to_be_bytes()[1..]);
+            let inner = &mut h.bytes[VXLAN_HLEN..];
             if s.hdr_len > 0 {
                 inner[..s.hdr_len].copy_from_slice(&s.hdr[..s.hdr_len]);
-                ilen = s.hdr_len;
+                h.len += s.hdr_len;
+                if tagged {
+                    inner.copy_within(16..s.hdr_len, 12);
+                    h.len -= 4;
+                }
             } else if tagged {
                 inner[..12].copy_from_slice(&frame[..12]);
-                ilen = 12;
-                pay = (16, frame.len());
+                h.len += 12;
+                h.payload = (16, frame.len());
             }
-            if tagged && s.hdr_len > 0 {
-                inner.copy_within(16..ilen, 12);
-                ilen -= 4;
+            self.heads.push(h);
+        }
+        // A super-frame: its datagrams in one UDP_SEGMENT send per VTEP
+        // (the kernel, or the NIC, cuts them), after what is staged.
+        if self.heads.len() > 1 && !self.gso_off {
+            if !self.msgs.is_empty() {
+                let (s, r, b) = self.flush(batch);
+                self.account(o, s, r, b);
             }
-            let inner_len = ilen + (pay.1 - pay.0);
-            let (src, port) = (self.cfg.local, self.cfg.port);
-            let each = |dst: Ipv4Addr, msgs: &mut Vec<Msg>, id: u16| {
-                let mut m = Msg {
-                    dst,
-                    head: [0; OUTER_HLEN + vxlan::MAX_SEG_HDR],
-                    head_len: OUTER_HLEN + ilen,
-                    frame: k as u16,
-                    payload: pay,
-                };
-                let mut outer = [0u8; OUTER_HLEN];
-                vxlan::write_outer(&mut outer, src, dst, sport, port, vni, df, id, inner_len);
-                m.head[..OUTER_HLEN].copy_from_slice(&outer);
-                m.head[OUTER_HLEN..OUTER_HLEN + ilen].copy_from_slice(&inner[..ilen]);
-                msgs.push(m);
-            };
-            match known {
-                Some(v) => {
-                    self.ip_id = self.ip_id.wrapping_add(1);
-                    each(v, &mut self.msgs, self.ip_id)
-                }
-                None => {
-                    for j in 0..self.flood.len() {
-                        self.ip_id = self.ip_id.wrapping_add(1);
-                        each(self.flood[j], &mut self.msgs, self.ip_id);
+            let seg = self.heads[0].len + self.heads[0].payload.1 - self.heads[0].payload.0;
+            let per = GSO_MAX_SEGS.min(65_000 / seg).max(1);
+            for t in 0..targets {
+                let dst = known.unwrap_or_else(|| self.flood[t]);
+                for c in (0..self.heads.len()).step_by(per) {
+                    let hs = &self.heads[c..(c + per).min(self.heads.len())];
+                    let r = self.under.send_gso(
+                        pi,
+                        (dst, self.cfg.port),
+                        df,
+                        seg as u16,
+                        2 * hs.len(),
+                        |p| {
+                            let h = &hs[p / 2];
+                            if p % 2 == 0 {
+                                &h.bytes[..h.len]
+                            } else {
+                                &frame[h.payload.0..h.payload.1]
+                            }
+                        },
+                    );
+                    match r {
+                        Ok(()) => {
+                            self.counters.tx_gso_sends += 1;
+                            self.counters.tx_datagrams += hs.len() as u64;
+                            self.counters.tx_bytes += hs
+                                .iter()
+                                .map(|h| (h.len + h.payload.1 - h.payload.0) as u64)
+                                .sum::<u64>();
+                        }
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::EIO)
+                            ) =>
+                        {
+                            tracing::warn!(
+                                "tunnel {}: the kernel refused a UDP_SEGMENT send ({e}): sending datagrams one by one",
+                                self.cfg.name
+                            );
+                            self.gso_off = true;
+                            o.failed += hs.len();
+                        }
+                        Err(_) => o.failed += hs.len(),
                     }
                 }
             }
+            return Ok(n);
+        }
+        for hi in 0..self.heads.len() {
+            let h = self.heads[hi];
+            let inner_len = h.len - VXLAN_HLEN + (h.payload.1 - h.payload.0);
+            for t in 0..targets {
+                let dst = known.unwrap_or_else(|| self.flood[t]);
+                self.ip_id = self.ip_id.wrapping_add(1);
+                let mut m = Msg {
+                    dst,
+                    head: [0; OUTER_HLEN + vxlan::MAX_SEG_HDR],
+                    head_len: OUTER_HLEN + h.len - VXLAN_HLEN,
+                    frame: k as u16,
+                    payload: h.payload,
+                };
+                let mut outer = [0u8; OUTER_HLEN];
+                let (src, port) = (self.cfg.local, self.cfg.port);
+                vxlan::write_outer(
+                    &mut outer, src, dst, sport, port, vni, df, self.ip_id, inner_len,
+                );
+                m.head[..OUTER_HLEN].copy_from_slice(&outer);
+                m.head[OUTER_HLEN..m.head_len].copy_from_slice(&h.bytes[VXLAN_HLEN..h.len]);
+                self.msgs.push(m);
+            }
         }
         Ok(n)
+    }
+
+    /// Check the datagram (`len` bytes from [`OFF`] of `slot`'s area) from
+    /// `src` and make it the slot's frame: its vnet header `pre`, or what
+    /// [`vxlan::rx_vnet`] finds. False (a counted drop) when it is not ours.
+    fn take(
+        &mut self,
+        batch: &mut Batch,
+        slot: usize,
+        len: usize,
+        src: Ipv4Addr,
+        pre: Option<[u8; VNET_HDR_LEN]>,
+    ) -> bool {
+        let vni = match vxlan::parse(&batch.rx_area(slot)[OFF..OFF + len]) {
+            Ok(v) => v,
+            Err(_) => {
+                self.drop(DropReason::VxlanBadHeader);
+                return false;
+            }
+        };
+        let Some(vlan) = self.vlan_of(vni) else {
+            self.drop(DropReason::VxlanUnknownVni);
+            return false;
+        };
+        if !self.cfg.accept_any && !self.accept.contains(&src) {
+            self.drop(DropReason::VxlanUnknownVtep);
+            return false;
+        }
+        self.counters.rx_datagrams += 1;
+        let end = VNET_HDR_LEN + len - VXLAN_HLEN;
+        let area = batch.rx_area(slot);
+        let v =
+            pre.unwrap_or_else(|| vxlan::rx_vnet(&area[VNET_HDR_LEN..end], self.cfg.mtu as usize));
+        if v[0] != 0 {
+            self.counters.rx_offloaded += 1;
+        }
+        area[..VNET_HDR_LEN].copy_from_slice(&v);
+        batch.set_filled(slot, end, false);
+        if let Some(vid) = vlan
+            && !batch.insert_vlan_tag(slot, 0x8100, vid)
+        {
+            self.drop(DropReason::Truncated);
+            return false;
+        }
+        self.rx_src[slot] = Some(src);
+        true
     }
 
     fn account(&mut self, o: &mut TxOutcome, sent: usize, refused: usize, bytes: u64) {
@@ -339,59 +480,71 @@ impl VxlanPort {
 impl PortIo for VxlanPort {
     fn rx_batch(&mut self, batch: &mut Batch) -> io::Result<usize> {
         batch.clear();
-        // The datagram lands so that its VXLAN header fills the end of the
-        // vnet header's room: the inner frame is then where a frame belongs.
-        const OFF: usize = VNET_HDR_LEN - VXLAN_HLEN;
-        let n = self.under.recv(batch, OFF, &mut self.meta)?;
         let mut kept = 0;
-        for i in 0..n {
-            let m = self.meta[i];
+        // First what a coalesced receive left over (taken apart).
+        while kept < BATCH && !self.runs.is_empty() {
+            let (a, b, seg, src) = self.runs[0];
+            let len = seg.min(b - a);
+            batch.rx_area(kept)[OFF..OFF + len].copy_from_slice(&self.pending[a..a + len]);
+            if a + len >= b {
+                self.runs.remove(0);
+            } else {
+                self.runs[0].0 = a + len;
+            }
+            if self.take(batch, kept, len, src, None) {
+                kept += 1;
+            }
+        }
+        if self.runs.is_empty() {
+            self.pending.clear();
+        }
+        if kept == BATCH {
+            return Ok(kept);
+        }
+        let from = kept;
+        let n = self.under.recv(batch, OFF, from, &mut self.meta)?;
+        for j in 0..n {
+            let m = self.meta[j];
             if m.truncated {
                 self.drop(DropReason::Truncated);
                 continue;
             }
-            let vni = {
-                let area = batch.rx_area(i);
-                match vxlan::parse(&area[OFF..OFF + m.len]) {
-                    Ok(v) => v,
-                    Err(_) => {
-                        self.drop(DropReason::VxlanBadHeader);
-                        continue;
+            if kept != from + j {
+                batch.move_rx(from + j, kept, OFF + m.len);
+            }
+            let (mut len, mut pre) = (m.len, None);
+            if m.gro > 0 && m.len > m.gro {
+                let area = batch.rx_area(kept);
+                match vxlan::coalesce(&mut area[OFF..OFF + m.len], m.gro) {
+                    Some((flen, v)) => {
+                        self.counters.rx_coalesced += 1;
+                        self.counters.rx_datagrams += (m.len.div_ceil(m.gro) - 1) as u64;
+                        len = VXLAN_HLEN + flen;
+                        pre = Some(v);
+                    }
+                    None => {
+                        // Not one flow's segments: the first here, the rest
+                        // from the next call on (the worker comes back: rx_pending).
+                        self.counters.rx_split += 1;
+                        let a = self.pending.len();
+                        self.pending
+                            .extend_from_slice(&area[OFF + m.gro..OFF + m.len]);
+                        self.runs.push((a, self.pending.len(), m.gro, m.src));
+                        len = m.gro;
                     }
                 }
-            };
-            let Some(vlan) = self.vlan_of(vni) else {
-                self.drop(DropReason::VxlanUnknownVni);
-                continue;
-            };
-            if !self.cfg.accept_any && !self.accept.contains(&m.src) {
-                self.drop(DropReason::VxlanUnknownVtep);
-                continue;
             }
-            self.counters.rx_datagrams += 1;
-            let len = VNET_HDR_LEN + m.len - VXLAN_HLEN;
-            if kept != i {
-                batch.move_rx(i, kept, len);
+            if self.take(batch, kept, len, m.src, pre) {
+                kept += 1;
             }
-            let area = batch.rx_area(kept);
-            let v = vxlan::rx_vnet(&area[VNET_HDR_LEN..len], self.cfg.mtu as usize);
-            if v[0] != 0 {
-                self.counters.rx_offloaded += 1;
-            }
-            area[..VNET_HDR_LEN].copy_from_slice(&v);
-            batch.set_filled(kept, len, false);
-            if let Some(vid) = vlan
-                && !batch.insert_vlan_tag(kept, 0x8100, vid)
-            {
-                self.drop(DropReason::Truncated);
-                continue;
-            }
-            self.rx_src[kept] = Some(m.src);
-            kept += 1;
         }
         // Slots past `kept` may hold refused datagrams: not frames of this batch.
         batch.truncate(kept);
         Ok(kept)
+    }
+
+    fn rx_pending(&self) -> bool {
+        !self.runs.is_empty()
     }
 
     fn tx_batch(&mut self, batch: &Batch, idx: &[u16]) -> io::Result<TxOutcome> {
@@ -410,7 +563,7 @@ impl PortIo for VxlanPort {
         let mut o = TxOutcome::default();
         let mut i = 0;
         while i < idx.len() {
-            match self.queue(batch, idx[i] as usize, fdb, now) {
+            match self.queue(batch, idx[i] as usize, (fdb, now), &mut o) {
                 Ok(0) if !self.msgs.is_empty() => {
                     let (s, r, b) = self.flush(batch);
                     self.account(&mut o, s, r, b);

@@ -908,7 +908,8 @@ impl<P: Policy + Reload> Worker<P> {
             if spin && idle_pass {
                 std::thread::yield_now();
             }
-            let timeout = if spin || self.saving.is_some() || self.expiring {
+            let pending = self.ports.iter().any(|p| p.up && p.io.rx_pending());
+            let timeout = if spin || pending || self.saving.is_some() || self.expiring {
                 EpollTimeout::ZERO
             } else {
                 self.pacer.waiting();
@@ -1024,6 +1025,13 @@ impl<P: Policy + Reload> Worker<P> {
                             self.last_empty_port = i as usize;
                         }
                         moved += got;
+                    }
+                }
+            }
+            if pending {
+                for i in 0..self.ports.len() {
+                    if self.ports[i].up && self.ports[i].io.rx_pending() {
+                        moved += self.service(i, now);
                     }
                 }
             }

@@ -195,22 +195,29 @@ fn multihost_overlay_pings_learns_moves_and_carries_200mb_within_the_underlay_mt
         "vswitch fdb shows remote VTEPs:\n{text}"
     );
 
-    // 200 MB each, red (A) to blue (B) and to green (C), offloads at their
-    // defaults (TSO super-frames from red's veth).
+    // 200 MB red (A) → blue (B), offloads at their defaults everywhere: red's
+    // TSO super-frames leave A in UDP_SEGMENT sends, and the veth underlay
+    // carries them whole to B, whose socket gets them coalesced (UDP_GRO).
     let to = |ip: &str, port: u16| SocketAddr::new(ip.parse().unwrap(), port);
     tcp_transfer_via(&red, &blue, to(BLUE, 5001), to(BLUE, 5001), 200 << 20);
-    tcp_transfer_via(&red, &green, to(GREEN, 5002), to(GREEN, 5002), 200 << 20);
-    let st = query(&w, 0, "stats");
-    let t = &st["tunnels"][0]["counters"];
+    let ta = query(&w, 0, "stats")["tunnels"][0]["counters"].clone();
+    let tb = query(&w, 1, "stats")["tunnels"][0]["counters"].clone();
     assert!(
-        t["segmented"].as_u64().unwrap() > 100,
-        "super-frames were cut here: {t}"
+        ta["segmented"].as_u64().unwrap() > 100,
+        "super-frames were cut on A: {ta}"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        ta["tx_gso_sends"].as_u64().unwrap() > 100,
+        "and sent with UDP_SEGMENT: {ta}"
+    );
+    assert!(
+        tb["rx_coalesced"].as_u64().unwrap() > 100,
+        "B merged coalesced receives: {tb}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
     drop(cap);
 
-    // The underlay capture: VXLAN with VNI 42, no datagram from a vswitch
-    // VTEP larger than the underlay's MTU, outer source ports per flow.
+    // The first capture: VXLAN with VNI 42, outer source ports per flow.
     let o = run_timeout(
         Command::new("tcpdump").args(["-nn", "-r", &pcap_s, "-c", "50"]),
         Duration::from_secs(20),
@@ -220,21 +227,63 @@ fn multihost_overlay_pings_learns_moves_and_carries_200mb_within_the_underlay_mt
         decoded.contains("VXLAN") && decoded.contains(&format!("vni {}", multihost::VNI)),
         "tcpdump decodes VXLAN with VNI 42:\n{decoded}"
     );
-    let recs = read_pcap(&pcap);
-    let ours: Vec<&Rec> = recs
-        .iter()
-        .filter(|r| r.data.len() >= 38 && r.data[12..14] == [8, 0])
-        .filter(|r| {
-            let src = Ipv4Addr::new(r.data[26], r.data[27], r.data[28], r.data[29]);
-            src.to_string() == VTEPS[0] || src.to_string() == VTEPS[1]
-        })
-        .collect();
+    let from_vswitch = |recs: &[Rec]| -> Vec<(usize, u16)> {
+        recs.iter()
+            .filter(|r| r.data.len() >= 38 && r.data[12..14] == [8, 0])
+            .filter(|r| {
+                let src = Ipv4Addr::new(r.data[26], r.data[27], r.data[28], r.data[29]);
+                src.to_string() == VTEPS[0] || src.to_string() == VTEPS[1]
+            })
+            .map(|r| (r.orig_len, u16::from_be_bytes([r.data[34], r.data[35]])))
+            .collect()
+    };
+    let ours = from_vswitch(&read_pcap(&pcap));
+    let sports: std::collections::HashSet<u16> = ours.iter().map(|x| x.1).collect();
+    assert!(
+        sports.len() >= 4,
+        "outer source ports vary across flows: {sports:?}"
+    );
+    let _ = std::fs::remove_file(&pcap);
+
+    // 200 MB red (A) → green (C) and again to blue, with the underlay as a
+    // wire: A's and B's ul0 without UDP segmentation offload, so the kernel
+    // cuts each UDP_SEGMENT send at the device and the capture sees every
+    // frame as it would leave a NIC: none larger than the underlay MTU.
+    for h in ["a", "b"] {
+        let o = ns_exec(
+            &w.ns(h),
+            &["ethtool", "-K", "ul0", "tx-udp-segmentation", "off"],
+            Duration::from_secs(10),
+        );
+        assert!(
+            o.status.success(),
+            "ethtool: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let cap = Bg::start(
+        &w.ns("ul"),
+        &[
+            "tcpdump", "-i", "ula", "-n", "-s", "64", "-U", "-w", &pcap_s, "udp", "port", "4789",
+        ],
+        None,
+    );
+    assert!(
+        cap.wait_for("listening on", Duration::from_secs(10)),
+        "tcpdump: {}",
+        cap.log()
+    );
+    tcp_transfer_via(&red, &green, to(GREEN, 5002), to(GREEN, 5002), 200 << 20);
+    tcp_transfer_via(&red, &blue, to(BLUE, 5003), to(BLUE, 5003), 50 << 20);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(cap);
+    let ours = from_vswitch(&read_pcap(&pcap));
     assert!(
         ours.len() > 20_000,
         "captured {} datagrams from vswitch VTEPs",
         ours.len()
     );
-    let biggest = ours.iter().map(|r| r.orig_len).max().unwrap();
+    let biggest = ours.iter().map(|x| x.0).max().unwrap();
     assert!(
         biggest <= 1514,
         "a {biggest}-byte frame on a 1500-MTU underlay"
@@ -242,14 +291,6 @@ fn multihost_overlay_pings_learns_moves_and_carries_200mb_within_the_underlay_mt
     assert!(
         biggest >= 1500,
         "bulk datagrams fill the underlay MTU ({biggest})"
-    );
-    let sports: std::collections::HashSet<u16> = ours
-        .iter()
-        .map(|r| u16::from_be_bytes([r.data[34], r.data[35]]))
-        .collect();
-    assert!(
-        sports.len() >= 4,
-        "outer source ports vary across flows: {sports:?}"
     );
     let _ = std::fs::remove_file(&pcap);
 
