@@ -711,6 +711,28 @@ fn print_stats(v: &Value) {
     } else if let Some(st) = fp["state"].as_str() {
         println!("fast path: {st}");
     }
+    for t in v["tunnels"].as_array().into_iter().flatten() {
+        let c = &t["counters"];
+        println!(
+            "tunnel {}: vxlan vni {} local {}:{} mtu {}, flood to [{}]; datagrams rx {} tx {} ({} UDP_SEGMENT sends), super-frames cut {}, coalesced rx merged {} split {}, flood copies {}",
+            s(&t["name"]),
+            t["vni"],
+            s(&t["local"]),
+            t["port"],
+            t["mtu"],
+            t["flood"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+            c["rx_datagrams"],
+            c["tx_datagrams"],
+            c["tx_gso_sends"],
+            c["segmented"],
+            c["rx_coalesced"],
+            c["rx_split"],
+            c["replicated"]
+        );
+    }
     if let Some(p) = v["policy"].as_object()
         && !p.is_empty()
     {

@@ -195,6 +195,35 @@ fn multihost_overlay_pings_learns_moves_and_carries_200mb_within_the_underlay_mt
         "vswitch fdb shows remote VTEPs:\n{text}"
     );
 
+    // ARP suppression covers remote hosts: red's next request for green
+    // (behind C) is answered by A itself, not flooded over the tunnel.
+    let arp = query(&w, 0, "arp");
+    assert!(
+        arp["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["ip"] == GREEN && e["port"] == "vxlan0"),
+        "A knows green's address behind the tunnel: {arp}"
+    );
+    let suppressed = |w: &World| {
+        query(w, 0, "stats")["arp"]["counters"]["suppressed"]
+            .as_u64()
+            .unwrap()
+    };
+    let s0 = suppressed(&w);
+    let o = ns_exec(
+        &red,
+        &["ip", "neigh", "flush", "all"],
+        Duration::from_secs(5),
+    );
+    assert!(o.status.success());
+    assert_eq!(ping_loss(&red, GREEN, 2), 0.0);
+    assert!(
+        suppressed(&w) > s0,
+        "red's ARP request for green was answered by A"
+    );
+
     // 200 MB red (A) → blue (B), offloads at their defaults everywhere: red's
     // TSO super-frames leave A in UDP_SEGMENT sends, and the veth underlay
     // carries them whole to B, whose socket gets them coalesced (UDP_GRO).
