@@ -456,7 +456,7 @@ pub fn fastpath_for(t: &Topology, ports: &[Port]) -> crate::fastpath::FastPath {
     }
     let mut attached = 0;
     for (i, p) in ports.iter().enumerate() {
-        if p.kind == "tap" {
+        if p.kind == "tap" || p.kind == "vxlan" {
             continue;
         }
         let peer = match &t.uplink {

@@ -219,7 +219,7 @@ impl Fdb {
                 return Learn::Refreshed;
             }
             let from = e.port;
-            if self.per_port[port] >= self.max_per_port || vtep_full {
+            if (vtep.is_none() && self.per_port[port] >= self.max_per_port) || vtep_full {
                 self.counters.refused_port_full += 1;
                 return Learn::RefusedPortFull;
             }
@@ -249,7 +249,8 @@ impl Fdb {
                 return Learn::RefusedTableFull;
             }
         }
-        if self.per_port[port] >= self.max_per_port || vtep_full {
+        // Behind a tunnel the source is the VTEP: bounded per VTEP, not per port.
+        if (vtep.is_none() && self.per_port[port] >= self.max_per_port) || vtep_full {
             self.counters.refused_port_full += 1;
             return Learn::RefusedPortFull;
         }
@@ -610,11 +611,15 @@ mod tests {
         );
         assert_eq!(f.entry(0, &m(1)).unwrap().vtep, Some(b));
         assert_eq!(f.counters.moves, 1);
-        // Two per VTEP (the port bound): a third behind b is refused, a is not full.
+        // Two per VTEP (the port bound): a third behind b is refused ...
         assert_eq!(f.learn_via(0, m(2), 1, Some(b), 3), Learn::New);
         assert_eq!(f.per_vtep[&b], 2);
-        // The port is at its bound too (2): the bound holds per port and per VTEP.
         assert_eq!(f.learn_via(0, m(3), 1, Some(b), 3), Learn::RefusedPortFull);
+        // ... while a still learns: the tunnel port is bounded per VTEP, so
+        // one VTEP cannot take the others' room.
+        assert_eq!(f.learn_via(0, m(5), 1, Some(a), 3), Learn::New);
+        assert_eq!(f.port_len(1), 3);
+        f.remove(0, m(5));
         // Moving to a local port frees the VTEP's share; ageing frees the rest.
         assert_eq!(f.learn_via(0, m(1), 0, None, 4), Learn::Moved { from: 1 });
         assert_eq!(f.per_vtep[&b], 1);

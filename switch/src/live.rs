@@ -411,6 +411,19 @@ pub fn vlan_table(t: &Topology, slots: &[PortInfo]) -> Option<VlanPorts> {
     }
     let mut v = VlanPorts::default();
     for s in slots {
+        // A tunnel slot: its VLAN, or its VLAN→VNI map's VLANs (a trunk).
+        if let Some(tn) = t.tunnels.iter().find(|tn| s.lan && tn.name == s.name) {
+            if tn.vlan_vni.is_empty() {
+                let x = tn.vlan.unwrap_or(1);
+                v.access.push(Some(x));
+                v.members.push(vec![x]);
+            } else {
+                v.access.push(None);
+                v.members
+                    .push(tn.vlan_vni.iter().map(|(x, _)| *x).collect());
+            }
+            continue;
+        }
         let mode = t
             .switch_ports()
             .find(|n| s.lan && n.name == s.netns)
@@ -694,9 +707,14 @@ impl Live {
                 change.nat_rules6 = Some((c.masquerade, c.dnat));
             }
         }
+        // As at start (`daemon::gateway_config`): the tunnels' overlays too.
+        let overlay = crate::daemon::tunnel_configs(&new)
+            .map(|v| v.into_iter().map(|c| c.mtu).min())
+            .unwrap_or(None);
         change.lan_mtu = Some(
             new.switch_ports()
                 .filter_map(|n| n.mtu)
+                .chain(overlay)
                 .min()
                 .unwrap_or(1500),
         );

@@ -461,12 +461,15 @@ impl Underlay {
         }
         let mut name = sockaddr_in(dst, port);
         // One cmsg: UDP_SEGMENT with the segment size (a u16).
+        // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; },
+        // data after it: CMSG_LEN(2) = header + 2, CMSG_SPACE(2) rounds up.
         let mut ctrl = [0u8; 24];
-        let hdr = size_of::<libc::cmsghdr>();
-        ctrl[..8].copy_from_slice(&((hdr + 2) as u64).to_ne_bytes());
-        ctrl[8..12].copy_from_slice(&SOL_UDP.to_ne_bytes());
-        ctrl[12..16].copy_from_slice(&UDP_SEGMENT.to_ne_bytes());
+        let (hdr, w) = (size_of::<libc::cmsghdr>(), size_of::<usize>());
+        ctrl[..w].copy_from_slice(&(hdr + 2).to_ne_bytes());
+        ctrl[w..w + 4].copy_from_slice(&SOL_UDP.to_ne_bytes());
+        ctrl[w + 4..w + 8].copy_from_slice(&UDP_SEGMENT.to_ne_bytes());
         ctrl[hdr..hdr + 2].copy_from_slice(&seg.to_ne_bytes());
+        let space = (hdr + 2).next_multiple_of(w);
         // SAFETY: msghdr is a plain C struct; all-zero is valid before we fill it.
         let mut m: libc::msghdr = unsafe { zeroed() };
         m.msg_name = &mut name as *mut libc::sockaddr_in as *mut libc::c_void;
@@ -474,7 +477,7 @@ impl Underlay {
         m.msg_iov = self.giov.as_mut_ptr();
         m.msg_iovlen = self.giov.len();
         m.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
-        m.msg_controllen = ctrl.len();
+        m.msg_controllen = space as _;
         loop {
             // SAFETY: `m` points at `name`, `self.giov` (→ the caller's
             // slices) and `ctrl`, all alive for the call; the kernel only reads them.
@@ -496,8 +499,9 @@ fn gro_size(ctrl: &[u8], len: usize) -> usize {
     if len < hdr + 4 {
         return 0;
     }
-    let level = i32::from_ne_bytes(ctrl[8..12].try_into().expect("4 bytes"));
-    let ty = i32::from_ne_bytes(ctrl[12..16].try_into().expect("4 bytes"));
+    let w = size_of::<usize>();
+    let level = i32::from_ne_bytes(ctrl[w..w + 4].try_into().expect("4 bytes"));
+    let ty = i32::from_ne_bytes(ctrl[w + 4..w + 8].try_into().expect("4 bytes"));
     if level != SOL_UDP || ty != UDP_GRO {
         return 0;
     }

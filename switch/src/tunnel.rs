@@ -120,8 +120,9 @@ pub struct VxlanPort {
     msgs: Vec<Msg>,
     segs: Vec<Segment>,
     heads: Vec<Head>,
-    /// Set when the kernel refused a `UDP_SEGMENT` send: datagrams go one by one.
-    gso_off: bool,
+    /// After the kernel refused a `UDP_SEGMENT` send: datagrams go one by
+    /// one until this time (ms), then `UDP_SEGMENT` is tried again.
+    gso_retry_at: u64,
     /// Datagrams of coalesced receives still to hand out: bytes, and runs of
     /// (start, end, datagram size, source VTEP).
     pending: Vec<u8>,
@@ -155,7 +156,7 @@ impl VxlanPort {
             msgs: Vec::with_capacity(UNDERLAY_MSGS),
             segs: Vec::with_capacity(64),
             heads: Vec::with_capacity(64),
-            gso_off: false,
+            gso_retry_at: 0,
             pending: Vec::with_capacity(1 << 16),
             runs: Vec::with_capacity(BATCH),
             ip_id: 0,
@@ -185,11 +186,22 @@ impl VxlanPort {
         true
     }
 
-    /// Remove `vtep` from the flood list; false if it was not there.
-    pub fn remove_flood(&mut self, vtep: Ipv4Addr) -> bool {
+    /// Remove `vtep` from the flood list; false if it was not there. Its
+    /// datagrams are refused from then on unless it is a configured remote
+    /// or `in_use` (a static entry still names it).
+    pub fn remove_flood(&mut self, vtep: Ipv4Addr, in_use: bool) -> bool {
         let n = self.flood.len();
         self.flood.retain(|v| *v != vtep);
+        self.disallow(vtep, in_use);
         n != self.flood.len()
+    }
+
+    /// Stop accepting `vtep` unless it is a configured remote, a flood VTEP
+    /// or `in_use` (named by a static entry).
+    pub fn disallow(&mut self, vtep: Ipv4Addr, in_use: bool) {
+        if !in_use && !self.cfg.remotes.contains(&vtep) && !self.flood.contains(&vtep) {
+            self.accept.remove(&vtep);
+        }
     }
 
     /// The `stats` view of this tunnel.
@@ -271,20 +283,30 @@ impl VxlanPort {
         if targets == 0 {
             return Err(DropReason::VxlanNoRemote);
         }
-        match vxlan::segment(vnet, frame, self.cfg.mtu as usize, &mut self.segs) {
+        // A tag that stays on the inner frame (a VLAN-unaware switch passing
+        // tagged frames) takes 4 bytes of the overlay MTU.
+        let keep_tag =
+            !tagged && frame.len() >= 18 && matches!(frame[12..14], [0x81, 0] | [0x88, 0xa8]);
+        let max_l3 = self.cfg.mtu as usize - if keep_tag { 4 } else { 0 };
+        match vxlan::segment(vnet, frame, max_l3, &mut self.segs) {
             Ok(()) => {}
             Err(SegError::TooBig) => return Err(DropReason::VxlanTooBig),
             Err(_) => return Err(DropReason::VxlanGso),
         }
-        if self.segs.len() > 1 {
-            self.counters.segmented += 1;
-        }
-        let n = self.segs.len() * targets;
-        if n > UNDERLAY_MSGS {
+        // A trunk's tag comes off after the MACs: the headers must hold it.
+        if tagged && self.segs.iter().any(|s| s.hdr_len > 0 && s.hdr_len < 16) {
             return Err(DropReason::VxlanGso);
         }
-        if self.msgs.len() + n > UNDERLAY_MSGS {
+        let n = self.segs.len() * targets;
+        let gso = self.segs.len() > 1 && now >= self.gso_retry_at;
+        if !gso && n > UNDERLAY_MSGS {
+            return Err(DropReason::VxlanGso);
+        }
+        if !gso && self.msgs.len() + n > UNDERLAY_MSGS {
             return Ok(0); // the caller flushes and asks again
+        }
+        if self.segs.len() > 1 {
+            self.counters.segmented += 1;
         }
         // One pool socket (and its port) per flow: the outer source port.
         let pi = usize::from(vxlan::entropy(frame)) % UNDERLAY_POOL;
@@ -325,14 +347,15 @@ impl VxlanPort {
         }
         // A super-frame: its datagrams in one UDP_SEGMENT send per VTEP
         // (the kernel, or the NIC, cuts them), after what is staged.
-        if self.heads.len() > 1 && !self.gso_off {
+        if gso {
             if !self.msgs.is_empty() {
                 let (s, r, b) = self.flush(batch);
                 self.account(o, s, r, b);
             }
+            let mut refused = false;
             let seg = self.heads[0].len + self.heads[0].payload.1 - self.heads[0].payload.0;
             let per = GSO_MAX_SEGS.min(65_000 / seg).max(1);
-            for t in 0..targets {
+            'all: for t in 0..targets {
                 let dst = known.unwrap_or_else(|| self.flood[t]);
                 for c in (0..self.heads.len()).step_by(per) {
                     let hs = &self.heads[c..(c + per).min(self.heads.len())];
@@ -363,21 +386,33 @@ impl VxlanPort {
                         Err(e)
                             if matches!(
                                 e.raw_os_error(),
-                                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::EIO)
+                                Some(libc::EINVAL)
+                                    | Some(libc::EOPNOTSUPP)
+                                    | Some(libc::EIO)
+                                    | Some(libc::EMSGSIZE)
                             ) =>
                         {
+                            // (A path MTU below the segment size, a kernel
+                            // without UDP GSO.) This frame goes one by one,
+                            // and so do the next ones for 10 s.
                             tracing::warn!(
-                                "tunnel {}: the kernel refused a UDP_SEGMENT send ({e}): sending datagrams one by one",
+                                "tunnel {}: the kernel refused a UDP_SEGMENT send ({e}): datagrams one by one for 10 s",
                                 self.cfg.name
                             );
-                            self.gso_off = true;
-                            o.failed += hs.len();
+                            self.gso_retry_at = now + 10_000;
+                            refused = true;
+                            break 'all;
                         }
-                        Err(_) => o.failed += hs.len(),
+                        Err(_) => o.failed += 1,
                     }
                 }
             }
-            return Ok(n);
+            if !refused {
+                return Ok(n);
+            }
+            if n > UNDERLAY_MSGS {
+                return Err(DropReason::VxlanGso);
+            }
         }
         for hi in 0..self.heads.len() {
             let h = self.heads[hi];
@@ -509,6 +544,16 @@ impl PortIo for VxlanPort {
                 self.drop(DropReason::Truncated);
                 continue;
             }
+            // Behind a coalesced receive taken apart, the rest of this batch
+            // waits its turn too: a flow's datagrams keep their order.
+            if !self.runs.is_empty() {
+                let area = batch.rx_area(from + j);
+                let a = self.pending.len();
+                self.pending.extend_from_slice(&area[OFF..OFF + m.len]);
+                let seg = if m.gro > 0 { m.gro } else { m.len };
+                self.runs.push((a, self.pending.len(), seg, m.src));
+                continue;
+            }
             if kept != from + j {
                 batch.move_rx(from + j, kept, OFF + m.len);
             }
@@ -569,10 +614,12 @@ impl PortIo for VxlanPort {
                     self.account(&mut o, s, r, b);
                     continue; // the same frame again, with room
                 }
-                Ok(_) => o.sent += 1,
+                Ok(_) => {
+                    o.sent += 1;
+                    o.bytes += batch.frame(idx[i] as usize).len() as u64;
+                }
                 Err(r) => self.drop(r),
             }
-            o.bytes += batch.frame(idx[i] as usize).len() as u64;
             i += 1;
         }
         if !self.msgs.is_empty() {

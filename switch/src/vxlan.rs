@@ -100,10 +100,11 @@ fn l3(frame: &[u8]) -> Option<(usize, u16)> {
     }
 }
 
-/// The outer UDP source port of `frame`: a hash of its flow (IP addresses,
-/// protocol and ports, else the MACs and ethertype), in the dynamic range
-/// 49152–65535 that RFC 7348 §5 recommends. Every frame of one flow takes
-/// the same port (no reordering in the underlay); flows spread over ECMP.
+/// A hash of `frame`'s flow (IP addresses, protocol and ports, else the
+/// MACs and ethertype), in the dynamic range 49152–65535 that RFC 7348 §5
+/// recommends for the outer UDP source port. Every frame of one flow hashes
+/// alike (no reordering in the underlay); the tunnel uses it to pick the
+/// flow's send socket, whose port is the source port.
 pub fn entropy(frame: &[u8]) -> u16 {
     // FNV-1a over the fields that name the flow.
     let mut h: u32 = 0x811c_9dc5;
@@ -184,6 +185,10 @@ impl Default for Segment {
     }
 }
 
+/// Most segments one super-frame may become (a 64 KB frame with an MSS of
+/// 536, the smallest TCP's default, is 123).
+pub const MAX_SEGS: usize = 128;
+
 /// `VIRTIO_NET_HDR_GSO_*` types.
 const GSO_TCPV4: u8 = 1;
 const GSO_UDP_L4: u8 = 5;
@@ -225,7 +230,8 @@ pub fn segment(
             let cs = usize::from(u16::from_le_bytes([vnet[6], vnet[7]]));
             let co = usize::from(u16::from_le_bytes([vnet[8], vnet[9]]));
             let end = cs + co + 2;
-            if end > frame.len() || end > MAX_SEG_HDR {
+            // A checksum starts after an IP header, never in the L2 one.
+            if cs < l2 + 20 || end > frame.len() || end > MAX_SEG_HDR {
                 return Err(SegError::Malformed);
             }
             s.hdr[..end].copy_from_slice(&frame[..end]);
@@ -287,6 +293,9 @@ pub fn segment(
     }
     let payload = frame.len() - hlen;
     let n = payload.div_ceil(gso_size).max(1);
+    if n > MAX_SEGS {
+        return Err(SegError::Unsupported);
+    }
     let seq0 = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
     let id0 = u16::from_be_bytes([frame[o + 4], frame[o + 5]]);
     for i in 0..n {
@@ -645,6 +654,20 @@ mod tests {
             segment(&partial, &f, 9000, &mut out),
             Err(SegError::Malformed)
         );
+        // A pending checksum that would start inside the Ethernet or IP header.
+        for cs in [0u8, 4, 14, 33] {
+            let v = [1, 0, 0, 0, 0, 0, cs, 0, 16, 0];
+            assert_eq!(
+                segment(&v, &f, 9000, &mut out),
+                Err(SegError::Malformed),
+                "csum_start {cs}"
+            );
+        }
+        // A segment size that would make thousands of segments.
+        assert_eq!(
+            segment(&v(1, 8), &f, 9000, &mut out),
+            Err(SegError::Unsupported)
+        );
     }
 
     #[test]
@@ -776,7 +799,7 @@ mod tests {
         // A corrupted payload byte: not hidden under a new checksum.
         let mut x = b.clone();
         x[seg + 100] ^= 1;
-        assert!(coalesce(&mut x.clone(), seg).is_none());
+        assert!(coalesce(&mut x, seg).is_none());
         // Another VNI in the second datagram; a gap in the sequence; a SYN.
         let mut y = b.clone();
         y[seg + 6] = 43;
@@ -805,7 +828,7 @@ mod tests {
     proptest! {
         /// Any payload and segment size: the segments verify and carry the payload in order.
         #[test]
-        fn segments_reassemble_to_the_payload(len in 1usize..20_000, mss in 1usize..9000) {
+        fn segments_reassemble_to_the_payload(len in 1usize..20_000, mss in 160usize..9000) {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
             let f = tcp4(&data, 0x18);
             let m = (mss as u16).to_le_bytes();

@@ -1980,7 +1980,13 @@ impl<P: Policy + Reload> Worker<P> {
             && let Some(t) = self.ports[p].io.tunnel()
         {
             let changed = if cmd == "fdb-del" {
-                t.remove_flood(v)
+                let in_use = self
+                    .pipeline
+                    .fdb
+                    .entries(now)
+                    .iter()
+                    .any(|(_, e)| e.is_static && e.vtep == Some(v));
+                t.remove_flood(v, in_use)
             } else {
                 t.add_flood(v)
             };
@@ -1999,6 +2005,19 @@ impl<P: Policy + Reload> Worker<P> {
         if cmd == "fdb-del" {
             return match self.pipeline.fdb.remove(vlan, mac) {
                 Some(e) => {
+                    // A VTEP no static entry names any more is not accepted
+                    // any more (unless configured or a flood VTEP).
+                    if let (true, Some(v)) = (e.is_static, e.vtep) {
+                        let in_use = self
+                            .pipeline
+                            .fdb
+                            .entries(now)
+                            .iter()
+                            .any(|(_, x)| x.is_static && x.vtep == Some(v));
+                        if let Some(t) = self.ports.get_mut(e.port).and_then(|p| p.io.tunnel()) {
+                            t.disallow(v, in_use);
+                        }
+                    }
                     json!({"ok": true, "switch": self.name, "deleted": mac.to_string(), "static": e.is_static})
                 }
                 None => json!({"ok": false, "error": format!("no entry for {mac} in vlan {vlan}")}),

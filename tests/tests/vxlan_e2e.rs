@@ -522,3 +522,143 @@ for i in range(40):
         .unwrap();
     assert!(fnd > fn0, "the gateway sent fragmentation needed");
 }
+
+/// Namespaces a test made itself, deleted on drop.
+struct Netns(Vec<String>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in self.0.iter().rev() {
+            let _ = netns_setup::netns::delete(n);
+            let _ =
+                std::fs::remove_file(std::path::Path::new(netns_setup::setup::OWNER_DIR).join(n));
+        }
+    }
+}
+
+#[test]
+fn a_vlan_to_vni_map_carries_each_vlan_in_its_own_vni() {
+    if !require_root("a_vlan_to_vni_map_carries_each_vlan_in_its_own_vni") {
+        return;
+    }
+    let p = format!("vv{}", uniq());
+    let ns = |s: &str| format!("{p}-{s}");
+    let mut made = Netns(Vec::new());
+    for n in ["ul", "ha", "hb", "hc", "c20"] {
+        netns_setup::netns::create(&ns(n)).unwrap();
+        made.0.push(ns(n));
+    }
+    let sh = |l: String| multihost::sh(&l).unwrap_or_else(|e| panic!("{e}"));
+    sh(format!("ip -n {} link add ulbr type bridge", ns("ul")));
+    sh(format!("ip -n {} link set ulbr up", ns("ul")));
+    for (h, a) in [("ha", 1), ("hb", 2), ("hc", 3)] {
+        sh(format!(
+            "ip -n {} link add u{h} type veth peer name ul0 netns {}",
+            ns("ul"),
+            ns(h)
+        ));
+        sh(format!("ip -n {} link set u{h} master ulbr up", ns("ul")));
+        sh(format!("ip -n {} addr add 10.201.0.{a}/24 dev ul0", ns(h)));
+        sh(format!("ip -n {} link set ul0 up", ns(h)));
+    }
+    // Host C: a kernel VTEP for VNI 5020 only, with c20 (VLAN 20's subnet).
+    let c = ns("hc");
+    sh(format!(
+        "ip -n {c} link add vx5020 type vxlan id 5020 local 10.201.0.3 dstport 4789 dev ul0"
+    ));
+    sh(format!(
+        "bridge -n {c} fdb append 00:00:00:00:00:00 dev vx5020 dst 10.201.0.1"
+    ));
+    sh(format!(
+        "bridge -n {c} fdb append 00:00:00:00:00:00 dev vx5020 dst 10.201.0.2"
+    ));
+    sh(format!("ip -n {c} link add br0 type bridge"));
+    sh(format!("ip -n {c} link set vx5020 master br0 up"));
+    sh(format!(
+        "ip -n {c} link add sw-c20 type veth peer name eth0 netns {}",
+        ns("c20")
+    ));
+    sh(format!("ip -n {c} link set sw-c20 mtu 1450 master br0 up"));
+    sh(format!("ip -n {c} link set br0 up"));
+    sh(format!("ip -n {} link set eth0 mtu 1450 up", ns("c20")));
+    sh(format!("ip -n {} addr add 10.9.0.5/24 dev eth0", ns("c20")));
+    // Hosts A and B: one namespace in VLAN 10 and one in VLAN 20 each, all
+    // on one subnet (only the VLANs keep them apart); one trunk tunnel.
+    let topo = |h: &str, me: u8, peer: u8, a: u8| {
+        format!(
+            r#"name = "{p}-{h}"
+[switch]
+name = "vsw-{h}"
+netns = "{p}-h{h}"
+[[namespace]]
+name = "{p}-{h}10"
+address = "10.9.0.{a}/24"
+ifname = "eth0"
+switch_ifname = "sw-10"
+vlan = 10
+[[namespace]]
+name = "{p}-{h}20"
+address = "10.9.0.{b}/24"
+ifname = "eth0"
+switch_ifname = "sw-20"
+vlan = 20
+[[tunnel]]
+kind = "vxlan"
+local = "10.201.0.{me}"
+device = "ul0"
+remotes = ["10.201.0.{peer}", "10.201.0.3"]
+vlan_vni = {{ 10 = 5010, 20 = 5020 }}
+"#,
+            b = a + 1
+        )
+    };
+    let ta = TopoGuard::new(&topo("a", 1, 2, 1));
+    let tb = TopoGuard::new(&topo("b", 2, 1, 3));
+    netns_setup::setup::adopt(&ns("ha"), &ta.topo.name).unwrap();
+    netns_setup::setup::adopt(&ns("hb"), &tb.topo.name).unwrap();
+    made.0.retain(|n| *n != ns("ha") && *n != ns("hb"));
+    let _sa = SwitchProc::start(&ta);
+    let _sb = SwitchProc::start(&tb);
+    // a10 .1, a20 .2, b10 .3, b20 .4, c20 .5: each VLAN reaches its own, in its VNI.
+    assert_eq!(
+        ping_loss(&ns("a10"), "10.9.0.3", 4),
+        0.0,
+        "VLAN 10 across A and B"
+    );
+    assert_eq!(
+        ping_loss(&ns("a20"), "10.9.0.4", 4),
+        0.0,
+        "VLAN 20 across A and B"
+    );
+    assert_eq!(
+        ping_loss(&ns("b20"), "10.9.0.5", 4),
+        0.0,
+        "VLAN 20 is VNI 5020 on the wire: C's kernel VTEP"
+    );
+    assert_eq!(
+        ping_loss(&ns("a10"), "10.9.0.4", 2),
+        100.0,
+        "VLAN 10 does not reach VLAN 20"
+    );
+    assert_eq!(
+        ping_loss(&ns("a10"), "10.9.0.5", 2),
+        100.0,
+        "nor VNI 5020 on C"
+    );
+    // Offloads across the trunk too: TCP with equal sha256 both VLANs.
+    let to = |ip: &str, port: u16| SocketAddr::new(ip.parse().unwrap(), port);
+    tcp_transfer_via(
+        &ns("a10"),
+        &ns("b10"),
+        to("10.9.0.3", 5010),
+        to("10.9.0.3", 5010),
+        20 << 20,
+    );
+    tcp_transfer_via(
+        &ns("b20"),
+        &ns("c20"),
+        to("10.9.0.5", 5020),
+        to("10.9.0.5", 5020),
+        20 << 20,
+    );
+}
