@@ -109,6 +109,9 @@ pub struct SwitchState {
     pub neigh6_wan: Vec<SavedNeigh<Ipv6Addr>>,
     /// The NAT66 state.
     pub nat6: Option<nat::snapshot::NatSnapshot<Ipv6Addr>>,
+    /// Flood VTEPs added at run time (`fdb add 00:00:00:00:00:00 dst`), by
+    /// tunnel port index (configured `remotes` come from the topology).
+    pub flood: Vec<(u16, Ipv4Addr)>,
 }
 
 impl SwitchState {
@@ -268,7 +271,7 @@ pub fn encode(s: &SwitchState) -> Vec<u8> {
         && s.neigh6_lan.is_empty()
         && s.neigh6_wan.is_empty()
         && s.nat6.is_none());
-    let version = if !remote.is_empty() {
+    let version = if !remote.is_empty() || !s.flood.is_empty() {
         3
     } else if v6 {
         2
@@ -285,6 +288,11 @@ pub fn encode(s: &SwitchState) -> Vec<u8> {
         body.extend_from_slice(&(remote.len() as u32).to_le_bytes());
         for (i, v) in &remote {
             body.extend_from_slice(&i.to_le_bytes());
+            body.extend_from_slice(&v.octets());
+        }
+        body.extend_from_slice(&(s.flood.len() as u32).to_le_bytes());
+        for (p, v) in &s.flood {
+            body.extend_from_slice(&p.to_le_bytes());
             body.extend_from_slice(&v.octets());
         }
     }
@@ -458,6 +466,7 @@ pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
         neigh6_wan = r.neighs()?;
         nat6 = r.nat()?;
     }
+    let mut flood = Vec::new();
     if v >= 3 {
         let n = r.count(8)?;
         for _ in 0..n {
@@ -467,6 +476,11 @@ pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
                 .get_mut(i)
                 .ok_or_else(|| StateError::Body("a remote VTEP of no MAC".into()))?;
             m.vtep = Some(a);
+        }
+        let n = r.count(6)?;
+        for _ in 0..n {
+            let p = r.u16()?;
+            flood.push((p, Ipv4Addr::from(r.arr::<4>()?)));
         }
     }
     if !r.0.is_empty() {
@@ -486,6 +500,7 @@ pub fn decode(bytes: &[u8], topology: &str) -> Result<SwitchState, StateError> {
         neigh6_lan,
         neigh6_wan,
         nat6,
+        flood,
     })
 }
 
@@ -660,6 +675,12 @@ fn capture_parts<P: Policy + Reload>(w: &Worker<P>, now: u64, entries: bool) -> 
                 n.export_meta()
             }
         }),
+        flood: ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.io.tunnel_ref().map(|t| (i, t.flood_added())))
+            .flat_map(|(i, v)| v.into_iter().map(move |a| (i as u16, a)))
+            .collect(),
     }
 }
 
@@ -792,9 +813,21 @@ pub fn restore<P: Policy + Reload>(
         }
     }
     r.flows = p.policy.restore_flows(&st.flows, now, elapsed);
-    // Static entries behind a VTEP: their tunnel accepts it again.
+    // Static entries behind a VTEP: their tunnel accepts it again; flood
+    // VTEPs added at run time are flooded to again.
     for (port, v) in allow {
         w.allow_vtep(port, v);
+    }
+    for &(i, v) in &st.flood {
+        let port = {
+            let (ports, _) = w.parts();
+            let name = st.ports.get(usize::from(i)).filter(|n| !n.is_empty());
+            name.and_then(|n| ports.iter().position(|p| &p.name == n && !p.is_removed()))
+        };
+        match port {
+            Some(p) => w.add_flood(p, v),
+            None => r.dropped += 1,
+        }
     }
     r
 }
@@ -997,6 +1030,7 @@ mod tests {
             arp: vec![n.clone()],
             neigh_lan: vec![n.clone(), n.clone()],
             neigh_wan: vec![],
+            flood: vec![],
             nat: Some(nat::Nat::new(nat::NatConfig::new(Ipv4Addr::new(203, 0, 113, 1))).export(0)),
             flows: vec![
                 crate::policy::SavedFlow {
@@ -1047,6 +1081,7 @@ mod tests {
         // A MAC behind a remote VTEP: version 3, the VTEP kept.
         let mut r = sample();
         r.fdb[0].vtep = Some(Ipv4Addr::new(10, 200, 0, 3));
+        r.flood = vec![(1, Ipv4Addr::new(10, 200, 0, 9))];
         let rb = encode(&r);
         assert_eq!(rb[8], 3);
         assert_eq!(decode(&rb, "seed"), Ok(r));

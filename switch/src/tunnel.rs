@@ -186,6 +186,15 @@ impl VxlanPort {
         true
     }
 
+    /// Flood VTEPs added at run time (not configured `remotes`).
+    pub fn flood_added(&self) -> Vec<Ipv4Addr> {
+        self.flood
+            .iter()
+            .filter(|v| !self.cfg.remotes.contains(v))
+            .copied()
+            .collect()
+    }
+
     /// Remove `vtep` from the flood list; false if it was not there. Its
     /// datagrams are refused from then on unless it is a configured remote
     /// or `in_use` (a static entry still names it).

@@ -1110,6 +1110,13 @@ impl<P: Policy + Reload> Worker<P> {
         }
     }
 
+    /// Flood to `vtep` on tunnel port `port` too (a restored flood VTEP).
+    pub fn add_flood(&mut self, port: usize, vtep: std::net::Ipv4Addr) {
+        if let Some(t) = self.ports.get_mut(port).and_then(|p| p.io.tunnel()) {
+            t.add_flood(vtep);
+        }
+    }
+
     /// Accept datagrams from `vtep` on tunnel port `port` (a restored static entry names it).
     pub fn allow_vtep(&mut self, port: usize, vtep: std::net::Ipv4Addr) {
         if let Some(t) = self.ports.get_mut(port).and_then(|p| p.io.tunnel()) {

@@ -617,7 +617,9 @@ vlan_vni = {{ 10 = 5010, 20 = 5020 }}
     netns_setup::setup::adopt(&ns("ha"), &ta.topo.name).unwrap();
     netns_setup::setup::adopt(&ns("hb"), &tb.topo.name).unwrap();
     made.0.retain(|n| *n != ns("ha") && *n != ns("hb"));
-    let _sa = SwitchProc::start(&ta);
+    let state = std::env::temp_dir().join(format!("vswitch-e2e-{p}-a.state"));
+    let keep = ["--keep", "--state-file", state.to_str().unwrap()];
+    let mut sa = SwitchProc::start_with(&ta, &keep);
     let _sb = SwitchProc::start(&tb);
     // a10 .1, a20 .2, b10 .3, b20 .4, c20 .5: each VLAN reaches its own, in its VNI.
     assert_eq!(
@@ -661,4 +663,57 @@ vlan_vni = {{ 10 = 5010, 20 = 5020 }}
         to("10.9.0.5", 5020),
         20 << 20,
     );
+
+    // What a control plane set survives a restart: a static MAC behind a
+    // VTEP (in VLAN 20) and a flood VTEP added at run time.
+    for args in [
+        &[
+            "fdb",
+            "add",
+            "02:00:00:00:00:77",
+            "dst",
+            "10.201.0.9",
+            "vlan",
+            "20",
+        ][..],
+        &["fdb", "add", "00:00:00:00:00:00", "dst", "10.201.0.8"][..],
+    ] {
+        let o = Command::new(bin("vswitch"))
+            .args(args)
+            .arg("--socket")
+            .arg(&sa.socket)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert!(sa.stop(), "SIGTERM with --keep: a clean exit, state saved");
+    let sa = SwitchProc::start_with(&ta, &keep);
+    let fdb = sa.cli_json("fdb");
+    let e = fdb["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["mac"] == "02:00:00:00:00:77");
+    assert_eq!(
+        e.map(|e| (e["dst"].clone(), e["static"].clone(), e["vlan"].clone())),
+        Some(("10.201.0.9".into(), true.into(), 20.into())),
+        "{fdb}"
+    );
+    let st = sa.cli_json("stats");
+    let flood = &st["tunnels"][0]["flood"];
+    assert!(
+        flood.as_array().unwrap().iter().any(|v| v == "10.201.0.8"),
+        "{flood}"
+    );
+    assert_eq!(
+        ping_loss(&ns("a20"), "10.9.0.4", 3),
+        0.0,
+        "forwarding after the restart"
+    );
+    drop(sa);
+    let _ = std::fs::remove_file(&state);
 }
