@@ -205,6 +205,27 @@ pub fn render(v: &Value) -> String {
             );
         }
     }
+    if let Some(ts) = v["tunnels"].as_array()
+        && !ts.is_empty()
+    {
+        family(
+            &mut o,
+            "vswitch_tunnel_events_total",
+            "counter",
+            "VXLAN tunnel counters: datagrams, UDP_SEGMENT sends, super-frames cut, coalesced receives, flood copies.",
+        );
+        for t in ts {
+            let name = esc(t["name"].as_str().unwrap_or(""));
+            for (k, n) in t["counters"].as_object().into_iter().flatten() {
+                let _ = writeln!(
+                    o,
+                    "vswitch_tunnel_events_total{{tunnel=\"{name}\",event=\"{}\"}} {}",
+                    esc(k),
+                    n.as_u64().unwrap_or(0)
+                );
+            }
+        }
+    }
     if let Some(g) = v["gateway"]["counters"].as_object() {
         family(
             &mut o,
@@ -412,6 +433,7 @@ mod tests {
             "policy": {"acl:no-\"x\"": 5},
             "reloads": 1,
             "fastpath": {"state": "on", "flows": 4, "installed": 6, "kernel": {"forwarded": 77}},
+            "tunnels": [{"name": "vxlan0", "counters": {"rx_datagrams": 9, "tx_gso_sends": 3}}],
         });
         let t = render(&v);
         assert!(t.contains("vswitch_port_rx_packets_total{port=\"veth-red-br\",netns=\"red\"} 3"));
@@ -423,6 +445,9 @@ mod tests {
         assert!(t.contains("vswitch_fastpath_flows 4"), "{t}");
         assert!(t.contains(r#"vswitch_fastpath_events_total{event="installed"} 6"#));
         assert!(t.contains(r#"vswitch_fastpath_events_total{event="kernel_forwarded"} 77"#));
+        assert!(
+            t.contains(r#"vswitch_tunnel_events_total{tunnel="vxlan0",event="tx_gso_sends"} 3"#)
+        );
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
