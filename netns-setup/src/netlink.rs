@@ -28,6 +28,7 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
@@ -481,6 +482,29 @@ impl Netlink {
             prefix,
             &format!("add address {addr}/{prefix} to {name}"),
         )
+    }
+
+    /// Remove an IPv4 address; `Ok(false)` if it was not there.
+    pub fn del_addr(
+        &mut self,
+        index: u32,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<bool, NlError> {
+        let mut m = Msg::new(RTM_DELADDR, NLM_F_ACK);
+        let mut h = [0u8; 8];
+        h[0] = AF_INET;
+        h[1] = prefix;
+        h[4..8].copy_from_slice(&index.to_ne_bytes());
+        m.bytes(&h)
+            .attr(IFA_LOCAL, &addr.octets())
+            .attr(IFA_ADDRESS, &addr.octets());
+        match self.request(&format!("remove address {addr}/{prefix} from {name}"), m) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno == nix::errno::Errno::EADDRNOTAVAIL => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Add an IPv6 address without duplicate address detection

@@ -125,6 +125,32 @@ pub struct UpReport {
 struct Undo {
     namespaces: Vec<String>,
     links: Vec<String>,
+    /// Underlay addresses added in the switch's namespace: device, address, prefix.
+    addrs: Vec<(String, std::net::Ipv4Addr, u8)>,
+}
+
+/// Where `up` notes the underlay addresses it added for `topology` (one
+/// `device address/prefix` per line), for `down` to remove.
+fn underlay_marker(topology: &str) -> PathBuf {
+    PathBuf::from(OWNER_DIR).join("underlay").join(topology)
+}
+
+fn note_underlay(topology: &str, added: &[(String, std::net::Ipv4Addr, u8)]) -> io::Result<()> {
+    let path = underlay_marker(topology);
+    if added.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    // Kept from an earlier `up` of the same topology, plus this one's.
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    for (d, a, p) in added {
+        let line = format!("{d} {a}/{p}");
+        if !text.lines().any(|l| l == line) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    std::fs::write(path, text)
 }
 
 /// Bring `t` up (see the module contract).
@@ -136,6 +162,7 @@ pub fn up(t: &Topology) -> Result<UpReport, SetupError> {
     let mut undo = Undo {
         namespaces: Vec::new(),
         links: Vec::new(),
+        addrs: Vec::new(),
     };
     match up_inner(t, &mut report, &mut undo) {
         Ok(()) => Ok(report),
@@ -149,6 +176,12 @@ pub fn up(t: &Topology) -> Result<UpReport, SetupError> {
                         let _ = nl.delete_link(link.index, l);
                     }
                 }
+                for (d, a, p) in &undo.addrs {
+                    if let Ok(Some(link)) = nl.link(d) {
+                        let _ = nl.del_addr(link.index, d, *a, *p);
+                    }
+                }
+                let _ = std::fs::remove_file(underlay_marker(&t.name));
             }
             for ns in undo.namespaces.iter().rev() {
                 let _ = netns::delete(ns);
@@ -200,7 +233,7 @@ fn up_inner(t: &Topology, report: &mut UpReport, undo: &mut Undo) -> Result<(), 
 
     // 1b. Tunnels: the underlay device is up and holds `local`; the overlay
     // MTU (the device's minus 50, or the tunnel's) goes to the namespaces.
-    let overlay = ensure_underlay(t, sw_ns.as_ref(), report)?;
+    let overlay = ensure_underlay(t, sw_ns.as_ref(), report, undo)?;
 
     // 2. Endpoints attached to the switch.
     for ns in t.switch_ports() {
@@ -338,6 +371,7 @@ fn ensure_underlay(
     t: &Topology,
     sw_ns: Option<&File>,
     report: &mut UpReport,
+    undo: &mut Undo,
 ) -> Result<Option<u32>, SetupError> {
     let mut overlay: Option<u32> = None;
     for tn in &t.tunnels {
@@ -361,6 +395,14 @@ fn ensure_underlay(
             )?;
             report.changes.push(format!("{} up (underlay)", tn.device));
         }
+        let most = l.mtu.saturating_sub(VXLAN_OVERHEAD);
+        let m = tn.mtu.unwrap_or(most);
+        if m > most {
+            return Err(io_err(format!(
+                "tunnel {}: mtu {m} does not fit the underlay: {} has mtu {}, so at most {most}",
+                tn.name, tn.device, l.mtu
+            ))(io::ErrorKind::InvalidInput.into()));
+        }
         let has = nl
             .addrs()?
             .iter()
@@ -373,18 +415,13 @@ fn ensure_underlay(
                 ))(io::ErrorKind::NotFound.into()));
             };
             nl.add_addr(l.index, &tn.device, tn.local, prefix)?;
+            undo.addrs.push((tn.device.clone(), tn.local, prefix));
+            note_underlay(&t.name, &undo.addrs)
+                .map_err(io_err(format!("note the underlay address of {}", t.name)))?;
             report.changes.push(format!(
                 "address {}/{prefix} on {} (underlay)",
                 tn.local, tn.device
             ));
-        }
-        let most = l.mtu.saturating_sub(VXLAN_OVERHEAD);
-        let m = tn.mtu.unwrap_or(most);
-        if m > most {
-            return Err(io_err(format!(
-                "tunnel {}: mtu {m} does not fit the underlay: {} has mtu {}, so at most {most}",
-                tn.name, tn.device, l.mtu
-            ))(io::ErrorKind::InvalidInput.into()));
         }
         overlay = Some(overlay.map_or(m, |o| o.min(m)));
     }
@@ -643,6 +680,38 @@ fn down_only(t: &Topology, only: Option<&[String]>) -> DownReport {
                 }
             }
         }
+    }
+    // Underlay addresses `up` added (the devices are the host's: they stay).
+    if only.is_none()
+        && let Ok(text) = std::fs::read_to_string(underlay_marker(&t.name))
+    {
+        let ns = match sw {
+            Some(n) if netns::exists(n) => open_netns(n).ok().map(Some),
+            Some(_) => None,
+            None => Some(None),
+        };
+        if let Some(ns) = ns
+            && let Ok(mut nl) = netlink_in(ns.as_ref())
+        {
+            for line in text.lines() {
+                let Some((d, net)) = line.split_once(' ') else {
+                    continue;
+                };
+                let Ok(net) = net.parse::<nat::Ipv4Net>() else {
+                    continue;
+                };
+                match nl.link(d) {
+                    Ok(Some(l)) => match nl.del_addr(l.index, d, net.addr, net.prefix) {
+                        Ok(true) => r.removed.push(format!("address {net} on {d}")),
+                        Ok(false) => {}
+                        Err(e) => r.failures.push(e.to_string()),
+                    },
+                    Ok(None) => {}
+                    Err(e) => r.failures.push(e.to_string()),
+                }
+            }
+        }
+        let _ = std::fs::remove_file(underlay_marker(&t.name));
     }
     for name in t.all_netns().into_iter().filter(|n| picked(n)) {
         let o = owner(&name);

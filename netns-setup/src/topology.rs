@@ -704,6 +704,16 @@ fn validate_tunnels(t: &mut Topology, files: Vec<TunnelFile>) -> Result<(), Topo
                     "a remote VTEP is a unicast address other than local (multicast underlays are not supported)",
                 ));
             }
+            if let Some(p) = local_prefix.filter(|p| *p < 31) {
+                let mask = u32::MAX << (32 - u32::from(p));
+                let (l, r) = (u32::from(local), u32::from(a));
+                if l & mask == r & mask && (r & !mask == 0 || r & !mask == !mask) {
+                    return Err(err(
+                        format!("tunnel[{i}].remotes[{j}]"),
+                        format!("{a} is the network or broadcast address of {}/{p}", local),
+                    ));
+                }
+            }
             if remotes.contains(&a) {
                 return Err(err(
                     format!("tunnel[{i}].remotes[{j}]"),

@@ -1133,7 +1133,11 @@ fn fdb_request(words: &[String]) -> Result<Value, String> {
             ("dst", "add" | "del") => {
                 let a: std::net::Ipv4Addr = v
                     .parse()
-                    .map_err(|_| format!("dst {v:?} is not an IPv4 VTEP address"))?;
+                    .ok()
+                    .filter(|a: &std::net::Ipv4Addr| {
+                        !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast()
+                    })
+                    .ok_or_else(|| format!("dst {v:?} is not a unicast IPv4 VTEP address"))?;
                 req["dst"] = a.to_string().into();
             }
             ("vlan", "add" | "del") => {

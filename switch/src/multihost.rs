@@ -343,7 +343,7 @@ impl World {
             }
             let _ = std::fs::remove_file(PathBuf::from(netns_setup::setup::OWNER_DIR).join(&n));
         }
-        for f in self.files.iter().chain(&self.sockets) {
+        for f in self.files.iter().chain(&self.sockets).chain(&self.logs) {
             let _ = std::fs::remove_file(f);
         }
     }

@@ -1961,6 +1961,9 @@ impl<P: Policy + Reload> Worker<P> {
             (Some(_), Some(p)) if self.ports[p].io.tunnel_ref().is_none() => {
                 return json!({"ok": false, "error": format!("{} is not a tunnel port: dst needs one", self.ports[p].name)});
             }
+            (None, Some(p)) if cmd == "fdb-add" && self.ports[p].io.tunnel_ref().is_some() => {
+                return json!({"ok": false, "error": format!("{} is a tunnel: give the MAC's VTEP (dst VTEP)", self.ports[p].name)});
+            }
             (Some(_), None) => {
                 let t: Vec<usize> = (0..self.ports.len())
                     .filter(|&i| self.ports[i].io.tunnel_ref().is_some())
@@ -1981,6 +1984,14 @@ impl<P: Policy + Reload> Worker<P> {
             Ok(m) => m,
             Err(e) => return json!({"ok": false, "error": e}),
         };
+        if let (Some(v), Some(p)) = (dst, port)
+            && self.ports[p]
+                .io
+                .tunnel_ref()
+                .is_some_and(|t| t.config().local == v)
+        {
+            return json!({"ok": false, "error": format!("{v} is this switch's own VTEP address (local of {})", self.ports[p].name)});
+        }
         // 00:00:00:00:00:00 dst VTEP: a flood VTEP of the tunnel, as for Linux vxlan.
         if let (Some(v), Some(p)) = (dst, port)
             && mac.0 == [0; 6]
@@ -1997,7 +2008,13 @@ impl<P: Policy + Reload> Worker<P> {
             } else {
                 t.add_flood(v)
             };
+            if !changed && cmd == "fdb-del" {
+                return json!({"ok": false, "error": format!("{v} is not a flood VTEP of {}", self.ports[p].name)});
+            }
             return json!({"ok": true, "switch": self.name, "flood": v.to_string(), "port": self.ports[p].name, "changed": changed});
+        }
+        if mac.0 == [0; 6] {
+            return json!({"ok": false, "error": "00:00:00:00:00:00 names the flood list of a tunnel: give dst VTEP"});
         }
         let vlan = match (args["vlan"].as_u64(), &self.pipeline.vlans) {
             (None, _) => self.pipeline.fdb.default_vlan(),
@@ -2010,6 +2027,15 @@ impl<P: Policy + Reload> Worker<P> {
             }
         };
         if cmd == "fdb-del" {
+            if let Some(d) = dst
+                && let Some(e) = self.pipeline.fdb.entry(vlan, &mac)
+                && e.vtep != Some(d)
+            {
+                let at = e
+                    .vtep
+                    .map_or_else(|| "a local port".to_string(), |x| x.to_string());
+                return json!({"ok": false, "error": format!("{mac} is behind {at}, not {d}: nothing deleted")});
+            }
             return match self.pipeline.fdb.remove(vlan, mac) {
                 Some(e) => {
                     // A VTEP no static entry names any more is not accepted

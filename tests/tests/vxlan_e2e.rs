@@ -437,6 +437,39 @@ fn foreign_vnis_and_vteps_are_dropped_and_counted_and_oversize_frames_too() {
         fdb_dst(&w, 0, "02:00:00:00:99:03").as_deref(),
         Some("10.200.0.9")
     );
+    // Refused: our own address as a VTEP (frames would loop back to us),
+    // deleting an entry under another VTEP, a tunnel entry without its VTEP.
+    for (args, says) in [
+        (
+            &["fdb", "add", "00:00:00:00:00:00", "dst", VTEPS[0]][..],
+            "own VTEP",
+        ),
+        (
+            &["fdb", "add", "02:00:00:00:99:05", "dst", VTEPS[0]][..],
+            "own VTEP",
+        ),
+        (
+            &["fdb", "del", "02:00:00:00:99:03", "dst", "10.200.0.5"][..],
+            "not 10.200.0.5",
+        ),
+        (
+            &["fdb", "add", "02:00:00:00:99:06", "dev", "vxlan0"][..],
+            "dst VTEP",
+        ),
+        (
+            &["fdb", "del", "00:00:00:00:00:00", "dst", "10.200.0.77"][..],
+            "not a flood VTEP",
+        ),
+    ] {
+        let o = Command::new(bin("vswitch"))
+            .args(args)
+            .arg("--socket")
+            .arg(&w.sockets[0])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{args:?}: {err}");
+    }
     s9.send_to(&vxlan_arp(multihost::VNI, [2, 0, 0, 0, 0x99, 4]), a)
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -716,4 +749,77 @@ vlan_vni = {{ 10 = 5010, 20 = 5020 }}
     );
     drop(sa);
     let _ = std::fs::remove_file(&state);
+}
+
+#[test]
+fn the_underlay_address_up_adds_is_removed_by_down_and_by_a_failed_up() {
+    if !require_root("the_underlay_address_up_adds_is_removed_by_down_and_by_a_failed_up") {
+        return;
+    }
+    let p = format!("vu{}", uniq());
+    let host = format!("{p}-h");
+    let _made = Netns(vec![host.clone(), format!("{p}-x")]);
+    netns_setup::netns::create(&host).unwrap();
+    netns_setup::netns::create(&format!("{p}-x")).unwrap();
+    multihost::sh(&format!(
+        "ip -n {host} link add ul0 type veth peer name ul1 netns {p}-x"
+    ))
+    .unwrap();
+    let topo = |extra: &str| {
+        netns_setup::Topology::parse(
+            &format!(
+                r#"name = "{p}"
+[switch]
+netns = "{host}"
+[[namespace]]
+name = "{p}-n"
+address = "10.9.1.1/24"
+ifname = "eth0"
+switch_ifname = "sw-n"
+[[tunnel]]
+kind = "vxlan"
+vni = 7
+local = "10.202.0.1/24"
+device = "ul0"
+remotes = ["10.202.0.2"]
+{extra}
+"#
+            ),
+            "t",
+        )
+        .unwrap()
+    };
+    let has = || {
+        let o = ns_exec(
+            &host,
+            &["ip", "-4", "-o", "addr", "show", "dev", "ul0"],
+            Duration::from_secs(5),
+        );
+        String::from_utf8_lossy(&o.stdout).contains("10.202.0.1/24")
+    };
+    // A failed `up` (an overlay MTU the underlay cannot carry) leaves nothing.
+    netns_setup::setup::adopt(&host, &p).unwrap();
+    let e = netns_setup::up(&topo("mtu = 9000")).expect_err("mtu 9000 over a 1500 underlay");
+    assert!(e.to_string().contains("at most 1450"), "{e}");
+    assert!(!has(), "a failed up removed the address it added");
+    // `up` adds it; `down` removes it and leaves the device (the host's).
+    netns_setup::setup::adopt(&host, &p).unwrap();
+    let t = topo("");
+    netns_setup::up(&t).expect("up");
+    assert!(has(), "up added local to ul0");
+    let mtu = links_in(&format!("{p}-n"))
+        .into_iter()
+        .find(|l| l.name != "lo")
+        .unwrap()
+        .mtu;
+    assert_eq!(mtu, 1450, "the overlay MTU on the namespace up created");
+    // Keep the switch namespace (ours, not the topology's) to look at it after `down`.
+    let _ = std::fs::remove_file(std::path::Path::new(netns_setup::setup::OWNER_DIR).join(&host));
+    let r = netns_setup::down(&t);
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    assert!(!has(), "down removed the address: {:?}", r.removed);
+    assert!(
+        links_in(&host).iter().any(|l| l.name == "ul0"),
+        "the device stays"
+    );
 }
