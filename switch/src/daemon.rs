@@ -70,23 +70,28 @@ pub fn vlan_ports(t: &Topology, ports: usize) -> Option<VlanPorts> {
         v.access.push(a);
         v.members.push(m);
     }
-    // Tunnels: an access port of their VLAN, or a trunk of their map's VLANs.
     for tn in &t.tunnels {
-        if tn.vlan_vni.is_empty() {
-            let x = tn.vlan.unwrap_or(1);
-            v.access.push(Some(x));
-            v.members.push(vec![x]);
-        } else {
-            v.access.push(None);
-            v.members
-                .push(tn.vlan_vni.iter().map(|(x, _)| *x).collect());
-        }
+        let (a, m) = tunnel_vlan_role(tn);
+        v.access.push(a);
+        v.members.push(m);
     }
     while v.access.len() < ports {
         v.access.push(Some(1));
         v.members.push(vec![1]);
     }
     Some(v)
+}
+
+/// The 802.1Q role of a tunnel port on a VLAN-aware switch: an access port
+/// of its VLAN (default 1), or a trunk of its VLAN→VNI map's VLANs
+/// (access VLAN, member VLANs).
+pub fn tunnel_vlan_role(tn: &netns_setup::topology::TunnelSpec) -> (Option<u16>, Vec<u16>) {
+    if tn.vlan_vni.is_empty() {
+        let x = tn.vlan.unwrap_or(1);
+        (Some(x), vec![x])
+    } else {
+        (None, tn.vlan_vni.iter().map(|(x, _)| *x).collect())
+    }
 }
 
 /// The port id `vswitch run` gives the port of namespace (or port name) `name`:

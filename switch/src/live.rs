@@ -413,15 +413,9 @@ pub fn vlan_table(t: &Topology, slots: &[PortInfo]) -> Option<VlanPorts> {
     for s in slots {
         // A tunnel slot: its VLAN, or its VLAN→VNI map's VLANs (a trunk).
         if let Some(tn) = t.tunnels.iter().find(|tn| s.lan && tn.name == s.name) {
-            if tn.vlan_vni.is_empty() {
-                let x = tn.vlan.unwrap_or(1);
-                v.access.push(Some(x));
-                v.members.push(vec![x]);
-            } else {
-                v.access.push(None);
-                v.members
-                    .push(tn.vlan_vni.iter().map(|(x, _)| *x).collect());
-            }
+            let (a, m) = crate::daemon::tunnel_vlan_role(tn);
+            v.access.push(a);
+            v.members.push(m);
             continue;
         }
         let mode = t

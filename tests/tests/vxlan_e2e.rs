@@ -697,6 +697,19 @@ vlan_vni = {{ 10 = 5010, 20 = 5020 }}
         20 << 20,
     );
 
+    // A live reload (a new ACL) keeps the tunnel's VLAN roles: both VLANs still cross.
+    let mut text = std::fs::read_to_string(&ta.path).unwrap();
+    text.push_str("[[acl]]\nname = \"allow-all\"\naction = \"allow\"\n");
+    std::fs::write(&ta.path, text).unwrap();
+    let o = Command::new(bin("vswitch"))
+        .args(["reload", "--socket"])
+        .arg(&sa.socket)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "reload: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(ping_loss(&ns("a10"), "10.9.0.3", 3), 0.0, "VLAN 10 after a reload");
+    assert_eq!(ping_loss(&ns("a20"), "10.9.0.4", 3), 0.0, "VLAN 20 after a reload");
+
     // What a control plane set survives a restart: a static MAC behind a
     // VTEP (in VLAN 20) and a flood VTEP added at run time.
     for args in [
