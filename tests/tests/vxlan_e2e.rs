@@ -706,9 +706,21 @@ vlan_vni = {{ 10 = 5010, 20 = 5020 }}
         .arg(&sa.socket)
         .output()
         .unwrap();
-    assert!(o.status.success(), "reload: {}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(ping_loss(&ns("a10"), "10.9.0.3", 3), 0.0, "VLAN 10 after a reload");
-    assert_eq!(ping_loss(&ns("a20"), "10.9.0.4", 3), 0.0, "VLAN 20 after a reload");
+    assert!(
+        o.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        ping_loss(&ns("a10"), "10.9.0.3", 3),
+        0.0,
+        "VLAN 10 after a reload"
+    );
+    assert_eq!(
+        ping_loss(&ns("a20"), "10.9.0.4", 3),
+        0.0,
+        "VLAN 20 after a reload"
+    );
 
     // What a control plane set survives a restart: a static MAC behind a
     // VTEP (in VLAN 20) and a flood VTEP added at run time.
