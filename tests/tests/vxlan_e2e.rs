@@ -848,3 +848,124 @@ remotes = ["10.202.0.2"]
         "the device stays"
     );
 }
+
+#[test]
+fn two_tunnels_on_one_switch_bridge_two_kernel_vteps() {
+    if !require_root("two_tunnels_on_one_switch_bridge_two_kernel_vteps") {
+        return;
+    }
+    let p = format!("vt{}", uniq());
+    let ns = |s: &str| format!("{p}-{s}");
+    let mut made = Netns(Vec::new());
+    for n in ["ul", "ha", "hb", "hc", "b1", "c1"] {
+        netns_setup::netns::create(&ns(n)).unwrap();
+        made.0.push(ns(n));
+    }
+    let sh = |l: String| multihost::sh(&l).unwrap_or_else(|e| panic!("{e}"));
+    sh(format!("ip -n {} link add ulbr type bridge", ns("ul")));
+    sh(format!("ip -n {} link set ulbr up", ns("ul")));
+    for (h, a) in [("ha", 1), ("hb", 2), ("hc", 3)] {
+        sh(format!(
+            "ip -n {} link add u{h} type veth peer name ul0 netns {}",
+            ns("ul"),
+            ns(h)
+        ));
+        sh(format!("ip -n {} link set u{h} master ulbr up", ns("ul")));
+        sh(format!("ip -n {} addr add 10.203.0.{a}/24 dev ul0", ns(h)));
+        sh(format!("ip -n {} link set ul0 up", ns(h)));
+    }
+    // Two Linux hosts: VNI 7 on the IANA port (B), VNI 8 on port 4790 (C).
+    for (h, n, vni, port, addr) in [("hb", "b1", 7, 4789, 2), ("hc", "c1", 8, 4790, 3)] {
+        let (h, n) = (ns(h), ns(n));
+        sh(format!(
+            "ip -n {h} link add vx type vxlan id {vni} local 10.203.0.{addr} dstport {port} dev ul0"
+        ));
+        sh(format!(
+            "bridge -n {h} fdb append 00:00:00:00:00:00 dev vx dst 10.203.0.1"
+        ));
+        sh(format!("ip -n {h} link add br0 type bridge"));
+        sh(format!("ip -n {h} link set vx master br0 up"));
+        sh(format!(
+            "ip -n {h} link add sw-n type veth peer name eth0 netns {n}"
+        ));
+        sh(format!("ip -n {h} link set sw-n mtu 1450 master br0 up"));
+        sh(format!("ip -n {h} link set br0 up"));
+        sh(format!("ip -n {n} link set eth0 mtu 1450 up"));
+        sh(format!("ip -n {n} addr add 10.9.2.{addr}/24 dev eth0"));
+    }
+    // Host A: vswitch with a1 and two tunnels, one to each.
+    let t = TopoGuard::new(&format!(
+        r#"name = "{p}-a"
+[switch]
+name = "vsw-a"
+netns = "{p}-ha"
+[[namespace]]
+name = "{p}-a1"
+address = "10.9.2.1/24"
+ifname = "eth0"
+switch_ifname = "sw-a1"
+[[tunnel]]
+kind = "vxlan"
+name = "to-b"
+vni = 7
+local = "10.203.0.1"
+device = "ul0"
+remotes = ["10.203.0.2"]
+[[tunnel]]
+kind = "vxlan"
+name = "to-c"
+vni = 8
+port = 4790
+local = "10.203.0.1"
+device = "ul0"
+remotes = ["10.203.0.3"]
+"#
+    ));
+    netns_setup::setup::adopt(&ns("ha"), &t.topo.name).unwrap();
+    made.0.retain(|n| *n != ns("ha"));
+    let sw = SwitchProc::start(&t);
+    assert_eq!(
+        ping_loss(&ns("a1"), "10.9.2.2", 4),
+        0.0,
+        "a1 -> b1 over to-b (VNI 7)"
+    );
+    assert_eq!(
+        ping_loss(&ns("a1"), "10.9.2.3", 4),
+        0.0,
+        "a1 -> c1 over to-c (VNI 8, port 4790)"
+    );
+    // The switch joins the two overlays as one segment, as a bridge with two vxlan devices would.
+    assert_eq!(
+        ping_loss(&ns("b1"), "10.9.2.3", 4),
+        0.0,
+        "b1 -> c1 through host A"
+    );
+    let fdb = sw.cli_json("fdb");
+    let port_of = |ip: &str| -> String {
+        let mac = mac_of(&ns(ip), "eth0");
+        let e = fdb["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["mac"] == mac.as_str())
+            .cloned();
+        e.map(|e| {
+            format!(
+                "{} {}",
+                e["port"].as_str().unwrap(),
+                e["dst"].as_str().unwrap_or("-")
+            )
+        })
+        .unwrap_or_default()
+    };
+    assert_eq!(port_of("b1"), "to-b 10.203.0.2");
+    assert_eq!(port_of("c1"), "to-c 10.203.0.3");
+    let st = sw.cli_json("stats");
+    let names: Vec<&str> = st["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["to-b", "to-c"]);
+}
