@@ -121,33 +121,84 @@ remotes = [{r}]
     }
 }
 
+/// A Linux host's VTEP as its administrator makes it with iproute2: a
+/// kernel `vxlan{vni}` device on `ul0` flooding to `remotes`, a bridge `br0`
+/// with it and a veth (`veth` on the host side) to namespace `endpoint`,
+/// which gets `address` (and a default route via `gateway`), MTU 1450.
+pub struct KernelVtep<'a> {
+    /// The host's namespace (holds `ul0`).
+    pub host: &'a str,
+    /// The namespace behind the bridge.
+    pub endpoint: &'a str,
+    /// Host-side name of the endpoint's veth.
+    pub veth: &'a str,
+    /// VNI.
+    pub vni: u32,
+    /// UDP port.
+    pub port: u16,
+    /// The host's underlay address.
+    pub local: &'a str,
+    /// VTEPs to flood to.
+    pub remotes: &'a [&'a str],
+    /// The endpoint's address/prefix.
+    pub address: &'a str,
+    /// The endpoint's default route, if any.
+    pub gateway: Option<&'a str>,
+}
+
+impl KernelVtep<'_> {
+    /// The commands, in order.
+    pub fn commands(&self) -> Vec<String> {
+        let KernelVtep {
+            host: h,
+            endpoint: e,
+            veth,
+            vni,
+            port,
+            local,
+            ..
+        } = *self;
+        let mut v = vec![format!(
+            "ip -n {h} link add vxlan{vni} type vxlan id {vni} local {local} dstport {port} dev ul0"
+        )];
+        for r in self.remotes {
+            v.push(format!(
+                "bridge -n {h} fdb append 00:00:00:00:00:00 dev vxlan{vni} dst {r}"
+            ));
+        }
+        v.extend([
+            format!("ip -n {h} link add br0 type bridge"),
+            format!("ip -n {h} link set vxlan{vni} master br0 up"),
+            format!("ip -n {h} link add {veth} type veth peer name eth0 netns {e}"),
+            format!("ip -n {h} link set {veth} mtu 1450 master br0 up"),
+            format!("ip -n {h} link set br0 up"),
+            format!("ip -n {e} link set lo up"),
+            format!("ip -n {e} link set eth0 mtu 1450 up"),
+            format!("ip -n {e} addr add {} dev eth0", self.address),
+        ]);
+        if let Some(g) = self.gateway {
+            v.push(format!("ip -n {e} route add default via {g}"));
+        }
+        v
+    }
+}
+
 /// The iproute2 commands that make host C (plain Linux: a kernel VXLAN
 /// device and a bridge with namespace green), as run by its administrator.
 pub fn host_c_commands(p: &str) -> Vec<String> {
     let (c, g) = (format!("{p}-c"), format!("{p}-green"));
-    vec![
-        format!(
-            "ip -n {c} link add vxlan{VNI} type vxlan id {VNI} local {} dstport 4789 dev ul0",
-            VTEPS[2]
-        ),
-        format!(
-            "bridge -n {c} fdb append 00:00:00:00:00:00 dev vxlan{VNI} dst {}",
-            VTEPS[0]
-        ),
-        format!(
-            "bridge -n {c} fdb append 00:00:00:00:00:00 dev vxlan{VNI} dst {}",
-            VTEPS[1]
-        ),
-        format!("ip -n {c} link add br0 type bridge"),
-        format!("ip -n {c} link set vxlan{VNI} master br0 up"),
-        format!("ip -n {c} link add sw-green type veth peer name eth0 netns {g}"),
-        format!("ip -n {c} link set sw-green mtu 1450 master br0 up"),
-        format!("ip -n {c} link set br0 up"),
-        format!("ip -n {g} link set lo up"),
-        format!("ip -n {g} link set eth0 mtu 1450 up"),
-        format!("ip -n {g} addr add {GREEN}/24 dev eth0"),
-        format!("ip -n {g} route add default via {GATEWAY}"),
-    ]
+    KernelVtep {
+        host: &c,
+        endpoint: &g,
+        veth: "sw-green",
+        vni: VNI,
+        port: 4789,
+        local: VTEPS[2],
+        remotes: &VTEPS[..2],
+        address: &format!("{GREEN}/24"),
+        gateway: Some(GATEWAY),
+    }
+    .commands()
 }
 
 /// The underlay: a bridge in `{p}-ul` and one veth to each host's `ul0`

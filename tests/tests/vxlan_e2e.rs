@@ -556,6 +556,22 @@ for i in range(40):
     assert!(fnd > fn0, "the gateway sent fragmentation needed");
 }
 
+/// An underlay: a bridge in `{p}-ul` and hosts `{p}-ha`, `-hb`, `-hc`
+/// (namespaces the caller made), each with `ul0` at `{net}.1`, `.2`, `.3`/24.
+fn underlay(p: &str, net: &str) {
+    let sh = |l: String| multihost::sh(&l).unwrap_or_else(|e| panic!("{e}"));
+    sh(format!("ip -n {p}-ul link add ulbr type bridge"));
+    sh(format!("ip -n {p}-ul link set ulbr up"));
+    for (h, a) in [("ha", 1), ("hb", 2), ("hc", 3)] {
+        sh(format!(
+            "ip -n {p}-ul link add u{h} type veth peer name ul0 netns {p}-{h}"
+        ));
+        sh(format!("ip -n {p}-ul link set u{h} master ulbr up"));
+        sh(format!("ip -n {p}-{h} addr add {net}.{a}/24 dev ul0"));
+        sh(format!("ip -n {p}-{h} link set ul0 up"));
+    }
+}
+
 /// Namespaces a test made itself, deleted on drop.
 struct Netns(Vec<String>);
 
@@ -582,39 +598,23 @@ fn a_vlan_to_vni_map_carries_each_vlan_in_its_own_vni() {
         made.0.push(ns(n));
     }
     let sh = |l: String| multihost::sh(&l).unwrap_or_else(|e| panic!("{e}"));
-    sh(format!("ip -n {} link add ulbr type bridge", ns("ul")));
-    sh(format!("ip -n {} link set ulbr up", ns("ul")));
-    for (h, a) in [("ha", 1), ("hb", 2), ("hc", 3)] {
-        sh(format!(
-            "ip -n {} link add u{h} type veth peer name ul0 netns {}",
-            ns("ul"),
-            ns(h)
-        ));
-        sh(format!("ip -n {} link set u{h} master ulbr up", ns("ul")));
-        sh(format!("ip -n {} addr add 10.201.0.{a}/24 dev ul0", ns(h)));
-        sh(format!("ip -n {} link set ul0 up", ns(h)));
-    }
+    underlay(&p, "10.201.0");
     // Host C: a kernel VTEP for VNI 5020 only, with c20 (VLAN 20's subnet).
-    let c = ns("hc");
-    sh(format!(
-        "ip -n {c} link add vx5020 type vxlan id 5020 local 10.201.0.3 dstport 4789 dev ul0"
-    ));
-    sh(format!(
-        "bridge -n {c} fdb append 00:00:00:00:00:00 dev vx5020 dst 10.201.0.1"
-    ));
-    sh(format!(
-        "bridge -n {c} fdb append 00:00:00:00:00:00 dev vx5020 dst 10.201.0.2"
-    ));
-    sh(format!("ip -n {c} link add br0 type bridge"));
-    sh(format!("ip -n {c} link set vx5020 master br0 up"));
-    sh(format!(
-        "ip -n {c} link add sw-c20 type veth peer name eth0 netns {}",
-        ns("c20")
-    ));
-    sh(format!("ip -n {c} link set sw-c20 mtu 1450 master br0 up"));
-    sh(format!("ip -n {c} link set br0 up"));
-    sh(format!("ip -n {} link set eth0 mtu 1450 up", ns("c20")));
-    sh(format!("ip -n {} addr add 10.9.0.5/24 dev eth0", ns("c20")));
+    let (c, c20) = (ns("hc"), ns("c20"));
+    let k = multihost::KernelVtep {
+        host: &c,
+        endpoint: &c20,
+        veth: "sw-c20",
+        vni: 5020,
+        port: 4789,
+        local: "10.201.0.3",
+        remotes: &["10.201.0.1", "10.201.0.2"],
+        address: "10.9.0.5/24",
+        gateway: None,
+    };
+    for l in k.commands() {
+        sh(l);
+    }
     // Hosts A and B: one namespace in VLAN 10 and one in VLAN 20 each, all
     // on one subnet (only the VLANs keep them apart); one trunk tunnel.
     let topo = |h: &str, me: u8, peer: u8, a: u8| {
@@ -862,36 +862,24 @@ fn two_tunnels_on_one_switch_bridge_two_kernel_vteps() {
         made.0.push(ns(n));
     }
     let sh = |l: String| multihost::sh(&l).unwrap_or_else(|e| panic!("{e}"));
-    sh(format!("ip -n {} link add ulbr type bridge", ns("ul")));
-    sh(format!("ip -n {} link set ulbr up", ns("ul")));
-    for (h, a) in [("ha", 1), ("hb", 2), ("hc", 3)] {
-        sh(format!(
-            "ip -n {} link add u{h} type veth peer name ul0 netns {}",
-            ns("ul"),
-            ns(h)
-        ));
-        sh(format!("ip -n {} link set u{h} master ulbr up", ns("ul")));
-        sh(format!("ip -n {} addr add 10.203.0.{a}/24 dev ul0", ns(h)));
-        sh(format!("ip -n {} link set ul0 up", ns(h)));
-    }
+    underlay(&p, "10.203.0");
     // Two Linux hosts: VNI 7 on the IANA port (B), VNI 8 on port 4790 (C).
     for (h, n, vni, port, addr) in [("hb", "b1", 7, 4789, 2), ("hc", "c1", 8, 4790, 3)] {
         let (h, n) = (ns(h), ns(n));
-        sh(format!(
-            "ip -n {h} link add vx type vxlan id {vni} local 10.203.0.{addr} dstport {port} dev ul0"
-        ));
-        sh(format!(
-            "bridge -n {h} fdb append 00:00:00:00:00:00 dev vx dst 10.203.0.1"
-        ));
-        sh(format!("ip -n {h} link add br0 type bridge"));
-        sh(format!("ip -n {h} link set vx master br0 up"));
-        sh(format!(
-            "ip -n {h} link add sw-n type veth peer name eth0 netns {n}"
-        ));
-        sh(format!("ip -n {h} link set sw-n mtu 1450 master br0 up"));
-        sh(format!("ip -n {h} link set br0 up"));
-        sh(format!("ip -n {n} link set eth0 mtu 1450 up"));
-        sh(format!("ip -n {n} addr add 10.9.2.{addr}/24 dev eth0"));
+        let k = multihost::KernelVtep {
+            host: &h,
+            endpoint: &n,
+            veth: "sw-n",
+            vni,
+            port,
+            local: &format!("10.203.0.{addr}"),
+            remotes: &["10.203.0.1"],
+            address: &format!("10.9.2.{addr}/24"),
+            gateway: None,
+        };
+        for l in k.commands() {
+            sh(l);
+        }
     }
     // Host A: vswitch with a1 and two tunnels, one to each.
     let t = TopoGuard::new(&format!(

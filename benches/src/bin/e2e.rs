@@ -216,21 +216,21 @@ fn build_kernel_vxlan(t: &str, cleanup: &Cleanup) -> String {
         run(format!("ip -n {ul} link set ul{h} master ulbr up"));
         run(format!("ip -n {hn} addr add 10.200.0.{h}/24 dev ul0"));
         run(format!("ip -n {hn} link set ul0 up"));
-        run(format!(
-            "ip -n {hn} link add vxlan42 type vxlan id 42 local 10.200.0.{h} dstport 4789 dev ul0"
-        ));
-        run(format!(
-            "bridge -n {hn} fdb append 00:00:00:00:00:00 dev vxlan42 dst 10.200.0.{other}"
-        ));
-        run(format!("ip -n {hn} link add br0 type bridge"));
-        run(format!("ip -n {hn} link set vxlan42 master br0 up"));
-        run(format!(
-            "ip -n {hn} link add sw-n type veth peer name eth0 netns {nn}"
-        ));
-        run(format!("ip -n {hn} link set sw-n mtu 1450 master br0 up"));
-        run(format!("ip -n {hn} link set br0 up"));
-        run(format!("ip -n {nn} link set eth0 mtu 1450 up"));
-        run(format!("ip -n {nn} addr add 192.168.60.{h}/24 dev eth0"));
+        let (local, remote) = (format!("10.200.0.{h}"), format!("10.200.0.{other}"));
+        let k = switch::multihost::KernelVtep {
+            host: &hn,
+            endpoint: &nn,
+            veth: "sw-n",
+            vni: 42,
+            port: 4789,
+            local: &local,
+            remotes: &[&remote],
+            address: &format!("192.168.60.{h}/24"),
+            gateway: None,
+        };
+        for line in k.commands() {
+            run(line);
+        }
     }
     format!("{t}-n1")
 }
